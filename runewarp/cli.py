@@ -1,0 +1,249 @@
+"""Runewarp — publish TLS services from behind NAT; the public edge never sees plaintext.
+
+Usage:
+  runewarp server [-c FILE]
+  runewarp server cert init [--hostname H] [--dir D] [-c FILE]
+  runewarp server cert renew [--dir D] [-c FILE]
+  runewarp server cert rotate-ca [--hostname H] [--dir D] [-c FILE]
+  runewarp client [-c FILE] [--server-address A] [--backend-address B]
+                  [--server-ca-file F] [--identity-dir D]
+  runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
+  runewarp client public-cert (init | renew) [--hostname H]... [--dir D] [-c FILE]
+  runewarp client public-cert rotate-ca [--dir D] [-c FILE]
+  runewarp demo [--keep]
+  runewarp (-h | --help)
+  runewarp --version
+
+Options:
+  -c FILE, --config FILE   Config file (default: $XDG_CONFIG_HOME/runewarp/config.toml
+                           when it exists).
+  --dir D                  Material folder; overrides the config and the XDG default.
+  --hostname H             Server hostname / Public hostname for the certificate.
+  --server-address A       Server address HOST[:PORT] (Client without a config file).
+  --backend-address B      Local backend HOST:PORT: one Catch-all passthrough Service.
+  --server-ca-file F       Trust exactly this CA bundle for the Server certificate.
+  --identity-dir D         Client identity folder.
+  --keep                   Leave the demo running and print a curl command.
+  -h, --help               Show this help.
+  --version                Show the version.
+
+Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+import sys
+import tomllib
+from pathlib import Path
+
+from docopt import DocoptExit, docopt
+
+from . import __version__, config as configuration, material
+from .errors import ConfigError, MaterialError
+from .logs import log
+from .proto.hostname import HostnameError, normalize
+
+
+def _fail(message, status):
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _selected_config(args):
+    """Explicit -c must exist; otherwise the default path, when it exists."""
+    if args["--config"]:
+        path = Path(args["--config"]).expanduser()
+        if not path.exists():
+            raise ConfigError("config file does not exist", file=path)
+        return path
+    default = configuration.default_config_path()
+    return default if default.exists() else None
+
+
+def _raw_section(path, section):
+    """The raw [server]/[client] table, for material commands that need only a folder key.
+
+    Material commands must work before the rest of the config is complete (the
+    Server needs its certificate before any Client identity exists).
+    """
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config: {exc}", file=path) from None
+    table = data.get(section, {})
+    return table if isinstance(table, dict) else {}
+
+
+def _folder(args, path, section, key, default):
+    if args["--dir"]:
+        return Path(args["--dir"]).expanduser().resolve()
+    value = _raw_section(path, section).get(key)
+    if isinstance(value, str):
+        folder = Path(value).expanduser()
+        return folder if folder.is_absolute() else (path.parent / folder).resolve()
+    return default
+
+
+# -- verbs --
+
+def server_cert(args):
+    path = _selected_config(args)
+    cert_dir = _folder(args, path, "server", "cert-dir",
+                       configuration.xdg_data_home() / "runewarp" / "server" / "cert")
+    given = args["--hostname"]  # a list: docopt shares the option with public-cert
+    if len(given) > 1:
+        raise ConfigError("the Server has one hostname", file="command line", key="--hostname")
+    hostname = given[0] if given else _raw_section(path, "server").get("hostname")
+    if hostname is not None:
+        try:
+            hostname = normalize(str(hostname))
+        except HostnameError as exc:
+            raise ConfigError(str(exc), file="command line" if given else path,
+                              key="--hostname" if given else "server.hostname")
+    if args["init"]:
+        if hostname is None:
+            raise ConfigError("no Server hostname: pass --hostname or set server.hostname",
+                              file="command line", key="--hostname")
+        result = material.init_server_cert(cert_dir, hostname)
+        if not result.created:
+            print(f"Server certificate material already complete in {cert_dir}", file=sys.stderr)
+    elif args["renew"]:
+        result = material.renew_server_cert(cert_dir, hostname=hostname)
+    else:
+        result = material.rotate_server_ca(cert_dir, hostname=hostname)
+        print("warning: new Server CA created; every Client must now trust the new "
+              f"{cert_dir / 'server-ca.crt'} (server-ca-file) before it can reconnect",
+              file=sys.stderr)
+    print(cert_dir / "server-ca.crt")
+    return 0
+
+
+def client_identity(args):
+    path = _selected_config(args)
+    identity_dir = _folder(args, path, "client", "identity-dir",
+                           configuration.xdg_data_home() / "runewarp" / "client" / "identity")
+    if args["show"]:
+        print(material.show_identity(identity_dir))
+        return 0
+    if args["init"]:
+        result = material.init_identity(identity_dir)
+        if not result.created:
+            print(f"Client identity already exists in {identity_dir}", file=sys.stderr)
+    elif args["renew"]:
+        result = material.renew_identity(identity_dir)
+    else:
+        result = material.rotate_identity(identity_dir)
+        print("warning: the Client identity changed; list the new identity in the Server's "
+              "Tunnel (client-identity) before this Client can connect", file=sys.stderr)
+    print(result.identity)
+    return 0
+
+
+def client_public_cert(args):
+    path = _selected_config(args)
+    cert_dir = _folder(args, path, "client", "public-cert-dir",
+                       configuration.xdg_data_home() / "runewarp" / "client" / "public-cert")
+    hostnames = args["--hostname"]
+    if not hostnames and not args["rotate-ca"]:
+        hostnames = _terminate_hostnames(path)
+    if args["init"]:
+        result = material.init_public_certs(cert_dir, hostnames)
+    elif args["renew"]:
+        result = material.renew_public_certs(cert_dir, hostnames)
+    else:
+        result = material.rotate_public_ca(cert_dir)
+        print("warning: new Public hostname CA; Visitors that pinned the old public-ca.crt "
+              "must get the new one", file=sys.stderr)
+    for leaf in result.leaves:
+        print(leaf.cert_path)
+    return 0
+
+
+def _terminate_hostnames(path):
+    services = _raw_section(path, "client").get("services", [])
+    names = [h for s in services if isinstance(s, dict) and s.get("tls-mode") == "terminate"
+             for h in s.get("public-hostnames", [])]
+    if not names:
+        raise ConfigError("no hostname: pass --hostname or select a config with a terminate "
+                          "Service", file=path or "command line", key="--hostname")
+    return names
+
+
+def run_server(args):
+    from .io.server import Server
+    from .lifecycle import Lifecycle
+
+    path = _selected_config(args)
+    if path is None:
+        raise ConfigError("no config file: pass -c FILE or create "
+                          f"{configuration.default_config_path()}", file="command line")
+    cfg = configuration.load_server_config(path)
+    log.configure(cfg.log_level, cfg.log_format)
+    server = Server(cfg, log)
+    _check_material(lambda: server.certificate.current(), cfg.source)
+    return Lifecycle(server, lambda: configuration.load_server_config(path),
+                     cfg.graceful_shutdown_duration, log).run()
+
+
+def run_client(args):
+    from .io.client import Client
+    from .lifecycle import Lifecycle
+
+    path = None if args["--server-address"] and args["--backend-address"] and not \
+        args["--config"] else _selected_config(args)
+    overrides = {k.lstrip("-"): args[k] for k in ("--server-address", "--backend-address",
+                                                  "--server-ca-file", "--identity-dir")
+                 if args[k]}
+    if path is None and not overrides:
+        raise ConfigError("no config file: pass -c FILE, or --server-address and "
+                          "--backend-address", file="command line")
+
+    def load():
+        return configuration.load_client_config(path, overrides=overrides)
+
+    cfg = load()
+    log.configure(cfg.log_level, cfg.log_format)
+    _check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
+    return Lifecycle(Client(cfg, log), load, cfg.graceful_shutdown_duration, log).run()
+
+
+def _check_material(check, source):
+    try:
+        check()
+    except MaterialError as exc:
+        raise ConfigError(str(exc), file=source or "command line") from None
+
+
+def run_demo(args):
+    from .demo import demo
+
+    return demo(keep=args["--keep"])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = docopt(__doc__, argv, version=f"runewarp {__version__}")
+    except DocoptExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        if args["server"]:
+            return server_cert(args) if args["cert"] else run_server(args)
+        if args["client"]:
+            if args["identity"]:
+                return client_identity(args)
+            if args["public-cert"]:
+                return client_public_cert(args)
+            return run_client(args)
+        if args["demo"]:
+            return run_demo(args)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except MaterialError as exc:
+        return _fail(str(exc), 1)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
+    except KeyboardInterrupt:
+        return 130
+    return 2

@@ -1,0 +1,291 @@
+"""Client role: dial the Server, keep the Tunnel connection up, serve its streams.
+
+Each Server address has its own worker with its own backoff sequence.  Each
+stream the Server opens goes: PROXY header → ClientHello → Service → Local
+backend → splice.
+"""
+
+import os
+import random
+import socket
+import ssl
+import uuid
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+
+from .. import __version__
+from ..errors import MaterialError, ProtocolError
+from ..material import identity_needs_renewal, renew_identity, show_identity
+from ..proto import control, proxyv2
+from ..proto.backoff import Backoff
+from ..proto.mux import Role
+from ..tls import ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
+from .intake import INTAKE_DEADLINE, IntakeRejected, read_client_hello
+from .listener import format_address, set_nodelay
+from .splice import splice
+from .tunnel import StreamReset, TunnelSession
+
+TUNNEL_HANDSHAKE_DEADLINE = 10.0
+BACKEND_CONNECT_DEADLINE = 5.0
+
+
+class Unauthorized(Exception):
+    """The Server refused our Client identity."""
+
+
+class ServiceTable:
+    """Client-side Service selection: Catch-all, or exact normalized hostname."""
+
+    def __init__(self, services):
+        self.catch_all = services[0] if len(services) == 1 and not services[0].public_hostnames \
+            else None
+        self.by_hostname = {h: s for s in services for h in s.public_hostnames}
+
+    def select(self, hostname):
+        return self.catch_all or self.by_hostname.get(hostname)
+
+    @property
+    def hostnames(self):
+        return sorted(self.by_hostname)
+
+
+class Client:
+    def __init__(self, config, log):
+        self.config = config
+        self.log = log
+        self.instance = uuid.uuid4().hex[:12]
+        self.services = ServiceTable(config.services)
+        self.handlers = Pool(config.limits.active_streams)
+        self.workers = []
+        self.sessions = set()
+        self.stopping = Event()
+
+    def start(self):
+        self.identity = show_identity(self.config.identity_dir)  # fail fast without material
+        for address in self.config.server_addresses:
+            self.workers.append(gevent.spawn(self._worker, address))
+        self.log.info("client-ready", client_identity=self.identity, instance=self.instance,
+                      server_addresses=",".join(format_address(a) for a in
+                                                self.config.server_addresses),
+                      services=len(self.config.services), version=__version__)
+
+    def stop_accepting(self):
+        self.stopping.set()
+        for session in list(self.sessions):
+            session.go_away()
+
+    def drain(self, timeout):
+        return self.handlers.join(timeout=timeout)
+
+    def close_all(self):
+        self.handlers.kill(block=False)
+        for session in list(self.sessions):
+            session.close("client shutting down")
+        gevent.killall(self.workers, timeout=2)
+
+    def reload(self, config):
+        self.config = config
+        self.services = ServiceTable(config.services)
+        self.log.info("client-reloaded", services=len(config.services))
+
+    # -- Tunnel connection worker --
+    def _worker(self, address):
+        backoff = Backoff()
+        server = format_address(address)
+        while not self.stopping.is_set():
+            try:
+                session = self._connect(address)
+            except Unauthorized:
+                self.log.error("unauthorized client identity " + self.identity,
+                               server_address=server, client_identity=self.identity,
+                               reason="the Server's Tunnels do not list this Client identity")
+            except MaterialError as exc:
+                self.log.error("tunnel-connection-failed", server_address=server, reason=str(exc))
+            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamReset,
+                    control.ControlError) as exc:
+                self.log.warn("tunnel-connection-failed", server_address=server,
+                              reason=_describe(exc))
+            else:
+                backoff.reset()
+                self.sessions.add(session)
+                try:
+                    session.wait()
+                finally:
+                    self.sessions.discard(session)
+                    session.close()
+                if self.stopping.is_set():
+                    break
+                self.log.warn("tunnel-connection-lost", server_address=server,
+                              reason=session.close_reason)
+            if self.stopping.is_set():
+                break
+            delay = backoff.next_delay(random.uniform)
+            self.log.info("tunnel-reconnect-scheduled", server_address=server,
+                          next_retry_delay=f"{int(-(-delay // 1))}s")
+            self.stopping.wait(delay)
+
+    def _tls_context(self):
+        cfg = self.config
+        if identity_needs_renewal(cfg.identity_dir):
+            renew_identity(cfg.identity_dir)
+            self.log.info("client-identity-renewed", client_identity=self.identity)
+        return client_tunnel_context(cfg.identity_dir / "client.crt", cfg.identity_dir /
+                                     "client.key", cfg.server_trust, cfg.server_ca_file)
+
+    def _connect(self, address):
+        host, port = address
+        context = self._tls_context()
+        with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
+            sock = socket.create_connection((_resolve_override(host), port))  # resolves each time
+            try:
+                set_nodelay(sock)
+                tls = context.wrap_socket(sock, server_hostname=host,
+                                          do_handshake_on_connect=False)
+                tls.do_handshake()
+            except BaseException:
+                sock.close()
+                raise
+        if tls.selected_alpn_protocol() != ALPN_TUNNEL.decode():
+            tls.close()
+            raise ProtocolError("the Server did not select ALPN runewarp/1")
+        session = TunnelSession(tls, Role.CLIENT, on_stream=self._on_stream, log=self.log)
+        session.start()
+        try:
+            stream = session.open_stream()
+            stream.sendall(control.encode(control.hello(
+                __version__, self.instance, self.services.hostnames,
+                self.services.catch_all is not None)))
+            decoder = control.LineDecoder()
+            messages = []
+            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
+                while not messages:
+                    data = stream.recv()
+                    if not data:
+                        raise StreamReset("control stream closed")
+                    stream.consumed(len(data))
+                    messages = decoder.feed(data)
+        except (StreamReset, gevent.Timeout, control.ControlError) as exc:
+            session.close()
+            error = session.close_error
+            if isinstance(error, ssl.SSLError) and any(a in str(error)
+                                                       for a in UNAUTHORIZED_ALERTS):
+                raise Unauthorized() from error
+            raise (error or exc) from None
+        welcome = messages[0]
+        self.log.info("tunnel-connection-established", server_address=format_address(address),
+                      tunnel=welcome.get("tunnel"), server_version=welcome.get("version"),
+                      client_identity=self.identity)
+        gevent.spawn(_ignore_control, stream)
+        return session
+
+    # -- streams the Server opens: PROXY header → ClientHello → Service → backend --
+    def _on_stream(self, session, stream):
+        if stream.id % 2 == 1 or self.handlers.full():
+            stream.reset()
+            return
+        self.handlers.spawn(self._serve_stream, stream)
+
+    def _serve_stream(self, stream):
+        try:
+            timer = gevent.Timeout(INTAKE_DEADLINE)
+            timer.start()
+            try:
+                header, rest = _read_proxy_header(stream)
+                taken = read_client_hello(lambda: _recv_consumed(stream), rest)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                raise IntakeRejected("intake-deadline") from None
+            finally:
+                timer.close()
+            service = self.services.select(taken.hostname)
+            if service is None:
+                self.log.debug("stream-rejected", public_hostname=taken.hostname,
+                               reason="no-service")
+                stream.reset()
+                return
+            self._passthrough(stream, service, taken, header)
+        except IntakeRejected as exc:
+            self.log.debug("stream-rejected", reason=exc.reason)
+            stream.reset()
+        except proxyv2.ProxyHeaderError as exc:
+            self.log.debug("stream-rejected", reason=f"bad-proxy-header: {exc}")
+            stream.reset()
+        except StreamReset:
+            stream.reset()
+
+    def _passthrough(self, stream, service, taken, header):
+        backend = format_address(service.backend_address)
+        try:
+            with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
+                sock = socket.create_connection(service.backend_address)
+        except (OSError, gevent.Timeout) as exc:
+            self.log.warn("backend-connect-failed", public_hostname=taken.hostname,
+                          backend_address=backend, reason=_describe(exc))
+            stream.reset()
+            return
+        set_nodelay(sock)
+        visitor = format_address(header.source) if header.source else None
+        try:
+            sock.sendall(taken.buffered)
+        except OSError as exc:
+            self.log.warn("backend-write-failed", backend_address=backend, reason=_describe(exc))
+            sock.close()
+            stream.reset()
+            return
+        self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
+                       backend_address=backend)
+        result = splice(sock, stream)
+        self.log.debug("stream-closed", public_hostname=taken.hostname, visitor=visitor,
+                       bytes_up=result.down, bytes_down=result.up, reason=result.error)
+
+
+def _resolve_override(host):
+    """RUNEWARP_RESOLVE="host=address,..." pins a name like curl --resolve (tests, split DNS).
+
+    TLS still uses the Server hostname for SNI and certificate checks.
+    """
+    for entry in os.environ.get("RUNEWARP_RESOLVE", "").split(","):
+        name, _, address = entry.partition("=")
+        if name.strip().lower() == host and address.strip():
+            return address.strip()
+    return host
+
+
+def _recv_consumed(stream):
+    data = stream.recv()
+    stream.consumed(len(data))
+    return data
+
+
+def _read_proxy_header(stream):
+    buf = b""
+    while True:
+        decoded = proxyv2.decode(buf) if buf else None
+        if decoded is not None:
+            header, length = decoded
+            return header, buf[length:]
+        data = _recv_consumed(stream)
+        if not data:
+            raise IntakeRejected("closed-before-proxy-header")
+        buf += data
+
+
+def _ignore_control(stream):
+    try:
+        while True:
+            data = stream.recv()
+            if not data:
+                return
+            stream.consumed(len(data))
+    except StreamReset:
+        pass
+
+
+def _describe(exc):
+    if isinstance(exc, gevent.Timeout):
+        return "deadline exceeded"
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"

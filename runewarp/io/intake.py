@@ -1,0 +1,72 @@
+"""Intake: read a connection until one complete ClientHello is buffered, under a deadline.
+
+Shared by the Server (on Visitor sockets) and the Client (on mux streams, after
+the PROXY header): same parser, same 16 KiB cap, same deadline.
+"""
+
+import gevent
+
+from ..proto import clienthello
+from ..proto.hostname import HostnameError, normalize
+
+INTAKE_DEADLINE = 5.0
+
+
+class IntakeRejected(Exception):
+    """The connection must be closed; `reason` is safe to log (never the bytes)."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Intake:
+    """The outcome of a successful intake: the hello, its normalized hostname, the raw bytes."""
+
+    __slots__ = ("hello", "hostname", "buffered")
+
+    def __init__(self, hello, hostname, buffered):
+        self.hello = hello
+        self.hostname = hostname
+        self.buffered = buffered
+
+
+def read_client_hello(read, initial=b""):
+    """Call `read()` (returns bytes, b"" on EOF) until a ClientHello parses.
+
+    The caller wraps this in a gevent.Timeout for the deadline.
+    """
+    buf = bytearray(initial)
+    while True:
+        if buf:
+            try:
+                hello = clienthello.parse(buf)
+            except clienthello.ClientHelloError as exc:
+                raise IntakeRejected(exc.reason) from None
+            if hello is not None:
+                break
+        data = read()
+        if not data:
+            raise IntakeRejected("closed-before-client-hello")
+        buf += data
+    if hello.server_name is None:
+        raise IntakeRejected("no-sni")
+    try:
+        hostname = normalize(hello.server_name)
+    except HostnameError:
+        raise IntakeRejected("invalid-sni") from None
+    return Intake(hello, hostname, bytes(buf))
+
+
+def intake(read, deadline=INTAKE_DEADLINE, initial=b""):
+    """read_client_hello under the intake deadline."""
+    timer = gevent.Timeout(deadline)
+    timer.start()
+    try:
+        return read_client_hello(read, initial)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise IntakeRejected("intake-deadline") from None
+    finally:
+        timer.close()

@@ -1,0 +1,49 @@
+"""Bound TCP listeners served by gevent StreamServer with a bounded greenlet pool."""
+
+import socket
+
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+
+def bind(address, backlog=1024):
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def format_address(address):
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def set_nodelay(sock):
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+class Listener:
+    """One listening socket; `stop()` closes it so no new connection is accepted."""
+
+    def __init__(self, name, address, handle, pool_size):
+        self.name = name
+        self.sock = bind(address)
+        self.address = self.sock.getsockname()
+        self.server = StreamServer(self.sock, handle, spawn=Pool(pool_size))
+
+    def start(self):
+        self.server.start()
+
+    def stop(self):
+        self.server.close()

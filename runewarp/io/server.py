@@ -1,0 +1,371 @@
+"""Server role: accept → intake → route → place → envelope → splice.
+
+Visitor connections and Tunnel connections share the public listener; a
+ClientHello for the Server hostname is split by ALPN.  Routing reads one
+immutable snapshot, swapped whole on reload.
+"""
+
+import os
+import time
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.pool import Group
+from OpenSSL import SSL
+
+from .. import __version__
+from ..errors import ProtocolError
+from ..logs import RateLimitedWarning
+from ..material import load_server_cert_paths
+from ..proto import control, proxyv2
+from ..proto.admission import Admission
+from ..proto.mux import Role
+from ..proto.placement import Placement
+from ..tls import (ALPN_ACME, ALPN_TUNNEL, identity_from_pyopenssl, refused_identity,
+                   server_tunnel_context)
+from .intake import IntakeRejected, intake
+from .listener import Listener, format_address, set_nodelay
+from .splice import splice
+from .tlsconn import ServerTLSConnection, TLSClosed
+from .tunnel import StreamReset, TunnelSession
+
+TUNNEL_HANDSHAKE_DEADLINE = 10.0
+CONTROL_HELLO_DEADLINE = 10.0
+ENVELOPE_DEADLINE = 5.0
+
+
+class TunnelMember:
+    """One live Tunnel connection in a Tunnel pool."""
+
+    def __init__(self, session, identity, instance, peer):
+        self.session = session
+        self.identity = identity
+        self.instance = instance
+        self.peer = peer
+        self.streams_placed = 0
+
+
+class TunnelPool:
+    def __init__(self, name):
+        self.name = name
+        self.members = []
+        self.placement = Placement()
+
+    def place(self):
+        live = [m for m in self.members if m.session.accepting]
+        return self.placement.choose(live, lambda m: m.session.active_streams)
+
+
+class ServerCertificate:
+    """The Server certificate files and the context built from them, rebuilt when they change."""
+
+    def __init__(self, cert_dir, authorize):
+        self.cert_dir = cert_dir
+        self.authorize = authorize
+        self._stamp = None
+        self.context = None
+
+    def current(self):
+        cert_path, key_path = load_server_cert_paths(self.cert_dir)
+        stamp = tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (cert_path, key_path))
+        if stamp != self._stamp:
+            self.context = server_tunnel_context(cert_path, key_path, self.authorize)
+            self._stamp = stamp
+        return self.context
+
+
+class Server:
+    def __init__(self, config, log):
+        self.log = log
+        self.config = config
+        self.snapshot = config.routing_snapshot()
+        self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
+        self.certificate = ServerCertificate(config.cert_dir, self._authorize)
+        limits = config.limits
+        self.admission = Admission(limits.intake_connections, limits.intake_per_source)
+        self.handshakes = 0
+        self.active_streams = 0
+        self.visitors = Group()
+        self.tunnels = Group()
+        self.listeners = []
+        self.stopping = False
+        self.saturation = RateLimitedWarning(log, "server-saturated")
+        self.auth_failures = RateLimitedWarning(log, "tunnel-connection-refused")
+
+    # -- lifecycle --
+    def start(self):
+        self.certificate.current()  # fail fast on missing material
+        cfg = self.config
+        pool_size = cfg.limits.intake_connections + cfg.limits.active_streams \
+            + cfg.limits.tunnel_handshakes
+        self.listeners.append(Listener("public", cfg.public_bind_address,
+                                       self._handle_public, pool_size))
+        if cfg.tunnel_bind_address is not None:
+            self.listeners.append(Listener("tunnel", cfg.tunnel_bind_address,
+                                           self._handle_tunnel_listener,
+                                           cfg.limits.tunnel_handshakes * 2))
+        for listener in self.listeners:
+            listener.start()
+        self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
+                      public_bind_address=format_address(self.listeners[0].address),
+                      tunnel_bind_address=(format_address(self.listeners[1].address)
+                                           if len(self.listeners) > 1 else "shared"),
+                      tunnels=len(self.snapshot.tunnels), version=__version__)
+
+    def stop_accepting(self):
+        self.stopping = True
+        for listener in self.listeners:
+            listener.stop()
+        for pool in self.pools.values():
+            for member in pool.members:
+                member.session.go_away()
+
+    def drain(self, timeout):
+        """Wait for established Visitor streams, at most `timeout` seconds."""
+        return self.visitors.join(timeout=timeout)
+
+    def close_all(self):
+        self.visitors.kill(block=False)
+        for pool in self.pools.values():
+            for member in list(pool.members):
+                member.session.close("server shutting down")
+        self.tunnels.kill(block=True, timeout=2)
+
+    def reload(self, config):
+        """Swap in a new snapshot; Tunnel connections it no longer authorizes are closed."""
+        snapshot = config.routing_snapshot()
+        for key in ("public_bind_address", "tunnel_bind_address", "hostname"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
+        pools = {}
+        for tunnel in snapshot.tunnels:
+            pools[tunnel.name] = self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
+        for name, pool in self.pools.items():
+            for member in list(pool.members):
+                route = snapshot.tunnel_for_identity(member.identity)
+                if route is None or route.name != name:
+                    member.session.go_away()
+                    member.session.close("identity no longer authorized for this tunnel")
+        self.config = config
+        self.snapshot = snapshot
+        self.pools = pools
+        self.certificate.cert_dir = config.cert_dir
+        self.certificate.current()
+        self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
+
+    def _authorize(self, identity):
+        return self.snapshot.tunnel_for_identity(identity) is not None
+
+    # -- public listener: accept → intake → route → place → splice --
+    def _handle_public(self, sock, address):
+        self.visitors.add(gevent.getcurrent())
+        set_nodelay(sock)
+        source = address[0]
+        try:
+            refused = self.admission.acquire(source)
+            if refused:
+                self.saturation.warn(refused, time.monotonic(), visitor=format_address(address))
+                return
+            try:
+                taken = intake(lambda: sock.recv(16 * 1024))
+            finally:
+                self.admission.release(source)
+            if taken.hostname == self.snapshot.server_hostname:
+                self._server_hostname_connection(sock, address, taken)
+                return
+            self._route_visitor(sock, address, taken)
+        except IntakeRejected as exc:
+            self.log.debug("visitor-rejected", visitor=format_address(address), reason=exc.reason)
+        except OSError as exc:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason=f"socket-error: {exc}")
+        finally:
+            sock.close()
+
+    def _server_hostname_connection(self, sock, address, taken):
+        offered = taken.hello.alpn_protocols
+        if ALPN_TUNNEL.decode() in offered:
+            self.visitors.discard(gevent.getcurrent())
+            self.tunnels.add(gevent.getcurrent())
+            self._tunnel_connection(sock, address, taken.buffered)
+        elif ALPN_ACME.decode() in offered:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason="acme-not-configured")
+        else:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason="server-hostname-without-tunnel-alpn")
+
+    def _route_visitor(self, sock, address, taken):
+        hostname = taken.hostname
+        route = self.snapshot.tunnel_for_hostname(hostname)
+        if route is None:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           public_hostname=hostname, reason="unknown-hostname")
+            return
+        pool = self.pools.get(route.name)
+        member = pool.place() if pool else None
+        if member is None:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           public_hostname=hostname, tunnel=route.name,
+                           reason="no-tunnel-connection")
+            return
+        if self.active_streams >= self.config.limits.active_streams:
+            self.saturation.warn("active-streams", time.monotonic())
+            return
+        self.active_streams += 1
+        try:
+            try:
+                stream = member.session.open_stream()
+            except ProtocolError:
+                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
+                               reason="tunnel-connection-going-away")
+                return
+            member.streams_placed += 1
+            envelope = proxyv2.encode(address[:2], sock.getsockname()[:2]) + taken.buffered
+            try:
+                with gevent.Timeout(ENVELOPE_DEADLINE):
+                    stream.sendall(envelope)
+            except (gevent.Timeout, StreamReset):
+                stream.reset()
+                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
+                               reason="stream-open-failed")
+                return
+            self.log.debug("visitor-routed", visitor=format_address(address),
+                           public_hostname=hostname, tunnel=route.name,
+                           client_instance=member.instance, stream=stream.id)
+            started = time.monotonic()
+            result = splice(sock, stream)
+            self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
+                           bytes_up=result.up + len(taken.buffered), bytes_down=result.down,
+                           duration=f"{time.monotonic() - started:.3f}s",
+                           reason=result.error)
+        finally:
+            self.active_streams -= 1
+
+    # -- Tunnel connections --
+    def _handle_tunnel_listener(self, sock, address):
+        self.tunnels.add(gevent.getcurrent())
+        try:
+            self._tunnel_connection(sock, address, b"")
+        finally:
+            sock.close()
+
+    def _tunnel_connection(self, sock, address, buffered):
+        peer = format_address(address)
+        set_nodelay(sock)
+        if self.stopping:
+            return
+        if self.handshakes >= self.config.limits.tunnel_handshakes:
+            self.saturation.warn("tunnel-handshakes", time.monotonic())
+            return
+        self.handshakes += 1
+        try:
+            context = self.certificate.current()
+            tls = ServerTLSConnection(sock, context, buffered)
+            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
+                tls.handshake()
+        except gevent.Timeout:
+            self.log.info("tunnel-connection-refused", peer=peer, reason="handshake-deadline")
+            return
+        except SSL.Error as exc:
+            identity = refused_identity(context, tls.conn)
+            reason = "unauthorized-client-identity" if identity else f"tls-error: {exc}"
+            self.auth_failures.warn(peer.rsplit(":", 1)[0], time.monotonic(), peer=peer,
+                                    client_identity=identity, reason=reason)
+            return
+        except (TLSClosed, OSError) as exc:
+            self.log.info("tunnel-connection-refused", peer=peer, reason=f"closed: {exc}")
+            return
+        finally:
+            self.handshakes -= 1
+        identity = identity_from_pyopenssl(tls.peer_certificate())
+        self._serve_tunnel(tls, peer, identity)
+
+    def _serve_tunnel(self, tls, peer, identity):
+        route = self.snapshot.tunnel_for_identity(identity)
+        pool = self.pools.get(route.name) if route else None
+        if pool is None:
+            tls.close()
+            return
+        if len(pool.members) >= self.config.limits.pool_connections:
+            self.saturation.warn(f"pool:{route.name}", time.monotonic(), tunnel=route.name)
+            tls.close()
+            return
+        control_stream = AsyncResult()
+
+        def on_stream(session, stream):
+            if stream.id == 1 and not control_stream.ready():
+                control_stream.set(stream)
+            else:
+                stream.reset()
+
+        session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log)
+        session.start()
+        member = None
+        try:
+            try:
+                with gevent.Timeout(CONTROL_HELLO_DEADLINE):
+                    stream = control_stream.get()
+                    decoder = control.LineDecoder()
+                    messages = []
+                    while not messages:
+                        data = stream.recv()
+                        if not data:
+                            raise StreamReset("control stream closed")
+                        stream.consumed(len(data))
+                        messages = decoder.feed(data)
+            except (gevent.Timeout, StreamReset, control.ControlError) as exc:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason=f"no control hello: {exc or 'deadline'}")
+                return
+            hello = messages[0]
+            if hello.get("type") != "hello":
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason="first control message is not hello")
+                return
+            stream.sendall(control.encode(control.welcome(route.name, __version__)))
+            self._warn_drift(route, hello, identity)
+            member = TunnelMember(session, identity, str(hello.get("instance", "?")), peer)
+            pool.members.append(member)
+            self.log.info("tunnel-connection-established", tunnel=route.name, peer=peer,
+                          client_identity=identity, client_instance=member.instance,
+                          client_version=hello.get("version"), pool_size=len(pool.members))
+            gevent.spawn(_drain_control, stream, decoder)
+            session.wait()
+        finally:
+            if member is not None and member in pool.members:
+                pool.members.remove(member)
+            session.close()
+            if member is not None:
+                self.log.info("tunnel-connection-closed", tunnel=route.name, peer=peer,
+                              client_identity=identity, client_instance=member.instance,
+                              reason=session.close_reason, streams_placed=member.streams_placed,
+                              pool_size=len(pool.members))
+
+    def _warn_drift(self, route, hello, identity):
+        hostnames = hello.get("hostnames") or []
+        if not isinstance(hostnames, list):
+            hostnames = []
+        unserved, unowned = control.hostname_drift(route.public_hostnames,
+                                                   [str(h) for h in hostnames],
+                                                   bool(hello.get("catch_all")))
+        if unserved:
+            self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
+                          unserved_hostnames=",".join(unserved))
+        if unowned:
+            self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
+                          unowned_hostnames=",".join(unowned))
+
+
+def _drain_control(stream, decoder):
+    """Keep reading the control stream (future message types are ignored)."""
+    try:
+        while True:
+            data = stream.recv()
+            if not data:
+                return
+            stream.consumed(len(data))
+            decoder.feed(data)
+    except (StreamReset, control.ControlError):
+        stream.reset()
+

@@ -1,0 +1,293 @@
+"""Tunnel session runner: reader, writer and timer greenlets around one mux Session.
+
+The Session (sans-I/O) decides what goes on the wire; this module only moves
+bytes between it and the TLS transport and wakes the greenlets that wait on a
+stream.  Streams are socket-like objects whose `sendall` blocks on the send
+window, which is what gives every direction of every stream backpressure.
+"""
+
+import collections
+import time
+
+import gevent
+from gevent.event import Event
+
+from ..errors import ProtocolError
+from ..proto import mux
+
+READ_SIZE = 256 * 1024
+# Streams stop adding frames while this much is waiting for the socket, so one
+# busy stream cannot queue megabytes ahead of the others.
+OUTBOUND_HIGH_WATER = 512 * 1024
+
+
+class StreamReset(Exception):
+    """The stream was reset by the peer or the Tunnel connection died."""
+
+
+class MuxStream:
+    """One multiplexed stream with a blocking, socket-like surface."""
+
+    def __init__(self, tunnel, stream_id):
+        self.tunnel = tunnel
+        self.id = stream_id
+        self._chunks = collections.deque()
+        self._readable = Event()
+        self._writable = Event()
+        self.eof = False
+        self.reset_reason = None
+
+    # -- events from the reader greenlet --
+    def _on_data(self, data):
+        self._chunks.append(data)
+        self._readable.set()
+
+    def _on_end(self):
+        self.eof = True
+        self._readable.set()
+
+    def _on_reset(self, reason):
+        if self.reset_reason is None:
+            self.reset_reason = reason
+        self._readable.set()
+        self._writable.set()
+
+    def _on_credit(self):
+        self._writable.set()
+
+    # -- application side --
+    def recv(self, timeout=None):
+        """Next received chunk; b"" once the peer finished its direction.
+
+        The caller reports delivered bytes with `consumed(n)`, which is what
+        returns credit to the peer.
+        """
+        while not self._chunks:
+            if self.reset_reason is not None:
+                raise StreamReset(self.reset_reason)
+            if self.eof:
+                return b""
+            self._readable.clear()
+            if not self._readable.wait(timeout):
+                raise TimeoutError("stream read timed out")
+        return self._chunks.popleft()
+
+    def consumed(self, n):
+        if self.reset_reason is None:
+            self.tunnel._consumed(self.id, n)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        tunnel = self.tunnel
+        session = tunnel.session
+        while view:
+            if self.reset_reason is not None:
+                raise StreamReset(self.reset_reason)
+            if session.outbound_pending > OUTBOUND_HIGH_WATER:
+                tunnel._wait_drained()
+                continue
+            self._writable.clear()
+            try:
+                sent = session.send_data(self.id, view[:tunnel.max_frame_size])
+            except ProtocolError as exc:
+                raise StreamReset(str(exc)) from None
+            if sent:
+                view = view[sent:]
+                tunnel._wake_writer()
+            else:
+                self._writable.wait()
+
+    def end(self):
+        """Half-close our direction (FIN)."""
+        if self.reset_reason is None:
+            self.tunnel.session.end_stream(self.id)
+            self.tunnel._wake_writer()
+            self.tunnel._maybe_forget(self.id)
+
+    def reset(self):
+        if self.reset_reason is None:
+            self.reset_reason = "local"
+            self.tunnel.session.reset_stream(self.id)
+            self.tunnel._wake_writer()
+        self.tunnel._forget(self.id)
+
+    def close(self):
+        self.tunnel._forget(self.id)
+
+
+class TunnelSession:
+    """Runs one Tunnel connection's mux until the transport dies or both sides are done."""
+
+    def __init__(self, transport, role, *, on_stream, log, keepalive_interval=20.0,
+                 idle_timeout=60.0, max_frame_size=64 * 1024, max_window=16 * 1024 * 1024,
+                 clock=time.monotonic):
+        self.transport = transport
+        self.clock = clock
+        self.session = mux.Session(role, max_frame_size=max_frame_size, max_window=max_window,
+                                   keepalive_interval=keepalive_interval,
+                                   idle_timeout=idle_timeout, now=clock())
+        self.max_frame_size = max_frame_size
+        self.on_stream = on_stream
+        self.log = log
+        self.streams = {}
+        self.closed = Event()
+        self.close_reason = None
+        self.close_error = None
+        self._writer_wake = Event()
+        self._drained = Event()
+        self._greenlets = []
+
+    # -- public --
+    @property
+    def active_streams(self):
+        return len(self.streams)
+
+    @property
+    def accepting(self):
+        s = self.session
+        return not (self.closed.is_set() or s.go_away_sent or s.go_away_received)
+
+    def open_stream(self):
+        stream_id = self.session.open_stream()
+        stream = MuxStream(self, stream_id)
+        self.streams[stream_id] = stream
+        self._wake_writer()
+        return stream
+
+    def go_away(self):
+        if not self.closed.is_set():
+            self.session.go_away(mux.GOAWAY_NORMAL)
+            self._wake_writer()
+
+    def start(self):
+        self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop),
+                           gevent.spawn(self._timer_loop)]
+
+    def wait(self, timeout=None):
+        return self.closed.wait(timeout)
+
+    def close(self, reason="closed", error=None):
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.close_error = error
+        self.closed.set()
+        for stream in list(self.streams.values()):
+            stream._on_reset("tunnel connection closed")
+        self.streams.clear()
+        self._drained.set()
+        self._writer_wake.set()
+        current = gevent.getcurrent()
+        for g in self._greenlets:
+            if g is not current:
+                g.kill(block=False)
+        try:
+            self.transport.close()
+        except OSError:
+            pass
+
+    # -- helpers used by streams --
+    def _wake_writer(self):
+        self._writer_wake.set()
+
+    def _wait_drained(self):
+        self._drained.clear()
+        self._wake_writer()
+        self._drained.wait()
+
+    def _consumed(self, stream_id, n):
+        self.session.consumed(stream_id, n)
+        if self.session.outbound_pending:
+            self._wake_writer()
+
+    def _maybe_forget(self, stream_id):
+        if not self.session.is_open(stream_id):
+            self.streams.pop(stream_id, None)
+
+    def _forget(self, stream_id):
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and self.session.is_open(stream_id):
+            self.session.reset_stream(stream_id)
+            self._wake_writer()
+
+    # -- greenlets --
+    def _read_loop(self):
+        session = self.session
+        try:
+            while True:
+                data = self.transport.recv(READ_SIZE)
+                if not data:
+                    self.close("peer closed the connection")
+                    return
+                for event in session.receive_data(data, self.clock()):
+                    self._dispatch(event)
+                if session.outbound_pending:
+                    self._wake_writer()
+        except ProtocolError as exc:
+            self._flush_quietly()
+            self.close(f"protocol error: {exc}", exc)
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
+            self.close(f"read failed: {exc.__class__.__name__}: {exc}", exc)
+
+    def _dispatch(self, event):
+        if isinstance(event, mux.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_data(event.data)
+            else:
+                self.session.consumed(event.stream_id, len(event.data))
+        elif isinstance(event, mux.StreamOpened):
+            stream = MuxStream(self, event.stream_id)
+            self.streams[event.stream_id] = stream
+            self.on_stream(self, stream)
+        elif isinstance(event, mux.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_end()
+                self._maybe_forget(event.stream_id)
+        elif isinstance(event, mux.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream._on_reset("reset by peer")
+        elif isinstance(event, mux.WindowUpdated):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_credit()
+        elif isinstance(event, mux.GoAwayReceived):
+            self.log.debug("tunnel-go-away-received", reason=event.reason)
+
+    def _flush_quietly(self):
+        data = self.session.data_to_send()
+        if data:
+            try:
+                self.transport.sendall(data)
+            except OSError:
+                pass
+
+    def _write_loop(self):
+        session = self.session
+        try:
+            while True:
+                self._writer_wake.wait()
+                self._writer_wake.clear()
+                if self.closed.is_set():
+                    return
+                data = session.data_to_send()
+                if data:
+                    self.transport.sendall(data)
+                if session.outbound_pending <= OUTBOUND_HIGH_WATER:
+                    self._drained.set()
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
+            self.close(f"write failed: {exc.__class__.__name__}: {exc}", exc)
+
+    def _timer_loop(self):
+        session = self.session
+        while not self.closed.is_set():
+            delay = max(0.0, session.next_timer() - self.clock())
+            gevent.sleep(min(delay, 5.0))
+            for event in session.handle_timer(self.clock()):
+                if isinstance(event, mux.ConnectionDead):
+                    self.close("no frame received for 60 s")
+                    return
+            if session.outbound_pending:
+                self._wake_writer()

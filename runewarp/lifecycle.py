@@ -1,0 +1,89 @@
+"""Process lifecycle in the arbiter style: signal handlers only enqueue, one small method each.
+
+TERM/INT: graceful (stop accepting, go away, drain for at most the grace
+period, close, exit 0); a second TERM/INT forces.  HUP: reload, keeping the old
+config when the new one is invalid.
+"""
+
+import os
+import signal
+import socket
+
+import gevent
+from gevent.queue import Queue
+
+from .errors import ConfigError, MaterialError
+from .proto.routes import RoutingConflict
+
+
+def sd_notify(state):
+    """Tell systemd (Type=notify) about readiness; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), path)
+        except OSError:
+            pass
+
+
+class Lifecycle:
+    def __init__(self, runtime, load_config, grace, log):
+        self.runtime = runtime
+        self.load_config = load_config
+        self.grace = grace
+        self.log = log
+        self.queue = Queue()
+        self.draining = None
+
+    def run(self):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
+        self.runtime.start()
+        sd_notify("READY=1")
+        while True:
+            name = self.queue.get()
+            handler = getattr(self, "handle_" + name.lower())
+            if handler(name):
+                break
+        self.runtime.close_all()
+        sd_notify("STOPPING=1")
+        self.log.info("shutdown-complete")
+        return 0
+
+    def handle_sigterm(self, name):
+        if self.draining is not None:
+            self.log.info("shutdown-forced", signal=name)
+            self.draining.kill(block=False)
+            return True
+        self.log.info("shutdown-started", signal=name, mode="graceful",
+                      graceful_shutdown_duration=f"{self.grace:g}s")
+        sd_notify("STOPPING=1")
+        self.runtime.stop_accepting()
+        self.draining = gevent.spawn(self._drain)
+        return False
+
+    handle_sigint = handle_sigterm
+
+    def _drain(self):
+        finished = self.runtime.drain(self.grace)
+        self.log.info("shutdown-drained", complete=bool(finished))
+        self.queue.put("DRAINED")
+
+    def handle_drained(self, _name):
+        return True
+
+    def handle_sighup(self, name):
+        if self.draining is not None:
+            return False
+        sd_notify("RELOADING=1")
+        try:
+            config = self.load_config()
+            self.runtime.reload(config)
+        except (ConfigError, MaterialError, RoutingConflict) as exc:
+            self.log.error("reload-failed", reason=str(exc), kept="previous configuration")
+        sd_notify("READY=1")
+        return False

@@ -1,0 +1,89 @@
+"""Visitors and backends for the end-to-end tests: real TLS on 127.0.0.1."""
+
+import hashlib
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+from ..conftest import ROOT, run_cli
+
+BACKEND = Path(__file__).resolve().parent.parent / "backend.py"
+
+
+class Backend:
+    """tests/backend.py in its own process, with a certificate made by `runewarp client public-cert`."""
+
+    def __init__(self, tmp_path, name, hostnames, plain=False):
+        cert_dir = tmp_path / f"{name}-cert"
+        args = ["client", "public-cert", "init", "--dir", cert_dir]
+        for hostname in hostnames:
+            args += ["--hostname", hostname]
+        run_cli(*args)
+        self.ca = cert_dir / "public-ca.crt"
+        self.cert = cert_dir / hostnames[0] / "public.crt"
+        key = cert_dir / hostnames[0] / "public.key"
+        cmd = [sys.executable, str(BACKEND), name, str(self.cert), str(key)]
+        if plain:
+            cmd.append("plain")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.port = int(self.proc.stdout.readline())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def curl(port, hostname, ca, path="/", extra=(), timeout=20):
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(timeout), "--cacert", str(ca), "--resolve",
+         f"{hostname}:{port}:127.0.0.1", *extra, f"https://{hostname}:{port}{path}"],
+        capture_output=True, timeout=timeout + 5)
+
+
+def tls_visit(port, hostname, ca, request, timeout=30, half_close=False):
+    """One HTTPS exchange with the stdlib: (peer certificate DER, response bytes)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=hostname) as tls:
+            der = tls.getpeercert(binary_form=True)
+            tls.sendall(request)
+            if half_close:
+                socket.socket.shutdown(tls, socket.SHUT_WR)
+            chunks = []
+            while True:
+                try:
+                    chunk = tls.recv(1 << 20)
+                except ssl.SSLEOFError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    return der, b"".join(chunks)
+
+
+def get(path, hostname, close=True):
+    return (f"GET {path} HTTP/1.1\r\nHost: {hostname}\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+def body_of(response):
+    return response.split(b"\r\n\r\n", 1)[1]
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def cert_sha256_pem(path):
+    first = Path(path).read_text().split("-----END CERTIFICATE-----")[0]
+    return sha256(ssl.PEM_cert_to_DER_cert(first + "-----END CERTIFICATE-----\n"))
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")

@@ -1,0 +1,583 @@
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runewarp.errors import LocalProtocolError, RemoteProtocolError
+from runewarp.proto.mux import (
+    FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
+    FLAG_SYN,
+    GOAWAY_PROTOCOL_ERROR,
+    INITIAL_WINDOW,
+    TYPE_DATA,
+    TYPE_GO_AWAY,
+    TYPE_PING,
+    TYPE_WINDOW_UPDATE,
+    ConnectionDead,
+    DataReceived,
+    Frame,
+    FrameDecoder,
+    GoAwayReceived,
+    PingAcknowledged,
+    Role,
+    Session,
+    StreamAcknowledged,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+    encode_header,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+GO_AWAY_PROTOCOL = encode_header(TYPE_GO_AWAY, 0, 0, GOAWAY_PROTOCOL_ERROR)
+
+
+class SessionPair:
+    """Two connected Sessions and a fake clock, like h11's ConnectionPair."""
+
+    def __init__(self, **kwargs):
+        self.now = 0.0
+        self.client = Session(Role.CLIENT, now=self.now, **kwargs)
+        self.server = Session(Role.SERVER, now=self.now, **kwargs)
+
+    def peer(self, session):
+        return self.server if session is self.client else self.client
+
+    def pump(self, chunk=None):
+        """Shuttle bytes both ways until both are quiet; returns (client events, server events)."""
+        got = {id(self.client): [], id(self.server): []}
+        moving = True
+        while moving:
+            moving = False
+            for sender in (self.client, self.server):
+                data = sender.data_to_send()
+                if not data:
+                    continue
+                moving = True
+                receiver = self.peer(sender)
+                step = chunk or len(data)
+                for i in range(0, len(data), step):
+                    got[id(receiver)] += receiver.receive_data(data[i:i + step], self.now)
+        return got[id(self.client)], got[id(self.server)]
+
+
+def frames(data):
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    return list(decoder)
+
+
+def data_frame(stream_id, payload, flags=0):
+    return encode_header(TYPE_DATA, flags, stream_id, len(payload)) + payload
+
+
+def window_update(stream_id, delta=0, flags=0):
+    return encode_header(TYPE_WINDOW_UPDATE, flags, stream_id, delta)
+
+
+def received(events, stream_id):
+    return b"".join(e.data for e in events if isinstance(e, DataReceived) and e.stream_id == stream_id)
+
+
+# -- opening streams --
+
+def test_open_streams_from_both_sides_with_correct_parity():
+    pair = SessionPair()
+    assert [pair.client.open_stream() for _ in range(3)] == [1, 3, 5]
+    assert [pair.server.open_stream() for _ in range(2)] == [2, 4]
+    client_events, server_events = pair.pump()
+    assert [e for e in server_events if isinstance(e, StreamOpened)] == [
+        StreamOpened(1), StreamOpened(3), StreamOpened(5)]
+    assert [e for e in client_events if isinstance(e, StreamOpened)] == [StreamOpened(2), StreamOpened(4)]
+    assert StreamAcknowledged(1) in client_events and StreamAcknowledged(2) in server_events
+    assert sorted(pair.client.stream_ids()) == sorted(pair.server.stream_ids()) == [1, 2, 3, 4, 5]
+    assert pair.client.active_streams == 5
+
+
+def test_syn_and_ack_wire_format():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    assert pair.client.outbound_pending == 12
+    syn = pair.client.data_to_send()
+    assert syn == window_update(1, 0, FLAG_SYN)
+    assert pair.client.data_to_send() == b"" and pair.client.outbound_pending == 0
+    assert pair.server.receive_data(syn, 0.0) == [StreamOpened(sid)]
+    assert pair.server.data_to_send() == window_update(1, 0, FLAG_ACK)
+
+
+def test_data_before_ack():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    assert pair.client.send_data(sid, b"early") == 5
+    wire = pair.client.data_to_send()
+    assert frames(wire) == [Frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0), Frame(TYPE_DATA, 0, 1, 5, b"early")]
+    events = pair.server.receive_data(wire, 0.0)
+    assert events == [StreamOpened(1), DataReceived(1, b"early")]
+
+
+def test_peer_opening_with_data_syn():
+    server = Session(Role.SERVER)
+    assert server.receive_data(data_frame(1, b"hi", FLAG_SYN), 0.0) == [StreamOpened(1), DataReceived(1, b"hi")]
+    assert server.unconsumed(1) == 2
+
+
+def test_bigger_initial_window_is_announced_in_syn_and_ack():
+    pair = SessionPair(initial_window=1 * MiB)
+    sid = pair.client.open_stream()
+    syn = pair.client.data_to_send()
+    assert syn == window_update(sid, 1 * MiB - INITIAL_WINDOW, FLAG_SYN)
+    pair.server.receive_data(syn, pair.now)
+    pair.pump()
+    assert pair.server.send_credit(sid) == 1 * MiB
+    assert pair.client.send_credit(sid) == 1 * MiB
+
+
+def test_hashicorp_style_whole_window_frame_accepted():
+    server = Session(Role.SERVER, initial_window=4 * MiB)
+    server.receive_data(window_update(1, 0, FLAG_SYN), 0.0)
+    assert frames(server.data_to_send()) == [Frame(TYPE_WINDOW_UPDATE, FLAG_ACK, 1, 4 * MiB - INITIAL_WINDOW)]
+    payload = bytes(4 * MiB)
+    assert server.receive_data(data_frame(1, payload), 0.0) == [DataReceived(1, payload)]
+
+
+def test_send_data_respects_credit_and_frame_size():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.pump()
+    assert pair.client.send_data(sid, memoryview(bytes(300 * KiB))) == INITIAL_WINDOW
+    assert pair.client.send_data(sid, b"more") == 0
+    assert pair.client.send_credit(sid) == 0
+    sent = frames(pair.client.data_to_send())
+    assert [f.length for f in sent] == [64 * KiB] * 4
+    assert pair.client.send_credit(999) == 0
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_data(999, b"x")
+
+
+# -- flow control --
+
+N_STREAMS = 4
+_ops = st.one_of(
+    st.tuples(st.just("send"), st.booleans(), st.integers(0, N_STREAMS - 1),
+              st.one_of(st.integers(0, 4 * KiB), st.integers(100 * KiB, 300 * KiB))),
+    st.tuples(st.just("consume"), st.booleans(), st.integers(0, N_STREAMS - 1), st.sampled_from([0.0, 0.3, 0.5, 1.0])),
+    st.tuples(st.just("pump"), st.sampled_from([None, 4093, 65536])),
+)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_ops, max_size=40), max_frame_size=st.sampled_from([1000, 16 * KiB, 64 * KiB]),
+       seed=st.integers(0, 2**32))
+def test_windows_never_exceeded_and_bytes_arrive_in_order(ops, max_frame_size, seed):
+    max_window = 1 * MiB
+    pair = SessionPair(max_window=max_window, max_frame_size=max_frame_size)
+    rng = random.Random(seed)
+    sides = (pair.client, pair.server)
+    sids = [pair.client.open_stream(), pair.server.open_stream(),
+            pair.client.open_stream(), pair.server.open_stream()]
+    # Per (sender index, stream): bytes the application wants to send and how many went out.
+    outgoing = {(s, sid): bytearray() for s in (0, 1) for sid in sids}
+    taken = dict.fromkeys(outgoing, 0)
+    # Per (receiver index, stream): bytes received and how many were consumed.
+    arrived = {key: bytearray() for key in outgoing}
+    delivered = dict.fromkeys(outgoing, 0)
+
+    def try_send(s, sid):
+        key = (s, sid)
+        n = sides[s].send_data(sid, memoryview(outgoing[key])[taken[key]:])
+        assert n <= len(outgoing[key]) - taken[key]
+        taken[key] += n
+
+    def pump(chunk=None):
+        events = pair.pump(chunk)
+        for r in (0, 1):
+            for e in events[r]:
+                if isinstance(e, DataReceived):
+                    arrived[(r, e.stream_id)] += e.data
+        for r in (0, 1):
+            for sid in sids:
+                key = (r, sid)
+                buffered = len(arrived[key]) - delivered[key]
+                assert sides[r].unconsumed(sid) == buffered
+                assert buffered <= sides[r].receive_window(sid) <= max_window
+
+    def consume(r, sid, fraction):
+        key = (r, sid)
+        n = int((len(arrived[key]) - delivered[key]) * fraction)
+        sides[r].consumed(sid, n)
+        delivered[key] += n
+
+    pump()
+    for op in ops:
+        if op[0] == "send":
+            _, s, i, n = op
+            outgoing[(int(s), sids[i])] += rng.randbytes(n)
+            try_send(int(s), sids[i])
+        elif op[0] == "consume":
+            _, r, i, fraction = op
+            consume(int(r), sids[i], fraction)
+        else:
+            pump(op[1])
+
+    for _ in range(1000):
+        for key in outgoing:
+            try_send(*key)
+        pump()
+        for r in (0, 1):
+            for sid in sids:
+                consume(r, sid, 1.0)
+        pump()
+        if all(taken[k] == len(outgoing[k]) for k in outgoing):
+            break
+    # Sender s's bytes arrive at receiver 1 - s, byte-identical and in order.
+    for (s, sid), data in outgoing.items():
+        assert arrived[(1 - s, sid)] == data
+
+    for session in sides:
+        for sid in sids:
+            session.end_stream(sid)
+    pump()
+    assert pair.client.active_streams == pair.server.active_streams == 0
+
+
+def _transfer(pair, sid, total, consume):
+    """Client sends `total` bytes on `sid`; the server consumes what `consume` decides.
+
+    `consume(buffered, chunks)` gets the server's unconsumed byte count and this
+    round's DataReceived sizes, and returns the sizes to pass to consumed().
+    """
+    payload = memoryview(bytes(total))
+    offset = 0
+    buffered = 0
+    max_credit = 0
+    for _ in range(10_000):
+        if offset == total:
+            break
+        offset += pair.client.send_data(sid, payload[offset:])
+        _, server_events = pair.pump()
+        chunks = [len(e.data) for e in server_events if isinstance(e, DataReceived)]
+        buffered += sum(chunks)
+        for n in consume(buffered, chunks):
+            pair.server.consumed(sid, n)
+            buffered -= n
+        assert pair.server.unconsumed(sid) == buffered <= pair.server.receive_window(sid)
+        pair.pump()
+        max_credit = max(max_credit, pair.client.send_credit(sid))
+    return offset, max_credit
+
+
+def _keeps_up(buffered, chunks):
+    # Like the I/O layer: one consumed() per DataReceived, in arrival order.
+    return chunks
+
+
+def test_window_grows_for_fast_consumer():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    sent, max_credit = _transfer(pair, sid, 8 * MiB, _keeps_up)
+    assert sent == 8 * MiB
+    assert pair.server.receive_window(sid) > INITIAL_WINDOW
+    assert max_credit > INITIAL_WINDOW
+
+
+def test_window_capped_at_max_window():
+    pair = SessionPair(max_window=1 * MiB)
+    sid = pair.client.open_stream()
+    _transfer(pair, sid, 16 * MiB, _keeps_up)
+    assert pair.server.receive_window(sid) == 1 * MiB
+    assert pair.client.send_credit(sid) <= 1 * MiB
+
+
+def test_window_never_grows_for_stalled_consumer():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    # Consume only part of what is buffered: the reader never catches up.
+    sent, max_credit = _transfer(pair, sid, 2 * MiB, lambda buffered, chunks: [buffered // 2])
+    assert sent == 2 * MiB
+    assert pair.server.receive_window(sid) == INITIAL_WINDOW
+    assert max_credit <= INITIAL_WINDOW
+    assert pair.server.unconsumed(sid) <= INITIAL_WINDOW
+
+
+def test_window_update_event_carries_total_credit():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.pump()
+    pair.client.send_data(sid, bytes(INITIAL_WINDOW))
+    pair.pump()
+    pair.server.consumed(sid, INITIAL_WINDOW // 2)
+    client_events, _ = pair.pump()
+    assert client_events == [WindowUpdated(sid, INITIAL_WINDOW // 2)]
+
+
+def test_consuming_more_than_received_is_local_error():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.client.send_data(sid, b"abc")
+    pair.pump()
+    with pytest.raises(LocalProtocolError):
+        pair.server.consumed(sid, 4)
+    pair.server.consumed(12345, 10)  # gone stream: no-op
+
+
+def test_credit_violation_is_protocol_error():
+    server = Session(Role.SERVER)
+    server.receive_data(window_update(1, 0, FLAG_SYN) + data_frame(1, bytes(INITIAL_WINDOW)), 0.0)
+    server.data_to_send()
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(data_frame(1, b"x"), 0.0)
+    assert server.closed and server.go_away_sent
+    assert server.data_to_send() == GO_AWAY_PROTOCOL
+    assert server.receive_data(data_frame(1, b"x"), 0.0) == []
+    with pytest.raises(LocalProtocolError):
+        server.open_stream()
+
+
+def test_credit_violation_in_one_frame():
+    server = Session(Role.SERVER)
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(window_update(1, 0, FLAG_SYN) + data_frame(1, bytes(INITIAL_WINDOW + 1)), 0.0)
+    assert server.data_to_send().endswith(GO_AWAY_PROTOCOL)
+
+
+# -- closing --
+
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_half_close_both_orders(first):
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.pump()
+    a = getattr(pair, first)
+    b = pair.peer(a)
+    a.end_stream(sid)
+    a.end_stream(sid)  # idempotent
+    fin = a.data_to_send()
+    assert fin == window_update(sid, 0, FLAG_FIN)
+    assert b.receive_data(fin, pair.now) == [StreamEnded(sid)]
+    with pytest.raises(LocalProtocolError):
+        a.send_data(sid, b"nope")
+    # The other direction stays open: b may still send and a still receives.
+    assert b.send_data(sid, b"late reply") == 10
+    assert a.receive_data(b.data_to_send(), pair.now) == [DataReceived(sid, b"late reply")]
+    assert a.is_open(sid) and b.is_open(sid)
+    b.end_stream(sid)
+    assert not b.is_open(sid)
+    assert a.receive_data(b.data_to_send(), pair.now) == [StreamEnded(sid)]
+    assert not a.is_open(sid)
+    assert a.active_streams == b.active_streams == 0
+    a.end_stream(sid)  # gone: no-op
+    assert a.data_to_send() == b""
+
+
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_half_close_through_pump(first):
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.pump()
+    a = getattr(pair, first)
+    b = pair.peer(a)
+    a.send_data(sid, b"request")
+    a.end_stream(sid)
+    events = pair.pump()
+    b_events = events[1] if a is pair.client else events[0]
+    assert b_events[-2:] == [DataReceived(sid, b"request"), StreamEnded(sid)]
+    b.send_data(sid, b"response")
+    b.end_stream(sid)
+    events = pair.pump()
+    a_events = events[0] if a is pair.client else events[1]
+    assert a_events == [DataReceived(sid, b"response"), StreamEnded(sid)]
+    assert pair.client.active_streams == pair.server.active_streams == 0
+
+
+def test_reset():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.pump()
+    pair.client.reset_stream(sid)
+    assert not pair.client.is_open(sid)
+    pair.client.reset_stream(sid)  # no-op
+    pair.server.send_data(sid, b"in flight")
+    client_events, server_events = pair.pump()
+    # The client drops the late data and answers it with RST; the server ignores that.
+    assert client_events == []
+    assert server_events == [StreamReset(sid)]
+    assert not pair.server.is_open(sid)
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_data(sid, b"x")
+    assert pair.pump() == ([], [])
+
+
+def test_data_for_unknown_stream_is_answered_with_rst():
+    server = Session(Role.SERVER)
+    assert server.receive_data(data_frame(7, b"zz"), 0.0) == []
+    assert server.data_to_send() == window_update(7, 0, FLAG_RST)
+    assert server.receive_data(data_frame(7, b"zz", FLAG_RST) + window_update(9, 5), 0.0) == []
+    assert server.data_to_send() == b""
+
+
+def test_data_after_fin_is_protocol_error():
+    server = Session(Role.SERVER)
+    server.receive_data(window_update(1, 0, FLAG_SYN | FLAG_FIN), 0.0)
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(data_frame(1, b"x"), 0.0)
+
+
+# -- pings and keepalive --
+
+def test_ping_echo():
+    pair = SessionPair()
+    pair.client.ping(42)
+    assert pair.client.outbound_pending == 12
+    pair.server.ping(0xFFFFFFFF)
+    client_events, server_events = pair.pump()
+    assert client_events == [PingAcknowledged(42)]
+    assert server_events == [PingAcknowledged(0xFFFFFFFF)]
+    pair.client.ping(7)
+    ping = pair.client.data_to_send()
+    assert ping == encode_header(TYPE_PING, FLAG_SYN, 0, 7)
+    assert pair.server.receive_data(ping, 0.0) == []
+    assert pair.server.data_to_send() == encode_header(TYPE_PING, FLAG_ACK, 0, 7)
+    with pytest.raises(ValueError):
+        pair.client.ping(1 << 32)
+
+
+def test_keepalive_ping_and_dead_peer():
+    client = Session(Role.CLIENT, now=100.0)
+    assert client.next_timer() == 120.0
+    assert client.handle_timer(119.9) == [] and client.data_to_send() == b""
+    assert client.handle_timer(120.0) == []
+    [ping] = frames(client.data_to_send())
+    assert (ping.type, ping.flags, ping.stream_id) == (TYPE_PING, FLAG_SYN, 0)
+    assert client.next_timer() == 140.0
+    assert client.handle_timer(140.0) == []
+    assert client.next_timer() == 160.0
+    assert client.handle_timer(159.0) == []
+    assert client.handle_timer(160.0) == [ConnectionDead()]
+    assert client.handle_timer(200.0) == []
+    assert client.closed
+
+
+def test_keepalive_keeps_live_peer_alive():
+    pair = SessionPair()
+    for step in range(1, 40):
+        pair.now = step * 5.0
+        assert pair.client.handle_timer(pair.now) == []
+        assert pair.server.handle_timer(pair.now) == []
+        client_events, server_events = pair.pump()
+        if step % 4 == 0:
+            assert any(isinstance(e, PingAcknowledged) for e in client_events)
+    assert not pair.client.closed and not pair.server.closed
+
+
+def test_silence_after_traffic_kills():
+    pair = SessionPair()
+    pair.now = 30.0
+    pair.client.ping(1)
+    pair.pump()
+    assert pair.client.handle_timer(89.0) == []
+    assert pair.client.handle_timer(90.0) == [ConnectionDead()]
+
+
+# -- go away --
+
+def test_go_away_semantics():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.pump()
+    pair.server.go_away()
+    pair.server.go_away()  # idempotent
+    assert pair.server.data_to_send() == encode_header(TYPE_GO_AWAY, 0, 0, 0)
+    pair.server.go_away()
+    pair.client.receive_data(encode_header(TYPE_GO_AWAY, 0, 0, 0), 0.0)
+    assert pair.client.go_away_received and pair.server.go_away_sent
+    with pytest.raises(LocalProtocolError):
+        pair.client.open_stream()
+    with pytest.raises(LocalProtocolError):
+        pair.server.open_stream()
+    # Existing streams finish normally.
+    pair.client.send_data(sid, b"still here")
+    pair.client.end_stream(sid)
+    _, server_events = pair.pump()
+    assert server_events == [DataReceived(sid, b"still here"), StreamEnded(sid)]
+
+
+def test_go_away_event_and_syn_after_go_away_is_refused():
+    pair = SessionPair()
+    sid = pair.client.open_stream()
+    pair.client.send_data(sid, b"too late")
+    pair.server.go_away(0)
+    # Deliver the server's go away first, then the client's SYN.
+    client_events = pair.client.receive_data(pair.server.data_to_send(), 0.0)
+    assert client_events == [GoAwayReceived(0)]
+    assert pair.server.receive_data(pair.client.data_to_send(), 0.0) == []
+    assert not pair.server.is_open(sid)
+    # RST for the refused SYN, and again for the data that followed it.
+    assert pair.server.data_to_send() == window_update(sid, 0, FLAG_RST) * 2
+    assert pair.client.receive_data(window_update(sid, 0, FLAG_RST), 0.0) == [StreamReset(sid)]
+    assert not pair.client.is_open(sid)
+
+
+# -- scale --
+
+def test_thousand_streams_interleaved():
+    pair = SessionPair()
+    rng = random.Random(1)
+    sides = (pair.client, pair.server)
+    opened = [(s, sides[s].open_stream()) for s in (0, 1) for _ in range(500)]
+    rng.shuffle(opened)
+    payloads = {key: rng.randbytes(rng.randrange(1, 5000)) for key in opened}
+    got = {key: bytearray() for key in opened}
+    pending = dict(payloads)
+    while pending:
+        for key in list(pending):
+            s, sid = key
+            chunk = pending[key][:rng.randrange(1, 1500)]
+            assert sides[s].send_data(sid, chunk) == len(chunk)
+            rest = pending[key][len(chunk):]
+            if rest:
+                pending[key] = rest
+            else:
+                del pending[key]
+                sides[s].end_stream(sid)
+        client_events, server_events = pair.pump(chunk=32 * KiB)
+        for r, events in ((0, client_events), (1, server_events)):
+            for e in events:
+                if isinstance(e, DataReceived):
+                    got[(1 - r, e.stream_id)] += e.data
+                    sides[r].consumed(e.stream_id, len(e.data))
+    assert got == payloads
+    for s, sid in opened:
+        sides[1 - s].end_stream(sid)
+    pair.pump()
+    assert pair.client.active_streams == pair.server.active_streams == 0
+
+
+# -- malformed input --
+
+MALFORMED = {
+    "bad version": bytes.fromhex("01 01 0001 00000001 00000000"),
+    "bad type": bytes.fromhex("00 07 0000 00000000 00000000"),
+    "ping on stream 3": encode_header(TYPE_PING, FLAG_SYN, 3, 1),
+    "go away on stream 1": encode_header(TYPE_GO_AWAY, 0, 1, 0),
+    "syn wrong parity": window_update(2, 0, FLAG_SYN),
+    "syn stream 0": window_update(0, 0, FLAG_SYN),
+    "duplicate syn": window_update(1, 0, FLAG_SYN) + window_update(1, 0, FLAG_SYN),
+    "syn id going backwards": window_update(5, 0, FLAG_SYN) + window_update(3, 0, FLAG_SYN),
+    "syn reusing finished id": (window_update(1, 0, FLAG_SYN | FLAG_RST) + window_update(1, 0, FLAG_SYN)),
+    "oversize data": encode_header(TYPE_DATA, FLAG_SYN, 1, 32 * MiB),
+}
+
+
+@pytest.mark.parametrize("wire", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_frames_are_protocol_errors(wire):
+    server = Session(Role.SERVER)
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(wire, 0.0)
+    assert server.closed
+    assert server.data_to_send().endswith(GO_AWAY_PROTOCOL)
+    assert server.receive_data(window_update(9, 0, FLAG_SYN), 0.0) == []

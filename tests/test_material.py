@@ -1,0 +1,665 @@
+"""Certificate/key material: cross-checked against the openssl CLI."""
+
+import datetime as dt
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from runewarp import material as m
+from runewarp.errors import MaterialError
+
+UTC = dt.timezone.utc
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def openssl_verify(ca: Path, leaf: Path, *extra: str) -> None:
+    r = subprocess.run(
+        ["openssl", "verify", "-x509_strict", *extra, "-CAfile", str(ca), str(leaf)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def openssl_verify_fails(ca: Path, leaf: Path) -> bool:
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(leaf)], capture_output=True)
+    return r.returncode != 0
+
+
+def openssl_identity(key_path: Path) -> str:
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(key_path), "-pubout", "-outform", "DER"],
+        capture_output=True, check=True,
+    ).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def ext(cert: x509.Certificate, cls):
+    return cert.extensions.get_extension_for_class(cls)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class ReplaceCrash:
+    """Make the n-th os.replace raise, as if the process died there."""
+
+    def __init__(self, monkeypatch, n: int):
+        self.calls = 0
+        self.n = n
+        real = os.replace
+
+        def fake(src, dst, *a, **kw):
+            self.calls += 1
+            if self.calls == self.n:
+                raise OSError(5, "simulated crash")
+            return real(src, dst, *a, **kw)
+
+        monkeypatch.setattr(os, "replace", fake)
+
+
+def count_replaces(monkeypatch, fn) -> int:
+    counter = ReplaceCrash(monkeypatch, n=0)
+    fn()
+    monkeypatch.undo()
+    return counter.calls
+
+
+def assert_server_consistent(cert_dir: Path) -> None:
+    cert_path, key_path = m.load_server_cert_paths(cert_dir)
+    openssl_verify(cert_dir / "server-ca.crt", cert_path, "-purpose", "sslserver")
+    assert openssl_identity(key_path) == m.identity_of_certificate(certs(cert_path)[0])
+    assert openssl_identity(cert_dir / "state/server-ca.key") == m.identity_of_certificate(
+        certs(cert_dir / "server-ca.crt")[0]
+    )
+    assert certs(cert_path)[1] == certs(cert_dir / "server-ca.crt")[0]
+
+
+# --------------------------------------------------------------------------
+# primitives
+
+
+def test_atomic_write_creates_private_parents_and_sets_mode(tmp_path):
+    old = os.umask(0)
+    try:
+        target = tmp_path / "a" / "b" / "f.key"
+        m.atomic_write(target, b"secret", 0o600)
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"secret"
+    assert mode(target) == 0o600
+    assert mode(tmp_path / "a") == 0o700 and mode(tmp_path / "a" / "b") == 0o700
+    m.atomic_write(target, b"new", 0o644)
+    assert target.read_bytes() == b"new" and mode(target) == 0o644
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.key"]
+
+
+def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    m.atomic_write(target, b"old")
+    ReplaceCrash(monkeypatch, 1)
+    with pytest.raises(OSError):
+        m.atomic_write(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_ensure_dir_ignores_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        m.ensure_dir(tmp_path / "x" / "y")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "x") == 0o700 and mode(tmp_path / "x" / "y") == 0o700
+
+
+# --------------------------------------------------------------------------
+# server material
+
+
+def test_init_server_cert_layout_and_chain(tmp_path):
+    d = tmp_path / "server"
+    r = m.init_server_cert(d, "tunnel.example.com")
+    assert r.created and r.hostname == "tunnel.example.com"
+    assert r.cert_path == d / "server.crt" and r.key_path == d / "server.key"
+    assert r.ca_cert_path == d / "server-ca.crt"
+
+    assert mode(d) == 0o700 and mode(d / "state") == 0o700
+    assert mode(d / "server.key") == 0o600 and mode(d / "state/server-ca.key") == 0o600
+    assert mode(d / "server.crt") == 0o644 and mode(d / "server-ca.crt") == 0o644
+    assert sorted(snapshot(d)) == ["server-ca.crt", "server.crt", "server.key", "state/server-ca.key"]
+
+    openssl_verify(d / "server-ca.crt", d / "server.crt", "-purpose", "sslserver",
+                   "-verify_hostname", "tunnel.example.com")
+    assert_server_consistent(d)
+
+    leaf, ca_in_chain = certs(d / "server.crt")
+    (ca,) = certs(d / "server-ca.crt")
+    assert ca_in_chain == ca
+    assert r.serial == leaf.serial_number == m.certificate_serial(d / "server.crt")
+    assert r.not_after == leaf.not_valid_after_utc == m.leaf_not_after(d / "server.crt")
+
+    assert ca.subject.rfc4514_string() == "CN=Runewarp Server CA"
+    bc = ext(ca, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = ext(ca, x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.crl_sign
+    ca_ski = ext(ca, x509.SubjectKeyIdentifier).value
+    assert 3649 <= (ca.not_valid_after_utc - ca.not_valid_before_utc).days <= 3650
+
+    assert ext(leaf, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
+        "tunnel.example.com"
+    ]
+    assert list(ext(leaf, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert ext(leaf, x509.BasicConstraints).value.ca is False
+    assert ext(leaf, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski.digest
+    assert (leaf.not_valid_after_utc - leaf.not_valid_before_utc).days == 90
+
+
+def test_init_server_cert_is_idempotent(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    before = snapshot(d)
+    r = m.init_server_cert(d, "TUNNEL.example.com.")
+    assert r.created is False
+    assert r.serial == m.certificate_serial(d / "server.crt")
+    assert snapshot(d) == before
+
+
+def test_init_server_cert_other_hostname_names_both(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "a.example.com")
+    with pytest.raises(MaterialError) as e:
+        m.init_server_cert(d, "b.example.com")
+    assert "a.example.com" in str(e.value) and "b.example.com" in str(e.value)
+
+
+@pytest.mark.parametrize("missing", ["server.crt", "server.key", "server-ca.crt", "state/server-ca.key"])
+def test_init_server_cert_partial_material(tmp_path, missing):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    (d / missing).unlink()
+    before = snapshot(d)
+    with pytest.raises(MaterialError) as e:
+        m.init_server_cert(d, "tunnel.example.com")
+    msg = str(e.value)
+    assert missing in msg and "rotate-ca" in msg and "remove the folder" in msg
+    assert snapshot(d) == before
+
+
+def test_init_server_cert_ip_address(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "192.0.2.7")
+    openssl_verify(d / "server-ca.crt", d / "server.crt", "-verify_ip", "192.0.2.7")
+
+
+def test_init_server_cert_rejects_bad_hostname(tmp_path):
+    with pytest.raises(MaterialError):
+        m.init_server_cert(tmp_path / "s", "bad host/../x")
+    assert not (tmp_path / "s").exists()
+
+
+def test_renew_server_cert_keeps_ca(tmp_path):
+    d = tmp_path / "server"
+    first = m.init_server_cert(d, "tunnel.example.com")
+    before = snapshot(d)
+    r = m.renew_server_cert(d)
+    after = snapshot(d)
+    assert r.hostname == "tunnel.example.com"
+    assert after["server-ca.crt"] == before["server-ca.crt"]
+    assert after["state/server-ca.key"] == before["state/server-ca.key"]
+    assert after["server.crt"] != before["server.crt"]
+    assert after["server.key"] != before["server.key"]
+    assert r.serial != first.serial
+    assert sorted(after) == sorted(before)
+    assert_server_consistent(d)
+    assert mode(d / "server.key") == 0o600
+
+
+def test_renew_server_cert_with_new_hostname(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "old.example.com")
+    m.renew_server_cert(d, hostname="new.example.com")
+    openssl_verify(d / "server-ca.crt", d / "server.crt", "-verify_hostname", "new.example.com")
+    assert m.init_server_cert(d, "new.example.com").created is False
+
+
+def test_renew_server_cert_uses_now(tmp_path):
+    d = tmp_path / "server"
+    past = dt.datetime(2020, 1, 1, tzinfo=UTC)
+    m.init_server_cert(d, "tunnel.example.com", now=past)
+    assert m.leaf_not_after(d / "server.crt") == past + dt.timedelta(days=90)
+    r = m.renew_server_cert(d)
+    assert r.not_after > dt.datetime.now(UTC) + dt.timedelta(days=89)
+    assert_server_consistent(d)
+
+
+def test_renew_server_cert_without_ca_fails(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    (d / "state/server-ca.key").unlink()
+    with pytest.raises(MaterialError, match="rotate-ca"):
+        m.renew_server_cert(d)
+
+
+def test_rotate_server_ca_changes_ca(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    old_ca = tmp_path / "old-ca.crt"
+    old_ca.write_bytes((d / "server-ca.crt").read_bytes())
+    before = snapshot(d)
+    r = m.rotate_server_ca(d)
+    after = snapshot(d)
+    assert r.hostname == "tunnel.example.com"
+    for name in before:
+        assert after[name] != before[name], name
+    assert_server_consistent(d)
+    assert openssl_verify_fails(old_ca, d / "server.crt")
+
+
+def test_rotate_server_ca_recovers_partial_material(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    (d / "state/server-ca.key").unlink()
+    m.rotate_server_ca(d)
+    assert_server_consistent(d)
+    assert m.init_server_cert(d, "tunnel.example.com").created is False
+
+
+def test_load_server_cert_paths_missing(tmp_path):
+    with pytest.raises(MaterialError, match="run 'runewarp server cert init'"):
+        m.load_server_cert_paths(tmp_path / "nothing")
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    (d / "server.key").unlink()
+    with pytest.raises(MaterialError, match="run 'runewarp server cert init'"):
+        m.load_server_cert_paths(d)
+
+
+def test_load_server_cert_paths_mismatched_key(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    other = tmp_path / "other"
+    m.init_server_cert(other, "tunnel.example.com")
+    (d / "server.key").write_bytes((other / "server.key").read_bytes())
+    with pytest.raises(MaterialError, match="does not match"):
+        m.load_server_cert_paths(d)
+
+
+def test_renew_server_crash_on_second_replace_keeps_old_material(tmp_path, monkeypatch):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    before = snapshot(d)
+    ReplaceCrash(monkeypatch, 2)
+    with pytest.raises(MaterialError):
+        m.renew_server_cert(d)
+    monkeypatch.undo()
+    assert snapshot(d) == before
+    openssl_verify(d / "server-ca.crt", d / "server.crt")
+    assert_server_consistent(d)
+    m.renew_server_cert(d)
+    assert_server_consistent(d)
+
+
+def test_hard_crash_leftovers_are_ignored_then_discarded(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    before = snapshot(d)
+    (d / "server.key.new").write_bytes(b"half-staged")
+    (d / ".server.crt.new.x1y2.tmp").write_bytes(b"half-written")
+    assert_server_consistent(d)
+    m.renew_server_cert(d)
+    assert sorted(snapshot(d)) == sorted(before)
+    assert_server_consistent(d)
+
+
+def test_interrupted_commit_is_rolled_forward_by_readers(tmp_path):
+    d = tmp_path / "identity"
+    m.init_identity(d)
+    other = tmp_path / "other"
+    new = m.init_identity(other).identity
+    for name in ("client.key", "client.crt", "client-identity.txt"):
+        (d / (name + ".new")).write_bytes((other / name).read_bytes())
+    # as if the process died after the journal and the first rename
+    os.replace(d / "client.key.new", d / "client.key")
+    (d / ".pending-commit").write_text('["client.key", "client.crt", "client-identity.txt"]')
+    assert m.show_identity(d) == new
+    assert sorted(snapshot(d)) == ["client-identity.txt", "client.crt", "client.key"]
+    m.load_identity_paths(d)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")
+def test_renew_server_in_read_only_folder_keeps_old_material(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    before = snapshot(d)
+    os.chmod(d, 0o500)
+    try:
+        with pytest.raises(MaterialError):
+            m.renew_server_cert(d)
+    finally:
+        os.chmod(d, 0o700)
+    assert snapshot(d) == before
+    assert_server_consistent(d)
+
+
+def test_rotate_server_ca_crash_at_every_step_is_all_or_nothing(tmp_path, monkeypatch):
+    probe = tmp_path / "probe"
+    m.init_server_cert(probe, "tunnel.example.com")
+    total = count_replaces(monkeypatch, lambda: m.rotate_server_ca(probe))
+    staged_and_journal = 4 + 1
+    assert total == staged_and_journal + 4
+    for n in range(1, total + 1):
+        d = tmp_path / f"s{n}"
+        m.init_server_cert(d, "tunnel.example.com")
+        before = snapshot(d)
+        ReplaceCrash(monkeypatch, n)
+        with pytest.raises(MaterialError):
+            m.rotate_server_ca(d)
+        monkeypatch.undo()
+        assert_server_consistent(d)  # completes an interrupted commit first
+        after = snapshot(d)
+        assert sorted(after) == sorted(before), n
+        if n <= staged_and_journal:
+            assert after == before, n
+        else:
+            assert all(after[k] != before[k] for k in before), n
+
+
+# --------------------------------------------------------------------------
+# client identity
+
+
+def test_init_identity(tmp_path):
+    d = tmp_path / "identity"
+    r = m.init_identity(d)
+    assert r.created
+    assert sorted(snapshot(d)) == ["client-identity.txt", "client.crt", "client.key"]
+    assert mode(d) == 0o700 and mode(d / "client.key") == 0o600
+    assert r.identity == openssl_identity(d / "client.key")
+    assert (d / "client-identity.txt").read_text() == r.identity + "\n"
+    assert len(r.identity) == 64 and r.identity == r.identity.lower()
+    assert m.show_identity(d) == r.identity
+
+    openssl_verify(d / "client.crt", d / "client.crt", "-purpose", "sslclient")
+    openssl_verify(d / "client.crt", d / "client.crt", "-partial_chain")
+    (cert,) = certs(d / "client.crt")
+    assert cert.subject == cert.issuer
+    assert cert.subject.rfc4514_string() == "CN=runewarp-client"
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ku = ext(cert, x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_cert_sign
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 90
+    assert m.identity_of_certificate(cert) == r.identity
+    der = subprocess.run(["openssl", "x509", "-in", str(d / "client.crt"), "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    assert m.identity_of_certificate_der(der) == r.identity
+    assert m.client_identity(cert.public_key()) == r.identity
+    assert m.load_identity_paths(d) == (d / "client.crt", d / "client.key")
+
+
+def test_init_identity_is_idempotent(tmp_path):
+    d = tmp_path / "identity"
+    first = m.init_identity(d)
+    before = snapshot(d)
+    again = m.init_identity(d)
+    assert again.created is False and again.identity == first.identity
+    assert snapshot(d) == before
+
+
+def test_init_identity_repairs_identity_text(tmp_path):
+    d = tmp_path / "identity"
+    r = m.init_identity(d)
+    (d / "client-identity.txt").write_text("0" * 64 + "\n")
+    with pytest.raises(MaterialError, match="run 'runewarp client identity init'"):
+        m.show_identity(d)
+    assert m.init_identity(d).created is False
+    assert m.show_identity(d) == r.identity
+
+
+@pytest.mark.parametrize("missing", ["client.key", "client.crt"])
+def test_init_identity_partial(tmp_path, missing):
+    d = tmp_path / "identity"
+    m.init_identity(d)
+    (d / missing).unlink()
+    with pytest.raises(MaterialError, match=missing):
+        m.init_identity(d)
+
+
+def test_renew_identity_keeps_identity(tmp_path):
+    d = tmp_path / "identity"
+    first = m.init_identity(d, now=dt.datetime.now(UTC) - dt.timedelta(days=70))
+    before = snapshot(d)
+    r = m.renew_identity(d)
+    after = snapshot(d)
+    assert r.identity == first.identity
+    assert after["client-identity.txt"] == before["client-identity.txt"]
+    assert after["client.key"] == before["client.key"]
+    assert after["client.crt"] != before["client.crt"]
+    assert openssl_identity(d / "client.key") == r.identity
+    openssl_verify(d / "client.crt", d / "client.crt", "-partial_chain")
+    assert m.identity_needs_renewal(d) is False
+
+
+def test_rotate_identity_changes_identity(tmp_path):
+    d = tmp_path / "identity"
+    first = m.init_identity(d)
+    before = snapshot(d)
+    r = m.rotate_identity(d)
+    after = snapshot(d)
+    assert r.identity != first.identity
+    assert all(after[k] != before[k] for k in before)
+    assert openssl_identity(d / "client.key") == r.identity == m.show_identity(d)
+    assert mode(d / "client.key") == 0o600
+
+
+def test_show_identity_missing(tmp_path):
+    with pytest.raises(MaterialError, match="run 'runewarp client identity init'"):
+        m.show_identity(tmp_path / "none")
+    d = tmp_path / "identity"
+    m.init_identity(d)
+    (d / "client.key").unlink()
+    with pytest.raises(MaterialError, match="run 'runewarp client identity init'"):
+        m.show_identity(d)
+
+
+def test_show_identity_detects_foreign_key(tmp_path):
+    d, other = tmp_path / "identity", tmp_path / "other"
+    m.init_identity(d)
+    m.init_identity(other)
+    (d / "client.key").write_bytes((other / "client.key").read_bytes())
+    with pytest.raises(MaterialError, match="does not match"):
+        m.show_identity(d)
+
+
+def test_identity_needs_renewal(tmp_path):
+    now = dt.datetime.now(UTC)
+    d = tmp_path / "identity"
+    m.init_identity(d, now=now - dt.timedelta(days=70))
+    assert m.identity_needs_renewal(d, now) is True
+    assert m.identity_needs_renewal(d, now, max_age_days=80) is False
+
+    fresh = tmp_path / "fresh"
+    m.init_identity(fresh, now=now)
+    assert m.identity_needs_renewal(fresh, now) is False
+    assert m.identity_needs_renewal(fresh, now + dt.timedelta(days=61)) is True
+
+    expired = tmp_path / "expired"
+    m.init_identity(expired, now=now - dt.timedelta(days=100))
+    assert m.identity_needs_renewal(expired, now, max_age_days=1000) is True
+
+
+def test_renew_identity_crash_on_second_replace(tmp_path, monkeypatch):
+    d = tmp_path / "identity"
+    m.init_identity(d)
+    before = snapshot(d)
+    ReplaceCrash(monkeypatch, 2)
+    with pytest.raises(MaterialError):
+        m.renew_identity(d)
+    monkeypatch.undo()
+    assert snapshot(d) == before
+    openssl_verify(d / "client.crt", d / "client.crt", "-partial_chain")
+    assert m.show_identity(d) == before["client-identity.txt"].decode().strip()
+
+
+def test_rotate_identity_crash_at_every_step_is_all_or_nothing(tmp_path, monkeypatch):
+    probe = tmp_path / "probe"
+    m.init_identity(probe)
+    total = count_replaces(monkeypatch, lambda: m.rotate_identity(probe))
+    assert total == 3 + 1 + 3
+    for n in range(1, total + 1):
+        d = tmp_path / f"i{n}"
+        old = m.init_identity(d).identity
+        before = snapshot(d)
+        ReplaceCrash(monkeypatch, n)
+        with pytest.raises(MaterialError):
+            m.rotate_identity(d)
+        monkeypatch.undo()
+        shown = m.show_identity(d)
+        cert_path, key_path = m.load_identity_paths(d)
+        assert openssl_identity(key_path) == shown == m.identity_of_certificate(certs(cert_path)[0])
+        if n <= 4:
+            assert shown == old and snapshot(d) == before, n
+        else:
+            assert shown != old, n
+
+
+# --------------------------------------------------------------------------
+# public hostname material
+
+
+def test_init_public_certs(tmp_path):
+    d = tmp_path / "public"
+    r = m.init_public_certs(d, ["a.example.com", "b.example.com"])
+    assert r.ca_created and [leaf.hostname for leaf in r.leaves] == ["a.example.com", "b.example.com"]
+    assert mode(d) == 0o700 and mode(d / "state") == 0o700
+    assert mode(d / "state/public-ca.key") == 0o600
+    for leaf in r.leaves:
+        assert leaf.created
+        assert mode(leaf.key_path) == 0o600 and mode(leaf.key_path.parent) == 0o700
+        openssl_verify(d / "public-ca.crt", leaf.cert_path, "-purpose", "sslserver",
+                       "-verify_hostname", leaf.hostname)
+        chain = certs(leaf.cert_path)
+        assert len(chain) == 2 and chain[1] == certs(d / "public-ca.crt")[0]
+        assert leaf.serial == m.certificate_serial(leaf.cert_path)
+        assert openssl_identity(leaf.key_path) == m.identity_of_certificate(chain[0])
+        assert m.load_public_cert_paths(d, leaf.hostname) == (leaf.cert_path, leaf.key_path)
+
+
+def test_init_public_certs_idempotent_and_reuses_ca(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["a.example.com"])
+    before = snapshot(d)
+    r = m.init_public_certs(d, ["a.example.com"])
+    assert not r.ca_created and not r.leaves[0].created
+    assert snapshot(d) == before
+    r = m.init_public_certs(d, ["a.example.com", "c.example.com"])
+    after = snapshot(d)
+    assert not r.ca_created
+    assert [leaf.created for leaf in r.leaves] == [False, True]
+    assert {k: after[k] for k in before} == before
+    openssl_verify(d / "public-ca.crt", d / "c.example.com/public.crt")
+
+
+def test_init_public_certs_reissues_incomplete_leaf(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["a.example.com"])
+    (d / "a.example.com/public.key").unlink()
+    r = m.init_public_certs(d, ["a.example.com"])
+    assert r.leaves[0].created
+    openssl_verify(d / "public-ca.crt", d / "a.example.com/public.crt")
+    m.load_public_cert_paths(d, "a.example.com")
+
+
+def test_init_public_certs_partial_ca(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["a.example.com"])
+    (d / "state/public-ca.key").unlink()
+    with pytest.raises(MaterialError, match="public-ca.key"):
+        m.init_public_certs(d, ["a.example.com"])
+
+
+@pytest.mark.parametrize("bad", ["..", "a/b", "", "192.0.2.1", "state/../x"])
+def test_public_hostnames_validated(tmp_path, bad):
+    with pytest.raises(MaterialError):
+        m.init_public_certs(tmp_path / "public", [bad])
+
+
+def test_renew_public_certs_keeps_ca(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["a.example.com", "b.example.com"])
+    before = snapshot(d)
+    r = m.renew_public_certs(d, ["a.example.com"])
+    after = snapshot(d)
+    assert [leaf.hostname for leaf in r.leaves] == ["a.example.com"]
+    assert after["public-ca.crt"] == before["public-ca.crt"]
+    assert after["state/public-ca.key"] == before["state/public-ca.key"]
+    assert after["a.example.com/public.crt"] != before["a.example.com/public.crt"]
+    assert after["b.example.com/public.crt"] == before["b.example.com/public.crt"]
+    openssl_verify(d / "public-ca.crt", d / "a.example.com/public.crt")
+    r = m.renew_public_certs(d)
+    assert [leaf.hostname for leaf in r.leaves] == ["a.example.com", "b.example.com"]
+
+
+def test_rotate_public_ca_reissues_every_leaf(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["a.example.com", "b.example.com"])
+    old_ca = tmp_path / "old-ca.crt"
+    old_ca.write_bytes((d / "public-ca.crt").read_bytes())
+    before = snapshot(d)
+    r = m.rotate_public_ca(d)
+    after = snapshot(d)
+    assert sorted(after) == sorted(before)
+    assert all(after[k] != before[k] for k in before)
+    assert [leaf.hostname for leaf in r.leaves] == ["a.example.com", "b.example.com"]
+    for leaf in r.leaves:
+        openssl_verify(d / "public-ca.crt", leaf.cert_path)
+        assert openssl_verify_fails(old_ca, leaf.cert_path)
+
+
+def test_rotate_public_ca_crash_keeps_old_material(tmp_path, monkeypatch):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["a.example.com"])
+    before = snapshot(d)
+    ReplaceCrash(monkeypatch, 2)
+    with pytest.raises(MaterialError):
+        m.rotate_public_ca(d)
+    monkeypatch.undo()
+    assert snapshot(d) == before
+    openssl_verify(d / "public-ca.crt", d / "a.example.com/public.crt")
+    m.rotate_public_ca(d)
+    assert sorted(snapshot(d)) == sorted(before)
+
+
+# --------------------------------------------------------------------------
+# test helper
+
+
+def test_make_self_signed(tmp_path):
+    cert_path, key_path = m.make_self_signed("backend.test", tmp_path / "b")
+    assert mode(key_path) == 0o600
+    openssl_verify(cert_path, cert_path, "-purpose", "sslserver", "-verify_hostname", "backend.test")
+    (cert,) = certs(cert_path)
+    assert ext(cert, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
+        "backend.test"
+    ]
+    assert openssl_identity(key_path) == m.identity_of_certificate(cert)
+    assert (m.leaf_not_after(cert_path) - cert.not_valid_before_utc).days == 90
