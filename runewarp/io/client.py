@@ -24,7 +24,9 @@ from ..proto.mux import Role
 from ..tls import ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
 from .intake import INTAKE_DEADLINE, IntakeRejected, read_client_hello
 from .listener import format_address, set_nodelay
-from .splice import splice
+from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd, splice
+from .terminate import PublicCertificates, TLSEnd, accept_visitor_tls
+from .tlsconn import TLSClosed
 from .tunnel import StreamReset, TunnelSession
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
@@ -57,6 +59,7 @@ class Client:
         self.log = log
         self.instance = uuid.uuid4().hex[:12]
         self.services = ServiceTable(config.services)
+        self.public_certs = PublicCertificates(config.public_cert_dir, log)
         self.handlers = Pool(config.limits.active_streams)
         self.workers = []
         self.sessions = set()
@@ -88,6 +91,7 @@ class Client:
     def reload(self, config):
         self.config = config
         self.services = ServiceTable(config.services)
+        self.public_certs = PublicCertificates(config.public_cert_dir, self.log)
         self.log.info("client-reloaded", services=len(config.services))
 
     # -- Tunnel connection worker --
@@ -206,7 +210,10 @@ class Client:
                                reason="no-service")
                 stream.reset()
                 return
-            self._passthrough(stream, service, taken, header)
+            if service.tls_mode == "terminate":
+                self._terminate(stream, service, taken, header)
+            else:
+                self._passthrough(stream, service, taken, header)
         except IntakeRejected as exc:
             self.log.debug("stream-rejected", reason=exc.reason)
             stream.reset()
@@ -216,30 +223,58 @@ class Client:
         except StreamReset:
             stream.reset()
 
-    def _passthrough(self, stream, service, taken, header):
-        backend = format_address(service.backend_address)
+    def _connect_backend(self, service, hostname):
         try:
             with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
                 sock = socket.create_connection(service.backend_address)
         except (OSError, gevent.Timeout) as exc:
-            self.log.warn("backend-connect-failed", public_hostname=taken.hostname,
-                          backend_address=backend, reason=_describe(exc))
+            self.log.warn("backend-connect-failed", public_hostname=hostname,
+                          backend_address=format_address(service.backend_address),
+                          reason=_describe(exc))
+            return None
+        set_nodelay(sock)
+        return sock
+
+    def _passthrough(self, stream, service, taken, header):
+        sock = self._connect_backend(service, taken.hostname)
+        if sock is None:
             stream.reset()
             return
-        set_nodelay(sock)
-        visitor = format_address(header.source) if header.source else None
         try:
             sock.sendall(taken.buffered)
         except OSError as exc:
-            self.log.warn("backend-write-failed", backend_address=backend, reason=_describe(exc))
+            self.log.warn("backend-write-failed", public_hostname=taken.hostname,
+                          backend_address=format_address(service.backend_address),
+                          reason=_describe(exc))
             sock.close()
             stream.reset()
             return
+        self._splice(StreamEnd(stream), sock, service, taken, header, "passthrough")
+
+    def _terminate(self, stream, service, taken, header):
+        context = self.public_certs.context_for(taken.hostname)
+        try:
+            with gevent.Timeout(INTAKE_DEADLINE):
+                tls = accept_visitor_tls(stream, context, taken.buffered)
+        except (gevent.Timeout, TLSClosed, *TRANSPORT_ERRORS) as exc:
+            self.log.debug("stream-rejected", public_hostname=taken.hostname,
+                           reason=f"visitor-handshake-failed: {_describe(exc)}")
+            stream.reset()
+            return
+        sock = self._connect_backend(service, taken.hostname)
+        if sock is None:
+            stream.reset()
+            return
+        self._splice(TLSEnd(tls, stream), sock, service, taken, header, "terminate")
+
+    def _splice(self, visitor_end, sock, service, taken, header, mode):
+        visitor = format_address(header.source) if header.source else None
+        backend = format_address(service.backend_address)
         self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
-                       backend_address=backend)
-        result = splice(sock, stream)
+                       backend_address=backend, tls_mode=mode)
+        result = splice(visitor_end, SocketEnd(sock))
         self.log.debug("stream-closed", public_hostname=taken.hostname, visitor=visitor,
-                       bytes_up=result.down, bytes_down=result.up, reason=result.error)
+                       bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
 
 
 def _resolve_override(host):

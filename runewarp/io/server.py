@@ -25,7 +25,7 @@ from ..tls import (ALPN_ACME, ALPN_TUNNEL, identity_from_pyopenssl, refused_iden
                    server_tunnel_context)
 from .intake import IntakeRejected, intake
 from .listener import Listener, format_address, set_nodelay
-from .splice import splice
+from .splice import SocketEnd, StreamEnd, splice
 from .tlsconn import ServerTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession
 
@@ -234,9 +234,9 @@ class Server:
                            public_hostname=hostname, tunnel=route.name,
                            client_instance=member.instance, stream=stream.id)
             started = time.monotonic()
-            result = splice(sock, stream)
+            result = splice(SocketEnd(sock), StreamEnd(stream))
             self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
-                           bytes_up=result.up + len(taken.buffered), bytes_down=result.down,
+                           bytes_up=result.a_to_b + len(taken.buffered), bytes_down=result.b_to_a,
                            duration=f"{time.monotonic() - started:.3f}s",
                            reason=result.error)
         finally:

@@ -1,19 +1,23 @@
-"""Splice a TCP socket and a mux stream: two pumps, half-close on EOF, both joined.
+"""Splice two endpoints: two pumps, half-close on EOF, both joined before returning.
 
-Bytes move in chunks of up to 64 KiB that exist only while data is moving: an
-idle connection holds no buffer.  A FIN in one direction becomes a FIN in the
-same direction on the other side; an error or reset aborts both.
+Endpoints are a TCP socket, a mux stream, or TLS terminated over a mux stream;
+each offers recv / sendall / delivered / finish / abort / close.  Bytes move in
+chunks of up to 64 KiB that exist only while data is moving, so an idle
+connection holds no buffer.  A FIN in one direction becomes a FIN in the same
+direction on the other side; an error or reset aborts both.
 """
 
 import socket
 import struct
 
 import gevent
+from OpenSSL import SSL
 
 from .tunnel import StreamReset
 
 CHUNK = 64 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
 
 
 def abort(sock):
@@ -25,66 +29,92 @@ def abort(sock):
     sock.close()
 
 
+class SocketEnd:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def recv(self):
+        return self.sock.recv(CHUNK)
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+    def delivered(self, n):
+        pass
+
+    def finish(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def abort(self):
+        abort(self.sock)
+
+    def close(self):
+        self.sock.close()
+
+
+class StreamEnd:
+    """A mux stream; credit goes back to the peer only once bytes were delivered onward."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def recv(self):
+        return self.stream.recv()
+
+    def sendall(self, data):
+        self.stream.sendall(data)
+
+    def delivered(self, n):
+        self.stream.consumed(n)
+
+    def finish(self):
+        self.stream.end()
+
+    def abort(self):
+        self.stream.reset()
+
+    def close(self):
+        self.stream.close()
+
+
 class SpliceResult:
-    __slots__ = ("up", "down", "error")
+    __slots__ = ("a_to_b", "b_to_a", "error")
 
     def __init__(self):
-        self.up = 0
-        self.down = 0
+        self.a_to_b = 0
+        self.b_to_a = 0
         self.error = None
 
 
-def _socket_to_stream(sock, stream, result):
-    """TCP → mux. EOF → FIN; error → RST."""
+def _pump(src, dst, result, forward):
     try:
         while True:
-            data = sock.recv(CHUNK)
+            data = src.recv()
             if not data:
-                stream.end()
+                dst.finish()
                 return
-            stream.sendall(data)
-            result.up += len(data)
-    except StreamReset as exc:
-        result.error = result.error or f"stream reset: {exc}"
-        abort_both(sock, stream)
-    except OSError as exc:
-        result.error = result.error or f"socket error: {exc}"
-        abort_both(sock, stream)
+            dst.sendall(data)
+            src.delivered(len(data))
+            if forward:
+                result.a_to_b += len(data)
+            else:
+                result.b_to_a += len(data)
+    except TRANSPORT_ERRORS as exc:
+        if result.error is None:
+            result.error = f"{exc.__class__.__name__}: {exc}"
+        src.abort()
+        dst.abort()
 
 
-def _stream_to_socket(stream, sock, result):
-    """mux → TCP. FIN → shutdown(SHUT_WR); RST → abort the socket."""
-    try:
-        while True:
-            data = stream.recv()
-            if not data:
-                sock.shutdown(socket.SHUT_WR)
-                return
-            sock.sendall(data)
-            stream.consumed(len(data))
-            result.down += len(data)
-    except StreamReset as exc:
-        result.error = result.error or f"stream reset: {exc}"
-        abort_both(sock, stream)
-    except OSError as exc:
-        result.error = result.error or f"socket error: {exc}"
-        abort_both(sock, stream)
-
-
-def abort_both(sock, stream):
-    stream.reset()
-    abort(sock)
-
-
-def splice(sock, stream):
-    """Run both directions until each has finished; returns byte counts and the error, if any."""
+def splice(a, b):
+    """Run both directions until each has finished; byte counts and the first error."""
     result = SpliceResult()
-    up = gevent.spawn(_socket_to_stream, sock, stream, result)
+    other = gevent.spawn(_pump, b, a, result, False)
     try:
-        _stream_to_socket(stream, sock, result)
-        up.join()
+        _pump(a, b, result, True)
+        other.join()
     finally:
-        up.kill()
-        stream.close()
-        sock.close()
+        other.kill()
+        a.close()
+        b.close()
     return result

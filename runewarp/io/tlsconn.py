@@ -25,7 +25,7 @@ class ServerTLSConnection:
         if initial:
             self.conn.bio_write(bytes(initial))
 
-    def _flush(self):
+    def flush(self):
         """Move every ciphertext byte OpenSSL produced onto the socket, in order."""
         with self._send_lock:
             while True:
@@ -50,14 +50,14 @@ class ServerTLSConnection:
             try:
                 self.conn.do_handshake()
             except SSL.WantReadError:
-                self._flush()
+                self.flush()
                 if not self._feed():
                     raise TLSClosed("peer closed during the handshake") from None
                 continue
             except SSL.Error:
-                self._flush()  # deliver our alert before the caller closes
+                self.flush()  # deliver our alert before the caller closes
                 raise
-            self._flush()
+            self.flush()
             return
 
     def peer_certificate(self):
@@ -77,7 +77,7 @@ class ServerTLSConnection:
 
     def sendall(self, data):
         self.conn.sendall(data)
-        self._flush()
+        self.flush()
 
     def close(self):
         try:

@@ -1,0 +1,117 @@
+"""Terminate mode: the Client completes the Visitor's TLS handshake itself.
+
+The certificate is chosen by the normalized SNI that intake already read; the
+buffered ClientHello is handed to the TLS engine, so nothing is read twice.  A
+hostname without a usable certificate fails the handshake (fail closed: never
+fall back to passthrough).
+"""
+
+import os
+
+from OpenSSL import SSL
+
+from ..errors import MaterialError
+from ..material import load_public_cert_paths
+from .tlsconn import ServerTLSConnection
+
+
+def _context(cert_path=None, key_path=None):
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    if cert_path is not None:
+        ctx.use_certificate_chain_file(str(cert_path))
+        ctx.use_privatekey_file(str(key_path))
+    return ctx
+
+
+class PublicCertificates:
+    """Public hostname certificates by hostname, reloaded when their files change on disk."""
+
+    def __init__(self, cert_dir, log):
+        self.cert_dir = cert_dir
+        self.log = log
+        self._cache = {}
+        self._refuse = _context()  # no certificate: every handshake fails
+
+    def _stamp(self, hostname):
+        folder = os.path.join(self.cert_dir, hostname)
+        try:
+            return tuple((s.st_mtime_ns, s.st_size) for s in
+                         (os.stat(os.path.join(folder, n)) for n in ("public.crt", "public.key")))
+        except OSError:
+            return None
+
+    def context_for(self, hostname):
+        """SSL context for `hostname`, or the refusing context when none is usable."""
+        if self.cert_dir is None:
+            return self._refuse
+        stamp = self._stamp(hostname)
+        cached = self._cache.get(hostname)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            cert_path, key_path = load_public_cert_paths(self.cert_dir, hostname)
+            ctx = _context(cert_path, key_path)
+            self.log.info("public-certificate-loaded", public_hostname=hostname)
+        except (MaterialError, SSL.Error, OSError) as exc:
+            self.log.warn("public-certificate-missing", public_hostname=hostname,
+                          reason=str(exc))
+            ctx = self._refuse
+        self._cache[hostname] = (stamp, ctx)
+        return ctx
+
+
+class StreamTransport:
+    """A mux stream seen as a byte transport for the TLS engine."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def recv(self, _size):
+        data = self.stream.recv()
+        self.stream.consumed(len(data))
+        return data
+
+    def sendall(self, data):
+        self.stream.sendall(data)
+
+    def close(self):
+        self.stream.close()
+
+
+class TLSEnd:
+    """Splice endpoint for the decrypted side of a terminated Visitor connection."""
+
+    def __init__(self, tls, stream):
+        self.tls = tls
+        self.stream = stream
+
+    def recv(self):
+        return self.tls.recv(64 * 1024)
+
+    def sendall(self, data):
+        self.tls.sendall(data)
+
+    def delivered(self, n):
+        pass
+
+    def finish(self):
+        try:
+            self.tls.conn.shutdown()
+            self.tls.flush()
+        finally:
+            self.stream.end()
+
+    def abort(self):
+        self.stream.reset()
+
+    def close(self):
+        self.stream.close()
+
+
+def accept_visitor_tls(stream, context, buffered):
+    """Run the Visitor's handshake over the stream; the caller bounds it with a deadline."""
+    tls = ServerTLSConnection(StreamTransport(stream), context, buffered)
+    tls.handshake()
+    return tls
