@@ -19,7 +19,8 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from runewarp.errors import ConfigError
@@ -276,7 +277,14 @@ def _join(prefix: str | None, key: str | int) -> str:
     return f"{prefix}.{part}" if prefix else part
 
 
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "a table"}
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "an array",
+    dict: "a table",
+}
 
 
 def _type_name(value: Any) -> str:
@@ -591,7 +599,9 @@ def _parse_tunnels(ctx: _Context, server: dict, server_hostname: str) -> tuple[T
             if name in names:
                 raise ctx.error(name_key, f"default name {name!r} is already used by {names[name]}; set a name")
         elif not _TUNNEL_NAME.fullmatch(name):
-            raise ctx.error(name_key, f"{name!r}: use 1-63 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
+            raise ctx.error(
+                name_key, f"{name!r}: use 1-63 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+            )
         elif name in names:
             raise ctx.error(name_key, f"{name!r} is already the name of {names[name]}")
         names[name] = tp
@@ -604,7 +614,9 @@ def _parse_tunnels(ctx: _Context, server: dict, server_hostname: str) -> tuple[T
             key = _join(_join(tp, "public-hostnames"), j)
             host = _normalize_hostname(ctx, key, raw)
             if host == server_hostname:
-                raise ctx.error(key, f"{host!r} is the Server hostname (server.hostname); it cannot be a Public hostname")
+                raise ctx.error(
+                    key, f"{host!r} is the Server hostname (server.hostname); it cannot be a Public hostname"
+                )
             if host in hostnames:
                 raise ctx.error(key, f"{host!r} is already listed at {hostnames[host]}")
             hostnames[host] = key
@@ -637,7 +649,9 @@ def _tunnel_identities(ctx: _Context, entry: dict, tp: str, seen: dict[str, str]
                 "see 'runewarp client identity show')",
             )
         if value in seen:
-            raise ctx.error(key, f"this Client identity is already listed at {seen[value]}; an identity belongs to one Tunnel")
+            raise ctx.error(
+                key, f"this Client identity is already listed at {seen[value]}; an identity belongs to one Tunnel"
+            )
         seen[value] = key
         result.append(value)
     return result
@@ -657,8 +671,7 @@ _CLIENT_KEYS = (
     "limits",
 )
 _SERVICE_KEYS = ("public-hostnames", "backend-address", "tls-mode")
-_OVERRIDE_KEYS = ("server-address", "backend-address", "server-trust", "server-ca-file",
-                  "identity-dir")
+_OVERRIDE_KEYS = ("server-address", "backend-address", "server-trust", "server-ca-file", "identity-dir")
 
 
 class _Overrides:
@@ -829,7 +842,9 @@ def _parse_services(ctx: _Context, client: dict) -> tuple[ServiceConfig, ...]:
         raw_hosts = ctx.string_list(entry, sp, "public-hostnames")
         hosts_key = _join(sp, "public-hostnames")
         if raw_hosts is None and len(entries) > 1:
-            raise ctx.error(hosts_key, "required when there is more than one Service (only a sole Service may be Catch-all)")
+            raise ctx.error(
+                hosts_key, "required when there is more than one Service (only a sole Service may be Catch-all)"
+            )
         public_hostnames = []
         for j, raw in enumerate(raw_hosts or ()):
             key = _join(hosts_key, j)

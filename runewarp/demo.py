@@ -142,8 +142,9 @@ def demo(keep=False):
         status = response.split(b"\r\n", 1)[0].decode(errors="replace")
         body = response.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
         print(f"Visitor  https://{PUBLIC_HOSTNAME} → {status!r}, body {body!r}")
-        print(f"         certificate sha256 {seen[:32]}… "
-              f"({'the backend certificate: TLS passed through' if seen == expected else 'NOT the backend certificate'})")
+        verdict = ("the backend certificate: TLS passed through" if seen == expected
+                   else "NOT the backend certificate")
+        print(f"         certificate sha256 {seen[:32]}… ({verdict})")
         print(f"         TLS handshake {handshake * 1000:.1f} ms, request {total * 1000:.1f} ms")
         if seen != expected or not status.endswith("200 OK"):
             return 1

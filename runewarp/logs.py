@@ -7,13 +7,13 @@ buffered ClientHello is never a field.
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 LEVELS = {"off": 100, "error": 40, "warn": 30, "info": 20, "debug": 10, "trace": 5}
 
 
 def _utc_now():
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text_value(value):

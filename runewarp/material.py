@@ -285,10 +285,10 @@ def _commit(root: Path, files: list[tuple[Path, bytes, int]]) -> None:
 def _now(now: _dt.datetime | None) -> _dt.datetime:
     """Aware UTC time; naive datetimes are taken to be UTC."""
     if now is None:
-        return _dt.datetime.now(_dt.timezone.utc)
+        return _dt.datetime.now(_dt.UTC)
     if now.tzinfo is None:
-        return now.replace(tzinfo=_dt.timezone.utc)
-    return now.astimezone(_dt.timezone.utc)
+        return now.replace(tzinfo=_dt.UTC)
+    return now.astimezone(_dt.UTC)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

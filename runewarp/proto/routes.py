@@ -15,7 +15,7 @@ lowercase hex identities; lookups are exact, so callers pass normalized values.
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 __all__ = ["RoutingConflict", "TunnelRoute", "RoutingSnapshot"]
 

@@ -198,7 +198,7 @@ def test_server_serves_a_renewed_certificate_without_restart(deployment, tls_bac
 
 def test_old_identity_certificate_is_renewed_before_connecting(deployment, tls_backend):
     identity_dir = deployment.dir / "client-a"
-    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=70)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=70)
     identity = material.init_identity(identity_dir, now=past).identity
     assert material.identity_needs_renewal(identity_dir)
     deployment.start_server([("apps", [API], [identity])])
@@ -211,7 +211,7 @@ def test_old_identity_certificate_is_renewed_before_connecting(deployment, tls_b
 
 def test_expired_identity_certificate_is_renewed_too(deployment, tls_backend):
     identity_dir = deployment.dir / "client-a"
-    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=120)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=120)
     identity = material.init_identity(identity_dir, now=past).identity
     deployment.start_server([("apps", [API], [identity])])
     deployment.start_client("client-a", [([API], tls_backend.address)])
