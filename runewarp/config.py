@@ -725,12 +725,9 @@ def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides
         services = _parse_services(ctx, client)
 
     if any(s.tls_mode == "terminate" for s in services):
-        for i, service in enumerate(services):
-            if service.tls_mode == "terminate" and public_cert_dir is None and acme is None:
-                raise ctx.error(
-                    f"client.services[{i}].tls-mode",
-                    "terminate needs certificates: set client.public-cert-dir or add [client.acme]",
-                )
+        if public_cert_dir is None and acme is None:
+            # Manual material in the XDG default folder, where `public-cert init` writes it.
+            public_cert_dir = default_client_public_cert_dir(ctx.env)
     elif acme is not None:
         raise ctx.error(_join(p, "acme"), 'needs at least one Service with tls-mode = "terminate"')
     elif public_cert_dir is not None:

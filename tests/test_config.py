@@ -387,7 +387,9 @@ def test_xdg_variables_drive_config_defaults(write, tmp_path, home):
     server = load_server_config(write(SERVER_MIN + '[server.acme]\nemail = "a@b.example"\n'), env=env)
     assert server.cert_dir == tmp_path / "data/runewarp/server/cert"
     assert server.acme.state_dir == tmp_path / "state/runewarp/server/acme"
-    client = load_client_config(write(CLIENT_MIN.replace("[client]\n", '[client]\nserver-trust = "ca-file"\n')), env=env)
+    client = load_client_config(
+        write(CLIENT_MIN.replace("[client]\n", '[client]\nserver-trust = "ca-file"\n')), env=env
+    )
     assert client.identity_dir == tmp_path / "data/runewarp/client/identity"
     assert client.server_ca_file == tmp_path / "data/runewarp/client/server-ca.crt"
 
@@ -554,7 +556,11 @@ def test_not_utf8(tmp_path, env):
 
 
 def _server_with(server_extra="", tunnel_extra=None, top=""):
-    tunnel = tunnel_extra if tunnel_extra is not None else f'public-hostnames = ["app.example.com"]\nclient-identity = "{ID1}"'
+    tunnel = (
+        tunnel_extra
+        if tunnel_extra is not None
+        else f'public-hostnames = ["app.example.com"]\nclient-identity = "{ID1}"'
+    )
     return f'{top}\n[server]\nhostname = "tunnel.example.com"\n{server_extra}\n[[server.tunnels]]\n{tunnel}\n'
 
 
@@ -617,7 +623,11 @@ SERVER_ERRORS = [
         "server.acme.directory-url",
         "https://",
     ),
-    (_server_with('[server.acme]\nemail = "a@example.com"\nstate-dir = 1'), "server.acme.state-dir", "expected a string"),
+    (
+        _server_with('[server.acme]\nemail = "a@example.com"\nstate-dir = 1'),
+        "server.acme.state-dir",
+        "expected a string",
+    ),
     (_server_with('[server.acme]\nemail = "a@example.com"\nstaging = true'), "server.acme.staging", "unknown key"),
     # graceful-shutdown-duration
     (_server_with("graceful-shutdown-duration = -1"), "server.graceful-shutdown-duration", ">= 0"),
@@ -627,26 +637,50 @@ SERVER_ERRORS = [
     (_server_with("graceful-shutdown-duration = true"), "server.graceful-shutdown-duration", "expected a number"),
     # limits
     (_server_with("[server.limits]\nmax-streams = 1"), "server.limits.max-streams", "unknown key"),
-    (_server_with("[server.limits]\nactive-stream = 1"), "server.limits.active-stream", "did you mean 'active-streams'"),
+    (
+        _server_with("[server.limits]\nactive-stream = 1"),
+        "server.limits.active-stream",
+        "did you mean 'active-streams'",
+    ),
     (_server_with("[server.limits]\nactive-streams = 0"), "server.limits.active-streams", "at least 1"),
     (_server_with("[server.limits]\npool-connections = -5"), "server.limits.pool-connections", "at least 1"),
-    (_server_with('[server.limits]\nintake-connections = "10"'), "server.limits.intake-connections", "expected an integer"),
-    (_server_with("[server.limits]\nintake-per-source = 1.5"), "server.limits.intake-per-source", "expected an integer"),
-    (_server_with("[server.limits]\ntunnel-handshakes = true"), "server.limits.tunnel-handshakes", "expected an integer"),
+    (
+        _server_with('[server.limits]\nintake-connections = "10"'),
+        "server.limits.intake-connections",
+        "expected an integer",
+    ),
+    (
+        _server_with("[server.limits]\nintake-per-source = 1.5"),
+        "server.limits.intake-per-source",
+        "expected an integer",
+    ),
+    (
+        _server_with("[server.limits]\ntunnel-handshakes = true"),
+        "server.limits.tunnel-handshakes",
+        "expected an integer",
+    ),
     (_server_with("limits = 5"), "server.limits", "expected a table"),
     # tunnels: presence and shape
     ('[server]\nhostname = "tunnel.example.com"\n', "server.tunnels", "at least one"),
     ('[server]\nhostname = "tunnel.example.com"\ntunnels = []\n', "server.tunnels", "at least one"),
     ('[server]\nhostname = "tunnel.example.com"\ntunnels = "x"\n', "server.tunnels", "array of tables"),
     ('[server]\nhostname = "tunnel.example.com"\ntunnels = [1]\n', "server.tunnels", "array of tables"),
-    (_server_with(tunnel_extra=f"{TUNNEL_HOSTS}\n{TUNNEL_ID}\nhostnames = []"), "server.tunnels[0].hostnames", "unknown key"),
+    (
+        _server_with(tunnel_extra=f"{TUNNEL_HOSTS}\n{TUNNEL_ID}\nhostnames = []"),
+        "server.tunnels[0].hostnames",
+        "unknown key",
+    ),
     (
         _server_with(tunnel_extra=f'public-hostname = ["a.example.com"]\n{TUNNEL_ID}'),
         "server.tunnels[0].public-hostname",
         "did you mean 'public-hostnames'",
     ),
     # tunnels: names
-    (_server_with(tunnel_extra=f'name = 7\n{TUNNEL_HOSTS}\n{TUNNEL_ID}'), "server.tunnels[0].name", "expected a string"),
+    (
+        _server_with(tunnel_extra=f"name = 7\n{TUNNEL_HOSTS}\n{TUNNEL_ID}"),
+        "server.tunnels[0].name",
+        "expected a string",
+    ),
     (_server_with(tunnel_extra=f'name = "my tunnel"\n{TUNNEL_HOSTS}\n{TUNNEL_ID}'), "server.tunnels[0].name", "1-63"),
     (_server_with(tunnel_extra=f'name = "-x"\n{TUNNEL_HOSTS}\n{TUNNEL_ID}'), "server.tunnels[0].name", "1-63"),
     (
@@ -667,7 +701,11 @@ SERVER_ERRORS = [
     ),
     # tunnels: public hostnames
     (_server_with(tunnel_extra=TUNNEL_ID), "server.tunnels[0].public-hostnames", "required"),
-    (_server_with(tunnel_extra=f"public-hostnames = []\n{TUNNEL_ID}"), "server.tunnels[0].public-hostnames", "must not be empty"),
+    (
+        _server_with(tunnel_extra=f"public-hostnames = []\n{TUNNEL_ID}"),
+        "server.tunnels[0].public-hostnames",
+        "must not be empty",
+    ),
     (
         _server_with(tunnel_extra=f'public-hostnames = "app.example.com"\n{TUNNEL_ID}'),
         "server.tunnels[0].public-hostnames",
@@ -758,13 +796,21 @@ SERVER_ERRORS = [
         "server.tunnels[0].client-identity",
         "64 lowercase hex",
     ),
-    (_server_with(tunnel_extra=f"{TUNNEL_HOSTS}\nclient-identity = 1"), "server.tunnels[0].client-identity", "expected a string"),
+    (
+        _server_with(tunnel_extra=f"{TUNNEL_HOSTS}\nclient-identity = 1"),
+        "server.tunnels[0].client-identity",
+        "expected a string",
+    ),
     (
         _server_with(tunnel_extra=f'{TUNNEL_HOSTS}\nclient-identity = ["{ID1}"]'),
         "server.tunnels[0].client-identity",
         "expected a string",
     ),
-    (_server_with(tunnel_extra=f"{TUNNEL_HOSTS}\nclient-identities = []"), "server.tunnels[0].client-identities", "must not be empty"),
+    (
+        _server_with(tunnel_extra=f"{TUNNEL_HOSTS}\nclient-identities = []"),
+        "server.tunnels[0].client-identities",
+        "must not be empty",
+    ),
     (
         _server_with(tunnel_extra=f'{TUNNEL_HOSTS}\nclient-identities = "{ID1}"'),
         "server.tunnels[0].client-identities",
@@ -818,24 +864,40 @@ TERMINATE = 'tls-mode = "terminate"'
 CLIENT_ERRORS = [
     # top level and [client]
     ('log-level = "info"\n', "client", "missing [client]"),
-    (_client_with(top='[clients]\nx = 1'), "clients", "did you mean 'client'"),
+    (_client_with(top="[clients]\nx = 1"), "clients", "did you mean 'client'"),
     (_client_with(top='log-format = "yaml"'), "log-format", "must be one of text, json"),
     ('client = ["x"]\n', "client", "expected a table"),
     (_client_with('server_address = "x.example.com"'), "client.server_address", "did you mean 'server-address'"),
     # server-address
     ('[client]\n[[client.services]]\nbackend-address = "127.0.0.1:1"\n', "client.server-address", "required"),
-    (_client_with().replace('"tunnel.example.com"', '"192.0.2.1"'), "client.server-address", "must be a DNS name, not an IP address"),
+    (
+        _client_with().replace('"tunnel.example.com"', '"192.0.2.1"'),
+        "client.server-address",
+        "must be a DNS name, not an IP address",
+    ),
     (_client_with().replace('"tunnel.example.com"', '"192.0.2.1:443"'), "client.server-address", "not an IP address"),
     (_client_with().replace('"tunnel.example.com"', '"[::1]:443"'), "client.server-address", "not an IP address"),
     (_client_with().replace('"tunnel.example.com"', '"::1"'), "client.server-address", "brackets"),
     (_client_with().replace('"tunnel.example.com"', '"bad_host:443"'), "client.server-address", "underscores"),
-    (_client_with().replace('"tunnel.example.com"', '"t.example.com:0"'), "client.server-address", "out of range 1-65535"),
+    (
+        _client_with().replace('"tunnel.example.com"', '"t.example.com:0"'),
+        "client.server-address",
+        "out of range 1-65535",
+    ),
     (_client_with().replace('"tunnel.example.com"', '"t.example.com:99999"'), "client.server-address", "out of range"),
     (_client_with().replace('"tunnel.example.com"', '"t.example.com:x"'), "client.server-address", "not a number"),
     (_client_with().replace('"tunnel.example.com"', '""'), "client.server-address", "missing host"),
-    (_client_with().replace('"tunnel.example.com"', "443"), "client.server-address", "expected a string or an array of strings"),
+    (
+        _client_with().replace('"tunnel.example.com"', "443"),
+        "client.server-address",
+        "expected a string or an array of strings",
+    ),
     (_client_with().replace('"tunnel.example.com"', "[]"), "client.server-address", "must not be empty"),
-    (_client_with().replace('"tunnel.example.com"', '["a.example.com", 1]'), "client.server-address[1]", "expected a string"),
+    (
+        _client_with().replace('"tunnel.example.com"', '["a.example.com", 1]'),
+        "client.server-address[1]",
+        "expected a string",
+    ),
     (
         _client_with().replace('"tunnel.example.com"', '["a.example.com", "10.1.1.1"]'),
         "client.server-address[1]",
@@ -848,7 +910,11 @@ CLIENT_ERRORS = [
     ),
     # trust
     (_client_with('server-trust = "none"'), "client.server-trust", "must be one of system, ca-file"),
-    (_client_with('server-ca-file = "/etc/ca.crt"'), "client.server-ca-file", 'only allowed with server-trust = "ca-file"'),
+    (
+        _client_with('server-ca-file = "/etc/ca.crt"'),
+        "client.server-ca-file",
+        'only allowed with server-trust = "ca-file"',
+    ),
     (
         _client_with('server-trust = "system"\nserver-ca-file = "/etc/ca.crt"'),
         "client.server-ca-file",
@@ -864,20 +930,23 @@ CLIENT_ERRORS = [
     (_client_with('identity-dir = ""'), "client.identity-dir", "must not be empty"),
     # public-cert-dir / acme
     (
-        _client_with('public-cert-dir = "/pc"\n[client.acme]\nemail = "a@example.com"', _service(HOSTS_A, BACKEND, TERMINATE)),
+        _client_with(
+            'public-cert-dir = "/pc"\n[client.acme]\nemail = "a@example.com"', _service(HOSTS_A, BACKEND, TERMINATE)
+        ),
         "client.public-cert-dir",
         "[client.acme]",
     ),
-    (_client_with('[client.acme]\nemail = "a@example.com"'), "client.acme", 'needs at least one Service with tls-mode = "terminate"'),
-    (_client_with('public-cert-dir = "/pc"'), "client.public-cert-dir", "needs at least one Service"),
     (
-        _client_with("", _service(HOSTS_A, BACKEND) + "\n" + _service(HOSTS_B, BACKEND, TERMINATE)),
-        "client.services[1].tls-mode",
-        "set client.public-cert-dir or add [client.acme]",
+        _client_with('[client.acme]\nemail = "a@example.com"'),
+        "client.acme",
+        'needs at least one Service with tls-mode = "terminate"',
     ),
+    (_client_with('public-cert-dir = "/pc"'), "client.public-cert-dir", "needs at least one Service"),
     (_client_with("[client.acme]", _service(HOSTS_A, BACKEND, TERMINATE)), "client.acme.email", "required"),
     (
-        _client_with('[client.acme]\nemail = "a@example.com"\ndirectory-url = "http://x"', _service(HOSTS_A, BACKEND, TERMINATE)),
+        _client_with(
+            '[client.acme]\nemail = "a@example.com"\ndirectory-url = "http://x"', _service(HOSTS_A, BACKEND, TERMINATE)
+        ),
         "client.acme.directory-url",
         "https://",
     ),
@@ -889,7 +958,11 @@ CLIENT_ERRORS = [
     ('[client]\nserver-address = "t.example.com"\n', "client.services", "at least one"),
     ('[client]\nserver-address = "t.example.com"\nservices = []\n', "client.services", "at least one"),
     ('[client]\nserver-address = "t.example.com"\nservices = "x"\n', "client.services", "array of tables"),
-    (_client_with("", _service(BACKEND, 'tls_mode = "terminate"')), "client.services[0].tls_mode", "did you mean 'tls-mode'"),
+    (
+        _client_with("", _service(BACKEND, 'tls_mode = "terminate"')),
+        "client.services[0].tls_mode",
+        "did you mean 'tls-mode'",
+    ),
     (_client_with("", _service(BACKEND, "backend = 1")), "client.services[0].backend", "unknown key"),
     # services: hostnames
     (
@@ -902,7 +975,11 @@ CLIENT_ERRORS = [
         "client.services[0].public-hostnames",
         "required when there is more than one Service",
     ),
-    (_client_with("", _service("public-hostnames = []", BACKEND)), "client.services[0].public-hostnames", "must not be empty"),
+    (
+        _client_with("", _service("public-hostnames = []", BACKEND)),
+        "client.services[0].public-hostnames",
+        "must not be empty",
+    ),
     (
         _client_with("", _service('public-hostnames = "a.example.com"', BACKEND)),
         "client.services[0].public-hostnames",
@@ -919,8 +996,12 @@ CLIENT_ERRORS = [
         "IP",
     ),
     (
-        _client_with("", _service('public-hostnames = ["a.example.com", "b.example.com"]', BACKEND) + "\n"
-                     + _service('public-hostnames = ["B.example.com."]', BACKEND)),
+        _client_with(
+            "",
+            _service('public-hostnames = ["a.example.com", "b.example.com"]', BACKEND)
+            + "\n"
+            + _service('public-hostnames = ["B.example.com."]', BACKEND),
+        ),
         "client.services[1].public-hostnames[0]",
         "already listed at client.services[0].public-hostnames[1]",
     ),
@@ -931,18 +1012,62 @@ CLIENT_ERRORS = [
     ),
     # services: backend-address
     (_client_with("", _service(HOSTS_A)), "client.services[0].backend-address", "required"),
-    (_client_with("", _service(HOSTS_A, "backend-address = 8443")), "client.services[0].backend-address", "expected a string"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "localhost"')), "client.services[0].backend-address", "missing ':port'"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "localhost:0"')), "client.services[0].backend-address", "out of range 1-65535"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "localhost:65536"')), "client.services[0].backend-address", "out of range"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "bad_host:80"')), "client.services[0].backend-address", "underscores"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "::1:80"')), "client.services[0].backend-address", "brackets"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "[10.0.0.1]:80"')), "client.services[0].backend-address", "only IPv6"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "[backend]:80"')), "client.services[0].backend-address", "only IPv6"),
-    (_client_with("", _service(HOSTS_A, 'backend-address = "http://x:80"')), "client.services[0].backend-address", "brackets"),
+    (
+        _client_with("", _service(HOSTS_A, "backend-address = 8443")),
+        "client.services[0].backend-address",
+        "expected a string",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "localhost"')),
+        "client.services[0].backend-address",
+        "missing ':port'",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "localhost:0"')),
+        "client.services[0].backend-address",
+        "out of range 1-65535",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "localhost:65536"')),
+        "client.services[0].backend-address",
+        "out of range",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "bad_host:80"')),
+        "client.services[0].backend-address",
+        "underscores",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "::1:80"')),
+        "client.services[0].backend-address",
+        "brackets",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "[10.0.0.1]:80"')),
+        "client.services[0].backend-address",
+        "only IPv6",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "[backend]:80"')),
+        "client.services[0].backend-address",
+        "only IPv6",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "http://x:80"')),
+        "client.services[0].backend-address",
+        "brackets",
+    ),
     # services: tls-mode
-    (_client_with("", _service(HOSTS_A, BACKEND, 'tls-mode = "edge"')), "client.services[0].tls-mode", "passthrough, terminate"),
-    (_client_with("", _service(HOSTS_A, BACKEND, "tls-mode = true")), "client.services[0].tls-mode", "expected a string"),
+    (
+        _client_with("", _service(HOSTS_A, BACKEND, 'tls-mode = "edge"')),
+        "client.services[0].tls-mode",
+        "passthrough, terminate",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, BACKEND, "tls-mode = true")),
+        "client.services[0].tls-mode",
+        "expected a string",
+    ),
     (
         _client_with('public-cert-dir = "/pc"', _service(BACKEND, TERMINATE)),
         "client.services[0].tls-mode",
@@ -985,7 +1110,11 @@ def test_quoted_unknown_key_is_shown_quoted(write, env):
     [
         ({"server-address": "192.0.2.1", "backend-address": "127.0.0.1:1"}, "--server-address", "not an IP address"),
         ({"server-address": "t.example.com:0", "backend-address": "127.0.0.1:1"}, "--server-address", "out of range"),
-        ({"server-address": ["a.example.com", 5], "backend-address": "127.0.0.1:1"}, "--server-address[1]", "expected a string"),
+        (
+            {"server-address": ["a.example.com", 5], "backend-address": "127.0.0.1:1"},
+            "--server-address[1]",
+            "expected a string",
+        ),
         ({"server-address": "t.example.com", "backend-address": "127.0.0.1"}, "--backend-address", "missing ':port'"),
         ({"server-address": "t.example.com", "backend-address": "bad_host:80"}, "--backend-address", "underscores"),
         ({"server-address": "t.example.com", "backend-address": ""}, "--backend-address", "expected host:port"),
@@ -1009,7 +1138,11 @@ def test_quoted_unknown_key_is_shown_quoted(write, env):
             "--server-ca-file",
             "only allowed",
         ),
-        ({"server-address": "t.example.com", "backend-address": "127.0.0.1:1", "hostname": "x"}, "--hostname", "not a client"),
+        (
+            {"server-address": "t.example.com", "backend-address": "127.0.0.1:1", "hostname": "x"},
+            "--hostname",
+            "not a client",
+        ),
     ],
 )
 def test_override_errors(env, overrides, key, message):
@@ -1041,3 +1174,10 @@ def test_config_objects_are_frozen(write, env):
         config.hostname = "x"
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.limits.active_streams = 1
+
+
+def test_terminate_without_public_cert_dir_uses_the_xdg_default(write, env):
+    text = _client_with("", _service(HOSTS_A, BACKEND) + "\n" + _service(HOSTS_B, BACKEND, TERMINATE))
+    client = load_client_config(write(text), env=env)
+    assert client.public_cert_dir == default_client_public_cert_dir(env)
+    assert client.acme is None

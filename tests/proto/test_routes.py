@@ -153,9 +153,7 @@ _identities = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
     tunnel_count=st.integers(min_value=1, max_value=5),
 )
 def test_every_key_routes_back_to_its_tunnel(hostnames, identities, tunnel_count):
-    tunnels = [
-        route(f"t{i}", hostnames[i::tunnel_count], identities[i::tunnel_count]) for i in range(tunnel_count)
-    ]
+    tunnels = [route(f"t{i}", hostnames[i::tunnel_count], identities[i::tunnel_count]) for i in range(tunnel_count)]
     snapshot = RoutingSnapshot.build("server.example.com", tunnels)
     for tunnel in tunnels:
         for h in tunnel.public_hostnames:
