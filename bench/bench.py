@@ -169,6 +169,41 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+class LoadMonitor:
+    """How much CPU *other* processes burned during each phase.
+
+    This machine may be shared (other test suites, other engineers): system-wide busy
+    time from /proc/stat minus the CPU of everything this script started (live:
+    from /proc; finished curls and load generators: os.times() children) is the
+    foreign load, reported per phase in average cores, so noisy numbers are visible.
+    """
+
+    def __init__(self):
+        self.live_pids = []
+        self.phases = {}
+
+    def _snapshot(self):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        busy = (sum(fields) - fields[3] - fields[4]) / CLK_TCK   # minus idle and iowait
+        t = os.times()
+        ours = t.user + t.system + t.children_user + t.children_system
+        try:
+            ours += cpu_seconds(self.live_pids)
+        except OSError:
+            pass
+        return time.monotonic(), busy, ours
+
+    def start(self):
+        return self._snapshot()
+
+    def stop(self, name, began):
+        end = self._snapshot()
+        wall = end[0] - began[0]
+        foreign = max(0.0, (end[1] - began[1]) - (end[2] - began[2]))
+        self.phases[name] = {"wall_s": round(wall, 1), "foreign_cores": round(foreign / wall, 2)}
+        return self.phases[name]
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -412,7 +447,7 @@ def loadgen(target, ca, procs, threads, duration=None, count=None):
     outs = [popen.communicate(timeout=(duration or 0) + 300) for popen in workers]
     cpu = cpu_seconds(target["pids"]) - cpu0
     merged = {"ok": 0, "rate": 0.0, "latencies_ms": [], "errors": {}, "cpu_s": cpu}
-    for (out, err), popen in zip(outs, workers):
+    for (out, err), popen in zip(outs, workers, strict=True):
         if popen.returncode != 0:
             raise RuntimeError(f"loadgen failed ({popen.returncode}): {err[-2000:]}")
         data = json.loads(out)
@@ -463,7 +498,7 @@ def sequential(targets, ca):
     return out
 
 
-def idle_memory(target, ca, count):
+def idle_memory(name, target, ca, count):
     """Open `count` TLS connections (handshake done, no request) and hold them: RSS delta
     per connection of target's processes.  Afterwards a sample must still answer GET /,
     so connections silently dropped while idle would show up."""
@@ -509,6 +544,9 @@ def idle_memory(target, ca, count):
     time.sleep(2)
     released = rss_kib(target["pids"])
     per_conn = (after - before) / max(1, len(conns))
+    print(f"  idle            {name:8}: {len(conns)} open, {per_conn:.1f} KiB/conn,"
+          f" sample alive {alive}/{len(sample)}" + (f"  errors {errors}" if errors else ""),
+          flush=True)
     return {"opened": len(conns), "rss_before_kib": before, "rss_idle_kib": after,
             "rss_after_close_kib": released, "kib_per_conn": per_conn,
             "sample_alive": alive, "sample_size": len(sample), "errors": errors}
@@ -565,16 +603,16 @@ def build_rows(res):
 
 
 def print_table(rows, res):
-    header = ("metric", "DIRECT (nginx)", "THROUGH RUNEWARP", "rw/direct")
+    header = ("metric", f"DIRECT ({res['backend']['kind']})", "THROUGH RUNEWARP", "rw/direct")
     lines = [(name, cell(dv, fmt), cell(rv, fmt), f"{med(rv) / med(dv):.2f}x" if med(dv) else "-")
              for name, dv, rv, fmt, _ in rows]
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(4)]
     sep = "  "
     print()
-    print(sep.join(h.ljust(w) for h, w in zip(header, widths)))
+    print(sep.join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print(sep.join("-" * w for w in widths))
     for line in lines:
-        print(sep.join([line[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(line[1:], widths[1:]))]))
+        print(sep.join([line[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(line[1:], widths[1:], strict=True))]))
     s = res["seq"]
     added50 = pct(s["runewarp"]["latencies_ms"], 50) - pct(s["direct"]["latencies_ms"], 50)
     added99 = pct(s["runewarp"]["latencies_ms"], 99) - pct(s["direct"]["latencies_ms"], 99)
@@ -582,8 +620,12 @@ def print_table(rows, res):
           f" pooled): p50 +{added50:.2f} ms, p99 +{added99:.2f} ms")
     print("median [min–max over repeats]; bulk/conn-rate/sequential: "
           f"{REPEATS} repeats; idle memory: one run of {IDLE_CONNS} connections.")
-    print("(*) DIRECT column = nginx process(es); RUNEWARP column = Server + Client processes only"
-          " (nginx excluded); ratio not meaningful.")
+    print("(*) DIRECT column = backend process(es); RUNEWARP column = Server + Client processes"
+          " only (backend excluded); ratio not meaningful.")
+    busiest = max(res["foreign_load"].items(), key=lambda kv: kv[1]["foreign_cores"])
+    print(f"load generators, curl, backend and Runewarp share {os.cpu_count()} CPUs; other processes"
+          f" used up to {busiest[1]['foreign_cores']:.2f} cores (phase {busiest[0]})"
+          + (" -- numbers are NOISY" if busiest[1]["foreign_cores"] > 0.25 else "") + ".")
     return added50, added99
 
 
@@ -620,21 +662,30 @@ def main():
             "direct": {"port": backend["port"], "pids": backend["pids"]},
             "runewarp": {"port": public_port, "pids": [server.pid, client.pid]},
         }
-        print("sequential new-connection latency ...", flush=True)
-        results["seq"] = sequential(targets, ca)
-        print(f"idle memory ({IDLE_CONNS} connections each) ...", flush=True)
-        results["idle"] = {}
-        for name, target in targets.items():
-            results["idle"][name] = idle_memory(target, ca, IDLE_CONNS)
-            i = results["idle"][name]
-            print(f"  idle            {name:8}: {i['opened']} open, {i['kib_per_conn']:.1f} KiB/conn,"
-                  f" sample alive {i['sample_alive']}/{i['sample_size']}"
-                  + (f"  errors {i['errors']}" if i["errors"] else ""), flush=True)
-        print(f"bulk ({BULK_MB} MiB x1, {CONC_MB} MiB x{STREAMS}) ...", flush=True)
-        results["bulk"] = bulk(targets, ca)
-        print(f"new-connection rate ({RATE_PROCS}x{RATE_THREADS} in flight, {RATE_SECONDS:g} s) ...",
-              flush=True)
-        results["rate"] = conn_rate(targets, ca)
+        monitor = LoadMonitor()
+        monitor.live_pids = backend["pids"] + [server.pid, client.pid]
+
+        def phase(name, title, work):
+            print(title, flush=True)
+            mark = monitor.start()
+            value = work()
+            load = monitor.stop(name, mark)
+            print(f"  ({load['wall_s']:.0f} s; other processes on this machine used "
+                  f"{load['foreign_cores']:.2f} cores meanwhile)", flush=True)
+            return value
+
+        phase("quiet", "checking for foreign load (1 s) ...", lambda: time.sleep(1))
+        results["seq"] = phase("seq", "sequential new-connection latency ...",
+                               lambda: sequential(targets, ca))
+        results["idle"] = phase("idle", f"idle memory ({IDLE_CONNS} connections each) ...",
+                                lambda: {name: idle_memory(name, target, ca, IDLE_CONNS)
+                                         for name, target in targets.items()})
+        results["bulk"] = phase("bulk", f"bulk ({BULK_MB} MiB x1, {CONC_MB} MiB x{STREAMS}) ...",
+                                lambda: bulk(targets, ca))
+        results["rate"] = phase(
+            "rate", f"new-connection rate ({RATE_PROCS}x{RATE_THREADS} in flight, "
+                    f"{RATE_SECONDS:g} s) ...", lambda: conn_rate(targets, ca))
+        results["foreign_load"] = monitor.phases
         results["runewarp_rss_peak_kib"] = {
             p.name: int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{p.pid}/status").read_text())[1])
             for p in (server, client)}

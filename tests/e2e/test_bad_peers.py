@@ -161,6 +161,7 @@ def test_bad_mux_version_gets_go_away_and_close(tunnel):
         tls.sendall(struct.pack(">BBHII", 7, 0, 0x1, 1, 0) + b"garbage" * 10)
         data, seconds = read_until_closed(tls, 10)
     assert seconds < 5
+    print(tunnel.server.log())
     frames = mux_frames(data)
     assert [(f.type, f.stream_id, f.length) for f in frames] == \
         [(TYPE_GO_AWAY, 0, GOAWAY_PROTOCOL_ERROR)], frames
@@ -388,8 +389,8 @@ def test_client_resets_bad_streams_and_keeps_its_tunnel_connection(deployment, b
         def replied():
             feed_visitor()
             try:
-                while True:
-                    reply.extend(visitor.read(65536))
+                while chunk := visitor.read(65536):
+                    reply.extend(chunk)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 pass
             return reply.endswith(b"backend=app\n")
