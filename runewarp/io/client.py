@@ -114,21 +114,31 @@ class Client:
             else:
                 backoff.reset()
                 self.sessions.add(session)
-                try:
-                    session.wait()
-                finally:
-                    self.sessions.discard(session)
-                    session.close()
+                gevent.wait([session.closed, session.peer_going_away, self.stopping], count=1)
                 if self.stopping.is_set():
                     break
-                self.log.warn("tunnel-connection-lost", server_address=server,
-                              reason=session.close_reason)
+                if session.closed.is_set():
+                    self.sessions.discard(session)
+                    self.log.warn("tunnel-connection-lost", server_address=server,
+                                  reason=session.close_reason)
+                else:
+                    # The Server is draining: its streams finish on the old connection while
+                    # this worker dials a replacement (an ordinary disconnect, not an error).
+                    self.log.info("tunnel-connection-draining", server_address=server)
+                    gevent.spawn(self._retire, session)
             if self.stopping.is_set():
                 break
             delay = backoff.next_delay(random.uniform)
             self.log.info("tunnel-reconnect-scheduled", server_address=server,
                           next_retry_delay=f"{int(-(-delay // 1))}s")
             self.stopping.wait(delay)
+
+    def _retire(self, session):
+        try:
+            session.wait()
+        finally:
+            self.sessions.discard(session)
+            session.close()
 
     def _tls_context(self):
         cfg = self.config

@@ -166,6 +166,8 @@ class Server:
             if refused:
                 self.saturation.warn(refused, time.monotonic(), visitor=format_address(address))
                 return
+            self.saturation.recovered("intake-full")
+            self.saturation.recovered("source-full")
             try:
                 taken = intake(lambda: sock.recv(16 * 1024))
             finally:

@@ -131,6 +131,7 @@ class TunnelSession:
         self.log = log
         self.streams = {}
         self.closed = Event()
+        self.peer_going_away = Event()
         self.close_reason = None
         self.close_error = None
         self._writer_wake = Event()
@@ -254,6 +255,7 @@ class TunnelSession:
             if stream is not None:
                 stream._on_credit()
         elif isinstance(event, mux.GoAwayReceived):
+            self.peer_going_away.set()
             self.log.debug("tunnel-go-away-received", reason=event.reason)
 
     def _flush_quietly(self):

@@ -286,3 +286,24 @@ def test_reload_on_sighup_adds_a_tunnel(deployment, backends):
     server.signal(signal.SIGHUP)
     server.wait_for("reload-failed")
     assert curl(deployment.public_port, APP, app.ca).stdout == b"backend=app\n"
+
+
+def test_graceful_shutdown_lets_established_streams_finish(single):
+    deployment, server, client, backend = single
+    size = 4_000_000
+    download = subprocess.Popen(
+        ["curl", "-sS", "--limit-rate", "2M", "--cacert", str(backend.ca), "--resolve",
+         f"{APP}:{deployment.public_port}:127.0.0.1", "-o", "-",
+         f"https://{APP}:{deployment.public_port}/bytes/{size}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server.wait_for("visitor-routed")
+    server.signal(signal.SIGTERM)
+    server.wait_for("shutdown-started")
+    client.wait_for("tunnel-connection-draining")
+    # New Visitors are refused at once while the established one keeps flowing.
+    assert curl(deployment.public_port, APP, backend.ca, timeout=5).returncode != 0
+    out, err = download.communicate(timeout=30)
+    assert download.returncode == 0, err
+    assert len(out) == size
+    assert server.popen.wait(timeout=15) == 0
+    server.wait_for("shutdown-drained complete=True")
