@@ -307,3 +307,34 @@ def test_graceful_shutdown_lets_established_streams_finish(single):
     assert len(out) == size
     assert server.popen.wait(timeout=15) == 0
     server.wait_for("shutdown-drained complete=True")
+
+
+def test_hostname_mirroring_drift_is_reported(deployment, backends):
+    backend = backends("app", [APP])
+    identity = deployment.identity("client-a")
+    server = deployment.start_server([("apps", [APP, API], [identity])])
+    deployment.start_client("client-a", [([APP, "other.example.com"], backend.address)])
+    server.wait_for(f"hostname-mirroring-drift tunnel=apps .*unserved-hostnames={API}")
+    server.wait_for("hostname-mirroring-drift tunnel=apps .*unowned-hostnames=other.example.com")
+    assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
+
+
+def test_json_log_format(deployment, backends):
+    import json
+
+    backend = backends("app", [APP])
+    identity = deployment.identity("client-a")
+    path = deployment.server_config([("apps", [APP], [identity])])
+    path.write_text(path.read_text().replace('log-level = "debug"',
+                                             'log-level = "debug"\nlog-format = "json"'))
+    server = Proc(["server", "-c", path], env=deployment.env)
+    deployment.processes.append(server)
+    port = int(server.wait_for(r'"public-bind-address": "127\.0\.0\.1:(\d+)"').group(1))
+    deployment.public_port = port
+    deployment.start_client("client-a", [([APP], backend.address)])
+    assert curl(port, APP, backend.ca).stdout == b"backend=app\n"
+    server.wait_for('"event": "visitor-closed"')
+    records = [json.loads(line) for line in server.log().splitlines()]
+    events = {r["event"] for r in records}
+    assert {"server-ready", "tunnel-connection-established", "visitor-routed"} <= events
+    assert all({"time", "level", "event"} <= r.keys() for r in records)
