@@ -620,8 +620,8 @@ def print_table(rows, res):
           f" pooled): p50 +{added50:.2f} ms, p99 +{added99:.2f} ms")
     print("median [min–max over repeats]; bulk/conn-rate/sequential: "
           f"{REPEATS} repeats; idle memory: one run of {IDLE_CONNS} connections.")
-    print("(*) DIRECT column = backend process(es); RUNEWARP column = Server + Client processes"
-          " only (backend excluded); ratio not meaningful.")
+    print("(*) DIRECT = the backend's processes; RUNEWARP = Server + Client only (backend"
+          " excluded): the ratio compares Runewarp's own cost with the backend's.")
     busiest = max(res["foreign_load"].items(), key=lambda kv: kv[1]["foreign_cores"])
     print(f"load generators, curl, backend and Runewarp share {os.cpu_count()} CPUs; other processes"
           f" used up to {busiest[1]['foreign_cores']:.2f} cores (phase {busiest[0]})"
@@ -638,6 +638,7 @@ def log_issues(proc):
 # --- main -----------------------------------------------------------------------------------
 
 def main():
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     tmp = Path(tempfile.mkdtemp(prefix="runewarp-bench-"))
