@@ -9,6 +9,7 @@ select loop, so nothing but the mux itself is under test.
 
 import hashlib
 import os
+import re
 import select
 import shutil
 import socket
@@ -33,6 +34,8 @@ PEER_SRC = Path(__file__).resolve().parent / "peer" / "main.go"
 GOPATH = Path("/usr/share/gocode")
 YAMUX_SRC = GOPATH / "src/github.com/hashicorp/yamux"
 DEADLINE = 90.0  # seconds for one exchange; the timeout mark is the backstop
+# The one log line of the peer's that is no surprise (see Link.finish).
+STRAY_UPDATE = re.compile(r"\[WARN\] yamux: frame for missing stream: Vsn:0 Type:1 Flags:0 ")
 
 
 @pytest.fixture(scope="module")
@@ -93,30 +96,36 @@ class Link:
         readers = [self.sock] + ([self.proc.stdout] if self._stdout_open else [])
         readable, writable, _ = select.select(readers, [self.sock] if self.out else [], [],
                                               timeout)
-        if writable:
-            try:
-                del self.out[:self.sock.send(self.out)]
-            except BlockingIOError:
-                pass
         if self.proc.stdout in readable:
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             if not chunk:
                 self._stdout_open = False
-                assert self.proc.wait(5) == 0, f"peer failed:\n{self.stderr()}"
+                self.peer_failed("closed its stdout")
             *lines, self._partial = (self._partial + chunk).split(b"\n")
             self.lines += [line.decode() for line in lines]
-        events = []
-        if self.sock in readable:
-            try:
+        data = None
+        try:
+            if writable:
+                del self.out[:self.sock.send(self.out)]
+            if self.sock in readable:
                 data = self.sock.recv(1 << 18)
-            except BlockingIOError:
-                data = None
-            if data == b"":
-                raise AssertionError(f"peer hung up early; it said {self.lines}\n{self.stderr()}")
-            if data:
-                events += self.session.receive_data(data, time.monotonic())
-        events += self.session.handle_timer(time.monotonic())
-        return events
+        except BlockingIOError:
+            pass
+        except ConnectionError as exc:
+            self.peer_failed(f"broke the connection ({exc})")
+        if data == b"":
+            self.peer_failed("hung up early")
+        events = self.session.receive_data(data, time.monotonic()) if data else []
+        return events + self.session.handle_timer(time.monotonic())
+
+    def peer_failed(self, what):
+        """Fail with the peer's own account of what went wrong."""
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        raise AssertionError(f"peer {what}, exit status {self.proc.returncode}; "
+                             f"it said {self.lines}\n{self.stderr()}") from None
 
     @property
     def peer_done(self):
@@ -131,8 +140,9 @@ class Link:
         while not self.flushed:
             self.pump()
         self.sock.shutdown(socket.SHUT_WR)
-        while self.sock in select.select([self.sock], [], [], 1)[0] or self._stdout_open:
+        while True:  # the peer exits once it sees our EOF, closing its end
             assert time.monotonic() < self.deadline, "peer did not hang up"
+            select.select([self.sock], [], [], 1)
             try:
                 if not self.sock.recv(1 << 18):
                     break
@@ -142,8 +152,12 @@ class Link:
         self.lines += (self._partial + rest).decode().splitlines()
         stderr = self.stderr()
         assert self.proc.returncode == 0, f"peer failed:\n{stderr}"
-        # HashiCorp logs protocol surprises (stray ACKs, frames for unknown streams) as [ERR]/[WARN].
-        assert "[ERR]" not in stderr and "[WARN]" not in stderr, stderr
+        # HashiCorp logs protocol surprises (stray ACKs, data for closed streams...) as
+        # [ERR]/[WARN].  A window update crossing the peer's FIN is expected: we grant
+        # credit as we consume, without knowing the peer has just finished sending.
+        surprises = [line for line in stderr.splitlines()
+                     if ("[ERR]" in line or "[WARN]" in line) and not STRAY_UPDATE.search(line)]
+        assert not surprises, stderr
 
 
 @contextmanager
