@@ -10,6 +10,9 @@ import gevent.lock
 from OpenSSL import SSL
 
 _CHUNK = 256 * 1024
+# OpenSSL returns at most one record (16 KiB of plaintext) per read; asking for more
+# only makes pyOpenSSL allocate (and, past malloc's mmap threshold, map) a bigger buffer.
+_RECORD = 16 * 1024
 
 
 class TLSClosed(Exception):
@@ -63,7 +66,8 @@ class ServerTLSConnection:
     def peer_certificate(self):
         return self.conn.get_peer_certificate()
 
-    def recv(self, size=_CHUNK):
+    def recv(self, size=_RECORD):
+        size = min(size, _RECORD)
         while True:
             try:
                 return self.conn.recv(size)
