@@ -30,6 +30,7 @@ Options:
 Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
 """
 
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -204,6 +205,10 @@ def run_client(args):
     cfg = load()
     log.configure(cfg.log_level, cfg.log_format)
     _check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
+    if cfg.server_trust == "ca-file" and not os.access(cfg.server_ca_file, os.R_OK):
+        raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
+                          "Server's server-ca.crt there or set server-ca-file",
+                          file=cfg.source or "command line", key="client.server-ca-file")
     return Lifecycle(Client(cfg, log), load, cfg.graceful_shutdown_duration, log).run()
 
 

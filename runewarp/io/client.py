@@ -89,9 +89,13 @@ class Client:
         gevent.killall(self.workers, timeout=2)
 
     def reload(self, config):
-        self.config = config
         self.services = ServiceTable(config.services)
         self.public_certs = PublicCertificates(config.public_cert_dir, self.log)
+        if config.server_addresses != self.config.server_addresses or \
+                config.limits != self.config.limits:
+            self.log.warn("reload-needs-restart", key="server-address/limits")
+        self.config = config
+        self.log.configure(config.log_level, config.log_format)
         self.log.info("client-reloaded", services=len(config.services))
 
     # -- Tunnel connection worker --
@@ -102,9 +106,10 @@ class Client:
             try:
                 session = self._connect(address)
             except Unauthorized:
-                self.log.error("unauthorized client identity " + self.identity,
-                               server_address=server, client_identity=self.identity,
-                               reason="the Server's Tunnels do not list this Client identity")
+                self.log.error("tunnel-connection-unauthorized", server_address=server,
+                               client_identity=self.identity,
+                               reason=f"unauthorized client identity {self.identity}: the "
+                                      "Server's Tunnels do not list it")
             except MaterialError as exc:
                 self.log.error("tunnel-connection-failed", server_address=server, reason=str(exc))
             except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamReset,

@@ -14,7 +14,7 @@ from gevent.pool import Group
 from OpenSSL import SSL
 
 from .. import __version__
-from ..errors import ProtocolError
+from ..errors import MaterialError, ProtocolError
 from ..logs import RateLimitedWarning
 from ..material import load_server_cert_paths
 from ..proto import control, proxyv2
@@ -57,16 +57,20 @@ class TunnelPool:
 
 
 class ServerCertificate:
-    """The Server certificate files and the context built from them, rebuilt when they change."""
+    """The Server certificate and the context built from it, rebuilt when the files change.
 
-    def __init__(self, cert_dir, authorize):
-        self.cert_dir = cert_dir
+    `locate()` returns (certificate path, key path) or raises MaterialError: the
+    manual cert-dir today, certbot's live folder with ACME.
+    """
+
+    def __init__(self, locate, authorize):
+        self.locate = locate
         self.authorize = authorize
         self._stamp = None
         self.context = None
 
     def current(self):
-        cert_path, key_path = load_server_cert_paths(self.cert_dir)
+        cert_path, key_path = self.locate()
         stamp = tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (cert_path, key_path))
         if stamp != self._stamp:
             self.context = server_tunnel_context(cert_path, key_path, self.authorize)
@@ -80,7 +84,8 @@ class Server:
         self.config = config
         self.snapshot = config.routing_snapshot()
         self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
-        self.certificate = ServerCertificate(config.cert_dir, self._authorize)
+        self.certificate = self._certificate_for(config)
+        self.certificate_missing = False
         limits = config.limits
         self.admission = Admission(limits.intake_connections, limits.intake_per_source)
         self.handshakes = 0
@@ -101,9 +106,10 @@ class Server:
         self.listeners.append(Listener("public", cfg.public_bind_address,
                                        self._handle_public, pool_size))
         if cfg.tunnel_bind_address is not None:
+            live = cfg.limits.pool_connections * len(self.snapshot.tunnels)
             self.listeners.append(Listener("tunnel", cfg.tunnel_bind_address,
                                            self._handle_tunnel_listener,
-                                           cfg.limits.tunnel_handshakes * 2))
+                                           live + cfg.limits.tunnel_handshakes))
         for listener in self.listeners:
             listener.start()
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
@@ -132,26 +138,34 @@ class Server:
         self.tunnels.kill(block=True, timeout=2)
 
     def reload(self, config):
-        """Swap in a new snapshot; Tunnel connections it no longer authorizes are closed."""
+        """Swap in a new snapshot and certificate; Tunnel connections no longer authorized close.
+
+        Everything is built and checked before anything is swapped, so a failed
+        reload leaves the running configuration whole.
+        """
         snapshot = config.routing_snapshot()
-        for key in ("public_bind_address", "tunnel_bind_address", "hostname"):
+        certificate = self._certificate_for(config)
+        certificate.current()
+        for key in ("public_bind_address", "tunnel_bind_address", "hostname", "limits"):
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
-        pools = {}
-        for tunnel in snapshot.tunnels:
-            pools[tunnel.name] = self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
-        for name, pool in self.pools.items():
+        pools = {tunnel.name: self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
+                 for tunnel in snapshot.tunnels}
+        self.config = config
+        self.snapshot = snapshot
+        self.certificate = certificate
+        old_pools, self.pools = self.pools, pools
+        for name, pool in old_pools.items():
             for member in list(pool.members):
                 route = snapshot.tunnel_for_identity(member.identity)
                 if route is None or route.name != name:
                     member.session.go_away()
                     member.session.close("identity no longer authorized for this tunnel")
-        self.config = config
-        self.snapshot = snapshot
-        self.pools = pools
-        self.certificate.cert_dir = config.cert_dir
-        self.certificate.current()
+        self.log.configure(config.log_level, config.log_format)
         self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
+
+    def _certificate_for(self, config):
+        return ServerCertificate(lambda: load_server_cert_paths(config.cert_dir), self._authorize)
 
     def _authorize(self, identity):
         return self.snapshot.tunnel_for_identity(identity) is not None
@@ -186,7 +200,7 @@ class Server:
 
     def _server_hostname_connection(self, sock, address, taken):
         offered = taken.hello.alpn_protocols
-        if ALPN_TUNNEL.decode() in offered:
+        if ALPN_TUNNEL.decode() in offered and self.config.tunnel_bind_address is None:
             self.visitors.discard(gevent.getcurrent())
             self.tunnels.add(gevent.getcurrent())
             self._tunnel_connection(sock, address, taken.buffered)
@@ -195,7 +209,9 @@ class Server:
                            reason="acme-not-configured")
         else:
             self.log.debug("visitor-rejected", visitor=format_address(address),
-                           reason="server-hostname-without-tunnel-alpn")
+                           reason="server-hostname-without-tunnel-alpn"
+                           if self.config.tunnel_bind_address is None
+                           else "tunnel-connections-use-the-tunnel-listener")
 
     def _route_visitor(self, sock, address, taken):
         hostname = taken.hostname
@@ -260,9 +276,19 @@ class Server:
         if self.handshakes >= self.config.limits.tunnel_handshakes:
             self.saturation.warn("tunnel-handshakes", time.monotonic())
             return
-        self.handshakes += 1
         try:
             context = self.certificate.current()
+        except MaterialError as exc:
+            if not self.certificate_missing:
+                self.log.warn("server-certificate-missing", reason=str(exc),
+                              effect="Tunnel connections are refused until it exists")
+            self.certificate_missing = True
+            return
+        if self.certificate_missing:
+            self.certificate_missing = False
+            self.log.info("server-certificate-ready")
+        self.handshakes += 1
+        try:
             tls = ServerTLSConnection(sock, context, buffered)
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
                 tls.handshake()

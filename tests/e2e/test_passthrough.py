@@ -338,3 +338,19 @@ def test_json_log_format(deployment, backends):
     events = {r["event"] for r in records}
     assert {"server-ready", "tunnel-connection-established", "visitor-routed"} <= events
     assert all({"time", "level", "event"} <= r.keys() for r in records)
+
+
+def test_dedicated_tunnel_listener(deployment, backends):
+    backend = backends("app", [APP])
+    identity = deployment.identity("client-a")
+    server = deployment.start_server([("apps", [APP], [identity])],
+                                     extra='tunnel-bind-address = "127.0.0.1:0"')
+    tunnel_port = int(server.wait_for(r"tunnel-bind-address=127\.0\.0\.1:(\d+)").group(1))
+    on_public = deployment.start_client("client-a", [([APP], backend.address)], wait=False)
+    server.wait_for("reason=tunnel-connections-use-the-tunnel-listener")
+    on_public.kill()
+    path = deployment.client_config("client-a", [([APP], backend.address)], port=tunnel_port)
+    client = Proc(["client", "-c", path], env=deployment.env)
+    deployment.processes.append(client)
+    client.wait_for("tunnel-connection-established")
+    assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
