@@ -77,7 +77,7 @@ def test_make_install_into_destdir_keeps_existing_configs(tmp_path):
     etc.mkdir(parents=True)
     (etc / "server.toml").write_text("# operator's own\n")
     make = ["make", "-C", str(ROOT), f"DESTDIR={destdir}", f"PREFIX={prefix}",
-            f"SYSCONFDIR=/etc", f"PYTHON={sys.executable}"]
+            "SYSCONFDIR=/etc", f"PYTHON={sys.executable}"]
     run([*make, "install"])
     staged = destdir / prefix.lstrip("/")
     link = staged / "bin" / "runewarp"

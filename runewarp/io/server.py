@@ -328,6 +328,12 @@ class Server:
                 stream.reset()
 
         session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log)
+
+        def on_closed(_event):
+            if not control_stream.ready():
+                control_stream.set_exception(StreamReset(session.close_reason))
+
+        session.closed.rawlink(on_closed)
         session.start()
         member = None
         try:
@@ -342,9 +348,13 @@ class Server:
                             raise StreamReset("control stream closed")
                         stream.consumed(len(data))
                         messages = decoder.feed(data)
-            except (gevent.Timeout, StreamReset, control.ControlError) as exc:
+            except gevent.Timeout:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
-                              reason=f"no control hello: {exc or 'deadline'}")
+                              reason="no control hello before the deadline")
+                return
+            except (StreamReset, control.ControlError) as exc:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason=f"no control hello: {exc}")
                 return
             hello = messages[0]
             if hello.get("type") != "hello":

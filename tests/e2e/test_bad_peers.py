@@ -25,8 +25,9 @@ import time
 import pytest
 
 from runewarp.proto import clienthello, control, proxyv2
-from runewarp.proto.mux import (FLAG_RST, GOAWAY_PROTOCOL_ERROR, TYPE_GO_AWAY, DataReceived,
-                                FrameDecoder, Role, Session, StreamReset, encode_header)
+from runewarp.proto.mux import (FLAG_RST, FLAG_SYN, GOAWAY_PROTOCOL_ERROR, TYPE_DATA,
+                                TYPE_GO_AWAY, TYPE_WINDOW_UPDATE, DataReceived, FrameDecoder,
+                                Role, Session, StreamReset, encode_header)
 
 from ..conftest import SERVER_HOSTNAME, Proc
 from .helpers import Backend, curl
@@ -112,7 +113,7 @@ def read_until_closed(tls, timeout):
         tls.settimeout(remaining)
         try:
             chunk = tls.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise AssertionError(f"peer still open after {timeout}s") from None
         except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
             chunk = b""
@@ -136,10 +137,10 @@ def control_stream_with(line):
     return session.data_to_send()
 
 
-def assert_refused_in_log(tunnel, mark, reason):
+def assert_refused_in_log(tunnel, mark, reason, timeout=15):
     tunnel.server.wait_for(
         f"tunnel-connection-refused .*client-identity={tunnel.fake_identity}.*{reason}",
-        timeout=15, start=mark)
+        timeout=timeout, start=mark)
 
 
 def test_truncated_frame_header_then_close(tunnel):
@@ -148,8 +149,8 @@ def test_truncated_frame_header_then_close(tunnel):
                      tunnel.deployment.dir / "fake-client")
     tls.sendall(encode_header(0, 0x1, 1, 0)[:5])
     tls.close()
-    # The Server waits for the control hello at most 10 s, then drops the connection.
-    assert_refused_in_log(tunnel, mark, "no control hello")
+    # The Server drops the connection as soon as the Tunnel connection ends.
+    assert_refused_in_log(tunnel, mark, "")
     tunnel.assert_healthy()
 
 
@@ -161,12 +162,24 @@ def test_bad_mux_version_gets_go_away_and_close(tunnel):
         tls.sendall(struct.pack(">BBHII", 7, 0, 0x1, 1, 0) + b"garbage" * 10)
         data, seconds = read_until_closed(tls, 10)
     assert seconds < 5
-    print(tunnel.server.log())
     frames = mux_frames(data)
     assert [(f.type, f.stream_id, f.length) for f in frames] == \
         [(TYPE_GO_AWAY, 0, GOAWAY_PROTOCOL_ERROR)], frames
     assert_refused_in_log(tunnel, mark, "")
     tunnel.assert_healthy()
+
+
+def test_server_logs_why_a_tunnel_connection_died_before_its_hello(tunnel):
+    mark = len(tunnel.server.lines)
+    tls = tunnel_tls(tunnel.deployment.public_port, tunnel.deployment.ca_file,
+                     tunnel.deployment.dir / "fake-client")
+    with tls:
+        tls.sendall(struct.pack(">BBHII", 7, 0, 0x1, 1, 0))
+        _data, seconds = read_until_closed(tls, 10)
+    assert seconds < 5  # the connection itself is closed at once ...
+    # ... and the Server should say why, promptly (refused or closed, whatever the event).
+    tunnel.server.wait_for(f"tunnel-connection-\\w+ .*client-identity={tunnel.fake_identity}"
+                           ".*protocol error", timeout=5, start=mark)
 
 
 def test_silent_client_is_dropped_at_the_hello_deadline(tunnel):
@@ -209,18 +222,14 @@ def test_bad_control_hello_closes_the_connection(tunnel, line, reason):
 
 
 def refused(tls):
-    """The TLS 1.3 Server refuses a Client certificate after the Client's Finished: on first read."""
+    """The TLS 1.3 Server judges the Client certificate after the Client's Finished, so the
+    refusal (an alert, then close) arrives on the Client's first read; returns that error."""
     with tls:
         tls.settimeout(10)
-        try:
-            tls.sendall(control_stream_with(b'{"type":"hello"}\n'))
+        with pytest.raises(ssl.SSLError) as info:
             data = tls.recv(65536)
-        except ssl.SSLError as exc:
-            return exc
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            return exc
-    assert data == b"", "the Server answered a refused Tunnel connection"
-    return None
+            pytest.fail(f"the Server answered a refused Tunnel connection: {data!r}")
+    return str(info.value)
 
 
 def test_unlisted_identity_and_missing_certificate_are_refused(tunnel):
@@ -230,13 +239,13 @@ def test_unlisted_identity_and_missing_certificate_are_refused(tunnel):
     error = refused(tunnel_tls(deployment.public_port, deployment.ca_file, deployment.dir / "stranger"))
     # protocol.md asks for access_denied; tls.py documents that OpenSSL can only send
     # bad_certificate from certificate verification, and the Client accepts both.
-    assert error is None or "BAD_CERTIFICATE" in str(error) or "ACCESS_DENIED" in str(error), error
+    assert "ALERT_BAD_CERTIFICATE" in error or "ALERT_ACCESS_DENIED" in error, error
     tunnel.server.wait_for(f"tunnel-connection-refused .*client-identity={stranger}"
                            ".*reason=unauthorized-client-identity", timeout=10, start=mark)
     tunnel.assert_healthy()
 
     error = refused(tunnel_tls(deployment.public_port, deployment.ca_file, identity_dir=None))
-    assert error is None or "CERTIFICATE_REQUIRED" in str(error) or "HANDSHAKE" in str(error), error
+    assert "ALERT_CERTIFICATE_REQUIRED" in error, error
     # (Auth-failure warnings are rate-limited per source IP, so no second log line is asserted.)
     tunnel.assert_healthy()
     assert tunnel.server.count("tunnel-connection-established") == 1
@@ -256,6 +265,7 @@ class FakeServerEnd:
         self.received = collections.defaultdict(bytearray)
         self.reset = set()
         self.closed = False
+        self.raw = bytearray()  # every byte the Client sent, for frame-level checks
 
     def flush(self):
         data = self.session.data_to_send()
@@ -280,11 +290,14 @@ class FakeServerEnd:
             self.tls.settimeout(remaining)
             try:
                 data = self.tls.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
+            except (ssl.SSLEOFError, ConnectionResetError):
+                data = b""
             if not data:
                 self.closed = True
                 continue
+            self.raw += data
             for event in self.session.receive_data(data, time.monotonic()):
                 if isinstance(event, DataReceived):
                     self.received[event.stream_id] += event.data
@@ -292,6 +305,53 @@ class FakeServerEnd:
                 elif isinstance(event, StreamReset):
                     self.reset.add(event.stream_id)
             self.flush()
+
+    def say_welcome(self):
+        """Read the Client's control hello (stream 1) and answer it; returns the hello."""
+        self.pump_until(lambda: b"\n" in self.received[1])
+        hello = json.loads(bytes(self.received[1]).split(b"\n")[0])
+        self.send(1, control.encode(control.welcome("apps", "fake")))
+        return hello
+
+
+class FakeServer:
+    """A listener with the Server certificate from `runewarp server cert init`, and the
+    real Client (Tunnel "apps", Service app.example.com) dialing it."""
+
+    def __init__(self, deployment, backend):
+        deployment.identity("client-a")
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(20)
+        port = self.listener.getsockname()[1]
+        path = deployment.client_config("client-a", [([APP], backend.address)], port=port)
+        self.client = Proc(["client", "-c", path], env=deployment.env)
+        deployment.processes.append(self.client)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.context.load_cert_chain(str(deployment.cert_dir / "server.crt"),
+                                     str(deployment.cert_dir / "server.key"))
+        self.context.set_alpn_protocols([ALPN])
+        self.connections = []
+
+    def accept(self):
+        raw, _address = self.listener.accept()
+        raw.settimeout(10)
+        tls = self.context.wrap_socket(raw, server_side=True)
+        self.connections.append(tls)
+        assert tls.selected_alpn_protocol() == ALPN
+        return FakeServerEnd(tls)
+
+    def close(self):
+        for tls in self.connections:
+            tls.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def fake_server(deployment, backend):
+    server = FakeServer(deployment, backend)
+    yield server
+    server.close()
 
 
 def real_client_hello(hostname, ca_file):
@@ -304,104 +364,124 @@ def real_client_hello(hostname, ca_file):
     return tls, incoming, outgoing
 
 
-def test_client_resets_bad_streams_and_keeps_its_tunnel_connection(deployment, backend):
-    deployment.identity("client-a")
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(20)
-    port = listener.getsockname()[1]
-    path = deployment.client_config("client-a", [([APP], backend.address)], port=port)
-    client = Proc(["client", "-c", path], env=deployment.env)
-    deployment.processes.append(client)
+ENVELOPE = proxyv2.encode(("203.0.113.7", 50123), ("192.0.2.1", 443))
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(str(deployment.cert_dir / "server.crt"),
-                        str(deployment.cert_dir / "server.key"))
-    ctx.set_alpn_protocols([ALPN])
-    with listener:
-        raw, _address = listener.accept()
-    raw.settimeout(10)
-    with ctx.wrap_socket(raw, server_side=True) as tls:
-        assert tls.selected_alpn_protocol() == ALPN
-        end = FakeServerEnd(tls)
 
-        # The Client opens the control stream at once and says hello.
-        end.pump_until(lambda: b"\n" in end.received[1])
-        hello = json.loads(bytes(end.received[1]).split(b"\n")[0])
-        assert hello["type"] == "hello" and hello["hostnames"] == [APP]
-        assert hello["catch_all"] is False
-        end.send(1, control.encode(control.welcome("apps", "fake")))
-        client.wait_for("tunnel-connection-established .*tunnel=apps")
+def test_client_resets_bad_streams_and_keeps_its_tunnel_connection(fake_server, backend):
+    client = fake_server.client
+    end = fake_server.accept()
+    hello = end.say_welcome()
+    assert hello["type"] == "hello" and hello["hostnames"] == [APP]
+    assert hello["catch_all"] is False
+    client.wait_for("tunnel-connection-established .*tunnel=apps")
 
-        envelope = proxyv2.encode(("203.0.113.7", 50123), ("192.0.2.1", 443))
+    # 0. An envelope and then nothing: reset at the 5 s intake deadline (checked at the end).
+    stalled = end.open_stream(ENVELOPE)
+    stalled_at = time.monotonic()
 
-        # 1. A bad PROXY v2 header (version 3): that stream is reset, nothing else.
-        bad_header = bytearray(envelope)
-        bad_header[12] = 0x31
-        bad = end.open_stream(bytes(bad_header) + clienthello.build(APP, ("http/1.1",)))
-        end.pump_until(lambda: bad in end.reset)
-        client.wait_for("stream-rejected .*bad-proxy-header")
+    # 1. A bad PROXY v2 header (version 3): that stream is reset, nothing else.
+    bad_header = bytearray(ENVELOPE)
+    bad_header[12] = 0x31
+    bad = end.open_stream(bytes(bad_header) + clienthello.build(APP, ("http/1.1",)))
+    end.pump_until(lambda: bad in end.reset)
+    client.wait_for("stream-rejected .*bad-proxy-header")
 
-        # 2. A good envelope, but a hostname no Service serves: reset.
-        unknown = end.open_stream(envelope + clienthello.build("unknown.example.com", ("h2",)))
-        end.pump_until(lambda: unknown in end.reset)
-        client.wait_for("stream-rejected .*public-hostname=unknown.example.com.*reason=no-service")
-        assert not end.closed and not end.session.closed
+    # 2. A good envelope, but a hostname no Service serves: reset.
+    unknown = end.open_stream(ENVELOPE + clienthello.build("unknown.example.com", ("h2",)))
+    end.pump_until(lambda: unknown in end.reset)
+    client.wait_for("stream-rejected .*public-hostname=unknown.example.com.*reason=no-service")
+    assert not end.closed and not end.session.closed
 
-        # 3. A good envelope and a genuine ClientHello for a served hostname: spliced
-        # to the backend, whose TLS answer (ServerHello first) comes back on the stream.
-        visitor, incoming, outgoing = real_client_hello(APP, backend.ca)
-        good = end.open_stream(envelope + outgoing.read())
-        end.pump_until(lambda: len(end.received[good]) >= 6)
-        answer = bytes(end.received[good])
-        assert answer[0] == 0x16 and answer[1] == 0x03, answer[:8]  # TLS handshake record
-        assert answer[5] == 0x02, answer[:8]  # ServerHello
-        client.wait_for(f"stream-routed .*public-hostname={APP}.*visitor=203.0.113.7:50123")
+    # 3. A good envelope and a genuine ClientHello for a served hostname: spliced to the
+    # backend, whose TLS answer (ServerHello first) comes back on the stream.
+    visitor, incoming, outgoing = real_client_hello(APP, backend.ca)
+    good = end.open_stream(ENVELOPE + outgoing.read())
+    end.pump_until(lambda: len(end.received[good]) >= 6)
+    answer = bytes(end.received[good])
+    assert answer[0] == 0x16 and answer[1] == 0x03, answer[:8]  # TLS handshake record
+    assert answer[5] == 0x02, answer[:8]  # ServerHello
+    client.wait_for(f"stream-routed .*public-hostname={APP}.*visitor=203.0.113.7:50123")
+    assert good not in end.reset
 
-        # Finish the Visitor's handshake and one request through the stream: the backend's
-        # certificate verifies for the hostname, so these are the backend's bytes.
-        fed = 0
+    # Finish the Visitor's handshake and one request through the stream: the backend's
+    # certificate verifies for the hostname, so these are the backend's bytes.
+    fed = 0
 
-        def feed_visitor():
-            nonlocal fed
-            new = bytes(end.received[good][fed:])
-            fed += len(new)
-            if new:
-                incoming.write(new)
+    def feed_visitor():
+        nonlocal fed
+        new = bytes(end.received[good][fed:])
+        fed += len(new)
+        if new:
+            incoming.write(new)
 
-        def handshake_done():
-            feed_visitor()
-            try:
-                visitor.do_handshake()
-                finished = True
-            except ssl.SSLWantReadError:
-                finished = False
-            out = outgoing.read()
-            if out:
-                end.send(good, out)
-            return finished
+    def handshake_done():
+        feed_visitor()
+        try:
+            visitor.do_handshake()
+            finished = True
+        except ssl.SSLWantReadError:
+            finished = False
+        out = outgoing.read()
+        if out:
+            end.send(good, out)
+        return finished
 
-        end.pump_until(handshake_done)
-        visitor.write(f"GET / HTTP/1.1\r\nHost: {APP}\r\nConnection: close\r\n\r\n".encode())
-        end.send(good, outgoing.read())
-        reply = bytearray()
+    end.pump_until(handshake_done)
+    visitor.write(f"GET / HTTP/1.1\r\nHost: {APP}\r\nConnection: close\r\n\r\n".encode())
+    end.send(good, outgoing.read())
+    reply = bytearray()
 
-        def replied():
-            feed_visitor()
-            try:
-                while chunk := visitor.read(65536):
-                    reply.extend(chunk)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                pass
-            return reply.endswith(b"backend=app\n")
+    def replied():
+        feed_visitor()
+        try:
+            while chunk := visitor.read(65536):
+                reply.extend(chunk)
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            pass
+        return reply.endswith(b"backend=app\n")
 
-        end.pump_until(replied)
-        assert reply.startswith(b"HTTP/1.1 200"), reply
+    end.pump_until(replied)
+    assert reply.startswith(b"HTTP/1.1 200"), reply
 
-        # The Tunnel connection survived all three streams.
-        assert not end.closed and not end.session.closed
-        assert client.count("tunnel-connection-lost") == 0
-        assert_running_without_traceback(client)
-        # From here the fake Server could go silent without closing; the Client would
-        # declare the connection dead after 60 s without a frame.  That timer is covered
-        # by tests/proto/test_mux_session.py with a fake clock rather than waited for here.
+    end.pump_until(lambda: stalled in end.reset, timeout=10)
+    assert 4 <= time.monotonic() - stalled_at < 10
+    client.wait_for("stream-rejected .*reason=intake-deadline")
+
+    # The Tunnel connection survived every bad stream.
+    assert not end.closed and not end.session.closed
+    assert client.count("tunnel-connection-lost") == 0
+    resets = [f.stream_id for f in mux_frames(bytes(end.raw)) if f.flags & FLAG_RST]
+    assert sorted(resets) == sorted([stalled, bad, unknown]), resets
+    assert_running_without_traceback(client)
+    # From here the fake Server could go silent without closing; the Client would
+    # declare the connection dead after 60 s without a frame.  That timer is covered
+    # by tests/proto/test_mux_session.py with a fake clock rather than waited for here.
+
+
+@pytest.mark.parametrize("attack", ["bad-version", "over-window", "wrong-parity"])
+def test_client_answers_a_mux_protocol_error_with_go_away_and_reconnects(fake_server, attack):
+    client = fake_server.client
+    end = fake_server.accept()
+    end.say_welcome()
+    client.wait_for("tunnel-connection-established")
+    if attack == "bad-version":
+        wire = struct.pack(">BBHII", 9, 0, 0, 0, 0)
+    elif attack == "over-window":
+        # A new stream whose first data frame exceeds the 256 KiB initial window.
+        size = 256 * 1024 + 1
+        wire = encode_header(TYPE_DATA, FLAG_SYN, 2, size) + bytes(size)
+    else:
+        wire = encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, 3, 0)  # odd id: a Client's id
+    mark = len(client.lines)
+    end.tls.sendall(wire)
+    data, seconds = read_until_closed(end.tls, 10)
+    assert seconds < 5
+    assert [(f.type, f.length) for f in mux_frames(data) if f.type == TYPE_GO_AWAY] == \
+        [(TYPE_GO_AWAY, GOAWAY_PROTOCOL_ERROR)], mux_frames(data)
+    client.wait_for("tunnel-connection-lost .*protocol error", start=mark)
+    client.wait_for("tunnel-reconnect-scheduled .*next-retry-delay=1s", start=mark)
+    again = fake_server.accept()  # the first backoff window is 1 s
+    again.say_welcome()
+    client.wait_for("tunnel-connection-established", start=mark)
+    assert client.count("tunnel-connection-established") == 2
+    assert_running_without_traceback(client)

@@ -156,6 +156,22 @@ def test_invalid_toml(tmp_path, sandbox, command):
     assert line.startswith(f"error: {path}: invalid TOML: "), line
 
 
+@pytest.mark.parametrize("command", ["server", "client"])
+def test_config_not_utf8(tmp_path, sandbox, command):
+    path = tmp_path / "runewarp.toml"
+    path.write_bytes(BOTH_OK.replace("tunnel.example.com", "t\xfcnnel.example.com").encode("latin-1"))
+    line = one_error_line(fails_cleanly(tmp_path, sandbox, command, "-c", path))
+    assert line == f"error: {path}: invalid TOML: file is not UTF-8"
+
+
+@pytest.mark.parametrize("command", ["server", "client"])
+def test_config_is_a_folder(tmp_path, sandbox, command):
+    path = tmp_path / "runewarp.toml"
+    path.mkdir()
+    line = one_error_line(fails_cleanly(tmp_path, sandbox, command, "-c", path))
+    assert line.startswith(f"error: {path}: cannot read config: "), line
+
+
 @pytest.mark.parametrize("command,table", [("server", "server"), ("client", "client")])
 def test_missing_role_table(tmp_path, sandbox, command, table):
     other = CLIENT_OK if command == "server" else SERVER_OK
@@ -383,8 +399,6 @@ CLIENT_CASES = [
     ("terminate-catch-all",
      CLIENT_HEAD + 'public-cert-dir = "public-cert"\n' + service(hosts=None, extra='tls-mode = "terminate"'),
      "client.services[0].tls-mode", "Catch-all Service cannot terminate"),
-    ("terminate-without-certificates", CLIENT_HEAD + service(extra='tls-mode = "terminate"'),
-     "client.services[0].tls-mode", "set client.public-cert-dir or add [client.acme]"),
     ("public-cert-dir-without-terminate", CLIENT_HEAD + 'public-cert-dir = "public-cert"\n' + service(),
      "client.public-cert-dir", 'needs at least one Service with tls-mode = "terminate"'),
     ("acme-without-terminate",
@@ -434,6 +448,38 @@ def test_valid_ca_file_passes_validation(tmp_path, sandbox):
     """Control for the trust cases: the same file with a readable CA reaches the material check."""
     (tmp_path / "server-ca.crt").write_text("not looked at by config validation\n")
     path, line = config_error(tmp_path, sandbox, "client", CLIENT_HEAD + CA_FILE_TRUST + service())
+    assert line.startswith(f"error: {path}: "), line
+    assert line.endswith("run 'runewarp client identity init'"), line
+
+
+def test_valid_spellings_pass_validation(tmp_path, sandbox):
+    """Control for the hostname cases: mixed case, one trailing dot and punycode A-labels
+    are valid; both commands get past validation to the material check."""
+    text = f"""\
+[server]
+hostname = "Tunnel.Example.COM."
+cert-dir = "server-cert"
+[[server.tunnels]]
+public-hostnames = ["xn--bcher-kva.example", "App.Example.COM."]
+client-identities = ["{ID_A}", "{ID_B}"]
+[client]
+server-address = "TUNNEL.example.com."
+identity-dir = "client-identity"
+[[client.services]]
+public-hostnames = ["xn--bcher-kva.example", "app.example.com."]
+backend-address = "[::1]:8443"
+"""
+    _path, line = config_error(tmp_path, sandbox, "server", text)
+    assert line.endswith("run 'runewarp server cert init'"), line
+    _path, line = config_error(tmp_path, sandbox, "client", text)
+    assert line.endswith("run 'runewarp client identity init'"), line
+
+
+def test_terminate_without_public_cert_dir_uses_the_xdg_default(tmp_path, sandbox):
+    """Not an error: terminate material defaults to the XDG folder (configuration.md, table
+    "Where things live").  Validation passes, and the folder is not created by starting."""
+    path, line = config_error(tmp_path, sandbox, "client",
+                              CLIENT_HEAD + service(extra='tls-mode = "terminate"'))
     assert line.startswith(f"error: {path}: "), line
     assert line.endswith("run 'runewarp client identity init'"), line
 
