@@ -5,6 +5,7 @@ stream the Server opens goes: PROXY header → ClientHello → Service → Local
 backend → splice.
 """
 
+import ipaddress
 import os
 import random
 import socket
@@ -241,7 +242,7 @@ class Client:
     def _connect_backend(self, service, hostname):
         try:
             with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
-                sock = socket.create_connection(service.backend_address)
+                sock = _dial(service.backend_address)
         except (OSError, gevent.Timeout) as exc:
             self.log.warn("backend-connect-failed", public_hostname=hostname,
                           backend_address=format_address(service.backend_address),
@@ -290,6 +291,22 @@ class Client:
         result = splice(visitor_end, SocketEnd(sock))
         self.log.debug("stream-closed", public_hostname=taken.hostname, visitor=visitor,
                        bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
+
+
+def _dial(address):
+    """TCP connect; an IP literal skips the resolver (a thread-pool round trip per stream)."""
+    host, port = address
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.create_connection(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _resolve_override(host):
