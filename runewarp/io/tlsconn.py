@@ -66,18 +66,30 @@ class ServerTLSConnection:
     def peer_certificate(self):
         return self.conn.get_peer_certificate()
 
-    def recv(self, size=_RECORD):
-        size = min(size, _RECORD)
-        while True:
+    def recv(self, size=_CHUNK):
+        """Up to `size` bytes of plaintext: every record already received, at least one.
+
+        OpenSSL hands out one record (at most 16 KiB) per read; draining all
+        buffered records in one call lets the mux parse them in one pass.
+        """
+        pieces = []
+        total = 0
+        while total < size:
             try:
-                return self.conn.recv(size)
+                data = self.conn.recv(min(_RECORD, size - total))
             except SSL.WantReadError:
+                if pieces:
+                    break
                 if not self._feed():
                     return b""
-            except SSL.ZeroReturnError:
+                continue
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                if pieces:
+                    break  # the next call reports the end again
                 return b""
-            except SSL.SysCallError:
-                return b""
+            pieces.append(data)
+            total += len(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def sendall(self, data):
         self.conn.sendall(data)
