@@ -40,6 +40,7 @@ from pathlib import Path
 import gevent
 import gevent.lock
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from .material import DIR_MODE, ensure_dir
@@ -101,12 +102,22 @@ def _challenge_context(pem):
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
-    ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, pem))
+    cert = x509.load_pem_x509_certificate(pem)
+    key = serialization.load_pem_private_key(pem, None)
+    try:
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)
+    except TypeError:  # pyOpenSSL before 24.3 takes only its own wrappers
+        ctx.use_certificate(crypto.X509.from_cryptography(cert))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
     ctx.check_privatekey()
 
     def select_alpn(_conn, offered):
-        return ALPN_ACME if ALPN_ACME in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+        # Refuse the handshake (alert no_application_protocol) unless acme-tls/1 is
+        # offered: returning NO_OVERLAPPING_PROTOCOLS would go on without ALPN.
+        if ALPN_ACME not in offered:
+            raise SSL.Error("the client did not offer ALPN acme-tls/1")
+        return ALPN_ACME
 
     ctx.set_alpn_select_callback(select_alpn)
     return ctx

@@ -5,11 +5,13 @@ Usage:
   runewarp server cert init [--hostname H] [--dir D] [-c FILE]
   runewarp server cert renew [--dir D] [-c FILE]
   runewarp server cert rotate-ca [--hostname H] [--dir D] [-c FILE]
+  runewarp server cert renew-acme [-c FILE]
   runewarp client [-c FILE] [--server-address A] [--backend-address B]
                   [--server-ca-file F] [--identity-dir D]
   runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
   runewarp client public-cert (init | renew) [--hostname H]... [--dir D] [-c FILE]
   runewarp client public-cert rotate-ca [--dir D] [-c FILE]
+  runewarp client public-cert renew-acme [-c FILE]
   runewarp demo [--keep]
   runewarp (-h | --help)
   runewarp --version
@@ -26,6 +28,10 @@ Options:
   --keep                   Leave the demo running and print a curl command.
   -h, --help               Show this help.
   --version                Show the version.
+
+renew-acme runs one certbot renewal for the ACME certificates of the selected
+config (for cron or a systemd timer); the running Server/Client answers the
+challenges and picks the new certificate up without a restart.
 
 Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
 """
@@ -86,6 +92,24 @@ def _folder(args, path, section, key, default):
 
 
 # -- verbs --
+
+def renew_acme(args, role):
+    from . import acme
+    from .io.client import terminate_hostnames
+
+    path = _selected_config(args)
+    if role == "server":
+        cfg = configuration.load_server_config(path)
+        hostnames = [cfg.hostname]
+    else:
+        cfg = configuration.load_client_config(path)
+        hostnames = terminate_hostnames(cfg)
+    if cfg.acme is None:
+        raise ConfigError(f"no [{role}.acme] table: nothing to renew", file=cfg.source,
+                          key=f"{role}.acme")
+    log.configure(cfg.log_level, cfg.log_format)
+    return acme.renew_once(cfg.acme, hostnames, log, role)
+
 
 def server_cert(args):
     path = _selected_config(args)
@@ -181,7 +205,8 @@ def run_server(args):
     cfg = configuration.load_server_config(path)
     log.configure(cfg.log_level, cfg.log_format)
     server = Server(cfg, log)
-    _check_material(lambda: server.certificate.current(), cfg.source)
+    if cfg.acme is None:
+        _check_material(lambda: server.certificate.current(), cfg.source)
     return Lifecycle(server, lambda: configuration.load_server_config(path),
                      cfg.graceful_shutdown_duration, log).run()
 
@@ -234,10 +259,14 @@ def main(argv=None):
         return 2
     try:
         if args["server"]:
+            if args["renew-acme"]:
+                return renew_acme(args, "server")
             return server_cert(args) if args["cert"] else run_server(args)
         if args["client"]:
             if args["identity"]:
                 return client_identity(args)
+            if args["renew-acme"]:
+                return renew_acme(args, "client")
             if args["public-cert"]:
                 return client_public_cert(args)
             return run_client(args)

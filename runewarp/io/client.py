@@ -17,16 +17,17 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from .. import __version__
+from ..acme import AcmeCertificates
 from ..errors import MaterialError, ProtocolError
 from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control, proxyv2
 from ..proto.backoff import Backoff
 from ..proto.mux import Role
-from ..tls import ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
+from ..tls import ALPN_ACME, ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
 from .intake import INTAKE_DEADLINE, IntakeRejected, read_client_hello
 from .listener import format_address, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd, splice
-from .terminate import PublicCertificates, TLSEnd, accept_visitor_tls
+from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
 from .tlsconn import TLSClosed
 from .tunnel import StreamReset, TunnelSession
 
@@ -54,13 +55,20 @@ class ServiceTable:
         return sorted(self.by_hostname)
 
 
+def terminate_hostnames(config):
+    return [h for s in config.services if s.tls_mode == "terminate" for h in s.public_hostnames]
+
+
 class Client:
     def __init__(self, config, log):
         self.config = config
         self.log = log
         self.instance = uuid.uuid4().hex[:12]
         self.services = ServiceTable(config.services)
-        self.public_certs = PublicCertificates(config.public_cert_dir, log)
+        self.acme = None
+        if config.acme is not None:
+            self.acme = AcmeCertificates(config.acme, terminate_hostnames(config), log, "client")
+        self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
         self.workers = []
         self.sessions = set()
@@ -68,6 +76,8 @@ class Client:
 
     def start(self):
         self.identity = show_identity(self.config.identity_dir)  # fail fast without material
+        if self.acme is not None:
+            self.acme.start()
         for address in self.config.server_addresses:
             self.workers.append(gevent.spawn(self._worker, address))
         self.log.info("client-ready", client_identity=self.identity, instance=self.instance,
@@ -84,6 +94,8 @@ class Client:
         return self.handlers.join(timeout=timeout)
 
     def close_all(self):
+        if self.acme is not None:
+            self.acme.stop()
         self.handlers.kill(block=False)
         for session in list(self.sessions):
             session.close("client shutting down")
@@ -91,10 +103,10 @@ class Client:
 
     def reload(self, config):
         self.services = ServiceTable(config.services)
-        self.public_certs = PublicCertificates(config.public_cert_dir, self.log)
-        if config.server_addresses != self.config.server_addresses or \
-                config.limits != self.config.limits:
-            self.log.warn("reload-needs-restart", key="server-address/limits")
+        self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme)
+        for key in ("server_addresses", "limits", "acme"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self.log.info("client-reloaded", services=len(config.services))
@@ -268,6 +280,11 @@ class Client:
         self._splice(StreamEnd(stream), sock, service, taken, header, "passthrough")
 
     def _terminate(self, stream, service, taken, header):
+        if self.acme is not None and ALPN_ACME.decode() in taken.hello.alpn_protocols:
+            # A TLS-ALPN-01 validation for this hostname, relayed by the Server.
+            self.acme.responder.answer(StreamTransport(stream), taken.hostname, taken.buffered,
+                                       self.log)
+            return
         context = self.public_certs.context_for(taken.hostname)
         try:
             with gevent.Timeout(INTAKE_DEADLINE):

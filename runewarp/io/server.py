@@ -15,6 +15,7 @@ from OpenSSL import SSL
 
 from .. import __version__
 from ..errors import MaterialError, ProtocolError
+from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
 from ..material import load_server_cert_paths
 from ..proto import control, proxyv2
@@ -84,6 +85,9 @@ class Server:
         self.config = config
         self.snapshot = config.routing_snapshot()
         self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
+        self.acme = None
+        if config.acme is not None:
+            self.acme = AcmeCertificates(config.acme, [config.hostname], log, "server")
         self.certificate = self._certificate_for(config)
         self.certificate_missing = False
         limits = config.limits
@@ -99,8 +103,12 @@ class Server:
 
     # -- lifecycle --
     def start(self):
-        self.certificate.current()  # fail fast on missing material
         cfg = self.config
+        if self.acme is None:
+            self.certificate.current()  # fail fast on missing material
+        else:
+            warn_port(self.log, cfg.public_bind_address[1])
+            self.acme.start()  # Tunnel connections are refused until a certificate exists
         pool_size = cfg.limits.intake_connections + cfg.limits.active_streams \
             + cfg.limits.tunnel_handshakes
         self.listeners.append(Listener("public", cfg.public_bind_address,
@@ -131,6 +139,8 @@ class Server:
         return self.visitors.join(timeout=timeout)
 
     def close_all(self):
+        if self.acme is not None:
+            self.acme.stop()
         self.visitors.kill(block=False)
         for pool in self.pools.values():
             for member in list(pool.members):
@@ -145,8 +155,9 @@ class Server:
         """
         snapshot = config.routing_snapshot()
         certificate = self._certificate_for(config)
-        certificate.current()
-        for key in ("public_bind_address", "tunnel_bind_address", "hostname", "limits"):
+        if self.acme is None:
+            certificate.current()
+        for key in ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme"):
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         pools = {tunnel.name: self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
@@ -165,7 +176,17 @@ class Server:
         self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
 
     def _certificate_for(self, config):
-        return ServerCertificate(lambda: load_server_cert_paths(config.cert_dir), self._authorize)
+        if self.acme is None:
+            return ServerCertificate(lambda: load_server_cert_paths(config.cert_dir),
+                                     self._authorize)
+
+        def locate():
+            paths = self.acme.paths(config.hostname)
+            if paths is None:
+                raise MaterialError(f"no ACME certificate for {config.hostname} yet")
+            return paths
+
+        return ServerCertificate(locate, self._authorize)
 
     def _authorize(self, identity):
         return self.snapshot.tunnel_for_identity(identity) is not None
@@ -204,6 +225,8 @@ class Server:
             self.visitors.discard(gevent.getcurrent())
             self.tunnels.add(gevent.getcurrent())
             self._tunnel_connection(sock, address, taken.buffered)
+        elif ALPN_ACME.decode() in offered and self.acme is not None:
+            self.acme.responder.answer(sock, taken.hostname, taken.buffered, self.log)
         elif ALPN_ACME.decode() in offered:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason="acme-not-configured")

@@ -26,38 +26,50 @@ def _context(cert_path=None, key_path=None):
 
 
 class PublicCertificates:
-    """Public hostname certificates by hostname, reloaded when their files change on disk."""
+    """Public hostname certificates by hostname, reloaded when their files change.
 
-    def __init__(self, cert_dir, log):
+    The source is the manual `public-cert-dir` or, with `[client.acme]`,
+    certbot's newest certificate version for the hostname.
+    """
+
+    def __init__(self, cert_dir, log, acme=None):
         self.cert_dir = cert_dir
+        self.acme = acme
         self.log = log
         self._cache = {}
         self._refuse = _context()  # no certificate: every handshake fails
 
-    def _stamp(self, hostname):
+    def _locate(self, hostname):
+        """(stamp, load): the stamp changes whenever the certificate does; None = missing."""
+        if self.acme is not None:
+            paths = self.acme.paths(hostname)
+            return paths, lambda: paths
         folder = os.path.join(self.cert_dir, hostname)
         try:
-            return tuple((s.st_mtime_ns, s.st_size) for s in
-                         (os.stat(os.path.join(folder, n)) for n in ("public.crt", "public.key")))
+            stamp = tuple((s.st_mtime_ns, s.st_size) for s in
+                          (os.stat(os.path.join(folder, n)) for n in ("public.crt", "public.key")))
         except OSError:
-            return None
+            stamp = None
+        return stamp, lambda: load_public_cert_paths(self.cert_dir, hostname)
 
     def context_for(self, hostname):
         """SSL context for `hostname`, or the refusing context when none is usable."""
-        if self.cert_dir is None:
+        if self.cert_dir is None and self.acme is None:
             return self._refuse
-        stamp = self._stamp(hostname)
+        stamp, load = self._locate(hostname)
         cached = self._cache.get(hostname)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        try:
-            cert_path, key_path = load_public_cert_paths(self.cert_dir, hostname)
-            ctx = _context(cert_path, key_path)
-            self.log.info("public-certificate-loaded", public_hostname=hostname)
-        except (MaterialError, SSL.Error, OSError) as exc:
-            self.log.warn("public-certificate-missing", public_hostname=hostname,
-                          reason=str(exc))
-            ctx = self._refuse
+        ctx = self._refuse
+        if stamp is None:
+            self.log.warn("public-certificate-missing", public_hostname=hostname)
+        else:
+            try:
+                ctx = _context(*load())
+                self.log.info("public-certificate-loaded", public_hostname=hostname)
+            except (MaterialError, SSL.Error, OSError) as exc:
+                self.log.warn("public-certificate-missing", public_hostname=hostname,
+                              reason=str(exc))
         self._cache[hostname] = (stamp, ctx)
         return ctx
 
