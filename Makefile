@@ -49,12 +49,14 @@ install:
 	  test -e $(DESTDIR)$(SYSCONFDIR)/runewarp/$$(basename $$f) || \
 	    install -m 0644 $$f $(DESTDIR)$(SYSCONFDIR)/runewarp/; \
 	done
-	install -m 0644 conf/runewarp-server.service conf/runewarp-client.service $(DESTDIR)$(UNITDIR)/
+	install -m 0644 conf/runewarp-server.service conf/runewarp-client.service \
+	  conf/runewarp-renew-acme.service conf/runewarp-renew-acme.timer $(DESTDIR)$(UNITDIR)/
 
 # Configs in $(SYSCONFDIR)/runewarp are operator data and stay.
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PREFIX)/bin/runewarp
-	rm -f $(DESTDIR)$(UNITDIR)/runewarp-server.service $(DESTDIR)$(UNITDIR)/runewarp-client.service
+	rm -f $(DESTDIR)$(UNITDIR)/runewarp-server.service $(DESTDIR)$(UNITDIR)/runewarp-client.service \
+	  $(DESTDIR)$(UNITDIR)/runewarp-renew-acme.service $(DESTDIR)$(UNITDIR)/runewarp-renew-acme.timer
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -88,6 +88,7 @@ def test_make_install_into_destdir_keeps_existing_configs(tmp_path):
     assert "[[client.services]]" in (etc / "client.toml").read_text()
     units = staged / "lib" / "systemd" / "system"
     assert (units / "runewarp-server.service").exists()
+    assert (units / "runewarp-renew-acme.timer").exists()
     out = run([str(staged / "lib" / "runewarp" / "bin" / "python"), "-m", "runewarp", "--version"])
     assert out.stdout.strip() == f"runewarp {runewarp.__version__}"
     run([*make, "uninstall"])
@@ -108,13 +109,17 @@ def test_example_configs_are_valid(tmp_path):
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_units_verify(tmp_path):
-    for name in ("runewarp-server.service", "runewarp-client.service"):
+    for name in ("runewarp-server.service", "runewarp-client.service",
+                 "runewarp-renew-acme.service", "runewarp-renew-acme.timer"):
         text = (ROOT / "conf" / name).read_text()
-        assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
-        assert "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text
+        if name in ("runewarp-server.service", "runewarp-client.service"):
+            assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+        if name.endswith(".service"):
+            assert "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text
         (tmp_path / name).write_text(text.replace("/usr/local/bin/runewarp",
                                                   str(Path(sys.executable).parent / "runewarp")))
-    proc = subprocess.run(["systemd-analyze", "verify", *map(str, tmp_path.glob("*.service"))],
+    units = sorted(map(str, tmp_path.glob("runewarp-*")))
+    proc = subprocess.run(["systemd-analyze", "verify", *units],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Unknown key" not in proc.stderr
