@@ -188,3 +188,20 @@ def processes():
 @pytest.fixture
 def deployment(tmp_path, processes):
     return Deployment(tmp_path, processes)
+
+
+@pytest.fixture
+def plain_backend(tmp_path):
+    """`python -m http.server`: a plaintext Local backend nobody here wrote."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_text("plaintext backend\n")
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind",
+                             "127.0.0.1", "--directory", str(root)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split(" port ")[1].split()[0])
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()

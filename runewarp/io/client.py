@@ -24,7 +24,7 @@ from ..proto import control, proxyv2
 from ..proto.backoff import Backoff
 from ..proto.mux import Role
 from ..tls import ALPN_ACME, ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
-from .intake import INTAKE_DEADLINE, IntakeRejected, read_client_hello
+from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_client_hello
 from .listener import format_address, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd, splice
 from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
@@ -221,17 +221,9 @@ class Client:
 
     def _serve_stream(self, stream):
         try:
-            timer = gevent.Timeout(INTAKE_DEADLINE)
-            timer.start()
-            try:
+            with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
                 taken = read_client_hello(lambda: _recv_consumed(stream), rest)
-            except gevent.Timeout as exc:
-                if exc is not timer:
-                    raise
-                raise IntakeRejected("intake-deadline") from None
-            finally:
-                timer.close()
             service = self.services.select(taken.hostname)
             if service is None:
                 self.log.debug("stream-rejected", public_hostname=taken.hostname,

@@ -4,6 +4,8 @@ Shared by the Server (on Visitor sockets) and the Client (on mux streams, after
 the PROXY header): same parser, same 16 KiB cap, same deadline.
 """
 
+import contextlib
+
 import gevent
 
 from ..proto import clienthello
@@ -58,15 +60,22 @@ def read_client_hello(read, initial=b""):
     return Intake(hello, hostname, bytes(buf))
 
 
-def intake(read, deadline=INTAKE_DEADLINE, initial=b""):
-    """read_client_hello under the intake deadline."""
-    timer = gevent.Timeout(deadline)
+@contextlib.contextmanager
+def intake_deadline(seconds=INTAKE_DEADLINE):
+    """Bound a whole intake; only our own timer becomes IntakeRejected("intake-deadline")."""
+    timer = gevent.Timeout(seconds)
     timer.start()
     try:
-        return read_client_hello(read, initial)
+        yield
     except gevent.Timeout as exc:
         if exc is not timer:
             raise
         raise IntakeRejected("intake-deadline") from None
     finally:
         timer.close()
+
+
+def intake(read, deadline=INTAKE_DEADLINE, initial=b""):
+    """read_client_hello under the intake deadline."""
+    with intake_deadline(deadline):
+        return read_client_hello(read, initial)

@@ -2,7 +2,7 @@
 
 Endpoints are a TCP socket, a mux stream, or TLS terminated over a mux stream;
 each offers recv / sendall / delivered / finish / abort / close.  Bytes move in
-chunks of up to 64 KiB that exist only while data is moving, so an idle
+chunks of up to 256 KiB that exist only while data is moving, so an idle
 connection holds no buffer.  A FIN in one direction becomes a FIN in the same
 direction on the other side; an error or reset aborts both.
 """
@@ -15,7 +15,7 @@ from OpenSSL import SSL
 
 from .tunnel import StreamReset
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
 

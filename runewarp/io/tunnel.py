@@ -88,7 +88,7 @@ class MuxStream:
                 continue
             self._writable.clear()
             try:
-                sent = session.send_data(self.id, view[:tunnel.max_frame_size])
+                sent = session.send_data(self.id, view)
             except ProtocolError as exc:
                 raise StreamReset(str(exc)) from None
             if sent:

@@ -7,11 +7,9 @@ takes the same path a Visitor's would.
 
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -25,34 +23,6 @@ pytestmark = pytest.mark.e2e
 APP = "app.example.com"
 EMAIL = "ops@example.com"
 ISSUANCE_TIMEOUT = 90
-
-
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.signal(signal.SIGKILL)
-        proc.popen.wait(timeout=10)
-
-
-@pytest.fixture
-def plain_backend(tmp_path):
-    """`python -m http.server`: a plaintext Local backend."""
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "hello.txt").write_text("plaintext backend\n")
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind",
-                             "127.0.0.1", "--directory", str(root)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        port = int(line.split(" port ")[1].split()[0])
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def env_for(pebble=None, **extra):

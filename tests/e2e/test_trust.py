@@ -6,7 +6,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,24 +18,6 @@ from .helpers import Backend, cert_sha256_pem, curl, get, sha256, tls_visit
 
 pytestmark = pytest.mark.e2e
 APP, API, NOCERT = "app.example.com", "api.example.com", "nocert.example.com"
-
-
-@pytest.fixture
-def plain_backend(tmp_path):
-    """`python -m http.server`: a plaintext Local backend nobody here wrote."""
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "hello.txt").write_text("plaintext backend\n")
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind",
-                             "127.0.0.1", "--directory", str(root)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        port = int(line.split(" port ")[1].split()[0])
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
