@@ -67,7 +67,8 @@ class Client:
         self.services = ServiceTable(config.services)
         self.acme = None
         if config.acme is not None:
-            self.acme = AcmeCertificates(config.acme, terminate_hostnames(config), log, "client")
+            self.acme = AcmeCertificates(config.acme, terminate_hostnames(config), log, "client",
+                                         on_ready=lambda host: self.public_certs.context_for(host))
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
         self.workers = []

@@ -87,7 +87,8 @@ class Server:
         self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
         self.acme = None
         if config.acme is not None:
-            self.acme = AcmeCertificates(config.acme, [config.hostname], log, "server")
+            self.acme = AcmeCertificates(config.acme, [config.hostname], log, "server",
+                                         on_ready=self._certificate_renewed)
         self.certificate = self._certificate_for(config)
         self.certificate_missing = False
         limits = config.limits
@@ -187,6 +188,13 @@ class Server:
             return paths
 
         return ServerCertificate(locate, self._authorize)
+
+    def _certificate_renewed(self, _hostname):
+        """Load a new ACME certificate now, so a broken one is reported at once."""
+        self.certificate.current()
+        if self.certificate_missing:
+            self.certificate_missing = False
+            self.log.info("server-certificate-ready")
 
     def _authorize(self, identity):
         return self.snapshot.tunnel_for_identity(identity) is not None
