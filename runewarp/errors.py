@@ -34,7 +34,3 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids (their fault)."""
-
-
-class TunnelError(RunewarpError):
-    """A Tunnel connection could not be established or was lost."""
