@@ -1,12 +1,15 @@
 # One image for both roles: `docker run IMAGE server -c /etc/runewarp/server.toml`
 # or `... client -c /etc/runewarp/client.toml`.  Runs as the non-root UID 10001.
-FROM python:3.11-slim AS build
+# BASE_IMAGE: any image with Python 3.11+ (with pip and venv) and useradd, e.g. a local
+# Debian bookworm with python3-venv/python3-pip (tests/test_image.py builds with one).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md ./
 COPY runewarp ./runewarp
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python3 -m pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="runewarp" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.description="Self-hosted SNI ingress tunnel: the public edge never sees plaintext" \
@@ -14,8 +17,12 @@ LABEL org.opencontainers.image.title="runewarp" \
 RUN groupadd --system --gid 10001 runewarp \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/runewarp --create-home runewarp
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-ENV XDG_CONFIG_HOME=/etc \
+# A venv: Debian's own python3 refuses system-wide pip installs (PEP 668).
+RUN python3 -m venv /opt/runewarp \
+ && /opt/runewarp/bin/pip install --no-cache-dir --disable-pip-version-check /wheels/*.whl \
+ && rm -rf /wheels
+ENV PATH=/opt/runewarp/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    XDG_CONFIG_HOME=/etc \
     XDG_DATA_HOME=/var/lib/runewarp \
     XDG_STATE_HOME=/var/lib/runewarp/state \
     PYTHONUNBUFFERED=1

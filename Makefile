@@ -63,12 +63,14 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 IMAGE ?= runewarp
+# BASE_IMAGE=localhost/debian-python:bookworm builds on another base (default: python:3.11-slim).
+BASE_IMAGE ?=
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' runewarp/__init__.py)
 
 .PHONY: image image-export dist
 
 image:
-	docker build -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+	docker build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 
 image-export: image
 	mkdir -p dist
