@@ -105,8 +105,10 @@ class MuxStream:
             self.tunnel._maybe_forget(self.id)
 
     def reset(self):
+        """Abort both directions: the peer gets RST, and our own greenlet waiting on the
+        other direction wakes up with StreamReset instead of waiting forever."""
         if self.reset_reason is None:
-            self.reset_reason = "local"
+            self._on_reset("reset locally")
             self.tunnel.session.reset_stream(self.id)
             self.tunnel._wake_writer()
         self.tunnel._forget(self.id)

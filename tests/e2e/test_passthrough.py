@@ -354,3 +354,23 @@ def test_dedicated_tunnel_listener(deployment, backends):
     deployment.processes.append(client)
     client.wait_for("tunnel-connection-established")
     assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
+
+
+def test_visitors_that_reset_release_their_stream(single):
+    """A Visitor that aborts (TCP RST) must end both pumps on the Server, not leave one
+    waiting forever on the mux stream (a leak of two greenlets per connection)."""
+    import struct
+
+    deployment, server, _client, backend = single
+    ctx = ssl.create_default_context(cafile=str(backend.ca))
+    before = server.count("visitor-closed")
+    for _ in range(20):
+        raw = socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10)
+        tls = ctx.wrap_socket(raw, server_hostname=APP)
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tls.close()
+    deadline = time.monotonic() + 15
+    while server.count("visitor-closed") < before + 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.count("visitor-closed") == before + 20
+    assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
