@@ -191,6 +191,19 @@ class ChallengeResponder:
 # certbot driving
 
 
+def _kill_group(proc):
+    """Kill certbot and anything it started (hooks), without waiting on their pipes forever."""
+    try:
+        os.killpg(proc.pid, 9)
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=10)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        pass
+    proc.wait()
+
+
 def certbot_reason(output: str) -> str:
     """The line of certbot's output that says why it failed, boilerplate skipped."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -331,19 +344,18 @@ class AcmeCertificates:
         command = self.certbot_command(hostname, force=lineage)
         try:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    start_new_session=True)
         except OSError as exc:
             return self._failed(hostname, f"cannot run certbot: {exc}")
         try:
             output, _ = proc.communicate(timeout=self.certbot_timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            _kill_group(proc)
             return self._failed(hostname, f"certbot timed out after {self.certbot_timeout:g}s")
         finally:
             if proc.poll() is None:  # killed from outside (stop()): leave no certbot behind
-                proc.kill()
-                proc.wait()
+                _kill_group(proc)
         if proc.returncode != 0:
             return self._failed(hostname, certbot_reason(output))
         after = self.certificate(hostname)

@@ -7,6 +7,7 @@ Server forwarded the encrypted bytes without terminating TLS.
 
 import hashlib
 import os
+import queue
 import re
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -49,18 +51,37 @@ def _runewarp(*args):
     return [sys.executable, "-m", "runewarp", *args]
 
 
-def _wait_for_line(proc, pattern, timeout=READY_TIMEOUT):
-    """Read the process's stderr until a line matches; the match, or None."""
-    deadline = time.monotonic() + timeout
-    regex = re.compile(pattern)
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
+class _Stderr:
+    """Reads a child's stderr in the background, so a silent child cannot hang the demo
+    and a chatty one (with --keep) never blocks on a full pipe."""
+
+    def __init__(self, proc):
+        self.lines = queue.Queue()
+        self.waiting = True
+        threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True).start()
+
+    def _drain(self, pipe):
+        for line in pipe:
+            if self.waiting:
+                self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern, timeout=READY_TIMEOUT):
+        """The first match of `pattern` in a line, or None at EOF or after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        try:
+            while True:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                if line is None:
+                    return None
+                match = regex.search(line)
+                if match:
+                    return match
+        except queue.Empty:
             return None
-        match = regex.search(line)
-        if match:
-            return match
-    return None
+        finally:
+            self.waiting = False
 
 
 def _free_port():
@@ -124,13 +145,13 @@ def demo(keep=False):
         server = subprocess.Popen(_runewarp("server", "-c", str(workdir / "server.toml")),
                                   stderr=subprocess.PIPE, text=True, env=env)
         procs.append(server)
-        if not _wait_for_line(server, r"server-ready"):
+        if not _Stderr(server).wait_for(r"server-ready"):
             print("error: the Server did not start", file=sys.stderr)
             return 1
         client = subprocess.Popen(_runewarp("client", "-c", str(workdir / "client.toml")),
                                   stderr=subprocess.PIPE, text=True, env=env)
         procs.append(client)
-        if not _wait_for_line(client, r"tunnel-connection-established"):
+        if not _Stderr(client).wait_for(r"tunnel-connection-established"):
             print("error: the Client did not connect", file=sys.stderr)
             return 1
         print(f"Server   127.0.0.1:{public_port}  (Server hostname {SERVER_HOSTNAME})")

@@ -172,13 +172,14 @@ class Client:
         context = self._tls_context()
         with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
             sock = socket.create_connection((_resolve_override(host), port))  # resolves each time
+            tls = None
             try:
                 set_nodelay(sock)
                 tls = context.wrap_socket(sock, server_hostname=host,
                                           do_handshake_on_connect=False)
                 tls.do_handshake()
             except BaseException:
-                sock.close()
+                (tls or sock).close()  # wrap_socket detaches sock: close what owns the fd
                 raise
         if tls.selected_alpn_protocol() != ALPN_TUNNEL.decode():
             tls.close()

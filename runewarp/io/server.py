@@ -5,6 +5,7 @@ ClientHello for the Server hostname is split by ALPN.  Routing reads one
 immutable snapshot, swapped whole on reload.
 """
 
+import dataclasses
 import os
 import time
 
@@ -31,6 +32,8 @@ from .tlsconn import ServerTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
+# Bound to listeners, admission tables or the ACME scheduler at start: a reload keeps them.
+RESTART_ONLY = ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme")
 CONTROL_HELLO_DEADLINE = 10.0
 ENVELOPE_DEADLINE = 5.0
 
@@ -72,7 +75,11 @@ class ServerCertificate:
 
     def current(self):
         cert_path, key_path = self.locate()
-        stamp = tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (cert_path, key_path))
+        try:
+            stamp = tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                          for p in (cert_path, key_path))
+        except OSError as exc:
+            raise MaterialError(f"cannot read the Server certificate: {exc}") from exc
         if stamp != self._stamp:
             self.context = server_tunnel_context(cert_path, key_path, self.authorize)
             self._stamp = stamp
@@ -154,13 +161,16 @@ class Server:
         Everything is built and checked before anything is swapped, so a failed
         reload leaves the running configuration whole.
         """
+        kept = {}
+        for key in RESTART_ONLY:
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
+                kept[key] = getattr(self.config, key)
+        config = dataclasses.replace(config, **kept)  # these keep their running values
         snapshot = config.routing_snapshot()
         certificate = self._certificate_for(config)
         if self.acme is None:
             certificate.current()
-        for key in ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme"):
-            if getattr(config, key) != getattr(self.config, key):
-                self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         pools = {tunnel.name: self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
                  for tunnel in snapshot.tunnels}
         self.config = config
@@ -319,8 +329,8 @@ class Server:
             self.certificate_missing = False
             self.log.info("server-certificate-ready")
         self.handshakes += 1
+        tls = ServerTLSConnection(sock, context, buffered)
         try:
-            tls = ServerTLSConnection(sock, context, buffered)
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
                 tls.handshake()
         except gevent.Timeout:
@@ -337,6 +347,7 @@ class Server:
             return
         finally:
             self.handshakes -= 1
+            refused_identity(context, tls.conn)  # never leave an entry behind
         identity = identity_from_pyopenssl(tls.peer_certificate())
         self._serve_tunnel(tls, peer, identity)
 
@@ -392,7 +403,19 @@ class Server:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason="first control message is not hello")
                 return
-            stream.sendall(control.encode(control.welcome(route.name, __version__)))
+            # A reload may have happened while we waited for the hello: judge again now.
+            current = self.snapshot.tunnel_for_identity(identity)
+            if current is None or current.name != route.name or self.pools.get(route.name) \
+                    is not pool or len(pool.members) >= self.config.limits.pool_connections:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason="no longer authorized for this Tunnel, or its pool is full")
+                return
+            try:
+                stream.sendall(control.encode(control.welcome(route.name, __version__)))
+            except StreamReset as exc:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason=f"closed after its hello: {exc}")
+                return
             self._warn_drift(route, hello, identity)
             member = TunnelMember(session, identity, str(hello.get("instance", "?")), peer)
             pool.members.append(member)

@@ -84,7 +84,7 @@ class MuxStream:
             if self.reset_reason is not None:
                 raise StreamReset(self.reset_reason)
             if session.outbound_pending > OUTBOUND_HIGH_WATER:
-                tunnel._wait_drained()
+                tunnel._wait_drained(self)
                 continue
             self._writable.clear()
             try:
@@ -193,10 +193,12 @@ class TunnelSession:
     def _wake_writer(self):
         self._writer_wake.set()
 
-    def _wait_drained(self):
+    def _wait_drained(self, stream):
+        """Wait for the outbound queue to drain, or for `stream` to be reset meanwhile."""
         self._drained.clear()
+        stream._writable.clear()
         self._wake_writer()
-        self._drained.wait()
+        gevent.wait([self._drained, stream._writable], count=1)
 
     def _consumed(self, stream_id, n):
         self.session.consumed(stream_id, n)
@@ -216,21 +218,23 @@ class TunnelSession:
     # -- greenlets --
     def _read_loop(self):
         session = self.session
+        reason, error = "peer closed the connection", None
         try:
             while True:
                 data = self.transport.recv(READ_SIZE)
                 if not data:
-                    self.close("peer closed the connection")
                     return
                 for event in session.receive_data(data, self.clock()):
                     self._dispatch(event)
                 if session.outbound_pending:
                     self._wake_writer()
         except ProtocolError as exc:
+            reason, error = f"protocol error: {exc}", exc
             self._flush_quietly()
-            self.close(f"protocol error: {exc}", exc)
         except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
-            self.close(f"read failed: {exc.__class__.__name__}: {exc}", exc)
+            reason, error = f"read failed: {exc.__class__.__name__}: {exc}", exc
+        finally:
+            self.close(reason, error)
 
     def _dispatch(self, event):
         if isinstance(event, mux.DataReceived):
@@ -261,12 +265,18 @@ class TunnelSession:
             self.log.debug("tunnel-go-away-received", reason=event.reason)
 
     def _flush_quietly(self):
+        """Best effort to deliver the go away the session queued; never raises.
+
+        The writer greenlet may be mid-write on the same transport: then the
+        bytes are simply lost, as the connection is closing anyway.
+        """
         data = self.session.data_to_send()
         if data:
-            try:
-                self.transport.sendall(data)
-            except OSError:
-                pass
+            with gevent.Timeout(1.0, False):
+                try:
+                    self.transport.sendall(data)
+                except Exception:  # noqa: BLE001, S110 - closing regardless
+                    pass
 
     def _write_loop(self):
         session = self.session
