@@ -226,6 +226,7 @@ class Client:
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
                 taken = read_client_hello(lambda: _recv_consumed(stream), rest)
+                del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)
             if service is None:
                 self.log.debug("stream-rejected", public_hostname=taken.hostname,
@@ -264,6 +265,7 @@ class Client:
             return
         try:
             sock.sendall(taken.buffered)
+            taken.release()
         except OSError as exc:
             self.log.warn("backend-write-failed", public_hostname=taken.hostname,
                           backend_address=format_address(service.backend_address),
@@ -283,6 +285,7 @@ class Client:
         try:
             with gevent.Timeout(INTAKE_DEADLINE):
                 tls = accept_visitor_tls(stream, context, taken.buffered)
+            taken.release()
         except (gevent.Timeout, TLSClosed, *TRANSPORT_ERRORS) as exc:
             self.log.debug("stream-rejected", public_hostname=taken.hostname,
                            reason=f"visitor-handshake-failed: {_describe(exc)}")

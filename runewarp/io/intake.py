@@ -25,12 +25,19 @@ class IntakeRejected(Exception):
 class Intake:
     """The outcome of a successful intake: the hello, its normalized hostname, the raw bytes."""
 
-    __slots__ = ("hello", "hostname", "buffered")
+    __slots__ = ("hello", "hostname", "buffered", "size")
 
     def __init__(self, hello, hostname, buffered):
         self.hello = hello
         self.hostname = hostname
         self.buffered = buffered
+        self.size = len(buffered)
+
+    def release(self):
+        """Drop the buffered bytes once forwarded: a long-lived connection should not
+        keep a copy of its ClientHello (memory, and it is never stored anyway)."""
+        self.buffered = None
+        self.hello = None
 
 
 def read_client_hello(read, initial=b""):

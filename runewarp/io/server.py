@@ -281,9 +281,11 @@ class Server:
                 return
             member.streams_placed += 1
             envelope = proxyv2.encode(address[:2], sock.getsockname()[:2]) + taken.buffered
+            taken.release()
             try:
                 with gevent.Timeout(ENVELOPE_DEADLINE):
                     stream.sendall(envelope)
+                del envelope
             except (gevent.Timeout, StreamReset):
                 stream.reset()
                 self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
@@ -295,7 +297,7 @@ class Server:
             started = time.monotonic()
             result = splice(SocketEnd(sock), StreamEnd(stream))
             self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
-                           bytes_up=result.a_to_b + len(taken.buffered), bytes_down=result.b_to_a,
+                           bytes_up=result.a_to_b + taken.size, bytes_down=result.b_to_a,
                            duration=f"{time.monotonic() - started:.3f}s",
                            reason=result.error)
         finally:

@@ -6,7 +6,6 @@ stream.  Streams are socket-like objects whose `sendall` blocks on the send
 window, which is what gives every direction of every stream backpressure.
 """
 
-import collections
 import time
 
 import gevent
@@ -31,7 +30,7 @@ class MuxStream:
     def __init__(self, tunnel, stream_id):
         self.tunnel = tunnel
         self.id = stream_id
-        self._chunks = collections.deque()
+        self._chunks = []  # a few chunks at most per window; a list is 14x smaller than a deque
         self._readable = Event()
         self._writable = Event()
         self.eof = False
@@ -70,7 +69,7 @@ class MuxStream:
             self._readable.clear()
             if not self._readable.wait(timeout):
                 raise TimeoutError("stream read timed out")
-        return self._chunks.popleft()
+        return self._chunks.pop(0)
 
     def consumed(self, n):
         if self.reset_reason is None:
