@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import ssl
+import time
 import uuid
 
 import gevent
@@ -19,6 +20,7 @@ from gevent.pool import Pool
 from .. import __version__
 from ..acme import AcmeCertificates
 from ..errors import MaterialError, ProtocolError
+from ..logs import RateLimitedWarning
 from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control, proxyv2
 from ..proto.backoff import Backoff
@@ -71,6 +73,7 @@ class Client:
                                          on_ready=lambda host: self.public_certs.context_for(host))
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
+        self.saturation = RateLimitedWarning(log, "client-saturated")
         self.workers = []
         self.sessions = set()
         self.stopping = Event()
@@ -216,7 +219,12 @@ class Client:
 
     # -- streams the Server opens: PROXY header → ClientHello → Service → backend --
     def _on_stream(self, session, stream):
-        if stream.id % 2 == 1 or self.handlers.full():
+        if stream.id % 2 == 1:
+            stream.reset()
+            return
+        if self.handlers.full():
+            self.saturation.warn("active-streams", time.monotonic(),
+                                 limit=self.config.limits.active_streams)
             stream.reset()
             return
         self.handlers.spawn(self._serve_stream, stream)

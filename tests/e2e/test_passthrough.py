@@ -391,3 +391,27 @@ def test_reload_keeps_listener_settings_until_restart(deployment, backends):
     # Until a restart, Tunnel connections keep using the shared public listener.
     deployment.start_client("client-a", [([APP], backend.address)])
     assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
+
+
+def test_client_stream_limit_resets_the_newest_and_says_so(deployment, backends):
+    backend = backends("app", [APP])
+    identity = deployment.identity("client-a")
+    deployment.start_server([("apps", [APP], [identity])])
+    path = deployment.client_config("client-a", [([APP], backend.address)])
+    path.write_text(path.read_text().replace("[[client.services]]",
+                                             "[client.limits]\nactive-streams = 1\n\n[[client.services]]", 1))
+    client = Proc(["client", "-c", path], env=deployment.env)
+    deployment.processes.append(client)
+    client.wait_for("tunnel-connection-established")
+    ctx = ssl.create_default_context(cafile=str(backend.ca))
+    with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=APP):  # holds the only handler slot
+            assert curl(deployment.public_port, APP, backend.ca, timeout=5).returncode != 0
+            client.wait_for("client-saturated scope=active-streams")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if curl(deployment.public_port, APP, backend.ca, timeout=5).stdout == b"backend=app\n":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the slot was not released")
