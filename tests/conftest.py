@@ -146,7 +146,8 @@ class Deployment:
         self.public_port = int(match.group(1))
         return proc
 
-    def client_config(self, name, services, port=None):
+    def client_config(self, name, services, port=None, public_cert_dir=None):
+        """`services`: (hostnames, backend) or (hostnames, backend, tls_mode) tuples."""
         lines = [f"""
             log-level = "debug"
             [client]
@@ -156,12 +157,16 @@ class Deployment:
             identity-dir = "{name}"
             graceful-shutdown-duration = 3
         """]
-        for hostnames, backend in services:
+        if public_cert_dir:
+            lines.append(f'public-cert-dir = "{public_cert_dir}"\n')
+        for hostnames, backend, *mode in services:
             lines.append("\n[[client.services]]\n")
             if hostnames:
                 lines.append("public-hostnames = [" + ", ".join(f'"{h}"' for h in hostnames)
                              + "]\n")
             lines.append(f'backend-address = "{backend}"\n')
+            if mode:
+                lines.append(f'tls-mode = "{mode[0]}"\n')
         path = self.dir / f"{name}.toml"
         path.write_text(textwrap.dedent(lines[0]) + "".join(lines[1:]))
         return path

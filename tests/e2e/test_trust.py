@@ -6,7 +6,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import textwrap
 
 import pytest
 from cryptography import x509
@@ -40,27 +39,11 @@ def server_leaf_serial(port, identity_dir, ca_file):
 def test_terminate_and_passthrough_side_by_side(deployment, plain_backend, tls_backend):
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [APP, API, NOCERT], [identity])])
-    config = deployment.dir / "client-a.toml"
-    config.write_text(textwrap.dedent(f"""
-        log-level = "debug"
-        [client]
-        server-address = "{SERVER_HOSTNAME}:{deployment.public_port}"
-        server-trust = "ca-file"
-        server-ca-file = "server-cert/server-ca.crt"
-        identity-dir = "client-a"
-        public-cert-dir = "public-cert"
-        [[client.services]]
-        public-hostnames = ["{APP}"]
-        backend-address = "{plain_backend}"
-        tls-mode = "terminate"
-        [[client.services]]
-        public-hostnames = ["{API}"]
-        backend-address = "{tls_backend.address}"
-        [[client.services]]
-        public-hostnames = ["{NOCERT}"]
-        backend-address = "{plain_backend}"
-        tls-mode = "terminate"
-    """))
+    config = deployment.client_config("client-a", [
+        ([APP], plain_backend, "terminate"),
+        ([API], tls_backend.address),
+        ([NOCERT], plain_backend, "terminate"),
+    ], public_cert_dir="public-cert")
     # Without --hostname the set comes from the config's terminate Services.
     made = run_cli("client", "public-cert", "init", "-c", config).stdout
     assert APP in made and NOCERT in made
@@ -87,19 +70,8 @@ def test_terminate_and_passthrough_side_by_side(deployment, plain_backend, tls_b
 def test_renewed_public_certificate_is_served_without_restart(deployment, plain_backend):
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [APP], [identity])])
-    config = deployment.dir / "client-a.toml"
-    config.write_text(textwrap.dedent(f"""
-        [client]
-        server-address = "{SERVER_HOSTNAME}:{deployment.public_port}"
-        server-trust = "ca-file"
-        server-ca-file = "server-cert/server-ca.crt"
-        identity-dir = "client-a"
-        public-cert-dir = "public-cert"
-        [[client.services]]
-        public-hostnames = ["{APP}"]
-        backend-address = "{plain_backend}"
-        tls-mode = "terminate"
-    """))
+    config = deployment.client_config("client-a", [([APP], plain_backend, "terminate")],
+                                      public_cert_dir="public-cert")
     run_cli("client", "public-cert", "init", "--hostname", APP, "-c", config)
     ca = deployment.dir / "public-cert" / "public-ca.crt"
     leaf = deployment.dir / "public-cert" / APP / "public.crt"
