@@ -31,7 +31,7 @@ from .listener import format_address, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd, splice
 from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
 from .tlsconn import TLSClosed
-from .tunnel import StreamReset, TunnelSession
+from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
 BACKEND_CONNECT_DEADLINE = 5.0
@@ -195,14 +195,8 @@ class Client:
                 __version__, self.instance, self.services.hostnames,
                 self.services.catch_all is not None)))
             decoder = control.LineDecoder()
-            messages = []
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
-                while not messages:
-                    data = stream.recv()
-                    if not data:
-                        raise StreamReset("control stream closed")
-                    stream.consumed(len(data))
-                    messages = decoder.feed(data)
+                messages = read_control_messages(stream, decoder)
         except (StreamReset, gevent.Timeout, control.ControlError) as exc:
             session.close()
             error = session.close_error
@@ -214,7 +208,7 @@ class Client:
         self.log.info("tunnel-connection-established", server_address=format_address(address),
                       tunnel=welcome.get("tunnel"), server_version=welcome.get("version"),
                       client_identity=self.identity)
-        gevent.spawn(_ignore_control, stream)
+        gevent.spawn(drain_control, stream, decoder)
         return session
 
     # -- streams the Server opens: PROXY header → ClientHello → Service → backend --
@@ -233,7 +227,7 @@ class Client:
         try:
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
-                taken = read_client_hello(lambda: _recv_consumed(stream), rest)
+                taken = read_client_hello(lambda: stream.recv_consumed(), rest)
                 del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)
             if service is None:
@@ -343,11 +337,6 @@ def _resolve_override(host):
     return host
 
 
-def _recv_consumed(stream):
-    data = stream.recv()
-    stream.consumed(len(data))
-    return data
-
 
 def _read_proxy_header(stream):
     buf = b""
@@ -356,21 +345,11 @@ def _read_proxy_header(stream):
         if decoded is not None:
             header, length = decoded
             return header, buf[length:]
-        data = _recv_consumed(stream)
+        data = stream.recv_consumed()
         if not data:
             raise IntakeRejected("closed-before-proxy-header")
         buf += data
 
-
-def _ignore_control(stream):
-    try:
-        while True:
-            data = stream.recv()
-            if not data:
-                return
-            stream.consumed(len(data))
-    except StreamReset:
-        pass
 
 
 def _describe(exc):

@@ -29,7 +29,7 @@ from .intake import IntakeRejected, intake
 from .listener import Listener, format_address, set_nodelay
 from .splice import SocketEnd, StreamEnd, splice
 from .tlsconn import ServerTLSConnection, TLSClosed
-from .tunnel import StreamReset, TunnelSession
+from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
 # Bound to listeners, admission tables or the ACME scheduler at start: a reload keeps them.
@@ -385,13 +385,7 @@ class Server:
                 with gevent.Timeout(CONTROL_HELLO_DEADLINE):
                     stream = control_stream.get()
                     decoder = control.LineDecoder()
-                    messages = []
-                    while not messages:
-                        data = stream.recv()
-                        if not data:
-                            raise StreamReset("control stream closed")
-                        stream.consumed(len(data))
-                        messages = decoder.feed(data)
+                    messages = read_control_messages(stream, decoder)
             except gevent.Timeout:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason="no control hello before the deadline")
@@ -424,7 +418,7 @@ class Server:
             self.log.info("tunnel-connection-established", tunnel=route.name, peer=peer,
                           client_identity=identity, client_instance=member.instance,
                           client_version=hello.get("version"), pool_size=len(pool.members))
-            gevent.spawn(_drain_control, stream, decoder)
+            gevent.spawn(drain_control, stream, decoder)
             session.wait()
         finally:
             if member is not None and member in pool.members:
@@ -450,16 +444,4 @@ class Server:
             self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
                           unowned_hostnames=",".join(unowned))
 
-
-def _drain_control(stream, decoder):
-    """Keep reading the control stream (future message types are ignored)."""
-    try:
-        while True:
-            data = stream.recv()
-            if not data:
-                return
-            stream.consumed(len(data))
-            decoder.feed(data)
-    except (StreamReset, control.ControlError):
-        stream.reset()
 

@@ -81,9 +81,7 @@ class StreamTransport:
         self.stream = stream
 
     def recv(self, _size):
-        data = self.stream.recv()
-        self.stream.consumed(len(data))
-        return data
+        return self.stream.recv_consumed()
 
     def sendall(self, data):
         self.stream.sendall(data)

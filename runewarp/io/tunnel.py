@@ -13,6 +13,7 @@ from gevent.event import Event
 
 from ..errors import ProtocolError
 from ..proto import mux
+from ..proto.control import ControlError
 
 READ_SIZE = 256 * 1024
 # Streams stop adding frames while this much is waiting for the socket, so one
@@ -71,6 +72,13 @@ class MuxStream:
                 raise TimeoutError("stream read timed out")
         return self._chunks.pop(0)
 
+    def recv_consumed(self, timeout=None):
+        """recv() for small reads the caller buffers itself (headers, control lines):
+        the credit goes back at once."""
+        data = self.recv(timeout)
+        self.consumed(len(data))
+        return data
+
     def consumed(self, n):
         if self.reset_reason is None:
             self.tunnel._consumed(self.id, n)
@@ -114,6 +122,32 @@ class MuxStream:
 
     def close(self):
         self.tunnel._forget(self.id)
+
+
+def read_control_messages(stream, decoder):
+    """Read the control stream until at least one complete message is decoded.
+
+    Raises StreamReset when the stream ends first, ControlError on a bad line.
+    """
+    while True:
+        data = stream.recv_consumed()
+        if not data:
+            raise StreamReset("control stream closed")
+        messages = decoder.feed(data)
+        if messages:
+            return messages
+
+
+def drain_control(stream, decoder):
+    """Keep reading the control stream after the hello: later message types are ignored
+    (forward compatible); a malformed line resets the control stream."""
+    try:
+        while True:
+            read_control_messages(stream, decoder)
+    except StreamReset:
+        return
+    except ControlError:
+        stream.reset()
 
 
 class TunnelSession:
