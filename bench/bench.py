@@ -30,7 +30,9 @@ Knobs (environment): BENCH_BULK_MB (single-stream download, default 512),
 BENCH_CONC_MB (per stream in the 8-stream test, default BULK_MB/4),
 BENCH_REPEATS (3), BENCH_RATE_SECONDS (10), BENCH_IDLE_CONNS (1000),
 BENCH_STREAMS_CONNS (10000), BENCH_RTT_MB (256), BENCH_RTT_SECONDS (15),
-BENCH_RTT_REPEATS (2).
+BENCH_RTT_REPEATS (2).  BENCH_ONLY=idle,bulk,... runs only those phases (seq, idle,
+bulk, rate, streams, rtt) and prints their raw figures instead of the table, for
+quick A/B runs while working on one figure.
 
 Results: a table on stdout (with the targets of issue 6 beside the figures) and
 bench/results/latest.json.  All processes this script starts are stopped by PID in
@@ -80,6 +82,7 @@ STREAMS_PROCS, STREAMS_INFLIGHT, STREAMS_SOURCES = 2, 100, 64
 RTT_MB = int(os.environ.get("BENCH_RTT_MB", "256"))
 RTT_SECONDS = float(os.environ.get("BENCH_RTT_SECONDS", "15"))
 RTT_REPEATS = int(os.environ.get("BENCH_RTT_REPEATS", "2"))
+ONLY = [p for p in os.environ.get("BENCH_ONLY", "").split(",") if p]
 RTT_ONE_WAY_MS = 25
 RTT_A, RTT_B = "10.203.0.1", "10.203.0.2"
 RTT_BACKEND_PORT = 8443
@@ -1167,6 +1170,8 @@ def main():
         monitor.live_pids = backend["pids"] + [server.pid, client.pid]
 
         def phase(name, title, work):
+            if ONLY and name not in ONLY and name != "quiet":
+                return {}
             print(title, flush=True)
             mark = monitor.start()
             value = work()
@@ -1211,6 +1216,9 @@ def main():
             "rtt", f"one stream over a {2 * RTT_ONE_WAY_MS} ms RTT link (network namespaces) ...",
             lambda: rtt_bench(tmp, material, ca, backend.get("binary")))
         results["foreign_load"] = monitor.phases
+        if ONLY:
+            print(json.dumps(summary_of(results), indent=1, default=str))
+            return
         rows = build_rows(results)
         added50, added99 = print_table(rows, results)
         results["table"] = [{"metric": n, "direct": med(d), "runewarp": med(r),
@@ -1240,6 +1248,18 @@ def main():
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nexit codes after SIGTERM: {exit_codes}; elapsed {results['elapsed_s']:.0f} s; "
           f"results in {out.relative_to(ROOT)}")
+
+
+def summary_of(results):
+    """The raw figures of a BENCH_ONLY run: what the table would be built from."""
+    keep = {}
+    for phase in ONLY:
+        for name, value in results.get(phase, {}).items():
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k not in ("latencies_ms", "errors")
+                         or (k == "errors" and v)}
+            keep[f"{phase}.{name}"] = value
+    return keep
 
 
 def report_problems(results, server, client, backend_proc):

@@ -28,7 +28,7 @@ from ..proto.mux import Role
 from ..tls import ALPN_ACME, ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
 from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_client_hello
 from .listener import format_address, set_nodelay
-from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd, splice
+from .splice import TRANSPORT_ERRORS, SocketEnd, Splices, StreamEnd
 from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
 from .tlsconn import TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
@@ -73,6 +73,7 @@ class Client:
                                          on_ready=lambda host: self.public_certs.context_for(host))
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
+        self.splices = Splices()
         self.saturation = RateLimitedWarning(log, "client-saturated")
         self.workers = []
         self.sessions = set()
@@ -95,12 +96,15 @@ class Client:
             session.go_away()
 
     def drain(self, timeout):
-        return self.handlers.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        self.handlers.join(timeout=timeout)
+        return self.splices.join(max(0.0, deadline - time.monotonic()))
 
     def close_all(self):
         if self.acme is not None:
             self.acme.stop()
         self.handlers.kill(block=False)
+        self.splices.abort_all("client shutting down")
         for session in list(self.sessions):
             session.close("client shutting down")
         gevent.killall(self.workers, timeout=2)
@@ -216,7 +220,7 @@ class Client:
         if stream.id % 2 == 1:
             stream.reset()
             return
-        if self.handlers.full():
+        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams:
             self.saturation.warn("active-streams", time.monotonic(),
                                  limit=self.config.limits.active_streams)
             stream.reset()
@@ -304,9 +308,13 @@ class Client:
         backend = format_address(service.backend_address)
         self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
                        backend_address=backend, tls_mode=mode)
-        result = splice(visitor_end, SocketEnd(sock))
-        self.log.debug("stream-closed", public_hostname=taken.hostname, visitor=visitor,
-                       bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
+        hostname = taken.hostname
+
+        def closed(result):
+            self.log.debug("stream-closed", public_hostname=hostname, visitor=visitor,
+                           bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
+
+        self.splices.start(visitor_end, SocketEnd(sock), closed)
 
 
 def _dial(address):

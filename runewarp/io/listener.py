@@ -33,6 +33,18 @@ def set_nodelay(sock):
         pass
 
 
+class _HandlerOwnedServer(StreamServer):
+    """A StreamServer that leaves the accepted socket to the handler: a handler may hand
+    it to a splice that outlives the handler's greenlet, and closes it otherwise."""
+
+    def do_handle(self, sock, address):
+        try:
+            self._spawn(self._handle, sock, address)
+        except BaseException:
+            sock.close()
+            raise
+
+
 class Listener:
     """One listening socket; `stop()` closes it so no new connection is accepted."""
 
@@ -40,7 +52,7 @@ class Listener:
         self.name = name
         self.sock = bind(address)
         self.address = self.sock.getsockname()
-        self.server = StreamServer(self.sock, handle, spawn=Pool(pool_size))
+        self.server = _HandlerOwnedServer(self.sock, handle, spawn=Pool(pool_size))
 
     def start(self):
         self.server.start()

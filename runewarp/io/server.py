@@ -27,7 +27,7 @@ from ..tls import (ALPN_ACME, ALPN_TUNNEL, identity_from_pyopenssl, refused_iden
                    server_tunnel_context)
 from .intake import IntakeRejected, intake
 from .listener import Listener, format_address, set_nodelay
-from .splice import SocketEnd, StreamEnd, splice
+from .splice import SocketEnd, Splices, StreamEnd
 from .tlsconn import ServerTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
 
@@ -103,6 +103,7 @@ class Server:
         self.handshakes = 0
         self.active_streams = 0
         self.visitors = Group()
+        self.splices = Splices()
         self.tunnels = Group()
         self.listeners = []
         self.stopping = False
@@ -144,12 +145,15 @@ class Server:
 
     def drain(self, timeout):
         """Wait for established Visitor streams, at most `timeout` seconds."""
-        return self.visitors.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        self.visitors.join(timeout=timeout)
+        return self.splices.join(max(0.0, deadline - time.monotonic()))
 
     def close_all(self):
         if self.acme is not None:
             self.acme.stop()
         self.visitors.kill(block=False)
+        self.splices.abort_all("server shutting down")
         for pool in self.pools.values():
             for member in list(pool.members):
                 member.session.close("server shutting down")
@@ -214,6 +218,7 @@ class Server:
         self.visitors.add(gevent.getcurrent())
         set_nodelay(sock)
         source = address[0]
+        spliced = False
         try:
             refused = self.admission.acquire(source)
             if refused:
@@ -228,14 +233,15 @@ class Server:
             if taken.hostname == self.snapshot.server_hostname:
                 self._server_hostname_connection(sock, address, taken)
                 return
-            self._route_visitor(sock, address, taken)
+            spliced = self._route_visitor(sock, address, taken)
         except IntakeRejected as exc:
             self.log.debug("visitor-rejected", visitor=format_address(address), reason=exc.reason)
         except OSError as exc:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason=f"socket-error: {exc}")
         finally:
-            sock.close()
+            if not spliced:
+                sock.close()
 
     def _server_hostname_connection(self, sock, address, taken):
         offered = taken.hello.alpn_protocols
@@ -255,30 +261,32 @@ class Server:
                            else "tunnel-connections-use-the-tunnel-listener")
 
     def _route_visitor(self, sock, address, taken):
+        """Route and place one Visitor; True once a splice owns its socket."""
         hostname = taken.hostname
         route = self.snapshot.tunnel_for_hostname(hostname)
         if route is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            public_hostname=hostname, reason="unknown-hostname")
-            return
+            return False
         pool = self.pools.get(route.name)
         member = pool.place() if pool else None
         if member is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            public_hostname=hostname, tunnel=route.name,
                            reason="no-tunnel-connection")
-            return
+            return False
         if self.active_streams >= self.config.limits.active_streams:
             self.saturation.warn("active-streams", time.monotonic())
-            return
+            return False
         self.active_streams += 1
+        spliced = False
         try:
             try:
                 stream = member.session.open_stream()
             except ProtocolError:
                 self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
                                reason="tunnel-connection-going-away")
-                return
+                return False
             member.streams_placed += 1
             envelope = proxyv2.encode(address[:2], sock.getsockname()[:2]) + taken.buffered
             taken.release()
@@ -290,18 +298,26 @@ class Server:
                 stream.reset()
                 self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
                                reason="stream-open-failed")
-                return
+                return False
             self.log.debug("visitor-routed", visitor=format_address(address),
                            public_hostname=hostname, tunnel=route.name,
                            client_instance=member.instance, stream=stream.id)
             started = time.monotonic()
-            result = splice(SocketEnd(sock), StreamEnd(stream))
-            self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
-                           bytes_up=result.a_to_b + taken.size, bytes_down=result.b_to_a,
-                           duration=f"{time.monotonic() - started:.3f}s",
-                           reason=result.error)
+            uploaded = taken.size
+
+            def closed(result):
+                self.active_streams -= 1
+                self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
+                               bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
+                               duration=f"{time.monotonic() - started:.3f}s",
+                               reason=result.error)
+
+            self.splices.start(SocketEnd(sock), StreamEnd(stream), closed)
+            spliced = True
+            return True
         finally:
-            self.active_streams -= 1
+            if not spliced:
+                self.active_streams -= 1
 
     # -- Tunnel connections --
     def _handle_tunnel_listener(self, sock, address):

@@ -1,9 +1,13 @@
-"""Splice two endpoints: two pumps, half-close on EOF, both joined before returning.
+"""Splice two endpoints: one pump per direction, half-close on EOF, abort on error.
 
 Endpoints are a TCP socket, a mux stream, or TLS terminated over a mux stream;
-each offers recv / sendall / delivered / finish / abort / close.  Bytes move in
-chunks of up to 256 KiB that exist only while data is moving, so an idle
-connection holds no buffer.  A FIN in one direction becomes a FIN in the same
+each offers try_recv / when_readable / sendall / delivered / finish / abort /
+close.  A direction's pump is a greenlet only while bytes move: when its source
+has nothing to read, the greenlet ends and the direction parks on a readiness
+callback (an event-loop watcher for a socket, a notification from the Tunnel
+reader for a mux stream).  An idle proxied connection therefore holds no
+greenlet and no buffer, only the splice's small bookkeeping.  Bytes move in
+chunks of up to 256 KiB.  A FIN in one direction becomes a FIN in the same
 direction on the other side; an error or reset aborts both.
 """
 
@@ -11,12 +15,14 @@ import socket
 import struct
 
 import gevent
+from gevent.event import Event
 from OpenSSL import SSL
 
 from .tunnel import StreamReset
 
 CHUNK = 256 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+_READ = 1
 TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
 
 
@@ -30,11 +36,42 @@ def abort(sock):
 
 
 class SocketEnd:
+    """A gevent TCP socket.  Reads never wait (parking uses a watcher); writes wait cooperatively."""
+
+    __slots__ = ("sock", "_raw", "_watcher", "_callback")
+
     def __init__(self, sock):
         self.sock = sock
+        self._raw = sock._sock  # gevent keeps the OS socket non-blocking under its wrapper
+        self._watcher = None
+        self._callback = None
 
-    def recv(self):
-        return self.sock.recv(CHUNK)
+    def try_recv(self):
+        try:
+            return self._raw.recv(CHUNK)
+        except BlockingIOError:
+            return None
+        except AttributeError:  # closed meanwhile: gevent swapped in a closed socket
+            raise OSError("socket closed") from None
+
+    def when_readable(self, callback):
+        if self._watcher is None:
+            self._watcher = self.sock.hub.loop.io(self.sock.fileno(), _READ)
+        self._callback = callback
+        self._watcher.start(self._fire)
+
+    def _fire(self):
+        self._watcher.stop()
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    def cancel_readable(self):
+        self._callback = None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
 
     def sendall(self, data):
         self.sock.sendall(data)
@@ -46,20 +83,30 @@ class SocketEnd:
         self.sock.shutdown(socket.SHUT_WR)
 
     def abort(self):
+        self.cancel_readable()
         abort(self.sock)
 
     def close(self):
+        self.cancel_readable()
         self.sock.close()
 
 
 class StreamEnd:
     """A mux stream; credit goes back to the peer only once bytes were delivered onward."""
 
+    __slots__ = ("stream",)
+
     def __init__(self, stream):
         self.stream = stream
 
-    def recv(self):
-        return self.stream.recv()
+    def try_recv(self):
+        return self.stream.try_recv()
+
+    def when_readable(self, callback):
+        self.stream.when_readable(callback)
+
+    def cancel_readable(self):
+        self.stream.when_readable(None)
 
     def sendall(self, data):
         self.stream.sendall(data)
@@ -86,35 +133,121 @@ class SpliceResult:
         self.error = None
 
 
-def _pump(src, dst, result, forward):
-    try:
-        while True:
-            data = src.recv()
-            if not data:
-                dst.finish()
-                return
-            dst.sendall(data)
-            src.delivered(len(data))
-            if forward:
-                result.a_to_b += len(data)
-            else:
-                result.b_to_a += len(data)
-    except TRANSPORT_ERRORS as exc:
-        if result.error is None:
-            result.error = f"{exc.__class__.__name__}: {exc}"
-        src.abort()
-        dst.abort()
+_PARKED, _RUNNING, _DONE = "parked", "running", "done"
 
 
-def splice(a, b):
-    """Run both directions until each has finished; byte counts and the first error."""
-    result = SpliceResult()
-    other = gevent.spawn(_pump, b, a, result, False)
-    try:
-        _pump(a, b, result, True)
-        other.join()
-    finally:
-        other.kill()
-        a.close()
-        b.close()
-    return result
+class _Direction:
+    __slots__ = ("splice", "src", "dst", "forward", "state")
+
+    def __init__(self, splice, src, dst, forward):
+        self.splice = splice
+        self.src = src
+        self.dst = dst
+        self.forward = forward
+        self.state = _PARKED
+
+    def park(self):
+        self.state = _PARKED
+        self.src.when_readable(self._wake)
+
+    def _wake(self):
+        """Readiness callback (event loop or Tunnel reader): never blocks, only spawns."""
+        if self.state is _PARKED:
+            self.state = _RUNNING
+            gevent.spawn(self._run)
+
+    def _run(self):
+        src, dst, result = self.src, self.dst, self.splice.result
+        try:
+            while not self.splice.failed:
+                data = src.try_recv()
+                if data is None:
+                    self.park()
+                    return
+                if not data:
+                    dst.finish()
+                    break
+                dst.sendall(data)
+                src.delivered(len(data))
+                if self.forward:
+                    result.a_to_b += len(data)
+                else:
+                    result.b_to_a += len(data)
+        except TRANSPORT_ERRORS as exc:
+            self.splice.fail(f"{exc.__class__.__name__}: {exc}")
+        self.state = _DONE
+        self.splice._check_done()
+
+
+class Splice:
+    """Both directions of one proxied connection; `on_done(result)` runs once both finished."""
+
+    __slots__ = ("a", "b", "result", "on_done", "directions", "failed", "finished")
+
+    def __init__(self, a, b, on_done):
+        self.a = a
+        self.b = b
+        self.result = SpliceResult()
+        self.on_done = on_done
+        self.directions = (_Direction(self, a, b, True), _Direction(self, b, a, False))
+        self.failed = False
+        self.finished = False
+
+    def start(self):
+        for direction in self.directions:
+            direction.park()
+
+    def fail(self, error):
+        """Abort both ends; a parked direction ends at once, a running one on its next I/O."""
+        if self.result.error is None:
+            self.result.error = error
+        self.failed = True
+        for direction in self.directions:
+            if direction.state is _PARKED:
+                direction.state = _DONE
+            direction.src.cancel_readable()
+        self.a.abort()
+        self.b.abort()
+        self._check_done()
+
+    def _check_done(self):
+        if self.finished or any(d.state is not _DONE for d in self.directions):
+            return
+        self.finished = True
+        for end in (self.a, self.b):
+            end.close()
+        self.on_done(self.result)
+
+
+class Splices:
+    """The live splices of one role: counted for limits, joined on drain, aborted on close."""
+
+    def __init__(self):
+        self.live = set()
+        self._idle = Event()
+        self._idle.set()
+
+    def __len__(self):
+        return len(self.live)
+
+    def start(self, a, b, on_done):
+        """Start splicing `a` and `b`; the splice owns both ends from now on."""
+        def done(result):
+            self.live.discard(splice)
+            if not self.live:
+                self._idle.set()
+            on_done(result)
+
+        splice = Splice(a, b, done)
+        self.live.add(splice)
+        self._idle.clear()
+        splice.start()
+        return splice
+
+    def join(self, timeout=None):
+        """True once no splice is left, False if `timeout` passed first."""
+        return self._idle.wait(timeout)
+
+    def abort_all(self, reason):
+        for splice in list(self.live):
+            splice.fail(reason)

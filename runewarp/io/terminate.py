@@ -97,8 +97,16 @@ class TLSEnd:
         self.tls = tls
         self.stream = stream
 
-    def recv(self):
+    def try_recv(self):
+        """Waits for the next record: the TLS engine may hold plaintext the mux stream no
+        longer shows, so this end never parks and its pump keeps a greenlet."""
         return self.tls.recv(64 * 1024)
+
+    def when_readable(self, callback):
+        callback()
+
+    def cancel_readable(self):
+        pass
 
     def sendall(self, data):
         self.tls.sendall(data)

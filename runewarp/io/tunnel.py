@@ -32,6 +32,7 @@ class MuxStream:
         self.tunnel = tunnel
         self.id = stream_id
         self._chunks = []  # a few chunks at most per window; a list is 14x smaller than a deque
+        self._notify = None
         self._readable = Event()
         self._writable = Event()
         self.eof = False
@@ -40,17 +41,23 @@ class MuxStream:
     # -- events from the reader greenlet --
     def _on_data(self, data):
         self._chunks.append(data)
-        self._readable.set()
+        self._became_readable()
 
     def _on_end(self):
         self.eof = True
-        self._readable.set()
+        self._became_readable()
 
     def _on_reset(self, reason):
         if self.reset_reason is None:
             self.reset_reason = reason
-        self._readable.set()
+        self._became_readable()
         self._writable.set()
+
+    def _became_readable(self):
+        self._readable.set()
+        if self._notify is not None:
+            notify, self._notify = self._notify, None
+            notify()
 
     def _on_credit(self):
         self._writable.set()
@@ -71,6 +78,26 @@ class MuxStream:
             if not self._readable.wait(timeout):
                 raise TimeoutError("stream read timed out")
         return self._chunks.pop(0)
+
+    def try_recv(self):
+        """recv() that never waits: None when nothing has arrived yet."""
+        if self._chunks:
+            return self._chunks.pop(0)
+        if self.reset_reason is not None:
+            raise StreamReset(self.reset_reason)
+        if self.eof:
+            return b""
+        return None
+
+    def when_readable(self, callback):
+        """Call `callback()` once when try_recv() would return something (None: cancel).
+
+        It runs in the Tunnel reader greenlet, so it must not block.
+        """
+        if callback is not None and (self._chunks or self.eof or self.reset_reason is not None):
+            callback()
+        else:
+            self._notify = callback
 
     def recv_consumed(self, timeout=None):
         """recv() for small reads the caller buffers itself (headers, control lines):
