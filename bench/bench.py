@@ -227,12 +227,13 @@ def rss_kib(pids):
     return total
 
 
-def cpu_seconds(pids):
-    """utime + stime of the processes (all threads), from /proc/PID/stat."""
+def cpu_seconds(pids, kernel_only=False):
+    """utime + stime of the processes (all threads), from /proc/PID/stat; stime alone
+    with kernel_only (the system calls and the loopback TCP work done on their behalf)."""
     total = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        total += (0 if kernel_only else int(fields[11])) + int(fields[12])
     return total / CLK_TCK
 
 
@@ -496,11 +497,13 @@ def bulk(targets, ca):
     """1 stream of BULK_MB and STREAMS streams of CONC_MB each, interleaved DIRECT/RUNEWARP
     per repeat so drift (thermal, page cache, neighbours) hits both sides alike."""
     out = {name: {"single": [], "multi": [], "errors": [], "cpu_single": 0.0, "bytes_single": 0,
-                  "cpu_multi": 0.0, "bytes_multi": 0} for name in targets}
+                  "cpu_multi": 0.0, "bytes_multi": 0, "sys_single": 0.0} for name in targets}
     for rep in range(REPEATS):
         for name, target in targets.items():
+            sys0 = cpu_seconds(target["pids"], kernel_only=True)
             got, wall, cpu, errors = run_curls(target, ca, "/bulk", 1, BULK_MB * MIB)
             res = out[name]
+            res["sys_single"] += cpu_seconds(target["pids"], kernel_only=True) - sys0
             res["single"].append(got / wall / 1e6)
             res["cpu_single"] += cpu
             res["bytes_single"] += got
@@ -993,6 +996,7 @@ def build_rows(res):
     gb_multi = {n: b[n]["bytes_multi"] / 1e9 for n in b}
     cpu_gb1 = {n: b[n]["cpu_single"] / gb_single[n] for n in b}
     cpu_gb8 = {n: b[n]["cpu_multi"] / gb_multi[n] for n in b}
+    sys_gb1 = {n: b[n]["sys_single"] / gb_single[n] for n in b}
     cpu_conn = {n: 1000 * r[n]["cpu_s"] / max(1, r[n]["conns"]) for n in r}
     _added50, added99 = added_latency(res)
     rows = [
@@ -1011,6 +1015,7 @@ def build_rows(res):
          TARGETS["idle"], m[w]["kib_per_conn"] * 1024 <= 30000),
         ("CPU s per GB, bulk 1 stream (*)", cpu_gb1[d], cpu_gb1[w], "{:.2f}",
          TARGETS["cpu_gb"], cpu_gb1[w] <= 1.5),
+        ("  of which kernel (system) time", sys_gb1[d], sys_gb1[w], "{:.2f}", "", None),
         (f"CPU s per GB, bulk {STREAMS} streams (*)", cpu_gb8[d], cpu_gb8[w], "{:.2f}",
          TARGETS["cpu_gb"], cpu_gb8[w] <= 1.5),
         ("CPU ms per conn, conn-rate test (*)", cpu_conn[d], cpu_conn[w], "{:.3f}",

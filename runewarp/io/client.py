@@ -5,6 +5,7 @@ stream the Server opens goes: PROXY header → ClientHello → Service → Local
 backend → splice.
 """
 
+import functools
 import ipaddress
 import os
 import random
@@ -30,7 +31,7 @@ from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_clien
 from .listener import format_address, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, Splices, StreamEnd
 from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
-from .tlsconn import TLSClosed
+from .tlsconn import ClientTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
@@ -179,14 +180,12 @@ class Client:
         context = self._tls_context()
         with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
             sock = socket.create_connection((_resolve_override(host), port))  # resolves each time
-            tls = None
             try:
                 set_nodelay(sock)
-                tls = context.wrap_socket(sock, server_hostname=host,
-                                          do_handshake_on_connect=False)
-                tls.do_handshake()
+                tls = ClientTLSConnection(sock, context, host)
+                tls.handshake()
             except BaseException:
-                (tls or sock).close()  # wrap_socket detaches sock: close what owns the fd
+                sock.close()
                 raise
         if tls.selected_alpn_protocol() != ALPN_TUNNEL.decode():
             tls.close()
@@ -317,12 +316,20 @@ class Client:
         self.splices.start(visitor_end, SocketEnd(sock), closed)
 
 
+@functools.lru_cache(maxsize=256)
+def _literal_family(host):
+    """The address family of an IP literal, None for a name (backend addresses are few)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
 def _dial(address):
     """TCP connect; an IP literal skips the resolver (a thread-pool round trip per stream)."""
     host, port = address
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
+    family = _literal_family(host)
+    if family is None:
         return socket.create_connection(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -1,4 +1,6 @@
-"""The Server's end of a Tunnel connection: pyOpenSSL over memory BIOs on a gevent socket.
+"""Both ends of a Tunnel connection's TLS, over memory BIOs on a gevent socket.
+
+The Server's end uses pyOpenSSL (its verify callback judges the Client identity).
 
 Memory BIOs let the Server hand the TLS engine the ClientHello bytes it has
 already read during intake, and keep every wait on the gevent hub (OpenSSL never
@@ -6,13 +8,13 @@ touches the fd).  The object offers the small socket surface the tunnel runner
 uses: recv, sendall, close.
 """
 
+import ssl
+
 import gevent.lock
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi, lib as _lib
 
 _CHUNK = 256 * 1024
-# OpenSSL returns at most one record (16 KiB of plaintext) per read; asking for more
-# only makes pyOpenSSL allocate (and, past malloc's mmap threshold, map) a bigger buffer.
-_RECORD = 16 * 1024
 
 
 class TLSClosed(Exception):
@@ -25,6 +27,7 @@ class ServerTLSConnection:
         self.conn = SSL.Connection(context, None)
         self.conn.set_accept_state()
         self._send_lock = gevent.lock.Semaphore()
+        self._buffer = None
         if initial:
             self.conn.bio_write(bytes(initial))
 
@@ -69,27 +72,33 @@ class ServerTLSConnection:
     def recv(self, size=_CHUNK):
         """Up to `size` bytes of plaintext: every record already received, at least one.
 
-        OpenSSL hands out one record (at most 16 KiB) per read; draining all
-        buffered records in one call lets the mux parse them in one pass.
+        OpenSSL hands out one record (at most 16 KiB) per read; the records are
+        decrypted straight into one buffer that lives as long as the connection
+        (no allocation per record) and leave it as one bytes object, so the mux
+        parses everything that arrived in one pass.
         """
-        pieces = []
+        if self._buffer is None:
+            self._buffer = _ffi.from_buffer(bytearray(_CHUNK))
+        buffer, engine = self._buffer, self.conn._ssl
+        size = min(size, _CHUNK)
         total = 0
         while total < size:
-            try:
-                data = self.conn.recv(min(_RECORD, size - total))
-            except SSL.WantReadError:
-                if pieces:
-                    break
+            n = _lib.SSL_read(engine, buffer + total, size - total)
+            if n > 0:
+                total += n
+                continue
+            error = _lib.SSL_get_error(engine, n)
+            if error == _lib.SSL_ERROR_WANT_READ and not total:
                 if not self._feed():
                     return b""
                 continue
-            except (SSL.ZeroReturnError, SSL.SysCallError):
-                if pieces:
-                    break  # the next call reports the end again
+            if total:
+                break  # the next call meets the same condition again
+            if error in (_lib.SSL_ERROR_ZERO_RETURN, _lib.SSL_ERROR_SYSCALL):
+                _lib.ERR_clear_error()
                 return b""
-            pieces.append(data)
-            total += len(data)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            self.conn._raise_ssl_error(engine, n)
+        return _ffi.buffer(buffer, total)[:]
 
     def sendall(self, data):
         self.conn.sendall(data)
@@ -100,3 +109,89 @@ class ServerTLSConnection:
             self.conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         finally:
             self.sock.close()
+
+
+class ClientTLSConnection:
+    """The Client's end of a Tunnel connection: the stdlib `ssl` engine over memory BIOs.
+
+    A socket-backed SSL object sends every 16 KiB record with its own system call,
+    and on loopback each of those also pays for waking the Server; over memory BIOs
+    one mux write of up to 256 KiB leaves in a single send.  Reads go straight into
+    one buffer that lives as long as the connection, one record per engine call.
+    """
+
+    def __init__(self, sock, context, server_hostname):
+        self.sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.engine = context.wrap_bio(self._incoming, self._outgoing,
+                                       server_hostname=server_hostname)
+        self._send_lock = gevent.lock.Semaphore()
+        self._buffer = None
+
+    def flush(self):
+        with self._send_lock:
+            while self._outgoing.pending:
+                self.sock.sendall(self._outgoing.read())
+
+    def _feed(self):
+        data = self.sock.recv(_CHUNK)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(data)
+        return True
+
+    def handshake(self):
+        while True:
+            try:
+                self.engine.do_handshake()
+            except ssl.SSLWantReadError:
+                self.flush()
+                if not self._feed():
+                    raise ConnectionResetError("the Server closed the connection during the "
+                                               "TLS handshake") from None
+                continue
+            self.flush()
+            return
+
+    def selected_alpn_protocol(self):
+        return self.engine.selected_alpn_protocol()
+
+    def recv(self, size=_CHUNK):
+        """Up to `size` bytes of plaintext: every record already received, at least one."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(_CHUNK))
+        view = self._buffer
+        size = min(size, len(view))
+        total = 0
+        while total < size:
+            try:
+                n = self.engine.read(size - total, view[total:])
+            except ssl.SSLWantReadError:
+                if self._outgoing.pending:
+                    self.flush()  # e.g. a key update answer the engine queued while reading
+                if total:
+                    break
+                if not self._feed():
+                    return b""
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                if total:
+                    break  # the next call reports the end again
+                return b""
+            if not n:
+                break
+            total += n
+        return bytes(view[:total])
+
+    def sendall(self, data):
+        with self._send_lock:
+            view = memoryview(data)
+            while view:
+                view = view[self.engine.write(view):]
+            while self._outgoing.pending:
+                self.sock.sendall(self._outgoing.read())
+
+    def close(self):
+        self.sock.close()

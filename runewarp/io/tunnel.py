@@ -80,9 +80,18 @@ class MuxStream:
         return self._chunks.pop(0)
 
     def try_recv(self):
-        """recv() that never waits: None when nothing has arrived yet."""
-        if self._chunks:
-            return self._chunks.pop(0)
+        """recv() that never waits: None when nothing has arrived yet.
+
+        Every chunk already received leaves at once, so the pump writes them onward
+        with one system call rather than one per mux frame.
+        """
+        chunks = self._chunks
+        if chunks:
+            if len(chunks) == 1:
+                return chunks.pop()
+            data = b"".join(chunks)
+            chunks.clear()
+            return data
         if self.reset_reason is not None:
             raise StreamReset(self.reset_reason)
         if self.eof:
