@@ -154,7 +154,7 @@ class _Direction:
         """Readiness callback (event loop or Tunnel reader): never blocks, only spawns."""
         if self.state is _PARKED:
             self.state = _RUNNING
-            gevent.spawn(self._run)
+            gevent.spawn_raw(self._run)  # a bare greenlet: this happens per burst of bytes
 
     def _run(self):
         src, dst, result = self.src, self.dst, self.splice.result
