@@ -216,6 +216,7 @@ class Splice:
         self.finished = True
         for end in (self.a, self.b):
             end.close()
+        self.directions = ()  # no reference cycle left for the garbage collector
         self.on_done(self.result)
 
 
