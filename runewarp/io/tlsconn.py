@@ -14,20 +14,42 @@ import gevent.lock
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
-_CHUNK = 256 * 1024
+from .sockets import CHUNK as _CHUNK, SCRATCH, os_socket, recv_wait, send_all
 
 
 class TLSClosed(Exception):
     """The peer went away during the handshake."""
 
 
-class ServerTLSConnection:
-    def __init__(self, sock, context, initial=b""):
+class _OverTransport:
+    """What both ends share: the transport under the memory BIOs (a gevent socket, or a
+    mux stream for terminated Visitor TLS) and the lock that keeps writes in order."""
+
+    def __init__(self, sock):
         self.sock = sock
-        self.conn = SSL.Connection(context, None)
-        self.conn.set_accept_state()
+        self._raw = os_socket(sock)
         self._send_lock = gevent.lock.Semaphore()
         self._buffer = None
+
+    def _receive(self):
+        """The next bytes from the transport, b"" at EOF; a view only valid until the
+        next switch, so the caller hands it to the engine at once."""
+        if self._raw is None:
+            return self.sock.recv(_CHUNK)
+        return SCRATCH[:recv_wait(self.sock)]
+
+    def _send(self, data):
+        send_all(self.sock, self._raw, data)
+
+    def close(self):
+        self.sock.close()
+
+
+class ServerTLSConnection(_OverTransport):
+    def __init__(self, sock, context, initial=b""):
+        super().__init__(sock)
+        self.conn = SSL.Connection(context, None)
+        self.conn.set_accept_state()
         if initial:
             self.conn.bio_write(bytes(initial))
 
@@ -41,10 +63,10 @@ class ServerTLSConnection:
                     return
                 if not data:
                     return
-                self.sock.sendall(data)
+                self._send(data)
 
     def _feed(self):
-        data = self.sock.recv(_CHUNK)
+        data = self._receive()
         if not data:
             self.conn.bio_shutdown()
             return False
@@ -111,7 +133,7 @@ class ServerTLSConnection:
             self.sock.close()
 
 
-class ClientTLSConnection:
+class ClientTLSConnection(_OverTransport):
     """The Client's end of a Tunnel connection: the stdlib `ssl` engine over memory BIOs.
 
     A socket-backed SSL object sends every 16 KiB record with its own system call,
@@ -121,21 +143,19 @@ class ClientTLSConnection:
     """
 
     def __init__(self, sock, context, server_hostname):
-        self.sock = sock
+        super().__init__(sock)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.engine = context.wrap_bio(self._incoming, self._outgoing,
                                        server_hostname=server_hostname)
-        self._send_lock = gevent.lock.Semaphore()
-        self._buffer = None
 
     def flush(self):
         with self._send_lock:
             while self._outgoing.pending:
-                self.sock.sendall(self._outgoing.read())
+                self._send(self._outgoing.read())
 
     def _feed(self):
-        data = self.sock.recv(_CHUNK)
+        data = self._receive()
         if not data:
             self._incoming.write_eof()
             return False
@@ -191,7 +211,4 @@ class ClientTLSConnection:
             while view:
                 view = view[self.engine.write(view):]
             while self._outgoing.pending:
-                self.sock.sendall(self._outgoing.read())
-
-    def close(self):
-        self.sock.close()
+                self._send(self._outgoing.read())
