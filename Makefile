@@ -6,7 +6,7 @@ DESTDIR ?=
 SYSCONFDIR ?= /etc
 BIN := $(VENV)/bin
 
-.PHONY: venv install uninstall demo test bench lint check clean
+.PHONY: venv install uninstall demo test bench bench-ab lint check clean
 
 $(BIN)/runewarp: setup.cfg pyproject.toml requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/bench.py
+
+REV ?= HEAD~1
+bench-ab: venv
+	$(BIN)/python bench/ab.py $(REV)
 
 lint: venv
 	$(BIN)/ruff check runewarp tests bench

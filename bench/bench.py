@@ -407,9 +407,10 @@ def start_backend(tmp, material):
 
 
 def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backend_ip="127.0.0.1",
-                   server_ns=None, client_ns=None, tag=""):
+                   server_ns=None, client_ns=None, tag="", runewarp=(sys.executable, "-m", "runewarp")):
     """One Server (public + tunnel on one port) and one Client, log-level info, on loopback
-    (or: the Server in network namespace `server_ns`, the Client in `client_ns`)."""
+    (or: the Server in network namespace `server_ns`, the Client in `client_ns`).
+    `runewarp` is the command that runs Runewarp (bench/ab.py passes another revision's)."""
     server_toml = tmp / f"server{tag}.toml"
     server_toml.write_text(textwrap.dedent(f"""\
         log-level = "info"
@@ -424,7 +425,7 @@ def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backen
         client-identities = ["{material['identity']}"]
     """))
     env = dict(os.environ, RUNEWARP_RESOLVE=f"{SERVER_HOSTNAME}={server_ip}")
-    server = Proc(netns_cmd(server_ns, [sys.executable, "-m", "runewarp", "server", "-c", str(server_toml)]),
+    server = Proc(netns_cmd(server_ns, [*runewarp, "server", "-c", str(server_toml)]),
                   env=env, name=f"runewarp-server{tag}")
     port = int(server.wait_for(rf"server-ready .*public-bind-address={re.escape(server_ip)}:(\d+)").group(1))
     client_toml = tmp / f"client{tag}.toml"
@@ -440,7 +441,7 @@ def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backen
         public-hostnames = ["{HOST}"]
         backend-address = "{backend_ip}:{backend_port}"
     """))
-    client = Proc(netns_cmd(client_ns, [sys.executable, "-m", "runewarp", "client", "-c", str(client_toml)]),
+    client = Proc(netns_cmd(client_ns, [*runewarp, "client", "-c", str(client_toml)]),
                   env=env, name=f"runewarp-client{tag}")
     client.wait_for("tunnel-connection-established")
     server.wait_for("tunnel-connection-established")

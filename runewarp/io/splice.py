@@ -18,9 +18,9 @@ import gevent
 from gevent.event import Event
 from OpenSSL import SSL
 
-from .sockets import os_socket, recv_now, send_all
 from .tunnel import StreamReset
 
+CHUNK = 256 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 _READ = 1
 TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
@@ -42,12 +42,17 @@ class SocketEnd:
 
     def __init__(self, sock):
         self.sock = sock
-        self._raw = os_socket(sock)
+        self._raw = sock._sock  # gevent keeps the OS socket non-blocking under its wrapper
         self._watcher = None
         self._callback = None
 
     def try_recv(self):
-        return recv_now(self._raw)
+        try:
+            return self._raw.recv(CHUNK)
+        except BlockingIOError:
+            return None
+        except AttributeError:  # closed meanwhile: gevent swapped in a closed socket
+            raise OSError("socket closed") from None
 
     def when_readable(self, callback):
         if self._watcher is None:
@@ -69,7 +74,7 @@ class SocketEnd:
             self._watcher = None
 
     def sendall(self, data):
-        send_all(self.sock, self._raw, data)
+        self.sock.sendall(data)
 
     def delivered(self, n):
         pass

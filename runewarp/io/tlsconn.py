@@ -14,42 +14,20 @@ import gevent.lock
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
-from .sockets import CHUNK as _CHUNK, SCRATCH, os_socket, recv_wait, send_all
+_CHUNK = 256 * 1024
 
 
 class TLSClosed(Exception):
     """The peer went away during the handshake."""
 
 
-class _OverTransport:
-    """What both ends share: the transport under the memory BIOs (a gevent socket, or a
-    mux stream for terminated Visitor TLS) and the lock that keeps writes in order."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self._raw = os_socket(sock)
-        self._send_lock = gevent.lock.Semaphore()
-        self._buffer = None
-
-    def _receive(self):
-        """The next bytes from the transport, b"" at EOF; a view only valid until the
-        next switch, so the caller hands it to the engine at once."""
-        if self._raw is None:
-            return self.sock.recv(_CHUNK)
-        return SCRATCH[:recv_wait(self.sock)]
-
-    def _send(self, data):
-        send_all(self.sock, self._raw, data)
-
-    def close(self):
-        self.sock.close()
-
-
-class ServerTLSConnection(_OverTransport):
+class ServerTLSConnection:
     def __init__(self, sock, context, initial=b""):
-        super().__init__(sock)
+        self.sock = sock
         self.conn = SSL.Connection(context, None)
         self.conn.set_accept_state()
+        self._send_lock = gevent.lock.Semaphore()
+        self._buffer = None
         if initial:
             self.conn.bio_write(bytes(initial))
 
@@ -63,10 +41,10 @@ class ServerTLSConnection(_OverTransport):
                     return
                 if not data:
                     return
-                self._send(data)
+                self.sock.sendall(data)
 
     def _feed(self):
-        data = self._receive()
+        data = self.sock.recv(_CHUNK)
         if not data:
             self.conn.bio_shutdown()
             return False
@@ -133,7 +111,7 @@ class ServerTLSConnection(_OverTransport):
             self.sock.close()
 
 
-class ClientTLSConnection(_OverTransport):
+class ClientTLSConnection:
     """The Client's end of a Tunnel connection: the stdlib `ssl` engine over memory BIOs.
 
     A socket-backed SSL object sends every 16 KiB record with its own system call,
@@ -143,19 +121,21 @@ class ClientTLSConnection(_OverTransport):
     """
 
     def __init__(self, sock, context, server_hostname):
-        super().__init__(sock)
+        self.sock = sock
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.engine = context.wrap_bio(self._incoming, self._outgoing,
                                        server_hostname=server_hostname)
+        self._send_lock = gevent.lock.Semaphore()
+        self._buffer = None
 
     def flush(self):
         with self._send_lock:
             while self._outgoing.pending:
-                self._send(self._outgoing.read())
+                self.sock.sendall(self._outgoing.read())
 
     def _feed(self):
-        data = self._receive()
+        data = self.sock.recv(_CHUNK)
         if not data:
             self._incoming.write_eof()
             return False
@@ -211,4 +191,7 @@ class ClientTLSConnection(_OverTransport):
             while view:
                 view = view[self.engine.write(view):]
             while self._outgoing.pending:
-                self._send(self._outgoing.read())
+                self.sock.sendall(self._outgoing.read())
+
+    def close(self):
+        self.sock.close()
