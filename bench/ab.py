@@ -7,7 +7,7 @@ folder), B = the working tree.  Both run at once as separate Server + Client
 pairs, and every workload alternates A, B, A, B ... so that a noisy moment on a
 shared machine hits both; the figures that matter for a code change (CPU per
 GB, CPU per connection, latency) are printed side by side with B/A ratios.
-BENCH_ONLY (default bulk,rate,seq), BENCH_REPEATS and the other knobs of
+BENCH_ONLY (default idle,bulk,rate,seq), BENCH_REPEATS and the other knobs of
 bench.py apply.  Everything started is stopped by PID in `finally`.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as b  # noqa: E402 - after the path tweak
 
-PHASES = b.ONLY or ["bulk", "rate", "seq"]
+PHASES = b.ONLY or ["idle", "bulk", "rate", "seq"]
 
 
 def runewarp_from(folder):
@@ -53,6 +53,9 @@ def main():
                    for name, (server, client, port) in pairs.items()}
         ca = material["public_ca"]
         rows = []
+        if "idle" in PHASES:
+            per = {n: b.idle_memory(n, t, ca, b.IDLE_CONNS)["kib_per_conn"] for n, t in targets.items()}
+            rows.append(("idle memory, KiB per connection", per[a_name], per[b_name]))
         if "bulk" in PHASES:
             res = b.bulk(targets, ca)
             for key, label in (("single", "CPU s per GB, 1 stream"), ("multi", "CPU s per GB, 8 streams")):

@@ -2,7 +2,8 @@
 
 Endpoints are a TCP socket, a mux stream, or TLS terminated over a mux stream;
 each offers try_recv / when_readable / sendall / delivered / finish / abort /
-close.  A direction's pump is a greenlet only while bytes move: when its source
+close.  A mux stream may hand over several received chunks at once, as a list,
+which a socket writes with one gathered send.  A direction's pump is a greenlet only while bytes move: when its source
 has nothing to read, the greenlet ends and the direction parks on a readiness
 callback (an event-loop watcher for a socket, a notification from the Tunnel
 reader for a mux stream).  An idle proxied connection therefore holds no
@@ -15,7 +16,9 @@ import socket
 import struct
 
 import gevent
+from gevent import get_hub, getcurrent
 from gevent.event import Event
+from greenlet import greenlet
 from OpenSSL import SSL
 
 from .tunnel import StreamReset
@@ -74,7 +77,19 @@ class SocketEnd:
             self._watcher = None
 
     def sendall(self, data):
-        self.sock.sendall(data)
+        if type(data) is not list:
+            self.sock.sendall(data)
+            return
+        views = [memoryview(part) for part in data]  # gathered: one system call, no join
+        while views:
+            sent = self.sock.sendmsg(views)
+            while sent:
+                first = len(views[0])
+                if sent < first:
+                    views[0] = views[0][sent:]
+                    break
+                sent -= first
+                del views[0]
 
     def delivered(self, n):
         pass
@@ -151,10 +166,20 @@ class _Direction:
         self.src.when_readable(self._wake)
 
     def _wake(self):
-        """Readiness callback (event loop or Tunnel reader): never blocks, only spawns."""
+        """Readiness callback: never blocks.
+
+        From an event-loop watcher (a socket) the pump runs at once in a bare greenlet,
+        the way gevent resumes a greenlet waiting on that socket; from the Tunnel
+        reader (a mux stream) it starts on the loop's next turn, so the reader goes on
+        dispatching frames meanwhile.
+        """
         if self.state is _PARKED:
             self.state = _RUNNING
-            gevent.spawn_raw(self._run)  # a bare greenlet: this happens per burst of bytes
+            hub = get_hub()
+            if getcurrent() is hub:
+                greenlet(self._run, parent=hub).switch()
+            else:
+                gevent.spawn_raw(self._run)
 
     def _run(self):
         src, dst, result = self.src, self.dst, self.splice.result
@@ -168,11 +193,12 @@ class _Direction:
                     dst.finish()
                     break
                 dst.sendall(data)
-                src.delivered(len(data))
+                size = len(data) if type(data) is not list else sum(map(len, data))
+                src.delivered(size)
                 if self.forward:
-                    result.a_to_b += len(data)
+                    result.a_to_b += size
                 else:
-                    result.b_to_a += len(data)
+                    result.b_to_a += size
         except TRANSPORT_ERRORS as exc:
             self.splice.fail(f"{exc.__class__.__name__}: {exc}")
         self.state = _DONE

@@ -80,18 +80,17 @@ class MuxStream:
         return self._chunks.pop(0)
 
     def try_recv(self):
-        """recv() that never waits: None when nothing has arrived yet.
+        """recv() that never waits: None when nothing has arrived yet, b"" at the end.
 
-        Every chunk already received leaves at once, so the pump writes them onward
-        with one system call rather than one per mux frame.
+        Every chunk already received leaves at once, as a list when there are several,
+        so the pump writes them onward with one system call and no copy.
         """
         chunks = self._chunks
         if chunks:
             if len(chunks) == 1:
                 return chunks.pop()
-            data = b"".join(chunks)
-            chunks.clear()
-            return data
+            self._chunks = []
+            return chunks
         if self.reset_reason is not None:
             raise StreamReset(self.reset_reason)
         if self.eof:

@@ -191,3 +191,14 @@ def test_a_parked_mux_stream_wakes_its_pump_and_keeps_backpressure():
         client_side.close()
         for s in (visitor, a, b, backend):
             s.close()
+
+
+def test_a_list_of_chunks_leaves_as_one_gathered_stream_even_when_the_socket_is_full():
+    near, far = pair()
+    parts = [os.urandom(n) for n in (1, 3 * 1024 * 1024, 70_000, 5, 2 * 1024 * 1024)]
+    expected = b"".join(parts)
+    reader = gevent.spawn(recv_exactly, far, len(expected))
+    SocketEnd(near).sendall(list(parts))  # far larger than the socket buffers: partial sends
+    assert reader.get() == expected
+    near.close()
+    far.close()
