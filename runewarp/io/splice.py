@@ -199,7 +199,7 @@ class _Direction:
                     result.a_to_b += size
                 else:
                     result.b_to_a += size
-        except TRANSPORT_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - transport errors, and never a leaked splice
             self.splice.fail(f"{exc.__class__.__name__}: {exc}")
         self.state = _DONE
         self.splice._check_done()
