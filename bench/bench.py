@@ -44,6 +44,7 @@ side, and Runewarp competes with the load for CPU.
 """
 
 import concurrent.futures
+from collections import Counter
 import json
 import math
 import os
@@ -534,7 +535,7 @@ def loadgen(target, ca, procs, threads, duration=None, count=None):
         STARTED.append(_Wrapped(popen, "loadgen"))
     outs = [popen.communicate(timeout=(duration or 0) + 300) for popen in workers]
     cpu = cpu_seconds(target["pids"]) - cpu0
-    merged = {"ok": 0, "rate": 0.0, "latencies_ms": [], "errors": {}, "cpu_s": cpu}
+    merged = {"ok": 0, "rate": 0.0, "latencies_ms": [], "errors": Counter(), "cpu_s": cpu}
     for (out, err), popen in zip(outs, workers, strict=True):
         if popen.returncode != 0:
             raise RuntimeError(f"loadgen failed ({popen.returncode}): {err[-2000:]}")
@@ -542,14 +543,13 @@ def loadgen(target, ca, procs, threads, duration=None, count=None):
         merged["ok"] += data["ok"]
         merged["rate"] += data["ok"] / data["window_s"]
         merged["latencies_ms"] += data["latencies_ms"]
-        for kind, n in data["errors"].items():
-            merged["errors"][kind] = merged["errors"].get(kind, 0) + n
+        merged["errors"].update(data["errors"])
     return merged
 
 
 def conn_rate(targets, ca):
     """New connections with 50 in flight: conns/s and latency; CPU per connection."""
-    out = {name: {"rates": [], "p50s": [], "p99s": [], "latencies_ms": [], "errors": {},
+    out = {name: {"rates": [], "p50s": [], "p99s": [], "latencies_ms": [], "errors": Counter(),
                   "cpu_s": 0.0, "conns": 0} for name in targets}
     for rep in range(REPEATS):
         for name, target in targets.items():
@@ -561,8 +561,7 @@ def conn_rate(targets, ca):
             res["latencies_ms"] += run["latencies_ms"]
             res["cpu_s"] += run["cpu_s"]
             res["conns"] += run["ok"] + sum(run["errors"].values())
-            for kind, n in run["errors"].items():
-                res["errors"][kind] = res["errors"].get(kind, 0) + n
+            res["errors"].update(run["errors"])
             print(f"  conn rate       {name:8} #{rep + 1}: {run['rate']:8.1f} conn/s  "
                   f"p50 {res['p50s'][-1]:.2f} ms  p99 {res['p99s'][-1]:.2f} ms"
                   + (f"  errors {run['errors']}" if run["errors"] else ""), flush=True)
@@ -571,7 +570,7 @@ def conn_rate(targets, ca):
 
 def sequential(targets, ca):
     """One connection at a time: the latency a single Visitor pays for the extra hops."""
-    out = {name: {"p50s": [], "p99s": [], "latencies_ms": [], "errors": {}} for name in targets}
+    out = {name: {"p50s": [], "p99s": [], "latencies_ms": [], "errors": Counter()} for name in targets}
     for rep in range(REPEATS):
         for name, target in targets.items():
             run = loadgen(target, ca, 1, 1, count=SEQ_PER_REPEAT)
@@ -579,8 +578,7 @@ def sequential(targets, ca):
             res["p50s"].append(pct(run["latencies_ms"], 50))
             res["p99s"].append(pct(run["latencies_ms"], 99))
             res["latencies_ms"] += run["latencies_ms"]
-            for kind, n in run["errors"].items():
-                res["errors"][kind] = res["errors"].get(kind, 0) + n
+            res["errors"].update(run["errors"])
             print(f"  sequential      {name:8} #{rep + 1}: p50 {res['p50s'][-1]:.2f} ms  "
                   f"p99 {res['p99s'][-1]:.2f} ms", flush=True)
     return out
@@ -599,15 +597,14 @@ def idle_memory(name, target, ca, count):
 
     time.sleep(1)
     before = rss_kib(target["pids"])
-    conns, errors = [], {}
+    conns, errors = [], Counter()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(open_one, i) for i in range(count)]
         for future in futures:
             try:
                 conns.append(future.result())
             except Exception as exc:
-                kind = type(exc).__name__
-                errors[kind] = errors.get(kind, 0) + 1
+                errors[type(exc).__name__] += 1
     try:
         time.sleep(2)   # let both ends settle (session tickets, backend connects)
         after = rss_kib(target["pids"])
@@ -624,8 +621,7 @@ def idle_memory(name, target, ca, count):
                     reply += chunk
                 alive += 1
             except Exception as exc:
-                kind = f"sample:{type(exc).__name__}"
-                errors[kind] = errors.get(kind, 0) + 1
+                errors[f"sample:{type(exc).__name__}"] += 1
     finally:
         for tls in conns:
             tls.close()
@@ -683,14 +679,13 @@ def many_streams(name, target, ca, count, logs=()):
         assert data["phase"] == phase, data
         return data
 
-    opened, errors, get_ok, get_errors = 0, {}, 0, {}
+    opened, errors, get_ok, get_errors = 0, Counter(), 0, Counter()
     try:
         began = time.perf_counter()
         for popen in workers:
             data = answer(popen, "open")
             opened += data["opened"]
-            for kind, n in data["errors"].items():
-                errors[kind] = errors.get(kind, 0) + n
+            errors.update(data["errors"])
         open_s = time.perf_counter() - began
         cpu_open = cpu_seconds(target["pids"]) - cpu0
         time.sleep(2)   # let both ends settle with everything open
@@ -702,8 +697,7 @@ def many_streams(name, target, ca, count, logs=()):
         for popen in workers:
             data = answer(popen, "get")
             get_ok += data["ok"]
-            for kind, n in data["errors"].items():
-                get_errors[kind] = get_errors.get(kind, 0) + n
+            get_errors.update(data["errors"])
         get_s = time.perf_counter() - began
         rss_after_get = rss_kib(target["pids"])
     finally:
