@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..conftest import ROOT, run_cli
+from cryptography import x509
+
+from ..conftest import ROOT, SERVER_HOSTNAME, run_cli
 
 BACKEND = Path(__file__).resolve().parent.parent / "backend.py"
 
@@ -62,6 +64,17 @@ def tls_visit(port, hostname, ca, request, timeout=30, half_close=False):
                     break
                 chunks.append(chunk)
     return der, b"".join(chunks)
+
+
+def tunnel_handshake(port, ca_file, identity_dir):
+    """A Tunnel-ALPN handshake to the Server hostname: the leaf the Server presents."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.set_alpn_protocols(["runewarp/1"])
+    ctx.load_cert_chain(identity_dir / "client.crt", identity_dir / "client.key")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=SERVER_HOSTNAME) as tls:
+            assert tls.selected_alpn_protocol() == "runewarp/1"
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
 def get(path, hostname, close=True):

@@ -7,7 +7,6 @@ takes the same path a Visitor's would.
 
 import os
 import re
-import socket
 import ssl
 import subprocess
 import textwrap
@@ -17,7 +16,7 @@ from cryptography import x509
 
 from ..conftest import SERVER_HOSTNAME, Proc, free_port, run_cli, runewarp_cmd
 from .. import pebble as pebble_helper
-from .helpers import curl
+from .helpers import curl, tunnel_handshake
 
 pytestmark = pytest.mark.e2e
 APP = "app.example.com"
@@ -102,17 +101,6 @@ def start(processes, role, config, env):
     proc = Proc([role, "-c", config], env=env)
     processes.append(proc)
     return proc
-
-
-def tunnel_handshake(port, ca_file, identity_dir):
-    """A Tunnel-ALPN handshake to the Server hostname: the leaf the Server presents."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    ctx.set_alpn_protocols(["runewarp/1"])
-    ctx.load_cert_chain(identity_dir / "client.crt", identity_dir / "client.key")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname=SERVER_HOSTNAME) as tls:
-            assert tls.selected_alpn_protocol() == "runewarp/1"
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
 pebble_factory = pebble_helper.pebble_factory  # fixture

@@ -69,6 +69,11 @@ class Tunnel:
     def visit(self):
         return curl(self.deployment.public_port, APP, self.backend.ca, timeout=15)
 
+    def fake_client_tls(self):
+        """A Tunnel connection (TLS done) as the listed fake Client, for hand-made frames."""
+        return tunnel_tls(self.deployment.public_port, self.deployment.ca_file,
+                          self.deployment.dir / "fake-client")
+
     def assert_healthy(self):
         proc = self.visit()
         assert proc.returncode == 0 and proc.stdout == b"backend=app\n", proc.stderr
@@ -145,8 +150,7 @@ def assert_refused_in_log(tunnel, mark, reason, timeout=15):
 
 def test_truncated_frame_header_then_close(tunnel):
     mark = len(tunnel.server.lines)
-    tls = tunnel_tls(tunnel.deployment.public_port, tunnel.deployment.ca_file,
-                     tunnel.deployment.dir / "fake-client")
+    tls = tunnel.fake_client_tls()
     tls.sendall(encode_header(0, 0x1, 1, 0)[:5])
     tls.close()
     # The Server drops the connection as soon as the Tunnel connection ends.
@@ -156,8 +160,7 @@ def test_truncated_frame_header_then_close(tunnel):
 
 def test_bad_mux_version_gets_go_away_and_close(tunnel):
     mark = len(tunnel.server.lines)
-    tls = tunnel_tls(tunnel.deployment.public_port, tunnel.deployment.ca_file,
-                     tunnel.deployment.dir / "fake-client")
+    tls = tunnel.fake_client_tls()
     with tls:
         tls.sendall(struct.pack(">BBHII", 7, 0, 0x1, 1, 0) + b"garbage" * 10)
         data, seconds = read_until_closed(tls, 10)
@@ -171,8 +174,7 @@ def test_bad_mux_version_gets_go_away_and_close(tunnel):
 
 def test_server_logs_why_a_tunnel_connection_died_before_its_hello(tunnel):
     mark = len(tunnel.server.lines)
-    tls = tunnel_tls(tunnel.deployment.public_port, tunnel.deployment.ca_file,
-                     tunnel.deployment.dir / "fake-client")
+    tls = tunnel.fake_client_tls()
     with tls:
         tls.sendall(struct.pack(">BBHII", 7, 0, 0x1, 1, 0))
         _data, seconds = read_until_closed(tls, 10)
@@ -184,8 +186,7 @@ def test_server_logs_why_a_tunnel_connection_died_before_its_hello(tunnel):
 
 def test_silent_client_is_dropped_at_the_hello_deadline(tunnel):
     mark = len(tunnel.server.lines)
-    tls = tunnel_tls(tunnel.deployment.public_port, tunnel.deployment.ca_file,
-                     tunnel.deployment.dir / "fake-client")
+    tls = tunnel.fake_client_tls()
     with tls, concurrent.futures.ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(read_until_closed, tls, 15)
         # While the silent Client holds its connection, Visitors are served.
@@ -205,8 +206,7 @@ def test_silent_client_is_dropped_at_the_hello_deadline(tunnel):
 ], ids=["not-json", "not-an-object", "not-hello"])
 def test_bad_control_hello_closes_the_connection(tunnel, line, reason):
     mark = len(tunnel.server.lines)
-    tls = tunnel_tls(tunnel.deployment.public_port, tunnel.deployment.ca_file,
-                     tunnel.deployment.dir / "fake-client")
+    tls = tunnel.fake_client_tls()
     with tls:
         tls.sendall(control_stream_with(line))
         data, seconds = read_until_closed(tls, 10)

@@ -3,17 +3,14 @@
 import datetime
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 
 import pytest
-from cryptography import x509
 
 from runewarp import material
 
 from ..conftest import ROOT, SERVER_HOSTNAME, Proc, run_cli
-from .helpers import Backend, cert_sha256_pem, curl, get, sha256, tls_visit
+from .helpers import Backend, cert_sha256_pem, curl, get, sha256, tls_visit, tunnel_handshake
 
 pytestmark = pytest.mark.e2e
 APP, API, NOCERT = "app.example.com", "api.example.com", "nocert.example.com"
@@ -24,16 +21,6 @@ def tls_backend(tmp_path):
     backend = Backend(tmp_path, "api", [API])
     yield backend
     backend.stop()
-
-
-def server_leaf_serial(port, identity_dir, ca_file):
-    """Serial of the Server certificate a new Tunnel connection is offered."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    ctx.set_alpn_protocols(["runewarp/1"])
-    ctx.load_cert_chain(identity_dir / "client.crt", identity_dir / "client.key")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname=SERVER_HOSTNAME) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
 def test_terminate_and_passthrough_side_by_side(deployment, plain_backend, tls_backend):
@@ -140,12 +127,12 @@ def test_server_ca_rotation_needs_the_new_ca_on_the_client(deployment, tls_backe
 def test_server_serves_a_renewed_certificate_without_restart(deployment, tls_backend):
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [API], [identity])])
-    before = server_leaf_serial(deployment.public_port, deployment.dir / "client-a",
-                                deployment.ca_file)
+    before = tunnel_handshake(deployment.public_port, deployment.ca_file,
+                              deployment.dir / "client-a").serial_number
     run_cli("server", "cert", "renew", "--dir", deployment.cert_dir)
     renewed = material.certificate_serial(deployment.cert_dir / "server.crt")
-    after = server_leaf_serial(deployment.public_port, deployment.dir / "client-a",
-                               deployment.ca_file)
+    after = tunnel_handshake(deployment.public_port, deployment.ca_file,
+                             deployment.dir / "client-a").serial_number
     assert before != after == renewed
 
 
