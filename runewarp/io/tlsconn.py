@@ -131,8 +131,12 @@ class ClientTLSConnection:
 
     def flush(self):
         with self._send_lock:
-            while self._outgoing.pending:
-                self.sock.sendall(self._outgoing.read())
+            self._drain_outgoing()
+
+    def _drain_outgoing(self):
+        """Send every ciphertext byte the engine produced; the caller holds the send lock."""
+        while self._outgoing.pending:
+            self.sock.sendall(self._outgoing.read())
 
     def _feed(self):
         data = self.sock.recv(_CHUNK)
@@ -190,8 +194,7 @@ class ClientTLSConnection:
             view = memoryview(data)
             while view:
                 view = view[self.engine.write(view):]
-            while self._outgoing.pending:
-                self.sock.sendall(self._outgoing.read())
+            self._drain_outgoing()
 
     def close(self):
         self.sock.close()
