@@ -641,6 +641,18 @@ def rotate_server_ca(cert_dir: Path, hostname: str | None = None,
     return _server_result(cert_dir, host, leaf, created=True)
 
 
+def file_stamp(*paths) -> tuple:
+    """What changes whenever one of `paths` is rewritten (mtime and size of each), so a
+    runtime reloads material only then; OSError when one is missing."""
+    return tuple((st.st_mtime_ns, st.st_size) for st in map(os.stat, paths))
+
+
+def server_cert_paths(cert_dir: Path) -> tuple[Path, Path]:
+    """Where the Server certificate chain and key live, unchecked (see load_server_cert_paths)."""
+    cert_dir = Path(cert_dir)
+    return cert_dir / SERVER_CERT, cert_dir / SERVER_KEY
+
+
 def load_server_cert_paths(cert_dir: Path) -> tuple[Path, Path]:
     """(chain path, key path) for the TLS listener, checked to be usable."""
     cert_dir = Path(cert_dir)

@@ -663,3 +663,16 @@ def test_make_self_signed(tmp_path):
     ]
     assert openssl_identity(key_path) == m.identity_of_certificate(cert)
     assert (m.leaf_not_after(cert_path) - cert.not_valid_before_utc).days == 90
+
+
+def test_file_stamp_changes_when_a_file_is_rewritten_and_fails_when_one_is_missing(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("one")
+    b.write_text("two")
+    first = m.file_stamp(a, b)
+    assert m.file_stamp(a, b) == first
+    b.write_text("three")  # another size, so even a coarse clock cannot hide the change
+    assert m.file_stamp(a, b) != first
+    b.unlink()
+    with pytest.raises(OSError):
+        m.file_stamp(a, b)

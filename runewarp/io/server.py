@@ -6,7 +6,6 @@ immutable snapshot, swapped whole on reload.
 """
 
 import dataclasses
-import os
 import time
 
 import gevent
@@ -18,7 +17,7 @@ from .. import __version__
 from ..errors import MaterialError, ProtocolError
 from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
-from ..material import load_server_cert_paths
+from ..material import file_stamp, load_server_cert_paths, server_cert_paths
 from ..proto import control, proxyv2
 from ..proto.admission import Admission
 from ..proto.mux import Role
@@ -63,12 +62,15 @@ class TunnelPool:
 class ServerCertificate:
     """The Server certificate and the context built from it, rebuilt when the files change.
 
-    `locate()` returns (certificate path, key path) or raises MaterialError: the
-    manual cert-dir today, certbot's live folder with ACME.
+    `locate()` returns (certificate path, key path) cheaply or raises MaterialError:
+    the manual cert-dir, or certbot's live folder with ACME.  `check()`, when given,
+    returns the same paths after recovering an interrupted write and checking that
+    the pair is usable; it runs only when the files changed, not per connection.
     """
 
-    def __init__(self, locate, authorize):
+    def __init__(self, locate, authorize, check=None):
         self.locate = locate
+        self.check = check
         self.authorize = authorize
         self._stamp = None
         self.context = None
@@ -76,11 +78,15 @@ class ServerCertificate:
     def current(self):
         cert_path, key_path = self.locate()
         try:
-            stamp = tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size)
-                          for p in (cert_path, key_path))
+            stamp = file_stamp(cert_path, key_path)
         except OSError as exc:
+            if self.check is not None:
+                self.check()  # the precise error, with the command that makes the files
             raise MaterialError(f"cannot read the Server certificate: {exc}") from exc
         if stamp != self._stamp:
+            if self.check is not None:
+                cert_path, key_path = self.check()
+                stamp = file_stamp(cert_path, key_path)  # a recovery may have rewritten them
             self.context = server_tunnel_context(cert_path, key_path, self.authorize)
             self._stamp = stamp
         return self.context
@@ -192,8 +198,8 @@ class Server:
 
     def _certificate_for(self, config):
         if self.acme is None:
-            return ServerCertificate(lambda: load_server_cert_paths(config.cert_dir),
-                                     self._authorize)
+            return ServerCertificate(lambda: server_cert_paths(config.cert_dir), self._authorize,
+                                     check=lambda: load_server_cert_paths(config.cert_dir))
 
         def locate():
             paths = self.acme.paths(config.hostname)

@@ -11,7 +11,7 @@ import os
 from OpenSSL import SSL
 
 from ..errors import MaterialError
-from ..material import load_public_cert_paths
+from ..material import PUBLIC_CERT, PUBLIC_KEY, file_stamp, load_public_cert_paths
 from .tlsconn import ServerTLSConnection
 
 
@@ -46,8 +46,7 @@ class PublicCertificates:
             return paths, lambda: paths
         folder = os.path.join(self.cert_dir, hostname)
         try:
-            stamp = tuple((s.st_mtime_ns, s.st_size) for s in
-                          (os.stat(os.path.join(folder, n)) for n in ("public.crt", "public.key")))
+            stamp = file_stamp(*(os.path.join(folder, n) for n in (PUBLIC_CERT, PUBLIC_KEY)))
         except OSError:
             stamp = None
         return stamp, lambda: load_public_cert_paths(self.cert_dir, hostname)
