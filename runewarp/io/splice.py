@@ -208,7 +208,7 @@ class _Direction:
 class Splice:
     """Both directions of one proxied connection; `on_done(result)` runs once both finished."""
 
-    __slots__ = ("a", "b", "result", "on_done", "directions", "failed", "finished")
+    __slots__ = ("a", "b", "result", "on_done", "directions", "finished")
 
     def __init__(self, a, b, on_done):
         self.a = a
@@ -216,8 +216,11 @@ class Splice:
         self.result = SpliceResult()
         self.on_done = on_done
         self.directions = (_Direction(self, a, b, True), _Direction(self, b, a, False))
-        self.failed = False
         self.finished = False
+
+    @property
+    def failed(self):
+        return self.result.error is not None
 
     def start(self):
         for direction in self.directions:
@@ -227,7 +230,6 @@ class Splice:
         """Abort both ends; a parked direction ends at once, a running one on its next I/O."""
         if self.result.error is None:
             self.result.error = error
-        self.failed = True
         for direction in self.directions:
             if direction.state is _PARKED:
                 direction.state = _DONE
