@@ -207,6 +207,7 @@ def run_server(args):
     server = Server(cfg, log)
     if cfg.acme is None:
         _check_material(lambda: server.certificate.current(), cfg.source)
+        _check_key_permissions(material.server_key_files(cfg.cert_dir), cfg, "server")
     return Lifecycle(server, lambda: configuration.load_server_config(path),
                      cfg.graceful_shutdown_duration, log).run()
 
@@ -234,7 +235,20 @@ def run_client(args):
         raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
                           "Server's server-ca.crt there or set server-ca-file",
                           file=cfg.source or "command line", key="client.server-ca-file")
+    from .io.client import terminate_hostnames
+    public = (cfg.public_cert_dir, terminate_hostnames(cfg)) if cfg.acme is None and \
+        cfg.public_cert_dir is not None else (None, None)
+    _check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")
     return Lifecycle(Client(cfg, log), load, cfg.graceful_shutdown_duration, log).run()
+
+
+def _check_key_permissions(paths, cfg, role):
+    """Warn about a private key others can read; with strict-permissions, refuse to start."""
+    for problem in material.key_permission_problems(paths):
+        if cfg.strict_permissions:
+            raise ConfigError(problem, file=cfg.source or "command line",
+                              key=f"{role}.strict-permissions")
+        log.warn("key-permissions", reason=problem)
 
 
 def _check_material(check, source):

@@ -62,13 +62,31 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource bounds (protocol.md, Limits); a Client uses only `active_streams`."""
+    """Resource bounds (security.md, Limits and abuse); the Client uses the stream keys only.
+
+    A timeout of 0 disables it.  `active_streams_per_tunnel` 0 means: all of
+    `active_streams` with one Tunnel, half of it with several.
+    """
 
     intake_connections: int = 4096
-    intake_per_source: int = 256
+    intake_per_source: int = 64
+    intake_ipv4_prefix: int = 32
+    intake_ipv6_prefix: int = 64
     tunnel_handshakes: int = 256
+    tunnel_handshakes_per_source: int = 16
     active_streams: int = 16384
+    active_streams_per_tunnel: int = 0
     pool_connections: int = 256
+    stream_buffer_budget: int = 64 * 1024 * 1024
+    stream_idle_timeout: float = 600.0
+    stream_half_closed_timeout: float = 30.0
+    stream_first_byte_timeout: float = 30.0
+
+    def tunnel_share(self, tunnels: int) -> int:
+        """Most streams one Tunnel may hold, so one tenant can exhaust only itself."""
+        if self.active_streams_per_tunnel:
+            return self.active_streams_per_tunnel
+        return self.active_streams if tunnels <= 1 else max(1, self.active_streams // 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +118,7 @@ class ServerConfig:
     cert_dir: Path
     acme: AcmeConfig | None = None
     graceful_shutdown_duration: float = 30.0
+    strict_permissions: bool = False
     tunnels: tuple[TunnelConfig, ...]
     limits: Limits = Limits()
     log_level: str = "info"
@@ -142,6 +161,7 @@ class ClientConfig:
     log_level: str = "info"
     log_format: str = "text"
     graceful_shutdown_duration: float = 30.0
+    strict_permissions: bool = False
     source: Path | None = None
 
     def service_for_hostname(self, hostname: str) -> ServiceConfig | None:
@@ -374,6 +394,14 @@ class _Context:
             raise self.error(path, f"must be a finite number of seconds >= 0; got {value}")
         return float(value)
 
+    def boolean(self, parent: dict, prefix: str | None, key: str) -> bool | None:
+        if key not in parent:
+            return None
+        value = parent[key]
+        if not isinstance(value, bool):
+            raise self.error(_join(prefix, key), f"expected true or false, got {_type_name(value)}")
+        return value
+
     def path(self, parent: dict, prefix: str | None, key: str) -> Path | None:
         value = self.string(parent, prefix, key)
         return None if value is None else self.resolve(value)
@@ -501,19 +529,33 @@ _SERVER_KEYS = (
     "tunnel-bind-address",
     "cert-dir",
     "graceful-shutdown-duration",
+    "strict-permissions",
     "acme",
     "tunnels",
     "limits",
 )
 _TUNNEL_KEYS = ("name", "public-hostnames", "client-identity", "client-identities")
+_STREAM_LIMITS = {
+    "active-streams": "active_streams",
+    "stream-buffer-budget": "stream_buffer_budget",
+    "stream-idle-timeout": "stream_idle_timeout",
+    "stream-half-closed-timeout": "stream_half_closed_timeout",
+}
 _SERVER_LIMITS = {
     "intake-connections": "intake_connections",
     "intake-per-source": "intake_per_source",
+    "intake-ipv4-prefix": "intake_ipv4_prefix",
+    "intake-ipv6-prefix": "intake_ipv6_prefix",
     "tunnel-handshakes": "tunnel_handshakes",
-    "active-streams": "active_streams",
+    "tunnel-handshakes-per-source": "tunnel_handshakes_per_source",
+    "active-streams-per-tunnel": "active_streams_per_tunnel",
     "pool-connections": "pool_connections",
+    "stream-first-byte-timeout": "stream_first_byte_timeout",
+    **_STREAM_LIMITS,
 }
-_CLIENT_LIMITS = {"active-streams": "active_streams"}
+_CLIENT_LIMITS = dict(_STREAM_LIMITS)
+_PREFIX_BOUNDS = {"intake-ipv4-prefix": 32, "intake-ipv6-prefix": 128}
+_MIN_BUFFER_BUDGET = 1024 * 1024
 
 
 def _limits(ctx: _Context, parent: dict, prefix: str, known: dict[str, str]) -> Limits:
@@ -522,7 +564,20 @@ def _limits(ctx: _Context, parent: dict, prefix: str, known: dict[str, str]) -> 
         return Limits()
     path = _join(prefix, "limits")
     ctx.check_keys(table, path, tuple(known))
-    values = {attr: ctx.positive_int(table, path, key) for key, attr in known.items() if key in table}
+    values = {}
+    for key, attr in known.items():
+        if key not in table:
+            continue
+        if key.endswith("-timeout"):
+            values[attr] = ctx.duration(table, path, key)
+            continue
+        value = ctx.positive_int(table, path, key)
+        if key in _PREFIX_BOUNDS and value > _PREFIX_BOUNDS[key]:
+            raise ctx.error(_join(path, key), f"must be at most {_PREFIX_BOUNDS[key]}; got {value}")
+        if key == "stream-buffer-budget" and value < _MIN_BUFFER_BUDGET:
+            raise ctx.error(_join(path, key), f"must be at least {_MIN_BUFFER_BUDGET} bytes; "
+                                              f"got {value}")
+        values[attr] = value
     return Limits(**values)
 
 
@@ -561,6 +616,7 @@ def _parse_server(ctx: _Context, doc: dict, source: Path) -> ServerConfig:
         cert_dir=cert_dir or default_server_cert_dir(ctx.env),
         acme=acme,
         graceful_shutdown_duration=30.0 if grace is None else grace,
+        strict_permissions=bool(ctx.boolean(server, p, "strict-permissions")),
         tunnels=tunnels,
         limits=limits,
         log_level=log_level,
@@ -666,6 +722,7 @@ _CLIENT_KEYS = (
     "identity-dir",
     "public-cert-dir",
     "graceful-shutdown-duration",
+    "strict-permissions",
     "acme",
     "services",
     "limits",
@@ -745,6 +802,7 @@ def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides
         log_level=log_level,
         log_format=log_format,
         graceful_shutdown_duration=30.0 if grace is None else grace,
+        strict_permissions=bool(ctx.boolean(client, p, "strict-permissions")),
         source=source,
     )
 

@@ -3,10 +3,21 @@
 Event names are stable so operators can grep and alert on them; fields carry the
 product words (public-hostname, tunnel, client-identity, reason ...).  The
 buffered ClientHello is never a field.
+
+Field values often carry peer data (SNI, error text, hello fields), so in text
+logs every character Python does not consider printable -- C0/C1 controls, DEL,
+NEL, U+2028/2029, bidi and zero-width format characters, lone surrogates -- is
+escaped: a value holding one is written as a JSON string literal with \\uXXXX
+escapes.  A log line therefore never contains a raw control character, cannot
+forge a second line and cannot drive the terminal tailing it.  Printable
+non-ASCII ("bücher") is kept as is, because it is readable and harmless.
 """
 
 import json
+import math
+import re
 import sys
+from collections import OrderedDict
 from datetime import datetime, UTC
 
 LEVELS = {"off": 100, "error": 40, "warn": 30, "info": 20, "debug": 10, "trace": 5}
@@ -16,11 +27,55 @@ def _utc_now():
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c):
+    short = _SHORT_ESCAPES.get(c)
+    if short is not None:
+        return short
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if code > 0xFFFF:  # JSON spells astral code points as a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _quote(text):
+    """`text` as a JSON string literal that keeps printable non-ASCII readable."""
+    return '"' + "".join(map(_escape_char, text)) + '"'
+
+
+# A bare value ends at the next space, so these would make it ambiguous.
+_NEEDS_QUOTES = re.compile(r'[ "=]')
+
+
 def _text_value(value):
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return json.dumps(text)
+    if text == "" or not text.isprintable() or _NEEDS_QUOTES.search(text):
+        return _quote(text)
     return text
+
+
+# Event names and keys are ours today; anything else is quoted, cheaply checked.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+
+
+def _text_name(name):
+    name = str(name)
+    return name if _SAFE_NAME.fullmatch(name) else _quote(name)
+
+
+def _json_line(record):
+    """JSON that any parser accepts: NaN/Infinity and odd keys fall back to strings."""
+    try:
+        return json.dumps(record, default=str, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps({str(k): v if isinstance(v, str | int) or
+                           (isinstance(v, float) and math.isfinite(v)) else str(v)
+                           for k, v in record.items()})
 
 
 class Logger:
@@ -45,11 +100,10 @@ class Logger:
             return
         fields = {k.replace("_", "-"): v for k, v in fields.items() if v is not None}
         if self.fmt == "json":
-            line = json.dumps({"time": _utc_now(), "level": level, "event": event, **fields},
-                              default=str)
+            line = _json_line({"time": _utc_now(), "level": level, "event": event, **fields})
         else:
-            parts = [_utc_now(), level.upper().ljust(5), event]
-            parts.extend(f"{k}={_text_value(v)}" for k, v in fields.items())
+            parts = [_utc_now(), level.upper().ljust(5), _text_name(event)]
+            parts.extend(f"{_text_name(k)}={_text_value(v)}" for k, v in fields.items())
             line = " ".join(parts)
         try:
             self.stream.write(line + "\n")
@@ -78,29 +132,60 @@ class RateLimitedWarning:
 
     Repeated saturation and auth-failure warnings would otherwise flood the log
     exactly when an operator needs to read it.
+
+    Scopes may come from peers (the Server scopes auth failures by peer IP), so the
+    table holds at most `max_scopes` of them.  A new scope that finds it full first
+    prunes entries whose interval has passed (oldest first; their unreported
+    suppressed count and pending recovery line are dropped); if every entry is
+    still live, the scope is folded into one shared `overflow_scope`, itself limited
+    to one line per interval.  Live entries are never evicted: evicting them would
+    let an attacker cycling through addresses buy one line per address.  So a flood
+    from any number of scopes costs at most max_scopes + 1 lines per interval.
     """
 
-    def __init__(self, logger, event, interval=10.0):
+    def __init__(self, logger, event, interval=10.0, max_scopes=1024, overflow_scope="other"):
         self.logger = logger
         self.event = event
         self.interval = interval
-        self._last = {}
-        self._suppressed = {}
+        self.max_scopes = max_scopes
+        self.overflow_scope = overflow_scope
+        self._entries = OrderedDict()  # scope -> [last line time, suppressed]; oldest first
+        self._overflow = [None, 0]
+
+    def __len__(self):
+        return len(self._entries)
+
+    def _prune(self, now):
+        entries = self._entries
+        while entries:
+            scope, (last, _) = next(iter(entries.items()))
+            if now - last < self.interval:
+                return
+            del entries[scope]
 
     def warn(self, scope, now, **fields):
-        last = self._last.get(scope)
+        entry = self._entries.get(scope)
+        if entry is None:
+            if len(self._entries) >= self.max_scopes:
+                self._prune(now)
+            if len(self._entries) >= self.max_scopes:
+                entry, scope = self._overflow, self.overflow_scope
+            else:
+                entry = self._entries[scope] = [None, 0]
+        last, suppressed = entry
         if last is not None and now - last < self.interval:
-            self._suppressed[scope] = self._suppressed.get(scope, 0) + 1
+            entry[1] += 1
             return
-        suppressed = self._suppressed.pop(scope, 0)
-        self._last[scope] = now
+        entry[:] = [now, 0]
+        if entry is not self._overflow:
+            self._entries.move_to_end(scope)  # keeps the table ordered by last line time
         self.logger.warn(self.event, scope=scope, suppressed=suppressed or None, **fields)
 
     def recovered(self, scope, **fields):
-        if self._last.pop(scope, None) is not None:
-            suppressed = self._suppressed.pop(scope, 0)
+        entry = self._entries.pop(scope, None)
+        if entry is not None:
             self.logger.info(self.event + "-recovered", scope=scope,
-                             suppressed=suppressed or None, **fields)
+                             suppressed=entry[1] or None, **fields)
 
 
 log = Logger()

@@ -30,6 +30,8 @@ import ipaddress
 import json
 import os
 import re
+import shlex
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -627,6 +629,7 @@ def renew_server_cert(cert_dir: Path, *, hostname: str | None = None,
     _recover(cert_dir, _server_targets(cert_dir), cleanup=True)
     host = _existing_hostname(cert_dir, hostname)
     ca = _load_server_ca(cert_dir)
+    _make_private(cert_dir / SERVER_CA_KEY)  # kept, not rewritten: see renew_identity
     leaf = _write_server(cert_dir, host, _now(now), ca=ca)
     return _server_result(cert_dir, host, leaf, created=True)
 
@@ -733,10 +736,15 @@ def _write_identity(identity_dir: Path, key: ec.EllipticCurvePrivateKey, now: _d
 
 
 def renew_identity(identity_dir: Path, now: _dt.datetime | None = None) -> IdentityResult:
-    """New certificate for the existing key: the identity does not change."""
+    """New certificate for the existing key: the identity does not change.
+
+    The key is kept, not rewritten, so its mode is tightened here: otherwise a key
+    once left 0666 would stay so across every renewal.
+    """
     identity_dir = Path(identity_dir)
     _recover(identity_dir, _identity_targets(identity_dir), cleanup=True)
     key = _load_key(identity_dir / CLIENT_KEY, _IDENTITY_INIT_HINT)
+    _make_private(identity_dir / CLIENT_KEY)
     return _write_identity(identity_dir, key, _now(now), write_key=False)
 
 
@@ -907,6 +915,7 @@ def renew_public_certs(public_dir: Path, hostnames=None, now: _dt.datetime | Non
     ca = _load_public_ca(public_dir)
     if ca is None:
         raise MaterialError(f"{public_dir / PUBLIC_CA_CERT}: missing; create the public material first")
+    _make_private(public_dir / PUBLIC_CA_KEY)  # kept, not rewritten: see renew_identity
     files: list = []
     leaves = _issue_public(public_dir, hosts, ca, _now(now), files)
     if files:
@@ -937,6 +946,84 @@ def load_public_cert_paths(public_dir: Path, hostname: str) -> tuple[Path, Path]
     cert_path, key_path = public_dir / host / PUBLIC_CERT, public_dir / host / PUBLIC_KEY
     _check_pair(_load_cert(cert_path), _load_key(key_path), cert_path, key_path)
     return cert_path, key_path
+
+
+# --------------------------------------------------------------------------
+# Key file permissions
+#
+# Every key this module writes goes through atomic_write, which creates a new
+# 0600 file (mkstemp) and renames it over the old one, so neither the umask nor
+# the old file's mode matter.  Keys it keeps (renew_identity) or that operators
+# copy in by hand can still be loose; these functions find them so the runtime
+# can warn, or refuse to start under strict permissions.
+
+
+def _make_private(path: Path) -> None:
+    """Best effort chmod 600 of a key that is kept rather than rewritten.
+
+    A failure (a key owned by someone else, a read-only mount) is not an error
+    here: the runtime's permission check reports the loose key at start.
+    """
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, KEY_MODE)
+    except OSError:
+        pass
+
+
+def key_permission_problem(path: Path) -> str | None:
+    """A one-line complaint if the key at `path` is accessible to group or others.
+
+    None when the mode is owner-only, or when the file is missing or cannot be
+    stat'ed (loading it reports that better).  Symlinks are followed: the mode
+    that protects the key is the target's.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    return (f"{path}: private key is accessible to group or others (mode {mode:04o}); "
+            f"run 'chmod 600 {shlex.quote(str(path))}'")
+
+
+def key_permission_problems(paths) -> list[str]:
+    """`key_permission_problem` for each path, in order, problems only."""
+    return [p for p in map(key_permission_problem, paths) if p is not None]
+
+
+def server_key_files(cert_dir: Path) -> list[Path]:
+    """Private keys in a manual Server cert-dir: the leaf key and the Server CA key.
+
+    With ACME the Server's key lives in certbot's folder, which certbot manages:
+    do not call this for it.
+    """
+    cert_dir = Path(cert_dir)
+    return [cert_dir / SERVER_KEY, cert_dir / SERVER_CA_KEY]
+
+
+def client_key_files(identity_dir: Path, public_cert_dir: Path | None = None,
+                     hostnames=None) -> list[Path]:
+    """Private keys a Client may load: client.key, then (terminate mode with a manual
+    public-cert-dir) the public CA key and each hostname's public.key.
+
+    `hostnames` limits the public keys to those hostnames; None means every
+    hostname folder present.  Pass public_cert_dir=None when certificates come from
+    ACME (certbot manages those keys).
+    """
+    files = [Path(identity_dir) / CLIENT_KEY]
+    if public_cert_dir is not None:
+        public_dir = Path(public_cert_dir)
+        if hostnames is None:
+            hosts = _public_hosts_present(public_dir)
+        else:
+            hosts = _public_hostnames(hostnames)
+        files.append(public_dir / PUBLIC_CA_KEY)
+        files += [public_dir / h / PUBLIC_KEY for h in hosts]
+    return files
 
 
 # --------------------------------------------------------------------------

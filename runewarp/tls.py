@@ -26,6 +26,15 @@ _REFUSED = _lib.X509_V_ERR_CERT_REJECTED
 UNAUTHORIZED_ALERTS = ("ALERT_BAD_CERTIFICATE", "ALERT_ACCESS_DENIED")
 
 
+def is_unauthorized_alert(error):
+    """True when `error` is the TLS alert a Server sends to refuse our Client identity.
+
+    Judged by OpenSSL's reason code (e.g. SSLV3_ALERT_BAD_CERTIFICATE), not the message text.
+    """
+    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+    return bool(reason) and reason.endswith(UNAUTHORIZED_ALERTS)
+
+
 def identity_from_pyopenssl(cert):
     """Client identity of a pyOpenSSL X509 certificate."""
     return client_identity(cert.to_cryptography().public_key())

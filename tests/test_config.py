@@ -96,6 +96,10 @@ intake-per-source = 2
 tunnel-handshakes = 3
 active-streams = 40
 pool-connections = 5
+intake-ipv6-prefix = 56
+active-streams-per-tunnel = 7
+stream-idle-timeout = 0
+stream-first-byte-timeout = 2.5
 
 [[server.tunnels]]
 name = "web"
@@ -128,7 +132,9 @@ server-address = "whatever"
             TunnelConfig("tunnel-2", ("api.example.com",), (ID2, ID3)),
         ),
         limits=Limits(
-            intake_connections=10, intake_per_source=2, tunnel_handshakes=3, active_streams=40, pool_connections=5
+            intake_connections=10, intake_per_source=2, tunnel_handshakes=3, active_streams=40, pool_connections=5,
+            intake_ipv6_prefix=56, active_streams_per_tunnel=7, stream_idle_timeout=0.0,
+            stream_first_byte_timeout=2.5,
         ),
         log_level="debug",
         log_format="json",
@@ -151,7 +157,12 @@ def test_server_defaults(write, env, home):
     assert config.cert_dir == home / ".local/share/runewarp/server/cert"
     assert config.acme is None
     assert config.graceful_shutdown_duration == 30.0
-    assert config.limits == Limits(4096, 256, 256, 16384, 256)
+    assert config.limits == Limits()
+    assert (config.limits.intake_connections, config.limits.intake_per_source,
+            config.limits.tunnel_handshakes, config.limits.active_streams,
+            config.limits.pool_connections) == (4096, 64, 256, 16384, 256)
+    assert config.limits.tunnel_share(1) == 16384 and config.limits.tunnel_share(2) == 8192
+    assert config.strict_permissions is False
     assert config.log_level == "info"
     assert config.log_format == "text"
     assert config.tunnels == (TunnelConfig("tunnel-1", ("app.example.com",), (ID1,)),)
@@ -660,6 +671,19 @@ SERVER_ERRORS = [
         "expected an integer",
     ),
     (_server_with("limits = 5"), "server.limits", "expected a table"),
+    (_server_with("[server.limits]\nintake-ipv4-prefix = 33"), "server.limits.intake-ipv4-prefix",
+     "at most 32"),
+    (_server_with("[server.limits]\nintake-ipv6-prefix = 129"), "server.limits.intake-ipv6-prefix",
+     "at most 128"),
+    (_server_with("[server.limits]\nstream-buffer-budget = 1000"),
+     "server.limits.stream-buffer-budget", "at least 1048576"),
+    (_server_with("[server.limits]\nstream-idle-timeout = -1"), "server.limits.stream-idle-timeout",
+     ">= 0"),
+    (_server_with('[server.limits]\nstream-first-byte-timeout = "30s"'),
+     "server.limits.stream-first-byte-timeout", "expected a number"),
+    (_server_with("[server.limits]\nactive-streams-per-tunnel = 0"),
+     "server.limits.active-streams-per-tunnel", "at least 1"),
+    (_server_with('strict-permissions = "yes"'), "server.strict-permissions", "expected true or false"),
     # tunnels: presence and shape
     ('[server]\nhostname = "tunnel.example.com"\n', "server.tunnels", "at least one"),
     ('[server]\nhostname = "tunnel.example.com"\ntunnels = []\n', "server.tunnels", "at least one"),
@@ -954,6 +978,9 @@ CLIENT_ERRORS = [
     (_client_with("graceful-shutdown-duration = -0.5"), "client.graceful-shutdown-duration", ">= 0"),
     (_client_with("[client.limits]\nactive-streams = 0"), "client.limits.active-streams", "at least 1"),
     (_client_with("[client.limits]\npool-connections = 4"), "client.limits.pool-connections", "unknown key"),
+    (_client_with("[client.limits]\nstream-first-byte-timeout = 4"),
+     "client.limits.stream-first-byte-timeout", "unknown key"),
+    (_client_with("strict-permissions = 1"), "client.strict-permissions", "expected true or false"),
     # services: presence and shape
     ('[client]\nserver-address = "t.example.com"\n', "client.services", "at least one"),
     ('[client]\nserver-address = "t.example.com"\nservices = []\n', "client.services", "at least one"),

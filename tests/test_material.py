@@ -676,3 +676,127 @@ def test_file_stamp_changes_when_a_file_is_rewritten_and_fails_when_one_is_missi
     b.unlink()
     with pytest.raises(OSError):
         m.file_stamp(a, b)
+
+
+# --------------------------------------------------------------------------
+# key file permissions
+
+
+LOOSE = 0o666
+
+
+def _loosen(*paths: Path) -> None:
+    for p in paths:
+        os.chmod(p, LOOSE)
+
+
+def _server(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    return d
+
+
+def _public(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["app.example.com"])
+    return d
+
+
+# (make material, loosen which keys, operation that rewrites material, keys it must leave 0600)
+KEY_WRITES = {
+    "renew-identity": (lambda t: m.init_identity(t / "id"), ["id/client.key"],
+                       lambda t: m.renew_identity(t / "id"), ["id/client.key"]),
+    "rotate-identity": (lambda t: m.init_identity(t / "id"), ["id/client.key"],
+                        lambda t: m.rotate_identity(t / "id"), ["id/client.key"]),
+    "renew-server": (_server, ["server/server.key", "server/state/server-ca.key"],
+                     lambda t: m.renew_server_cert(t / "server"),
+                     ["server/server.key", "server/state/server-ca.key"]),
+    "rotate-server-ca": (_server, ["server/server.key", "server/state/server-ca.key"],
+                         lambda t: m.rotate_server_ca(t / "server"),
+                         ["server/server.key", "server/state/server-ca.key"]),
+    "renew-public": (_public, ["public/app.example.com/public.key", "public/state/public-ca.key"],
+                     lambda t: m.renew_public_certs(t / "public"),
+                     ["public/app.example.com/public.key", "public/state/public-ca.key"]),
+    "rotate-public-ca": (_public, ["public/app.example.com/public.key", "public/state/public-ca.key"],
+                         lambda t: m.rotate_public_ca(t / "public"),
+                         ["public/app.example.com/public.key", "public/state/public-ca.key"]),
+}
+
+
+@pytest.mark.parametrize("name", KEY_WRITES)
+def test_key_writes_end_private_whatever_the_umask_and_old_mode(tmp_path, name):
+    make, loosen, operation, private = KEY_WRITES[name]
+    make(tmp_path)
+    _loosen(*(tmp_path / p for p in loosen))
+    old = os.umask(0)
+    try:
+        operation(tmp_path)
+    finally:
+        os.umask(old)
+    assert {p: oct(mode(tmp_path / p)) for p in private} == {p: oct(0o600) for p in private}
+
+
+def test_renew_identity_on_a_0666_key_leaves_it_0600_and_unchanged(tmp_path):
+    d = tmp_path / "identity"
+    m.init_identity(d, now=dt.datetime.now(UTC) - dt.timedelta(days=70))
+    os.chmod(d / "client.key", 0o666)
+    key = (d / "client.key").read_bytes()
+    m.renew_identity(d)
+    assert mode(d / "client.key") == 0o600
+    assert (d / "client.key").read_bytes() == key
+
+
+@pytest.mark.parametrize("loose", [0o644, 0o640, 0o604, 0o620, 0o602, 0o666, 0o610, 0o670],
+                         ids=lambda v: f"0{v:o}")
+def test_key_permission_problem_reports_group_or_other_access(tmp_path, loose):
+    d = _server(tmp_path)
+    key = d / "server.key"
+    os.chmod(key, loose)
+    problem = m.key_permission_problem(key)
+    assert problem is not None
+    assert str(key) in problem
+    assert f"0{loose:o}" in problem
+    assert f"chmod 600 {key}" in problem
+
+
+@pytest.mark.parametrize("private", [0o600, 0o400, 0o700], ids=lambda v: f"0{v:o}")
+def test_key_permission_problem_accepts_owner_only(tmp_path, private):
+    d = _server(tmp_path)
+    os.chmod(d / "server.key", private)
+    assert m.key_permission_problem(d / "server.key") is None
+
+
+def test_key_permission_problem_ignores_missing_files(tmp_path):
+    assert m.key_permission_problem(tmp_path / "absent.key") is None
+
+
+def test_key_permission_problem_quotes_odd_paths(tmp_path):
+    key = tmp_path / "my keys" / "server.key"
+    m.atomic_write(key, b"k", 0o644)
+    assert "chmod 600 '" in m.key_permission_problem(key)
+
+
+def test_server_and_client_key_files(tmp_path):
+    server = _server(tmp_path)
+    assert m.server_key_files(server) == [server / "server.key", server / "state/server-ca.key"]
+    m.init_identity(tmp_path / "id")
+    public = _public(tmp_path)
+    m.init_public_certs(public, ["b.example.com"])
+    assert m.client_key_files(tmp_path / "id") == [tmp_path / "id/client.key"]
+    assert m.client_key_files(tmp_path / "id", public) == [
+        tmp_path / "id/client.key", public / "state/public-ca.key",
+        public / "app.example.com/public.key", public / "b.example.com/public.key"]
+    assert m.client_key_files(tmp_path / "id", public, ["B.example.com."]) == [
+        tmp_path / "id/client.key", public / "state/public-ca.key",
+        public / "b.example.com/public.key"]
+
+
+def test_key_permission_problems_lists_every_loose_key(tmp_path):
+    server = _server(tmp_path)
+    assert m.key_permission_problems(m.server_key_files(server)) == []
+    os.chmod(server / "server.key", 0o644)
+    os.chmod(server / "state/server-ca.key", 0o660)
+    problems = m.key_permission_problems(m.server_key_files(server))
+    assert len(problems) == 2
+    assert "server.key" in problems[0] and "0644" in problems[0]
+    assert "server-ca.key" in problems[1] and "0660" in problems[1]

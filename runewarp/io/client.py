@@ -5,6 +5,7 @@ stream the Server opens goes: PROXY header → ClientHello → Service → Local
 backend → splice.
 """
 
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -25,17 +26,20 @@ from ..logs import RateLimitedWarning
 from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control, proxyv2
 from ..proto.backoff import Backoff
-from ..proto.mux import Role
-from ..tls import ALPN_ACME, ALPN_TUNNEL, UNAUTHORIZED_ALERTS, client_tunnel_context
+from ..proto.mux import Role, WindowBudget
+from ..tls import ALPN_ACME, ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
 from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_client_hello
-from .listener import format_address, set_nodelay
+from .listener import format_address, set_keepalive, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, Splices, StreamEnd
+from .sweeper import SpliceTimeouts
 from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
 from .tlsconn import ClientTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
 BACKEND_CONNECT_DEADLINE = 5.0
+# Bound to workers, the handler pool or the ACME scheduler at start: a reload keeps them.
+RESTART_ONLY = ("server_addresses", "limits", "acme")
 
 
 class Unauthorized(Exception):
@@ -74,7 +78,8 @@ class Client:
                                          on_ready=lambda host: self.public_certs.context_for(host))
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
-        self.splices = Splices()
+        self.window_budget = WindowBudget(config.limits.stream_buffer_budget)
+        self.splices = Splices(SpliceTimeouts.from_limits(config.limits))
         self.saturation = RateLimitedWarning(log, "client-saturated")
         self.workers = []
         self.sessions = set()
@@ -106,16 +111,20 @@ class Client:
             self.acme.stop()
         self.handlers.kill(block=False)
         self.splices.abort_all("client shutting down")
+        self.splices.close()
         for session in list(self.sessions):
             session.close("client shutting down")
         gevent.killall(self.workers, timeout=2)
 
     def reload(self, config):
-        self.services = ServiceTable(config.services)
-        self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme)
-        for key in ("server_addresses", "limits", "acme"):
+        kept = {}
+        for key in RESTART_ONLY:
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
+                kept[key] = getattr(self.config, key)
+        config = dataclasses.replace(config, **kept)  # these keep their running values
+        self.services = ServiceTable(config.services)
+        self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme)
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self.log.info("client-reloaded", services=len(config.services))
@@ -138,6 +147,9 @@ class Client:
                     control.ControlError) as exc:
                 self.log.warn("tunnel-connection-failed", server_address=server,
                               reason=_describe(exc))
+            except Exception as exc:  # noqa: BLE001 - a peer's bytes never end this worker
+                self.log.error("tunnel-connection-failed", server_address=server,
+                               reason=f"unexpected {_describe(exc)}")
             else:
                 backoff.reset()
                 self.sessions.add(session)
@@ -182,6 +194,7 @@ class Client:
             sock = socket.create_connection((_resolve_override(host), port))  # resolves each time
             try:
                 set_nodelay(sock)
+                set_keepalive(sock)
                 tls = ClientTLSConnection(sock, context, host)
                 tls.handshake()
             except BaseException:
@@ -190,7 +203,8 @@ class Client:
         if tls.selected_alpn_protocol() != ALPN_TUNNEL.decode():
             tls.close()
             raise ProtocolError("the Server did not select ALPN runewarp/1")
-        session = TunnelSession(tls, Role.CLIENT, on_stream=self._on_stream, log=self.log)
+        session = TunnelSession(tls, Role.CLIENT, on_stream=self._on_stream, log=self.log,
+                                window_budget=self.window_budget)
         session.start()
         try:
             stream = session.open_stream()
@@ -199,19 +213,17 @@ class Client:
                 self.services.catch_all is not None)))
             decoder = control.LineDecoder()
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
-                messages = read_control_messages(stream, decoder)
+                welcome = control.parse_welcome(read_control_messages(stream, decoder)[0])
         except (StreamReset, gevent.Timeout, control.ControlError) as exc:
             session.close()
-            error = session.close_error
-            if isinstance(error, ssl.SSLError) and any(a in str(error)
-                                                       for a in UNAUTHORIZED_ALERTS):
+            error = session.read_error or session.close_error
+            if is_unauthorized_alert(error):
                 raise Unauthorized() from error
             raise (error or exc) from None
-        welcome = messages[0]
         self.log.info("tunnel-connection-established", server_address=format_address(address),
-                      tunnel=welcome.get("tunnel"), server_version=welcome.get("version"),
+                      tunnel=welcome.tunnel, server_version=welcome.version,
                       client_identity=self.identity)
-        gevent.spawn(drain_control, stream, decoder)
+        gevent.spawn(drain_control, stream, decoder, self.log)
         return session
 
     # -- streams the Server opens: PROXY header → ClientHello → Service → backend --
@@ -219,7 +231,9 @@ class Client:
         if stream.id % 2 == 1:
             stream.reset()
             return
-        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams:
+        # The Tunnel reader runs this: it must never block, so a full pool also refuses.
+        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams \
+                or self.handlers.full():
             self.saturation.warn("active-streams", time.monotonic(),
                                  limit=self.config.limits.active_streams)
             stream.reset()
@@ -261,6 +275,7 @@ class Client:
                           reason=_describe(exc))
             return None
         set_nodelay(sock)
+        set_keepalive(sock)  # a backend host that vanished is noticed, and its stream freed
         return sock
 
     def _passthrough(self, stream, service, taken, header):

@@ -1,7 +1,10 @@
 """Intake: read a connection until one complete ClientHello is buffered, under a deadline.
 
 Shared by the Server (on Visitor sockets) and the Client (on mux streams, after
-the PROXY header): same parser, same 16 KiB cap, same deadline.
+the PROXY header): same parser, same 16 KiB and 32-record caps, same deadline.
+Each chunk read is fed once to an incremental parser, so an intake costs CPU
+linear in its bytes however a peer trickles them (re-parsing the growing
+buffer after every read was quadratic).
 """
 
 import contextlib
@@ -43,13 +46,19 @@ class Intake:
 def read_client_hello(read, initial=b""):
     """Call `read()` (returns bytes, b"" on EOF) until a ClientHello parses.
 
-    The caller wraps this in a gevent.Timeout for the deadline.
+    `initial` is data already read (e.g. after a PROXY header). Rejections
+    carry the parser's reason ("not-tls", "too-many-records", "multiple-sni",
+    ...) or "closed-before-client-hello", "no-sni", "invalid-sni". The caller
+    wraps this in a gevent.Timeout for the deadline.
     """
-    buf = bytearray(initial)
+    parser = clienthello.ClientHelloParser()
+    buf = bytearray()  # every byte read, forwarded verbatim once routed
+    data = initial
     while True:
-        if buf:
+        if data:
+            buf += data
             try:
-                hello = clienthello.parse(buf)
+                hello = parser.feed(data)
             except clienthello.ClientHelloError as exc:
                 raise IntakeRejected(exc.reason) from None
             if hello is not None:
@@ -57,7 +66,6 @@ def read_client_hello(read, initial=b""):
         data = read()
         if not data:
             raise IntakeRejected("closed-before-client-hello")
-        buf += data
     if hello.server_name is None:
         raise IntakeRejected("no-sni")
     try:

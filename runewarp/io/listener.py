@@ -33,6 +33,24 @@ def set_nodelay(sock):
         pass
 
 
+# TCP_KEEPIDLE is called TCP_KEEPALIVE on macOS.
+_KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
+
+
+def set_keepalive(sock, idle=60, interval=15, count=4):
+    """Let the kernel notice a peer that vanished without FIN or RST (a NAT dropped the
+    flow, a host lost power): after `idle` s of silence, `count` unanswered probes
+    `interval` s apart make the socket fail, which ends its splice."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in ((_KEEPIDLE, idle), (getattr(socket, "TCP_KEEPINTVL", None), interval),
+                              (getattr(socket, "TCP_KEEPCNT", None), count)):
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        pass
+
+
 class _HandlerOwnedServer(StreamServer):
     """A StreamServer that leaves the accepted socket to the handler: a handler may hand
     it to a splice that outlives the handler's greenlet, and closes it otherwise."""

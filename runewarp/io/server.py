@@ -6,6 +6,7 @@ immutable snapshot, swapped whole on reload.
 """
 
 import dataclasses
+import socket
 import time
 
 import gevent
@@ -19,22 +20,28 @@ from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
 from ..material import file_stamp, load_server_cert_paths, server_cert_paths
 from ..proto import control, proxyv2
-from ..proto.admission import Admission
-from ..proto.mux import Role
+from ..proto.admission import Admission, Refused
+from ..proto.mux import Role, WindowBudget
 from ..proto.placement import Placement
 from ..tls import (ALPN_ACME, ALPN_TUNNEL, identity_from_pyopenssl, refused_identity,
                    server_tunnel_context)
 from .intake import IntakeRejected, intake
-from .listener import Listener, format_address, set_nodelay
+from .listener import Listener, format_address, set_keepalive, set_nodelay
 from .splice import SocketEnd, Splices, StreamEnd
+from .sweeper import SpliceTimeouts
 from .tlsconn import ServerTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
 
-TUNNEL_HANDSHAKE_DEADLINE = 10.0
+TUNNEL_HANDSHAKE_DEADLINE = 5.0
 # Bound to listeners, admission tables or the ACME scheduler at start: a reload keeps them.
 RESTART_ONLY = ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme")
 CONTROL_HELLO_DEADLINE = 10.0
 ENVELOPE_DEADLINE = 5.0
+# The rate-limited warning scope for a refused admission, by table and reason.
+_REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
+                   ("intake", "source-full"): "source-full",
+                   ("tunnel-handshakes", "table-full"): "tunnel-handshakes",
+                   ("tunnel-handshakes", "source-full"): "tunnel-handshakes-per-source"}
 
 
 class TunnelMember:
@@ -53,6 +60,7 @@ class TunnelPool:
         self.name = name
         self.members = []
         self.placement = Placement()
+        self.active_streams = 0  # routed streams of this Tunnel, held to its share
 
     def place(self):
         live = [m for m in self.members if m.session.accepting]
@@ -105,11 +113,16 @@ class Server:
         self.certificate = self._certificate_for(config)
         self.certificate_missing = False
         limits = config.limits
-        self.admission = Admission(limits.intake_connections, limits.intake_per_source)
-        self.handshakes = 0
+        prefixes = dict(ipv4_prefix=limits.intake_ipv4_prefix,
+                        ipv6_prefix=limits.intake_ipv6_prefix)
+        self.intake_slots = Admission(limits.intake_connections, limits.intake_per_source,
+                                      **prefixes)
+        self.window_budget = WindowBudget(limits.stream_buffer_budget)
+        self.handshake_slots = Admission(limits.tunnel_handshakes,
+                                         limits.tunnel_handshakes_per_source, **prefixes)
         self.active_streams = 0
         self.visitors = Group()
-        self.splices = Splices()
+        self.splices = Splices(SpliceTimeouts.from_limits(limits, first_byte=True))
         self.tunnels = Group()
         self.listeners = []
         self.stopping = False
@@ -160,6 +173,7 @@ class Server:
             self.acme.stop()
         self.visitors.kill(block=False)
         self.splices.abort_all("server shutting down")
+        self.splices.close()
         for pool in self.pools.values():
             for member in list(pool.members):
                 member.session.close("server shutting down")
@@ -223,31 +237,59 @@ class Server:
     def _handle_public(self, sock, address):
         self.visitors.add(gevent.getcurrent())
         set_nodelay(sock)
-        source = address[0]
+        set_keepalive(sock)  # a Visitor that vanished (NAT drop, roaming phone) is noticed
         spliced = False
+        slot = None
         try:
-            refused = self.admission.acquire(source)
-            if refused:
-                self.saturation.warn(refused, time.monotonic(), visitor=format_address(address))
+            slot = self._admit(self.intake_slots, sock, address)
+            if slot is None:
                 return
             self.saturation.recovered("intake-full")
             self.saturation.recovered("source-full")
+
+            def read():
+                data = sock.recv(16 * 1024)
+                slot.progress(len(data))
+                return data
+
             try:
-                taken = intake(lambda: sock.recv(16 * 1024))
+                taken = intake(read)
             finally:
-                self.admission.release(source)
+                self.intake_slots.release(slot)
             if taken.hostname == self.snapshot.server_hostname:
                 self._server_hostname_connection(sock, address, taken)
                 return
             spliced = self._route_visitor(sock, address, taken)
         except IntakeRejected as exc:
-            self.log.debug("visitor-rejected", visitor=format_address(address), reason=exc.reason)
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason="shed" if slot is not None and slot.shed else exc.reason)
         except OSError as exc:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason=f"socket-error: {exc}")
         finally:
             if not spliced:
                 sock.close()
+
+    def _admit(self, table, sock, address):
+        """A slot in `table` for this peer, shedding a slow holder under pressure; None if refused.
+
+        A shed holder's socket is shut down, which wakes its reader with EOF: its own
+        greenlet then ends the way any closed connection does.
+        """
+        kind = "intake" if table is self.intake_slots else "tunnel-handshakes"
+        try:
+            slot, shed = table.admit(address[0], time.monotonic(), sock)
+        except Refused as exc:
+            self.saturation.warn(_REFUSED_SCOPES[kind, exc.reason], time.monotonic(),
+                                 peer=format_address(address))
+            return None
+        for victim in shed:
+            self.log.debug("connection-shed", kind=kind, peer_bytes=victim.received)
+            try:
+                victim.owner.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return slot
 
     def _server_hostname_connection(self, sock, address, taken):
         offered = taken.hello.alpn_protocols
@@ -281,10 +323,16 @@ class Server:
                            public_hostname=hostname, tunnel=route.name,
                            reason="no-tunnel-connection")
             return False
-        if self.active_streams >= self.config.limits.active_streams:
+        limits = self.config.limits
+        if self.active_streams >= limits.active_streams:
             self.saturation.warn("active-streams", time.monotonic())
             return False
+        if pool.active_streams >= limits.tunnel_share(len(self.pools)):
+            self.saturation.warn(f"active-streams-per-tunnel:{route.name}", time.monotonic(),
+                                 tunnel=route.name)
+            return False
         self.active_streams += 1
+        pool.active_streams += 1
         spliced = False
         try:
             try:
@@ -313,6 +361,7 @@ class Server:
 
             def closed(result):
                 self.active_streams -= 1
+                pool.active_streams -= 1
                 self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
                                bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
                                duration=f"{time.monotonic() - started:.3f}s",
@@ -324,6 +373,7 @@ class Server:
         finally:
             if not spliced:
                 self.active_streams -= 1
+                pool.active_streams -= 1
 
     # -- Tunnel connections --
     def _handle_tunnel_listener(self, sock, address):
@@ -336,10 +386,8 @@ class Server:
     def _tunnel_connection(self, sock, address, buffered):
         peer = format_address(address)
         set_nodelay(sock)
+        set_keepalive(sock)
         if self.stopping:
-            return
-        if self.handshakes >= self.config.limits.tunnel_handshakes:
-            self.saturation.warn("tunnel-handshakes", time.monotonic())
             return
         try:
             context = self.certificate.current()
@@ -352,25 +400,31 @@ class Server:
         if self.certificate_missing:
             self.certificate_missing = False
             self.log.info("server-certificate-ready")
-        self.handshakes += 1
+        slot = self._admit(self.handshake_slots, sock, address)
+        if slot is None:
+            return
+        self.saturation.recovered("tunnel-handshakes")
         tls = ServerTLSConnection(sock, context, buffered)
         try:
-            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
+            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE) as timer:
                 tls.handshake()
-        except gevent.Timeout:
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
             self.log.info("tunnel-connection-refused", peer=peer, reason="handshake-deadline")
             return
         except SSL.Error as exc:
             identity = refused_identity(context, tls.conn)
             reason = "unauthorized-client-identity" if identity else f"tls-error: {exc}"
-            self.auth_failures.warn(peer.rsplit(":", 1)[0], time.monotonic(), peer=peer,
+            self.auth_failures.warn(address[0], time.monotonic(), peer=peer,
                                     client_identity=identity, reason=reason)
             return
         except (TLSClosed, OSError) as exc:
-            self.log.info("tunnel-connection-refused", peer=peer, reason=f"closed: {exc}")
+            self.log.info("tunnel-connection-refused", peer=peer,
+                          reason="shed" if slot.shed else f"closed: {exc}")
             return
         finally:
-            self.handshakes -= 1
+            self.handshake_slots.release(slot)
             refused_identity(context, tls.conn)  # never leave an entry behind
         identity = identity_from_pyopenssl(tls.peer_certificate())
         self._serve_tunnel(tls, peer, identity)
@@ -393,7 +447,8 @@ class Server:
             else:
                 stream.reset()
 
-        session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log)
+        session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log,
+                                window_budget=self.window_budget)
 
         def on_closed(_event):
             if not control_stream.ready():
@@ -404,11 +459,13 @@ class Server:
         member = None
         try:
             try:
-                with gevent.Timeout(CONTROL_HELLO_DEADLINE):
+                with gevent.Timeout(CONTROL_HELLO_DEADLINE) as timer:
                     stream = control_stream.get()
                     decoder = control.LineDecoder()
                     messages = read_control_messages(stream, decoder)
-            except gevent.Timeout:
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason="no control hello before the deadline")
                 return
@@ -416,10 +473,11 @@ class Server:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"no control hello: {exc}")
                 return
-            hello = messages[0]
-            if hello.get("type") != "hello":
+            try:
+                hello = control.parse_hello(messages[0])
+            except control.ControlError as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
-                              reason="first control message is not hello")
+                              reason=f"bad control hello: {exc}")
                 return
             # A reload may have happened while we waited for the hello: judge again now.
             current = self.snapshot.tunnel_for_identity(identity)
@@ -435,14 +493,17 @@ class Server:
                               reason=f"closed after its hello: {exc}")
                 return
             self._warn_drift(route, hello, identity)
-            member = TunnelMember(session, identity, str(hello.get("instance", "?")), peer)
+            member = TunnelMember(session, identity, hello.instance, peer)
             pool.members.append(member)
             self.log.info("tunnel-connection-established", tunnel=route.name, peer=peer,
                           client_identity=identity, client_instance=member.instance,
-                          client_version=hello.get("version"), pool_size=len(pool.members))
-            gevent.spawn(drain_control, stream, decoder)
+                          client_version=hello.version, pool_size=len(pool.members))
+            if self.stopping:  # joined during a drain: replace it at once, elsewhere
+                session.go_away()
+            gevent.spawn(drain_control, stream, decoder, self.log)
             session.wait()
         finally:
+            session.closed.unlink(on_closed)
             if member is not None and member in pool.members:
                 pool.members.remove(member)
             session.close()
@@ -453,12 +514,8 @@ class Server:
                               pool_size=len(pool.members))
 
     def _warn_drift(self, route, hello, identity):
-        hostnames = hello.get("hostnames") or []
-        if not isinstance(hostnames, list):
-            hostnames = []
-        unserved, unowned = control.hostname_drift(route.public_hostnames,
-                                                   [str(h) for h in hostnames],
-                                                   bool(hello.get("catch_all")))
+        unserved, unowned = control.hostname_drift(route.public_hostnames, hello.hostnames,
+                                                   hello.catch_all)
         if unserved:
             self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
                           unserved_hostnames=",".join(unserved))

@@ -10,8 +10,13 @@ reader for a mux stream).  An idle proxied connection therefore holds no
 greenlet and no buffer, only the splice's small bookkeeping.  Bytes move in
 chunks of up to 256 KiB.  A FIN in one direction becomes a FIN in the same
 direction on the other side; an error or reset aborts both.
+
+Every splice can be made to end: with SpliceTimeouts, the Sweeper (sweeper.py)
+aborts splices that stopped moving bytes (a hung backend, a vanished Visitor);
+the pumps only reset a counter, with no clock call and no timer per splice.
 """
 
+import os
 import socket
 import struct
 
@@ -21,12 +26,25 @@ from gevent.event import Event
 from greenlet import greenlet
 from OpenSSL import SSL
 
+from .sweeper import SpliceTimeouts as SpliceTimeouts  # re-exported: Splices takes one
+from .sweeper import Sweeper
 from .tunnel import StreamReset
 
 CHUNK = 256 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 _READ = 1
 TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
+
+
+def _iov_max():
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        return 1024
+    return limit if limit > 0 else 1024
+
+
+IOV_MAX = _iov_max()  # buffers one sendmsg accepts; Linux refuses more with EMSGSIZE
 
 
 def abort(sock):
@@ -41,13 +59,14 @@ def abort(sock):
 class SocketEnd:
     """A gevent TCP socket.  Reads never wait (parking uses a watcher); writes wait cooperatively."""
 
-    __slots__ = ("sock", "_raw", "_watcher", "_callback")
+    __slots__ = ("sock", "_raw", "_watcher", "_callback", "splice")
 
     def __init__(self, sock):
         self.sock = sock
         self._raw = sock._sock  # gevent keeps the OS socket non-blocking under its wrapper
         self._watcher = None
         self._callback = None
+        self.splice = None  # set while spliced: a long gathered send reports its progress
 
     def try_recv(self):
         try:
@@ -81,15 +100,24 @@ class SocketEnd:
             self.sock.sendall(data)
             return
         views = [memoryview(part) for part in data]  # gathered: one system call, no join
-        while views:
-            sent = self.sock.sendmsg(views)
-            while sent:
-                first = len(views[0])
-                if sent < first:
-                    views[0] = views[0][sent:]
+        first, count = 0, len(views)
+        while True:
+            if first == 0 and count <= IOV_MAX:
+                sent = self.sock.sendmsg(views)
+            else:
+                sent = self.sock.sendmsg(views[first:first + IOV_MAX])
+            while first < count:
+                size = len(views[first])
+                if sent < size:
+                    if sent:
+                        views[first] = views[first][sent:]
                     break
-                sent -= first
-                del views[0]
+                sent -= size
+                first += 1
+            if first == count:
+                return
+            if self.splice is not None:  # a slow reader taking a big list still makes progress
+                self.splice.idle = 0
 
     def delivered(self, n):
         pass
@@ -182,17 +210,21 @@ class _Direction:
                 gevent.spawn_raw(self._run)
 
     def _run(self):
-        src, dst, result = self.src, self.dst, self.splice.result
+        splice = self.splice
+        src, dst, result = self.src, self.dst, splice.result
         try:
-            while not self.splice.failed:
+            while not splice.failed:
                 data = src.try_recv()
                 if data is None:
                     self.park()
                     return
+                splice.idle = 0  # progress, for the sweeper: one store, no clock
                 if not data:
+                    splice.half_closed = True
                     dst.finish()
                     break
                 dst.sendall(data)
+                splice.idle = 0
                 size = len(data) if type(data) is not list else sum(map(len, data))
                 src.delivered(size)
                 if self.forward:
@@ -200,15 +232,21 @@ class _Direction:
                 else:
                     result.b_to_a += size
         except Exception as exc:  # noqa: BLE001 - transport errors, and never a leaked splice
-            self.splice.fail(f"{exc.__class__.__name__}: {exc}")
+            splice.fail(f"{exc.__class__.__name__}: {exc}")
         self.state = _DONE
-        self.splice._check_done()
+        splice._check_done()
 
 
 class Splice:
-    """Both directions of one proxied connection; `on_done(result)` runs once both finished."""
+    """Both directions of one proxied connection; `on_done(result)` runs once both finished.
 
-    __slots__ = ("a", "b", "result", "on_done", "directions", "finished")
+    For the Sweeper: `idle` counts its ticks since a byte last moved (the pumps reset
+    it to 0), `half_closed` is set once a FIN passed, `born` is the tick the splice
+    started at.
+    """
+
+    __slots__ = ("a", "b", "result", "on_done", "directions", "finished", "idle", "born",
+                 "half_closed")
 
     def __init__(self, a, b, on_done):
         self.a = a
@@ -217,10 +255,22 @@ class Splice:
         self.on_done = on_done
         self.directions = (_Direction(self, a, b, True), _Direction(self, b, a, False))
         self.finished = False
+        self.idle = 0
+        self.born = 0
+        self.half_closed = False
+        for end in (a, b):
+            if isinstance(end, SocketEnd):
+                end.splice = self
 
     @property
     def failed(self):
         return self.result.error is not None
+
+    def b_has_spoken(self):
+        """True once bytes came from b, or b's pump woke: it is delivering them, or b ended.
+        (An end that never parks, such as TLSEnd, therefore always counts as spoken.)"""
+        directions = self.directions  # (a → b, b → a); empty once finished
+        return bool(self.result.b_to_a) or bool(directions) and directions[1].state is not _PARKED
 
     def start(self):
         for direction in self.directions:
@@ -244,17 +294,21 @@ class Splice:
         self.finished = True
         for end in (self.a, self.b):
             end.close()
+            if isinstance(end, SocketEnd):
+                end.splice = None
         self.directions = ()  # no reference cycle left for the garbage collector
         self.on_done(self.result)
 
 
 class Splices:
-    """The live splices of one role: counted for limits, joined on drain, aborted on close."""
+    """The live splices of one role: counted for limits, joined on drain, aborted on close,
+    and with `timeouts` (a SpliceTimeouts) ended once they stop moving bytes."""
 
-    def __init__(self):
+    def __init__(self, timeouts=None, *, tick=1.0):
         self.live = set()
         self._idle = Event()
         self._idle.set()
+        self.sweeper = Sweeper(self.live, timeouts, tick)
 
     def __len__(self):
         return len(self.live)
@@ -270,8 +324,13 @@ class Splices:
         splice = Splice(a, b, done)
         self.live.add(splice)
         self._idle.clear()
+        self.sweeper.watch(splice)
         splice.start()
         return splice
+
+    def set_timeouts(self, timeouts):
+        """Apply new timeouts (a reload) to the live splices and later ones."""
+        self.sweeper.set_timeouts(timeouts)
 
     def join(self, timeout=None):
         """True once no splice is left, False if `timeout` passed first."""
@@ -280,3 +339,7 @@ class Splices:
     def abort_all(self, reason):
         for splice in list(self.live):
             splice.fail(reason)
+
+    def close(self):
+        """Stop the sweeper now; the splices live on (abort_all ends them)."""
+        self.sweeper.stop()

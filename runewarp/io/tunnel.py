@@ -19,6 +19,7 @@ READ_SIZE = 256 * 1024
 # Streams stop adding frames while this much is waiting for the socket, so one
 # busy stream cannot queue megabytes ahead of the others.
 OUTBOUND_HIGH_WATER = 512 * 1024
+WRITE_FAILURE_GRACE = 1.0
 
 
 class StreamReset(Exception):
@@ -173,16 +174,23 @@ def read_control_messages(stream, decoder):
             return messages
 
 
-def drain_control(stream, decoder):
+def drain_control(stream, decoder, log=None):
     """Keep reading the control stream after the hello: later message types are ignored
-    (forward compatible); a malformed line resets the control stream."""
+    (forward compatible); a malformed line resets the control stream, and nothing a
+    peer sends escapes this greenlet."""
     try:
         while True:
             read_control_messages(stream, decoder)
     except StreamReset:
         return
-    except ControlError:
+    except ControlError as exc:
+        if log is not None:
+            log.info("control-stream-reset", reason=str(exc))
         stream.reset()
+
+
+def _refuse_stream(_session, stream):
+    stream.reset()
 
 
 class TunnelSession:
@@ -190,12 +198,13 @@ class TunnelSession:
 
     def __init__(self, transport, role, *, on_stream, log, keepalive_interval=20.0,
                  idle_timeout=60.0, max_frame_size=64 * 1024, max_window=16 * 1024 * 1024,
-                 clock=time.monotonic):
+                 window_budget=None, clock=time.monotonic):
         self.transport = transport
         self.clock = clock
         self.session = mux.Session(role, max_frame_size=max_frame_size, max_window=max_window,
                                    keepalive_interval=keepalive_interval,
-                                   idle_timeout=idle_timeout, now=clock())
+                                   idle_timeout=idle_timeout, window_budget=window_budget,
+                                   now=clock())
         self.max_frame_size = max_frame_size
         self.on_stream = on_stream
         self.log = log
@@ -204,6 +213,7 @@ class TunnelSession:
         self.peer_going_away = Event()
         self.close_reason = None
         self.close_error = None
+        self.read_error = None  # what the peer's bytes said last (a TLS alert), whoever failed first
         self._writer_wake = Event()
         self._drained = Event()
         self._greenlets = []
@@ -243,15 +253,18 @@ class TunnelSession:
         self.close_reason = reason
         self.close_error = error
         self.closed.set()
+        self.session.close()  # every stream's window growth goes back to the shared budget
         for stream in list(self.streams.values()):
             stream._on_reset("tunnel connection closed")
         self.streams.clear()
         self._drained.set()
         self._writer_wake.set()
         current = gevent.getcurrent()
-        for g in self._greenlets:
+        greenlets, self._greenlets = self._greenlets, []  # a dead greenlet's traceback
+        for g in greenlets:                               # holds our frames: no cycle
             if g is not current:
                 g.kill(block=False)
+        self.on_stream = _refuse_stream
         try:
             self.transport.close()
         except OSError:
@@ -301,6 +314,7 @@ class TunnelSession:
             self._flush_quietly()
         except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
             reason, error = f"read failed: {exc.__class__.__name__}: {exc}", exc
+            self.read_error = exc
         finally:
             self.close(reason, error)
 
@@ -360,6 +374,11 @@ class TunnelSession:
                 if session.outbound_pending <= OUTBOUND_HIGH_WATER:
                     self._drained.set()
         except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
+            # The peer's last words (a TLS alert refusing us) reach the reader, not us:
+            # give it a moment to read them, so the reason it finds wins.
+            greenlets = self._greenlets
+            if greenlets and not greenlets[0].dead:
+                greenlets[0].join(timeout=WRITE_FAILURE_GRACE)
             self.close(f"write failed: {exc.__class__.__name__}: {exc}", exc)
 
     def _timer_loop(self):

@@ -1,16 +1,36 @@
 """Control stream codec: newline-delimited JSON objects on mux stream 1.
 
-Unknown message types are passed through so the runtime can ignore them;
-that is what keeps the control channel forward compatible.
+Unknown message types (and unknown fields) are passed through so the runtime
+can ignore them; that is what keeps the control channel forward compatible.
+
+Every line comes from the peer, so it is bounded before it is decoded: length
+(MAX_LINE), nesting depth (MAX_DEPTH, checked by a linear scan because
+json.loads recurses and a line of 30 000 brackets raises RecursionError), and
+the JSON itself is strict (UTF-8, no NaN/Infinity).  Whatever goes wrong ends
+as ControlError, never as another exception that would kill a worker.  The
+fields we read are then checked by `parse_hello` / `parse_welcome`.
 """
 
 import json
+import re
+from dataclasses import dataclass
+
+from ..errors import RemoteProtocolError
 
 MAX_LINE = 64 * 1024
+# Our messages are flat objects holding at most one list of strings (depth 2);
+# 4 leaves room for later message types without letting a peer near the stack.
+MAX_DEPTH = 4
+MAX_VERSION = 64
+MAX_INSTANCE = 64
+MAX_TUNNEL = 253
+MAX_HOSTNAMES = 10_000
+MAX_HOSTNAME = 253
 
 
-class ControlError(ValueError):
-    """A control message that is not a JSON object on one line, or too long."""
+class ControlError(RemoteProtocolError, ValueError):
+    """A control line that is not a bounded JSON object with a type, or a message whose
+    fields have the wrong type or size.  Still a ValueError for older callers."""
 
 
 def encode(message: dict) -> bytes:
@@ -26,33 +46,160 @@ def welcome(tunnel, version):
     return {"type": "welcome", "tunnel": tunnel, "version": version}
 
 
+# Outside strings only brackets and quotes matter; inside, quotes and backslashes.
+_SIGNIFICANT = re.compile(rb'[\[\]{}"\\]')
+_OPEN = frozenset(b"[{")
+_CLOSE = frozenset(b"]}")
+_QUOTE = ord('"')
+_BACKSLASH = ord("\\")
+
+
+def _check_depth(line: bytes, max_depth: int) -> None:
+    """Reject nesting deeper than `max_depth` in one pass, before json.loads recurses.
+
+    Tracks string and escape state so brackets inside strings do not count.  Malformed
+    JSON that passes this scan is json.loads' to reject; the scan only has to make
+    sure the nesting json.loads will see is shallow.
+    """
+    depth = 0
+    in_string = False
+    skip_to = 0  # the character after a backslash is escaped, whatever it is
+    for match in _SIGNIFICANT.finditer(line):
+        at = match.start()
+        if at < skip_to:
+            continue
+        c = line[at]
+        if in_string:
+            if c == _BACKSLASH:
+                skip_to = at + 2
+            elif c == _QUOTE:
+                in_string = False
+        elif c == _QUOTE:
+            in_string = True
+        elif c in _OPEN:
+            depth += 1
+            if depth > max_depth:
+                raise ControlError(f"control line nested deeper than {max_depth} levels")
+        elif c in _CLOSE:
+            depth -= 1
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_line(line: bytes, max_depth: int = MAX_DEPTH) -> dict:
+    """One control line (without its newline) as a message dict, or ControlError."""
+    _check_depth(line, max_depth)
+    try:
+        message = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and integers beyond Python's digit limit.
+        raise ControlError(f"control line is not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ControlError("control message is not an object with a type")
+    return message
+
+
 class LineDecoder:
     """Feed bytes, get complete messages; bounded so a peer cannot grow it without end."""
 
-    def __init__(self, max_line=MAX_LINE):
+    def __init__(self, max_line=MAX_LINE, max_depth=MAX_DEPTH):
         self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no newline: tiny feeds stay linear
         self.max_line = max_line
+        self.max_depth = max_depth
 
     def feed(self, data) -> list[dict]:
         self._buf += data
         messages = []
         while True:
-            end = self._buf.find(b"\n")
+            end = self._buf.find(b"\n", self._scanned)
             if end < 0:
+                self._scanned = len(self._buf)
                 if len(self._buf) > self.max_line:
                     raise ControlError("control line too long")
                 return messages
             line = bytes(self._buf[:end])
             del self._buf[:end + 1]
+            self._scanned = 0
             if len(line) > self.max_line:
                 raise ControlError("control line too long")
-            try:
-                message = json.loads(line)
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise ControlError(f"control line is not JSON: {exc}") from None
-            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-                raise ControlError("control message is not an object with a type")
-            messages.append(message)
+            messages.append(decode_line(line, self.max_depth))
+
+
+# --------------------------------------------------------------------------
+# Typed messages: every field we read is checked here, so nothing downstream
+# has to guess at what a peer sent.
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The Client's first control message."""
+
+    version: str
+    instance: str
+    hostnames: tuple[str, ...]
+    catch_all: bool
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The Server's answer to an accepted hello."""
+
+    tunnel: str
+    version: str
+
+
+def _expect_type(message, expected):
+    if not isinstance(message, dict) or message.get("type") != expected:
+        got = message.get("type") if isinstance(message, dict) else type(message).__name__
+        raise ControlError(f"control message type: expected {expected!r}, got {got!r:.80}")
+
+
+def _field(message, kind, name):
+    if name not in message:
+        raise ControlError(f"{kind}: missing field {name!r}")
+    return message[name]
+
+
+def _string(message, kind, name, max_len):
+    value = _field(message, kind, name)
+    if not isinstance(value, str):
+        raise ControlError(f"{kind}: field {name!r} must be a string, "
+                           f"got {type(value).__name__}")
+    if len(value) > max_len:
+        raise ControlError(f"{kind}: field {name!r} longer than {max_len} characters")
+    return value
+
+
+def parse_hello(message: dict) -> Hello:
+    """Check a decoded hello; ControlError names the first field that is missing or wrong."""
+    _expect_type(message, "hello")
+    version = _string(message, "hello", "version", MAX_VERSION)
+    instance = _string(message, "hello", "instance", MAX_INSTANCE)
+    hostnames = _field(message, "hello", "hostnames")
+    if not isinstance(hostnames, list):
+        raise ControlError(f"hello: field 'hostnames' must be a list, "
+                           f"got {type(hostnames).__name__}")
+    if len(hostnames) > MAX_HOSTNAMES:
+        raise ControlError(f"hello: field 'hostnames' has more than {MAX_HOSTNAMES} entries")
+    for h in hostnames:
+        if not isinstance(h, str) or len(h) > MAX_HOSTNAME:
+            raise ControlError(f"hello: field 'hostnames' must hold strings of at most "
+                               f"{MAX_HOSTNAME} characters")
+    catch_all = _field(message, "hello", "catch_all")
+    if not isinstance(catch_all, bool):
+        raise ControlError(f"hello: field 'catch_all' must be true or false, "
+                           f"got {type(catch_all).__name__}")
+    return Hello(version, instance, tuple(hostnames), catch_all)
+
+
+def parse_welcome(message: dict) -> Welcome:
+    """Check a decoded welcome; ControlError names the first field that is missing or wrong."""
+    _expect_type(message, "welcome")
+    return Welcome(_string(message, "welcome", "tunnel", MAX_TUNNEL),
+                   _string(message, "welcome", "version", MAX_VERSION))
 
 
 def hostname_drift(tunnel_hostnames, client_hostnames, catch_all):

@@ -1,8 +1,8 @@
 """Bad input from the network: fake Clients against the real Server, a fake Server for the real Client.
 
-The fakes are written with the Python stdlib (`ssl`) and Runewarp's own sans-I/O
-mux Session (`runewarp.proto.mux`, no I/O, no gevent), so the test controls every
-byte on the Tunnel connection.  Each test shows the clean outcome: the bad
+The fakes (tests/e2e/peers.py) are written with the Python stdlib (`ssl`) and
+Runewarp's own sans-I/O mux Session (`runewarp.proto.mux`, no I/O, no gevent), so
+the test controls every byte on the Tunnel connection.  Each test shows the clean outcome: the bad
 connection or stream is closed, no traceback reaches the process logs, the
 process keeps running, and a good Visitor (curl, through a real Client) still
 works afterwards or in parallel.
@@ -14,27 +14,23 @@ test_silence_after_traffic_kills), and io/tunnel.py's timer loop only turns
 the Session's ConnectionDead event into close().
 """
 
-import collections
 import concurrent.futures
 import json
-import socket
 import ssl
 import struct
 import time
 
 import pytest
 
-from runewarp.proto import clienthello, control, proxyv2
+from runewarp.proto import clienthello, proxyv2
 from runewarp.proto.mux import (FLAG_RST, FLAG_SYN, GOAWAY_PROTOCOL_ERROR, TYPE_DATA,
-                                TYPE_GO_AWAY, TYPE_WINDOW_UPDATE, DataReceived, FrameDecoder,
-                                Role, Session, StreamReset, encode_header)
+                                TYPE_GO_AWAY, TYPE_WINDOW_UPDATE, encode_header)
 
-from ..conftest import SERVER_HOSTNAME, Proc
 from .helpers import Backend, curl
+from .peers import (APP, FakeServer, assert_running_without_traceback, control_stream_with,
+                    mux_frames, read_until_closed, tunnel_tls)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
-APP = "app.example.com"
-ALPN = "runewarp/1"
 
 
 # --- fixtures ---------------------------------------------------------------------
@@ -80,66 +76,7 @@ class Tunnel:
         assert_running_without_traceback(self.server, self.client)
 
 
-def assert_running_without_traceback(*procs):
-    for proc in procs:
-        assert proc.popen.poll() is None, f"process exited:\n{proc.log()}"
-        assert "Traceback" not in proc.log(), proc.log()
-
-
 # --- a fake Client ----------------------------------------------------------------
-
-
-def tunnel_tls(port, ca_file, identity_dir=None, timeout=15):
-    """TLS 1.3 + ALPN runewarp/1 to the Server hostname, as a Client would dial it."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_verify_locations(cafile=str(ca_file))
-    if identity_dir is not None:
-        ctx.load_cert_chain(str(identity_dir / "client.crt"), str(identity_dir / "client.key"))
-    ctx.set_alpn_protocols([ALPN])
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        tls = ctx.wrap_socket(raw, server_hostname=SERVER_HOSTNAME)
-    except BaseException:
-        raw.close()
-        raise
-    assert tls.selected_alpn_protocol() == ALPN
-    assert tls.version() == "TLSv1.3"
-    return tls
-
-
-def read_until_closed(tls, timeout):
-    """Everything the peer sends until it closes; (bytes, seconds).  Fails past `timeout`."""
-    started = time.monotonic()
-    chunks = []
-    while True:
-        remaining = timeout - (time.monotonic() - started)
-        assert remaining > 0, f"peer still open after {timeout}s"
-        tls.settimeout(remaining)
-        try:
-            chunk = tls.recv(65536)
-        except TimeoutError:
-            raise AssertionError(f"peer still open after {timeout}s") from None
-        except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
-            chunk = b""
-        if not chunk:
-            return b"".join(chunks), time.monotonic() - started
-        chunks.append(chunk)
-
-
-def mux_frames(data):
-    decoder = FrameDecoder()
-    decoder.feed(data)
-    return list(decoder)
-
-
-def control_stream_with(line):
-    """Wire bytes of a Client opening the control stream (id 1) and writing `line` on it."""
-    session = Session(Role.CLIENT)
-    stream_id = session.open_stream()
-    assert stream_id == 1
-    session.send_data(stream_id, line)
-    return session.data_to_send()
 
 
 def assert_refused_in_log(tunnel, mark, reason, timeout=15):
@@ -202,8 +139,11 @@ def test_silent_client_is_dropped_at_the_hello_deadline(tunnel):
 @pytest.mark.parametrize("line,reason", [
     (b"this is not json\n", "not JSON"),
     (b"[1, 2, 3]\n", "not an object"),
-    (json.dumps({"type": "welcome", "tunnel": "x"}).encode() + b"\n", "not hello"),
-], ids=["not-json", "not-an-object", "not-hello"])
+    (json.dumps({"type": "welcome", "tunnel": "x"}).encode() + b"\n", "expected 'hello'"),
+    (b"[" * 5000 + b"]" * 5000 + b"\n", "nested deeper"),
+    (json.dumps({"type": "hello", "version": 1, "instance": "i", "hostnames": [],
+                 "catch_all": False}).encode() + b"\n", "'version' must be a string"),
+], ids=["not-json", "not-an-object", "not-hello", "deep-json", "bad-field-type"])
 def test_bad_control_hello_closes_the_connection(tunnel, line, reason):
     mark = len(tunnel.server.lines)
     tls = tunnel.fake_client_tls()
@@ -254,97 +194,6 @@ def test_unlisted_identity_and_missing_certificate_are_refused(tunnel):
 
 
 # --- a fake Server ----------------------------------------------------------------
-
-
-class FakeServerEnd:
-    """The Server's end of one Tunnel connection: stdlib TLS + a sans-I/O mux Session."""
-
-    def __init__(self, tls):
-        self.tls = tls
-        self.session = Session(Role.SERVER)
-        self.received = collections.defaultdict(bytearray)
-        self.reset = set()
-        self.closed = False
-        self.raw = bytearray()  # every byte the Client sent, for frame-level checks
-
-    def flush(self):
-        data = self.session.data_to_send()
-        if data:
-            self.tls.sendall(data)
-
-    def send(self, stream_id, data):
-        assert self.session.send_data(stream_id, data) == len(data)
-        self.flush()
-
-    def open_stream(self, data):
-        stream_id = self.session.open_stream()
-        self.send(stream_id, data)
-        return stream_id
-
-    def pump_until(self, done, timeout=10):
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert not self.closed, "the Client closed the Tunnel connection"
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "timed out waiting on the Client"
-            self.tls.settimeout(remaining)
-            try:
-                data = self.tls.recv(65536)
-            except TimeoutError:
-                continue
-            except (ssl.SSLEOFError, ConnectionResetError):
-                data = b""
-            if not data:
-                self.closed = True
-                continue
-            self.raw += data
-            for event in self.session.receive_data(data, time.monotonic()):
-                if isinstance(event, DataReceived):
-                    self.received[event.stream_id] += event.data
-                    self.session.consumed(event.stream_id, len(event.data))
-                elif isinstance(event, StreamReset):
-                    self.reset.add(event.stream_id)
-            self.flush()
-
-    def say_welcome(self):
-        """Read the Client's control hello (stream 1) and answer it; returns the hello."""
-        self.pump_until(lambda: b"\n" in self.received[1])
-        hello = json.loads(bytes(self.received[1]).split(b"\n")[0])
-        self.send(1, control.encode(control.welcome("apps", "fake")))
-        return hello
-
-
-class FakeServer:
-    """A listener with the Server certificate from `runewarp server cert init`, and the
-    real Client (Tunnel "apps", Service app.example.com) dialing it."""
-
-    def __init__(self, deployment, backend):
-        deployment.identity("client-a")
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(20)
-        port = self.listener.getsockname()[1]
-        path = deployment.client_config("client-a", [([APP], backend.address)], port=port)
-        self.client = Proc(["client", "-c", path], env=deployment.env)
-        deployment.processes.append(self.client)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_3
-        self.context.load_cert_chain(str(deployment.cert_dir / "server.crt"),
-                                     str(deployment.cert_dir / "server.key"))
-        self.context.set_alpn_protocols([ALPN])
-        self.connections = []
-
-    def accept(self):
-        raw, _address = self.listener.accept()
-        raw.settimeout(10)
-        tls = self.context.wrap_socket(raw, server_side=True)
-        self.connections.append(tls)
-        assert tls.selected_alpn_protocol() == ALPN
-        return FakeServerEnd(tls)
-
-    def close(self):
-        for tls in self.connections:
-            tls.close()
-        self.listener.close()
 
 
 @pytest.fixture

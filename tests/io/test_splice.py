@@ -8,6 +8,7 @@ parked (idle) splice holds no greenlet.
 import gc
 import hashlib
 import os
+import random
 import socket as stdlib_socket
 
 import gevent
@@ -202,3 +203,57 @@ def test_a_list_of_chunks_leaves_as_one_gathered_stream_even_when_the_socket_is_
     assert reader.get() == expected
     near.close()
     far.close()
+
+
+def test_more_buffers_than_iov_max_leave_intact():
+    """Linux refuses a sendmsg of more than IOV_MAX (1024) buffers with EMSGSIZE; here
+    the batches also end mid-buffer, as the socket fills."""
+    near, far = pair()
+    sizes = random.Random(7).choices(range(1, 4000), k=3000)  # about 6 MB
+    parts = [os.urandom(n) for n in sizes]
+    expected = b"".join(parts)
+    reader = gevent.spawn(recv_exactly, far, len(expected))
+    SocketEnd(near).sendall(parts)
+    assert reader.get() == expected
+    near.close()
+    far.close()
+
+
+def test_thousands_of_small_frames_in_one_read_reach_the_socket_intact():
+    """A chatty backend on a busy Tunnel connection: one read of the Tunnel connection
+    queues more chunks on one stream than one gathered send may carry."""
+    left, right = pair()
+    accepted = []
+    server_side = TunnelSession(left, Role.SERVER, on_stream=lambda _s, st: None, log=_Log())
+    client_side = TunnelSession(right, Role.CLIENT, log=_Log(),
+                                on_stream=lambda _s, st: accepted.append(st))
+    server_side.start()
+    client_side.start()
+    b, backend = pair()
+    try:
+        stream = server_side.open_stream()
+        stream.sendall(b"hi")
+        gevent.sleep(0.1)
+        [far] = accepted
+        assert far.recv_consumed() == b"hi"
+        splices, done = Splices(), Outcome()
+        splices.start(StreamEnd(far), SocketEnd(b), done)
+        settle()
+        records = [i.to_bytes(2, "big") * 25 for i in range(2000)]
+        for record in records:  # all queued before the writer runs: one write, one read
+            stream.sendall(record)
+        expected = b"".join(records)
+        backend.settimeout(5)
+        assert recv_exactly(backend, len(expected)) == expected, [r.error for r in done.results]
+        assert not done.results
+        stream.end()
+        assert backend.recv(10) == b""
+        backend.close()
+        assert splices.join(5)
+        [result] = done.results
+        assert (result.a_to_b, result.error) == (len(expected), None)
+    finally:
+        server_side.close()
+        client_side.close()
+        for s in (b, backend):
+            s.close()

@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 from runewarp.errors import RemoteProtocolError
 from runewarp.proto.clienthello import (
     MAX_CLIENTHELLO,
+    MAX_RECORDS,
     ClientHello,
     ClientHelloError,
+    ClientHelloParser,
     build,
     parse,
 )
@@ -25,6 +27,7 @@ EXPECTED = {
 }
 FIXTURES = {name: (FIXTURE_DIR / f"{name}.bin").read_bytes() for name in EXPECTED}
 
+UNCAPPED = 10**6  # max_records for tests of fragmentation itself, not of the record cap
 CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
 ALERT = b"\x15\x03\x03\x00\x02\x02\x28"
 
@@ -84,16 +87,16 @@ def alpn_ext(*protocols: bytes) -> bytes:
     return ext(16, len(names).to_bytes(2) + names)
 
 
-def outcome(data):
+def outcome(data, **kw):
     try:
-        return parse(data)
+        return parse(data, **kw)
     except ClientHelloError as e:
         return e.reason
 
 
-def reason_of(data) -> str:
+def reason_of(data, **kw) -> str:
     with pytest.raises(ClientHelloError) as info:
-        parse(data)
+        parse(data, **kw)
     return info.value.reason
 
 
@@ -137,8 +140,9 @@ def test_fixture_in_1_byte_records():
     data = FIXTURES["openssl_tunnel"]
     reframed = frame(handshake_message(data), [1])
     assert len(reframed) == 6 * (len(data) - 5)
-    assert parse(reframed).server_name == "tunnel.example.com"
-    assert parse(reframed[:-1]) is None
+    assert parse(reframed, max_records=UNCAPPED).server_name == "tunnel.example.com"
+    assert parse(reframed[:-1], max_records=UNCAPPED) is None
+    assert reason_of(reframed) == "too-many-records"
 
 
 def test_large_fixture_is_large():
@@ -160,11 +164,11 @@ def test_buffer_types(kind):
 )
 def test_random_record_splits_and_cuts(name, sizes, data):
     reframed = frame(handshake_message(FIXTURES[name]), sizes)
-    hello = parse(reframed)
+    hello = parse(reframed, max_records=UNCAPPED)
     assert (hello.server_name, hello.alpn_protocols, hello.legacy_version) == (*EXPECTED[name], 0x0303)
     assert hello.consumed == len(reframed)
     cut = data.draw(st.integers(0, len(reframed) - 1))
-    assert parse(reframed[:cut]) is None
+    assert parse(reframed[:cut], max_records=UNCAPPED) is None
 
 
 # --- robustness -------------------------------------------------------------
@@ -264,14 +268,21 @@ def test_cap_reached_through_record_overhead():
     # The message alone fits, but in 10-byte records the framing pushes it past the cap.
     message = b"\x01" + (16000 - 4).to_bytes(3) + b"\xaa" * (16000 - 4)
     records = frame(message, [10])
-    first_error = next(cut for cut in range(MAX_CLIENTHELLO + 2) if outcome(records[:cut]) is not None)
+    parser, first_error = ClientHelloParser(max_records=UNCAPPED), None
+    for cut in range(MAX_CLIENTHELLO + 2):
+        try:
+            parser.feed(records[cut : cut + 1])
+        except ClientHelloError:
+            first_error = cut + 1
+            break
     assert first_error <= MAX_CLIENTHELLO + 1
-    assert reason_of(records) == "too-large"
+    assert reason_of(records, max_records=UNCAPPED) == "too-large"
+    assert reason_of(records) == "too-many-records"
 
 
 def test_buffer_over_cap_without_complete_hello():
     junk = frame(b"\x01" + (16000).to_bytes(3) + b"\xaa" * 16000, [1])
-    assert reason_of(junk[: MAX_CLIENTHELLO + 1]) == "too-large"
+    assert reason_of(junk[: MAX_CLIENTHELLO + 1], max_records=UNCAPPED) == "too-large"
 
 
 def padded_hello(total: int) -> bytes:
@@ -298,6 +309,117 @@ def test_cap_counts_record_headers():
     assert reason_of(two_records[:9]) == "too-large"
 
 
+# --- record cap ------------------------------------------------------------
+
+
+def test_too_many_records_rejected_early():
+    records = frame(handshake_message(FIXTURES["openssl_sni_alpn"]), [1])
+    first_error = next(cut for cut in range(len(records)) if outcome(records[:cut]) is not None)
+    assert first_error == (MAX_RECORDS - 1) * 6 + 5  # the header of the last record allowed
+    assert reason_of(records) == "too-many-records"
+
+
+@pytest.mark.parametrize("max_records", [1, 2, 5, MAX_RECORDS])
+def test_hello_in_exactly_max_records_is_accepted(max_records):
+    message = handshake_message(FIXTURES["openssl_sni_alpn"])
+    exact = frame(message, [1] * (max_records - 1) + [2**14])
+    assert len(list(iter_fragments(exact))) == max_records
+    assert parse(exact, max_records=max_records).server_name == "app.example.com"
+    one_more = frame(message, [1] * max_records + [2**14])
+    assert reason_of(one_more, max_records=max_records) == "too-many-records"
+    assert parse(one_more, max_records=max_records + 1).consumed == len(one_more)
+
+
+def test_max_records_admits_a_full_hello_in_openssl_smallest_fragments():
+    # OpenSSL's max_send_fragment can go down to 512: a hello filling the byte cap then needs 32 records.
+    message = handshake_message(padded_hello(MAX_CLIENTHELLO - 31 * 5))
+    records = frame(message, [512])
+    assert len(records) == MAX_CLIENTHELLO
+    assert len(list(iter_fragments(records))) == MAX_RECORDS
+    assert parse(records).consumed == MAX_CLIENTHELLO
+
+
+def test_max_records_is_unreachable_for_real_clients():
+    for name, data in FIXTURES.items():
+        assert len(list(iter_fragments(data))) <= 2, name
+
+
+# --- incremental feeding ----------------------------------------------------
+
+
+def feed_in_chunks(data: bytes, cuts, **kw):
+    """Feed `data` cut at `cuts`; check each step against parsing that prefix at once; the outcome."""
+    parser = ClientHelloParser(**kw)
+    bounds = sorted({c for c in cuts if 0 < c < len(data)} | {len(data)})
+    start = 0
+    for end in bounds:
+        try:
+            result = parser.feed(data[start:end])
+        except ClientHelloError as e:
+            assert outcome(data[:end], **kw) == e.reason
+            with pytest.raises(ClientHelloError, match=e.reason):  # sticky
+                parser.feed(b"\x16")
+            return e.reason
+        assert result == outcome(data[:end], **kw), end
+        if result is not None:
+            assert parser.feed(b"\x15") == result  # done: no more bytes examined
+            return result
+        start = end
+    return None
+
+
+@pytest.mark.parametrize("data", [b"\x16\x03\x01\x00\x05\x02", FIXTURES["openssl_tunnel"][:100]])
+def test_feeding_a_bytearray_does_not_pin_it(data):
+    buf, parser = bytearray(data), ClientHelloParser()
+    try:
+        parser.feed(buf)
+    except ClientHelloError:
+        pass
+    buf += b"more"  # BufferError if the parser still held a view of it
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(EXPECTED)),
+    sizes=st.lists(st.integers(1, 2**14), min_size=1, max_size=8),
+    max_records=st.sampled_from([None, 3, UNCAPPED]),
+    data=st.data(),
+)
+def test_any_chunking_gives_the_one_shot_outcome(name, sizes, max_records, data):
+    records = frame(handshake_message(FIXTURES[name]), sizes) + CHANGE_CIPHER_SPEC
+    cuts = data.draw(st.lists(st.integers(0, len(records)), max_size=20))
+    whole = outcome(records, max_records=max_records)
+    assert feed_in_chunks(records, cuts, max_records=max_records) == whole
+    if isinstance(whole, ClientHello):
+        assert (whole.server_name, whole.alpn_protocols) == EXPECTED[name]
+        assert whole.consumed == len(records) - len(CHANGE_CIPHER_SPEC)
+
+
+def test_every_byte_alone_gives_the_one_shot_outcome():
+    for name, data in FIXTURES.items():
+        assert feed_in_chunks(data, range(len(data))) == parse(data), name
+        records = frame(handshake_message(data), [1])[:3000]
+        assert feed_in_chunks(records, range(len(records))) == "too-many-records", name
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(EXPECTED)), st.data())
+def test_any_chunking_of_garbage_gives_the_one_shot_reason(name, data):
+    buf = bytearray(frame(handshake_message(FIXTURES[name]), data.draw(st.sampled_from([[2**14], [7], [1]]))))
+    for _ in range(data.draw(st.integers(0, 4))):
+        pos = data.draw(st.integers(0, min(len(buf), 400) - 1))
+        buf[pos] = data.draw(st.integers(0, 255))
+    buf = bytes(buf[: data.draw(st.integers(0, len(buf)))]) + data.draw(st.binary(max_size=20))
+    cuts = data.draw(st.lists(st.integers(0, len(buf)), max_size=20))
+    assert feed_in_chunks(buf, cuts) == outcome(buf)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=20))
+def test_any_chunking_of_arbitrary_bytes(data, cuts):
+    assert feed_in_chunks(b"\x16\x03\x01" + data, cuts) == outcome(b"\x16\x03\x01" + data)
+
+
 # --- body structure ---------------------------------------------------------
 
 
@@ -322,9 +444,22 @@ def test_sni_and_alpn_from_hand_built_body():
     assert hello.alpn_protocols == ("h2", "\xff\x00x")
 
 
-def test_sni_takes_first_host_name_entry():
-    exts = sni_ext((7, b"other"), (0, b"first.example"), (0, b"second.example"))
-    assert parse(hello_from_body(body(extensions=exts))).server_name == "first.example"
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [(0, b"other.example"), (0, b"app.example")],
+        [(0, b"app.example"), (0, b"app.example")],
+        [(7, b"x"), (0, b"first.example"), (0, b"second.example")],
+        [(0, b"a.example"), (7, b"x"), (0, b"")],
+    ],
+)
+def test_multiple_host_names_rejected(entries):
+    assert reason_of(hello_from_body(body(extensions=sni_ext(*entries)))) == "multiple-sni"
+
+
+@pytest.mark.parametrize("entries", [[(7, b"other"), (0, b"app.example")], [(0, b"app.example"), (7, b"other")]])
+def test_sni_ignores_other_name_types(entries):
+    assert parse(hello_from_body(body(extensions=sni_ext(*entries)))).server_name == "app.example"
 
 
 def test_sni_without_host_name_entry():
@@ -390,10 +525,10 @@ protocols = st.lists(st.binary(min_size=1, max_size=20).map(lambda b: b.decode("
 )
 def test_build_round_trip(server_name, alpn, record_size):
     data = build(server_name, alpn, record_size=record_size)
-    hello = parse(data)
+    hello = parse(data, max_records=UNCAPPED)
     assert hello == ClientHello(server_name, tuple(alpn), 0x0303, len(data))
     assume(len(data) > 1)
-    assert parse(data[:-1]) is None
+    assert parse(data[:-1], max_records=UNCAPPED) is None
 
 
 def test_build_record_size():

@@ -1,6 +1,6 @@
 import pytest
 
-from runewarp.errors import RemoteProtocolError
+from runewarp.errors import LocalProtocolError, RemoteProtocolError
 from runewarp.proto.mux import (
     FLAG_ACK,
     FLAG_FIN,
@@ -113,3 +113,38 @@ def test_decoder_many_small_frames_linear():
     decoder.feed(frame * 100_000)
     count = sum(1 for _ in decoder)
     assert count == 100_000
+
+
+def test_decoder_reports_a_data_header_whose_payload_is_still_coming():
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(TYPE_DATA, FLAG_ACK, 3, 1000)[:11])
+    assert decoder.next_raw() is None and decoder.pending_data_header() is None
+    decoder.feed(encode_header(TYPE_DATA, FLAG_ACK, 3, 1000)[11:] + b"x" * 999)
+    assert decoder.next_raw() is None
+    assert decoder.pending_data_header() == (FLAG_ACK, 3, 1000)
+    decoder.feed(b"x")
+    assert decoder.pending_data_header() == (FLAG_ACK, 3, 1000)  # complete, not yet taken
+    assert decoder.next_frame() == Frame(TYPE_DATA, FLAG_ACK, 3, 1000, b"x" * 1000)
+    assert decoder.pending_data_header() is None
+
+
+@pytest.mark.parametrize("split", [12, 13, 500, 1011])
+def test_decoder_discards_a_payload_without_buffering_it(split):
+    ping = Frame(TYPE_PING, FLAG_SYN, 0, 7)
+    wire = encode_header(TYPE_DATA, 0, 5, 1000) + b"x" * 1000 + ping.encode()
+    decoder = FrameDecoder()
+    decoder.feed(wire[:split])
+    assert decoder.next_raw() is None
+    decoder.discard_payload()
+    assert decoder.buffered == 0 and decoder.pending_data_header() is None
+    for i in range(split, len(wire), 100):
+        decoder.feed(wire[i:i + 100])
+        assert decoder.buffered <= len(ping.encode())
+    assert list(decoder) == [ping]
+
+
+def test_decoder_discard_needs_a_pending_payload():
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(TYPE_PING, FLAG_SYN, 0, 7))
+    with pytest.raises(LocalProtocolError):
+        decoder.discard_payload()

@@ -10,7 +10,9 @@ from runewarp.proto.mux import (
     FLAG_FIN,
     FLAG_RST,
     FLAG_SYN,
+    GOAWAY_INTERNAL_ERROR,
     GOAWAY_PROTOCOL_ERROR,
+    HEADER_SIZE,
     INITIAL_WINDOW,
     TYPE_DATA,
     TYPE_GO_AWAY,
@@ -28,6 +30,7 @@ from runewarp.proto.mux import (
     StreamEnded,
     StreamOpened,
     StreamReset,
+    WindowBudget,
     WindowUpdated,
     encode_header,
 )
@@ -35,6 +38,7 @@ from runewarp.proto.mux import (
 KiB = 1024
 MiB = 1024 * KiB
 GO_AWAY_PROTOCOL = encode_header(TYPE_GO_AWAY, 0, 0, GOAWAY_PROTOCOL_ERROR)
+GO_AWAY_INTERNAL = encode_header(TYPE_GO_AWAY, 0, 0, GOAWAY_INTERNAL_ERROR)
 
 
 class SessionPair:
@@ -581,3 +585,359 @@ def test_malformed_frames_are_protocol_errors(wire):
     assert server.closed
     assert server.data_to_send().endswith(GO_AWAY_PROTOCOL)
     assert server.receive_data(window_update(9, 0, FLAG_SYN), 0.0) == []
+
+
+# -- a peer that writes but never reads --
+
+def _feed_without_reading(session, frames, limit, piece=64 * KiB):
+    """Feed `frames` in `piece`-sized reads and never call data_to_send(), as a peer
+    that writes but never reads makes the driver do; the queue must stay under `limit`."""
+    batch = bytearray()
+    for frame in frames:
+        batch += frame
+        if len(batch) >= piece:
+            session.receive_data(batch, 0.0)
+            assert session.outbound_pending <= limit
+            del batch[:]
+    session.receive_data(batch, 0.0)
+
+
+REPLY_FLOODS = {
+    "pings": (False, lambda: (encode_header(TYPE_PING, FLAG_SYN, 0, i) for i in range(1_000_000))),
+    "syns-after-go-away": (True, lambda: (window_update(2 * i + 1, 0, FLAG_SYN) for i in range(1_000_000))),
+    "stray-data": (False, lambda: (data_frame(7, b"x") for _ in range(1_000_000))),
+}
+
+
+@pytest.mark.parametrize("going_away, flood", REPLY_FLOODS.values(), ids=REPLY_FLOODS.keys())
+def test_reply_flood_from_a_peer_that_never_reads_is_cut_off(going_away, flood):
+    server = Session(Role.SERVER)  # default reply limit: 4 MiB
+    if going_away:
+        server.go_away()
+    with pytest.raises(RemoteProtocolError, match="not reading"):
+        _feed_without_reading(server, flood(), limit=4 * MiB + HEADER_SIZE)
+    assert server.closed and server.active_streams == 0
+    out = server.data_to_send()
+    assert len(out) <= 4 * MiB + 2 * HEADER_SIZE
+    assert out.endswith(GO_AWAY_INTERNAL)
+    assert server.receive_data(encode_header(TYPE_PING, FLAG_SYN, 0, 1), 0.0) == []
+    assert server.data_to_send() == b""
+
+
+def test_syn_flood_from_a_peer_that_never_reads_is_cut_off():
+    server = Session(Role.SERVER, max_reply_backlog=64 * KiB)
+    syns = (window_update(2 * i + 1, 0, FLAG_SYN) for i in range(1_000_000))
+    with pytest.raises(RemoteProtocolError, match="not reading"):
+        _feed_without_reading(server, syns, limit=64 * KiB + HEADER_SIZE, piece=4 * KiB)
+    assert server.closed and server.active_streams == 0
+
+
+def test_reply_limit_is_exact_and_counts_only_replies():
+    pair = SessionPair(initial_window=4 * MiB, max_reply_backlog=1 * KiB)
+    sid = pair.client.open_stream()
+    pair.pump()
+    # Our own data is held back by the driver, not by this limit.
+    assert pair.client.send_data(sid, bytes(4 * MiB)) == 4 * MiB
+    ping = encode_header(TYPE_PING, FLAG_SYN, 0, 5)
+    pair.client.receive_data(ping * 85, 0.0)  # 1020 bytes of ACKs: within the limit
+    assert pair.client.outbound_pending == 4 * MiB + 64 * HEADER_SIZE + 85 * HEADER_SIZE
+    pair.client.data_to_send()  # the peer read: the count starts afresh
+    pair.client.receive_data(ping * 85, 0.0)
+    assert not pair.client.closed
+    with pytest.raises(RemoteProtocolError, match="not reading"):
+        pair.client.receive_data(ping, 0.0)
+    assert pair.client.data_to_send() == encode_header(TYPE_PING, FLAG_ACK, 0, 5) * 85 + GO_AWAY_INTERNAL
+
+
+# -- a data frame is judged by its header --
+
+def _server_with_stream(stream_id=1):
+    server = Session(Role.SERVER)
+    server.receive_data(window_update(stream_id, 0, FLAG_SYN), 0.0)
+    server.data_to_send()
+    return server
+
+
+def test_data_header_beyond_the_credit_fails_before_its_payload():
+    server = _server_with_stream()
+    with pytest.raises(RemoteProtocolError, match="receive window"):
+        server.receive_data(encode_header(TYPE_DATA, 0, 1, 16 * MiB), 0.0)
+    assert server.data_to_send() == GO_AWAY_PROTOCOL
+
+
+def test_syn_data_header_beyond_the_initial_window_fails_before_its_payload():
+    server = Session(Role.SERVER)
+    with pytest.raises(RemoteProtocolError, match="receive window"):
+        server.receive_data(encode_header(TYPE_DATA, FLAG_SYN, 1, INITIAL_WINDOW + 1) + bytes(1000), 0.0)
+
+
+def test_data_header_after_fin_fails_before_its_payload():
+    server = Session(Role.SERVER)
+    server.receive_data(window_update(1, 0, FLAG_SYN | FLAG_FIN), 0.0)
+    with pytest.raises(RemoteProtocolError, match="after FIN"):
+        server.receive_data(encode_header(TYPE_DATA, 0, 1, 1000), 0.0)
+
+
+def test_data_within_the_credit_may_trickle_in():
+    server = _server_with_stream()
+    wire = data_frame(1, bytes(range(256)) * 1024)  # exactly the 256 KiB credit
+    events = []
+    for i in range(0, len(wire), 1000):
+        events += server.receive_data(wire[i:i + 1000], 0.0)
+    assert events == [DataReceived(1, bytes(range(256)) * 1024)]
+
+
+def test_late_data_for_a_gone_stream_is_skipped_not_buffered():
+    server = Session(Role.SERVER)
+    assert server.receive_data(encode_header(TYPE_DATA, 0, 7, 16 * MiB), 0.0) == []
+    assert server.data_to_send() == window_update(7, 0, FLAG_RST)
+    piece = bytes(64 * KiB)
+    for _ in range(16 * MiB // len(piece)):
+        assert server.receive_data(piece, 0.0) == []
+        assert server._decoder.buffered <= HEADER_SIZE
+    # Answered once; the next frame is parsed normally.
+    assert server.receive_data(encode_header(TYPE_PING, FLAG_SYN, 0, 3), 0.0) == []
+    assert server.data_to_send() == encode_header(TYPE_PING, FLAG_ACK, 0, 3)
+
+
+def test_rest_of_a_frame_is_skipped_once_we_reset_its_stream():
+    server = _server_with_stream()
+    wire = data_frame(1, bytes(200 * KiB)) + encode_header(TYPE_PING, FLAG_SYN, 0, 9)
+    assert server.receive_data(wire[:50 * KiB], 0.0) == []
+    server.reset_stream(1)
+    assert server.receive_data(wire[50 * KiB:100 * KiB], 0.0) == []
+    assert server._decoder.buffered == 0
+    assert server.receive_data(wire[100 * KiB:], 0.0) == []
+    assert server.data_to_send() == window_update(1, 0, FLAG_RST) * 2 + encode_header(TYPE_PING, FLAG_ACK, 0, 9)
+
+
+# -- the window budget --
+
+def test_window_budget_take_and_give():
+    budget = WindowBudget(1000)
+    assert budget.take(600) == 600
+    assert budget.take(600) == 400
+    assert budget.take(1) == 0 and budget.available == 0 and budget.in_use == 1000
+    budget.give(1000)
+    assert budget.available == 1000 and budget.in_use == 0
+    with pytest.raises(ValueError):
+        budget.give(1)
+    with pytest.raises(ValueError):
+        WindowBudget(-1)
+
+
+def _grown_stream(pair, max_window):
+    sid = pair.client.open_stream()
+    _transfer(pair, sid, 2 * max_window, _keeps_up)
+    assert pair.server.receive_window(sid) == max_window
+    return sid
+
+
+def test_window_shrinks_back_when_the_reader_falls_behind():
+    pair = SessionPair(max_window=2 * MiB)
+    sid = _grown_stream(pair, 2 * MiB)
+    # The reader now takes only half of what is buffered each time.
+    sent, _ = _transfer(pair, sid, 8 * MiB, lambda buffered, chunks: [buffered // 2])
+    assert sent == 8 * MiB
+    assert pair.server.receive_window(sid) == INITIAL_WINDOW
+    assert pair.client.send_credit(sid) + pair.server.unconsumed(sid) <= INITIAL_WINDOW
+
+
+def test_stalled_streams_pin_at_most_their_initial_windows_plus_the_budget():
+    budget = WindowBudget(4 * MiB)
+    pair = SessionPair(max_window=2 * MiB, window_budget=budget)
+    sids = [pair.client.open_stream() for _ in range(10)]
+    for sid in sids:
+        _transfer(pair, sid, 4 * MiB, _keeps_up)  # each reader keeps up for a while...
+    assert pair.server.receive_window(sids[0]) == 2 * MiB
+    assert budget.available == 0
+    for sid in sids:  # ...then stops reading, and the peer fills every window it can
+        pair.client.send_data(sid, bytes(2 * MiB))
+    pair.pump()
+    windows = sum(pair.server.receive_window(sid) for sid in sids)
+    pinned = sum(pair.server.unconsumed(sid) for sid in sids)
+    assert pinned <= windows <= 10 * INITIAL_WINDOW + 4 * MiB
+    assert budget.in_use == windows - 10 * INITIAL_WINDOW
+    for sid in sids:
+        pair.server.reset_stream(sid)
+    assert budget.in_use == 0
+
+
+def test_fast_reader_grows_to_max_window_when_the_budget_allows():
+    budget = WindowBudget(16 * MiB - INITIAL_WINDOW)
+    pair = SessionPair(window_budget=budget)  # max_window: 16 MiB
+    first = _grown_stream(pair, 16 * MiB)
+    assert budget.available == 0
+    # A second stream finds the budget spent and keeps the protocol's window...
+    second = pair.client.open_stream()
+    _transfer(pair, second, 2 * MiB, _keeps_up)
+    assert pair.server.receive_window(second) == INITIAL_WINDOW
+    # ...until the first one is done and its growth comes back.
+    pair.client.end_stream(first)
+    pair.server.end_stream(first)
+    pair.pump()
+    assert budget.in_use == 0
+    _transfer(pair, second, 32 * MiB, _keeps_up)
+    assert pair.server.receive_window(second) == 16 * MiB
+
+
+def test_initial_window_beyond_the_protocols_comes_from_the_budget():
+    budget = WindowBudget(1 * MiB)
+    pair = SessionPair(initial_window=1 * MiB, window_budget=budget)
+    first, second = pair.client.open_stream(), pair.client.open_stream()
+    pair.pump()
+    assert budget.available == 0
+    # The client's SYNs took 768 KiB and the last 256 KiB; the server's ACKs found nothing left.
+    assert pair.client.receive_window(first) == pair.server.send_credit(first) == 1 * MiB
+    assert pair.client.receive_window(second) == pair.server.send_credit(second) == INITIAL_WINDOW + 256 * KiB
+    assert pair.server.receive_window(first) == pair.client.send_credit(first) == INITIAL_WINDOW
+    assert pair.server.receive_window(second) == pair.client.send_credit(second) == INITIAL_WINDOW
+
+
+def _fail_session(pair, sid):
+    with pytest.raises(RemoteProtocolError):
+        pair.server.receive_data(encode_header(TYPE_PING, FLAG_SYN, 3, 0), 0.0)
+
+
+EXITS = {
+    "ended-both-ways": lambda pair, sid: (pair.client.end_stream(sid), pair.server.end_stream(sid), pair.pump()),
+    "reset-locally": lambda pair, sid: pair.server.reset_stream(sid),
+    "reset-by-peer": lambda pair, sid: (pair.client.reset_stream(sid), pair.pump()),
+    "session-failed": _fail_session,
+    "connection-dead": lambda pair, sid: pair.server.handle_timer(1000.0),
+    "closed": lambda pair, sid: pair.server.close(),
+}
+
+
+@pytest.mark.parametrize("leave", EXITS.values(), ids=EXITS.keys())
+def test_window_growth_returns_to_the_budget_on_every_exit(leave):
+    budget = WindowBudget(64 * MiB)
+    pair = SessionPair(max_window=1 * MiB, window_budget=budget)
+    sid = _grown_stream(pair, 1 * MiB)
+    pair.client.send_data(sid, bytes(100))
+    pair.pump()
+    assert budget.in_use == 1 * MiB - INITIAL_WINDOW
+    leave(pair, sid)
+    assert not pair.server.is_open(sid)
+    assert budget.in_use == 0
+    pair.server.close()  # idempotent, and nothing is returned twice
+    assert budget.in_use == 0 and pair.server.closed
+
+
+def test_growth_is_given_back_as_a_finished_stream_drains():
+    budget = WindowBudget(64 * MiB)
+    pair = SessionPair(max_window=1 * MiB, window_budget=budget)
+    sid = _grown_stream(pair, 1 * MiB)
+    pair.client.send_data(sid, bytes(1 * MiB))  # whatever the credit allows
+    pair.client.end_stream(sid)
+    pair.pump()
+    assert budget.in_use == 1 * MiB - INITIAL_WINDOW
+    # No more data can come, so the window need not be kept for the peer.
+    pair.server.consumed(sid, pair.server.unconsumed(sid))
+    assert budget.in_use == 0
+    assert pair.server.data_to_send() == b""
+
+
+N_BUDGET_STREAMS = 3
+_budget_ops = st.one_of(
+    st.tuples(st.just("send"), st.booleans(), st.integers(0, N_BUDGET_STREAMS - 1),
+              st.sampled_from([1, 10 * KiB, 200 * KiB, 1 * MiB])),
+    st.tuples(st.just("consume"), st.booleans(), st.integers(0, N_BUDGET_STREAMS - 1),
+              st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+    st.tuples(st.just("pump"), st.sampled_from([None, 4093])),
+    st.tuples(st.just("end"), st.booleans(), st.integers(0, N_BUDGET_STREAMS - 1)),
+    # Bursts, each read by a reader that keeps up, falls behind by a little, or halves its backlog.
+    st.tuples(st.just("rounds"), st.booleans(), st.integers(0, N_BUDGET_STREAMS - 1),
+              st.sampled_from(["all", "all-but-1k", "half"]), st.integers(1, 6)),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_budget_ops, max_size=60),
+       styles=st.lists(st.sampled_from(["all", "all-but-1k", "half"]), max_size=30),
+       budget_size=st.sampled_from([0, 100 * KiB, 700 * KiB, 3 * MiB]),
+       initial_window=st.sampled_from([INITIAL_WINDOW, 400 * KiB]))
+def test_window_budget_random_interleavings(ops, styles, budget_size, initial_window):
+    """Both sessions share one budget: it is never exceeded, every stream's growth is
+    accounted exactly, the peer's credit equals window - buffered - unacked, and no
+    stream deadlocks (credit 0 with nothing left for the reader)."""
+    budget = WindowBudget(budget_size)
+    pair = SessionPair(max_window=1 * MiB, initial_window=initial_window, window_budget=budget)
+    sides = (pair.client, pair.server)
+    sids = [pair.client.open_stream(), pair.server.open_stream(), pair.client.open_stream()]
+    backlog = {(s, sid): 0 for s in (0, 1) for sid in sids}  # bytes sender s still wants to send
+    ended = set()
+
+    def check(quiet):
+        held = sum(s.recv_window - INITIAL_WINDOW for side in sides for s in side._streams.values())
+        assert 0 <= held == budget.in_use <= budget_size
+        for r in (0, 1):
+            for sid, stream in sides[r]._streams.items():
+                assert INITIAL_WINDOW <= stream.recv_window <= 1 * MiB
+                assert stream.recv_credit == stream.recv_window - stream.buffered - stream.unacked >= 0
+                peer = sides[1 - r]
+                if quiet and not stream.remote_closed and peer.is_open(sid):
+                    assert peer.send_credit(sid) == stream.recv_credit
+                    if stream.buffered == 0:
+                        assert stream.recv_credit > 0  # nothing for the reader: the sender can go on
+
+    def send(s, sid):
+        if (s, sid) not in ended and sides[s].is_open(sid):
+            backlog[(s, sid)] -= sides[s].send_data(sid, bytes(backlog[(s, sid)]))
+
+    def consume(r, sid, fraction):
+        sides[r].consumed(sid, int(sides[r].unconsumed(sid) * fraction))
+
+    def read(r, sid, style):
+        n = sides[r].unconsumed(sid)
+        sides[r].consumed(sid, {"all": n, "all-but-1k": max(0, n - KiB), "half": n // 2}[style])
+
+    pair.pump()
+    for op in ops:
+        if op[0] == "send":
+            backlog[(int(op[1]), sids[op[2]])] += op[3]
+            send(int(op[1]), sids[op[2]])
+        elif op[0] == "consume":
+            consume(int(op[1]), sids[op[2]], op[3])
+        elif op[0] == "rounds":
+            s, sid = int(op[1]), sids[op[2]]
+            for _ in range(op[4]):
+                backlog[(s, sid)] += 1 * MiB
+                send(s, sid)
+                pair.pump()
+                read(1 - s, sid, op[3])
+                pair.pump()
+                check(quiet=True)
+        elif op[0] == "end":
+            key = (int(op[1]), sids[op[2]])
+            if key not in ended:
+                ended.add(key)
+                sides[key[0]].end_stream(key[1])
+        else:
+            pair.pump(op[1])
+            check(quiet=op[1] is None)
+        check(quiet=False)
+    # Drain two bulk directions and whatever else is left, the readers in the drawn styles,
+    # then keeping up: everything must get through.
+    for key in [(0, sids[0]), (1, sids[1])]:
+        backlog[key] += 6 * MiB
+    for i in range(200):
+        for s, sid in backlog:
+            send(s, sid)
+        pair.pump()
+        check(quiet=True)
+        for r in (0, 1):
+            for sid in sids:
+                read(r, sid, styles[i] if i < len(styles) else "all")
+        pair.pump()
+        check(quiet=True)
+        if all(n == 0 or key in ended for key, n in backlog.items()):
+            break
+    else:
+        raise AssertionError(f"deadlock: {backlog}")
+    for s in (0, 1):
+        for sid in sids:
+            sides[s].end_stream(sid)
+    pair.pump()
+    assert pair.client.active_streams == pair.server.active_streams == 0
+    assert budget.in_use == 0

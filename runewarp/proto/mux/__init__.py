@@ -1,5 +1,6 @@
 """yamux-compatible stream multiplexer, sans-I/O."""
 
+from .budget import WindowBudget
 from .events import (
     ConnectionDead,
     DataReceived,
@@ -42,5 +43,5 @@ __all__ = [
     "GOAWAY_INTERNAL_ERROR", "GOAWAY_NORMAL", "GOAWAY_PROTOCOL_ERROR",
     "HEADER", "HEADER_SIZE", "INITIAL_WINDOW", "MAX_PAYLOAD",
     "TYPE_DATA", "TYPE_GO_AWAY", "TYPE_PING", "TYPE_WINDOW_UPDATE", "VERSION",
-    "Frame", "FrameDecoder", "encode_header", "Role", "Session",
+    "Frame", "FrameDecoder", "encode_header", "Role", "Session", "WindowBudget",
 ]

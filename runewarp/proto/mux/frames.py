@@ -4,12 +4,18 @@ Compatible with HashiCorp's yamux (spec.md there).  The decoder keeps one
 bytearray and a read offset, so a read containing many small frames is parsed
 in linear time, and each data payload is copied exactly once, out of the
 buffer, into the `bytes` handed to the application.
+
+A data frame can be judged from its header alone: `pending_data_header()`
+shows the header of a frame whose payload is still arriving, so the session
+rejects an overrun before buffering up to MAX_PAYLOAD bytes, and
+`discard_payload()` drops a payload it does not want as it arrives (a skip
+counter), without ever buffering it.
 """
 
 import struct
 from dataclasses import dataclass
 
-from ...errors import RemoteProtocolError
+from ...errors import LocalProtocolError, RemoteProtocolError
 
 VERSION = 0
 
@@ -67,14 +73,17 @@ class FrameDecoder:
     payload over `max_payload`; the stream cannot be resynchronised after that.
     """
 
-    __slots__ = ("max_payload", "_buf", "_pos")
+    __slots__ = ("max_payload", "_buf", "_pos", "_skip")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD):
         self.max_payload = max_payload
         self._buf = bytearray()
         self._pos = 0
+        self._skip = 0  # bytes of a discarded payload still to come
 
     def feed(self, data) -> None:
+        if self._skip:
+            data = self._after_skip(data)
         buf = self._buf
         if self._pos:
             # Dropping consumed bytes from the front of a bytearray only moves
@@ -83,9 +92,19 @@ class FrameDecoder:
             self._pos = 0
         buf += data
 
+    def _after_skip(self, data):
+        """Drop what a discarded payload still owes from `data`; returns the rest."""
+        skip = self._skip
+        if len(data) <= skip:
+            self._skip = skip - len(data)
+            return b""
+        self._skip = 0
+        with memoryview(data) as view:  # released at once: the caller may reuse its buffer
+            return view[skip:].tobytes()
+
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as frames."""
+        """Bytes received but not yet returned as frames (a skipped payload is never buffered)."""
         return len(self._buf) - self._pos
 
     def next_raw(self):
@@ -119,6 +138,34 @@ class FrameDecoder:
             raise RemoteProtocolError(f"unknown mux frame type {type_}")
         self._pos = body
         return type_, flags, stream_id, length, b""
+
+    def pending_data_header(self):
+        """`(flags, stream_id, length)` of the data frame at the front, or None.
+
+        Once `next_raw()` returned None, that is the frame whose payload is
+        still arriving: its header can be judged before the payload is buffered.
+        """
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        _, type_, flags, stream_id, length = _HEADER_UNPACK_FROM(buf, pos)
+        if type_ != TYPE_DATA:
+            return None
+        return flags, stream_id, length
+
+    def discard_payload(self) -> None:
+        """Drop the pending data frame: its header, the payload so far, and the rest as it comes."""
+        buf = self._buf
+        pos = self._pos
+        pending = self.pending_data_header()
+        have = len(buf) - pos - HEADER_SIZE
+        if pending is None or have >= pending[2]:
+            raise LocalProtocolError("no data frame payload is pending")
+        # The payload is incomplete, so the buffer ends inside it: nothing after it to keep.
+        self._skip = pending[2] - have
+        del buf[:]
+        self._pos = 0
 
     def next_frame(self) -> Frame | None:
         raw = self.next_raw()

@@ -4,24 +4,24 @@ Sans-I/O in the style of h2/h11: feed received bytes to `receive_data()`, act
 on the returned events, and write whatever `data_to_send()` returns.  Time
 only enters through the `now` arguments.
 
-Flow control.  Each direction of each stream has a window, 256 KiB at first.
-The sender never sends more than its credit; the receiver counts every byte
-as *buffered* (received, not yet reported by `consumed()`) and then *unacked*
-(consumed, credit not yet returned).  The peer's remaining credit is always
-`window - buffered - unacked`, so a peer that overruns it is caught exactly.
+Flow control and window growth (window.py): the peer's credit is exactly
+`window - buffered - unacked`, checked from each data frame's header; windows
+grow for a reader that keeps up, shrink for one that falls behind, and take
+their growth beyond 256 KiB from a WindowBudget shared by every session.
 
-Window growth.  When consumption makes the un-granted amount reach half the
-current window, a window update returns it.  If at that moment nothing is left
-buffered (the application keeps up with the link), the window doubles, up to
-`max_window`, and the extra rides in the same update.  A stalled reader never
-triggers growth, so the memory a slow stream can pin stays bounded by its
-window, while a fast one quickly reaches a window that covers the link's
-bandwidth-delay product.
+Replies.  Frames the peer's frames call for (ping and SYN ACKs, RSTs) share
+the outbound queue with our data.  A peer that keeps sending those but never
+reads would grow it without bound, so only `max_reply_backlog` bytes of them
+may wait between two `data_to_send()` calls; beyond that the session fails.
+Our own data is not counted: the driver bounds it by not sending while
+`outbound_pending` is high.
 """
 
 import enum
+import sys
 
 from ...errors import LocalProtocolError, RemoteProtocolError
+from .budget import WindowBudget
 from .events import (
     ConnectionDead,
     DataReceived,
@@ -39,8 +39,10 @@ from .frames import (
     FLAG_FIN,
     FLAG_RST,
     FLAG_SYN,
+    GOAWAY_INTERNAL_ERROR,
     GOAWAY_PROTOCOL_ERROR,
     HEADER,
+    HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_PAYLOAD,
     MAX_STREAM_ID,
@@ -51,8 +53,14 @@ from .frames import (
     VERSION,
     FrameDecoder,
 )
+from .window import ReceiveWindows, StreamState
 
 _pack = HEADER.pack
+
+
+def _overrun(stream_id: int, length: int, credit: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"stream {stream_id}: {length} bytes exceed the {credit}-byte receive window")
 
 
 class Role(enum.Enum):
@@ -62,53 +70,49 @@ class Role(enum.Enum):
     SERVER = "server"
 
 
-class _Stream:
-    """Per-stream state; plain mutable slots because it changes on every frame."""
-
-    __slots__ = ("send_credit", "recv_window", "recv_credit", "buffered", "unacked",
-                 "local_closed", "remote_closed", "ours", "acked")
-
-    def __init__(self, window: int, ours: bool):
-        self.send_credit = INITIAL_WINDOW
-        self.recv_window = window
-        self.recv_credit = window
-        self.buffered = 0
-        self.unacked = 0
-        self.local_closed = False
-        self.remote_closed = False
-        self.ours = ours
-        self.acked = False
-
-
 class Session:
-    """One side of a yamux connection."""
+    """One side of a yamux connection.
+
+    `window_budget` supplies window growth beyond 256 KiB (None: a private,
+    unlimited one).  `max_reply_backlog` bounds the replies waiting for a peer
+    that does not read: 4 MiB is 16 full 256 KiB reads of nothing but pings,
+    far beyond what a peer that reads at all leaves queued, yet small enough
+    to be harmless per connection.
+    """
 
     def __init__(self, role: Role, *, initial_window: int = INITIAL_WINDOW,
                  max_window: int = 16 * 1024 * 1024, max_frame_size: int = 64 * 1024,
                  keepalive_interval: float = 20.0, idle_timeout: float = 60.0,
-                 now: float = 0.0):
+                 now: float = 0.0, window_budget: WindowBudget | None = None,
+                 max_reply_backlog: int = 4 * 1024 * 1024):
         if initial_window < INITIAL_WINDOW:
             raise ValueError(f"initial_window below the protocol's {INITIAL_WINDOW} bytes")
         if max_window < initial_window:
             raise ValueError("max_window smaller than initial_window")
         if max_frame_size < 1:
             raise ValueError("max_frame_size must be positive")
+        if max_reply_backlog < HEADER_SIZE:
+            raise ValueError("max_reply_backlog must hold at least one frame")
         self.role = role
         self.initial_window = initial_window
         self.max_window = max_window
         self.max_frame_size = max_frame_size
+        self.window_budget = WindowBudget(sys.maxsize) if window_budget is None else window_budget
+        self.max_reply_backlog = max_reply_backlog
+        self._windows = ReceiveWindows(self.window_budget, initial_window, max_window)
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self.go_away_sent = False
         self.go_away_received = False
         self.closed = False
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, StreamState] = {}
         self._next_id = 1 if role is Role.CLIENT else 2
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._last_peer_id = 0
         self._decoder = FrameDecoder(max(MAX_PAYLOAD, max_window))
         self._out: list = []  # frames in wire order, joined once by data_to_send()
         self._out_len = 0
+        self._reply_backlog = 0  # bytes of replies queued since the last data_to_send()
         self._last_received = now
         self._next_ping = now + keepalive_interval
         self._ping_counter = 0
@@ -127,6 +131,7 @@ class Session:
         data = b"".join(self._out)
         self._out = []
         self._out_len = 0
+        self._reply_backlog = 0
         return data
 
     @property
@@ -136,6 +141,17 @@ class Session:
     def _emit(self, chunk) -> None:
         self._out.append(chunk)
         self._out_len += len(chunk)
+
+    def _reply(self, chunk) -> None:
+        """Queue a frame the peer's input calls for; fail if the peer is not reading them."""
+        backlog = self._reply_backlog + len(chunk)
+        if backlog > self.max_reply_backlog:
+            # Nothing malformed arrived: we give up for our own sake, hence "internal".
+            self._fail(GOAWAY_INTERNAL_ERROR)
+            raise RemoteProtocolError(f"peer is not reading: over {self.max_reply_backlog} bytes "
+                                      "of replies to its frames are queued")
+        self._reply_backlog = backlog
+        self._emit(chunk)
 
     # -- queries --
 
@@ -174,21 +190,19 @@ class Session:
         if stream_id > MAX_STREAM_ID:
             raise LocalProtocolError("stream ids exhausted")
         self._next_id = stream_id + 2
-        self._streams[stream_id] = _Stream(self.initial_window, ours=True)
+        self._streams[stream_id] = stream = self._windows.new_stream(ours=True)
         # The SYN window update announces any window beyond the protocol's initial one.
         self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id,
-                           self.initial_window - INITIAL_WINDOW))
+                         stream.recv_window - INITIAL_WINDOW))
         return stream_id
 
     def send_data(self, stream_id: int, data) -> int:
         """Frame as much of `data` as the send credit allows; returns the bytes taken."""
         stream = self._streams.get(stream_id)
-        if stream is None:
-            raise LocalProtocolError(f"stream {stream_id} is not open")
+        if stream is None:  # a closed session has forgotten every stream
+            raise LocalProtocolError("session is closed" if self.closed else f"stream {stream_id} is not open")
         if stream.local_closed:
             raise LocalProtocolError(f"stream {stream_id} already ended")
-        if self.closed:
-            raise LocalProtocolError("session is closed")
         size = len(data)
         credit = stream.send_credit
         if size > credit:
@@ -217,42 +231,35 @@ class Session:
     def end_stream(self, stream_id: int) -> None:
         """Half-close our direction with FIN; no-op if already ended or gone."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.local_closed or self.closed:
+        if stream is None or stream.local_closed:
             return
         stream.local_closed = True
         self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
         if stream.remote_closed:
-            del self._streams[stream_id]
+            self._drop(stream_id)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the stream with RST and forget it; no-op if gone."""
-        if self._streams.pop(stream_id, None) is None or self.closed:
+        if stream_id not in self._streams:
             return
+        self._drop(stream_id)
         self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
 
+    def _drop(self, stream_id: int) -> None:
+        """Forget the stream; every stream leaves through here or close(), returning its growth."""
+        self._windows.release((self._streams.pop(stream_id),))
+
     def consumed(self, stream_id: int, n: int) -> None:
-        """The application delivered `n` received bytes; returns credit per the growth policy."""
+        """The application delivered `n` received bytes; returns credit per the window policy."""
         stream = self._streams.get(stream_id)
         if stream is None or n == 0:
             return
         if n < 0 or n > stream.buffered:
             raise LocalProtocolError(
                 f"stream {stream_id}: consumed {n} bytes but only {stream.buffered} are buffered")
-        stream.buffered -= n
-        unacked = stream.unacked + n
-        window = stream.recv_window
-        if unacked * 2 < window or stream.remote_closed or self.closed:
-            # Below threshold, or the peer will send nothing more: keep counting.
-            stream.unacked = unacked
-            return
-        delta = unacked
-        if stream.buffered == 0 and window < self.max_window:
-            extra = min(window, self.max_window - window)
-            stream.recv_window = window + extra
-            delta += extra
-        stream.unacked = 0
-        stream.recv_credit += delta
-        self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, 0, stream_id, delta))
+        delta = self._windows.consumed(stream, n)
+        if delta:
+            self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, 0, stream_id, delta))
 
     def go_away(self, reason: int = 0) -> None:
         """Refuse new streams from now on; existing streams may finish.  Idempotent."""
@@ -282,7 +289,7 @@ class Session:
         if self.closed:
             return []
         if now - self._last_received >= self.idle_timeout:
-            self.closed = True
+            self.close()
             return [ConnectionDead()]
         if now >= self._next_ping:
             self._emit(_pack(VERSION, TYPE_PING, FLAG_SYN, 0, self._ping_counter))
@@ -295,9 +302,10 @@ class Session:
     def receive_data(self, data, now: float) -> list[Event]:
         """Parse every complete frame in `data` plus earlier leftovers.
 
-        On a protocol violation a go away (protocol error) is queued, the
-        session is closed and RemoteProtocolError propagates.  Data arriving
-        after the session closed is ignored.
+        On a protocol violation a go away (protocol error; internal error for
+        a peer that does not read its replies) is queued, the session is
+        closed and RemoteProtocolError propagates.  Data arriving after the
+        session closed is ignored.
         """
         if self.closed:
             return []
@@ -321,21 +329,61 @@ class Session:
                     self.go_away_received = True
                     events.append(GoAwayReceived(length))
                 frame = next_raw()
+            pending = decoder.pending_data_header()
+            if pending is not None:
+                self._data_header(*pending)
         except RemoteProtocolError:
-            self._fail()
+            if not self.closed:
+                self._fail(GOAWAY_PROTOCOL_ERROR)
             raise
         return events
 
-    def _fail(self) -> None:
-        self._emit(_pack(VERSION, TYPE_GO_AWAY, 0, 0, GOAWAY_PROTOCOL_ERROR))
-        self.go_away_sent = True
+    def close(self) -> None:
+        """The connection is over: forget every stream, returning its growth to the budget.
+
+        Idempotent, and queues nothing (call go_away() first to say goodbye).
+        A RemoteProtocolError or ConnectionDead has closed the session already.
+        """
         self.closed = True
+        streams, self._streams = self._streams, {}
+        self._windows.release(streams.values())
+
+    def _fail(self, reason: int) -> None:
+        self._emit(_pack(VERSION, TYPE_GO_AWAY, 0, 0, reason))
+        self.go_away_sent = True
+        self.close()
+
+    def _data_header(self, flags: int, stream_id: int, length: int) -> None:
+        """Judge the data frame whose payload is still arriving by its header alone.
+
+        An overrun fails now, not after up to MAX_PAYLOAD bytes were buffered;
+        late data for a stream that is gone (legitimate after a reset) is
+        answered at once and its payload skipped as it arrives.
+        """
+        stream = self._streams.get(stream_id)
+        if flags & FLAG_SYN:
+            credit = self.initial_window  # at most; checked exactly once the frame is complete
+        elif stream is None:
+            self._decoder.discard_payload()
+            self._stray(TYPE_DATA, flags, stream_id)
+            return
+        elif stream.remote_closed:
+            raise RemoteProtocolError(f"stream {stream_id}: data after FIN")
+        else:
+            credit = stream.recv_credit
+        if length > credit:
+            raise _overrun(stream_id, length, credit)
+
+    def _stray(self, type_: int, flags: int, stream_id: int) -> None:
+        """A frame for a stream we reset or that finished: tell a sender still pushing data."""
+        if type_ == TYPE_DATA and stream_id and not flags & FLAG_RST:
+            self._reply(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
 
     def _ping_frame(self, flags: int, stream_id: int, value: int, events: list) -> None:
         if stream_id:
             raise RemoteProtocolError(f"ping on stream {stream_id}")
         if flags & FLAG_SYN:
-            self._emit(_pack(VERSION, TYPE_PING, FLAG_ACK, 0, value))
+            self._reply(_pack(VERSION, TYPE_PING, FLAG_ACK, 0, value))
         elif flags & FLAG_ACK:
             events.append(PingAcknowledged(value))
 
@@ -347,10 +395,7 @@ class Session:
             if stream is None:
                 return
         elif stream is None:
-            # Late frame for a stream we reset or that finished: drop it, and
-            # tell a sender still pushing data that the stream is gone.
-            if type_ == TYPE_DATA and stream_id and not flags & FLAG_RST:
-                self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+            self._stray(type_, flags, stream_id)
             return
         if flags & FLAG_ACK and stream.ours and not stream.acked:
             stream.acked = True
@@ -360,9 +405,7 @@ class Session:
                 if stream.remote_closed:
                     raise RemoteProtocolError(f"stream {stream_id}: data after FIN")
                 if length > stream.recv_credit:
-                    raise RemoteProtocolError(
-                        f"stream {stream_id}: {length} bytes exceed the "
-                        f"{stream.recv_credit}-byte receive window")
+                    raise _overrun(stream_id, length, stream.recv_credit)
                 stream.recv_credit -= length
                 stream.buffered += length
                 events.append(DataReceived(stream_id, payload))
@@ -371,15 +414,16 @@ class Session:
             if not stream.local_closed:
                 events.append(WindowUpdated(stream_id, stream.send_credit))
         if flags & FLAG_RST:
-            del self._streams[stream_id]
+            self._drop(stream_id)
             events.append(StreamReset(stream_id))
         elif flags & FLAG_FIN and not stream.remote_closed:
             stream.remote_closed = True
+            self._windows.peer_finished(stream)
             events.append(StreamEnded(stream_id))
             if stream.local_closed:
-                del self._streams[stream_id]
+                self._drop(stream_id)
 
-    def _accept(self, existing: _Stream | None, stream_id: int, events: list) -> _Stream | None:
+    def _accept(self, existing: StreamState | None, stream_id: int, events: list) -> StreamState | None:
         """Validate a SYN and create the stream, ACKing it at once; None if refused."""
         if existing is not None:
             raise RemoteProtocolError(f"duplicate SYN for stream {stream_id}")
@@ -390,14 +434,13 @@ class Session:
                 f"SYN for stream {stream_id} after stream {self._last_peer_id}")
         self._last_peer_id = stream_id
         if self.go_away_sent:
-            self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+            self._reply(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
             return None
-        stream = _Stream(self.initial_window, ours=False)
-        self._streams[stream_id] = stream
-        events.append(StreamOpened(stream_id))
+        self._streams[stream_id] = stream = self._windows.new_stream(ours=False)
         # ACK immediately (as HashiCorp's AcceptStream does) with any window
         # beyond the protocol's initial one, so data we send later never needs
         # to carry the ACK itself.
-        self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id,
-                           self.initial_window - INITIAL_WINDOW))
+        self._reply(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id,
+                          stream.recv_window - INITIAL_WINDOW))
+        events.append(StreamOpened(stream_id))
         return stream

@@ -1,0 +1,206 @@
+"""Log lines: peer data can never forge lines or drive a terminal; warnings stay bounded."""
+
+import io
+import json
+import re
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runewarp.logs import Logger, RateLimitedWarning
+
+# key=value where value is either bare (no space) or a JSON string literal.
+FIELD = re.compile(r' ([^ =]+)=("(?:[^"\\]|\\.)*"|[^ "]*)(?= |$)')
+HEADER = re.compile(r"^\S+ [A-Z]+ +(\S+)")
+
+
+def one_line(logger_stream) -> str:
+    text = logger_stream.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1, repr(text)
+    return text[:-1]
+
+
+def text_line(**fields) -> str:
+    out = io.StringIO()
+    Logger("info", stream=out).info("peer-said", **fields)
+    return one_line(out)
+
+
+def parse_text(line: str) -> tuple[str, dict]:
+    """Inverse of the text format: event name and fields (quoted values JSON-decoded)."""
+    event = HEADER.match(line).group(1)
+    rest = line[HEADER.match(line).end():]
+    fields = {}
+    position = 0
+    for match in FIELD.finditer(rest):
+        assert match.start() == position, f"unparsed text in {rest!r}"
+        key, value = match.groups()
+        fields[key] = json.loads(value) if value.startswith('"') else value
+        position = match.end()
+    assert position == len(rest), f"unparsed text in {rest!r}"
+    return event, fields
+
+
+def assert_no_raw_controls(line: str) -> None:
+    bad = [c for c in line if not c.isprintable()]
+    assert not bad, f"raw {[hex(ord(c)) for c in bad]} in {line!r}"
+
+
+CONTROLS = (
+    [chr(c) for c in range(0x20)] + ["\x7f"] + [chr(c) for c in range(0x80, 0xA0)]
+    + ["\u2028", "\u2029", "\u200b", "\u202e", "\ufeff", "\u00a0", "\U000e0001", "\udcff",
+       "\U000f0000"]
+)
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_every_non_printable_character_is_escaped(char):
+    value = f"a{char}b"
+    line = text_line(reason=value)
+    assert_no_raw_controls(line)
+    assert parse_text(line)[1] == {"reason": value}
+
+
+@pytest.mark.parametrize("value", [
+    "\r\x1b[2J", "x\n2024-01-01T00:00:00.000Z ERROR forged-event", "\x1b]0;title\x07",
+    "\x85next", "a\u2028b", "tab\there", 'quote" back\\slash', "", " ", "=", "a=b c=d",
+    "\\", '"', "ends with \\",
+])
+def test_hostile_values_round_trip(value):
+    line = text_line(reason=value, tunnel="apps")
+    assert_no_raw_controls(line)
+    assert parse_text(line) == ("peer-said", {"reason": value, "tunnel": "apps"})
+
+
+def test_plain_and_printable_non_ascii_values_stay_readable():
+    line = text_line(public_hostname="app.example.com", reason="bücher", count=3)
+    assert line.endswith(" public-hostname=app.example.com reason=bücher count=3")
+
+
+def test_event_name_and_keys_are_escaped_too():
+    out = io.StringIO()
+    Logger("info", stream=out).info("ev\r\x1b[2Jil", **{"k\x1bey": "v", "a=b": "c"})
+    line = one_line(out)
+    assert_no_raw_controls(line)
+    assert "\x1b" not in line and "\r" not in line
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_any_text_value_is_one_clean_line_that_round_trips(value):
+    line = text_line(reason=value)
+    assert_no_raw_controls(line)
+    assert parse_text(line)[1] == {"reason": value}
+
+
+class Weird:
+    def __str__(self):
+        return "obj\r\n\x1b[2J"
+
+
+@pytest.mark.parametrize("value", ["\r\x1b[2J\u2028\x85\udcff", Weird(), float("nan"),
+                                   float("inf"), {1: 2}, b"\x00bytes"])
+def test_json_lines_stay_valid_json(value):
+    out = io.StringIO()
+    Logger("info", fmt="json", stream=out).warn("peer-said", reason=value, tunnel="apps")
+    line = one_line(out)
+    assert_no_raw_controls(line)
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert record["event"] == "peer-said" and record["tunnel"] == "apps"
+    assert "reason" in record
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_json_any_text_round_trips(value):
+    out = io.StringIO()
+    Logger("info", fmt="json", stream=out).info("e", reason=value)
+    assert json.loads(one_line(out))["reason"] == value
+
+
+def test_text_value_classes_cover_unicode_categories():
+    """Every character Python will not print is escaped, whatever its category."""
+    for category_sample in ("\u0600", "\u2066", "\ue000", "\U0010fffd"):
+        assert not category_sample.isprintable(), unicodedata.category(category_sample)
+        assert_no_raw_controls(text_line(reason=category_sample))
+
+
+# --------------------------------------------------------------------------
+# RateLimitedWarning
+
+
+class Lines:
+    def __init__(self):
+        self.out = io.StringIO()
+        self.log = Logger("info", stream=self.out)
+
+    def events(self):
+        return [parse_text(line) for line in self.out.getvalue().splitlines()]
+
+
+def test_one_line_per_scope_per_interval_then_recovery():
+    lines = Lines()
+    warning = RateLimitedWarning(lines.log, "tunnel-connection-refused", interval=10.0)
+    warning.warn("10.0.0.1", 0.0)
+    warning.warn("10.0.0.1", 1.0)
+    warning.warn("10.0.0.1", 2.0)
+    warning.warn("10.0.0.1", 11.0)
+    warning.warn("10.0.0.1", 12.0)
+    warning.recovered("10.0.0.1")
+    assert lines.events() == [
+        ("tunnel-connection-refused", {"scope": "10.0.0.1"}),
+        ("tunnel-connection-refused", {"scope": "10.0.0.1", "suppressed": "2"}),
+        ("tunnel-connection-refused-recovered", {"scope": "10.0.0.1", "suppressed": "1"}),
+    ]
+
+
+def test_many_scopes_keep_the_table_and_the_log_bounded():
+    lines = Lines()
+    warning = RateLimitedWarning(lines.log, "tunnel-connection-refused", interval=10.0,
+                                 max_scopes=64)
+    span = 0.0
+    for i in range(100_000):
+        now = i * 0.001  # 100 000 addresses over 100 s: ten intervals
+        warning.warn(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", now, peer=f"p{i}")
+        assert len(warning) <= 64
+        span = now
+    emitted = len(lines.events())
+    intervals = span / 10.0 + 1
+    assert emitted <= intervals * (64 + 1)
+    assert any(fields.get("scope") == "other" for _, fields in lines.events())
+
+
+def test_overflow_is_rate_limited_as_one_scope():
+    lines = Lines()
+    warning = RateLimitedWarning(lines.log, "refused", interval=10.0, max_scopes=2)
+    for i in range(1000):
+        warning.warn(f"s{i}", 1.0)
+    assert [f["scope"] for _, f in lines.events()] == ["s0", "s1", "other"]
+    warning.warn("s5000", 12.0)  # expired entries make room for a new scope again
+    assert lines.events()[-1][1]["scope"] == "s5000"
+    assert len(warning) <= 2
+
+
+def test_full_table_reports_overflow_suppressions():
+    lines = Lines()
+    warning = RateLimitedWarning(lines.log, "refused", interval=10.0, max_scopes=1)
+    warning.warn("a", 0.0)
+    for i in range(5):
+        warning.warn(f"b{i}", 1.0)
+    warning.warn("a", 5.0)  # live entries are never evicted, so "a" is still limited
+    warning.warn("c", 11.5)
+    assert [f for _, f in lines.events()] == [
+        {"scope": "a"}, {"scope": "other"}, {"scope": "c"}]
+    warning.warn("d", 12.0)  # "c" is live: "d" joins the overflow, whose interval has passed
+    assert lines.events()[-1][1] == {"scope": "other", "suppressed": "4"}
+
+
+def test_recovery_still_works_for_a_scope_that_was_not_pruned():
+    lines = Lines()
+    warning = RateLimitedWarning(lines.log, "server-saturated", interval=10.0, max_scopes=4)
+    warning.warn("intake-full", 0.0)
+    warning.recovered("intake-full")
+    warning.recovered("intake-full")
+    assert [e for e, _ in lines.events()] == ["server-saturated", "server-saturated-recovered"]
