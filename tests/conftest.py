@@ -37,21 +37,25 @@ def free_port():
 
 
 class Proc:
-    """A Runewarp process whose stderr is collected line by line in the background."""
+    """A Runewarp process whose stderr is collected line by line in the background.
+
+    Lines are split on b"\\n" only and decoded with backslashreplace, so a raw CR or
+    other control character a log line should never hold stays visible to tests.
+    """
 
     def __init__(self, args, env=None):
         self.args = args
         self.lines = []
         self._cond = threading.Condition()
-        self.popen = subprocess.Popen(runewarp_cmd(*args), stderr=subprocess.PIPE, text=True,
+        self.popen = subprocess.Popen(runewarp_cmd(*args), stderr=subprocess.PIPE,
                                       env=env, cwd=ROOT)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self):
-        for line in self.popen.stderr:
+        for raw in self.popen.stderr:
             with self._cond:
-                self.lines.append(line.rstrip("\n"))
+                self.lines.append(raw.rstrip(b"\n").decode("utf-8", "backslashreplace"))
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()

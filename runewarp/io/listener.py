@@ -1,4 +1,9 @@
-"""Bound TCP listeners served by gevent StreamServer with a bounded greenlet pool."""
+"""Bound TCP listeners served by gevent StreamServer with a bounded greenlet pool.
+
+TCP_NODELAY and keepalive are set once on the listening socket: on Linux every
+accepted socket inherits them, which spares two to five system calls per
+connection on the hot accept path.
+"""
 
 import socket
 
@@ -17,6 +22,8 @@ def bind(address, backlog=1024):
     except OSError:
         sock.close()
         raise
+    set_nodelay(sock)  # inherited by accepted sockets
+    set_keepalive(sock)
     sock.setblocking(False)
     return sock
 

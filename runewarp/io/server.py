@@ -26,7 +26,7 @@ from ..proto.placement import Placement
 from ..tls import (ALPN_ACME, ALPN_TUNNEL, identity_from_pyopenssl, refused_identity,
                    server_tunnel_context)
 from .intake import IntakeRejected, intake
-from .listener import Listener, format_address, set_keepalive, set_nodelay
+from .listener import Listener, format_address
 from .splice import SocketEnd, Splices, StreamEnd
 from .sweeper import SpliceTimeouts
 from .tlsconn import ServerTLSConnection, TLSClosed
@@ -235,9 +235,7 @@ class Server:
 
     # -- public listener: accept → intake → route → place → splice --
     def _handle_public(self, sock, address):
-        self.visitors.add(gevent.getcurrent())
-        set_nodelay(sock)
-        set_keepalive(sock)  # a Visitor that vanished (NAT drop, roaming phone) is noticed
+        self.visitors.add(gevent.getcurrent())  # nodelay and keepalive: from the listener
         spliced = False
         slot = None
         try:
@@ -385,8 +383,6 @@ class Server:
 
     def _tunnel_connection(self, sock, address, buffered):
         peer = format_address(address)
-        set_nodelay(sock)
-        set_keepalive(sock)
         if self.stopping:
             return
         try:

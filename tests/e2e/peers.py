@@ -181,7 +181,7 @@ class FakeServer:
     """A listener with the Server certificate from `runewarp server cert init`, and the
     real Client (Service `hostname` -> `backend.address`) dialing it."""
 
-    def __init__(self, deployment, backend, hostname=APP, proc_class=Proc, client_extra=""):
+    def __init__(self, deployment, backend, hostname=APP, client_extra=""):
         deployment.identity("client-a")
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(20)
@@ -189,7 +189,7 @@ class FakeServer:
         path = deployment.client_config("client-a", [([hostname], backend.address)], port=port)
         if client_extra:
             path.write_text(path.read_text() + client_extra)
-        self.client = proc_class(["client", "-c", path], env=deployment.env)
+        self.client = Proc(["client", "-c", path], env=deployment.env)
         deployment.processes.append(self.client)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_3

@@ -611,14 +611,14 @@ REPLY_FLOODS = {
 
 @pytest.mark.parametrize("going_away, flood", REPLY_FLOODS.values(), ids=REPLY_FLOODS.keys())
 def test_reply_flood_from_a_peer_that_never_reads_is_cut_off(going_away, flood):
-    server = Session(Role.SERVER)  # default reply limit: 4 MiB
+    server = Session(Role.SERVER)  # default reply limit: 1 MiB
     if going_away:
         server.go_away()
     with pytest.raises(RemoteProtocolError, match="not reading"):
-        _feed_without_reading(server, flood(), limit=4 * MiB + HEADER_SIZE)
+        _feed_without_reading(server, flood(), limit=1 * MiB + HEADER_SIZE)
     assert server.closed and server.active_streams == 0
     out = server.data_to_send()
-    assert len(out) <= 4 * MiB + 2 * HEADER_SIZE
+    assert len(out) <= 1 * MiB + 2 * HEADER_SIZE
     assert out.endswith(GO_AWAY_INTERNAL)
     assert server.receive_data(encode_header(TYPE_PING, FLAG_SYN, 0, 1), 0.0) == []
     assert server.data_to_send() == b""

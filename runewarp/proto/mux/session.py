@@ -75,16 +75,16 @@ class Session:
 
     `window_budget` supplies window growth beyond 256 KiB (None: a private,
     unlimited one).  `max_reply_backlog` bounds the replies waiting for a peer
-    that does not read: 4 MiB is 16 full 256 KiB reads of nothing but pings,
-    far beyond what a peer that reads at all leaves queued, yet small enough
-    to be harmless per connection.
+    that does not read: 1 MiB is four full 256 KiB reads of nothing but pings,
+    far beyond what a peer that reads at all leaves queued, and each 12-byte
+    reply waits as its own object (~50 bytes), so ~5 MiB per connection at most.
     """
 
     def __init__(self, role: Role, *, initial_window: int = INITIAL_WINDOW,
                  max_window: int = 16 * 1024 * 1024, max_frame_size: int = 64 * 1024,
                  keepalive_interval: float = 20.0, idle_timeout: float = 60.0,
                  now: float = 0.0, window_budget: WindowBudget | None = None,
-                 max_reply_backlog: int = 4 * 1024 * 1024):
+                 max_reply_backlog: int = 1024 * 1024):
         if initial_window < INITIAL_WINDOW:
             raise ValueError(f"initial_window below the protocol's {INITIAL_WINDOW} bytes")
         if max_window < initial_window:
