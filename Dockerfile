@@ -1,5 +1,6 @@
-# One image for both roles: `docker run IMAGE server -c /etc/runewarp/server.toml`
-# or `... client -c /etc/runewarp/client.toml`.  Runs as the non-root UID 10001.
+# One image for both roles, built by `make image` as runewarp/runewarp:<version> and :latest:
+# `docker run runewarp/runewarp server -c /etc/runewarp/server.toml` or
+# `... client -c /etc/runewarp/client.toml`.  Runs as the non-root UID 10001.
 # BASE_IMAGE: any image with Python 3.11+ (with pip and venv) and useradd, e.g. a local
 # Debian bookworm with python3-venv/python3-pip (tests/test_image.py builds with one).
 ARG BASE_IMAGE=python:3.11-slim
@@ -21,6 +22,8 @@ COPY --from=build /wheels /wheels
 RUN python3 -m venv /opt/runewarp \
  && /opt/runewarp/bin/pip install --no-cache-dir --disable-pip-version-check /wheels/*.whl \
  && rm -rf /wheels
+# Configs name their folders under /var/lib/runewarp (examples/docker/*.toml, conf/*.toml);
+# the XDG variables keep configs without folder keys on the same volume.
 ENV PATH=/opt/runewarp/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     XDG_CONFIG_HOME=/etc \
     XDG_DATA_HOME=/var/lib/runewarp \

@@ -1,12 +1,15 @@
 # Runewarp — sysadmin-friendly targets.  `make demo` and `make test` work on a fresh clone.
 PYTHON ?= python3
 VENV ?= .venv
+# The demo's runtime-only venv: `pip install -e .`, no test or release tools.
+VENV_RUN ?= .venv-run
 PREFIX ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
 BIN := $(VENV)/bin
 
-.PHONY: venv install uninstall demo test bench bench-ab lint check clean
+.PHONY: venv venv-run install install-venv install-files install-user uninstall demo test bench bench-ab \
+	lint check release-check clean
 
 $(BIN)/runewarp: setup.cfg pyproject.toml requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +19,15 @@ $(BIN)/runewarp: setup.cfg pyproject.toml requirements-test.txt
 
 venv: $(BIN)/runewarp
 
-demo: venv
-	$(BIN)/runewarp demo
+$(VENV_RUN)/bin/runewarp: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV_RUN)
+	$(VENV_RUN)/bin/pip install -q --disable-pip-version-check -e .
+	touch $@
+
+venv-run: $(VENV_RUN)/bin/runewarp
+
+demo: venv-run
+	$(VENV_RUN)/bin/runewarp demo
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -30,43 +40,97 @@ bench-ab: venv
 	$(BIN)/python bench/ab.py $(REV)
 
 lint: venv
-	$(BIN)/ruff check runewarp tests bench
+	$(BIN)/ruff check runewarp tests bench tools
 
 check: lint
 	$(BIN)/python -m pytest -q tests/proto/test_no_io.py tests/test_packaging.py
 
-# A self-contained venv under $(PREFIX)/lib/runewarp, a link in $(PREFIX)/bin, example
-# configs in $(SYSCONFDIR)/runewarp that never overwrite existing files.
-# With DESTDIR (staged installs, packages) the scripts' #! lines are rewritten to the final PREFIX.
+# Version, changelog heading and date, tag, image labels and image names agree (docs/release.md).
+release-check:
+	$(PYTHON) tools/release_check.py
+
+# A self-contained venv under $(PREFIX)/lib/runewarp, a link in $(PREFIX)/bin, configs in
+# $(SYSCONFDIR)/runewarp that never overwrite existing files, units with this PREFIX, docs.
+# DESTDIR (staged installs, packages): nothing installed names the staging folder.
 LIBDIR := $(PREFIX)/lib/runewarp
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/runewarp
+RUNEWARP_USER ?= runewarp
+# Data folder and the service user's home.  The shipped configs and units name
+# /var/lib/runewarp (the units' StateDirectory=runewarp assumes it); install rewrites them.
+STATEDIR ?= /var/lib/runewarp
+UNITS := runewarp-server.service runewarp-client.service \
+	runewarp-renew-acme@.service runewarp-renew-acme@.timer
+SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	-e 's|@USER@|$(RUNEWARP_USER)|g' -e 's|/var/lib/runewarp|$(STATEDIR)|g'
 
-install:
-	$(PYTHON) -m venv $(DESTDIR)$(LIBDIR)
-	$(DESTDIR)$(LIBDIR)/bin/pip install -q --disable-pip-version-check .
+install: install-venv install-files install-user
+
+install-venv:
+	# The venv's python must be runnable by the service user: tools/check_python.py
+	# prints --copies or fails when the build interpreter is not.
+	flags=$$($(PYTHON) tools/check_python.py) || exit 1; \
+	  $(PYTHON) -m venv $$flags $(DESTDIR)$(LIBDIR)
+	$(DESTDIR)$(LIBDIR)/bin/pip install -q --disable-pip-version-check --no-compile .
+	# Byte-compile for the final path and rewrite text files (#! lines, pyvenv.cfg, activate).
+	find $(DESTDIR)$(LIBDIR) -name __pycache__ -type d -prune -exec rm -rf {} +
+	$(DESTDIR)$(LIBDIR)/bin/python -m compileall -q -j 0 \
+	  $(if $(DESTDIR),-s $(DESTDIR) -p /) $(DESTDIR)$(LIBDIR)/lib
 	if [ -n "$(DESTDIR)" ]; then \
-	  grep -l '^#!$(DESTDIR)' $(DESTDIR)$(LIBDIR)/bin/* | xargs -r sed -i '1s|^#!$(DESTDIR)|#!|'; \
+	  grep -rlIF -- '$(DESTDIR)' $(DESTDIR)$(LIBDIR) | xargs -r sed -i 's|$(DESTDIR)||g'; \
+	  if grep -rlF -- '$(DESTDIR)' $(DESTDIR)$(LIBDIR); then \
+	    echo "error: the files above still name DESTDIR $(DESTDIR)" >&2; exit 1; fi; \
 	fi
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)/runewarp $(DESTDIR)$(UNITDIR)
+	install -d $(DESTDIR)$(PREFIX)/bin
 	ln -sf $(LIBDIR)/bin/runewarp $(DESTDIR)$(PREFIX)/bin/runewarp
-	for f in conf/server.toml conf/client.toml; do \
-	  test -e $(DESTDIR)$(SYSCONFDIR)/runewarp/$$(basename $$f) || \
-	    install -m 0644 $$f $(DESTDIR)$(SYSCONFDIR)/runewarp/; \
-	done
-	install -m 0644 conf/runewarp-server.service conf/runewarp-client.service \
-	  conf/runewarp-renew-acme.service conf/runewarp-renew-acme.timer $(DESTDIR)$(UNITDIR)/
 
-# Configs in $(SYSCONFDIR)/runewarp are operator data and stay.
+install-files:
+	install -d $(DESTDIR)$(SYSCONFDIR)/runewarp $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	for f in server.toml client.toml; do \
+	  $(SUBST) conf/$$f > $(DESTDIR)$(DOCDIR)/$$f.example; \
+	  test -e $(DESTDIR)$(SYSCONFDIR)/runewarp/$$f || \
+	    install -m 0644 $(DESTDIR)$(DOCDIR)/$$f.example $(DESTDIR)$(SYSCONFDIR)/runewarp/$$f; \
+	done
+	for u in $(UNITS); do $(SUBST) conf/$$u > $(DESTDIR)$(UNITDIR)/$$u; chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
+	$(SUBST) conf/runewarp.cron > $(DESTDIR)$(DOCDIR)/runewarp.cron
+	install -m 0644 README.md CHANGELOG.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	chmod 0644 $(DESTDIR)$(DOCDIR)/*
+	for old in runewarp-renew-acme.service runewarp-renew-acme.timer; do \
+	  test ! -e $(DESTDIR)$(UNITDIR)/$$old || echo "note: $(UNITDIR)/$$old is from 0.1.0;" \
+	    "replace it with runewarp-renew-acme@server.timer (see CHANGELOG.md), then remove it"; \
+	done
+
+# The service user and its data folder.  Packages create users in their own scripts, so
+# a staged (DESTDIR) or non-root install only creates the folder and says what it skipped.
+install-user:
+	@if [ -n "$(DESTDIR)" ] || [ "$$(id -u)" -ne 0 ]; then \
+	  install -d -m 0750 $(DESTDIR)$(STATEDIR); \
+	  echo "note: not creating user $(RUNEWARP_USER) (DESTDIR staging or not root); create it" \
+	    "with: useradd --system --user-group --home-dir $(STATEDIR) --shell /usr/sbin/nologin" \
+	    "$(RUNEWARP_USER) and chown $(RUNEWARP_USER): $(STATEDIR) (mode 0750)"; \
+	else \
+	  nologin=$$(command -v nologin || echo /usr/sbin/nologin); \
+	  getent group $(RUNEWARP_USER) >/dev/null || groupadd --system $(RUNEWARP_USER) || exit 1; \
+	  if ! getent passwd $(RUNEWARP_USER) >/dev/null; then \
+	    useradd --system --gid $(RUNEWARP_USER) --home-dir $(STATEDIR) --no-create-home \
+	      --shell $$nologin --comment "Runewarp" $(RUNEWARP_USER) || exit 1; \
+	    echo "created system user $(RUNEWARP_USER)"; \
+	  fi; \
+	  install -d -o $(RUNEWARP_USER) -g $(RUNEWARP_USER) -m 0750 $(STATEDIR); \
+	fi
+
+# Configs in $(SYSCONFDIR)/runewarp, the data in $(STATEDIR) and the user stay: operator data.
 uninstall:
-	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PREFIX)/bin/runewarp
-	rm -f $(DESTDIR)$(UNITDIR)/runewarp-server.service $(DESTDIR)$(UNITDIR)/runewarp-client.service \
-	  $(DESTDIR)$(UNITDIR)/runewarp-renew-acme.service $(DESTDIR)$(UNITDIR)/runewarp-renew-acme.timer
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PREFIX)/bin/runewarp $(DESTDIR)$(DOCDIR)
+	for u in $(UNITS) runewarp-renew-acme.service runewarp-renew-acme.timer; do \
+	  rm -f $(DESTDIR)$(UNITDIR)/$$u; done
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_RUN) build dist *.egg-info .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-IMAGE ?= runewarp
+# One image name everywhere (compose file, docs/release.md); tools/release_check.py compares.
+IMAGE ?= runewarp/runewarp
 # BASE_IMAGE=localhost/debian-python:bookworm builds on another base (default: python:3.11-slim).
 BASE_IMAGE ?=
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' runewarp/__init__.py)

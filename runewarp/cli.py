@@ -45,6 +45,7 @@ from docopt import DocoptExit, docopt
 
 from . import __version__, config as configuration, material
 from .errors import ConfigError, MaterialError
+from .io.listener import BindError
 from .logs import log
 from .proto.hostname import HostnameError, normalize
 
@@ -206,8 +207,12 @@ def run_server(args):
     log.configure(cfg.log_level, cfg.log_format)
     server = Server(cfg, log)
     if cfg.acme is None:
-        _check_material(lambda: server.certificate.current(), cfg.source)
+        # Permissions first: a start refused by strict-permissions writes nothing.
         _check_key_permissions(material.server_key_files(cfg.cert_dir), cfg, "server")
+        # Renews a due certificate the Server issued itself; refuses one that does not
+        # name server.hostname, or cannot serve and cannot be renewed (exit 2).
+        _check_material(server.check_certificate, cfg.source)
+        _check_material(lambda: server.certificate.current(), cfg.source)
     return Lifecycle(server, lambda: configuration.load_server_config(path),
                      cfg.graceful_shutdown_duration, log).run()
 
@@ -252,10 +257,13 @@ def _check_key_permissions(paths, cfg, role):
 
 
 def _check_material(check, source):
+    """Unusable material at start is a configuration error (exit 2), naming the key to
+    blame when the check knows it (a certificate refused for `server.hostname`)."""
     try:
         check()
     except MaterialError as exc:
-        raise ConfigError(str(exc), file=source or "command line") from None
+        raise ConfigError(str(exc), file=source or "command line",
+                          key=getattr(exc, "key", None)) from None
 
 
 def run_demo(args):
@@ -290,6 +298,10 @@ def main(argv=None):
         return _fail(str(exc), 2)
     except MaterialError as exc:
         return _fail(str(exc), 1)
+    except BindError as exc:  # a runtime failure (exit 1), told by file, key and address
+        source = Path(args["--config"]).expanduser() if args["--config"] else \
+            configuration.default_config_path()
+        return _fail(f"{source}: {exc}", 1)
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
     except KeyboardInterrupt:

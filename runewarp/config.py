@@ -704,6 +704,11 @@ def _tunnel_identities(ctx: _Context, entry: dict, tp: str, seen: dict[str, str]
                 f"{value!r} is not a Client identity (64 lowercase hex characters; "
                 "see 'runewarp client identity show')",
             )
+        if value == "0" * 64:
+            # The shipped template's placeholder: an untouched template must not start.
+            raise ctx.error(
+                key, "the all-zero placeholder is not a Client identity; paste the real one "
+                "printed by 'runewarp client identity show' on the Client")
         if value in seen:
             raise ctx.error(
                 key, f"this Client identity is already listed at {seen[value]}; an identity belongs to one Tunnel"

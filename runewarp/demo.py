@@ -141,6 +141,8 @@ def demo(keep=False):
             public-hostnames = ["{PUBLIC_HOSTNAME}"]
             backend-address = "127.0.0.1:{backend_port}"
         """))
+        for name in ("server.toml", "client.toml"):  # what a real deployment would write
+            print(f"--- {workdir / name}\n{(workdir / name).read_text().strip()}\n---")
         env = dict(os.environ, RUNEWARP_RESOLVE=f"{SERVER_HOSTNAME}=127.0.0.1")
         server = subprocess.Popen(_runewarp("server", "-c", str(workdir / "server.toml")),
                                   stderr=subprocess.PIPE, text=True, env=env)
@@ -189,5 +191,9 @@ def demo(keep=False):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if not keep:
+        if keep:
+            print(f"kept the demo folder {workdir}; delete it when done")
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
+            print(f"removed the demo folder {workdir} (runewarp demo --keep keeps it and "
+                  "the processes running)")

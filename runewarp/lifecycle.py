@@ -50,13 +50,17 @@ class Lifecycle:
             if handler(name):
                 break
         self.runtime.close_all()
+        # One turn of the loop lets the greenlets close_all killed run their last lines; nothing
+        # here waits on a timer, so the process exits right after shutdown-complete.
+        gevent.sleep(0)
         sd_notify("STOPPING=1")
         self.log.info("shutdown-complete")
         return 0
 
     def handle_sigterm(self, name):
         if self.draining is not None:
-            self.log.info("shutdown-forced", signal=name)
+            self.log.info("shutdown-forced", signal=name,
+                          cut_streams=self.runtime.unfinished_streams())
             self.draining.kill(block=False)
             return True
         self.log.info("shutdown-started", signal=name, mode="graceful",
@@ -69,8 +73,10 @@ class Lifecycle:
     handle_sigint = handle_sigterm
 
     def _drain(self):
-        finished = self.runtime.drain(self.grace)
-        self.log.info("shutdown-drained", complete=bool(finished))
+        finished = bool(self.runtime.drain(self.grace))
+        # What the close that follows cuts: streams still spliced, handlers still running.
+        self.log.info("shutdown-drained", complete=finished,
+                      cut_streams=None if finished else self.runtime.unfinished_streams())
         self.queue.put("DRAINED")
 
     def handle_drained(self, _name):

@@ -20,15 +20,22 @@ A crash during step 3 leaves a journal behind; every function here first
 finishes such an interrupted commit (roll-forward), so callers always see a
 consistent set: all old or all new, never a key paired with the wrong
 certificate.
+
+Commits and recoveries of one folder hold an exclusive ``flock`` on the folder
+itself, because two processes may update it at once: a running Server or Client
+renews its own certificates while an operator may run a material command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import ipaddress
 import json
 import os
+import time
 import re
 import shlex
 import stat
@@ -223,7 +230,7 @@ def _roll_forward(root: Path) -> bool:
         if staged.exists():
             os.replace(staged, target)
             _fsync_dir(target.parent)
-    journal.unlink()
+    journal.unlink(missing_ok=True)
     _fsync_dir(root)
     return True
 
@@ -243,6 +250,46 @@ def _discard_strays(targets: list[Path]) -> None:
                 pass
 
 
+LOCK_WAIT = 30.0
+"""Seconds to wait for another process's update of the same folder (it takes milliseconds)."""
+
+
+def _wait_for_lock(fd: int, root: Path) -> None:
+    """Poll a non-blocking flock: a blocking one would stall the daemon's whole event
+    loop (time.sleep is cooperative under gevent), and a lost holder fails in bounded time."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise MaterialError(f"{root}: still locked by another update after "
+                                    f"{LOCK_WAIT:g} s") from None
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path):
+    """Hold an exclusive flock on the folder `root` (not a file in it, so nothing is
+    created and read-only callers can take it too).  Never nested: a second open of
+    the same folder would wait for the first, even in the same process."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        fd = None  # the operation itself reports what is wrong with the folder
+    try:
+        if fd is not None:
+            _wait_for_lock(fd, root)
+        yield
+    finally:
+        if fd is not None:
+            # Unlocked explicitly: gevent's os.close defers closing a folder's fd to
+            # the next loop iteration, and the lock would live until then.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
 def _recover(root: Path, targets: list[Path], *, cleanup: bool) -> None:
     """Bring `root` to a consistent state before reading or updating it.
 
@@ -253,31 +300,36 @@ def _recover(root: Path, targets: list[Path], *, cleanup: bool) -> None:
     if not root.is_dir():
         return
     try:
-        _roll_forward(root)
-        if cleanup:
-            _discard_strays(targets)
+        with _folder_lock(root):
+            _roll_forward(root)
+            if cleanup:
+                _discard_strays(targets)
     except OSError as e:
         raise MaterialError(f"{root}: cannot complete an interrupted update: {e}") from e
 
 
 def _commit(root: Path, files: list[tuple[Path, bytes, int]]) -> None:
     """Install `files` (path, data, mode) all-or-nothing; order = rename order."""
-    decided = False
     try:
         ensure_dir(root)
-        for path, data, mode in files:
-            atomic_write(_staged(path), data, mode)
-        rels = [str(path.relative_to(root)) for path, _, _ in files]
-        atomic_write(root / _JOURNAL, json.dumps(rels).encode(), KEY_MODE)
-        decided = True
-        _roll_forward(root)
     except OSError as e:
-        if not decided:
-            try:
-                _discard_strays([path for path, _, _ in files])
-            except OSError:
-                pass
         raise MaterialError(f"{root}: cannot write material: {e}") from e
+    decided = False
+    with _folder_lock(root):
+        try:
+            for path, data, mode in files:
+                atomic_write(_staged(path), data, mode)
+            rels = [str(path.relative_to(root)) for path, _, _ in files]
+            atomic_write(root / _JOURNAL, json.dumps(rels).encode(), KEY_MODE)
+            decided = True
+            _roll_forward(root)
+        except OSError as e:
+            if not decided:
+                try:
+                    _discard_strays([path for path, _, _ in files])
+                except OSError:
+                    pass
+            raise MaterialError(f"{root}: cannot write material: {e}") from e
 
 
 # --------------------------------------------------------------------------
@@ -650,6 +702,25 @@ def file_stamp(*paths) -> tuple:
     return tuple((st.st_mtime_ns, st.st_size) for st in map(os.stat, paths))
 
 
+def load_certificate(cert_path: Path) -> x509.Certificate:
+    """The first certificate of a PEM file (the leaf of a chain file)."""
+    return _load_cert(Path(cert_path))
+
+
+def server_cert_renewable(cert_dir: Path) -> bool:
+    """True when cert-dir holds the Server CA (``state/server-ca.key``) that issued
+    ``server.crt``: the Server can then renew its certificate itself.  A certificate
+    from another CA is never replaced, even when a Server CA sits beside it."""
+    cert_dir = Path(cert_dir)
+    try:
+        ca_cert, _ = _load_server_ca(cert_dir)
+        _check_issued(_load_cert(cert_dir / SERVER_CERT), ca_cert, cert_dir / SERVER_CERT,
+                      cert_dir / SERVER_CA_CERT)
+    except MaterialError:
+        return False
+    return True
+
+
 def server_cert_paths(cert_dir: Path) -> tuple[Path, Path]:
     """Where the Server certificate chain and key live, unchecked (see load_server_cert_paths)."""
     cert_dir = Path(cert_dir)
@@ -936,6 +1007,18 @@ def rotate_public_ca(public_dir: Path, now: _dt.datetime | None = None) -> Publi
     ensure_dir(public_dir / "state")
     _commit(public_dir, files)
     return PublicCertsResult(public_dir / PUBLIC_CA_CERT, True, tuple(leaves))
+
+
+def public_cert_renewable(public_dir: Path, hostname: str) -> bool:
+    """True when the hostname's certificate was issued by the Public hostname CA whose
+    key is in ``public-cert-dir/state``: the Client can then renew it itself."""
+    public_dir = Path(public_dir)
+    try:
+        ca = _load_public_ca(public_dir)
+        return ca is not None and _leaf_usable(public_dir, _normalize_hostname(
+            hostname, allow_ip=False), ca[0])
+    except MaterialError:
+        return False
 
 
 def load_public_cert_paths(public_dir: Path, hostname: str) -> tuple[Path, Path]:

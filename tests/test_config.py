@@ -820,6 +820,18 @@ SERVER_ERRORS = [
         "server.tunnels[0].client-identity",
         "64 lowercase hex",
     ),
+    # the shipped template's placeholder must not start a Server
+    (
+        _server_with(tunnel_extra=f'{TUNNEL_HOSTS}\nclient-identity = "{"0" * 64}"'),
+        "server.tunnels[0].client-identity",
+        "the all-zero placeholder is not a Client identity; paste the real one printed by "
+        "'runewarp client identity show'",
+    ),
+    (
+        _server_with(tunnel_extra=f'{TUNNEL_HOSTS}\nclient-identities = ["{ID1}", "{"0" * 64}"]'),
+        "server.tunnels[0].client-identities[1]",
+        "all-zero placeholder",
+    ),
     (
         _server_with(tunnel_extra=f"{TUNNEL_HOSTS}\nclient-identity = 1"),
         "server.tunnels[0].client-identity",

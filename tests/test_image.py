@@ -181,3 +181,30 @@ def test_make_image_passes_base_image_only_when_set():
     with_base = run([*make, "BASE_IMAGE=localhost/debian-python:bookworm"], timeout=60).stdout
     assert "--build-arg BASE_IMAGE=localhost/debian-python:bookworm" in with_base
     assert "--build-arg" not in run(make, timeout=60).stdout
+
+
+def test_compose_example_uses_the_folders_of_the_shipped_configs():
+    """The image reads the same layout as a system install: configs name every folder under
+    the volume /var/lib/runewarp, and every command in the walkthrough passes -c."""
+    import tomllib
+
+    def folders(path, role):
+        table = tomllib.loads(path.read_text())[role]
+        return {k: v for k, v in table.items() if k.endswith(("-dir", "-file"))}
+
+    examples = ROOT / "examples" / "docker"
+    assert folders(examples / "server.toml", "server") == folders(ROOT / "conf/server.toml", "server")
+    client = folders(examples / "client.toml", "client")
+    assert client["identity-dir"] == folders(ROOT / "conf/client.toml", "client")["identity-dir"]
+    # Demo only: the Client reads the CA from the Server's volume, mounted at /srv/server-data.
+    assert client["server-ca-file"] == "/srv/server-data/server/cert/server-ca.crt"
+    compose = (examples / "compose.yaml").read_text()
+    assert "server-data:/srv/server-data:ro" in compose
+    for role in ("server", "client"):
+        assert f'command: ["{role}", "-c", "/etc/runewarp/{role}.toml"]' in compose
+        assert f"./{role}.toml:/etc/runewarp/{role}.toml:ro" in compose
+    walkthrough = (examples / "README.md").read_text().replace("\\\n", " ")
+    commands = [line for line in walkthrough.splitlines() if "docker compose run" in line]
+    for command in commands:
+        assert "-c /etc/runewarp/" in command or "--dir" in command, command
+    assert len(commands) >= 4

@@ -204,3 +204,97 @@ def test_recovery_still_works_for_a_scope_that_was_not_pruned():
     warning.recovered("intake-full")
     warning.recovered("intake-full")
     assert [e for e, _ in lines.events()] == ["server-saturated", "server-saturated-recovered"]
+
+
+# -- trace level: one line per mux frame, headers only --
+
+def _tunnel_exchange(level):
+    """Two real mux sessions over loopback TCP; one stream carries a payload both ways.
+
+    Returns the text lines the Client side logged at `level`.
+    """
+    import gevent
+
+    from runewarp.io.tunnel import TunnelSession
+    from runewarp.proto.mux import Role
+
+    from .io.test_splice import _Log, pair
+
+    out = io.StringIO()
+    near, far = pair()
+    accepted = []
+    server = TunnelSession(far, Role.SERVER, on_stream=lambda _s, st: accepted.append(st),
+                           log=_Log())
+    client = TunnelSession(near, Role.CLIENT, on_stream=lambda _s, st: None,
+                           log=Logger(level, stream=out), name="tunnel.example.com:443")
+    server.start()
+    client.start()
+    try:
+        stream = client.open_stream()
+        stream.sendall(SECRET)
+        with gevent.Timeout(5):
+            while not accepted:
+                gevent.sleep(0.01)
+            assert accepted[0].recv_consumed() == SECRET
+            accepted[0].sendall(SECRET[::-1])
+            assert stream.recv_consumed() == SECRET[::-1]
+            stream.end()
+            accepted[0].end()
+            assert stream.recv_consumed() == b""
+            gevent.sleep(0.05)  # the last FIN reaches the writer
+    finally:
+        client.close()
+        server.close()
+    return out.getvalue().splitlines()
+
+
+SECRET = b"payload-bytes-never-logged:" + bytes(range(256))
+
+
+def test_trace_logs_every_frame_header_and_never_a_payload_byte():
+    lines = _tunnel_exchange("trace")
+    frames = [parse_text(line) for line in lines]
+    assert frames, "no trace lines"
+    assert {event for event, _ in frames} == {"mux-frame-sent", "mux-frame-received"}
+    sent = [f for e, f in frames if e == "mux-frame-sent"]
+    received = [f for e, f in frames if e == "mux-frame-received"]
+    assert {"type": "window-update", "flags": "SYN", "stream": "1", "length": "0",
+            "connection": "tunnel.example.com:443"} in sent
+    assert {"type": "data", "flags": "-", "stream": "1", "length": str(len(SECRET)),
+            "connection": "tunnel.example.com:443"} in sent
+    assert {"type": "window-update", "flags": "ACK", "stream": "1", "length": "0",
+            "connection": "tunnel.example.com:443"} in received
+    assert {"type": "data", "flags": "-", "stream": "1", "length": str(len(SECRET))} \
+        .items() <= next(f for f in received if f["type"] == "data").items()
+    assert any(f["flags"] == "FIN" for f in sent) and any(f["flags"] == "FIN" for f in received)
+    for line in lines:
+        assert line.split()[1] == "TRACE"
+        assert "payload-bytes" not in line and "never-logged" not in line
+
+
+def test_debug_logs_no_frame_lines():
+    assert not [line for line in _tunnel_exchange("debug") if "mux-frame" in line]
+
+
+def test_frame_headers_walks_whole_frames_and_names_them():
+    from runewarp.proto.mux import (FLAG_ACK, FLAG_SYN, TYPE_DATA, TYPE_PING,
+                                    TYPE_WINDOW_UPDATE, describe_header, encode_header,
+                                    frame_headers)
+
+    wire = (encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0) + encode_header(TYPE_DATA, 0, 1, 5)
+            + b"hello" + encode_header(TYPE_PING, FLAG_SYN | FLAG_ACK, 0, 7))
+    assert list(frame_headers(wire)) == [(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0), (TYPE_DATA, 0, 1, 5),
+                                         (TYPE_PING, FLAG_SYN | FLAG_ACK, 0, 7)]
+    assert describe_header(TYPE_PING, FLAG_SYN | FLAG_ACK, 0, 7) == \
+        {"type": "ping", "flags": "SYN|ACK", "stream": 0, "length": 7}
+    assert describe_header(9, 0x30, 2, 0) == {"type": "9", "flags": "0x30", "stream": 2, "length": 0}
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (0.0001, "0s"), (0.23, "0.23s"), (1, "1s"),
+                                          (12.0, "12s"), (41.2345, "41.23s"),
+                                          (1234567.891, "1234567.89s")])
+def test_delays_are_logged_as_they_are(seconds, text):
+    """`next-retry-delay=0.23s` for a 0.23 s wait: never rounded up to whole seconds."""
+    from runewarp.io.client import format_seconds
+
+    assert format_seconds(seconds) == text

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from runewarp import certcheck as cc
 from runewarp import material as m
 from runewarp.errors import MaterialError
 
@@ -800,3 +803,207 @@ def test_key_permission_problems_lists_every_loose_key(tmp_path):
     assert len(problems) == 2
     assert "server.key" in problems[0] and "0644" in problems[0]
     assert "server-ca.key" in problems[1] and "0660" in problems[1]
+
+
+# --------------------------------------------------------------------------
+# certificate upkeep decisions (runewarp.certcheck): pure functions of (certificate, now)
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
+DAY = dt.timedelta(days=1)
+
+
+def dated(not_before=T0, days=90, names=("tunnel.example.com",), cn="tunnel.example.com"):
+    """A leaf valid from `not_before` for `days` days; only its dates and names matter here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_before + days * DAY))
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def at(fraction, days=90):
+    """The moment `fraction` of a `days`-long lifetime starting at T0 has passed."""
+    return T0 + fraction * days * DAY
+
+
+def test_renewal_is_due_once_two_thirds_of_the_lifetime_have_passed():
+    cert = dated()
+    assert cc.renewal_due_at(cert) == T0 + 60 * DAY
+    assert cc.validity(cert, at(0.59)) == cc.VALID
+    assert not cc.renewal_due(cert, at(0.59))
+    assert cc.renewal_due(cert, at(0.67))
+    assert not cc.renewal_due(cert, T0 + 60 * DAY - dt.timedelta(seconds=1))
+    assert cc.renewal_due(cert, T0 + 60 * DAY)
+    # The fraction follows the real lifetime, not a fixed 90 days.
+    assert cc.renewal_due_at(dated(days=30)) == T0 + 20 * DAY
+
+
+def test_not_yet_valid_and_expired_certificates_are_not_valid_and_due():
+    cert = dated()
+    early = T0 - dt.timedelta(minutes=1)
+    assert cc.validity(cert, early) == cc.NOT_YET_VALID and cc.renewal_due(cert, early)
+    assert cc.validity(cert, T0 + 90 * DAY) == cc.EXPIRED and cc.renewal_due(cert, T0 + 90 * DAY)
+    assert cc.validity(cert, T0 + 200 * DAY) == cc.EXPIRED
+    assert "not valid before 2030-01-01T00:00:00Z" in cc.describe(cert, early)
+    assert "expired on 2030-04-01T00:00:00Z" in cc.describe(cert, T0 + 100 * DAY)
+    assert "10 days left" in cc.describe(cert, T0 + 80 * DAY)
+
+
+def test_expiry_warning_starts_thirty_days_before_not_after():
+    cert = dated()
+    ten_days_left = T0 + 80 * DAY
+    assert cc.expiring(cert, ten_days_left) and cc.days_left(cert, ten_days_left) == 10
+    assert cc.expiring(cert, T0 + 60 * DAY)  # exactly 30 days left
+    assert not cc.expiring(cert, T0 + 59 * DAY)  # 31 days left
+    assert cc.expiring(cert, T0 + 95 * DAY) and cc.days_left(cert, T0 + 95 * DAY) == 0
+
+
+@pytest.mark.parametrize("moment, renewable, verdict", [
+    (at(0.59), True, cc.OK),
+    (at(0.67), True, cc.RENEW),
+    (T0 + 80 * DAY, True, cc.RENEW),               # 10 days left
+    (T0 + 100 * DAY, True, cc.RENEW),              # expired
+    (T0 - DAY, True, cc.RENEW),                    # not yet valid
+    (at(0.59), False, cc.OK),                      # 36.9 days left
+    (at(0.67), False, cc.WARN),                    # 29.7 days left
+    (T0 + 80 * DAY, False, cc.WARN),
+    (T0 + 100 * DAY, False, cc.REFUSE),
+    (T0 - DAY, False, cc.REFUSE),
+], ids=["self-59%", "self-67%", "self-10-days-left", "self-expired", "self-not-yet-valid",
+        "other-59%", "other-67%", "other-10-days-left", "other-expired", "other-not-yet-valid"])
+def test_decide_renews_its_own_certificates_and_reports_the_others(moment, renewable, verdict):
+    assert cc.decide(dated(), moment, renewable=renewable) == verdict
+    assert cc.decide(dated(), moment, renewable=renewable,
+                     hostname="tunnel.example.com") == verdict
+
+
+def test_decide_refuses_a_certificate_for_another_hostname_first():
+    other = dated(names=("other.example.com",), cn="tunnel.example.com")
+    for moment in (at(0.1), at(0.9), T0 + 100 * DAY):
+        for renewable in (True, False):
+            assert cc.decide(other, moment, renewable=renewable,
+                             hostname="tunnel.example.com") == cc.WRONG_HOSTNAME
+    assert cc.decide(other, at(0.1), renewable=True) == cc.OK  # no hostname to check
+
+
+def test_names_hostname_reads_the_san_dns_names_as_tls_clients_do():
+    cert = dated(names=("Tunnel.Example.com.", "*.apps.example.com"))
+    assert cc.dns_names(cert) == ("tunnel.example.com", "*.apps.example.com")
+    assert cc.names_hostname(cert, "tunnel.example.com")
+    assert cc.names_hostname(cert, "TUNNEL.example.com.")
+    assert cc.names_hostname(cert, "a.apps.example.com")
+    assert not cc.names_hostname(cert, "apps.example.com")
+    assert not cc.names_hostname(cert, "a.b.apps.example.com")
+    assert not cc.names_hostname(cert, "other.example.com")
+    assert not cc.names_hostname(dated(names=("*.com",)), "example.com")
+    # The subject CN is not a name TLS clients accept when a SAN is there (and Go never does).
+    assert not cc.names_hostname(dated(names=(), cn="tunnel.example.com"), "tunnel.example.com")
+
+
+def test_expiry_warnings_are_due_at_most_once_a_day():
+    assert cc.warning_due(None, T0)
+    assert not cc.warning_due(T0, T0 + dt.timedelta(hours=23))
+    assert cc.warning_due(T0, T0 + DAY)
+
+
+def test_naive_times_are_utc():
+    cert = dated()
+    naive = (T0 + 70 * DAY).replace(tzinfo=None)
+    assert cc.renewal_due(cert, naive) and cc.expiring(cert, naive)
+    assert cc.rfc3339(naive) == "2030-03-12T00:00:00Z"
+
+
+def test_certcheck_does_no_io():
+    import ast
+    tree = ast.parse(Path(cc.__file__).read_text())
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+    assert not roots & {"os", "pathlib", "time", "socket", "ssl", "OpenSSL", "gevent",
+                        "subprocess", "threading", "select"}
+
+
+def test_server_cert_renewable_only_with_the_ca_that_issued_it(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    assert m.server_cert_renewable(d)
+    leaf = m.load_certificate(d / "server.crt")
+    assert cc.issued_by(leaf, m.load_certificate(d / "server-ca.crt"))
+    # A certificate from another CA dropped into a folder that still holds our CA.
+    other = tmp_path / "other"
+    m.init_server_cert(other, "tunnel.example.com")
+    for name in ("server.crt", "server.key"):
+        (d / name).write_bytes((other / name).read_bytes())
+    assert not m.server_cert_renewable(d)
+    assert not cc.issued_by(m.load_certificate(d / "server.crt"),
+                            m.load_certificate(d / "server-ca.crt"))
+    (other / "state" / "server-ca.key").unlink()
+    assert not m.server_cert_renewable(other)
+    assert not m.server_cert_renewable(tmp_path / "absent")
+
+
+def test_public_cert_renewable_only_with_the_ca_that_issued_it(tmp_path):
+    d = tmp_path / "public"
+    m.init_public_certs(d, ["app.example.com"])
+    assert m.public_cert_renewable(d, "app.example.com")
+    assert m.public_cert_renewable(d, "APP.example.com.")
+    assert not m.public_cert_renewable(d, "absent.example.com")
+    (d / "state" / "public-ca.key").unlink()
+    assert not m.public_cert_renewable(d, "app.example.com")
+
+
+def test_renewals_dated_by_now_keep_the_ca(tmp_path):
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com", now=T0)
+    ca = (d / "server-ca.crt").read_bytes()
+    r = m.renew_server_cert(d, hostname="tunnel.example.com", now=T0 + 61 * DAY)
+    assert r.not_after == T0 + 151 * DAY
+    assert (d / "server-ca.crt").read_bytes() == ca
+    assert not cc.renewal_due(m.load_certificate(d / "server.crt"), T0 + 62 * DAY)
+
+
+# --------------------------------------------------------------------------
+# one folder, several processes: a running Server or Client renews its own material
+# while an operator may run a material command
+
+
+_RENEW_LOOP = """
+import sys
+from runewarp import material as m
+for _ in range(int(sys.argv[2])):
+    m.renew_server_cert(sys.argv[1])
+    m.load_server_cert_paths(sys.argv[1])
+"""
+
+
+def test_concurrent_renewals_from_several_processes_keep_a_consistent_pair(tmp_path):
+    import sys
+    d = tmp_path / "server"
+    m.init_server_cert(d, "tunnel.example.com")
+    procs = [subprocess.Popen([sys.executable, "-c", _RENEW_LOOP, str(d), "25"],
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=90)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert_server_consistent(d)
+    assert not (d / ".pending-commit").exists()
+    assert not list(d.rglob("*.new")) and not list(d.rglob("*.tmp"))
+
+
+def test_folder_lock_is_released_at_once_under_gevent(tmp_path):
+    """gevent defers os.close of a folder's fd to the next loop iteration: the lock must
+    not wait for it, or the next read of the same folder in the same greenlet hangs."""
+    import sys
+    m.init_identity(tmp_path / "id")
+    code = ("from gevent import monkey; monkey.patch_all()\n"
+            "import gevent, sys\nfrom runewarp import material as m\n"
+            "m.show_identity(sys.argv[1])\n"
+            "assert not gevent.spawn(m.identity_needs_renewal, sys.argv[1]).get()\n"
+            "m.renew_identity(sys.argv[1]); m.renew_identity(sys.argv[1])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "id")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr

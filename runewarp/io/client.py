@@ -25,8 +25,8 @@ from ..errors import MaterialError, ProtocolError
 from ..logs import RateLimitedWarning
 from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control, proxyv2
-from ..proto.backoff import Backoff
-from ..proto.mux import Role, WindowBudget
+from ..proto.backoff import WINDOWS, Backoff, parse_windows
+from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
 from ..tls import ALPN_ACME, ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
 from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_client_hello
 from .listener import format_address, set_keepalive, set_nodelay
@@ -35,6 +35,7 @@ from .sweeper import SpliceTimeouts
 from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
 from .tlsconn import ClientTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
+from .upkeep import Periodic, check_seconds
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
 BACKEND_CONNECT_DEADLINE = 5.0
@@ -87,6 +88,12 @@ class Client:
 
     def start(self):
         self.identity = show_identity(self.config.identity_dir)  # fail fast without material
+        # Before any Visitor can arrive: renew due Public hostname certificates the Client
+        # issued itself, and name the terminate hostnames that have none.  Then every hour.
+        self.public_certs.upkeep(terminate_hostnames(self.config), announce=True)
+        self.certificate_upkeep = Periodic(
+            lambda: self.public_certs.upkeep(terminate_hostnames(self.config)), check_seconds(),
+            self.log, "public-certificate-renewal-failed", stopped=self.stopping.is_set).start()
         if self.acme is not None:
             self.acme.start()
         for address in self.config.server_addresses:
@@ -103,8 +110,12 @@ class Client:
 
     def drain(self, timeout):
         deadline = time.monotonic() + timeout
-        self.handlers.join(timeout=timeout)
-        return self.splices.join(max(0.0, deadline - time.monotonic()))
+        handlers_done = self.handlers.join(timeout=timeout)
+        return self.splices.join(max(0.0, deadline - time.monotonic())) and handlers_done
+
+    def unfinished_streams(self):
+        """Streams a close would cut now: spliced ones and those still in a handler."""
+        return len(self.handlers) + len(self.splices)
 
     def close_all(self):
         if self.acme is not None:
@@ -114,7 +125,7 @@ class Client:
         self.splices.close()
         for session in list(self.sessions):
             session.close("client shutting down")
-        gevent.killall(self.workers, timeout=2)
+        gevent.killall(self.workers, block=False)  # no timed wait: the process exits right after
 
     def reload(self, config):
         kept = {}
@@ -124,39 +135,53 @@ class Client:
                 kept[key] = getattr(self.config, key)
         config = dataclasses.replace(config, **kept)  # these keep their running values
         self.services = ServiceTable(config.services)
-        self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme)
+        self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme,
+                                               clock=self.public_certs.clock)
+        self.public_certs.upkeep(terminate_hostnames(config), announce=True)
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self.log.info("client-reloaded", services=len(config.services))
 
     # -- Tunnel connection worker --
     def _worker(self, address):
-        backoff = Backoff()
+        backoff = Backoff(reconnect_windows())
         server = format_address(address)
+        failures = 0  # attempts that failed since the last established connection
+        down_since = time.monotonic()  # no Tunnel connection to this Server since then
         while not self.stopping.is_set():
             try:
-                session = self._connect(address)
+                session = self._connect(address, failures, down_since)
             except Unauthorized:
+                failures += 1
                 self.log.error("tunnel-connection-unauthorized", server_address=server,
-                               client_identity=self.identity,
+                               client_identity=self.identity, attempt=failures,
                                reason=f"unauthorized client identity {self.identity}: the "
                                       "Server's Tunnels do not list it")
             except MaterialError as exc:
-                self.log.error("tunnel-connection-failed", server_address=server, reason=str(exc))
+                failures += 1
+                self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
+                               reason=str(exc))
             except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamReset,
                     control.ControlError) as exc:
-                self.log.warn("tunnel-connection-failed", server_address=server,
-                              reason=_describe(exc))
+                failures += 1
+                # The first failure of an outage is the warning; its repeats are counted.
+                self.log.log("warn" if failures == 1 else "info", "tunnel-connection-failed",
+                             server_address=server, attempt=failures, reason=_describe(exc))
             except Exception as exc:  # noqa: BLE001 - a peer's bytes never end this worker
-                self.log.error("tunnel-connection-failed", server_address=server,
+                failures += 1
+                self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
                                reason=f"unexpected {_describe(exc)}")
             else:
-                backoff.reset()
+                failures = 0
+                backoff.established(time.monotonic())
                 self.sessions.add(session)
                 gevent.wait([session.closed, session.peer_going_away, self.stopping], count=1)
                 if self.stopping.is_set():
                     break
-                if session.closed.is_set():
+                down_since = time.monotonic()
+                # A Server stopping or restarting says go away (normal) before it closes.
+                graceful = session.go_away_reason == GOAWAY_NORMAL
+                if session.closed.is_set() and not graceful:
                     self.sessions.discard(session)
                     self.log.warn("tunnel-connection-lost", server_address=server,
                                   reason=session.close_reason)
@@ -167,10 +192,11 @@ class Client:
                     gevent.spawn(self._retire, session)
             if self.stopping.is_set():
                 break
-            delay = backoff.next_delay(random.uniform)
+            delay = backoff.next_delay(random.uniform, time.monotonic())
             self.log.info("tunnel-reconnect-scheduled", server_address=server,
-                          next_retry_delay=f"{int(-(-delay // 1))}s")
-            self.stopping.wait(delay)
+                          next_retry_delay=format_seconds(delay))
+            if delay:
+                self.stopping.wait(delay)
 
     def _retire(self, session):
         try:
@@ -187,7 +213,11 @@ class Client:
         return client_tunnel_context(cfg.identity_dir / "client.crt", cfg.identity_dir /
                                      "client.key", cfg.server_trust, cfg.server_ca_file)
 
-    def _connect(self, address):
+    def _connect(self, address, failures=0, down_since=None):
+        """One attempt: TLS, mux, control hello and welcome; the established session.
+
+        `failures` and `down_since` (monotonic) describe the outage this attempt ends.
+        """
         host, port = address
         context = self._tls_context()
         with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
@@ -204,7 +234,7 @@ class Client:
             tls.close()
             raise ProtocolError("the Server did not select ALPN runewarp/1")
         session = TunnelSession(tls, Role.CLIENT, on_stream=self._on_stream, log=self.log,
-                                window_budget=self.window_budget)
+                                window_budget=self.window_budget, name=format_address(address))
         session.start()
         try:
             stream = session.open_stream()
@@ -220,9 +250,13 @@ class Client:
             if is_unauthorized_alert(error):
                 raise Unauthorized() from error
             raise (error or exc) from None
+        recovered = {}
+        if failures:  # the recovery, once: how long and how many attempts it took
+            recovered = dict(failed_attempts=failures,
+                             outage=format_seconds(time.monotonic() - down_since))
         self.log.info("tunnel-connection-established", server_address=format_address(address),
                       tunnel=welcome.tunnel, server_version=welcome.version,
-                      client_identity=self.identity)
+                      client_identity=self.identity, **recovered)
         gevent.spawn(drain_control, stream, decoder, self.log)
         return session
 
@@ -380,6 +414,16 @@ def _read_proxy_header(stream):
             raise IntakeRejected("closed-before-proxy-header")
         buf += data
 
+
+
+def reconnect_windows():
+    """The backoff windows: RUNEWARP_RECONNECT_WINDOWS="0.2,0.5" (tests) or the standard ones."""
+    return parse_windows(os.environ.get("RUNEWARP_RECONNECT_WINDOWS", "")) or WINDOWS
+
+
+def format_seconds(seconds):
+    """A delay as logged: 0.23s, 1.5s, 12s (two decimals at most, never rounded up to 1s)."""
+    return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
 
 
 def _describe(exc):

@@ -5,7 +5,10 @@ accepted socket inherits them, which spares two to five system calls per
 connection on the hot accept path.
 """
 
+import errno
+import os
 import socket
+import sys
 
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -70,12 +73,36 @@ class _HandlerOwnedServer(StreamServer):
             raise
 
 
+class BindError(OSError):
+    """A listener that could not bind, told by its config key and address (one error line)."""
+
+    KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}
+
+    def __init__(self, name, address, error):
+        super().__init__(error.errno, error.strerror)
+        self.key = self.KEYS.get(name, name)
+        self.address = address
+
+    def __str__(self):
+        text = f"{self.key}: {format_address(self.address)}: {(self.strerror or 'bind failed').lower()}"
+        if self.errno == errno.EACCES and 0 < self.address[1] < 1024:
+            text += ("; ports below 1024 need CAP_NET_BIND_SERVICE: start the runewarp-server unit "
+                     "(AmbientCapabilities=CAP_NET_BIND_SERVICE) or run `setcap "
+                     f"cap_net_bind_service=+ep {os.path.realpath(sys.executable)}`")
+        return text
+
+
 class Listener:
-    """One listening socket; `stop()` closes it so no new connection is accepted."""
+    """One listening socket; `stop()` closes it so no new connection is accepted.
+
+    `name` is "public" or "tunnel": a failed bind names the matching config key."""
 
     def __init__(self, name, address, handle, pool_size):
         self.name = name
-        self.sock = bind(address)
+        try:
+            self.sock = bind(address)
+        except OSError as exc:
+            raise BindError(name, address, exc) from None
         self.address = self.sock.getsockname()
         self.server = _HandlerOwnedServer(self.sock, handle, spawn=Pool(pool_size))
 

@@ -6,6 +6,7 @@ immutable snapshot, swapped whole on reload.
 """
 
 import dataclasses
+import shlex
 import socket
 import time
 
@@ -14,11 +15,13 @@ from gevent.event import AsyncResult
 from gevent.pool import Group
 from OpenSSL import SSL
 
-from .. import __version__
-from ..errors import MaterialError, ProtocolError
+from .. import __version__, certcheck
+from ..certcheck import CertificateRefused
+from ..errors import ConfigError, MaterialError, ProtocolError
 from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
-from ..material import file_stamp, load_server_cert_paths, server_cert_paths
+from ..material import (SERVER_CA_KEY, file_stamp, load_certificate, load_server_cert_paths,
+                        renew_server_cert, server_cert_paths, server_cert_renewable)
 from ..proto import control, proxyv2
 from ..proto.admission import Admission, Refused
 from ..proto.mux import Role, WindowBudget
@@ -31,6 +34,7 @@ from .splice import SocketEnd, Splices, StreamEnd
 from .sweeper import SpliceTimeouts
 from .tlsconn import ServerTLSConnection, TLSClosed
 from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
+from .upkeep import Periodic, check_seconds, utcnow
 
 TUNNEL_HANDSHAKE_DEADLINE = 5.0
 # Bound to listeners, admission tables or the ACME scheduler at start: a reload keeps them.
@@ -101,8 +105,12 @@ class ServerCertificate:
 
 
 class Server:
-    def __init__(self, config, log):
+    def __init__(self, config, log, clock=utcnow, certificate_check_seconds=None):
+        """`clock()` gives the aware UTC time certificates are judged by; the manual
+        Server certificate is checked every `certificate_check_seconds` (default:
+        RUNEWARP_CERT_CHECK_SECONDS, else 1 h)."""
         self.log = log
+        self.clock = clock
         self.config = config
         self.snapshot = config.routing_snapshot()
         self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
@@ -112,6 +120,11 @@ class Server:
                                          on_ready=self._certificate_renewed)
         self.certificate = self._certificate_for(config)
         self.certificate_missing = False
+        self.certificate_upkeep = Periodic(
+            self._certificate_upkeep, certificate_check_seconds or check_seconds(), log,
+            "server-certificate-renewal-failed", stopped=lambda: self.stopping)
+        self._certificate_checked = False
+        self._expiry_warned = None  # (serial, time) of the last server-certificate-expiring
         limits = config.limits
         prefixes = dict(ipv4_prefix=limits.intake_ipv4_prefix,
                         ipv6_prefix=limits.intake_ipv6_prefix)
@@ -133,6 +146,8 @@ class Server:
     def start(self):
         cfg = self.config
         if self.acme is None:
+            if not self._certificate_checked:
+                self.check_certificate()  # renew or refuse before serving anything
             self.certificate.current()  # fail fast on missing material
         else:
             warn_port(self.log, cfg.public_bind_address[1])
@@ -148,6 +163,8 @@ class Server:
                                            live + cfg.limits.tunnel_handshakes))
         for listener in self.listeners:
             listener.start()
+        if self.acme is None:
+            self.certificate_upkeep.start()  # certbot renews ACME certificates
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
                       public_bind_address=format_address(self.listeners[0].address),
                       tunnel_bind_address=(format_address(self.listeners[1].address)
@@ -165,8 +182,13 @@ class Server:
     def drain(self, timeout):
         """Wait for established Visitor streams, at most `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        self.visitors.join(timeout=timeout)
-        return self.splices.join(max(0.0, deadline - time.monotonic()))
+        visitors_done = self.visitors.join(timeout=timeout)
+        return self.splices.join(max(0.0, deadline - time.monotonic())) and visitors_done
+
+    def unfinished_streams(self):
+        """Visitor connections a close would cut now: spliced ones and those still in intake
+        or routing."""
+        return len(self.visitors) + len(self.splices)
 
     def close_all(self):
         if self.acme is not None:
@@ -177,7 +199,7 @@ class Server:
         for pool in self.pools.values():
             for member in list(pool.members):
                 member.session.close("server shutting down")
-        self.tunnels.kill(block=True, timeout=2)
+        self.tunnels.kill(block=False)  # no timed wait: the process exits right after
 
     def reload(self, config):
         """Swap in a new snapshot and certificate; Tunnel connections no longer authorized close.
@@ -194,6 +216,10 @@ class Server:
         snapshot = config.routing_snapshot()
         certificate = self._certificate_for(config)
         if self.acme is None:
+            try:
+                self._certificate_pass(config, starting=True)
+            except CertificateRefused as exc:
+                raise ConfigError(exc.args[0], file=config.source, key=exc.key) from None
             certificate.current()
         pools = {tunnel.name: self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
                  for tunnel in snapshot.tunnels}
@@ -213,7 +239,7 @@ class Server:
     def _certificate_for(self, config):
         if self.acme is None:
             return ServerCertificate(lambda: server_cert_paths(config.cert_dir), self._authorize,
-                                     check=lambda: load_server_cert_paths(config.cert_dir))
+                                     check=lambda: self._checked_paths(config))
 
         def locate():
             paths = self.acme.paths(config.hostname)
@@ -222,6 +248,88 @@ class Server:
             return paths
 
         return ServerCertificate(locate, self._authorize)
+
+    # -- the manual Server certificate: renewed by the Server when it holds the CA --
+    def check_certificate(self):
+        """At start: renew a due certificate the Server issued itself, warn about one it
+        cannot renew that expires within 30 days, and refuse (CertificateRefused, naming
+        the config key) one that does not name `hostname`, or cannot serve and cannot be
+        renewed.  Nothing to do with ACME: certbot renews."""
+        if self.acme is None:
+            self._certificate_pass(self.config, starting=True)
+        self._certificate_checked = True
+
+    def _certificate_upkeep(self):
+        """The periodic pass: renew when due, warn at most once a day, never refuse."""
+        if self.acme is None and not self.stopping and \
+                self._certificate_pass(self.config, starting=False):
+            self.certificate.current()  # load it now, so a broken one is reported at once
+
+    def _certificate_pass(self, config, starting):
+        """One check of `config`'s certificate at `self.clock()`; True when it was renewed."""
+        try:
+            cert_path, _ = load_server_cert_paths(config.cert_dir)
+            leaf = load_certificate(cert_path)
+        except MaterialError:
+            if starting:
+                raise
+            return False  # reported as server-certificate-missing at the next Tunnel connection
+        now = self.clock()
+        renewable = server_cert_renewable(config.cert_dir)
+        verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=config.hostname)
+        if verdict == certcheck.WRONG_HOSTNAME:
+            if starting:
+                raise CertificateRefused(_wrong_hostname(config, cert_path, leaf, renewable),
+                                         key="server.hostname")
+            return False  # ServerCertificate refuses it at the next Tunnel connection
+        if verdict == certcheck.RENEW:
+            try:
+                result = renew_server_cert(config.cert_dir, hostname=config.hostname, now=now)
+            except (MaterialError, OSError) as exc:
+                if starting and certcheck.validity(leaf, now) != certcheck.VALID:
+                    raise CertificateRefused(f"{cert_path}: {certcheck.describe(leaf, now)}, and "
+                                             f"renewing it failed: {exc}",
+                                             key="server.cert-dir") from None
+                self.log.error("server-certificate-renewal-failed", file=str(cert_path),
+                               not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
+                               reason=str(exc))
+                return False
+            self.log.info("server-certificate-renewed", server_hostname=config.hostname,
+                          not_after=certcheck.rfc3339(result.not_after),
+                          serial=format(result.serial, "x"),
+                          previous_not_after=certcheck.rfc3339(leaf.not_valid_after_utc))
+            return True
+        if verdict == certcheck.REFUSE and starting:
+            raise CertificateRefused(
+                f"{cert_path}: {certcheck.describe(leaf, now)}, and the Server cannot renew it "
+                f"({_not_ours(config)}); {_replace_hint(config)}", key="server.cert-dir")
+        if verdict in (certcheck.REFUSE, certcheck.WARN):
+            self._warn_expiring(config, cert_path, leaf, now)
+        return False
+
+    def _warn_expiring(self, config, cert_path, leaf, now):
+        last = self._expiry_warned
+        if not certcheck.warning_due(last[1] if last and last[0] == leaf.serial_number else None,
+                                     now):
+            return
+        self._expiry_warned = (leaf.serial_number, now)
+        expired = certcheck.validity(leaf, now) != certcheck.VALID
+        self.log.warn("server-certificate-expiring", file=str(cert_path),
+                      not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
+                      days_left=certcheck.days_left(leaf, now),
+                      reason=("it is not valid now: Clients refuse it" if expired else
+                              f"the Server cannot renew it: {_not_ours(config)}"),
+                      fix=_replace_hint(config))
+
+    def _checked_paths(self, config):
+        """ServerCertificate's check: a usable pair that names the Server hostname."""
+        paths = load_server_cert_paths(config.cert_dir)
+        leaf = load_certificate(paths[0])
+        if not certcheck.names_hostname(leaf, config.hostname):
+            raise CertificateRefused(_wrong_hostname(config, paths[0], leaf,
+                                                     server_cert_renewable(config.cert_dir)),
+                                     key="server.hostname")
+        return paths
 
     def _certificate_renewed(self, _hostname):
         """Load a new ACME certificate now, so a broken one is reported at once."""
@@ -444,7 +552,7 @@ class Server:
                 stream.reset()
 
         session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log,
-                                window_budget=self.window_budget)
+                                window_budget=self.window_budget, name=peer)
 
         def on_closed(_event):
             if not control_stream.ready():
@@ -520,3 +628,28 @@ class Server:
                           unowned_hostnames=",".join(unowned))
 
 
+def _config_arg(config):
+    return f"-c {shlex.quote(str(config.source or 'FILE'))}"  # a Server always has a config file
+
+
+def _not_ours(config):
+    return f"it was not issued by a Server CA whose key is {config.cert_dir / SERVER_CA_KEY}"
+
+
+def _replace_hint(config):
+    """How to get a Server certificate the Server can serve, when it cannot renew this one."""
+    return (f"replace server.crt and server.key with a current certificate for "
+            f"{config.hostname}, or run 'runewarp server cert rotate-ca {_config_arg(config)}' "
+            "for a private Server CA that the Server renews itself (every Client must then "
+            "trust its server-ca.crt)")
+
+
+def _wrong_hostname(config, cert_path, leaf, renewable):
+    names = ", ".join(certcheck.dns_names(leaf)) or "no DNS name"
+    if renewable:
+        fix = (f"run 'runewarp server cert renew {_config_arg(config)}' for a certificate "
+               f"for {config.hostname}")
+    else:
+        fix = _replace_hint(config)
+    return (f"{cert_path} is for {names}, not {config.hostname} (the name Clients check); "
+            f"{fix}")

@@ -161,6 +161,7 @@ class StreamEnd:
         self.stream.end()
 
     def abort(self):
+        self.stream.on_reset = None  # our own abort needs no news of itself
         self.stream.reset()
 
     def close(self):
@@ -261,6 +262,8 @@ class Splice:
         for end in (a, b):
             if isinstance(end, SocketEnd):
                 end.splice = self
+            elif getattr(end, "stream", None) is not None:  # a mux stream (maybe under TLS)
+                end.stream.on_reset = self._stream_reset
 
     @property
     def failed(self):
@@ -275,6 +278,12 @@ class Splice:
     def start(self):
         for direction in self.directions:
             direction.park()
+
+    def _stream_reset(self, reason):
+        """The mux stream was reset (by the peer, or its Tunnel connection died): end the
+        splice now, even when no pump is parked on the stream to notice."""
+        if not self.finished:
+            self.fail(f"StreamReset: {reason}")
 
     def fail(self, error):
         """Abort both ends; a parked direction ends at once, a running one on its next I/O."""
@@ -296,6 +305,8 @@ class Splice:
             end.close()
             if isinstance(end, SocketEnd):
                 end.splice = None
+            elif getattr(end, "stream", None) is not None:
+                end.stream.on_reset = None
         self.directions = ()  # no reference cycle left for the garbage collector
         self.on_done(self.result)
 

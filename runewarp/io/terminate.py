@@ -4,15 +4,23 @@ The certificate is chosen by the normalized SNI that intake already read; the
 buffered ClientHello is handed to the TLS engine, so nothing is read twice.  A
 hostname without a usable certificate fails the handshake (fail closed: never
 fall back to passthrough).
+
+With a manual `public-cert-dir`, certificates the Client issued from its own
+Public hostname CA are renewed by the Client (`PublicCertificates.upkeep`, at
+start, at reload and periodically); the others are only reported.
 """
 
 import os
+import shlex
 
 from OpenSSL import SSL
 
+from .. import certcheck
 from ..errors import MaterialError
-from ..material import PUBLIC_CERT, PUBLIC_KEY, file_stamp, load_public_cert_paths
+from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, file_stamp, load_certificate,
+                        load_public_cert_paths, public_cert_renewable, renew_public_certs)
 from .tlsconn import ServerTLSConnection
+from .upkeep import utcnow
 
 
 def _context(cert_path=None, key_path=None):
@@ -32,12 +40,78 @@ class PublicCertificates:
     certbot's newest certificate version for the hostname.
     """
 
-    def __init__(self, cert_dir, log, acme=None):
+    def __init__(self, cert_dir, log, acme=None, clock=utcnow):
         self.cert_dir = cert_dir
         self.acme = acme
         self.log = log
+        self.clock = clock
         self._cache = {}
         self._refuse = _context()  # no certificate: every handshake fails
+        self._expiry_warned = {}  # hostname -> (serial, time) of the last expiring warning
+
+    def init_command(self, hostname):
+        """The command that creates a certificate for `hostname` in this folder."""
+        return (f"runewarp client public-cert init --dir {shlex.quote(str(self.cert_dir))} "
+                f"--hostname {hostname}")
+
+    def upkeep(self, hostnames, announce=False):
+        """One pass over the terminate hostnames' manual certificates; nothing with ACME.
+
+        Renews a certificate issued by the Public hostname CA in this folder once two
+        thirds of its lifetime have passed (or when it is not valid now), and warns, at
+        most once a day each, about any other certificate that expires within 30 days.
+        With `announce` (start and reload) a hostname without a usable certificate is
+        reported with the command that creates it.  Returns the renewed hostnames.
+        """
+        if self.cert_dir is None or self.acme is not None:
+            return []
+        renewed = []
+        for hostname in hostnames:
+            try:
+                cert_path, _ = load_public_cert_paths(self.cert_dir, hostname)
+                leaf = load_certificate(cert_path)
+            except MaterialError as exc:
+                if announce:
+                    self.log.warn("public-certificate-missing", public_hostname=hostname,
+                                  reason=str(exc), fix=self.init_command(hostname))
+                continue
+            now = self.clock()
+            verdict = certcheck.decide(leaf, now,
+                                       renewable=public_cert_renewable(self.cert_dir, hostname))
+            if verdict == certcheck.RENEW:
+                if self._renew(hostname, cert_path, leaf, now):
+                    renewed.append(hostname)
+            elif verdict in (certcheck.WARN, certcheck.REFUSE):
+                self._warn_expiring(hostname, cert_path, leaf, now)
+        return renewed
+
+    def _renew(self, hostname, cert_path, leaf, now):
+        try:
+            result = renew_public_certs(self.cert_dir, [hostname], now=now)
+        except (MaterialError, OSError) as exc:
+            self.log.error("public-certificate-renewal-failed", public_hostname=hostname,
+                           not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
+                           reason=str(exc))
+            return False
+        new = result.leaves[0]
+        self.log.info("public-certificate-renewed", public_hostname=hostname,
+                      not_after=certcheck.rfc3339(new.not_after), serial=format(new.serial, "x"),
+                      previous_not_after=certcheck.rfc3339(leaf.not_valid_after_utc))
+        return True
+
+    def _warn_expiring(self, hostname, cert_path, leaf, now):
+        last = self._expiry_warned.get(hostname)
+        if not certcheck.warning_due(last[1] if last and last[0] == leaf.serial_number else None,
+                                     now):
+            return
+        self._expiry_warned[hostname] = (leaf.serial_number, now)
+        valid = certcheck.validity(leaf, now) == certcheck.VALID
+        self.log.warn("public-certificate-expiring", public_hostname=hostname,
+                      file=str(cert_path), not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
+                      days_left=certcheck.days_left(leaf, now),
+                      reason=("the Client cannot renew it: it was not issued by the Public "
+                              f"hostname CA in {os.path.join(self.cert_dir, PUBLIC_CA_KEY)}"
+                              if valid else "it is not valid now: Visitors refuse it"))
 
     def _locate(self, hostname):
         """(stamp, load): the stamp changes whenever the certificate does; None = missing."""
@@ -61,7 +135,8 @@ class PublicCertificates:
             return cached[1]
         ctx = self._refuse
         if stamp is None:
-            self.log.warn("public-certificate-missing", public_hostname=hostname)
+            self.log.warn("public-certificate-missing", public_hostname=hostname,
+                          fix=None if self.acme is not None else self.init_command(hostname))
         else:
             try:
                 ctx = _context(*load())
@@ -121,6 +196,7 @@ class TLSEnd:
             self.stream.end()
 
     def abort(self):
+        self.stream.on_reset = None  # our own abort needs no news of itself
         self.stream.reset()
 
     def close(self):

@@ -38,6 +38,9 @@ class MuxStream:
         self._writable = Event()
         self.eof = False
         self.reset_reason = None
+        # Called once with the reason when the stream is reset: a splice whose reading
+        # side already ended has no pump waiting here, and must still learn of it.
+        self.on_reset = None
 
     # -- events from the reader greenlet --
     def _on_data(self, data):
@@ -49,10 +52,14 @@ class MuxStream:
         self._became_readable()
 
     def _on_reset(self, reason):
+        hook = None
         if self.reset_reason is None:
             self.reset_reason = reason
+            hook, self.on_reset = self.on_reset, None
         self._became_readable()
         self._writable.set()
+        if hook is not None:
+            hook(reason)
 
     def _became_readable(self):
         self._readable.set()
@@ -198,8 +205,9 @@ class TunnelSession:
 
     def __init__(self, transport, role, *, on_stream, log, keepalive_interval=20.0,
                  idle_timeout=60.0, max_frame_size=64 * 1024, max_window=16 * 1024 * 1024,
-                 window_budget=None, clock=time.monotonic):
+                 window_budget=None, clock=time.monotonic, name=None):
         self.transport = transport
+        self.name = name  # the peer, in trace lines
         self.clock = clock
         self.session = mux.Session(role, max_frame_size=max_frame_size, max_window=max_window,
                                    keepalive_interval=keepalive_interval,
@@ -211,6 +219,7 @@ class TunnelSession:
         self.streams = {}
         self.closed = Event()
         self.peer_going_away = Event()
+        self.go_away_reason = None  # the code of the peer's go away, once it sent one
         self.close_reason = None
         self.close_error = None
         self.read_error = None  # what the peer's bytes said last (a TLS alert), whoever failed first
@@ -296,16 +305,28 @@ class TunnelSession:
             self.session.reset_stream(stream_id)
             self._wake_writer()
 
+    # -- trace: one line per frame header, never a payload byte --
+    def _trace_received(self, type_, flags, stream_id, length):
+        self.log.trace("mux-frame-received", connection=self.name,
+                       **mux.describe_header(type_, flags, stream_id, length))
+
+    def _trace_sent(self, data):
+        for header in mux.frame_headers(data):
+            self.log.trace("mux-frame-sent", connection=self.name, **mux.describe_header(*header))
+
     # -- greenlets --
     def _read_loop(self):
         session = self.session
+        log = self.log
         reason, error = "peer closed the connection", None
         try:
             while True:
                 data = self.transport.recv(READ_SIZE)
                 if not data:
                     return
-                for event in session.receive_data(data, self.clock()):
+                # One level check per read: below trace, the frames cost nothing extra.
+                on_frame = self._trace_received if log.enabled("trace") else None
+                for event in session.receive_data(data, self.clock(), on_frame):
                     self._dispatch(event)
                 if session.outbound_pending:
                     self._wake_writer()
@@ -343,6 +364,8 @@ class TunnelSession:
             if stream is not None:
                 stream._on_credit()
         elif isinstance(event, mux.GoAwayReceived):
+            if self.go_away_reason is None:
+                self.go_away_reason = event.reason
             self.peer_going_away.set()
             self.log.debug("tunnel-go-away-received", reason=event.reason)
 
@@ -354,6 +377,8 @@ class TunnelSession:
         """
         data = self.session.data_to_send()
         if data:
+            if self.log.enabled("trace"):
+                self._trace_sent(data)
             with gevent.Timeout(1.0, False):
                 try:
                     self.transport.sendall(data)
@@ -362,6 +387,7 @@ class TunnelSession:
 
     def _write_loop(self):
         session = self.session
+        log = self.log
         try:
             while True:
                 self._writer_wake.wait()
@@ -370,6 +396,8 @@ class TunnelSession:
                     return
                 data = session.data_to_send()
                 if data:
+                    if log.enabled("trace"):
+                        self._trace_sent(data)
                     self.transport.sendall(data)
                 if session.outbound_pending <= OUTBOUND_HIGH_WATER:
                     self._drained.set()

@@ -1,6 +1,16 @@
 """Reconnect backoff: full jitter over a fixed window sequence (protocol.md).
 
-The random draw is passed in, so the schedule is testable without a clock or RNG.
+Sans-I/O: the random draw (`uniform`) and the times (`now`, seconds on any
+monotonic clock) are passed in, so the schedule is tested with a fake clock and
+a fake draw.
+
+- Each failed attempt takes the next window in WINDOWS and waits
+  `uniform(0, window)`; past the end, the last window repeats.
+- An established connection starts the sequence again: when it ends, the first
+  window comes next.
+- A connection that stayed established for at least the largest window is
+  retried at once when it ends, before the first window: after a Server restart
+  the Client is back as soon as the Server is.
 """
 
 WINDOWS = (1, 2, 3, 5, 8, 12, 18, 27, 41, 60)
@@ -8,18 +18,37 @@ WINDOWS = (1, 2, 3, 5, 8, 12, 18, 27, 41, 60)
 
 class Backoff:
     def __init__(self, windows=WINDOWS):
-        self.windows = windows
+        if not windows or min(windows) <= 0:
+            raise ValueError("backoff windows must be positive numbers")
+        self.windows = tuple(windows)
+        self.largest = max(self.windows)
+        self.attempt = 0  # windows used since the last established connection
+        self.established_at = None
+
+    def established(self, now):
+        """A connection was authenticated (the Server's welcome) at `now`."""
+        self.established_at = now
         self.attempt = 0
 
-    def reset(self):
-        """An authenticated connection starts the sequence again."""
-        self.attempt = 0
+    def next_delay(self, uniform, now) -> float:
+        """Seconds to wait before the next attempt, after a failure or a connection end at `now`.
 
-    def next_window(self) -> int:
+        `uniform(a, b)` is random.uniform or a test double.
+        """
+        since, self.established_at = self.established_at, None
+        if since is not None and now - since >= self.largest:
+            return 0.0
         window = self.windows[min(self.attempt, len(self.windows) - 1)]
         self.attempt += 1
-        return window
+        return uniform(0, window)
 
-    def next_delay(self, uniform) -> float:
-        """`uniform(a, b)` is random.uniform or a test double."""
-        return uniform(0, self.next_window())
+
+def parse_windows(text):
+    """RUNEWARP_RECONNECT_WINDOWS: "0.2,0.5,1" → (0.2, 0.5, 1.0); None when unusable."""
+    try:
+        windows = tuple(float(part) for part in text.split(","))
+    except (AttributeError, ValueError):
+        return None
+    if not windows or not all(0 < w < float("inf") for w in windows):
+        return None
+    return windows

@@ -1,13 +1,97 @@
-"""Service-manager integration: sd_notify readiness, reload and stop, as systemd (Type=notify) sees it."""
+"""Process lifecycle: sd_notify readiness, reload and stop as systemd (Type=notify) sees
+them; what a reload keeps; how fast a stopped process exits; runtime log levels."""
 
+import re
 import signal
 import socket
+import ssl
+import threading
+import time
 
 import pytest
 
-from ..conftest import Proc
+from runewarp.proto import clienthello
+
+from ..conftest import Proc, run_cli
 
 pytestmark = pytest.mark.e2e
+ECHO = "echo.example.com"
+STALL = "stall.example.com"
+
+
+class EchoBackend:
+    """A plain TCP echo server (threads): a passthrough Visitor talks to it byte for byte."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn):
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def echo_backend():
+    backend = EchoBackend()
+    yield backend
+    backend.close()
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"closed after {len(data)} of {n} bytes"
+        data += chunk
+    return data
+
+
+def echo_visitor(port):
+    """A passthrough Visitor whose bytes the echo backend returns: the ClientHello first."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    hello = clienthello.build(ECHO)
+    sock.sendall(hello)
+    assert recv_exactly(sock, len(hello)) == hello
+    return sock
+
+
+def round_trip(sock, payload, timeout):
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    sock.sendall(payload)
+    assert recv_exactly(sock, len(payload)) == payload
+    return time.monotonic() - started
+
+
+def stalled_tls_visitor(port, hostname):
+    """A real TLS ClientHello, then silence: a terminate handshake waits on it (up to 5 s)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    engine = ctx.wrap_bio(incoming, outgoing, server_hostname=hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        engine.do_handshake()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(outgoing.read())
+    return sock
 
 
 def test_sd_notify_ready_reloading_stopping(deployment, tmp_path):
@@ -49,3 +133,144 @@ def test_second_signal_forces_shutdown(deployment):
         server.signal(signal.SIGINT)
         server.wait_for("shutdown-forced")
         assert server.popen.wait(timeout=10) == 0
+
+
+def test_client_reload_keeps_its_stream_limit_and_never_stalls_the_tunnel(deployment, echo_backend):
+    """A reload to a larger active-streams must not outgrow the handler pool sized at start:
+    streams beyond it would wait inside the Tunnel reader and stall every stream on the
+    connection.  The limit is kept until a restart, and the extra streams are refused."""
+    identity = deployment.identity("client-a")
+    server = deployment.start_server([("apps", [ECHO, STALL], [identity])])
+    certs = deployment.dir / "public-cert"
+    run_cli("client", "public-cert", "init", "--dir", certs, "--hostname", STALL)
+    path = deployment.client_config("client-a", [([ECHO], echo_backend.address),
+                                                 ([STALL], echo_backend.address, "terminate")],
+                                    public_cert_dir=certs)
+    config = path.read_text()
+    limits = "[client.limits]\nactive-streams = {}\n\n[[client.services]]"
+    path.write_text(config.replace("[[client.services]]", limits.format(3), 1))
+    client = Proc(["client", "-c", path], env=deployment.env)
+    deployment.processes.append(client)
+    client.wait_for("tunnel-connection-established")
+    port = deployment.public_port
+
+    echo = echo_visitor(port)  # one spliced stream, open throughout
+    try:
+        assert round_trip(echo, b"before the reload", timeout=5) < 5
+        path.write_text(config.replace("[[client.services]]", limits.format(50), 1))
+        mark = len(client.lines)
+        client.signal(signal.SIGHUP)
+        client.wait_for("reload-needs-restart key=limits", start=mark)
+        client.wait_for("client-reloaded", start=mark)
+
+        routed = server.count(f"visitor-routed .*public-hostname={STALL}")
+        stalled = [stalled_tls_visitor(port, STALL) for _ in range(6)]  # twice the old pool
+        try:
+            deadline = time.monotonic() + 10
+            while server.count(f"visitor-routed .*public-hostname={STALL}") < routed + 6:
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.05)
+            # Their streams are on the wire ahead of these bytes, on the same connection.
+            took = round_trip(echo, b"after the reload", timeout=3)
+            assert took < 1.0, f"the open stream stalled for {took:.2f}s"
+            client.wait_for("client-saturated scope=active-streams limit=3", start=mark)
+        finally:
+            for sock in stalled:
+                sock.close()
+        assert round_trip(echo, b"still there", timeout=5) < 5
+    finally:
+        echo.close()
+
+
+def stop_and_time_the_exit(proc, signum=signal.SIGTERM):
+    """Signal `proc`; seconds from its `shutdown-complete` line to its exit."""
+    mark = len(proc.lines)
+    proc.signal(signum)
+    proc.wait_for("shutdown-complete", timeout=30, start=mark)
+    logged = time.monotonic()
+    assert proc.popen.wait(timeout=10) == 0
+    return time.monotonic() - logged
+
+
+def test_stopped_processes_exit_at_once_and_say_how_many_streams_were_cut(deployment,
+                                                                         echo_backend):
+    """The quick start on one machine: a Server, a Client with a passthrough and a
+    terminate Service, Visitors on both; each process exits right after
+    `shutdown-complete`, with streams still open when its grace period ends."""
+    identity = deployment.identity("client-a")
+    path = deployment.server_config([("apps", [ECHO, STALL], [identity])])
+    path.write_text(path.read_text().replace("graceful-shutdown-duration = 3",
+                                             "graceful-shutdown-duration = 1"))
+    server = Proc(["server", "-c", path], env=deployment.env)
+    deployment.processes.append(server)
+    port = deployment.public_port = int(
+        server.wait_for(r"server-ready .*public-bind-address=127\.0\.0\.1:(\d+)").group(1))
+    certs = deployment.dir / "public-cert"
+    run_cli("client", "public-cert", "init", "--dir", certs, "--hostname", STALL)
+    client_path = deployment.client_config(
+        "client-a", [([ECHO], echo_backend.address), ([STALL], echo_backend.address, "terminate")],
+        public_cert_dir=certs)
+    client_path.write_text(client_path.read_text().replace("graceful-shutdown-duration = 3",
+                                                           "graceful-shutdown-duration = 1"))
+    client = Proc(["client", "-c", client_path], env=deployment.env)
+    deployment.processes.append(client)
+    client.wait_for("tunnel-connection-established")
+
+    ctx = ssl.create_default_context(cafile=str(certs / "public-ca.crt"))
+    visitors = [echo_visitor(port), echo_visitor(port)]
+    terminated = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname=STALL)
+    visitors.append(terminated)
+    try:
+        assert round_trip(terminated, b"through the terminate Service", timeout=5) < 5
+        for sock in visitors[:2]:
+            assert round_trip(sock, b"through the passthrough Service", timeout=5) < 5
+        # The Client first: three spliced streams outlive its 1 s grace period.
+        assert stop_and_time_the_exit(client) < 0.5
+        drained = client.wait_for("shutdown-drained .*").group(0)
+        assert re.search(r"complete=False cut-streams=3\b", drained), drained
+        # Then the Server, with a new Client and one Visitor spliced through it.
+        mark = len(server.lines)
+        again = Proc(["client", "-c", client_path], env=deployment.env)
+        deployment.processes.append(again)
+        server.wait_for("tunnel-connection-established", start=mark)
+        visitors.append(echo_visitor(port))
+        assert round_trip(visitors[-1], b"through the new Client", timeout=5) < 5
+        assert stop_and_time_the_exit(server) < 0.5
+        drained = server.wait_for("shutdown-drained .*").group(0)
+        assert re.search(r"complete=False cut-streams=1\b", drained), drained
+    finally:
+        for sock in visitors:
+            sock.close()
+
+
+def test_trace_logs_mux_frames_and_debug_does_not(deployment, echo_backend):
+    identity = deployment.identity("client-a")
+    deployment.start_server([("apps", [ECHO], [identity])])
+    path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
+    for level in ("trace", "debug"):
+        path.write_text(re.sub(r'log-level = "\w+"', f'log-level = "{level}"', path.read_text()))
+        client = Proc(["client", "-c", path], env=deployment.env)
+        deployment.processes.append(client)
+        client.wait_for("tunnel-connection-established")
+        secret = b"secret-payload-" + bytes(range(32, 127))
+        sock = echo_visitor(deployment.public_port)
+        try:
+            round_trip(sock, secret, timeout=5)
+        finally:
+            sock.close()
+        client.wait_for("stream-closed")
+        frames = [line for line in client.lines if "mux-frame-" in line]
+        if level == "debug":
+            assert not frames, frames
+        else:
+            address = f"tunnel.example.com:{deployment.public_port}"
+            assert any(re.search(rf"TRACE mux-frame-sent connection={re.escape(address)} "
+                                 r"type=window-update flags=SYN stream=1 length=\d+$", line)
+                       for line in frames), frames
+            assert any(re.search(r"TRACE mux-frame-received .*type=window-update flags=SYN "
+                                 r"stream=2 ", line) for line in frames), frames
+            assert any(re.search(rf"TRACE mux-frame-sent .*type=data flags=- stream=2 "
+                                 rf"length={len(secret)}$", line) for line in frames), frames
+            assert not [line for line in client.lines if "secret-payload" in line]
+        assert client.stop() == 0

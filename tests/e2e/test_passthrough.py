@@ -235,7 +235,7 @@ def test_client_reconnects_after_server_restart(deployment, backends):
     port = deployment.public_port
     client = deployment.start_client("client-a", [([APP], backend.address)])
     assert server.stop() == 0
-    client.wait_for("tunnel-reconnect-scheduled .*next-retry-delay=\\d+s")
+    client.wait_for(r"tunnel-reconnect-scheduled .*next-retry-delay=\d+(\.\d+)?s")
     mark = len(client.lines)
     path = deployment.server_config([("apps", [APP], [identity])]).read_text()
     (deployment.dir / "server.toml").write_text(

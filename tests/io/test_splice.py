@@ -30,7 +30,10 @@ class _Log:
     def debug(self, *a, **k):
         pass
 
-    info = warn = debug
+    info = warn = trace = debug
+
+    def enabled(self, level):
+        return False
 
 
 def live_greenlets():
@@ -50,6 +53,19 @@ def pair():
     finally:
         listener.close()
     return near, far
+
+
+def tunnel_pair():
+    """A started Server/Client TunnelSession pair over loopback TCP, and the list the
+    Client's accepted streams land in."""
+    left, right = pair()
+    accepted = []
+    server_side = TunnelSession(left, Role.SERVER, on_stream=lambda _s, st: None, log=_Log())
+    client_side = TunnelSession(right, Role.CLIENT, log=_Log(),
+                                on_stream=lambda _s, st: accepted.append(st))
+    server_side.start()
+    client_side.start()
+    return server_side, client_side, accepted
 
 
 def settle():
@@ -152,13 +168,7 @@ def test_abort_all_ends_parked_splices_with_a_reset():
 
 
 def test_a_parked_mux_stream_wakes_its_pump_and_keeps_backpressure():
-    left, right = pair()
-    accepted = []
-    server_side = TunnelSession(left, Role.SERVER, on_stream=lambda _s, st: None, log=_Log())
-    client_side = TunnelSession(right, Role.CLIENT, log=_Log(),
-                                on_stream=lambda _s, st: accepted.append(st))
-    server_side.start()
-    client_side.start()
+    server_side, client_side, accepted = tunnel_pair()
     visitor, a = pair()
     b, backend = pair()
     try:
@@ -222,13 +232,7 @@ def test_more_buffers_than_iov_max_leave_intact():
 def test_thousands_of_small_frames_in_one_read_reach_the_socket_intact():
     """A chatty backend on a busy Tunnel connection: one read of the Tunnel connection
     queues more chunks on one stream than one gathered send may carry."""
-    left, right = pair()
-    accepted = []
-    server_side = TunnelSession(left, Role.SERVER, on_stream=lambda _s, st: None, log=_Log())
-    client_side = TunnelSession(right, Role.CLIENT, log=_Log(),
-                                on_stream=lambda _s, st: accepted.append(st))
-    server_side.start()
-    client_side.start()
+    server_side, client_side, accepted = tunnel_pair()
     b, backend = pair()
     try:
         stream = server_side.open_stream()
@@ -256,4 +260,29 @@ def test_thousands_of_small_frames_in_one_read_reach_the_socket_intact():
         server_side.close()
         client_side.close()
         for s in (b, backend):
+            s.close()
+
+
+def test_a_dead_tunnel_ends_a_splice_whose_stream_side_already_finished():
+    """The stream sent its FIN (that direction is done) and the Visitor side is silent
+    (parked on the socket): when the Tunnel connection dies, nothing wakes a pump, yet
+    the splice must end at once instead of waiting for a timeout."""
+    server_side, client_side, accepted = tunnel_pair()
+    visitor, a = pair()
+    try:
+        stream = server_side.open_stream()
+        stream.sendall(b"x")
+        gevent.sleep(0.1)
+        [far] = accepted
+        splices, done = Splices(), Outcome()
+        splices.start(SocketEnd(a), StreamEnd(stream), done)
+        far.end()  # the Client side finishes its direction
+        assert visitor.recv(10) == b""  # the FIN crossed: that direction is done
+        client_side.close("tunnel connection lost")
+        assert splices.join(2), "the splice outlived its Tunnel connection"
+        assert "StreamReset" in done.results[0].error
+    finally:
+        server_side.close()
+        client_side.close()
+        for s in (visitor, a):
             s.close()

@@ -27,12 +27,15 @@ from .frames import (
     MAX_PAYLOAD,
     TYPE_DATA,
     TYPE_GO_AWAY,
+    TYPE_NAMES,
     TYPE_PING,
     TYPE_WINDOW_UPDATE,
     VERSION,
     Frame,
     FrameDecoder,
+    describe_header,
     encode_header,
+    frame_headers,
 )
 from .session import Role, Session
 
@@ -42,6 +45,7 @@ __all__ = [
     "FLAG_ACK", "FLAG_FIN", "FLAG_RST", "FLAG_SYN",
     "GOAWAY_INTERNAL_ERROR", "GOAWAY_NORMAL", "GOAWAY_PROTOCOL_ERROR",
     "HEADER", "HEADER_SIZE", "INITIAL_WINDOW", "MAX_PAYLOAD",
-    "TYPE_DATA", "TYPE_GO_AWAY", "TYPE_PING", "TYPE_WINDOW_UPDATE", "VERSION",
-    "Frame", "FrameDecoder", "encode_header", "Role", "Session", "WindowBudget",
+    "TYPE_DATA", "TYPE_GO_AWAY", "TYPE_NAMES", "TYPE_PING", "TYPE_WINDOW_UPDATE", "VERSION",
+    "Frame", "FrameDecoder", "describe_header", "encode_header", "frame_headers",
+    "Role", "Session", "WindowBudget",
 ]

@@ -66,6 +66,30 @@ def encode_header(type: int, flags: int, stream_id: int, length: int) -> bytes:
     return HEADER.pack(VERSION, type, flags, stream_id, length)
 
 
+TYPE_NAMES = {TYPE_DATA: "data", TYPE_WINDOW_UPDATE: "window-update", TYPE_PING: "ping",
+              TYPE_GO_AWAY: "go-away"}
+_FLAG_NAMES = ((FLAG_SYN, "SYN"), (FLAG_ACK, "ACK"), (FLAG_FIN, "FIN"), (FLAG_RST, "RST"))
+
+
+def describe_header(type_: int, flags: int, stream_id: int, length: int) -> dict:
+    """A frame header as log fields (trace level): never any payload byte."""
+    names = [name for bit, name in _FLAG_NAMES if flags & bit]
+    if flags & ~0xF:
+        names.append(f"0x{flags & ~0xF:x}")
+    return {"type": TYPE_NAMES.get(type_, str(type_)), "flags": "|".join(names) or "-",
+            "stream": stream_id, "length": length}
+
+
+def frame_headers(data):
+    """`(type, flags, stream_id, length)` of each frame in `data`, which holds whole frames
+    (what Session.data_to_send() returns); a trailing partial header is ignored."""
+    pos, end = 0, len(data)
+    while end - pos >= HEADER_SIZE:
+        _, type_, flags, stream_id, length = _HEADER_UNPACK_FROM(data, pos)
+        yield type_, flags, stream_id, length
+        pos += HEADER_SIZE + (length if type_ == TYPE_DATA else 0)
+
+
 class FrameDecoder:
     """Incremental decoder: `feed()` any split of the byte stream, then pull frames.
 

@@ -299,13 +299,14 @@ class Session:
 
     # -- input --
 
-    def receive_data(self, data, now: float) -> list[Event]:
+    def receive_data(self, data, now: float, on_frame=None) -> list[Event]:
         """Parse every complete frame in `data` plus earlier leftovers.
 
         On a protocol violation a go away (protocol error; internal error for
         a peer that does not read its replies) is queued, the session is
         closed and RemoteProtocolError propagates.  Data arriving after the
-        session closed is ignored.
+        session closed is ignored.  `on_frame(type, flags, stream_id, length)`,
+        when given (trace logging), sees each frame's header before it is handled.
         """
         if self.closed:
             return []
@@ -319,6 +320,8 @@ class Session:
                 self._last_received = now
             while frame is not None:
                 type_, flags, stream_id, length, payload = frame
+                if on_frame is not None:
+                    on_frame(type_, flags, stream_id, length)
                 if type_ <= TYPE_WINDOW_UPDATE:
                     self._stream_frame(type_, flags, stream_id, length, payload, events)
                 elif type_ == TYPE_PING:
