@@ -250,6 +250,9 @@ class Client:
             if is_unauthorized_alert(error):
                 raise Unauthorized() from error
             raise (error or exc) from None
+        except BaseException:
+            session.close()  # anything else (a bug, a kill): never leave a live session behind
+            raise
         recovered = {}
         if failures:  # the recovery, once: how long and how many attempts it took
             recovered = dict(failed_attempts=failures,

@@ -362,6 +362,8 @@ class Server:
                 taken = intake(read)
             finally:
                 self.intake_slots.release(slot)
+            if slot.shed:  # its hello was already buffered when it was shed: still shed
+                raise IntakeRejected("shed")
             if taken.hostname == self.snapshot.server_hostname:
                 self._server_hostname_connection(sock, address, taken)
                 return
@@ -509,9 +511,10 @@ class Server:
             return
         self.saturation.recovered("tunnel-handshakes")
         tls = ServerTLSConnection(sock, context, buffered)
+        slot.progress(len(buffered))
         try:
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE) as timer:
-                tls.handshake()
+                tls.handshake(slot.progress)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -530,6 +533,10 @@ class Server:
         finally:
             self.handshake_slots.release(slot)
             refused_identity(context, tls.conn)  # never leave an entry behind
+        if slot.shed:  # finished from bytes already buffered when it was shed
+            self.log.info("tunnel-connection-refused", peer=peer, reason="shed")
+            tls.close()
+            return
         identity = identity_from_pyopenssl(tls.peer_certificate())
         self._serve_tunnel(tls, peer, identity)
 

@@ -293,9 +293,13 @@ class Splice:
             if direction.state is _PARKED:
                 direction.state = _DONE
             direction.src.cancel_readable()
-        self.a.abort()
-        self.b.abort()
-        self._check_done()
+        try:
+            self.a.abort()
+        finally:
+            try:
+                self.b.abort()
+            finally:
+                self._check_done()
 
     def _check_done(self):
         if self.finished or any(d.state is not _DONE for d in self.directions):

@@ -44,21 +44,27 @@ class ServerTLSConnection:
                 self.sock.sendall(data)
 
     def _feed(self):
+        """Hand the engine what the socket has: the byte count, 0 at EOF."""
         data = self.sock.recv(_CHUNK)
         if not data:
             self.conn.bio_shutdown()
-            return False
+            return 0
         self.conn.bio_write(data)
-        return True
+        return len(data)
 
-    def handshake(self):
+    def handshake(self, progress=None):
+        """`progress(n)` hears of every n bytes the peer delivers (admission sheds the
+        handshakes that deliver least)."""
         while True:
             try:
                 self.conn.do_handshake()
             except SSL.WantReadError:
                 self.flush()
-                if not self._feed():
+                received = self._feed()
+                if not received:
                     raise TLSClosed("peer closed during the handshake") from None
+                if progress is not None:
+                    progress(received)
                 continue
             except SSL.Error:
                 self.flush()  # deliver our alert before the caller closes

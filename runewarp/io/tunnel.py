@@ -6,6 +6,7 @@ stream.  Streams are socket-like objects whose `sendall` blocks on the send
 window, which is what gives every direction of every stream backpressure.
 """
 
+import sys
 import time
 
 import gevent
@@ -59,7 +60,10 @@ class MuxStream:
         self._became_readable()
         self._writable.set()
         if hook is not None:
-            hook(reason)
+            try:
+                hook(reason)
+            except Exception:  # noqa: BLE001 - a splice's failure must not stop a close loop
+                gevent.get_hub().handle_error(self, *sys.exc_info())
 
     def _became_readable(self):
         self._readable.set()
@@ -226,6 +230,7 @@ class TunnelSession:
         self._writer_wake = Event()
         self._drained = Event()
         self._greenlets = []
+        self._write_failed = False
 
     # -- public --
     @property
@@ -235,7 +240,8 @@ class TunnelSession:
     @property
     def accepting(self):
         s = self.session
-        return not (self.closed.is_set() or s.go_away_sent or s.go_away_received)
+        return not (self.closed.is_set() or s.go_away_sent or s.go_away_received
+                    or self._write_failed)
 
     def open_stream(self):
         stream_id = self.session.open_stream()
@@ -402,6 +408,7 @@ class TunnelSession:
                 if session.outbound_pending <= OUTBOUND_HIGH_WATER:
                     self._drained.set()
         except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
+            self._write_failed = True  # no new streams while the reader gets its grace
             # The peer's last words (a TLS alert refusing us) reach the reader, not us:
             # give it a moment to read them, so the reason it finds wins.
             greenlets = self._greenlets

@@ -19,6 +19,7 @@ shed, and the caller closes their connections.
 """
 
 import ipaddress
+from collections import OrderedDict
 
 SHED_CANDIDATES = 16
 """How many of the oldest holders are compared when one must be shed: O(1) per admission."""
@@ -75,7 +76,9 @@ class Admission:
         self.ipv4_prefix = ipv4_prefix
         self.ipv6_prefix = ipv6_prefix
         self.shed_above = total * 7 // 8 if shed_above is None else shed_above
-        self._slots = {}  # insertion order is age order: the oldest holders come first
+        # Insertion order is age order.  An OrderedDict, because a plain dict's iteration
+        # walks over the holes that releases from the front leave behind.
+        self._slots = OrderedDict()
         self.by_source = {}
 
     @property

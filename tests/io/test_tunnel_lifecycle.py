@@ -44,8 +44,11 @@ def _one_round(contexts, closer):
     near, far = pair()
     client_tls = ClientTLSConnection(near, client_ctx, SERVER_HOSTNAME)
     server_tls = ServerTLSConnection(far, server_ctx)
-    handshakes = [gevent.spawn(client_tls.handshake), gevent.spawn(server_tls.handshake)]
+    delivered = []
+    handshakes = [gevent.spawn(client_tls.handshake),
+                  gevent.spawn(server_tls.handshake, delivered.append)]
     gevent.joinall(handshakes, raise_error=True, timeout=10)
+    assert sum(delivered) > 200  # the Client's flights, counted for admission's shedding
 
     opened, received = [], []
     client = TunnelSession(client_tls, Role.CLIENT, on_stream=lambda s, st: received.append(st),
@@ -114,3 +117,33 @@ def test_a_refused_identity_is_known_by_the_alert_the_reader_got(tmp_path):
     far.close()
     assert is_unauthorized_alert(client.read_error), repr(client.read_error)
     assert not is_unauthorized_alert(ConnectionResetError("reset"))
+
+
+class _DeadWriter:
+    """A transport whose peer vanished: every write fails, reads never return."""
+
+    def sendall(self, data):
+        raise BrokenPipeError("peer gone")
+
+    def recv(self, size):
+        gevent.sleep(60)
+
+    def close(self):
+        pass
+
+
+def test_a_connection_whose_writer_failed_takes_no_new_streams():
+    """While the reader gets its grace to read the peer's last words, placement must not
+    pick this connection: a Visitor put there would only be reset a second later."""
+    session = TunnelSession(_DeadWriter(), Role.SERVER, on_stream=lambda s, st: None,
+                            log=_Log())
+    session.start()
+    try:
+        assert session.accepting
+        session.open_stream()  # its SYN makes the writer write, and fail
+        with gevent.Timeout(0.5):
+            while session.accepting:
+                gevent.sleep(0.01)
+        assert not session.closed.is_set()  # still in its grace, yet refusing streams
+    finally:
+        session.close()
