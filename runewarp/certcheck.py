@@ -96,6 +96,22 @@ def warning_due(last: _dt.datetime | None, now: _dt.datetime,
     return last is None or _aware(now) - _aware(last) >= every
 
 
+class ExpiryWarnings:
+    """When each certificate was last warned about: at most one warning a day per key
+    (a hostname) and certificate; a new certificate (serial) may be warned about at once."""
+
+    def __init__(self):
+        self._last = {}  # key -> (serial, time of the last warning)
+
+    def due(self, key, cert: x509.Certificate, now: _dt.datetime) -> bool:
+        """True when a warning is due now; it is then recorded as given."""
+        last = self._last.get(key)
+        if not warning_due(last[1] if last and last[0] == cert.serial_number else None, now):
+            return False
+        self._last[key] = (cert.serial_number, now)
+        return True
+
+
 def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
     """subjectAltName DNS names, lowercase, without a final dot (the subject CN is ignored,
     as TLS clients ignore it when a subjectAltName is present, and most do always)."""

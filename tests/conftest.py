@@ -200,6 +200,17 @@ def deployment(tmp_path, processes):
 
 
 @pytest.fixture
+def backend(tmp_path):
+    """tests/backend.py serving app.example.com over TLS (see tests/e2e/helpers.Backend)."""
+    from .e2e.helpers import Backend  # helpers imports this module: import at use
+    from .e2e.peers import APP
+
+    started = Backend(tmp_path, "app", [APP])
+    yield started
+    started.stop()
+
+
+@pytest.fixture
 def plain_backend(tmp_path):
     """`python -m http.server`: a plaintext Local backend nobody here wrote."""
     root = tmp_path / "www"

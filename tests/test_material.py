@@ -908,6 +908,13 @@ def test_expiry_warnings_are_due_at_most_once_a_day():
     assert cc.warning_due(None, T0)
     assert not cc.warning_due(T0, T0 + dt.timedelta(hours=23))
     assert cc.warning_due(T0, T0 + DAY)
+    warnings = cc.ExpiryWarnings()
+    first, renewed = dated(), dated()
+    assert warnings.due("a.example.com", first, T0)
+    assert not warnings.due("a.example.com", first, T0 + dt.timedelta(hours=23))
+    assert warnings.due("b.example.com", first, T0)  # each hostname on its own
+    assert warnings.due("a.example.com", renewed, T0 + dt.timedelta(hours=1))  # a new serial
+    assert warnings.due("a.example.com", renewed, T0 + dt.timedelta(hours=25))
 
 
 def test_naive_times_are_utc():

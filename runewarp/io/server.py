@@ -124,7 +124,7 @@ class Server:
             self._certificate_upkeep, certificate_check_seconds or check_seconds(), log,
             "server-certificate-renewal-failed", stopped=lambda: self.stopping)
         self._certificate_checked = False
-        self._expiry_warned = None  # (serial, time) of the last server-certificate-expiring
+        self._expiry_warnings = certcheck.ExpiryWarnings()
         limits = config.limits
         prefixes = dict(ipv4_prefix=limits.intake_ipv4_prefix,
                         ipv6_prefix=limits.intake_ipv6_prefix)
@@ -308,11 +308,8 @@ class Server:
         return False
 
     def _warn_expiring(self, config, cert_path, leaf, now):
-        last = self._expiry_warned
-        if not certcheck.warning_due(last[1] if last and last[0] == leaf.serial_number else None,
-                                     now):
+        if not self._expiry_warnings.due(config.hostname, leaf, now):
             return
-        self._expiry_warned = (leaf.serial_number, now)
         expired = certcheck.validity(leaf, now) != certcheck.VALID
         self.log.warn("server-certificate-expiring", file=str(cert_path),
                       not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
@@ -347,7 +344,7 @@ class Server:
         spliced = False
         slot = None
         try:
-            slot = self._admit(self.intake_slots, sock, address)
+            slot = self._admit(self.intake_slots, "intake", sock, address)
             if slot is None:
                 return
             self.saturation.recovered("intake-full")
@@ -378,13 +375,12 @@ class Server:
             if not spliced:
                 sock.close()
 
-    def _admit(self, table, sock, address):
+    def _admit(self, table, kind, sock, address):
         """A slot in `table` for this peer, shedding a slow holder under pressure; None if refused.
 
         A shed holder's socket is shut down, which wakes its reader with EOF: its own
         greenlet then ends the way any closed connection does.
         """
-        kind = "intake" if table is self.intake_slots else "tunnel-handshakes"
         try:
             slot, shed = table.admit(address[0], time.monotonic(), sock)
         except Refused as exc:
@@ -506,7 +502,7 @@ class Server:
         if self.certificate_missing:
             self.certificate_missing = False
             self.log.info("server-certificate-ready")
-        slot = self._admit(self.handshake_slots, sock, address)
+        slot = self._admit(self.handshake_slots, "tunnel-handshakes", sock, address)
         if slot is None:
             return
         self.saturation.recovered("tunnel-handshakes")

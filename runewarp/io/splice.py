@@ -343,10 +343,6 @@ class Splices:
         splice.start()
         return splice
 
-    def set_timeouts(self, timeouts):
-        """Apply new timeouts (a reload) to the live splices and later ones."""
-        self.sweeper.set_timeouts(timeouts)
-
     def join(self, timeout=None):
         """True once no splice is left, False if `timeout` passed first."""
         return self._idle.wait(timeout)

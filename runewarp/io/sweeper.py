@@ -64,11 +64,6 @@ class Sweeper:
         if self.timeouts is not None and self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
 
-    def set_timeouts(self, timeouts):
-        self.timeouts = timeouts
-        if timeouts is not None and self.live and self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-
     def stop(self):
         if self._greenlet is not None:
             self._greenlet.kill()

@@ -47,7 +47,7 @@ class PublicCertificates:
         self.clock = clock
         self._cache = {}
         self._refuse = _context()  # no certificate: every handshake fails
-        self._expiry_warned = {}  # hostname -> (serial, time) of the last expiring warning
+        self._expiry_warnings = certcheck.ExpiryWarnings()
 
     def init_command(self, hostname):
         """The command that creates a certificate for `hostname` in this folder."""
@@ -100,11 +100,8 @@ class PublicCertificates:
         return True
 
     def _warn_expiring(self, hostname, cert_path, leaf, now):
-        last = self._expiry_warned.get(hostname)
-        if not certcheck.warning_due(last[1] if last and last[0] == leaf.serial_number else None,
-                                     now):
+        if not self._expiry_warnings.due(hostname, leaf, now):
             return
-        self._expiry_warned[hostname] = (leaf.serial_number, now)
         valid = certcheck.validity(leaf, now) == certcheck.VALID
         self.log.warn("public-certificate-expiring", public_hostname=hostname,
                       file=str(cert_path), not_after=certcheck.rfc3339(leaf.not_valid_after_utc),

@@ -16,7 +16,7 @@ import tomllib
 import pytest
 
 from ..conftest import Proc
-from ..e2e.helpers import Backend, curl, rss_kib
+from ..e2e.helpers import curl, rss_kib
 from ..e2e.peers import APP, FakeClientEnd, tunnel_tls
 
 ROGUE = "rogue.example.com"
@@ -131,13 +131,6 @@ class Edge:
         end = FakeClientEnd(self.rogue_tls())
         end.join(hostnames=[ROGUE])
         return end
-
-
-@pytest.fixture
-def backend(tmp_path):
-    started = Backend(tmp_path, "app", [APP])
-    yield started
-    started.stop()
 
 
 @pytest.fixture

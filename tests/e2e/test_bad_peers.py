@@ -26,7 +26,7 @@ from runewarp.proto import clienthello, proxyv2
 from runewarp.proto.mux import (FLAG_RST, FLAG_SYN, GOAWAY_PROTOCOL_ERROR, TYPE_DATA,
                                 TYPE_GO_AWAY, TYPE_WINDOW_UPDATE, encode_header)
 
-from .helpers import Backend, curl
+from .helpers import curl
 from .peers import (APP, FakeServer, assert_running_without_traceback, control_stream_with,
                     mux_frames, read_until_closed, tunnel_tls)
 
@@ -34,13 +34,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
 # --- fixtures ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def backend(tmp_path):
-    started = Backend(tmp_path, "app", [APP])
-    yield started
-    started.stop()
 
 
 @pytest.fixture
