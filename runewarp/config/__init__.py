@@ -1,0 +1,105 @@
+"""TOML configuration -> validated, frozen dataclasses.
+
+Everything is checked here, before anything starts or is written, and every
+error names the TOML key path it came from (`server.tunnels[0].public-hostnames[1]`,
+array indexes 0-based), so an operator can fix the file without guessing.
+Unknown keys are errors: a typo must never silently turn a setting off.
+
+Loading has no side effects: no folders are created, no sockets opened, and
+certificate material is not looked at (the runtime reports missing material
+with a hint). The only files read besides the config are files the config
+names explicitly (`server-ca-file`), to check they are readable.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runewarp.errors import ConfigError
+
+from .client import _Overrides, _parse_client
+from .model import (
+    DEFAULT_ACME_DIRECTORY,
+    AcmeConfig,
+    ClientConfig,
+    Limits,
+    ServerConfig,
+    ServiceConfig,
+    TunnelConfig,
+)
+from .paths import (
+    default_client_identity_dir,
+    default_client_public_cert_dir,
+    default_config_path,
+    default_server_ca_file,
+    default_server_cert_dir,
+    xdg_config_home,
+    xdg_data_home,
+    xdg_state_home,
+)
+from .reader import _Context, _exists, _read_toml
+from .server import _CLIENT_LIMITS as _CLIENT_LIMITS  # tests/test_packaging.py reads the limit keys
+from .server import _SERVER_LIMITS as _SERVER_LIMITS
+from .server import _check_top_level, _parse_server
+
+__all__ = [
+    "DEFAULT_ACME_DIRECTORY",
+    "AcmeConfig",
+    "ClientConfig",
+    "Limits",
+    "ServerConfig",
+    "ServiceConfig",
+    "TunnelConfig",
+    "default_client_identity_dir",
+    "default_client_public_cert_dir",
+    "default_config_path",
+    "default_server_ca_file",
+    "default_server_cert_dir",
+    "load_client_config",
+    "load_server_config",
+    "xdg_config_home",
+    "xdg_data_home",
+    "xdg_state_home",
+]
+
+
+def load_server_config(path: Path | None, *, env: Mapping[str, str] = os.environ) -> ServerConfig:
+    """Read and validate the `[server]` side of a config file (default path when None)."""
+    source = Path(path) if path is not None else default_config_path(env)
+    doc = _read_toml(source)
+    ctx = _Context(str(source), source.absolute().parent, env)
+    _check_top_level(ctx, doc)
+    if "server" not in doc:
+        raise ctx.error("server", "missing [server] table")
+    return _parse_server(ctx, doc, source.absolute())
+
+
+def load_client_config(
+    path: Path | None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> ClientConfig:
+    """Read and validate the `[client]` side, with command-line `overrides` on top.
+
+    `overrides` maps option names (`server-address`, `backend-address`,
+    `server-trust`, `server-ca-file`, `identity-dir`) to values; None values are ignored. With
+    no `path` and both addresses given, no file is read at all: the result is
+    one Catch-all passthrough Service.
+    """
+    cli = _Overrides(overrides or {}, env)
+    if path is None and cli.has("server-address") and cli.has("backend-address"):
+        return _parse_client(cli.ctx, {"client": {}}, None, cli)
+    source = Path(path) if path is not None else default_config_path(env)
+    if path is None and not _exists(source):
+        raise ConfigError(
+            f"no config file at {source}; pass --config, or --server-address and --backend-address",
+            file=str(source),
+        )
+    doc = _read_toml(source)
+    ctx = _Context(str(source), source.absolute().parent, env)
+    _check_top_level(ctx, doc)
+    if "client" not in doc:
+        raise ctx.error("client", "missing [client] table")
+    return _parse_client(ctx, doc, source.absolute(), cli)

@@ -1,0 +1,85 @@
+"""host:port rules: bind addresses (literal IPs), Server addresses (DNS names), backend addresses."""
+
+import ipaddress
+
+from runewarp.proto import hostname as _hostname
+
+from .model import DEFAULT_SERVER_PORT
+from .reader import _Context
+
+
+def _normalize_hostname(ctx: _Context, key: str, value: str) -> str:
+    try:
+        return _hostname.normalize(value)
+    except _hostname.HostnameError as e:
+        raise ctx.error(key, str(e)) from None
+
+
+def _parse_port(ctx: _Context, key: str, text: str, *, minimum: int) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ctx.error(key, f"port {text!r} is not a number")
+    port = int(text)
+    if not minimum <= port <= 65535:
+        raise ctx.error(key, f"port {port} is out of range {minimum}-65535")
+    return port
+
+
+def _split_host_port(ctx: _Context, key: str, value: str, *, port_required: bool) -> tuple[str, str | None, bool]:
+    """Split `host:port` / `[v6]:port`; returns (host, port text or None, bracketed)."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end == -1:
+            raise ctx.error(key, f"{value!r}: missing ']' after IPv6 address")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ctx.error(key, f"{value!r}: expected ':port' after ']'")
+        port = rest[1:] if rest else None
+        bracketed = True
+    elif value.count(":") > 1:
+        raise ctx.error(key, f"{value!r}: write IPv6 addresses in brackets, e.g. [::1]:443")
+    elif ":" in value:
+        host, port = value.split(":")
+        bracketed = False
+    else:
+        host, port, bracketed = value, None, False
+    if not host:
+        raise ctx.error(key, f"{value!r}: missing host")
+    if port is None and port_required:
+        raise ctx.error(key, f"{value!r}: missing ':port'")
+    return host, port, bracketed
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _bind_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
+    host, port, bracketed = _split_host_port(ctx, key, value, port_required=True)
+    ip = _ip(host)
+    if ip is None:
+        raise ctx.error(key, f"{value!r}: host must be a literal IP address, e.g. 0.0.0.0:443 or [::]:443")
+    if isinstance(ip, ipaddress.IPv6Address) and not bracketed:
+        raise ctx.error(key, f"{value!r}: write IPv6 addresses in brackets, e.g. [::]:443")
+    if isinstance(ip, ipaddress.IPv4Address) and bracketed:
+        raise ctx.error(key, f"{value!r}: only IPv6 addresses go in brackets")
+    return str(ip), _parse_port(ctx, key, port, minimum=0)
+
+
+def _server_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
+    host, port, bracketed = _split_host_port(ctx, key, value, port_required=False)
+    if bracketed or _ip(host) is not None:
+        raise ctx.error(key, f"{value!r}: host must be a DNS name, not an IP address (it is the Server hostname)")
+    name = _normalize_hostname(ctx, key, host)
+    return name, DEFAULT_SERVER_PORT if port is None else _parse_port(ctx, key, port, minimum=1)
+
+
+def _backend_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
+    host, port, bracketed = _split_host_port(ctx, key, value, port_required=True)
+    ip = _ip(host)
+    if bracketed and not isinstance(ip, ipaddress.IPv6Address):
+        raise ctx.error(key, f"{value!r}: only IPv6 addresses go in brackets")
+    name = str(ip) if ip is not None else _normalize_hostname(ctx, key, host)
+    return name, _parse_port(ctx, key, port, minimum=1)

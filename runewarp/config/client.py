@@ -1,0 +1,217 @@
+"""The [client] side: Server addresses, trust, Services, and the command-line overrides."""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .addresses import _backend_address, _normalize_hostname, _server_address
+from .model import SERVER_TRUSTS, TLS_MODES, ClientConfig, ServiceConfig
+from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
+from .reader import COMMAND_LINE, _Context, _join, _type_name
+from .server import _CLIENT_LIMITS, _acme, _limits, _logging
+
+_CLIENT_KEYS = (
+    "server-address",
+    "server-trust",
+    "server-ca-file",
+    "identity-dir",
+    "public-cert-dir",
+    "graceful-shutdown-duration",
+    "strict-permissions",
+    "acme",
+    "services",
+    "limits",
+)
+_SERVICE_KEYS = ("public-hostnames", "backend-address", "tls-mode")
+_OVERRIDE_KEYS = ("server-address", "backend-address", "server-trust", "server-ca-file", "identity-dir")
+
+
+class _Overrides:
+    """Command-line values that replace or stand in for config keys."""
+
+    def __init__(self, values: Mapping[str, Any], env: Mapping[str, str]):
+        self.ctx = _Context(COMMAND_LINE, Path.cwd(), env)
+        self.values = {}
+        for key, value in values.items():
+            if key not in _OVERRIDE_KEYS:
+                raise self.ctx.error(f"--{key}", "not a client config option")
+            if value is not None:
+                self.values[key] = value
+
+    def has(self, key: str) -> bool:
+        return key in self.values
+
+    def key(self, key: str) -> str:
+        return f"--{key}"
+
+
+def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides) -> ClientConfig:
+    log_level, log_format = _logging(ctx, doc)
+    p = "client"
+    client = ctx.table(doc, None, p)
+    ctx.check_keys(client, p, _CLIENT_KEYS)
+
+    server_addresses = _client_server_addresses(ctx, client, cli)
+    trust, ca_file = _client_trust(ctx, client, cli)
+    if cli.has("identity-dir"):
+        identity_dir = cli.ctx.resolve(os.fspath(cli.values["identity-dir"]))
+    else:
+        identity_dir = ctx.path(client, p, "identity-dir") or default_client_identity_dir(ctx.env)
+    public_cert_dir = ctx.path(client, p, "public-cert-dir")
+    acme_table = ctx.table(client, p, "acme")
+    acme = None
+    if acme_table is not None:
+        if public_cert_dir is not None:
+            raise ctx.error(_join(p, "public-cert-dir"), "cannot be used together with [client.acme]; choose one")
+        acme = _acme(ctx, acme_table, _join(p, "acme"), "client")
+    grace = ctx.duration(client, p, "graceful-shutdown-duration")
+
+    if cli.has("backend-address"):
+        if "services" in client:
+            raise cli.ctx.error(
+                cli.key("backend-address"),
+                f"cannot be combined with the [[client.services]] in {ctx.file}",
+            )
+        services = (_catch_all_override(cli),)
+    else:
+        services = _parse_services(ctx, client)
+
+    if any(s.tls_mode == "terminate" for s in services):
+        if public_cert_dir is None and acme is None:
+            # Manual material in the XDG default folder, where `public-cert init` writes it.
+            public_cert_dir = default_client_public_cert_dir(ctx.env)
+    elif acme is not None:
+        raise ctx.error(_join(p, "acme"), 'needs at least one Service with tls-mode = "terminate"')
+    elif public_cert_dir is not None:
+        raise ctx.error(_join(p, "public-cert-dir"), 'needs at least one Service with tls-mode = "terminate"')
+
+    return ClientConfig(
+        server_addresses=server_addresses,
+        server_trust=trust,
+        server_ca_file=ca_file,
+        identity_dir=identity_dir,
+        public_cert_dir=public_cert_dir,
+        acme=acme,
+        services=services,
+        limits=_limits(ctx, client, p, _CLIENT_LIMITS),
+        log_level=log_level,
+        log_format=log_format,
+        graceful_shutdown_duration=30.0 if grace is None else grace,
+        strict_permissions=bool(ctx.boolean(client, p, "strict-permissions")),
+        source=source,
+    )
+
+
+def _client_server_addresses(ctx: _Context, client: dict, cli: _Overrides) -> tuple[tuple[str, int], ...]:
+    if cli.has("server-address"):
+        where, label, value = cli.ctx, cli.key("server-address"), cli.values["server-address"]
+    elif "server-address" in client:
+        where, label, value = ctx, "client.server-address", client["server-address"]
+    else:
+        raise ctx.error("client.server-address", "required key is missing (hostname[:port] of the Server)")
+    if isinstance(value, str):
+        items = [(label, value)]
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            raise where.error(label, "must not be empty")
+        items = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise where.error(_join(label, i), f"expected a string, got {_type_name(item)}")
+            items.append((_join(label, i), item))
+    else:
+        raise where.error(label, f"expected a string or an array of strings, got {_type_name(value)}")
+
+    addresses: dict[tuple[str, int], str] = {}
+    for item_key, text in items:
+        address = _server_address(where, item_key, text)
+        if address in addresses:
+            raise where.error(item_key, f"{text!r} is the same Server address as {addresses[address]}")
+        addresses[address] = item_key
+    return tuple(addresses)
+
+
+def _client_trust(ctx: _Context, client: dict, cli: _Overrides) -> tuple[str, Path | None]:
+    p = "client"
+    if cli.has("server-trust"):
+        trust = cli.values["server-trust"]
+        if trust not in SERVER_TRUSTS:
+            raise cli.ctx.error(cli.key("server-trust"), f"must be one of {', '.join(SERVER_TRUSTS)}; got {trust!r}")
+    elif cli.has("server-ca-file"):
+        trust = "ca-file"
+    else:
+        trust = ctx.string(client, p, "server-trust", choices=SERVER_TRUSTS) or "system"
+
+    if cli.has("server-ca-file"):
+        ca_ctx, ca_key = cli.ctx, cli.key("server-ca-file")
+        value = cli.values["server-ca-file"]
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ca_ctx.error(ca_key, "expected a file path")
+        ca_file = cli.ctx.resolve(os.fspath(value))
+    else:
+        ca_ctx, ca_key = ctx, _join(p, "server-ca-file")
+        ca_file = ctx.path(client, p, "server-ca-file")
+
+    if trust == "system":
+        if ca_file is not None:
+            raise ca_ctx.error(ca_key, 'only allowed with server-trust = "ca-file"')
+        return trust, None
+    if ca_file is None:
+        return trust, default_server_ca_file(ctx.env)
+    try:
+        with open(ca_file, "rb"):
+            pass
+    except OSError as e:
+        raise ca_ctx.error(ca_key, f"cannot read {ca_file}: {e.strerror or e}") from None
+    return trust, ca_file
+
+
+def _catch_all_override(cli: _Overrides) -> ServiceConfig:
+    value = cli.values["backend-address"]
+    key = cli.key("backend-address")
+    if not isinstance(value, str) or not value:
+        raise cli.ctx.error(key, "expected host:port")
+    return ServiceConfig((), _backend_address(cli.ctx, key, value), "passthrough")
+
+
+def _parse_services(ctx: _Context, client: dict) -> tuple[ServiceConfig, ...]:
+    p = "client.services"
+    entries = client.get("services")
+    if entries is None:
+        raise ctx.error(p, "at least one [[client.services]] is required")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ctx.error(p, f"expected an array of tables ([[client.services]]), got {_type_name(entries)}")
+    if not entries:
+        raise ctx.error(p, "at least one [[client.services]] is required")
+
+    seen: dict[str, str] = {}
+    services = []
+    for i, entry in enumerate(entries):
+        sp = _join(p, i)
+        ctx.check_keys(entry, sp, _SERVICE_KEYS)
+        raw_hosts = ctx.string_list(entry, sp, "public-hostnames")
+        hosts_key = _join(sp, "public-hostnames")
+        if raw_hosts is None and len(entries) > 1:
+            raise ctx.error(
+                hosts_key, "required when there is more than one Service (only a sole Service may be Catch-all)"
+            )
+        public_hostnames = []
+        for j, raw in enumerate(raw_hosts or ()):
+            key = _join(hosts_key, j)
+            host = _normalize_hostname(ctx, key, raw)
+            if host in seen:
+                raise ctx.error(key, f"{host!r} is already listed at {seen[host]}")
+            seen[host] = key
+            public_hostnames.append(host)
+
+        backend = ctx.required_string(entry, sp, "backend-address")
+        backend_address = _backend_address(ctx, _join(sp, "backend-address"), backend)
+        tls_mode = ctx.string(entry, sp, "tls-mode", choices=TLS_MODES) or "passthrough"
+        if tls_mode == "terminate" and not public_hostnames:
+            raise ctx.error(
+                _join(sp, "tls-mode"),
+                "a Catch-all Service cannot terminate TLS; list its public-hostnames",
+            )
+        services.append(ServiceConfig(tuple(public_hostnames), backend_address, tls_mode))
+    return tuple(services)
