@@ -258,9 +258,7 @@ nonsense = "the client loader never looks here"
         graceful_shutdown_duration=7.0,
         source=path,
     )
-    assert config.service_for_hostname("www.example.com") is config.services[0]
-    assert config.service_for_hostname("api.example.com") is config.services[1]
-    assert config.service_for_hostname("other.example.com") is None
+    assert config.terminate_hostnames == ["api.example.com"]
 
 
 def test_client_acme(write, env, home, tmp_path):
@@ -297,7 +295,6 @@ def test_client_defaults(write, env, home):
     assert config.acme is None
     assert config.services == (ServiceConfig((), ("127.0.0.1", 8443), "passthrough"),)
     assert config.services[0].is_catch_all
-    assert config.service_for_hostname("anything.example.com") is config.services[0]
     assert config.limits.active_streams == 16384
     assert config.graceful_shutdown_duration == 30.0
     assert (config.log_level, config.log_format) == ("info", "text")

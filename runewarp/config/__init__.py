@@ -18,7 +18,7 @@ from typing import Any
 
 from runewarp.errors import ConfigError
 
-from .client import _Overrides, _parse_client
+from .client import Overrides, parse_client
 from .model import (
     DEFAULT_ACME_DIRECTORY,
     AcmeConfig,
@@ -38,10 +38,13 @@ from .paths import (
     xdg_data_home,
     xdg_state_home,
 )
-from .reader import _Context, _exists, _read_toml
-from .server import _CLIENT_LIMITS as _CLIENT_LIMITS  # tests/test_packaging.py reads the limit keys
-from .server import _SERVER_LIMITS as _SERVER_LIMITS
-from .server import _check_top_level, _parse_server
+from .reader import Context, exists, peek, read_toml
+from .schema import names
+from .server import parse_server
+
+# tests/test_packaging.py checks the templates against the limit keys.
+_SERVER_LIMITS = names("server.limits")
+_CLIENT_LIMITS = names("client.limits")
 
 __all__ = [
     "DEFAULT_ACME_DIRECTORY",
@@ -58,6 +61,7 @@ __all__ = [
     "default_server_cert_dir",
     "load_client_config",
     "load_server_config",
+    "peek",
     "xdg_config_home",
     "xdg_data_home",
     "xdg_state_home",
@@ -67,12 +71,12 @@ __all__ = [
 def load_server_config(path: Path | None, *, env: Mapping[str, str] = os.environ) -> ServerConfig:
     """Read and validate the `[server]` side of a config file (default path when None)."""
     source = Path(path) if path is not None else default_config_path(env)
-    doc = _read_toml(source)
-    ctx = _Context(str(source), source.absolute().parent, env)
-    _check_top_level(ctx, doc)
+    doc = read_toml(source)
+    ctx = Context(str(source), source.absolute().parent, env)
+    ctx.check_keys(doc, None)
     if "server" not in doc:
         raise ctx.error("server", "missing [server] table")
-    return _parse_server(ctx, doc, source.absolute())
+    return parse_server(ctx, doc, source.absolute())
 
 
 def load_client_config(
@@ -88,18 +92,18 @@ def load_client_config(
     no `path` and both addresses given, no file is read at all: the result is
     one Catch-all passthrough Service.
     """
-    cli = _Overrides(overrides or {}, env)
+    cli = Overrides(overrides or {}, env)
     if path is None and cli.has("server-address") and cli.has("backend-address"):
-        return _parse_client(cli.ctx, {"client": {}}, None, cli)
+        return parse_client(cli.ctx, {"client": {}}, None, cli)
     source = Path(path) if path is not None else default_config_path(env)
-    if path is None and not _exists(source):
+    if path is None and not exists(source):
         raise ConfigError(
             f"no config file at {source}; pass --config, or --server-address and --backend-address",
             file=str(source),
         )
-    doc = _read_toml(source)
-    ctx = _Context(str(source), source.absolute().parent, env)
-    _check_top_level(ctx, doc)
+    doc = read_toml(source)
+    ctx = Context(str(source), source.absolute().parent, env)
+    ctx.check_keys(doc, None)
     if "client" not in doc:
         raise ctx.error("client", "missing [client] table")
-    return _parse_client(ctx, doc, source.absolute(), cli)
+    return parse_client(ctx, doc, source.absolute(), cli)

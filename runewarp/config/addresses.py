@@ -4,18 +4,18 @@ import ipaddress
 
 from runewarp.proto import hostname as _hostname
 
-from .model import DEFAULT_SERVER_PORT
-from .reader import _Context
+from .schema import DEFAULT_SERVER_PORT
+from .reader import Context
 
 
-def _normalize_hostname(ctx: _Context, key: str, value: str) -> str:
+def normalize_hostname(ctx: Context, key: str, value: str) -> str:
     try:
         return _hostname.normalize(value)
     except _hostname.HostnameError as e:
         raise ctx.error(key, str(e)) from None
 
 
-def _parse_port(ctx: _Context, key: str, text: str, *, minimum: int) -> int:
+def _parse_port(ctx: Context, key: str, text: str, *, minimum: int) -> int:
     if not text.isascii() or not text.isdigit():
         raise ctx.error(key, f"port {text!r} is not a number")
     port = int(text)
@@ -24,7 +24,7 @@ def _parse_port(ctx: _Context, key: str, text: str, *, minimum: int) -> int:
     return port
 
 
-def _split_host_port(ctx: _Context, key: str, value: str, *, port_required: bool) -> tuple[str, str | None, bool]:
+def _split_host_port(ctx: Context, key: str, value: str, *, port_required: bool) -> tuple[str, str | None, bool]:
     """Split `host:port` / `[v6]:port`; returns (host, port text or None, bracketed)."""
     if value.startswith("["):
         end = value.find("]")
@@ -56,7 +56,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _bind_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
+def bind_address(ctx: Context, key: str, value: str) -> tuple[str, int]:
     host, port, bracketed = _split_host_port(ctx, key, value, port_required=True)
     ip = _ip(host)
     if ip is None:
@@ -68,18 +68,18 @@ def _bind_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
     return str(ip), _parse_port(ctx, key, port, minimum=0)
 
 
-def _server_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
+def server_address(ctx: Context, key: str, value: str) -> tuple[str, int]:
     host, port, bracketed = _split_host_port(ctx, key, value, port_required=False)
     if bracketed or _ip(host) is not None:
         raise ctx.error(key, f"{value!r}: host must be a DNS name, not an IP address (it is the Server hostname)")
-    name = _normalize_hostname(ctx, key, host)
+    name = normalize_hostname(ctx, key, host)
     return name, DEFAULT_SERVER_PORT if port is None else _parse_port(ctx, key, port, minimum=1)
 
 
-def _backend_address(ctx: _Context, key: str, value: str) -> tuple[str, int]:
+def backend_address(ctx: Context, key: str, value: str) -> tuple[str, int]:
     host, port, bracketed = _split_host_port(ctx, key, value, port_required=True)
     ip = _ip(host)
     if bracketed and not isinstance(ip, ipaddress.IPv6Address):
         raise ctx.error(key, f"{value!r}: only IPv6 addresses go in brackets")
-    name = str(ip) if ip is not None else _normalize_hostname(ctx, key, host)
+    name = str(ip) if ip is not None else normalize_hostname(ctx, key, host)
     return name, _parse_port(ctx, key, port, minimum=1)

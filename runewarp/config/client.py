@@ -5,33 +5,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .addresses import _backend_address, _normalize_hostname, _server_address
-from .model import SERVER_TRUSTS, TLS_MODES, ClientConfig, ServiceConfig
+from . import shared
+from .addresses import backend_address, normalize_hostname, server_address
+from .model import ClientConfig, ServiceConfig
 from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
-from .reader import COMMAND_LINE, _Context, _join, _type_name
-from .server import _CLIENT_LIMITS, _acme, _limits, _logging
+from .reader import COMMAND_LINE, Context, join, type_name
+from .schema import SERVER_TRUSTS
 
-_CLIENT_KEYS = (
-    "server-address",
-    "server-trust",
-    "server-ca-file",
-    "identity-dir",
-    "public-cert-dir",
-    "graceful-shutdown-duration",
-    "strict-permissions",
-    "acme",
-    "services",
-    "limits",
-)
-_SERVICE_KEYS = ("public-hostnames", "backend-address", "tls-mode")
 _OVERRIDE_KEYS = ("server-address", "backend-address", "server-trust", "server-ca-file", "identity-dir")
 
 
-class _Overrides:
+class Overrides:
     """Command-line values that replace or stand in for config keys."""
 
     def __init__(self, values: Mapping[str, Any], env: Mapping[str, str]):
-        self.ctx = _Context(COMMAND_LINE, Path.cwd(), env)
+        self.ctx = Context(COMMAND_LINE, Path.cwd(), env)
         self.values = {}
         for key, value in values.items():
             if key not in _OVERRIDE_KEYS:
@@ -46,11 +34,11 @@ class _Overrides:
         return f"--{key}"
 
 
-def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides) -> ClientConfig:
-    log_level, log_format = _logging(ctx, doc)
+def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -> ClientConfig:
+    log_level, log_format = shared.logging(ctx, doc)
     p = "client"
     client = ctx.table(doc, None, p)
-    ctx.check_keys(client, p, _CLIENT_KEYS)
+    ctx.check_keys(client, p)
 
     server_addresses = _client_server_addresses(ctx, client, cli)
     trust, ca_file = _client_trust(ctx, client, cli)
@@ -63,9 +51,9 @@ def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides
     acme = None
     if acme_table is not None:
         if public_cert_dir is not None:
-            raise ctx.error(_join(p, "public-cert-dir"), "cannot be used together with [client.acme]; choose one")
-        acme = _acme(ctx, acme_table, _join(p, "acme"), "client")
-    grace = ctx.duration(client, p, "graceful-shutdown-duration")
+            raise ctx.error(join(p, "public-cert-dir"), "cannot be used together with [client.acme]; choose one")
+        acme = shared.acme(ctx, acme_table, join(p, "acme"), "client")
+    grace = ctx.setting(client, p, "graceful-shutdown-duration")
 
     if cli.has("backend-address"):
         if "services" in client:
@@ -82,9 +70,9 @@ def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides
             # Manual material in the XDG default folder, where `public-cert init` writes it.
             public_cert_dir = default_client_public_cert_dir(ctx.env)
     elif acme is not None:
-        raise ctx.error(_join(p, "acme"), 'needs at least one Service with tls-mode = "terminate"')
+        raise ctx.error(join(p, "acme"), 'needs at least one Service with tls-mode = "terminate"')
     elif public_cert_dir is not None:
-        raise ctx.error(_join(p, "public-cert-dir"), 'needs at least one Service with tls-mode = "terminate"')
+        raise ctx.error(join(p, "public-cert-dir"), 'needs at least one Service with tls-mode = "terminate"')
 
     return ClientConfig(
         server_addresses=server_addresses,
@@ -94,16 +82,16 @@ def _parse_client(ctx: _Context, doc: dict, source: Path | None, cli: _Overrides
         public_cert_dir=public_cert_dir,
         acme=acme,
         services=services,
-        limits=_limits(ctx, client, p, _CLIENT_LIMITS),
+        limits=shared.limits(ctx, client, p),
         log_level=log_level,
         log_format=log_format,
-        graceful_shutdown_duration=30.0 if grace is None else grace,
-        strict_permissions=bool(ctx.boolean(client, p, "strict-permissions")),
+        graceful_shutdown_duration=grace,
+        strict_permissions=ctx.setting(client, p, "strict-permissions"),
         source=source,
     )
 
 
-def _client_server_addresses(ctx: _Context, client: dict, cli: _Overrides) -> tuple[tuple[str, int], ...]:
+def _client_server_addresses(ctx: Context, client: dict, cli: Overrides) -> tuple[tuple[str, int], ...]:
     if cli.has("server-address"):
         where, label, value = cli.ctx, cli.key("server-address"), cli.values["server-address"]
     elif "server-address" in client:
@@ -118,21 +106,21 @@ def _client_server_addresses(ctx: _Context, client: dict, cli: _Overrides) -> tu
         items = []
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise where.error(_join(label, i), f"expected a string, got {_type_name(item)}")
-            items.append((_join(label, i), item))
+                raise where.error(join(label, i), f"expected a string, got {type_name(item)}")
+            items.append((join(label, i), item))
     else:
-        raise where.error(label, f"expected a string or an array of strings, got {_type_name(value)}")
+        raise where.error(label, f"expected a string or an array of strings, got {type_name(value)}")
 
     addresses: dict[tuple[str, int], str] = {}
     for item_key, text in items:
-        address = _server_address(where, item_key, text)
+        address = server_address(where, item_key, text)
         if address in addresses:
             raise where.error(item_key, f"{text!r} is the same Server address as {addresses[address]}")
         addresses[address] = item_key
     return tuple(addresses)
 
 
-def _client_trust(ctx: _Context, client: dict, cli: _Overrides) -> tuple[str, Path | None]:
+def _client_trust(ctx: Context, client: dict, cli: Overrides) -> tuple[str, Path | None]:
     p = "client"
     if cli.has("server-trust"):
         trust = cli.values["server-trust"]
@@ -141,7 +129,7 @@ def _client_trust(ctx: _Context, client: dict, cli: _Overrides) -> tuple[str, Pa
     elif cli.has("server-ca-file"):
         trust = "ca-file"
     else:
-        trust = ctx.string(client, p, "server-trust", choices=SERVER_TRUSTS) or "system"
+        trust = ctx.setting(client, p, "server-trust")
 
     if cli.has("server-ca-file"):
         ca_ctx, ca_key = cli.ctx, cli.key("server-ca-file")
@@ -150,7 +138,7 @@ def _client_trust(ctx: _Context, client: dict, cli: _Overrides) -> tuple[str, Pa
             raise ca_ctx.error(ca_key, "expected a file path")
         ca_file = cli.ctx.resolve(os.fspath(value))
     else:
-        ca_ctx, ca_key = ctx, _join(p, "server-ca-file")
+        ca_ctx, ca_key = ctx, join(p, "server-ca-file")
         ca_file = ctx.path(client, p, "server-ca-file")
 
     if trust == "system":
@@ -167,51 +155,45 @@ def _client_trust(ctx: _Context, client: dict, cli: _Overrides) -> tuple[str, Pa
     return trust, ca_file
 
 
-def _catch_all_override(cli: _Overrides) -> ServiceConfig:
+def _catch_all_override(cli: Overrides) -> ServiceConfig:
     value = cli.values["backend-address"]
     key = cli.key("backend-address")
     if not isinstance(value, str) or not value:
         raise cli.ctx.error(key, "expected host:port")
-    return ServiceConfig((), _backend_address(cli.ctx, key, value), "passthrough")
+    return ServiceConfig((), backend_address(cli.ctx, key, value), "passthrough")
 
 
-def _parse_services(ctx: _Context, client: dict) -> tuple[ServiceConfig, ...]:
+def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
     p = "client.services"
-    entries = client.get("services")
-    if entries is None:
-        raise ctx.error(p, "at least one [[client.services]] is required")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ctx.error(p, f"expected an array of tables ([[client.services]]), got {_type_name(entries)}")
-    if not entries:
-        raise ctx.error(p, "at least one [[client.services]] is required")
+    entries = ctx.array_of_tables(client, "client", "services")
 
     seen: dict[str, str] = {}
     services = []
     for i, entry in enumerate(entries):
-        sp = _join(p, i)
-        ctx.check_keys(entry, sp, _SERVICE_KEYS)
+        sp = join(p, i)
+        ctx.check_keys(entry, sp)
         raw_hosts = ctx.string_list(entry, sp, "public-hostnames")
-        hosts_key = _join(sp, "public-hostnames")
+        hosts_key = join(sp, "public-hostnames")
         if raw_hosts is None and len(entries) > 1:
             raise ctx.error(
                 hosts_key, "required when there is more than one Service (only a sole Service may be Catch-all)"
             )
         public_hostnames = []
         for j, raw in enumerate(raw_hosts or ()):
-            key = _join(hosts_key, j)
-            host = _normalize_hostname(ctx, key, raw)
+            key = join(hosts_key, j)
+            host = normalize_hostname(ctx, key, raw)
             if host in seen:
                 raise ctx.error(key, f"{host!r} is already listed at {seen[host]}")
             seen[host] = key
             public_hostnames.append(host)
 
-        backend = ctx.required_string(entry, sp, "backend-address")
-        backend_address = _backend_address(ctx, _join(sp, "backend-address"), backend)
-        tls_mode = ctx.string(entry, sp, "tls-mode", choices=TLS_MODES) or "passthrough"
+        backend = ctx.setting(entry, sp, "backend-address")
+        address = backend_address(ctx, join(sp, "backend-address"), backend)
+        tls_mode = ctx.setting(entry, sp, "tls-mode")
         if tls_mode == "terminate" and not public_hostnames:
             raise ctx.error(
-                _join(sp, "tls-mode"),
+                join(sp, "tls-mode"),
                 "a Catch-all Service cannot terminate TLS; list its public-hostnames",
             )
-        services.append(ServiceConfig(tuple(public_hostnames), backend_address, tls_mode))
+        services.append(ServiceConfig(tuple(public_hostnames), address, tls_mode))
     return tuple(services)

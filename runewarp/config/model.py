@@ -5,12 +5,13 @@ from pathlib import Path
 
 from runewarp.proto.routes import RoutingSnapshot, TunnelRoute
 
-LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
-LOG_FORMATS = ("text", "json")
-TLS_MODES = ("passthrough", "terminate")
-SERVER_TRUSTS = ("system", "ca-file")
-DEFAULT_ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
-DEFAULT_SERVER_PORT = 443
+from .schema import default
+
+DEFAULT_ACME_DIRECTORY = default("server.acme.directory-url")
+
+
+def _limit(name: str):
+    return default(f"server.limits.{name}")
 
 
 @dataclass(frozen=True)
@@ -21,19 +22,19 @@ class Limits:
     `active_streams` with one Tunnel, half of it with several.
     """
 
-    intake_connections: int = 4096
-    intake_per_source: int = 64
-    intake_ipv4_prefix: int = 32
-    intake_ipv6_prefix: int = 64
-    tunnel_handshakes: int = 256
-    tunnel_handshakes_per_source: int = 16
-    active_streams: int = 16384
-    active_streams_per_tunnel: int = 0
-    pool_connections: int = 256
-    stream_buffer_budget: int = 64 * 1024 * 1024
-    stream_idle_timeout: float = 600.0
-    stream_half_closed_timeout: float = 30.0
-    stream_first_byte_timeout: float = 30.0
+    intake_connections: int = _limit("intake-connections")
+    intake_per_source: int = _limit("intake-per-source")
+    intake_ipv4_prefix: int = _limit("intake-ipv4-prefix")
+    intake_ipv6_prefix: int = _limit("intake-ipv6-prefix")
+    tunnel_handshakes: int = _limit("tunnel-handshakes")
+    tunnel_handshakes_per_source: int = _limit("tunnel-handshakes-per-source")
+    active_streams: int = _limit("active-streams")
+    active_streams_per_tunnel: int = _limit("active-streams-per-tunnel")
+    pool_connections: int = _limit("pool-connections")
+    stream_buffer_budget: int = _limit("stream-buffer-budget")
+    stream_idle_timeout: float = _limit("stream-idle-timeout")
+    stream_half_closed_timeout: float = _limit("stream-half-closed-timeout")
+    stream_first_byte_timeout: float = _limit("stream-first-byte-timeout")
 
     def tunnel_share(self, tunnels: int) -> int:
         """Most streams one Tunnel may hold, so one tenant can exhaust only itself."""
@@ -66,16 +67,16 @@ class ServerConfig:
     """Everything `runewarp server` needs; `source` is the file it came from."""
 
     hostname: str
-    public_bind_address: tuple[str, int] = ("0.0.0.0", 443)
+    public_bind_address: tuple[str, int] = default("server.public-bind-address")
     tunnel_bind_address: tuple[str, int] | None = None
     cert_dir: Path
     acme: AcmeConfig | None = None
-    graceful_shutdown_duration: float = 30.0
-    strict_permissions: bool = False
+    graceful_shutdown_duration: float = default("server.graceful-shutdown-duration")
+    strict_permissions: bool = default("server.strict-permissions")
     tunnels: tuple[TunnelConfig, ...]
     limits: Limits = Limits()
-    log_level: str = "info"
-    log_format: str = "text"
+    log_level: str = default("log-level")
+    log_format: str = default("log-format")
     source: Path | None = None
 
     def routing_snapshot(self) -> RoutingSnapshot:
@@ -92,7 +93,7 @@ class ServiceConfig:
 
     public_hostnames: tuple[str, ...]
     backend_address: tuple[str, int]
-    tls_mode: str = "passthrough"
+    tls_mode: str = default("client.services[].tls-mode")
 
     @property
     def is_catch_all(self) -> bool:
@@ -104,22 +105,20 @@ class ClientConfig:
     """Everything `runewarp client` needs; one Tunnel connection per Server address."""
 
     server_addresses: tuple[tuple[str, int], ...]
-    server_trust: str = "system"
+    server_trust: str = default("client.server-trust")
     server_ca_file: Path | None = None
     identity_dir: Path
     public_cert_dir: Path | None = None
     acme: AcmeConfig | None = None
     services: tuple[ServiceConfig, ...]
     limits: Limits = Limits()
-    log_level: str = "info"
-    log_format: str = "text"
-    graceful_shutdown_duration: float = 30.0
-    strict_permissions: bool = False
+    log_level: str = default("log-level")
+    log_format: str = default("log-format")
+    graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")
+    strict_permissions: bool = default("client.strict-permissions")
     source: Path | None = None
 
-    def service_for_hostname(self, hostname: str) -> ServiceConfig | None:
-        """The Service for a normalized SNI: the Catch-all takes everything."""
-        for service in self.services:
-            if service.is_catch_all or hostname in service.public_hostnames:
-                return service
-        return None
+    @property
+    def terminate_hostnames(self) -> list[str]:
+        """The Public hostnames whose TLS this Client terminates (material and ACME need them)."""
+        return [h for s in self.services if s.tls_mode == "terminate" for h in s.public_hostnames]

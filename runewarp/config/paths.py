@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
-def _home(env: Mapping[str, str]) -> Path:
+def home_dir(env: Mapping[str, str]) -> Path:
     home = env.get("HOME")
     return Path(home) if home else Path.home()
 
@@ -15,7 +15,7 @@ def _xdg(env: Mapping[str, str], variable: str, fallback: str) -> Path:
     value = env.get(variable)
     if value and os.path.isabs(value):
         return Path(value)
-    return _home(env) / fallback
+    return home_dir(env) / fallback
 
 
 def xdg_config_home(env: Mapping[str, str] = os.environ) -> Path:
@@ -50,6 +50,6 @@ def default_server_ca_file(env: Mapping[str, str] = os.environ) -> Path:
     return xdg_data_home(env) / "runewarp" / "client" / "server-ca.crt"
 
 
-def _default_acme_state_dir(env: Mapping[str, str], role: str) -> Path:
+def default_acme_state_dir(env: Mapping[str, str], role: str) -> Path:
     return xdg_state_home(env) / "runewarp" / role / "acme"
 

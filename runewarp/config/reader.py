@@ -11,20 +11,21 @@ from typing import Any
 
 from runewarp.errors import ConfigError
 
-from .paths import _home
+from . import schema
+from .paths import home_dir
 
 COMMAND_LINE = "command line"
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _exists(path: Path) -> bool:
+def exists(path: Path) -> bool:
     try:
         return path.exists()
     except OSError:
         return False
 
 
-def _read_toml(source: Path) -> dict:
+def read_toml(source: Path) -> dict:
     try:
         with open(source, "rb") as f:
             return tomllib.load(f)
@@ -36,10 +37,7 @@ def _read_toml(source: Path) -> dict:
         raise ConfigError("invalid TOML: file is not UTF-8", file=str(source)) from None
 
 
-# --- validation machinery --------------------------------------------------
-
-
-def _join(prefix: str | None, key: str | int) -> str:
+def join(prefix: str | None, key: str | int) -> str:
     if isinstance(key, int):
         return f"{prefix}[{key}]"
     part = key if _BARE_KEY.fullmatch(key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -56,11 +54,11 @@ _TYPE_NAMES = {
 }
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-class _Context:
+class Context:
     """Where values come from: error labels, the folder relative paths resolve against, env."""
 
     def __init__(self, file: str, base_dir: Path, env: Mapping[str, str]):
@@ -73,72 +71,100 @@ class _Context:
 
     # Typed getters: `table` is a TOML table, `prefix` its key path.
 
-    def check_keys(self, table: dict, prefix: str | None, allowed: tuple[str, ...]) -> None:
+    def check_keys(self, table: dict, prefix: str | None) -> None:
+        """Refuse a key the key table lacks at `prefix`, suggesting the nearest known one."""
+        allowed = schema.names(prefix)
         for key in table:
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed, n=1)
                 message = f"unknown key; did you mean {hint[0]!r}?" if hint else "unknown key"
-                raise self.error(_join(prefix, key), message)
+                raise self.error(join(prefix, key), message)
 
     def table(self, parent: dict, prefix: str | None, key: str) -> dict | None:
         value = parent.get(key)
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise self.error(_join(prefix, key), f"expected a table, got {_type_name(value)}")
+            raise self.error(join(prefix, key), f"expected a table, got {type_name(value)}")
+        return value
+
+    def array_of_tables(self, parent: dict, prefix: str, key: str) -> list[dict]:
+        """A required, non-empty `[[prefix.key]]` array."""
+        path = join(prefix, key)
+        entries = parent.get(key)
+        if entries is None:
+            raise self.error(path, f"at least one [[{path}]] is required")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error(path, f"expected an array of tables ([[{path}]]), got {type_name(entries)}")
+        if not entries:
+            raise self.error(path, f"at least one [[{path}]] is required")
+        return entries
+
+    def setting(self, parent: dict, prefix: str | None, key: str) -> Any:
+        """A value read by its type in the key table, or the table's default when omitted."""
+        spec = schema.key(join(prefix, key))
+        if key not in parent:
+            if spec.default is schema.REQUIRED:
+                raise self.error(join(prefix, key), "required key is missing")
+            return spec.default
+        if spec.type == "seconds":
+            return self.duration(parent, prefix, key)
+        if spec.type == "boolean":
+            return self.boolean(parent, prefix, key)
+        if spec.type == "path":
+            return self.path(parent, prefix, key)
+        if spec.type == "integer":
+            return self.bounded_int(parent, prefix, key, spec.bounds)
+        return self.string(parent, prefix, key, choices=spec.choices)
+
+    def bounded_int(self, parent: dict, prefix: str | None, key: str, bounds: tuple[int, int | None]) -> int:
+        value = parent[key]
+        path = join(prefix, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(path, f"expected an integer, got {type_name(value)}")
+        if value < 1:
+            raise self.error(path, f"must be at least 1; got {value}")
+        low, high = bounds
+        if high is not None and value > high:
+            raise self.error(path, f"must be at most {high}; got {value}")
+        if value < low:
+            raise self.error(path, f"must be at least {low} bytes; got {value}")
         return value
 
     def string(self, parent: dict, prefix: str | None, key: str, *, choices: tuple[str, ...] = ()) -> str | None:
         if key not in parent:
             return None
         value = parent[key]
-        path = _join(prefix, key)
+        path = join(prefix, key)
         if not isinstance(value, str):
-            raise self.error(path, f"expected a string, got {_type_name(value)}")
+            raise self.error(path, f"expected a string, got {type_name(value)}")
         if not value:
             raise self.error(path, "must not be empty")
         if choices and value not in choices:
             raise self.error(path, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def required_string(self, parent: dict, prefix: str | None, key: str) -> str:
-        value = self.string(parent, prefix, key)
-        if value is None:
-            raise self.error(_join(prefix, key), "required key is missing")
-        return value
-
     def string_list(self, parent: dict, prefix: str | None, key: str) -> list[str] | None:
         if key not in parent:
             return None
         value = parent[key]
-        path = _join(prefix, key)
+        path = join(prefix, key)
         if not isinstance(value, list):
-            raise self.error(path, f"expected an array of strings, got {_type_name(value)}")
+            raise self.error(path, f"expected an array of strings, got {type_name(value)}")
         if not value:
             raise self.error(path, "must not be empty")
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.error(_join(path, i), f"expected a string, got {_type_name(item)}")
-        return value
-
-    def positive_int(self, parent: dict, prefix: str | None, key: str) -> int | None:
-        if key not in parent:
-            return None
-        value = parent[key]
-        path = _join(prefix, key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(path, f"expected an integer, got {_type_name(value)}")
-        if value < 1:
-            raise self.error(path, f"must be at least 1; got {value}")
+                raise self.error(join(path, i), f"expected a string, got {type_name(item)}")
         return value
 
     def duration(self, parent: dict, prefix: str | None, key: str) -> float | None:
         if key not in parent:
             return None
         value = parent[key]
-        path = _join(prefix, key)
+        path = join(prefix, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(path, f"expected a number of seconds, got {_type_name(value)}")
+            raise self.error(path, f"expected a number of seconds, got {type_name(value)}")
         if not math.isfinite(value) or value < 0:
             raise self.error(path, f"must be a finite number of seconds >= 0; got {value}")
         return float(value)
@@ -148,7 +174,7 @@ class _Context:
             return None
         value = parent[key]
         if not isinstance(value, bool):
-            raise self.error(_join(prefix, key), f"expected true or false, got {_type_name(value)}")
+            raise self.error(join(prefix, key), f"expected true or false, got {type_name(value)}")
         return value
 
     def path(self, parent: dict, prefix: str | None, key: str) -> Path | None:
@@ -158,8 +184,29 @@ class _Context:
     def resolve(self, value: str) -> Path:
         """Expand `~` against $HOME and anchor relative paths at the config file's folder."""
         if value == "~" or value.startswith("~/"):
-            path = _home(self.env) / value[2:]
+            path = home_dir(self.env) / value[2:]
         else:
             path = Path(os.path.expanduser(value))
         return path if path.is_absolute() else self.base_dir / path
 
+
+
+def peek(source: Path | None, key: str, env: Mapping[str, str] = os.environ) -> Any:
+    """One value of a config that may be incomplete, for material commands.
+
+    The Server needs its certificate before any Client identity exists, so
+    `cert init` reads `server.cert-dir` without validating the rest. Folder keys
+    resolve like the loaded config's; other values are returned as written.
+    """
+    if source is None:
+        return None
+    value: Any = read_toml(source)
+    *tables, name = key.split(".")
+    for table in tables:
+        value = value.get(table) if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    spec = schema.BY_PATH.get(key)
+    if spec is not None and spec.type == "path" and name in value:
+        return Context(str(source), source.absolute().parent, env).path(value, ".".join(tables), name)
+    return value.get(name)

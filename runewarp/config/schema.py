@@ -1,0 +1,170 @@
+"""The key table: every config key once, with its type, default, rule and what it is for.
+
+Defaults live here and nowhere else: the dataclasses in model.py and the
+parsers take them from `default()`, the allowed keys of each table come from
+`names()`, and tests/test_config_docs.py checks docs/configuration.md against
+this table. Rules that relate several keys (a hostname in two Tunnels, ACME
+with cert-dir) stay in server.py and client.py; `rule` only says them in words.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
+TLS_MODES = ("passthrough", "terminate")
+SERVER_TRUSTS = ("system", "ca-file")
+DEFAULT_SERVER_PORT = 443
+MIB = 1024 * 1024
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key. `path` writes an array of tables as `[]` (`server.tunnels[].name`).
+
+    `default` is the value used when the key is omitted (None: unset or
+    computed at load time, then `shown` says how the docs write it).
+    """
+
+    path: str
+    type: str
+    default: Any
+    rule: str
+    doc: str
+    shown: str | None = None
+    choices: tuple[str, ...] = ()
+    bounds: tuple[int, int | None] | None = None
+
+
+def _both(path: str, *args: Any, **kwargs: Any) -> tuple[Key, Key]:
+    """A key with the same meaning and default in `[server]` and `[client]`."""
+    return Key(f"server.{path}", *args, **kwargs), Key(f"client.{path}", *args, **kwargs)
+
+
+def _acme(role: str) -> tuple[Key, ...]:
+    p = f"{role}.acme"
+    return (
+        Key(f"{p}.email", "string", REQUIRED, "local@domain, no whitespace", "the ACME account contact"),
+        Key(f"{p}.state-dir", "path", None, "a folder; validation never creates it", "certbot's state",
+            shown=f"$XDG_STATE_HOME/runewarp/{role}/acme"),
+        Key(f"{p}.directory-url", "string", "https://acme-v02.api.letsencrypt.org/directory",
+            "an https:// URL with a host", "the ACME CA"),
+    )
+
+
+def _limit(name: str, default: int | float, doc: str, *, bounds: tuple[int, int | None] | None = (1, None),
+           shown: str | None = None) -> Key:
+    kind = "seconds" if name.endswith("-timeout") else "integer"
+    rule = "seconds >= 0 (0: off)" if kind == "seconds" else "an integer >= 1"
+    return Key(f"limits.{name}", kind, default, rule, doc, shown=shown, bounds=None if kind == "seconds" else bounds)
+
+
+_STREAM_LIMITS = (
+    _limit("active-streams", 16384, "routed Visitor streams"),
+    _limit("stream-buffer-budget", 64 * MIB, "flow-control window bytes beyond the first 256 KiB per stream",
+           bounds=(MIB, None)),
+    _limit("stream-idle-timeout", 600.0, "seconds with no byte in either direction"),
+    _limit("stream-half-closed-timeout", 30.0, "seconds with no byte once one direction has ended"),
+)
+_SERVER_LIMITS = (
+    _limit("intake-connections", 4096, "Visitor connections reading their ClientHello"),
+    _limit("intake-per-source", 64, "the same, from one source"),
+    _limit("intake-ipv4-prefix", 32, "IPv4 prefix length that counts as one source", bounds=(1, 32)),
+    _limit("intake-ipv6-prefix", 64, "IPv6 prefix length that counts as one source", bounds=(1, 128)),
+    _limit("tunnel-handshakes", 256, "Tunnel TLS handshakes in progress"),
+    _limit("tunnel-handshakes-per-source", 16, "the same, from one source"),
+    _limit("active-streams-per-tunnel", 0, "routed Visitor streams of one Tunnel (0: all with one Tunnel, "
+           "half with several)", shown="all of active-streams"),
+    _limit("pool-connections", 256, "Tunnel connections in one Tunnel pool"),
+    _limit("stream-first-byte-timeout", 30.0, "seconds from routing until the Client side answers"),
+    *_STREAM_LIMITS,
+)
+
+KEYS: tuple[Key, ...] = (
+    Key("log-level", "string", "info", "one of " + ", ".join(LOG_LEVELS), "log threshold", choices=LOG_LEVELS),
+    Key("log-format", "string", "text", "text or json", "log line format", choices=LOG_FORMATS),
+    Key("server", "table", None, "required by runewarp server", "the Server's settings", shown="—"),
+    Key("client", "table", None, "required by runewarp client unless both address flags are given",
+        "the Client's settings", shown="—"),
+    # [server]
+    Key("server.hostname", "string", REQUIRED, "a valid hostname, not also a Public hostname", "the Server hostname"),
+    Key("server.public-bind-address", "address", ("0.0.0.0", 443), "literal IP:port, port 0-65535",
+        "the public listener"),
+    Key("server.tunnel-bind-address", "address", None, "same format; differs from public-bind-address",
+        "a listener for Tunnel connections only", shown="unset"),
+    Key("server.cert-dir", "path", None, "not with [server.acme]", "Server certificate material",
+        shown="XDG default"),
+    *_both("graceful-shutdown-duration", "seconds", 30.0, "finite, >= 0", "how long open streams may finish"),
+    *_both("strict-permissions", "boolean", False, "true or false", "refuse keys others can read"),
+    *_both("acme", "table", None, "see the acme keys", "certificates from an ACME CA", shown="unset"),
+    *_both("limits", "table", None, "see the limits keys", "resource bounds", shown="defaults"),
+    Key("server.tunnels", "array of tables", REQUIRED, "at least one", "the Tunnels"),
+    *(Key(f"server.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _SERVER_LIMITS),
+    *_acme("server"),
+    Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
+        shown="tunnel-<n>"),
+    Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames, each in one Tunnel",
+        "the Public hostnames routed to this Tunnel"),
+    Key("server.tunnels[].client-identity", "string", None, "64 lowercase hex characters",
+        "the Client identity allowed to serve this Tunnel", shown="—"),
+    Key("server.tunnels[].client-identities", "strings", None, "Client identities, each in one Tunnel",
+        "several Client identities (replicas, rotation)", shown="—"),
+    # [client]
+    Key("client.server-address", "address", REQUIRED, "hostname[:port] or an array of them",
+        "the Server addresses, one Tunnel connection each"),
+    Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
+        choices=SERVER_TRUSTS),
+    Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",
+        "the Server CA bundle", shown="XDG default"),
+    Key("client.identity-dir", "path", None, "a writable folder", "the Client identity", shown="XDG default"),
+    Key("client.public-cert-dir", "path", None, "needs a terminate Service; not with [client.acme]",
+        "Public hostname certificates", shown="XDG default"),
+    Key("client.services", "array of tables", REQUIRED, "at least one", "the Services"),
+    *(Key(f"client.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _STREAM_LIMITS),
+    *_acme("client"),
+    Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "
+        "omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
+    Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",
+        "the Local backend"),
+    Key("client.services[].tls-mode", "string", "passthrough", "passthrough or terminate",
+        "who terminates the Visitor's TLS", choices=TLS_MODES),
+)
+
+BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
+
+
+def pattern(path: str) -> str:
+    """The table path of a key path: array indexes become `[]`."""
+    out, depth = [], 0
+    for c in path:
+        if c == "[":
+            depth += 1
+            out.append("[]")
+        elif c == "]":
+            depth -= 1
+        elif not depth:
+            out.append(c)
+    return "".join(out)
+
+
+def key(path: str) -> Key:
+    return BY_PATH[pattern(path)]
+
+
+def default(path: str) -> Any:
+    return BY_PATH[path].default
+
+
+def names(prefix: str | None) -> tuple[str, ...]:
+    """The keys allowed directly in the table at `prefix` (None: the top level)."""
+    start = f"{pattern(prefix)}." if prefix else ""
+    return tuple(k.path[len(start):] for k in KEYS
+                 if k.path.startswith(start) and "." not in k.path[len(start):])

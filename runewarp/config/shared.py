@@ -1,0 +1,42 @@
+"""What both roles read alike: the top level, `[<role>.acme]` and `[<role>.limits]`."""
+
+from urllib.parse import urlsplit
+
+from . import schema
+from .model import AcmeConfig, Limits
+from .paths import default_acme_state_dir
+from .reader import Context, join
+
+
+def logging(ctx: Context, doc: dict) -> tuple[str, str]:
+    """(log-level, log-format) from the top level."""
+    return ctx.setting(doc, None, "log-level"), ctx.setting(doc, None, "log-format")
+
+
+def acme(ctx: Context, table: dict, prefix: str, role: str) -> AcmeConfig:
+    ctx.check_keys(table, prefix)
+    email = ctx.setting(table, prefix, "email")
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in email):
+        raise ctx.error(join(prefix, "email"), f"{email!r} is not an email address")
+    state_dir = ctx.setting(table, prefix, "state-dir")
+    url = ctx.setting(table, prefix, "directory-url")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ctx.error(join(prefix, "directory-url"), f"{url!r}: must be an https:// URL")
+    return AcmeConfig(
+        email=email,
+        state_dir=state_dir or default_acme_state_dir(ctx.env, role),
+        directory_url=url,
+        state_dir_explicit=state_dir is not None,
+    )
+
+
+def limits(ctx: Context, parent: dict, prefix: str) -> Limits:
+    """The role's `limits` keys from the key table; the rest keep their defaults."""
+    table = ctx.table(parent, prefix, "limits")
+    if table is None:
+        return Limits()
+    path = join(prefix, "limits")
+    ctx.check_keys(table, path)
+    return Limits(**{key.replace("-", "_"): ctx.setting(table, path, key) for key in schema.names(path)})

@@ -1,0 +1,60 @@
+"""docs/configuration.md documents exactly the keys of the key table, each with its default."""
+
+import re
+from pathlib import Path
+
+from runewarp.config.schema import KEYS, REQUIRED
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+_HEADING = re.compile(r"^#{2,3} (?:Top level|`\[{1,2}([a-z.-]+)\]{1,2}`)$")
+
+
+def documented() -> dict[str, str]:
+    """Key path -> its Default cell, from every `| Key | Default | … |` table."""
+    rows, prefix, in_keys = {}, None, False
+    for line in DOC.read_text().splitlines():
+        heading = _HEADING.match(line)
+        if line.startswith("#"):
+            prefix = None if heading is None else (heading[1] or "")
+            if heading and line.startswith("### `[["):
+                prefix += "[]"
+            in_keys = False
+            continue
+        if not line.startswith("|"):
+            in_keys = False
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:2] == ["Key", "Default"]:
+            in_keys = prefix is not None
+        elif in_keys and cells[0].startswith("`"):
+            name = cells[0].strip("`")
+            rows[f"{prefix}.{name}" if prefix else name] = cells[1].replace("`", "")
+    return rows
+
+
+def shown(key) -> str:
+    """The default as the docs write it."""
+    value = key.default
+    if key.shown is not None:
+        return key.shown
+    if value is REQUIRED:
+        return "required"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return f'"{value[0]}:{value[1]}"'
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_every_key_is_documented_with_its_default():
+    rows = documented()
+    for key in KEYS:
+        assert key.path in rows, f"{key.path} is missing from docs/configuration.md"
+        cell, want = rows[key.path], shown(key).replace("`", "")
+        assert cell == want or cell.startswith(want + " "), f"{key.path}: docs say {cell!r}, the table {want!r}"
+
+
+def test_the_docs_name_no_unknown_key():
+    assert set(documented()) - {k.path for k in KEYS} == set()
