@@ -38,7 +38,7 @@ Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 import os
 import sys
-import tomllib
+from functools import partial
 from pathlib import Path
 
 from docopt import DocoptExit, docopt
@@ -66,37 +66,17 @@ def _selected_config(args):
     return default if default.exists() else None
 
 
-def _raw_section(path, section):
-    """The raw [server]/[client] table, for material commands that need only a folder key.
-
-    Material commands must work before the rest of the config is complete (the
-    Server needs its certificate before any Client identity exists).
-    """
-    if path is None:
-        return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config: {exc}", file=path) from None
-    table = data.get(section, {})
-    return table if isinstance(table, dict) else {}
-
-
-def _folder(args, path, section, key, default):
+def _folder(args, path, key, default):
+    """--dir, else the key in a config that may be incomplete, else the XDG default."""
     if args["--dir"]:
         return Path(args["--dir"]).expanduser().resolve()
-    value = _raw_section(path, section).get(key)
-    if isinstance(value, str):
-        folder = Path(value).expanduser()
-        return folder if folder.is_absolute() else (path.parent / folder).resolve()
-    return default
+    return configuration.peek(path, key) or default
 
 
 # -- verbs --
 
 def renew_acme(args, role):
     from . import acme
-    from .io.client import terminate_hostnames
 
     path = _selected_config(args)
     if role == "server":
@@ -104,7 +84,7 @@ def renew_acme(args, role):
         hostnames = [cfg.hostname]
     else:
         cfg = configuration.load_client_config(path)
-        hostnames = terminate_hostnames(cfg)
+        hostnames = cfg.terminate_hostnames
     if cfg.acme is None:
         raise ConfigError(f"no [{role}.acme] table: nothing to renew", file=cfg.source,
                           key=f"{role}.acme")
@@ -114,12 +94,11 @@ def renew_acme(args, role):
 
 def server_cert(args):
     path = _selected_config(args)
-    cert_dir = _folder(args, path, "server", "cert-dir",
-                       configuration.xdg_data_home() / "runewarp" / "server" / "cert")
+    cert_dir = _folder(args, path, "server.cert-dir", configuration.default_server_cert_dir())
     given = args["--hostname"]  # a list: docopt shares the option with public-cert
     if len(given) > 1:
         raise ConfigError("the Server has one hostname", file="command line", key="--hostname")
-    hostname = given[0] if given else _raw_section(path, "server").get("hostname")
+    hostname = given[0] if given else configuration.peek(path, "server.hostname")
     if hostname is not None:
         try:
             hostname = normalize(str(hostname))
@@ -146,8 +125,7 @@ def server_cert(args):
 
 def client_identity(args):
     path = _selected_config(args)
-    identity_dir = _folder(args, path, "client", "identity-dir",
-                           configuration.xdg_data_home() / "runewarp" / "client" / "identity")
+    identity_dir = _folder(args, path, "client.identity-dir", configuration.default_client_identity_dir())
     if args["show"]:
         print(material.show_identity(identity_dir))
         return 0
@@ -167,8 +145,8 @@ def client_identity(args):
 
 def client_public_cert(args):
     path = _selected_config(args)
-    cert_dir = _folder(args, path, "client", "public-cert-dir",
-                       configuration.xdg_data_home() / "runewarp" / "client" / "public-cert")
+    cert_dir = _folder(args, path, "client.public-cert-dir",
+                       configuration.default_client_public_cert_dir())
     hostnames = args["--hostname"]
     if not hostnames and not args["rotate-ca"]:
         hostnames = _terminate_hostnames(path)
@@ -186,9 +164,9 @@ def client_public_cert(args):
 
 
 def _terminate_hostnames(path):
-    services = _raw_section(path, "client").get("services", [])
+    services = configuration.peek(path, "client.services")
     names = [h for s in services if isinstance(s, dict) and s.get("tls-mode") == "terminate"
-             for h in s.get("public-hostnames", [])]
+             for h in s.get("public-hostnames", [])] if isinstance(services, list) else []
     if not names:
         raise ConfigError("no hostname: pass --hostname or select a config with a terminate "
                           "Service", file=path or "command line", key="--hostname")
@@ -240,8 +218,7 @@ def run_client(args):
         raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
                           "Server's server-ca.crt there or set server-ca-file",
                           file=cfg.source or "command line", key="client.server-ca-file")
-    from .io.client import terminate_hostnames
-    public = (cfg.public_cert_dir, terminate_hostnames(cfg)) if cfg.acme is None and \
+    public = (cfg.public_cert_dir, cfg.terminate_hostnames) if cfg.acme is None and \
         cfg.public_cert_dir is not None else (None, None)
     _check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")
     return Lifecycle(Client(cfg, log), load, cfg.graceful_shutdown_duration, log).run()
@@ -272,6 +249,19 @@ def run_demo(args):
     return demo(keep=args["--keep"])
 
 
+# The first entry whose command words are all given runs; more specific entries come first.
+VERBS = (
+    (("server", "renew-acme"), partial(renew_acme, role="server")),
+    (("server", "cert"), server_cert),
+    (("server",), run_server),
+    (("client", "identity"), client_identity),
+    (("client", "renew-acme"), partial(renew_acme, role="client")),
+    (("client", "public-cert"), client_public_cert),
+    (("client",), run_client),
+    (("demo",), run_demo),
+)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -280,20 +270,9 @@ def main(argv=None):
         print(exc, file=sys.stderr)
         return 2
     try:
-        if args["server"]:
-            if args["renew-acme"]:
-                return renew_acme(args, "server")
-            return server_cert(args) if args["cert"] else run_server(args)
-        if args["client"]:
-            if args["identity"]:
-                return client_identity(args)
-            if args["renew-acme"]:
-                return renew_acme(args, "client")
-            if args["public-cert"]:
-                return client_public_cert(args)
-            return run_client(args)
-        if args["demo"]:
-            return run_demo(args)
+        for words, verb in VERBS:
+            if all(args[word] for word in words):
+                return verb(args)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except MaterialError as exc:
