@@ -21,6 +21,7 @@ from runewarp.config import (
     default_server_cert_dir,
     load_client_config,
     load_server_config,
+    peek,
     xdg_config_home,
     xdg_data_home,
     xdg_state_home,
@@ -528,9 +529,11 @@ def test_explicit_missing_file(tmp_path, env):
     assert "cannot read config" in e.value.message and "No such file" in e.value.message
 
 
-def test_directory_is_not_a_config(tmp_path, env):
-    with pytest.raises(ConfigError, match="cannot read config"):
-        load_client_config(tmp_path, env=env)
+@pytest.mark.parametrize("load", [load_server_config, load_client_config])
+def test_directory_is_not_a_config(tmp_path, env, load):
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, env=env)
+    assert str(e.value).startswith(f"{tmp_path}: cannot read config: ")
 
 
 def test_missing_default_file(env, home):
@@ -549,18 +552,22 @@ def test_unreadable_file(write, env):
         load_server_config(path, env=env)
 
 
-def test_invalid_toml_reports_the_line(write, env):
+@pytest.mark.parametrize("load", [load_server_config, load_client_config])
+def test_invalid_toml_reports_the_line(write, env, load):
     path = write('[server]\nhostname = "x.example.com"\nhostname = "y.example.com"\n')
     with pytest.raises(ConfigError) as e:
-        load_server_config(path, env=env)
+        load(path, env=env)
+    assert e.value.key is None
     assert "invalid TOML" in e.value.message and "line 3" in e.value.message
 
 
-def test_not_utf8(tmp_path, env):
+@pytest.mark.parametrize("load", [load_server_config, load_client_config])
+def test_not_utf8(tmp_path, env, load):
     path = tmp_path / "c.toml"
     path.write_bytes(b'[server]\nhostname = "\xff"\n')
-    with pytest.raises(ConfigError, match="invalid TOML"):
-        load_server_config(path, env=env)
+    with pytest.raises(ConfigError) as e:
+        load(path, env=env)
+    assert str(e.value) == f"{path}: invalid TOML: file is not UTF-8"
 
 
 def _server_with(server_extra="", tunnel_extra=None, top=""):
@@ -593,6 +600,14 @@ SERVER_ERRORS = [
     (_server_with().replace('"tunnel.example.com"', '"*.example.com"'), "server.hostname", "wildcard"),
     (_server_with().replace('"tunnel.example.com"', '"192.0.2.1"'), "server.hostname", "IP"),
     (_server_with().replace('"tunnel.example.com"', '"tünnel.example.com"'), "server.hostname", "non-ASCII"),
+    (_server_with().replace('"tunnel.example.com"', '"-tunnel.example.com"'), "server.hostname",
+     "starts or ends with '-'"),
+    (_server_with().replace('"tunnel.example.com"', '"::1"'), "server.hostname", "IP literals"),
+    (_server_with().replace('"tunnel.example.com"', f'"{"a" * 64}.example.com"'), "server.hostname",
+     "longer than 63"),
+    (_server_with().replace('"tunnel.example.com"', '"' + ".".join(["a" * 60] * 5) + '"'), "server.hostname",
+     "longer than 253"),
+    (_server_with('public-bind = "127.0.0.1:443"'), "server.public-bind", "did you mean 'public-bind-address'"),
     # bind addresses
     (_server_with('public-bind-address = "example.com:443"'), "server.public-bind-address", "literal IP"),
     (_server_with('public-bind-address = "localhost:443"'), "server.public-bind-address", "literal IP"),
@@ -601,6 +616,8 @@ SERVER_ERRORS = [
     (_server_with('public-bind-address = "0.0.0.0:https"'), "server.public-bind-address", "not a number"),
     (_server_with('public-bind-address = "0.0.0.0:-1"'), "server.public-bind-address", "not a number"),
     (_server_with('public-bind-address = "0.0.0.0:65536"'), "server.public-bind-address", "out of range 0-65535"),
+    (_server_with('public-bind-address = "0.0.0.0:443"\ntunnel-bind-address = "0.0.0.0:443"'),
+     "server.tunnel-bind-address", "must differ from public-bind-address (omit it to share)"),
     (_server_with('public-bind-address = ":443"'), "server.public-bind-address", "missing host"),
     (_server_with('public-bind-address = "::1:443"'), "server.public-bind-address", "brackets"),
     (_server_with('public-bind-address = "[::1:443"'), "server.public-bind-address", "missing ']'"),
@@ -817,6 +834,11 @@ SERVER_ERRORS = [
         "server.tunnels[0].client-identity",
         "64 lowercase hex",
     ),
+    (
+        _server_with(tunnel_extra=f'{TUNNEL_HOSTS}\nclient-identity = "{"g" * 64}"'),
+        "server.tunnels[0].client-identity",
+        "is not a Client identity (64 lowercase hex characters; see 'runewarp client identity show')",
+    ),
     # the shipped template's placeholder must not start a Server
     (
         _server_with(tunnel_extra=f'{TUNNEL_HOSTS}\nclient-identity = "{"0" * 64}"'),
@@ -899,6 +921,9 @@ CLIENT_ERRORS = [
     ('log-level = "info"\n', "client", "missing [client]"),
     (_client_with(top="[clients]\nx = 1"), "clients", "did you mean 'client'"),
     (_client_with(top='log-format = "yaml"'), "log-format", "must be one of text, json"),
+    (_client_with(top='log-level = "verbose"'), "log-level", "must be one of off, error, warn, info, debug, trace"),
+    (_client_with(top="log-level = 3"), "log-level", "expected a string, got an integer"),
+    (_client_with(top='colour = "blue"'), "colour", "unknown key"),
     ('client = ["x"]\n', "client", "expected a table"),
     (_client_with('server_address = "x.example.com"'), "client.server_address", "did you mean 'server-address'"),
     # server-address
@@ -912,6 +937,7 @@ CLIENT_ERRORS = [
     (_client_with().replace('"tunnel.example.com"', '"[::1]:443"'), "client.server-address", "not an IP address"),
     (_client_with().replace('"tunnel.example.com"', '"::1"'), "client.server-address", "brackets"),
     (_client_with().replace('"tunnel.example.com"', '"bad_host:443"'), "client.server-address", "underscores"),
+    (_client_with().replace('"tunnel.example.com"', '"tun nel:443"'), "client.server-address", "whitespace"),
     (
         _client_with().replace('"tunnel.example.com"', '"t.example.com:0"'),
         "client.server-address",
@@ -1000,6 +1026,10 @@ CLIENT_ERRORS = [
         "did you mean 'tls-mode'",
     ),
     (_client_with("", _service(BACKEND, "backend = 1")), "client.services[0].backend", "unknown key"),
+    (_client_with("", _service('backend = "127.0.0.1:1"')), "client.services[0].backend",
+     "unknown key; did you mean 'backend-address'?"),
+    (_client_with("", _service('public-hostnames = ["äpp.example.com"]', BACKEND)),
+     "client.services[0].public-hostnames[0]", "non-ASCII"),
     # services: hostnames
     (
         _client_with("", _service(HOSTS_A, BACKEND) + "\n" + _service(BACKEND)),
@@ -1067,6 +1097,11 @@ CLIENT_ERRORS = [
         _client_with("", _service(HOSTS_A, 'backend-address = "localhost:65536"')),
         "client.services[0].backend-address",
         "out of range",
+    ),
+    (
+        _client_with("", _service(HOSTS_A, 'backend-address = "localhost:https"')),
+        "client.services[0].backend-address",
+        "port 'https' is not a number",
     ),
     (
         _client_with("", _service(HOSTS_A, 'backend-address = "bad_host:80"')),
@@ -1217,3 +1252,55 @@ def test_terminate_without_public_cert_dir_uses_the_xdg_default(write, env):
     client = load_client_config(write(text), env=env)
     assert client.public_cert_dir == default_client_public_cert_dir(env)
     assert client.acme is None
+
+
+def test_punycode_and_ipv6_backends_pass_for_both_roles(write, env):
+    """Mixed case, one trailing dot and xn-- A-labels are valid spellings (the e2e control case)."""
+    path = write(f"""
+[server]
+hostname = "Tunnel.Example.COM."
+[[server.tunnels]]
+public-hostnames = ["xn--bcher-kva.example", "App.Example.COM."]
+client-identities = ["{ID1}", "{ID2}"]
+[client]
+server-address = "TUNNEL.example.com."
+[[client.services]]
+public-hostnames = ["xn--bcher-kva.example", "app.example.com."]
+backend-address = "[::1]:8443"
+""")
+    assert load_server_config(path, env=env).tunnels[0].public_hostnames == ("xn--bcher-kva.example", "app.example.com")
+    client = load_client_config(path, env=env)
+    assert client.server_addresses == (("tunnel.example.com", 443),)
+    assert client.services[0].backend_address == ("::1", 8443)
+
+
+def test_terminate_hostnames(write, env):
+    text = _client_with("", _service(HOSTS_A, BACKEND) + "\n" + _service(HOSTS_B, BACKEND, TERMINATE))
+    assert load_client_config(write(text), env=env).terminate_hostnames == ["b.example.com"]
+
+
+# --- peek: one key of a config that may be incomplete ------------------------
+
+
+def test_peek_resolves_folder_keys_like_the_loaded_config(write, env, tmp_path, home):
+    path = write('[server]\ncert-dir = "material/cert"\n[client]\nidentity-dir = "~/id"\n')
+    assert peek(path, "server.cert-dir", env) == tmp_path / "etc/material/cert"
+    assert peek(path, "client.identity-dir", env) == home / "id"
+
+
+def test_peek_returns_other_values_as_written_and_none_when_absent(write, env):
+    path = write('[server]\nhostname = "Tunnel.Example.com"\n')
+    assert peek(path, "server.hostname", env) == "Tunnel.Example.com"
+    assert peek(path, "server.cert-dir", env) is None
+    assert peek(path, "client.services", env) is None
+    assert peek(None, "server.cert-dir", env) is None
+
+
+def test_peek_names_the_key_and_the_file(write, env):
+    path = write("[server]\ncert-dir = 5\n")
+    with pytest.raises(ConfigError) as e:
+        peek(path, "server.cert-dir", env)
+    assert str(e.value) == f"{path}: server.cert-dir: expected a string, got an integer"
+    path = write("[server\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        peek(path, "server.cert-dir", env)
