@@ -5,7 +5,7 @@ import ipaddress
 from runewarp.proto import hostname as _hostname
 
 from .schema import DEFAULT_SERVER_PORT
-from .reader import Context
+from .reader import Context, join
 
 
 def normalize_hostname(ctx: Context, key: str, value: str) -> str:
@@ -13,6 +13,22 @@ def normalize_hostname(ctx: Context, key: str, value: str) -> str:
         return _hostname.normalize(value)
     except _hostname.HostnameError as e:
         raise ctx.error(key, str(e)) from None
+
+
+def unique_hostnames(ctx: Context, key: str, raw: list[str], seen: dict[str, str],
+                     server_hostname: str | None = None) -> tuple[str, ...]:
+    """Normalized Public hostnames, each listed once across all entries (`seen`: hostname -> key path)."""
+    hosts = []
+    for j, value in enumerate(raw):
+        item = join(key, j)
+        host = normalize_hostname(ctx, item, value)
+        if host == server_hostname:
+            raise ctx.error(item, f"{host!r} is the Server hostname (server.hostname); it cannot be a Public hostname")
+        if host in seen:
+            raise ctx.error(item, f"{host!r} is already listed at {seen[host]}")
+        seen[host] = item
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _parse_port(ctx: Context, key: str, text: str, *, minimum: int) -> int:

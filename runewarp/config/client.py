@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import shared
-from .addresses import backend_address, normalize_hostname, server_address
+from .addresses import backend_address, server_address, unique_hostnames
 from .model import ClientConfig, ServiceConfig
 from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
 from .reader import COMMAND_LINE, Context, join, type_name
@@ -47,12 +47,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
     else:
         identity_dir = ctx.path(client, p, "identity-dir") or default_client_identity_dir(ctx.env)
     public_cert_dir = ctx.path(client, p, "public-cert-dir")
-    acme_table = ctx.table(client, p, "acme")
-    acme = None
-    if acme_table is not None:
-        if public_cert_dir is not None:
-            raise ctx.error(join(p, "public-cert-dir"), "cannot be used together with [client.acme]; choose one")
-        acme = shared.acme(ctx, acme_table, join(p, "acme"), "client")
+    acme = shared.acme(ctx, client, p, "public-cert-dir", public_cert_dir)
     grace = ctx.setting(client, p, "graceful-shutdown-duration")
 
     if cli.has("backend-address"):
@@ -164,28 +159,17 @@ def _catch_all_override(cli: Overrides) -> ServiceConfig:
 
 
 def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
-    p = "client.services"
     entries = ctx.array_of_tables(client, "client", "services")
-
     seen: dict[str, str] = {}
     services = []
-    for i, entry in enumerate(entries):
-        sp = join(p, i)
-        ctx.check_keys(entry, sp)
+    for sp, entry in entries:
         raw_hosts = ctx.string_list(entry, sp, "public-hostnames")
         hosts_key = join(sp, "public-hostnames")
         if raw_hosts is None and len(entries) > 1:
             raise ctx.error(
                 hosts_key, "required when there is more than one Service (only a sole Service may be Catch-all)"
             )
-        public_hostnames = []
-        for j, raw in enumerate(raw_hosts or ()):
-            key = join(hosts_key, j)
-            host = normalize_hostname(ctx, key, raw)
-            if host in seen:
-                raise ctx.error(key, f"{host!r} is already listed at {seen[host]}")
-            seen[host] = key
-            public_hostnames.append(host)
+        public_hostnames = unique_hostnames(ctx, hosts_key, raw_hosts or [], seen)
 
         backend = ctx.setting(entry, sp, "backend-address")
         address = backend_address(ctx, join(sp, "backend-address"), backend)
@@ -195,5 +179,5 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
                 join(sp, "tls-mode"),
                 "a Catch-all Service cannot terminate TLS; list its public-hostnames",
             )
-        services.append(ServiceConfig(tuple(public_hostnames), address, tls_mode))
+        services.append(ServiceConfig(public_hostnames, address, tls_mode))
     return tuple(services)

@@ -88,8 +88,8 @@ class Context:
             raise self.error(join(prefix, key), f"expected a table, got {type_name(value)}")
         return value
 
-    def array_of_tables(self, parent: dict, prefix: str, key: str) -> list[dict]:
-        """A required, non-empty `[[prefix.key]]` array."""
+    def array_of_tables(self, parent: dict, prefix: str, key: str) -> list[tuple[str, dict]]:
+        """A required, non-empty `[[prefix.key]]` array: (key path, table) pairs, keys checked."""
         path = join(prefix, key)
         entries = parent.get(key)
         if entries is None:
@@ -98,7 +98,9 @@ class Context:
             raise self.error(path, f"expected an array of tables ([[{path}]]), got {type_name(entries)}")
         if not entries:
             raise self.error(path, f"at least one [[{path}]] is required")
-        return entries
+        for i, entry in enumerate(entries):
+            self.check_keys(entry, join(path, i))
+        return [(join(path, i), entry) for i, entry in enumerate(entries)]
 
     def setting(self, parent: dict, prefix: str | None, key: str) -> Any:
         """A value read by its type in the key table, or the table's default when omitted."""

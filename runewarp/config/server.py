@@ -6,7 +6,7 @@ from pathlib import Path
 from runewarp.proto.routes import RoutingConflict
 
 from . import shared
-from .addresses import bind_address, normalize_hostname
+from .addresses import bind_address, normalize_hostname, unique_hostnames
 from .model import ServerConfig, TunnelConfig
 from .paths import default_server_cert_dir
 from .reader import Context, join
@@ -35,12 +35,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         raise ctx.error(join(p, "tunnel-bind-address"), "must differ from public-bind-address (omit it to share)")
 
     cert_dir = ctx.path(server, p, "cert-dir")
-    acme_table = ctx.table(server, p, "acme")
-    acme = None
-    if acme_table is not None:
-        if cert_dir is not None:
-            raise ctx.error(join(p, "cert-dir"), "cannot be used together with [server.acme]; choose one")
-        acme = shared.acme(ctx, acme_table, join(p, "acme"), "server")
+    acme = shared.acme(ctx, server, p, "cert-dir", cert_dir)
 
     grace = ctx.setting(server, p, "graceful-shutdown-duration")
     tunnels = _parse_tunnels(ctx, server, hostname)
@@ -68,16 +63,11 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
 
 
 def _parse_tunnels(ctx: Context, server: dict, server_hostname: str) -> tuple[TunnelConfig, ...]:
-    p = "server.tunnels"
-    entries = ctx.array_of_tables(server, "server", "tunnels")
-
     names: dict[str, str] = {}
     hostnames: dict[str, str] = {}
     identities: dict[str, str] = {}
     tunnels = []
-    for i, entry in enumerate(entries):
-        tp = join(p, i)
-        ctx.check_keys(entry, tp)
+    for i, (tp, entry) in enumerate(ctx.array_of_tables(server, "server", "tunnels")):
 
         name = ctx.string(entry, tp, "name")
         name_key = join(tp, "name")
@@ -96,21 +86,9 @@ def _parse_tunnels(ctx: Context, server: dict, server_hostname: str) -> tuple[Tu
         raw_hosts = ctx.string_list(entry, tp, "public-hostnames")
         if raw_hosts is None:
             raise ctx.error(join(tp, "public-hostnames"), "required key is missing")
-        public_hostnames = []
-        for j, raw in enumerate(raw_hosts):
-            key = join(join(tp, "public-hostnames"), j)
-            host = normalize_hostname(ctx, key, raw)
-            if host == server_hostname:
-                raise ctx.error(
-                    key, f"{host!r} is the Server hostname (server.hostname); it cannot be a Public hostname"
-                )
-            if host in hostnames:
-                raise ctx.error(key, f"{host!r} is already listed at {hostnames[host]}")
-            hostnames[host] = key
-            public_hostnames.append(host)
-
+        public_hostnames = unique_hostnames(ctx, join(tp, "public-hostnames"), raw_hosts, hostnames, server_hostname)
         client_identities = _tunnel_identities(ctx, entry, tp, identities)
-        tunnels.append(TunnelConfig(name, tuple(public_hostnames), tuple(client_identities)))
+        tunnels.append(TunnelConfig(name, public_hostnames, tuple(client_identities)))
     return tuple(tunnels)
 
 

@@ -13,7 +13,14 @@ def logging(ctx: Context, doc: dict) -> tuple[str, str]:
     return ctx.setting(doc, None, "log-level"), ctx.setting(doc, None, "log-format")
 
 
-def acme(ctx: Context, table: dict, prefix: str, role: str) -> AcmeConfig:
+def acme(ctx: Context, parent: dict, role: str, folder_key: str, folder: object) -> AcmeConfig | None:
+    """`[<role>.acme]`, which replaces the manual certificate folder `folder_key` (None without the table)."""
+    table = ctx.table(parent, role, "acme")
+    if table is None:
+        return None
+    if folder is not None:
+        raise ctx.error(join(role, folder_key), f"cannot be used together with [{role}.acme]; choose one")
+    prefix = join(role, "acme")
     ctx.check_keys(table, prefix)
     email = ctx.setting(table, prefix, "email")
     local, at, domain = email.rpartition("@")
