@@ -18,7 +18,6 @@ the pumps only reset a counter, with no clock call and no timer per splice.
 
 import os
 import socket
-import struct
 
 import gevent
 from gevent import get_hub, getcurrent
@@ -26,12 +25,12 @@ from gevent.event import Event
 from greenlet import greenlet
 from OpenSSL import SSL
 
+from .net import abort
 from .sweeper import SpliceTimeouts as SpliceTimeouts  # re-exported: Splices takes one
 from .sweeper import Sweeper
 from .tunnel import StreamReset
 
 CHUNK = 256 * 1024
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 _READ = 1
 TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
 
@@ -45,15 +44,6 @@ def _iov_max():
 
 
 IOV_MAX = _iov_max()  # buffers one sendmsg accepts; Linux refuses more with EMSGSIZE
-
-
-def abort(sock):
-    """Close with a TCP reset, so the peer sees an error rather than a clean EOF."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-    except OSError:
-        pass
-    sock.close()
 
 
 class SocketEnd:

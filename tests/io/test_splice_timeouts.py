@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from runewarp.io.listener import set_keepalive
+from runewarp.io.net import set_keepalive
 from runewarp.io.splice import SocketEnd, Splices, SpliceTimeouts, StreamEnd
 from runewarp.io.sweeper import Sweeper
 from runewarp.io.tunnel import StreamReset, TunnelSession
