@@ -18,7 +18,7 @@ from gevent.pool import Pool
 
 from .. import __version__
 from ..acme import AcmeCertificates
-from ..errors import MaterialError, ProtocolError
+from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
 from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control
@@ -27,21 +27,17 @@ from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
 from ..proto.services import ServiceTable, terminate_hostnames
 from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
 from .net import describe, format_address, resolve_override, set_keepalive, set_nodelay
-from .splice import Splices
+from .splice import Splices, drain
 from .streams import ClientStreams
 from .sweeper import SpliceTimeouts
 from .terminate import PublicCertificates
 from .tlsconn import ClientTLSConnection
-from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
+from .tunnel import TunnelSession, drain_control, read_control_messages
 from .upkeep import Periodic, check_seconds
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
 # Bound to workers, the handler pool or the ACME scheduler at start: a reload keeps them.
 RESTART_ONLY = ("server_addresses", "limits", "acme")
-
-
-class Unauthorized(Exception):
-    """The Server refused our Client identity."""
 
 
 class Client(ClientStreams):
@@ -86,9 +82,8 @@ class Client(ClientStreams):
             session.go_away()
 
     def drain(self, timeout):
-        deadline = time.monotonic() + timeout
-        handlers_done = self.handlers.join(timeout=timeout)
-        return self.splices.join(max(0.0, deadline - time.monotonic())) and handlers_done
+        """Wait for stream handlers and established streams, at most `timeout` seconds."""
+        return drain(self.handlers, self.splices, timeout)
 
     def unfinished_streams(self):
         """Streams a close would cut now: spliced ones and those still in a handler."""
@@ -138,7 +133,7 @@ class Client(ClientStreams):
                 failures += 1
                 self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
                                reason=str(exc))
-            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamReset,
+            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamAborted,
                     control.ControlError) as exc:
                 failures += 1
                 # The first failure of an outage is the warning; its repeats are counted.
@@ -221,7 +216,7 @@ class Client(ClientStreams):
             decoder = control.LineDecoder()
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
                 welcome = control.parse_welcome(read_control_messages(stream, decoder)[0])
-        except (StreamReset, gevent.Timeout, control.ControlError) as exc:
+        except (StreamAborted, gevent.Timeout, control.ControlError) as exc:
             session.close()
             error = session.read_error or session.close_error
             if is_unauthorized_alert(error):

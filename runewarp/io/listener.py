@@ -13,6 +13,7 @@ import sys
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from ..errors import TransportError
 from .net import format_address, set_keepalive, set_nodelay
 
 
@@ -45,7 +46,7 @@ class _HandlerOwnedServer(StreamServer):
             raise
 
 
-class BindError(OSError):
+class BindError(TransportError, OSError):
     """A listener that could not bind, told by its config key and address (one error line)."""
 
     KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}

@@ -14,20 +14,20 @@ from gevent.pool import Group
 
 from .. import __version__, certcheck
 from ..certcheck import CertificateRefused
-from ..errors import ConfigError, ProtocolError
+from ..errors import ConfigError, IntakeRejected, ProtocolError, StreamAborted
 from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
 from ..proto import proxyv2
-from ..proto.admission import Admission, Refused
+from ..errors import AdmissionRefused
+from ..proto.admission import Admission
 from ..proto.mux import WindowBudget
 from ..tls import ALPN_ACME, ALPN_TUNNEL
-from .intake import IntakeRejected, intake
+from .intake import intake
 from .listener import Listener
 from .net import format_address
 from .servercert import ServerCertificateChecks
-from .splice import SocketEnd, Splices, StreamEnd
+from .splice import SocketEnd, Splices, StreamEnd, drain
 from .sweeper import SpliceTimeouts
-from .tunnel import StreamReset
 from .tunnels import TunnelConnections, TunnelPool
 from .upkeep import Periodic, check_seconds, utcnow
 
@@ -118,9 +118,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
 
     def drain(self, timeout):
         """Wait for established Visitor streams, at most `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        visitors_done = self.visitors.join(timeout=timeout)
-        return self.splices.join(max(0.0, deadline - time.monotonic())) and visitors_done
+        return drain(self.visitors, self.splices, timeout)
 
     def unfinished_streams(self):
         """Visitor connections a close would cut now: spliced ones and those still in intake
@@ -213,7 +211,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
         """
         try:
             slot, shed = table.admit(address[0], time.monotonic(), sock)
-        except Refused as exc:
+        except AdmissionRefused as exc:
             self.saturation.warn(_REFUSED_SCOPES[kind, exc.reason], time.monotonic(),
                                  peer=format_address(address))
             return None
@@ -282,7 +280,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
                 with gevent.Timeout(ENVELOPE_DEADLINE):
                     stream.sendall(envelope)
                 del envelope
-            except (gevent.Timeout, StreamReset):
+            except (gevent.Timeout, StreamAborted):
                 stream.reset()
                 self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
                                reason="stream-open-failed")

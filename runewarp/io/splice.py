@@ -18,6 +18,7 @@ the pumps only reset a counter, with no clock call and no timer per splice.
 
 import os
 import socket
+import time
 
 import gevent
 from gevent import get_hub, getcurrent
@@ -25,14 +26,14 @@ from gevent.event import Event
 from greenlet import greenlet
 from OpenSSL import SSL
 
+from ..errors import StreamAborted
 from .net import abort
 from .sweeper import SpliceTimeouts as SpliceTimeouts  # re-exported: Splices takes one
 from .sweeper import Sweeper
-from .tunnel import StreamReset
 
 CHUNK = 256 * 1024
 _READ = 1
-TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
+TRANSPORT_ERRORS = (StreamAborted, OSError, SSL.Error)
 
 
 def _iov_max():
@@ -344,3 +345,11 @@ class Splices:
     def close(self):
         """Stop the sweeper now; the splices live on (abort_all ends them)."""
         self.sweeper.stop()
+
+
+def drain(handlers, splices, timeout):
+    """A graceful stop's wait: for `handlers` (greenlets not yet spliced) and then for
+    `splices`, within one `timeout` in seconds; True when both finished."""
+    deadline = time.monotonic() + timeout
+    handlers_done = handlers.join(timeout=timeout)
+    return splices.join(max(0.0, deadline - time.monotonic())) and handlers_done

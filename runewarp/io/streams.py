@@ -8,14 +8,13 @@ import time
 
 import gevent
 
+from ..errors import IntakeRejected, StreamAborted, TLSClosed
 from ..proto import proxyv2
 from ..tls import ALPN_ACME
-from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_client_hello
+from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from .net import describe, dial, format_address, set_keepalive, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls
-from .tlsconn import TLSClosed
-from .tunnel import StreamReset
 
 BACKEND_CONNECT_DEADLINE = 5.0
 
@@ -60,7 +59,7 @@ class ClientStreams:
         except proxyv2.ProxyHeaderError as exc:
             self.log.debug("stream-rejected", reason=f"bad-proxy-header: {exc}")
             stream.reset()
-        except StreamReset:
+        except StreamAborted:
             stream.reset()
 
     def _connect_backend(self, service, hostname):

@@ -12,14 +12,14 @@ from gevent.event import AsyncResult
 from OpenSSL import SSL
 
 from .. import __version__
-from ..errors import MaterialError
+from ..errors import MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
 from ..proto.placement import Placement
 from ..tls import identity_from_pyopenssl, refused_identity
 from .net import format_address
-from .tlsconn import ServerTLSConnection, TLSClosed
-from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
+from .tlsconn import ServerTLSConnection
+from .tunnel import TunnelSession, drain_control, read_control_messages
 
 TUNNEL_HANDSHAKE_DEADLINE = 5.0
 CONTROL_HELLO_DEADLINE = 10.0
@@ -145,7 +145,7 @@ class TunnelConnections:
 
         def on_closed(_event):
             if not control_stream.ready():
-                control_stream.set_exception(StreamReset(session.close_reason))
+                control_stream.set_exception(StreamAborted(session.close_reason))
 
         session.closed.rawlink(on_closed)
         session.start()
@@ -162,7 +162,7 @@ class TunnelConnections:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason="no control hello before the deadline")
                 return
-            except (StreamReset, control.ControlError) as exc:
+            except (StreamAborted, control.ControlError) as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"no control hello: {exc}")
                 return
@@ -181,7 +181,7 @@ class TunnelConnections:
                 return
             try:
                 stream.sendall(control.encode(control.welcome(route.name, __version__)))
-            except StreamReset as exc:
+            except StreamAborted as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"closed after its hello: {exc}")
                 return
