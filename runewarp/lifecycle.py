@@ -5,29 +5,13 @@ period, close, exit 0); a second TERM/INT forces.  HUP: reload, keeping the old
 config when the new one is invalid.
 """
 
-import os
 import signal
-import socket
 
 import gevent
 from gevent.queue import Queue
 
-from .errors import ConfigError, MaterialError
-from .proto.routes import RoutingConflict
-
-
-def sd_notify(state):
-    """Tell systemd (Type=notify) about readiness; a no-op outside systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(state.encode(), path)
-        except OSError:
-            pass
+from . import systemd
+from .errors import RunewarpError
 
 
 class Lifecycle:
@@ -43,17 +27,20 @@ class Lifecycle:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
         self.runtime.start()
-        sd_notify("READY=1")
+        systemd.ready("serving")
+        watchdog = systemd.start_watchdog()
         while True:
             name = self.queue.get()
             handler = getattr(self, "handle_" + name.lower())
             if handler(name):
                 break
+        if watchdog is not None:
+            watchdog.kill(block=False)
         self.runtime.close_all()
         # One turn of the loop lets the greenlets close_all killed run their last lines; nothing
         # here waits on a timer, so the process exits right after shutdown-complete.
         gevent.sleep(0)
-        sd_notify("STOPPING=1")
+        systemd.stopping("shutdown complete")
         self.log.info("shutdown-complete")
         return 0
 
@@ -65,7 +52,7 @@ class Lifecycle:
             return True
         self.log.info("shutdown-started", signal=name, mode="graceful",
                       graceful_shutdown_duration=f"{self.grace:g}s")
-        sd_notify("STOPPING=1")
+        systemd.stopping(f"draining for at most {self.grace:g}s")
         self.runtime.stop_accepting()
         self.draining = gevent.spawn(self._drain)
         return False
@@ -85,11 +72,18 @@ class Lifecycle:
     def handle_sighup(self, name):
         if self.draining is not None:
             return False
-        sd_notify("RELOADING=1")
+        systemd.reloading("reloading")
         try:
             config = self.load_config()
             self.runtime.reload(config)
-        except (ConfigError, MaterialError, RoutingConflict) as exc:
+        except RunewarpError as exc:
             self.log.error("reload-failed", reason=str(exc), kept="previous configuration")
-        sd_notify("READY=1")
+            systemd.ready("serving; the last reload failed, previous configuration kept")
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug in a reload never ends the process
+            self.log.error("reload-failed", reason=f"unexpected {exc.__class__.__name__}: {exc}",
+                           kept="previous configuration")
+            systemd.ready("serving; the last reload failed, previous configuration kept")
+            return False
+        systemd.ready("serving")
         return False

@@ -1,13 +1,10 @@
 """Client role: dial the Server, keep the Tunnel connection up, serve its streams.
 
-Each Server address has its own worker with its own backoff sequence.  Each
-stream the Server opens goes: PROXY header → ClientHello → Service → Local
-backend → splice.
+Each Server address has its own worker with its own backoff sequence.  The
+streams the Server opens are served by io/streams.py.
 """
 
 import dataclasses
-import functools
-import ipaddress
 import os
 import random
 import socket
@@ -21,53 +18,29 @@ from gevent.pool import Pool
 
 from .. import __version__
 from ..acme import AcmeCertificates
-from ..errors import MaterialError, ProtocolError
+from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
 from ..material import identity_needs_renewal, renew_identity, show_identity
-from ..proto import control, proxyv2
+from ..proto import control
 from ..proto.backoff import WINDOWS, Backoff, parse_windows
 from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
-from ..tls import ALPN_ACME, ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
-from .intake import INTAKE_DEADLINE, IntakeRejected, intake_deadline, read_client_hello
-from .listener import format_address, set_keepalive, set_nodelay
-from .splice import TRANSPORT_ERRORS, SocketEnd, Splices, StreamEnd
+from ..proto.services import ServiceTable, terminate_hostnames
+from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
+from .net import describe, format_address, resolve_override, set_keepalive, set_nodelay
+from .splice import Splices, drain
+from .streams import ClientStreams
 from .sweeper import SpliceTimeouts
-from .terminate import PublicCertificates, StreamTransport, TLSEnd, accept_visitor_tls
-from .tlsconn import ClientTLSConnection, TLSClosed
-from .tunnel import StreamReset, TunnelSession, drain_control, read_control_messages
+from .terminate import PublicCertificates
+from .tlsconn import ClientTLSConnection
+from .tunnel import TunnelSession, drain_control, read_control_messages
 from .upkeep import Periodic, check_seconds
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
-BACKEND_CONNECT_DEADLINE = 5.0
 # Bound to workers, the handler pool or the ACME scheduler at start: a reload keeps them.
 RESTART_ONLY = ("server_addresses", "limits", "acme")
 
 
-class Unauthorized(Exception):
-    """The Server refused our Client identity."""
-
-
-class ServiceTable:
-    """Client-side Service selection: Catch-all, or exact normalized hostname."""
-
-    def __init__(self, services):
-        self.catch_all = services[0] if len(services) == 1 and not services[0].public_hostnames \
-            else None
-        self.by_hostname = {h: s for s in services for h in s.public_hostnames}
-
-    def select(self, hostname):
-        return self.catch_all or self.by_hostname.get(hostname)
-
-    @property
-    def hostnames(self):
-        return sorted(self.by_hostname)
-
-
-def terminate_hostnames(config):
-    return [h for s in config.services if s.tls_mode == "terminate" for h in s.public_hostnames]
-
-
-class Client:
+class Client(ClientStreams):
     def __init__(self, config, log):
         self.config = config
         self.log = log
@@ -109,9 +82,8 @@ class Client:
             session.go_away()
 
     def drain(self, timeout):
-        deadline = time.monotonic() + timeout
-        handlers_done = self.handlers.join(timeout=timeout)
-        return self.splices.join(max(0.0, deadline - time.monotonic())) and handlers_done
+        """Wait for stream handlers and established streams, at most `timeout` seconds."""
+        return drain(self.handlers, self.splices, timeout)
 
     def unfinished_streams(self):
         """Streams a close would cut now: spliced ones and those still in a handler."""
@@ -161,16 +133,16 @@ class Client:
                 failures += 1
                 self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
                                reason=str(exc))
-            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamReset,
+            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamAborted,
                     control.ControlError) as exc:
                 failures += 1
                 # The first failure of an outage is the warning; its repeats are counted.
                 self.log.log("warn" if failures == 1 else "info", "tunnel-connection-failed",
-                             server_address=server, attempt=failures, reason=_describe(exc))
+                             server_address=server, attempt=failures, reason=describe(exc))
             except Exception as exc:  # noqa: BLE001 - a peer's bytes never end this worker
                 failures += 1
                 self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
-                               reason=f"unexpected {_describe(exc)}")
+                               reason=f"unexpected {describe(exc)}")
             else:
                 failures = 0
                 backoff.established(time.monotonic())
@@ -221,7 +193,7 @@ class Client:
         host, port = address
         context = self._tls_context()
         with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
-            sock = socket.create_connection((_resolve_override(host), port))  # resolves each time
+            sock = socket.create_connection((resolve_override(host), port))  # resolves each time
             try:
                 set_nodelay(sock)
                 set_keepalive(sock)
@@ -244,7 +216,7 @@ class Client:
             decoder = control.LineDecoder()
             with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
                 welcome = control.parse_welcome(read_control_messages(stream, decoder)[0])
-        except (StreamReset, gevent.Timeout, control.ControlError) as exc:
+        except (StreamAborted, gevent.Timeout, control.ControlError) as exc:
             session.close()
             error = session.read_error or session.close_error
             if is_unauthorized_alert(error):
@@ -263,161 +235,6 @@ class Client:
         gevent.spawn(drain_control, stream, decoder, self.log)
         return session
 
-    # -- streams the Server opens: PROXY header → ClientHello → Service → backend --
-    def _on_stream(self, session, stream):
-        if stream.id % 2 == 1:
-            stream.reset()
-            return
-        # The Tunnel reader runs this: it must never block, so a full pool also refuses.
-        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams \
-                or self.handlers.full():
-            self.saturation.warn("active-streams", time.monotonic(),
-                                 limit=self.config.limits.active_streams)
-            stream.reset()
-            return
-        self.handlers.spawn(self._serve_stream, stream)
-
-    def _serve_stream(self, stream):
-        try:
-            with intake_deadline():  # PROXY header and ClientHello share one deadline
-                header, rest = _read_proxy_header(stream)
-                taken = read_client_hello(lambda: stream.recv_consumed(), rest)
-                del rest  # the bytes live on in `taken` only until they are forwarded
-            service = self.services.select(taken.hostname)
-            if service is None:
-                self.log.debug("stream-rejected", public_hostname=taken.hostname,
-                               reason="no-service")
-                stream.reset()
-                return
-            if service.tls_mode == "terminate":
-                self._terminate(stream, service, taken, header)
-            else:
-                self._passthrough(stream, service, taken, header)
-        except IntakeRejected as exc:
-            self.log.debug("stream-rejected", reason=exc.reason)
-            stream.reset()
-        except proxyv2.ProxyHeaderError as exc:
-            self.log.debug("stream-rejected", reason=f"bad-proxy-header: {exc}")
-            stream.reset()
-        except StreamReset:
-            stream.reset()
-
-    def _connect_backend(self, service, hostname):
-        try:
-            with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
-                sock = _dial(service.backend_address)
-        except (OSError, gevent.Timeout) as exc:
-            self.log.warn("backend-connect-failed", public_hostname=hostname,
-                          backend_address=format_address(service.backend_address),
-                          reason=_describe(exc))
-            return None
-        set_nodelay(sock)
-        set_keepalive(sock)  # a backend host that vanished is noticed, and its stream freed
-        return sock
-
-    def _passthrough(self, stream, service, taken, header):
-        sock = self._connect_backend(service, taken.hostname)
-        if sock is None:
-            stream.reset()
-            return
-        try:
-            sock.sendall(taken.buffered)
-            taken.release()
-        except OSError as exc:
-            self.log.warn("backend-write-failed", public_hostname=taken.hostname,
-                          backend_address=format_address(service.backend_address),
-                          reason=_describe(exc))
-            sock.close()
-            stream.reset()
-            return
-        self._splice(StreamEnd(stream), sock, service, taken, header, "passthrough")
-
-    def _terminate(self, stream, service, taken, header):
-        if self.acme is not None and ALPN_ACME.decode() in taken.hello.alpn_protocols:
-            # A TLS-ALPN-01 validation for this hostname, relayed by the Server.
-            self.acme.responder.answer(StreamTransport(stream), taken.hostname, taken.buffered,
-                                       self.log)
-            return
-        context = self.public_certs.context_for(taken.hostname)
-        try:
-            with gevent.Timeout(INTAKE_DEADLINE):
-                tls = accept_visitor_tls(stream, context, taken.buffered)
-            taken.release()
-        except (gevent.Timeout, TLSClosed, *TRANSPORT_ERRORS) as exc:
-            self.log.debug("stream-rejected", public_hostname=taken.hostname,
-                           reason=f"visitor-handshake-failed: {_describe(exc)}")
-            stream.reset()
-            return
-        sock = self._connect_backend(service, taken.hostname)
-        if sock is None:
-            stream.reset()
-            return
-        self._splice(TLSEnd(tls, stream), sock, service, taken, header, "terminate")
-
-    def _splice(self, visitor_end, sock, service, taken, header, mode):
-        visitor = format_address(header.source) if header.source else None
-        backend = format_address(service.backend_address)
-        self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
-                       backend_address=backend, tls_mode=mode)
-        hostname = taken.hostname
-
-        def closed(result):
-            self.log.debug("stream-closed", public_hostname=hostname, visitor=visitor,
-                           bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
-
-        self.splices.start(visitor_end, SocketEnd(sock), closed)
-
-
-@functools.lru_cache(maxsize=256)
-def _literal_family(host):
-    """The address family of an IP literal, None for a name (backend addresses are few)."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
-
-
-def _dial(address):
-    """TCP connect; an IP literal skips the resolver (a thread-pool round trip per stream)."""
-    host, port = address
-    family = _literal_family(host)
-    if family is None:
-        return socket.create_connection(address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _resolve_override(host):
-    """RUNEWARP_RESOLVE="host=address,..." pins a name like curl --resolve (tests, split DNS).
-
-    TLS still uses the Server hostname for SNI and certificate checks.
-    """
-    for entry in os.environ.get("RUNEWARP_RESOLVE", "").split(","):
-        name, _, address = entry.partition("=")
-        if name.strip().lower() == host and address.strip():
-            return address.strip()
-    return host
-
-
-
-def _read_proxy_header(stream):
-    buf = b""
-    while True:
-        decoded = proxyv2.decode(buf) if buf else None
-        if decoded is not None:
-            header, length = decoded
-            return header, buf[length:]
-        data = stream.recv_consumed()
-        if not data:
-            raise IntakeRejected("closed-before-proxy-header")
-        buf += data
-
-
 
 def reconnect_windows():
     """The backoff windows: RUNEWARP_RECONNECT_WINDOWS="0.2,0.5" (tests) or the standard ones."""
@@ -427,10 +244,3 @@ def reconnect_windows():
 def format_seconds(seconds):
     """A delay as logged: 0.23s, 1.5s, 12s (two decimals at most, never rounded up to 1s)."""
     return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
-
-
-def _describe(exc):
-    if isinstance(exc, gevent.Timeout):
-        return "deadline exceeded"
-    text = str(exc) or exc.__class__.__name__
-    return f"{exc.__class__.__name__}: {text}"

@@ -11,18 +11,11 @@ import contextlib
 
 import gevent
 
+from ..errors import IntakeRejected as IntakeRejected  # re-exported: raised here
 from ..proto import clienthello
 from ..proto.hostname import HostnameError, normalize
 
 INTAKE_DEADLINE = 5.0
-
-
-class IntakeRejected(Exception):
-    """The connection must be closed; `reason` is safe to log (never the bytes)."""
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Intake:

@@ -13,6 +13,9 @@ import sys
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from ..errors import TransportError
+from .net import format_address, set_keepalive, set_nodelay
+
 
 def bind(address, backlog=1024):
     host, port = address
@@ -31,36 +34,6 @@ def bind(address, backlog=1024):
     return sock
 
 
-def format_address(address):
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def set_nodelay(sock):
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
-# TCP_KEEPIDLE is called TCP_KEEPALIVE on macOS.
-_KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
-
-
-def set_keepalive(sock, idle=60, interval=15, count=4):
-    """Let the kernel notice a peer that vanished without FIN or RST (a NAT dropped the
-    flow, a host lost power): after `idle` s of silence, `count` unanswered probes
-    `interval` s apart make the socket fail, which ends its splice."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in ((_KEEPIDLE, idle), (getattr(socket, "TCP_KEEPINTVL", None), interval),
-                              (getattr(socket, "TCP_KEEPCNT", None), count)):
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    except OSError:
-        pass
-
-
 class _HandlerOwnedServer(StreamServer):
     """A StreamServer that leaves the accepted socket to the handler: a handler may hand
     it to a splice that outlives the handler's greenlet, and closes it otherwise."""
@@ -73,7 +46,7 @@ class _HandlerOwnedServer(StreamServer):
             raise
 
 
-class BindError(OSError):
+class BindError(TransportError, OSError):
     """A listener that could not bind, told by its config key and address (one error line)."""
 
     KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}

@@ -18,7 +18,7 @@ the pumps only reset a counter, with no clock call and no timer per splice.
 
 import os
 import socket
-import struct
+import time
 
 import gevent
 from gevent import get_hub, getcurrent
@@ -26,14 +26,14 @@ from gevent.event import Event
 from greenlet import greenlet
 from OpenSSL import SSL
 
+from ..errors import StreamAborted
+from .net import abort
 from .sweeper import SpliceTimeouts as SpliceTimeouts  # re-exported: Splices takes one
 from .sweeper import Sweeper
-from .tunnel import StreamReset
 
 CHUNK = 256 * 1024
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 _READ = 1
-TRANSPORT_ERRORS = (StreamReset, OSError, SSL.Error)
+TRANSPORT_ERRORS = (StreamAborted, OSError, SSL.Error)
 
 
 def _iov_max():
@@ -45,15 +45,6 @@ def _iov_max():
 
 
 IOV_MAX = _iov_max()  # buffers one sendmsg accepts; Linux refuses more with EMSGSIZE
-
-
-def abort(sock):
-    """Close with a TCP reset, so the peer sees an error rather than a clean EOF."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-    except OSError:
-        pass
-    sock.close()
 
 
 class SocketEnd:
@@ -354,3 +345,11 @@ class Splices:
     def close(self):
         """Stop the sweeper now; the splices live on (abort_all ends them)."""
         self.sweeper.stop()
+
+
+def drain(handlers, splices, timeout):
+    """A graceful stop's wait: for `handlers` (greenlets not yet spliced) and then for
+    `splices`, within one `timeout` in seconds; True when both finished."""
+    deadline = time.monotonic() + timeout
+    handlers_done = handlers.join(timeout=timeout)
+    return splices.join(max(0.0, deadline - time.monotonic())) and handlers_done

@@ -14,11 +14,9 @@ import gevent.lock
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
+from ..errors import TLSClosed as TLSClosed  # re-exported: raised here
+
 _CHUNK = 256 * 1024
-
-
-class TLSClosed(Exception):
-    """The peer went away during the handshake."""
 
 
 class ServerTLSConnection:

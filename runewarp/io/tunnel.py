@@ -12,7 +12,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, StreamAborted
 from ..proto import mux
 from ..proto.control import ControlError
 
@@ -21,10 +21,6 @@ READ_SIZE = 256 * 1024
 # busy stream cannot queue megabytes ahead of the others.
 OUTBOUND_HIGH_WATER = 512 * 1024
 WRITE_FAILURE_GRACE = 1.0
-
-
-class StreamReset(Exception):
-    """The stream was reset by the peer or the Tunnel connection died."""
 
 
 class MuxStream:
@@ -83,7 +79,7 @@ class MuxStream:
         """
         while not self._chunks:
             if self.reset_reason is not None:
-                raise StreamReset(self.reset_reason)
+                raise StreamAborted(self.reset_reason)
             if self.eof:
                 return b""
             self._readable.clear()
@@ -104,7 +100,7 @@ class MuxStream:
             self._chunks = []
             return chunks
         if self.reset_reason is not None:
-            raise StreamReset(self.reset_reason)
+            raise StreamAborted(self.reset_reason)
         if self.eof:
             return b""
         return None
@@ -136,7 +132,7 @@ class MuxStream:
         session = tunnel.session
         while view:
             if self.reset_reason is not None:
-                raise StreamReset(self.reset_reason)
+                raise StreamAborted(self.reset_reason)
             if session.outbound_pending > OUTBOUND_HIGH_WATER:
                 tunnel._wait_drained(self)
                 continue
@@ -144,7 +140,7 @@ class MuxStream:
             try:
                 sent = session.send_data(self.id, view)
             except ProtocolError as exc:
-                raise StreamReset(str(exc)) from None
+                raise StreamAborted(str(exc)) from None
             if sent:
                 view = view[sent:]
                 tunnel._wake_writer()
@@ -160,7 +156,7 @@ class MuxStream:
 
     def reset(self):
         """Abort both directions: the peer gets RST, and our own greenlet waiting on the
-        other direction wakes up with StreamReset instead of waiting forever."""
+        other direction wakes up with StreamAborted instead of waiting forever."""
         if self.reset_reason is None:
             self._on_reset("reset locally")
             self.tunnel.session.reset_stream(self.id)
@@ -174,12 +170,12 @@ class MuxStream:
 def read_control_messages(stream, decoder):
     """Read the control stream until at least one complete message is decoded.
 
-    Raises StreamReset when the stream ends first, ControlError on a bad line.
+    Raises StreamAborted when the stream ends first, ControlError on a bad line.
     """
     while True:
         data = stream.recv_consumed()
         if not data:
-            raise StreamReset("control stream closed")
+            raise StreamAborted("control stream closed")
         messages = decoder.feed(data)
         if messages:
             return messages
@@ -192,7 +188,7 @@ def drain_control(stream, decoder, log=None):
     try:
         while True:
             read_control_messages(stream, decoder)
-    except StreamReset:
+    except StreamAborted:
         return
     except ControlError as exc:
         if log is not None:

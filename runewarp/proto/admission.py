@@ -21,16 +21,10 @@ shed, and the caller closes their connections.
 import ipaddress
 from collections import OrderedDict
 
+from ..errors import AdmissionRefused
+
 SHED_CANDIDATES = 16
 """How many of the oldest holders are compared when one must be shed: O(1) per admission."""
-
-
-class Refused(Exception):
-    """No slot: `reason` is "table-full" (nothing sheddable) or "source-full"."""
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Slot:
@@ -86,21 +80,21 @@ class Admission:
         return len(self._slots)
 
     def admit(self, address, now, owner=None):
-        """Take a slot for a peer at IP `address`: (slot, shed slots), or raise Refused.
+        """Take a slot for a peer at IP `address`: (slot, shed slots), or raise AdmissionRefused.
 
         The caller must close the connections of the shed slots (they are already
         released) and call `release(slot)` when its own work ends.
         """
         source = source_key(address, self.ipv4_prefix, self.ipv6_prefix)
         if self.by_source.get(source, 0) >= self.per_source:
-            raise Refused("source-full")
+            raise AdmissionRefused("source-full")
         shed = []
         in_use = len(self._slots)
         if in_use >= self.shed_above or in_use >= self.total:
             victim = self._victim() if in_use >= self.shed_above else None
             if victim is None:
                 if in_use >= self.total:
-                    raise Refused("table-full")
+                    raise AdmissionRefused("table-full")
             else:
                 victim.shed = True
                 self.release(victim)

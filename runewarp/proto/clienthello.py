@@ -18,7 +18,6 @@ after every recv() was quadratic: a hello trickled as 1-byte records could
 burn most of a core per connection.
 """
 
-import os
 from dataclasses import dataclass
 
 from runewarp.errors import RemoteProtocolError
@@ -335,14 +334,18 @@ def build(
     *,
     record_size: int | None = None,
     extra_extensions: bytes = b"",
+    random: bytes = bytes(64),
 ) -> bytes:
     """A syntactically valid TLS 1.3-capable ClientHello, for tests and probes.
 
     `record_size` fragments the handshake message into records of at most
     that many bytes; `extra_extensions` is appended verbatim to the
-    extensions block.
+    extensions block.  `random` is the 64 bytes of client random and
+    session id: the caller draws them (os.urandom(64)) when they must differ.
     """
     limit = 2**14 if record_size is None else record_size
+    if len(random) != 64:
+        raise ValueError(f"random must be 64 bytes, not {len(random)}")
     if not 0 < limit <= 2**14:
         raise ValueError(f"record_size must be in 1..16384, not {record_size}")
 
@@ -362,8 +365,8 @@ def build(
     suites = b"\x13\x01\x13\x02\x13\x03\xc0\x2b\xc0\x2f"
     body = (
         b"\x03\x03"
-        + os.urandom(32)
-        + _u8_vector(os.urandom(32))
+        + random[:32]
+        + _u8_vector(random[32:])
         + _u16(len(suites))
         + suites
         + b"\x01\x00"

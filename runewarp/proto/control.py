@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..errors import RemoteProtocolError
+from ..errors import ControlError as ControlError  # re-exported: raised here
 
 MAX_LINE = 64 * 1024
 # Our messages are flat objects holding at most one list of strings (depth 2);
@@ -26,11 +26,6 @@ MAX_INSTANCE = 64
 MAX_TUNNEL = 253
 MAX_HOSTNAMES = 10_000
 MAX_HOSTNAME = 253
-
-
-class ControlError(RemoteProtocolError, ValueError):
-    """A control line that is not a bounded JSON object with a type, or a message whose
-    fields have the wrong type or size.  Still a ValueError for older callers."""
 
 
 def encode(message: dict) -> bytes:

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from collections.abc import Iterable, Mapping
 
+from ..errors import RoutingConflict
+
 __all__ = ["RoutingConflict", "TunnelRoute", "RoutingSnapshot"]
-
-
-class RoutingConflict(ValueError):
-    """Two routing rules claim the same key; routing would be ambiguous."""
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ import time
 import gevent
 import pytest
 
-from runewarp.io.listener import set_keepalive
+from runewarp.io.net import set_keepalive
 from runewarp.io.splice import SocketEnd, Splices, SpliceTimeouts, StreamEnd
 from runewarp.io.sweeper import Sweeper
-from runewarp.io.tunnel import StreamReset, TunnelSession
+from runewarp.errors import StreamAborted
+from runewarp.io.tunnel import TunnelSession
 from runewarp.proto.mux import Role
 
 from .test_splice import Outcome, _Log, pair, recv_exactly
@@ -127,7 +128,7 @@ def test_the_idle_timeout_resets_the_mux_stream_toward_the_peer(mux):
     wait_done(splices, done)
     assert done.results[0].error == "idle-timeout"
     assert_reset(visitor)
-    with pytest.raises(StreamReset):
+    with pytest.raises(StreamAborted):
         far.recv(timeout=2)
 
 
@@ -191,7 +192,7 @@ def test_first_byte_timeout_when_b_never_answers(mux):
     assert 0.3 - SLACK <= time.monotonic() - started < 0.3 + 0.5
     assert done.results[0].a_to_b > 0
     assert_reset(visitor)
-    with pytest.raises(StreamReset):
+    with pytest.raises(StreamAborted):
         while True:
             far.recv_consumed(timeout=2)
     once_more(done)

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runewarp.proto.admission import SHED_CANDIDATES, Admission, Refused, source_key
+from runewarp.errors import AdmissionRefused as Refused
+from runewarp.proto.admission import SHED_CANDIDATES, Admission, source_key
 
 
 def test_source_key_groups_ipv6_by_64_and_ipv4_by_configured_prefix():

@@ -551,8 +551,14 @@ def test_build_rejects_bad_record_size(record_size):
         build("a.example", record_size=record_size)
 
 
-def test_build_is_randomized():
-    assert build("a.example") != build("a.example")
+def test_build_takes_its_random_from_the_caller():
+    assert build("a.example") == build("a.example")  # deterministic: proto draws no randomness
+    drawn = bytes(range(64))
+    hello = build("a.example", random=drawn)
+    assert drawn[:32] in hello and drawn[32:] in hello
+    assert parse(hello).server_name == "a.example"
+    with pytest.raises(ValueError):
+        build("a.example", random=b"short")
 
 
 def test_build_empty_host_name_is_malformed():

@@ -1,0 +1,179 @@
+"""The Server certificate: the Tunnel TLS context built from it, and its checks.
+
+The manual certificate (cert-dir) is renewed by the Server when it holds the
+Server CA, warned about when it cannot, and refused at start when unusable;
+with ACME, certbot renews and the Server only reloads.
+"""
+
+import shlex
+
+from .. import certcheck
+from ..certcheck import CertificateRefused
+from ..errors import MaterialError
+from ..material import (SERVER_CA_KEY, file_stamp, load_certificate, load_server_cert_paths,
+                        renew_server_cert, server_cert_paths, server_cert_renewable)
+from ..tls import server_tunnel_context
+
+
+class ServerCertificate:
+    """The Server certificate and the context built from it, rebuilt when the files change.
+
+    `locate()` returns (certificate path, key path) cheaply or raises MaterialError:
+    the manual cert-dir, or certbot's live folder with ACME.  `check()`, when given,
+    returns the same paths after recovering an interrupted write and checking that
+    the pair is usable; it runs only when the files changed, not per connection.
+    """
+
+    def __init__(self, locate, authorize, check=None):
+        self.locate = locate
+        self.check = check
+        self.authorize = authorize
+        self._stamp = None
+        self.context = None
+
+    def current(self):
+        cert_path, key_path = self.locate()
+        try:
+            stamp = file_stamp(cert_path, key_path)
+        except OSError as exc:
+            if self.check is not None:
+                self.check()  # the precise error, with the command that makes the files
+            raise MaterialError(f"cannot read the Server certificate: {exc}") from exc
+        if stamp != self._stamp:
+            if self.check is not None:
+                cert_path, key_path = self.check()
+                stamp = file_stamp(cert_path, key_path)  # a recovery may have rewritten them
+            self.context = server_tunnel_context(cert_path, key_path, self.authorize)
+            self._stamp = stamp
+        return self.context
+
+
+class ServerCertificateChecks:
+    """The certificate half of the Server (mixed into io.server.Server): it reads
+    `config`, `acme`, `clock`, `certificate`, `stopping` and `log` from the Server."""
+
+    def _certificate_for(self, config):
+        if self.acme is None:
+            return ServerCertificate(lambda: server_cert_paths(config.cert_dir), self._authorize,
+                                     check=lambda: self._checked_paths(config))
+
+        def locate():
+            paths = self.acme.paths(config.hostname)
+            if paths is None:
+                raise MaterialError(f"no ACME certificate for {config.hostname} yet")
+            return paths
+
+        return ServerCertificate(locate, self._authorize)
+
+    # -- the manual Server certificate: renewed by the Server when it holds the CA --
+    def check_certificate(self):
+        """At start: renew a due certificate the Server issued itself, warn about one it
+        cannot renew that expires within 30 days, and refuse (CertificateRefused, naming
+        the config key) one that does not name `hostname`, or cannot serve and cannot be
+        renewed.  Nothing to do with ACME: certbot renews."""
+        if self.acme is None:
+            self._certificate_pass(self.config, starting=True)
+        self._certificate_checked = True
+
+    def _certificate_upkeep(self):
+        """The periodic pass: renew when due, warn at most once a day, never refuse."""
+        if self.acme is None and not self.stopping and \
+                self._certificate_pass(self.config, starting=False):
+            self.certificate.current()  # load it now, so a broken one is reported at once
+
+    def _certificate_pass(self, config, starting):
+        """One check of `config`'s certificate at `self.clock()`; True when it was renewed."""
+        try:
+            cert_path, _ = load_server_cert_paths(config.cert_dir)
+            leaf = load_certificate(cert_path)
+        except MaterialError:
+            if starting:
+                raise
+            return False  # reported as server-certificate-missing at the next Tunnel connection
+        now = self.clock()
+        renewable = server_cert_renewable(config.cert_dir)
+        verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=config.hostname)
+        if verdict == certcheck.WRONG_HOSTNAME:
+            if starting:
+                raise CertificateRefused(_wrong_hostname(config, cert_path, leaf, renewable),
+                                         key="server.hostname")
+            return False  # ServerCertificate refuses it at the next Tunnel connection
+        if verdict == certcheck.RENEW:
+            try:
+                result = renew_server_cert(config.cert_dir, hostname=config.hostname, now=now)
+            except (MaterialError, OSError) as exc:
+                if starting and certcheck.validity(leaf, now) != certcheck.VALID:
+                    raise CertificateRefused(f"{cert_path}: {certcheck.describe(leaf, now)}, and "
+                                             f"renewing it failed: {exc}",
+                                             key="server.cert-dir") from None
+                self.log.error("server-certificate-renewal-failed", file=str(cert_path),
+                               not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
+                               reason=str(exc))
+                return False
+            self.log.info("server-certificate-renewed", server_hostname=config.hostname,
+                          not_after=certcheck.rfc3339(result.not_after),
+                          serial=format(result.serial, "x"),
+                          previous_not_after=certcheck.rfc3339(leaf.not_valid_after_utc))
+            return True
+        if verdict == certcheck.REFUSE and starting:
+            raise CertificateRefused(
+                f"{cert_path}: {certcheck.describe(leaf, now)}, and the Server cannot renew it "
+                f"({_not_ours(config)}); {_replace_hint(config)}", key="server.cert-dir")
+        if verdict in (certcheck.REFUSE, certcheck.WARN):
+            self._warn_expiring(config, cert_path, leaf, now)
+        return False
+
+    def _warn_expiring(self, config, cert_path, leaf, now):
+        if not self._expiry_warnings.due(config.hostname, leaf, now):
+            return
+        expired = certcheck.validity(leaf, now) != certcheck.VALID
+        self.log.warn("server-certificate-expiring", file=str(cert_path),
+                      not_after=certcheck.rfc3339(leaf.not_valid_after_utc),
+                      days_left=certcheck.days_left(leaf, now),
+                      reason=("it is not valid now: Clients refuse it" if expired else
+                              f"the Server cannot renew it: {_not_ours(config)}"),
+                      fix=_replace_hint(config))
+
+    def _checked_paths(self, config):
+        """ServerCertificate's check: a usable pair that names the Server hostname."""
+        paths = load_server_cert_paths(config.cert_dir)
+        leaf = load_certificate(paths[0])
+        if not certcheck.names_hostname(leaf, config.hostname):
+            raise CertificateRefused(_wrong_hostname(config, paths[0], leaf,
+                                                     server_cert_renewable(config.cert_dir)),
+                                     key="server.hostname")
+        return paths
+
+    def _certificate_renewed(self, _hostname):
+        """Load a new ACME certificate now, so a broken one is reported at once."""
+        self.certificate.current()
+        if self.certificate_missing:
+            self.certificate_missing = False
+            self.log.info("server-certificate-ready")
+
+
+def _config_arg(config):
+    return f"-c {shlex.quote(str(config.source or 'FILE'))}"  # a Server always has a config file
+
+
+def _not_ours(config):
+    return f"it was not issued by a Server CA whose key is {config.cert_dir / SERVER_CA_KEY}"
+
+
+def _replace_hint(config):
+    """How to get a Server certificate the Server can serve, when it cannot renew this one."""
+    return (f"replace server.crt and server.key with a current certificate for "
+            f"{config.hostname}, or run 'runewarp server cert rotate-ca {_config_arg(config)}' "
+            "for a private Server CA that the Server renews itself (every Client must then "
+            "trust its server-ca.crt)")
+
+
+def _wrong_hostname(config, cert_path, leaf, renewable):
+    names = ", ".join(certcheck.dns_names(leaf)) or "no DNS name"
+    if renewable:
+        fix = (f"run 'runewarp server cert renew {_config_arg(config)}' for a certificate "
+               f"for {config.hostname}")
+    else:
+        fix = _replace_hint(config)
+    return (f"{cert_path} is for {names}, not {config.hostname} (the name Clients check); "
+            f"{fix}")

@@ -1,0 +1,141 @@
+"""The Client's streams: PROXY header → ClientHello → Service → Local backend → splice.
+
+Each stream the Server opens gets one handler from a bounded pool; passthrough
+forwards the buffered bytes, terminate completes the Visitor's TLS first.
+"""
+
+import time
+
+import gevent
+
+from ..errors import IntakeRejected, StreamAborted, TLSClosed
+from ..proto import proxyv2
+from ..tls import ALPN_ACME
+from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
+from .net import describe, dial, format_address, set_keepalive, set_nodelay
+from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
+from .terminate import StreamTransport, TLSEnd, accept_visitor_tls
+
+BACKEND_CONNECT_DEADLINE = 5.0
+
+
+class ClientStreams:
+    """The stream handler half of the Client (mixed into io.client.Client): it reads
+    `config`, `services`, `handlers`, `splices`, `saturation`, `acme`, `public_certs`
+    and `log` from the Client."""
+
+    def _on_stream(self, session, stream):
+        if stream.id % 2 == 1:
+            stream.reset()
+            return
+        # The Tunnel reader runs this: it must never block, so a full pool also refuses.
+        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams \
+                or self.handlers.full():
+            self.saturation.warn("active-streams", time.monotonic(),
+                                 limit=self.config.limits.active_streams)
+            stream.reset()
+            return
+        self.handlers.spawn(self._serve_stream, stream)
+
+    def _serve_stream(self, stream):
+        try:
+            with intake_deadline():  # PROXY header and ClientHello share one deadline
+                header, rest = _read_proxy_header(stream)
+                taken = read_client_hello(lambda: stream.recv_consumed(), rest)
+                del rest  # the bytes live on in `taken` only until they are forwarded
+            service = self.services.select(taken.hostname)
+            if service is None:
+                self.log.debug("stream-rejected", public_hostname=taken.hostname,
+                               reason="no-service")
+                stream.reset()
+                return
+            if service.tls_mode == "terminate":
+                self._terminate(stream, service, taken, header)
+            else:
+                self._passthrough(stream, service, taken, header)
+        except IntakeRejected as exc:
+            self.log.debug("stream-rejected", reason=exc.reason)
+            stream.reset()
+        except proxyv2.ProxyHeaderError as exc:
+            self.log.debug("stream-rejected", reason=f"bad-proxy-header: {exc}")
+            stream.reset()
+        except StreamAborted:
+            stream.reset()
+
+    def _connect_backend(self, service, hostname):
+        try:
+            with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
+                sock = dial(service.backend_address)
+        except (OSError, gevent.Timeout) as exc:
+            self.log.warn("backend-connect-failed", public_hostname=hostname,
+                          backend_address=format_address(service.backend_address),
+                          reason=describe(exc))
+            return None
+        set_nodelay(sock)
+        set_keepalive(sock)  # a backend host that vanished is noticed, and its stream freed
+        return sock
+
+    def _passthrough(self, stream, service, taken, header):
+        sock = self._connect_backend(service, taken.hostname)
+        if sock is None:
+            stream.reset()
+            return
+        try:
+            sock.sendall(taken.buffered)
+            taken.release()
+        except OSError as exc:
+            self.log.warn("backend-write-failed", public_hostname=taken.hostname,
+                          backend_address=format_address(service.backend_address),
+                          reason=describe(exc))
+            sock.close()
+            stream.reset()
+            return
+        self._splice(StreamEnd(stream), sock, service, taken, header, "passthrough")
+
+    def _terminate(self, stream, service, taken, header):
+        if self.acme is not None and ALPN_ACME.decode() in taken.hello.alpn_protocols:
+            # A TLS-ALPN-01 validation for this hostname, relayed by the Server.
+            self.acme.responder.answer(StreamTransport(stream), taken.hostname, taken.buffered,
+                                       self.log)
+            return
+        context = self.public_certs.context_for(taken.hostname)
+        try:
+            with gevent.Timeout(INTAKE_DEADLINE):
+                tls = accept_visitor_tls(stream, context, taken.buffered)
+            taken.release()
+        except (gevent.Timeout, TLSClosed, *TRANSPORT_ERRORS) as exc:
+            self.log.debug("stream-rejected", public_hostname=taken.hostname,
+                           reason=f"visitor-handshake-failed: {describe(exc)}")
+            stream.reset()
+            return
+        sock = self._connect_backend(service, taken.hostname)
+        if sock is None:
+            stream.reset()
+            return
+        self._splice(TLSEnd(tls, stream), sock, service, taken, header, "terminate")
+
+    def _splice(self, visitor_end, sock, service, taken, header, mode):
+        visitor = format_address(header.source) if header.source else None
+        backend = format_address(service.backend_address)
+        self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
+                       backend_address=backend, tls_mode=mode)
+        hostname = taken.hostname
+
+        def closed(result):
+            self.log.debug("stream-closed", public_hostname=hostname, visitor=visitor,
+                           bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
+
+        self.splices.start(visitor_end, SocketEnd(sock), closed)
+
+
+def _read_proxy_header(stream):
+    buf = b""
+    while True:
+        decoded = proxyv2.decode(buf) if buf else None
+        if decoded is not None:
+            header, length = decoded
+            return header, buf[length:]
+        data = stream.recv_consumed()
+        if not data:
+            raise IntakeRejected("closed-before-proxy-header")
+        buf += data

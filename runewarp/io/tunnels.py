@@ -1,0 +1,217 @@
+"""The Server's Tunnel connections: pools and members, the Tunnel TLS handshake,
+control hello and welcome, drift warnings, re-authorization after a reload.
+
+A Tunnel connection arrives on the dedicated Tunnel listener, or on the public
+listener as a ClientHello for the Server hostname with ALPN runewarp/1.
+"""
+
+import time
+
+import gevent
+from gevent.event import AsyncResult
+from OpenSSL import SSL
+
+from .. import __version__
+from ..errors import MaterialError, StreamAborted, TLSClosed
+from ..proto import control
+from ..proto.mux import Role
+from ..proto.placement import Placement
+from ..tls import identity_from_pyopenssl, refused_identity
+from .net import format_address
+from .tlsconn import ServerTLSConnection
+from .tunnel import TunnelSession, drain_control, read_control_messages
+
+TUNNEL_HANDSHAKE_DEADLINE = 5.0
+CONTROL_HELLO_DEADLINE = 10.0
+
+
+class TunnelMember:
+    """One live Tunnel connection in a Tunnel pool."""
+
+    def __init__(self, session, identity, instance, peer):
+        self.session = session
+        self.identity = identity
+        self.instance = instance
+        self.peer = peer
+        self.streams_placed = 0
+
+
+class TunnelPool:
+    def __init__(self, name):
+        self.name = name
+        self.members = []
+        self.placement = Placement()
+        self.active_streams = 0  # routed streams of this Tunnel, held to its share
+
+    def place(self):
+        live = [m for m in self.members if m.session.accepting]
+        return self.placement.choose(live, lambda m: m.session.active_streams)
+
+
+class TunnelConnections:
+    """The Tunnel-connection half of the Server (mixed into io.server.Server): it reads
+    `snapshot`, `pools`, `config`, `certificate`, `stopping`, `handshake_slots`,
+    `window_budget`, `tunnels` and `log` from the Server."""
+
+    def _authorize(self, identity):
+        return self.snapshot.tunnel_for_identity(identity) is not None
+
+
+    def _reauthorize(self, old_pools, snapshot):
+        """After a reload: close the Tunnel connections `snapshot` no longer authorizes."""
+        for name, pool in old_pools.items():
+            for member in list(pool.members):
+                route = snapshot.tunnel_for_identity(member.identity)
+                if route is None or route.name != name:
+                    member.session.go_away()
+                    member.session.close("identity no longer authorized for this tunnel")
+
+    def _handle_tunnel_listener(self, sock, address):
+        self.tunnels.add(gevent.getcurrent())
+        try:
+            self._tunnel_connection(sock, address, b"")
+        finally:
+            sock.close()
+
+    def _tunnel_connection(self, sock, address, buffered):
+        peer = format_address(address)
+        if self.stopping:
+            return
+        try:
+            context = self.certificate.current()
+        except MaterialError as exc:
+            if not self.certificate_missing:
+                self.log.warn("server-certificate-missing", reason=str(exc),
+                              effect="Tunnel connections are refused until it exists")
+            self.certificate_missing = True
+            return
+        if self.certificate_missing:
+            self.certificate_missing = False
+            self.log.info("server-certificate-ready")
+        slot = self._admit(self.handshake_slots, "tunnel-handshakes", sock, address)
+        if slot is None:
+            return
+        self.saturation.recovered("tunnel-handshakes")
+        tls = ServerTLSConnection(sock, context, buffered)
+        slot.progress(len(buffered))
+        try:
+            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE) as timer:
+                tls.handshake(slot.progress)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self.log.info("tunnel-connection-refused", peer=peer, reason="handshake-deadline")
+            return
+        except SSL.Error as exc:
+            identity = refused_identity(context, tls.conn)
+            reason = "unauthorized-client-identity" if identity else f"tls-error: {exc}"
+            self.auth_failures.warn(address[0], time.monotonic(), peer=peer,
+                                    client_identity=identity, reason=reason)
+            return
+        except (TLSClosed, OSError) as exc:
+            self.log.info("tunnel-connection-refused", peer=peer,
+                          reason="shed" if slot.shed else f"closed: {exc}")
+            return
+        finally:
+            self.handshake_slots.release(slot)
+            refused_identity(context, tls.conn)  # never leave an entry behind
+        if slot.shed:  # finished from bytes already buffered when it was shed
+            self.log.info("tunnel-connection-refused", peer=peer, reason="shed")
+            tls.close()
+            return
+        identity = identity_from_pyopenssl(tls.peer_certificate())
+        self._serve_tunnel(tls, peer, identity)
+
+    def _serve_tunnel(self, tls, peer, identity):
+        route = self.snapshot.tunnel_for_identity(identity)
+        pool = self.pools.get(route.name) if route else None
+        if pool is None:
+            tls.close()
+            return
+        if len(pool.members) >= self.config.limits.pool_connections:
+            self.saturation.warn(f"pool:{route.name}", time.monotonic(), tunnel=route.name)
+            tls.close()
+            return
+        control_stream = AsyncResult()
+
+        def on_stream(session, stream):
+            if stream.id == 1 and not control_stream.ready():
+                control_stream.set(stream)
+            else:
+                stream.reset()
+
+        session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log,
+                                window_budget=self.window_budget, name=peer)
+
+        def on_closed(_event):
+            if not control_stream.ready():
+                control_stream.set_exception(StreamAborted(session.close_reason))
+
+        session.closed.rawlink(on_closed)
+        session.start()
+        member = None
+        try:
+            try:
+                with gevent.Timeout(CONTROL_HELLO_DEADLINE) as timer:
+                    stream = control_stream.get()
+                    decoder = control.LineDecoder()
+                    messages = read_control_messages(stream, decoder)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason="no control hello before the deadline")
+                return
+            except (StreamAborted, control.ControlError) as exc:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason=f"no control hello: {exc}")
+                return
+            try:
+                hello = control.parse_hello(messages[0])
+            except control.ControlError as exc:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason=f"bad control hello: {exc}")
+                return
+            # A reload may have happened while we waited for the hello: judge again now.
+            current = self.snapshot.tunnel_for_identity(identity)
+            if current is None or current.name != route.name or self.pools.get(route.name) \
+                    is not pool or len(pool.members) >= self.config.limits.pool_connections:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason="no longer authorized for this Tunnel, or its pool is full")
+                return
+            try:
+                stream.sendall(control.encode(control.welcome(route.name, __version__)))
+            except StreamAborted as exc:
+                self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
+                              reason=f"closed after its hello: {exc}")
+                return
+            self._warn_drift(route, hello, identity)
+            member = TunnelMember(session, identity, hello.instance, peer)
+            pool.members.append(member)
+            self.log.info("tunnel-connection-established", tunnel=route.name, peer=peer,
+                          client_identity=identity, client_instance=member.instance,
+                          client_version=hello.version, pool_size=len(pool.members))
+            if self.stopping:  # joined during a drain: replace it at once, elsewhere
+                session.go_away()
+            gevent.spawn(drain_control, stream, decoder, self.log)
+            session.wait()
+        finally:
+            session.closed.unlink(on_closed)
+            if member is not None and member in pool.members:
+                pool.members.remove(member)
+            session.close()
+            if member is not None:
+                self.log.info("tunnel-connection-closed", tunnel=route.name, peer=peer,
+                              client_identity=identity, client_instance=member.instance,
+                              reason=session.close_reason, streams_placed=member.streams_placed,
+                              pool_size=len(pool.members))
+
+    def _warn_drift(self, route, hello, identity):
+        unserved, unowned = control.hostname_drift(route.public_hostnames, hello.hostnames,
+                                                   hello.catch_all)
+        if unserved:
+            self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
+                          unserved_hostnames=",".join(unserved))
+        if unowned:
+            self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
+                          unowned_hostnames=",".join(unowned))
