@@ -24,7 +24,7 @@ from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control
 from ..proto.backoff import WINDOWS, Backoff, parse_windows
 from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
-from ..proto.services import ServiceTable, terminate_hostnames
+from ..proto.services import ServiceTable
 from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
 from .net import describe, format_address, resolve_override, set_keepalive, set_nodelay
 from .splice import Splices, drain
@@ -48,7 +48,7 @@ class Client(ClientStreams):
         self.services = ServiceTable(config.services)
         self.acme = None
         if config.acme is not None:
-            self.acme = AcmeCertificates(config.acme, terminate_hostnames(config), log, "client",
+            self.acme = AcmeCertificates(config.acme, config.terminate_hostnames, log, "client",
                                          on_ready=lambda host: self.public_certs.context_for(host))
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
@@ -63,9 +63,9 @@ class Client(ClientStreams):
         self.identity = show_identity(self.config.identity_dir)  # fail fast without material
         # Before any Visitor can arrive: renew due Public hostname certificates the Client
         # issued itself, and name the terminate hostnames that have none.  Then every hour.
-        self.public_certs.upkeep(terminate_hostnames(self.config), announce=True)
+        self.public_certs.upkeep(self.config.terminate_hostnames, announce=True)
         self.certificate_upkeep = Periodic(
-            lambda: self.public_certs.upkeep(terminate_hostnames(self.config)), check_seconds(),
+            lambda: self.public_certs.upkeep(self.config.terminate_hostnames), check_seconds(),
             self.log, "public-certificate-renewal-failed", stopped=self.stopping.is_set).start()
         if self.acme is not None:
             self.acme.start()
@@ -109,7 +109,7 @@ class Client(ClientStreams):
         self.services = ServiceTable(config.services)
         self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme,
                                                clock=self.public_certs.clock)
-        self.public_certs.upkeep(terminate_hostnames(config), announce=True)
+        self.public_certs.upkeep(config.terminate_hostnames, announce=True)
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self.log.info("client-reloaded", services=len(config.services))

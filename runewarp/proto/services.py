@@ -16,7 +16,3 @@ class ServiceTable:
     def hostnames(self):
         return sorted(self.by_hostname)
 
-
-def terminate_hostnames(config):
-    """The Public hostnames whose TLS the Client terminates (they need certificates)."""
-    return [h for s in config.services if s.tls_mode == "terminate" for h in s.public_hostnames]

@@ -3,18 +3,13 @@
 from dataclasses import dataclass
 
 from runewarp.proto.hostname import normalize
-from runewarp.proto.services import ServiceTable, terminate_hostnames
+from runewarp.proto.services import ServiceTable
 
 
 @dataclass(frozen=True)
 class Service:
     public_hostnames: tuple = ()
     tls_mode: str = "passthrough"
-
-
-@dataclass(frozen=True)
-class Config:
-    services: tuple
 
 
 APP = Service(("app.example.com", "www.example.com"))
@@ -56,7 +51,3 @@ def test_hostnames_are_sorted_for_the_control_hello():
     assert ServiceTable([API, APP]).hostnames == ["api.example.com", "app.example.com",
                                                   "www.example.com"]
 
-
-def test_terminate_hostnames_lists_only_terminate_services():
-    assert terminate_hostnames(Config((APP, API))) == ["api.example.com"]
-    assert terminate_hostnames(Config((APP,))) == []
