@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import MaterialError
-from .store import CERT_MODE, KEY_MODE, _commit, _make_private, _recover, ensure_dir
-from .x509 import (SERVER_CA_CN, _cert_pem, _check_issued, _check_pair, _key_pem, _load_cert,
-                   _load_key, _make_ca, _make_leaf, _normalize_hostname, _now, _san_names)
+from ..proto.hostname import normalize
+from .store import View, update
+from .x509 import (SERVER_CA_CN, _cert_pem, _check_issued, _key_pem, _make_ca, _make_leaf, _now, _san_names,
+                   read_cert, read_pair)
 
 SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
 SERVER_CA_CERT = "server-ca.crt"
 SERVER_CA_KEY = "state/server-ca.key"
+_FILES = [SERVER_CA_KEY, SERVER_CA_CERT, SERVER_KEY, SERVER_CERT]
 
 _SERVER_INIT_HINT = "run 'runewarp server cert init'"
 
@@ -40,16 +41,6 @@ InitResult = ServerCertResult
 
 
 
-# --------------------------------------------------------------------------
-# Server material (manual mode)
-
-
-def _server_targets(cert_dir: Path) -> list[Path]:
-    """Rename order: CA key, CA cert, leaf key, leaf chain."""
-    return [cert_dir / SERVER_CA_KEY, cert_dir / SERVER_CA_CERT,
-            cert_dir / SERVER_KEY, cert_dir / SERVER_CERT]
-
-
 def _server_result(cert_dir: Path, hostname: str, leaf: x509.Certificate, created: bool) -> ServerCertResult:
     return ServerCertResult(
         hostname=hostname,
@@ -62,75 +53,66 @@ def _server_result(cert_dir: Path, hostname: str, leaf: x509.Certificate, create
     )
 
 
-def _load_server_ca(cert_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _load_server_ca(view: View):
     hint = f"{_SERVER_INIT_HINT}, or 'runewarp server cert rotate-ca' to make a new CA"
-    ca_path, key_path = cert_dir / SERVER_CA_CERT, cert_dir / SERVER_CA_KEY
-    ca_cert = _load_cert(ca_path, hint)
-    ca_key = _load_key(key_path, hint)
-    _check_pair(ca_cert, ca_key, ca_path, key_path)
-    return ca_cert, ca_key
+    return read_pair(view, SERVER_CA_CERT, SERVER_CA_KEY, hint)
 
 
-def _write_server(cert_dir: Path, hostname: str, now: _dt.datetime,
-                  ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None) -> x509.Certificate:
-    """Issue a leaf (and a CA when `ca` is None) and commit it in one step."""
-    files = []
+def _issue(cert_dir: Path, hostname: str, now: _dt.datetime, ca) -> tuple[dict, ServerCertResult]:
+    """A leaf (and a CA when `ca` is None) as the files of one update."""
+    files = {}
     if ca is None:
         ca_cert, ca_key = _make_ca(SERVER_CA_CN, now)
-        files += [(cert_dir / SERVER_CA_KEY, _key_pem(ca_key), KEY_MODE),
-                  (cert_dir / SERVER_CA_CERT, _cert_pem(ca_cert), CERT_MODE)]
+        files |= {SERVER_CA_KEY: _key_pem(ca_key), SERVER_CA_CERT: _cert_pem(ca_cert)}
     else:
         ca_cert, ca_key = ca
     leaf, leaf_key = _make_leaf(hostname, ca_cert, ca_key, now)
-    files += [(cert_dir / SERVER_KEY, _key_pem(leaf_key), KEY_MODE),
-              (cert_dir / SERVER_CERT, _cert_pem(leaf, ca_cert), CERT_MODE)]
-    ensure_dir(cert_dir / "state")
-    _commit(cert_dir, files)
-    return leaf
+    files |= {SERVER_KEY: _key_pem(leaf_key), SERVER_CERT: _cert_pem(leaf, ca_cert)}
+    return files, _server_result(cert_dir, hostname, leaf, created=True)
 
 
 def init_server_cert(cert_dir: Path, hostname: str, *, now: _dt.datetime | None = None) -> InitResult:
     """Create a private Server CA and a leaf for `hostname`, unless already there.
 
     Idempotent for the same hostname; refuses to guess when material is
-    partial or belongs to another hostname.
+    partial or belongs to another hostname.  HostnameError for an invalid hostname.
     """
     cert_dir = Path(cert_dir)
-    host = _normalize_hostname(hostname)
-    targets = _server_targets(cert_dir)
-    _recover(cert_dir, targets, cleanup=True)
-    present = [t for t in targets if t.exists()]
-    if len(present) == len(targets):
-        leaf = _load_cert(cert_dir / SERVER_CERT)
-        ca_cert, _ = _load_server_ca(cert_dir)
-        _check_pair(leaf, _load_key(cert_dir / SERVER_KEY), cert_dir / SERVER_CERT, cert_dir / SERVER_KEY)
-        _check_issued(leaf, ca_cert, cert_dir / SERVER_CERT, cert_dir / SERVER_CA_CERT)
-        names = _san_names(leaf)
-        if host not in names:
+    host = normalize(hostname)
+
+    def build(view):
+        present = [rel for rel in _FILES if view.exists(rel)]
+        if len(present) == len(_FILES):
+            leaf, _ = read_pair(view, SERVER_CERT, SERVER_KEY)
+            ca_cert, _ = _load_server_ca(view)
+            _check_issued(leaf, ca_cert, view.shown(SERVER_CERT), view.shown(SERVER_CA_CERT))
+            names = _san_names(leaf)
+            if host not in names:
+                raise MaterialError(
+                    f"{cert_dir}: existing certificate is for {', '.join(names) or '(no name)'}, "
+                    f"not {host}; renew it with the new hostname, or remove the folder"
+                )
+            return {}, _server_result(cert_dir, host, leaf, created=False)
+        if present:
+            missing = [rel for rel in _FILES if rel not in present]
             raise MaterialError(
-                f"{cert_dir}: existing certificate is for {', '.join(names) or '(no name)'}, "
-                f"not {host}; renew it with the new hostname, or remove the folder"
+                f"{cert_dir}: incomplete server material, missing {', '.join(missing)}; "
+                f"remove the folder and {_SERVER_INIT_HINT}, or run 'runewarp server cert rotate-ca'"
             )
-        return _server_result(cert_dir, host, leaf, created=False)
-    if present:
-        missing = [str(t.relative_to(cert_dir)) for t in targets if not t.exists()]
-        raise MaterialError(
-            f"{cert_dir}: incomplete server material, missing {', '.join(missing)}; "
-            f"remove the folder and {_SERVER_INIT_HINT}, or run 'runewarp server cert rotate-ca'"
-        )
-    leaf = _write_server(cert_dir, host, _now(now), ca=None)
-    return _server_result(cert_dir, host, leaf, created=True)
+        return _issue(cert_dir, host, _now(now), ca=None)
+
+    return update(cert_dir, build, _FILES)
 
 
-def _existing_hostname(cert_dir: Path, hostname: str | None) -> str:
+def _existing_hostname(view: View, hostname: str | None) -> str:
     if hostname is not None:
-        return _normalize_hostname(hostname)
-    path = cert_dir / SERVER_CERT
-    if not path.exists():
-        raise MaterialError(f"{path}: missing; give the hostname explicitly")
-    names = _san_names(_load_cert(path))
+        return normalize(hostname)
+    if not view.exists(SERVER_CERT):
+        raise MaterialError(f"{view.shown(SERVER_CERT)}: missing; give the hostname explicitly")
+    names = _san_names(read_cert(view, SERVER_CERT))
     if not names:
-        raise MaterialError(f"{path}: no hostname in certificate; give the hostname explicitly")
+        raise MaterialError(f"{view.shown(SERVER_CERT)}: no hostname in certificate; "
+                            "give the hostname explicitly")
     return names[0]
 
 
@@ -138,34 +120,31 @@ def renew_server_cert(cert_dir: Path, *, hostname: str | None = None,
                       now: _dt.datetime | None = None) -> ServerCertResult:
     """New leaf (new key) from the same CA; the CA files stay byte-identical."""
     cert_dir = Path(cert_dir)
-    _recover(cert_dir, _server_targets(cert_dir), cleanup=True)
-    host = _existing_hostname(cert_dir, hostname)
-    ca = _load_server_ca(cert_dir)
-    _make_private(cert_dir / SERVER_CA_KEY)  # kept, not rewritten: see renew_identity
-    leaf = _write_server(cert_dir, host, _now(now), ca=ca)
-    return _server_result(cert_dir, host, leaf, created=True)
+
+    def build(view):
+        host = _existing_hostname(view, hostname)
+        return _issue(cert_dir, host, _now(now), ca=_load_server_ca(view))
+
+    return update(cert_dir, build, _FILES)
 
 
 def rotate_server_ca(cert_dir: Path, hostname: str | None = None,
                      now: _dt.datetime | None = None) -> ServerCertResult:
     """New CA and leaf; also the way out of partial or lost material."""
     cert_dir = Path(cert_dir)
-    _recover(cert_dir, _server_targets(cert_dir), cleanup=True)
-    host = _existing_hostname(cert_dir, hostname)
-    leaf = _write_server(cert_dir, host, _now(now), ca=None)
-    return _server_result(cert_dir, host, leaf, created=True)
-
+    return update(cert_dir, lambda view: _issue(cert_dir, _existing_hostname(view, hostname),
+                                                 _now(now), ca=None), _FILES)
 
 
 def server_cert_renewable(cert_dir: Path) -> bool:
     """True when cert-dir holds the Server CA (``state/server-ca.key``) that issued
     ``server.crt``: the Server can then renew its certificate itself.  A certificate
     from another CA is never replaced, even when a Server CA sits beside it."""
-    cert_dir = Path(cert_dir)
     try:
-        ca_cert, _ = _load_server_ca(cert_dir)
-        _check_issued(_load_cert(cert_dir / SERVER_CERT), ca_cert, cert_dir / SERVER_CERT,
-                      cert_dir / SERVER_CA_CERT)
+        view = View(cert_dir)
+        ca_cert, _ = _load_server_ca(view)
+        _check_issued(read_cert(view, SERVER_CERT), ca_cert, view.shown(SERVER_CERT),
+                      view.shown(SERVER_CA_CERT))
     except MaterialError:
         return False
     return True
@@ -173,20 +152,17 @@ def server_cert_renewable(cert_dir: Path) -> bool:
 
 def server_cert_paths(cert_dir: Path) -> tuple[Path, Path]:
     """Where the Server certificate chain and key live, unchecked (see load_server_cert_paths)."""
-    cert_dir = Path(cert_dir)
-    return cert_dir / SERVER_CERT, cert_dir / SERVER_KEY
+    view = View(cert_dir)
+    return view.shown(SERVER_CERT), view.shown(SERVER_KEY)
 
 
 def load_server_cert_paths(cert_dir: Path) -> tuple[Path, Path]:
-    """(chain path, key path) for the TLS listener, checked to be usable."""
-    cert_dir = Path(cert_dir)
-    _recover(cert_dir, _server_targets(cert_dir), cleanup=False)
-    cert_path, key_path = cert_dir / SERVER_CERT, cert_dir / SERVER_KEY
-    leaf = _load_cert(cert_path, _SERVER_INIT_HINT)
-    key = _load_key(key_path, _SERVER_INIT_HINT)
-    _check_pair(leaf, key, cert_path, key_path)
-    return cert_path, key_path
+    """(chain path, key path) for the TLS listener, checked to be usable.
 
+    Stable names: open them through `store.pin` so both come from one version."""
+    view = View(cert_dir)
+    read_pair(view, SERVER_CERT, SERVER_KEY, _SERVER_INIT_HINT)
+    return view.shown(SERVER_CERT), view.shown(SERVER_KEY)
 
 
 def server_key_files(cert_dir: Path) -> list[Path]:

@@ -1,26 +1,27 @@
-"""Crash-safe writes of material folders; touches nothing but the folders it is given.
+"""Crash-safe material folders: versions written whole, then one atomic switch.
 
-Crash safety: an update never overwrites a live file in place. Each update is
-one *commit*:
+A folder's material lives in version folders ``v<N>/`` (certbot's ``archive/`` and
+``live/`` idea).  An update takes the folder's ``flock``, writes a complete
+``v<N+1>/`` (every file of the set: the new ones and a copy of the kept ones),
+fsyncs it, and then replaces the ``current`` symlink with one ``rename``: readers
+see the whole old set or the whole new set, never a key paired with the wrong
+certificate, and a crash before the rename leaves the old set in use.
 
-1. every new file is written next to its target as ``<name>.new`` (each write
-   atomic and fsynced); the live material is untouched, so a crash here leaves
-   the previous material in use and the stray ``.new`` files are discarded by
-   the next update;
-2. a journal (``.pending-commit``) listing the targets is written atomically;
-   from this point the update is decided;
-3. the ``.new`` files are renamed over their targets, keys before the
-   certificates that depend on them;
-4. the journal is removed.
+The names operators and configs use (``server.crt``, ``state/server-ca.key``,
+``<hostname>/public.crt`` …) stay where they were, as relative symlinks through
+``current/``.  A name an operator replaced with a file of their own is read as
+that file, and a name they deleted is missing.
 
-A crash during step 3 leaves a journal behind; every function here first
-finishes such an interrupted commit (roll-forward), so callers always see a
-consistent set: all old or all new, never a key paired with the wrong
-certificate.
+Readers never write and never lock: they resolve ``current`` once (`View`), so
+every file one reading opens comes from one version.  Folders in the flat layout
+of earlier releases still load, including one with the journal
+(``.pending-commit``) of an interrupted update, read as completed; the first
+update migrates such a folder (a version holding exactly what the flat files
+hold, then the files replaced by links, then the update itself).
 
-Commits and recoveries of one folder hold an exclusive ``flock`` on the folder
-itself, because two processes may update it at once: a running Server or Client
-renews its own certificates while an operator may run a material command.
+Each update keeps the previous version as a rollback point; older ones are removed
+once they are `PRUNE_AFTER` seconds old, so a reader that resolved ``current``
+just before two quick updates still finds its files.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import contextlib
 import fcntl
 import json
 import os
-import shlex
+import re
+import shutil
 import stat
 import tempfile
 import time
@@ -41,7 +43,11 @@ KEY_MODE = 0o600
 CERT_MODE = 0o644
 DIR_MODE = 0o700
 
-_JOURNAL = ".pending-commit"
+CURRENT = "current"
+PRUNE_AFTER = 60.0
+_VERSION = re.compile(r"v[1-9][0-9]*")
+_LINK = re.compile(r"(?:\.\./)*" + CURRENT + r"/(.+)")
+_JOURNAL = ".pending-commit"  # the journal of the flat layout: read, never written
 _STAGED_SUFFIX = ".new"
 
 
@@ -107,52 +113,6 @@ def atomic_write(path: Path, data: bytes, mode: int = CERT_MODE) -> None:
     _fsync_dir(path.parent)
 
 
-def _staged(path: Path) -> Path:
-    return path.with_name(path.name + _STAGED_SUFFIX)
-
-
-def _roll_forward(root: Path) -> bool:
-    """Finish a commit whose journal is on disk; True if there was one."""
-    journal = root / _JOURNAL
-    try:
-        raw = journal.read_bytes()
-    except FileNotFoundError:
-        return False
-    try:
-        entries = json.loads(raw)
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise ValueError("not a list of paths")
-    except ValueError as e:
-        raise MaterialError(f"{journal}: unreadable commit journal ({e}); remove it") from e
-    resolved_root = root.resolve()
-    for rel in entries:
-        target = root / rel
-        if resolved_root not in target.resolve().parents:
-            raise MaterialError(f"{journal}: path {rel!r} escapes {root}")
-        staged = _staged(target)
-        if staged.exists():
-            os.replace(staged, target)
-            _fsync_dir(target.parent)
-    journal.unlink(missing_ok=True)
-    _fsync_dir(root)
-    return True
-
-
-def _discard_strays(targets: list[Path]) -> None:
-    """Remove leftovers of an update that crashed before its journal was written."""
-    for target in targets:
-        parent = target.parent
-        if not parent.is_dir():
-            continue
-        leftovers = [_staged(target), *parent.glob(f".{target.name}.*.tmp"),
-                     *parent.glob(f".{_staged(target).name}.*.tmp")]
-        for p in leftovers:
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-
-
 LOCK_WAIT = 30.0
 """Seconds to wait for another process's update of the same folder (it takes milliseconds)."""
 
@@ -193,98 +153,253 @@ def _folder_lock(root: Path):
             os.close(fd)
 
 
-def _recover(root: Path, targets: list[Path], *, cleanup: bool) -> None:
-    """Bring `root` to a consistent state before reading or updating it.
+# --------------------------------------------------------------------------
+# Versioned folders
 
-    Read-only callers pass cleanup=False: stray staged files are harmless and
-    they may lack write access; an unfinished commit, however, must be
-    completed or the material is inconsistent.
-    """
-    if not root.is_dir():
-        return
+
+def is_version(name: str) -> bool:
+    """True for the name of a version folder, ``v<N>``."""
+    return _VERSION.fullmatch(name) is not None
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + _STAGED_SUFFIX)
+
+
+def _readlink(path: Path) -> str | None:
     try:
-        with _folder_lock(root):
-            _roll_forward(root)
-            if cleanup:
-                _discard_strays(targets)
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _link_text(rel: str) -> str:
+    """The symlink a top-level name holds: relative, so a copied folder still works."""
+    return "../" * rel.count("/") + f"{CURRENT}/{rel}"
+
+
+def _mode(rel: str) -> int:
+    return KEY_MODE if rel.endswith(".key") else CERT_MODE
+
+
+def _current(root: Path) -> str | None:
+    """The version ``current`` names; None for a folder in the flat layout."""
+    link = root / CURRENT
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
     except OSError as e:
-        raise MaterialError(f"{root}: cannot complete an interrupted update: {e}") from e
+        raise MaterialError(f"{link}: not a link to a version folder: {e.strerror or e}") from e
+    if not _VERSION.fullmatch(target):
+        raise MaterialError(f"{link}: points to {target!r}, not to a version folder v<N>")
+    return target
 
 
-def _commit(root: Path, files: list[tuple[Path, bytes, int]]) -> None:
-    """Install `files` (path, data, mode) all-or-nothing; order = rename order."""
+def _journal(root: Path) -> frozenset[str]:
+    """Names whose staged ``.new`` file an interrupted flat-layout update had decided."""
+    journal = root / _JOURNAL
+    try:
+        entries = json.loads(journal.read_bytes())
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError("not a list of paths")
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    except (OSError, ValueError) as e:
+        raise MaterialError(f"{journal}: unreadable commit journal ({e}); remove it") from e
+    for rel in entries:
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise MaterialError(f"{journal}: path {rel!r} escapes {root}")
+    return frozenset(entries)
+
+
+class View:
+    """One reading of a material folder: every file it reads comes from one version.
+
+    `path(rel)` is where to read `rel`; `shown(rel)` is the name to hand out (the
+    stable top-level link rather than its version folder).  Creating a View writes
+    nothing: it works in a read-only folder.  A flat folder's leftover journal counts
+    as completed: the staged files it lists are read in place of their targets.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.version = _current(self.root)
+        self.journal = _journal(self.root)
+
+    def linked(self, rel: str) -> bool:
+        return self.version is not None and _readlink(self.root / rel) == _link_text(rel)
+
+    def path(self, rel: str) -> Path:
+        shown = self.shown(rel)
+        if shown == self.root / rel and self.linked(rel):
+            return self.root / self.version / rel
+        return shown
+
+    def shown(self, rel: str) -> Path:
+        top = self.root / rel
+        if rel in self.journal and _staged(top).exists():
+            return _staged(top)
+        return top
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).exists()
+
+    def files(self, extra=()) -> list[str]:
+        """Names this view holds: the version's files and `extra`, where present."""
+        names = set(extra) | self.journal
+        if self.version is not None:
+            base = self.root / self.version
+            for folder, _, entries in os.walk(base):
+                names.update(str((Path(folder) / e).relative_to(base)) for e in entries)
+        return sorted(n for n in names if self.path(n).is_file())
+
+
+def pin(*paths) -> tuple[Path, ...]:
+    """`paths` with each top-level link resolved through one reading of its folder's
+    ``current``, so files opened one after the other are of one version even if an
+    update switches ``current`` in between.  Other paths are returned as they are."""
+    versions: dict[Path, str | None] = {}
+    pinned = []
+    for path in map(Path, paths):
+        match = _LINK.fullmatch(_readlink(path) or "")
+        if match is None:
+            pinned.append(path)
+            continue
+        rel = match.group(1)
+        root = path.parents[rel.count("/")]
+        if root not in versions:
+            versions[root] = _current(root)
+        version = versions[root]
+        pinned.append(path if version is None else root / version / rel)
+    return tuple(pinned)
+
+
+def _read_source(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write_version(root: Path, folder: Path, content: dict[str, bytes]) -> None:
+    """Write `content` (relative name → bytes) as the new folder `folder`, fsynced.
+
+    Folders mirror the modes of their top-level counterparts (the version folder
+    that of `root`), so a group granted access to the material keeps it."""
+    os.mkdir(folder)
+    os.chmod(folder, stat.S_IMODE(os.stat(root).st_mode))
+    made = [folder]
+    for rel, data in sorted(content.items()):
+        path = folder / rel
+        for sub in reversed(Path(rel).parents[:-1]):
+            if not (folder / sub).is_dir():
+                top = root / sub
+                os.mkdir(folder / sub)
+                os.chmod(folder / sub, stat.S_IMODE(os.stat(top).st_mode) if top.is_dir() else DIR_MODE)
+                made.append(folder / sub)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), _mode(rel))
+            os.fsync(f.fileno())
+    for d in reversed(made):
+        _fsync_dir(d)
+    _fsync_dir(root)
+
+
+def _link(root: Path, rel: str) -> None:
+    """Make the top-level name `rel` the link through ``current``, in one rename."""
+    top = root / rel
+    ensure_dir(top.parent)
+    tmp = top.with_name(f".{top.name}.link.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(_link_text(rel), tmp)
+    os.replace(tmp, top)
+    _fsync_dir(top.parent)
+
+
+def _prune(root: Path, keep: set) -> None:
+    """Remove versions other than `keep` once they are old enough (see PRUNE_AFTER)."""
+    limit = time.time() - PRUNE_AFTER
+    for name in os.listdir(root):
+        path = root / name
+        if _VERSION.fullmatch(name) and name not in keep and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                if path.lstat().st_mtime < limit:
+                    shutil.rmtree(path)
+
+
+def _switch(root: Path, view: View, content: dict[str, bytes]) -> View:
+    """Write `content` as the next version and make it current in one rename."""
+    numbers = [int(n[1:]) for n in os.listdir(root) if _VERSION.fullmatch(n)]
+    version = f"v{max(numbers, default=0) + 1}"
+    _write_version(root, root / version, content)
+    for rel in content:  # a new name's link exists before its file does: it appears with the switch
+        if not os.path.lexists(root / rel):
+            _link(root, rel)
+    tmp = root / f".{CURRENT}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(version, tmp)
+    os.replace(tmp, root / CURRENT)
+    _fsync_dir(root)
+    _prune(root, {version, view.version})
+    return View(root)
+
+
+def _forget_journal(root: Path, names) -> None:
+    """Remove what the flat layout's updates may have left: journal, staged and temporary files."""
+    for rel in names:
+        top = root / rel
+        leftovers = [_staged(top), *top.parent.glob(f".{top.name}.*.tmp"),
+                     *top.parent.glob(f".{_staged(top).name}.*.tmp")]
+        for p in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / _JOURNAL)
+    _fsync_dir(root)
+
+
+def update(root: Path, build, flat=()):
+    """Run `build(view)` under the folder's lock and install what it returns.
+
+    `build` gets a `View` of the folder and returns ``(files, result)``: `files`
+    (relative name → bytes, may be empty) become, all or nothing, a new version that
+    also carries every other file of the current one; `result` is returned.
+    Deciding under the lock means two updates never build on the same old version.
+
+    `flat` (names, or a function of the view giving them) lists the files that make
+    up a folder's material in the flat layout; those not yet links (a flat folder, or
+    files an operator put in place of the links) are first migrated into a version
+    holding exactly what they hold, then replaced by links.
+    """
+    root = Path(root)
     try:
         ensure_dir(root)
+        with _folder_lock(root):
+            view = View(root)
+            files, result = build(view)
+            if not files:
+                return result
+            names = view.files(flat(view) if callable(flat) else flat)
+            unlinked = [n for n in names if not view.linked(n)]
+            if unlinked or view.journal:
+                view = _switch(root, view, {n: _read_source(view.path(n)) for n in names})
+                for rel in unlinked:
+                    _link(root, rel)
+                _forget_journal(root, names)
+                view = View(root)
+            content = {n: _read_source(view.path(n)) for n in view.files() if n not in files}
+            _switch(root, view, content | files)
+            return result
     except OSError as e:
-        raise MaterialError(f"{root}: cannot write material: {e}") from e
-    decided = False
-    with _folder_lock(root):
-        try:
-            for path, data, mode in files:
-                atomic_write(_staged(path), data, mode)
-            rels = [str(path.relative_to(root)) for path, _, _ in files]
-            atomic_write(root / _JOURNAL, json.dumps(rels).encode(), KEY_MODE)
-            decided = True
-            _roll_forward(root)
-        except OSError as e:
-            if not decided:
-                try:
-                    _discard_strays([path for path, _, _ in files])
-                except OSError:
-                    pass
-            raise MaterialError(f"{root}: cannot write material: {e}") from e
-
+        raise MaterialError(f"{root}: cannot write material: {e.strerror or e}") from e
 
 
 def file_stamp(*paths) -> tuple:
-    """What changes whenever one of `paths` is rewritten (mtime and size of each), so a
-    runtime reloads material only then; OSError when one is missing."""
-    return tuple((st.st_mtime_ns, st.st_size) for st in map(os.stat, paths))
-
-
-
-# --------------------------------------------------------------------------
-# Key file permissions
-#
-# Every key this module writes goes through atomic_write, which creates a new
-# 0600 file (mkstemp) and renames it over the old one, so neither the umask nor
-# the old file's mode matter.  Keys it keeps (renew_identity) or that operators
-# copy in by hand can still be loose; these functions find them so the runtime
-# can warn, or refuse to start under strict permissions.
-
-
-def _make_private(path: Path) -> None:
-    """Best effort chmod 600 of a key that is kept rather than rewritten.
-
-    A failure (a key owned by someone else, a read-only mount) is not an error
-    here: the runtime's permission check reports the loose key at start.
-    """
-    try:
-        if os.stat(path).st_mode & 0o077:
-            os.chmod(path, KEY_MODE)
-    except OSError:
-        pass
-
-
-def key_permission_problem(path: Path) -> str | None:
-    """A one-line complaint if the key at `path` is accessible to group or others.
-
-    None when the mode is owner-only, or when the file is missing or cannot be
-    stat'ed (loading it reports that better).  Symlinks are followed: the mode
-    that protects the key is the target's.
-    """
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
-        return None
-    mode = stat.S_IMODE(st.st_mode)
-    return (f"{path}: private key is accessible to group or others (mode {mode:04o}); "
-            f"run 'chmod 600 {shlex.quote(str(path))}'")
-
-
-def key_permission_problems(paths) -> list[str]:
-    """`key_permission_problem` for each path, in order, problems only."""
-    return [p for p in map(key_permission_problem, paths) if p is not None]
+    """What changes whenever one of `paths` is replaced or rewritten (inode, mtime and size
+    of each, links followed), so a runtime reloads material only then; OSError when one
+    is missing."""
+    return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in map(os.stat, paths))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import ipaddress
-import re
+import os
+import shlex
+import stat
 from pathlib import Path
 
 from cryptography import x509
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import MaterialError
+from ..proto.hostname import normalize
 from .store import CERT_MODE, KEY_MODE, atomic_write
 
 CA_DAYS = 3650
@@ -26,9 +28,6 @@ _BACKDATE = _dt.timedelta(minutes=5)
 SERVER_CA_CN = "Runewarp Server CA"
 PUBLIC_CA_CN = "Runewarp Public CA"
 CLIENT_CN = "runewarp-client"
-
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOSTNAME_RE = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 
 
 # --------------------------------------------------------------------------
@@ -91,43 +90,56 @@ def identity_of_certificate_der(der: bytes) -> str:
     return identity_of_certificate(cert)
 
 
-def _read(path: Path, hint: str | None = None) -> bytes:
+def _read(path: Path, hint: str | None = None, shown: Path | None = None) -> bytes:
+    """Bytes of `path`; errors name `shown` (the stable name) when given."""
+    shown = shown or path
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise MaterialError(f"{path}: missing" + (f"; {hint}" if hint else "")) from None
+        raise MaterialError(f"{shown}: missing" + (f"; {hint}" if hint else "")) from None
     except OSError as e:
-        raise MaterialError(f"{path}: cannot read: {e.strerror or e}") from e
+        raise MaterialError(f"{shown}: cannot read: {e.strerror or e}") from e
 
 
-def _load_certs(path: Path, hint: str | None = None) -> list[x509.Certificate]:
-    data = _read(path, hint)
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
-        raise MaterialError(f"{path}: not a valid PEM certificate: {e}") from e
-    return certs
-
-
-def _load_cert(path: Path, hint: str | None = None) -> x509.Certificate:
+def _load_cert(path: Path, hint: str | None = None, shown: Path | None = None) -> x509.Certificate:
     """First certificate of a PEM file (the leaf of a chain file)."""
-    return _load_certs(path, hint)[0]
+    data = _read(path, hint, shown)
+    try:
+        return x509.load_pem_x509_certificates(data)[0]
+    except ValueError as e:
+        raise MaterialError(f"{shown or path}: not a valid PEM certificate: {e}") from e
 
 
-def _load_key(path: Path, hint: str | None = None) -> ec.EllipticCurvePrivateKey:
-    data = _read(path, hint)
+def _load_key(path: Path, hint: str | None = None, shown: Path | None = None) -> ec.EllipticCurvePrivateKey:
+    data = _read(path, hint, shown)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise MaterialError(f"{path}: not an unencrypted PEM private key: {e}") from e
+        raise MaterialError(f"{shown or path}: not an unencrypted PEM private key: {e}") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise MaterialError(f"{path}: expected an ECDSA key")
+        raise MaterialError(f"{shown or path}: expected an ECDSA key")
     return key
 
 
 def _check_pair(cert: x509.Certificate, key, cert_path: Path, key_path: Path) -> None:
     if _spki_der(cert.public_key()) != _spki_der(key.public_key()):
         raise MaterialError(f"{key_path} does not match {cert_path}")
+
+
+def read_cert(view, rel: str, hint: str | None = None) -> x509.Certificate:
+    """The first certificate of `rel` in one reading (`store.View`) of a folder."""
+    return _load_cert(view.path(rel), hint, view.shown(rel))
+
+
+def read_key(view, rel: str, hint: str | None = None) -> ec.EllipticCurvePrivateKey:
+    return _load_key(view.path(rel), hint, view.shown(rel))
+
+
+def read_pair(view, cert_rel: str, key_rel: str, hint: str | None = None):
+    """(certificate, key) of one reading of a folder, checked to belong together."""
+    cert, key = read_cert(view, cert_rel, hint), read_key(view, key_rel, hint)
+    _check_pair(cert, key, view.shown(cert_rel), view.shown(key_rel))
+    return cert, key
 
 
 def _check_issued(leaf: x509.Certificate, ca: x509.Certificate, leaf_path: Path, ca_path: Path) -> None:
@@ -147,45 +159,13 @@ def certificate_serial(cert_path: Path) -> int:
     return _load_cert(Path(cert_path)).serial_number
 
 
-def _normalize_hostname(hostname: str, *, allow_ip: bool = True) -> str:
-    """Canonical form for comparison and SANs: lowercase A-label, no final dot."""
-    if not isinstance(hostname, str) or not hostname.strip():
-        raise MaterialError("hostname is empty")
-    h = hostname.strip().rstrip(".").lower()
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    try:
-        ip = ipaddress.ip_address(h)
-    except ValueError:
-        ip = None
-    if ip is not None:
-        if not allow_ip:
-            raise MaterialError(f"{hostname!r}: an IP address cannot be a public hostname")
-        return str(ip)
-    try:
-        h = h.encode("idna").decode("ascii") if not h.isascii() else h
-    except UnicodeError as e:
-        raise MaterialError(f"{hostname!r}: invalid hostname: {e}") from e
-    if len(h) > 253 or not _HOSTNAME_RE.match(h):
-        raise MaterialError(f"{hostname!r}: invalid hostname")
-    return h
-
-
-def _general_name(hostname: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(hostname))
-    except ValueError:
-        return x509.DNSName(hostname)
-
-
 def _san_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names a certificate is for, as TLS clients match them."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    names = [n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return names
+    return [n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)]
 
 
 def _name(cn: str) -> x509.Name:
@@ -243,7 +223,7 @@ def _make_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + _dt.timedelta(days=LEAF_DAYS))
-        .add_extension(x509.SubjectAlternativeName([_general_name(hostname)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_digital_signature_usage(), critical=True)
@@ -287,6 +267,39 @@ def load_certificate(cert_path: Path) -> x509.Certificate:
 
 
 # --------------------------------------------------------------------------
+# Key file permissions
+#
+# Every key this package writes is created 0600, so neither the umask nor an old
+# file's mode matter; keys operators copy in by hand can still be loose, and these
+# functions find them so the runtime can warn, or refuse to start under strict
+# permissions.
+
+
+def key_permission_problem(path: Path) -> str | None:
+    """A one-line complaint if the key at `path` is accessible to group or others.
+
+    None when the mode is owner-only, or when the file is missing or cannot be
+    stat'ed (loading it reports that better).  Symlinks are followed: the mode
+    that protects the key is the target's.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    return (f"{path}: private key is accessible to group or others (mode {mode:04o}); "
+            f"run 'chmod 600 {shlex.quote(str(path))}'")
+
+
+def key_permission_problems(paths) -> list[str]:
+    """`key_permission_problem` for each path, in order, problems only."""
+    return [p for p in map(key_permission_problem, paths) if p is not None]
+
+
+# --------------------------------------------------------------------------
 # Test and demo helper
 
 
@@ -296,7 +309,7 @@ def make_self_signed(hostname: str, dir: Path, *, now: _dt.datetime | None = Non
     Not crash-safe as a pair and not meant to be: it serves tests and demos.
     """
     dir = Path(dir)
-    host = _normalize_hostname(hostname)
+    host = normalize(hostname)
     cert, key = _make_leaf(host, None, None, _now(now))
     cert_path, key_path = dir / f"{host}.crt", dir / f"{host}.key"
     atomic_write(key_path, _key_pem(key), KEY_MODE)
