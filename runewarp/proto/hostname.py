@@ -11,6 +11,8 @@ security hole.
 
 import re
 
+from ..errors import ConfigError
+
 __all__ = ["HostnameError", "is_valid", "normalize"]
 
 MAX_LENGTH = 253
@@ -20,8 +22,12 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 _WHITESPACE = re.compile(r"\s")
 
 
-class HostnameError(ValueError):
-    """A string that is not usable as a routing hostname; the message says why."""
+class HostnameError(ConfigError, ValueError):
+    """A string that is not usable as a routing hostname; the message says why.
+
+    A ConfigError, because a hostname comes from a config file or the command line
+    (an invalid SNI is turned into a rejection where it is read); still a ValueError
+    for callers that validate names with ``except ValueError`` (the ACME plugin)."""
 
 
 def normalize(name: str) -> str:

@@ -245,6 +245,23 @@ def _fix_command(line):
     return argv[1:]
 
 
+@pytest.mark.parametrize("command, hostname, why", [
+    (("client", "public-cert", "init"), "*.example.com", "wildcards are not allowed"),
+    (("client", "public-cert", "init"), "under_score.example.com", "underscores are not allowed"),
+    (("client", "public-cert", "renew"), "192.0.2.1", "IP address"),
+    (("server", "cert", "init"), "*.example.com", "wildcards are not allowed"),
+    (("server", "cert", "init"), "under_score.example.com", "underscores are not allowed"),
+])
+def test_material_commands_refuse_a_hostname_the_runtime_cannot_serve(tmp_path, command, hostname, why):
+    """One hostname rule (proto.hostname) for the config, the runtime and the material
+    commands: no certificate is written for a name no Visitor could reach."""
+    proc = run_cli(*command, "--dir", tmp_path / "material", "--hostname", hostname, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and why in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "material").exists()
+
+
 def test_terminate_service_without_certificate_is_reported_at_start_and_reload(
         deployment, plain_backend):
     identity = deployment.identity("client-a")

@@ -84,8 +84,11 @@ def test_only_one_trailing_dot_is_stripped():
         normalize("example.com..")
 
 
-def test_error_is_value_error():
+def test_error_is_a_config_error_and_a_value_error():
+    from runewarp.errors import ConfigError, RunewarpError
+    assert issubclass(HostnameError, ConfigError) and issubclass(HostnameError, RunewarpError)
     assert issubclass(HostnameError, ValueError)
+    assert str(HostnameError("'a_b': underscores are not allowed")) == "'a_b': underscores are not allowed"
 
 
 def test_non_str():

@@ -1,0 +1,35 @@
+"""Certificate and key material: creation, renewal, rotation and loading.
+
+`store` writes folders crash-safely, `x509` makes and reads keys and certificates,
+and `server`, `identity` and `public` own the Server's, the Client identity's and
+the Public hostnames' folders.  This module is the API the rest of the package uses.
+"""
+
+from ..errors import MaterialError
+from .identity import (CLIENT_CERT, CLIENT_IDENTITY, CLIENT_KEY, IDENTITY_MAX_AGE_DAYS, IdentityResult,
+                       identity_needs_renewal, init_identity, load_identity_paths, renew_identity,
+                       rotate_identity, show_identity)
+from .public import (PUBLIC_CA_CERT, PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, PublicCertsResult, PublicLeaf,
+                     client_key_files, init_public_certs, load_public_cert_paths, public_cert_renewable,
+                     renew_public_certs, rotate_public_ca)
+from .server import (SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CERT, SERVER_KEY, InitResult, ServerCertResult,
+                     init_server_cert, load_server_cert_paths, renew_server_cert, rotate_server_ca,
+                     server_cert_paths, server_cert_renewable, server_key_files)
+from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, file_stamp, pin
+from .x509 import (CA_DAYS, LEAF_DAYS, certificate_serial, client_identity, identity_of_certificate,
+                   identity_of_certificate_der, key_permission_problem, key_permission_problems, leaf_not_after,
+                   load_certificate, make_self_signed)
+
+__all__ = [
+    "CA_DAYS", "CERT_MODE", "CLIENT_CERT", "CLIENT_IDENTITY", "CLIENT_KEY", "DIR_MODE",
+    "IDENTITY_MAX_AGE_DAYS", "KEY_MODE", "LEAF_DAYS", "LOCK_WAIT", "PUBLIC_CA_CERT", "PUBLIC_CA_KEY",
+    "PUBLIC_CERT", "PUBLIC_KEY", "SERVER_CA_CERT", "SERVER_CA_KEY", "SERVER_CERT", "SERVER_KEY",
+    "IdentityResult", "InitResult", "MaterialError", "PublicCertsResult", "PublicLeaf", "ServerCertResult",
+    "atomic_write", "certificate_serial", "client_identity", "client_key_files", "ensure_dir", "file_stamp",
+    "identity_needs_renewal", "identity_of_certificate", "identity_of_certificate_der", "init_identity",
+    "init_public_certs", "init_server_cert", "key_permission_problem", "key_permission_problems",
+    "leaf_not_after", "load_certificate", "load_identity_paths", "load_public_cert_paths",
+    "load_server_cert_paths", "make_self_signed", "pin", "public_cert_renewable", "renew_identity",
+    "renew_public_certs", "renew_server_cert", "rotate_identity", "rotate_public_ca", "rotate_server_ca",
+    "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",
+]
