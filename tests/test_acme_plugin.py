@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
-from runewarp import acme_plugin
+from runewarp.acme import plugin as acme_plugin
 from runewarp.acme import (AcmeCertificates, ChallengeResponder, certbot_reason,
                            challenge_file, renew_once)
-from runewarp.acme_plugin import TLSALPN01, TLSALPN01Response, validation_certificate
+from runewarp.acme.plugin import TLSALPN01, TLSALPN01Response, validation_certificate
 from runewarp.config import AcmeConfig
 from runewarp.io.intake import intake
 from runewarp.logs import Logger

@@ -3,7 +3,7 @@
 Two halves:
 
 - `ChallengeResponder` answers ``acme-tls/1`` handshakes from the material the
-  certbot plugin (`runewarp.acme_plugin`) left in the challenge folder.  On the
+  certbot plugin (`runewarp.acme.plugin`) left in the challenge folder.  On the
   Server it is fed the public socket; on the Client the mux stream of a
   terminate Service (the CA's connection arrives through the Tunnel like any
   Visitor).
@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from .material import DIR_MODE, ensure_dir
+from ..material import DIR_MODE, ensure_dir
 
 ALPN_ACME = b"acme-tls/1"
 CHALLENGE_DEADLINE = 10.0
@@ -157,7 +157,7 @@ class ChallengeResponder:
         `buffered` is the ClientHello intake already read.  True when the
         handshake completed.
         """
-        from .io.tlsconn import ServerTLSConnection, TLSClosed
+        from ..io.tlsconn import ServerTLSConnection, TLSClosed
 
         ctx = self.context_for(hostname)
         if ctx is None:
