@@ -1,18 +1,13 @@
-"""ACME at run time: certbot as the engine, Runewarp answering TLS-ALPN-01 itself.
+"""ACME certificates at run time: certbot's folders, due dates and the schedule.
 
-Two halves:
-
-- `ChallengeResponder` answers ``acme-tls/1`` handshakes from the material the
-  certbot plugin (`runewarp.acme.plugin`) left in the challenge folder.  On the
-  Server it is fed the public socket; on the Client the mux stream of a
-  terminate Service (the CA's connection arrives through the Tunnel like any
-  Visitor).
-- `AcmeCertificates` owns certbot's folders under the ACME ``state-dir``,
-  decides when a certificate is due, runs ``certbot certonly`` (serialized, with
-  a deadline), checks that a new certificate really appeared (by serial: a
-  deploy hook's exit status is not reliable) and schedules itself: at start
-  when a certificate is missing or due, then every 12 h with jitter, retrying
-  failures with a doubling backoff.
+`AcmeCertificates` owns certbot's folders under the ACME ``state-dir``, decides
+when a certificate is due, runs ``certbot certonly`` (serialized, with a
+deadline: `certbot`), checks that a new certificate really appeared (by serial:
+a deploy hook's exit status is not reliable) and schedules itself: at start when
+a certificate is missing or due, then every 12 h with jitter, retrying failures
+with a doubling delay (`proto.backoff`).  The acme-tls/1 answer is I/O: the
+Server and the Client build `io.challenge.ChallengeResponder` from
+`challenge_dir`.
 
 Layout under ``state-dir``: ``config/`` (certbot ``--config-dir``: accounts,
 ``live/<hostname>/``, ``archive/``, ``renewal/``), ``work/``, ``logs/``,
@@ -21,10 +16,6 @@ Layout under ``state-dir``: ``config/`` (certbot ``--config-dir``: accounts,
 Knobs for tests and operations (environment): ``RUNEWARP_ACME_CHECK_SECONDS``
 (periodic check interval, default 43200), ``RUNEWARP_ACME_RETRY_SECONDS``
 (first retry delay after a failure, default 60, doubling up to 3600).
-
-Everything here is gevent-friendly: the process is monkey-patched, so the
-standard `subprocess` module is gevent's and waiting for certbot never blocks
-the hub.  Nothing here imports certbot.
 """
 
 from __future__ import annotations
@@ -33,20 +24,19 @@ import datetime as _dt
 import os
 import random
 import re
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import gevent
 import gevent.lock
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
 
+from ..certcheck import rfc3339
 from ..material import DIR_MODE, ensure_dir
+from ..proto.backoff import Backoff
+from ..proto.hostname import HostnameError, normalize
+from . import certbot
 
-ALPN_ACME = b"acme-tls/1"
-CHALLENGE_DEADLINE = 10.0
 CERTBOT_TIMEOUT = 300.0
 CHECK_SECONDS = 12 * 3600.0
 JITTER_SECONDS = 3600.0
@@ -54,22 +44,31 @@ RETRY_SECONDS = 60.0
 MAX_RETRY_SECONDS = 3600.0
 RENEW_REMAINING_FRACTION = 1 / 3
 
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-                        r"(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$")
-
-# certbot's closing boilerplate: never the reason.
-_NOISE = ("saving debug log", "ask for help", "see the logfile", "re-run certbot",
-          "- - -", "requesting a certificate", "account registered", "hint:",
-          "the certificate authority reported these problems", "certbot failed to authenticate",
-          "some challenges have failed", "an unexpected error occurred")
-
 
 def challenge_file(challenge_dir, domain: str) -> Path:
-    """``<challenge_dir>/<domain>.pem`` (validation certificate, then key); plain DNS names only."""
-    domain = domain.lower().rstrip(".")
-    if not _DOMAIN_RE.match(domain):
-        raise ValueError(f"not a DNS name: {domain!r}")
+    """``<challenge_dir>/<domain>.pem`` (validation certificate, then key).
+
+    ValueError unless `domain` is a hostname by `proto.hostname`, so a name
+    can never reach outside the folder.
+    """
+    try:
+        domain = normalize(domain)
+    except HostnameError as exc:
+        raise ValueError(f"not a DNS name: {domain!r} ({exc})") from None
     return Path(challenge_dir) / f"{domain}.pem"
+
+
+def retry_windows(first, largest):
+    """The retry delays after consecutive failures: `first`, doubling, capped at `largest`."""
+    windows = [first]
+    while windows[-1] < largest:
+        windows.append(min(windows[-1] * 2, largest))
+    return tuple(windows)
+
+
+def _whole_window(_low, high):
+    """A retry waits its whole window: one certbot per process, no herd to spread."""
+    return high
 
 
 def _env_seconds(name, default):
@@ -84,137 +83,9 @@ def _utcnow():
     return _dt.datetime.now(_dt.UTC)
 
 
-def _rfc3339(moment):
-    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _first_cert(path):
     with open(path, "rb") as f:
         return x509.load_pem_x509_certificate(f.read())
-
-
-# --------------------------------------------------------------------------
-# TLS-ALPN-01 answering
-
-
-def _challenge_context(pem):
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_options(SSL.OP_NO_TICKET)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    cert = x509.load_pem_x509_certificate(pem)
-    key = serialization.load_pem_private_key(pem, None)
-    try:
-        ctx.use_certificate(cert)
-        ctx.use_privatekey(key)
-    except TypeError:  # pyOpenSSL before 24.3 takes only its own wrappers
-        ctx.use_certificate(crypto.X509.from_cryptography(cert))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
-    ctx.check_privatekey()
-
-    def select_alpn(_conn, offered):
-        # Refuse the handshake (alert no_application_protocol) unless acme-tls/1 is
-        # offered: returning NO_OVERLAPPING_PROTOCOLS would go on without ALPN.
-        if ALPN_ACME not in offered:
-            raise SSL.Error("the client did not offer ALPN acme-tls/1")
-        return ALPN_ACME
-
-    ctx.set_alpn_select_callback(select_alpn)
-    return ctx
-
-
-class ChallengeResponder:
-    """Answers ``acme-tls/1`` handshakes from the plugin's challenge folder."""
-
-    def __init__(self, challenge_dir):
-        self.challenge_dir = Path(challenge_dir)
-        self._cache = {}
-
-    def context_for(self, hostname):
-        """Context presenting the pending validation certificate for `hostname`, else None."""
-        try:
-            path = challenge_file(self.challenge_dir, hostname)
-            st = os.stat(path)
-        except (ValueError, OSError):
-            self._cache.pop(hostname, None)
-            return None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._cache.get(hostname)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        try:
-            with open(path, "rb") as f:
-                ctx = _challenge_context(f.read())
-        except (OSError, SSL.Error, crypto.Error, ValueError):
-            self._cache.pop(hostname, None)
-            return None
-        self._cache[hostname] = (stamp, ctx)
-        return ctx
-
-    def answer(self, sock, hostname, buffered, log):
-        """Complete the validation handshake on `sock` (recv/sendall/close), then close it.
-
-        `buffered` is the ClientHello intake already read.  True when the
-        handshake completed.
-        """
-        from ..io.tlsconn import ServerTLSConnection, TLSClosed
-
-        ctx = self.context_for(hostname)
-        if ctx is None:
-            log.debug("acme-challenge-refused", hostname=hostname, reason="no-pending-challenge")
-            sock.close()
-            return False
-        tls = ServerTLSConnection(sock, ctx, buffered)
-        try:
-            with gevent.Timeout(CHALLENGE_DEADLINE):
-                tls.handshake()
-                try:
-                    tls.conn.shutdown()
-                    tls.flush()
-                except (SSL.Error, OSError):
-                    pass
-            log.debug("acme-challenge-answered", hostname=hostname)
-            return True
-        except gevent.Timeout:
-            log.debug("acme-challenge-failed", hostname=hostname, reason="handshake-deadline")
-        except (SSL.Error, TLSClosed, OSError) as exc:
-            log.debug("acme-challenge-failed", hostname=hostname, reason=f"tls-error: {exc}")
-        finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
-        return False
-
-
-# --------------------------------------------------------------------------
-# certbot driving
-
-
-def _kill_group(proc):
-    """Kill certbot and anything it started (hooks), without waiting on their pipes forever."""
-    try:
-        os.killpg(proc.pid, 9)
-    except OSError:
-        pass
-    try:
-        proc.communicate(timeout=10)
-    except (subprocess.TimeoutExpired, ValueError, OSError):
-        pass
-    proc.wait()
-
-
-def certbot_reason(output: str) -> str:
-    """The line of certbot's output that says why it failed, boilerplate skipped."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    details = [line.split(":", 1)[1].strip() for line in lines
-               if line.lower().startswith("detail:")]
-    if details:
-        return "; ".join(dict.fromkeys(details))
-    meaningful = [line for line in lines if not line.lower().startswith(_NOISE)]
-    if meaningful:
-        return meaningful[-1][:500]
-    return "certbot failed without a message"
 
 
 class AcmeCertificates:
@@ -222,10 +93,12 @@ class AcmeCertificates:
 
     `role` is ``"server"`` (the Server hostname) or ``"client"`` (terminate
     hostnames); it only picks the log field name.  `on_ready(hostname)` is
-    called after a new certificate was verified on disk.
+    called after a new certificate was verified on disk.  `clock()` (aware UTC)
+    judges due dates and `sleep(seconds)` waits between runs: tests pass fakes.
     """
 
-    def __init__(self, acme_config, hostnames, log, role="server", on_ready=None):
+    def __init__(self, acme_config, hostnames, log, role="server", on_ready=None,
+                 clock=_utcnow, sleep=gevent.sleep):
         self.acme_config = acme_config
         self.hostnames = tuple(hostnames)
         self.log = log
@@ -236,7 +109,8 @@ class AcmeCertificates:
         self.work_dir = self.state_dir / "work"
         self.logs_dir = self.state_dir / "logs"
         self.challenge_dir = self.state_dir / "challenges"
-        self.responder = ChallengeResponder(self.challenge_dir)
+        self.clock = clock
+        self.sleep = sleep
         self.certbot_timeout = CERTBOT_TIMEOUT
         self.check_seconds = _env_seconds("RUNEWARP_ACME_CHECK_SECONDS", CHECK_SECONDS)
         self.jitter_seconds = min(JITTER_SECONDS, self.check_seconds / 12)
@@ -244,6 +118,7 @@ class AcmeCertificates:
         self.max_retry_seconds = max(MAX_RETRY_SECONDS, self.retry_seconds)
         self._lock = gevent.lock.Semaphore()
         self._greenlet = None
+        self._proc = None
         self._next_retry = None
 
     # -- state on disk --
@@ -298,30 +173,16 @@ class AcmeCertificates:
     def due(self, hostname, now=None):
         """Missing, unreadable, or less than 1/3 of its lifetime left."""
         at = self.due_at(hostname)
-        return at is None or (now or _utcnow()) >= at
+        return at is None or (now or self.clock()) >= at
 
     def valid(self, hostname, now=None):
         cert = self.certificate(hostname)
-        return cert is not None and (now or _utcnow()) < cert.not_valid_after_utc
+        return cert is not None and (now or self.clock()) < cert.not_valid_after_utc
 
     # -- certbot --
     def certbot_command(self, hostname, force):
-        cfg = self.acme_config
-        return [
-            sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())",
-            "certonly", "--non-interactive", "--agree-tos", "--no-eff-email",
-            "-m", cfg.email, "--server", cfg.directory_url,
-            "--config-dir", str(self.config_dir), "--work-dir", str(self.work_dir),
-            "--logs-dir", str(self.logs_dir), "--max-log-backups", "20",
-            "-a", "runewarp", "--runewarp-challenge-dir", str(self.challenge_dir),
-            "--preferred-challenges", "tls-alpn-01",
-            "--key-type", "ecdsa", "--elliptic-curve", "secp256r1",
-            "--cert-name", hostname, "-d", hostname,
-            # We decide when a certificate is due (1/3 of its lifetime left);
-            # certbot's own rule (ARI, else 1/2 or 1/3 of the lifetime, or
-            # renew_before_expiry) must not veto a renewal we asked for.
-            "--force-renewal" if force else "--keep-until-expiring",
-        ]
+        return certbot.command(self.acme_config, self.config_dir, self.work_dir, self.logs_dir,
+                               self.challenge_dir, hostname, force)
 
     def run_once(self):
         """Run certbot for every due hostname, one run at a time; True when none failed."""
@@ -337,33 +198,29 @@ class AcmeCertificates:
         before = self.certificate(hostname)
         if before is not None:
             self.log.info("acme-renewal-due", **self._field(hostname),
-                          not_after=_rfc3339(before.not_valid_after_utc))
+                          not_after=rfc3339(before.not_valid_after_utc))
         self.log.info("acme-issuance-started", **self._field(hostname),
                       directory_url=self.acme_config.directory_url)
         lineage = (self.config_dir / "renewal" / f"{hostname}.conf").exists()
         command = self.certbot_command(hostname, force=lineage)
         try:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, errors="replace",
-                                    start_new_session=True)
+            self._proc = proc = certbot.start(command)
         except OSError as exc:
             return self._failed(hostname, f"cannot run certbot: {exc}")
         try:
-            output, _ = proc.communicate(timeout=self.certbot_timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return self._failed(hostname, f"certbot timed out after {self.certbot_timeout:g}s")
+            output = certbot.finish(proc, self.certbot_timeout)
+        except certbot.Timeout as exc:
+            return self._failed(hostname, str(exc))
         finally:
-            if proc.poll() is None:  # killed from outside (stop()): leave no certbot behind
-                _kill_group(proc)
+            self._proc = None
         if proc.returncode != 0:
-            return self._failed(hostname, certbot_reason(output))
+            return self._failed(hostname, certbot.reason(output))
         after = self.certificate(hostname)
         if after is None or (before is not None and after.serial_number == before.serial_number):
             return self._failed(hostname, "certbot exited 0 but no new certificate is on disk: "
-                                + certbot_reason(output))
+                                + certbot.reason(output))
         self.log.info("acme-certificate-ready", **self._field(hostname),
-                      not_after=_rfc3339(after.not_valid_after_utc),
+                      not_after=rfc3339(after.not_valid_after_utc),
                       serial=format(after.serial_number, "x"),
                       issuer=after.issuer.rfc4514_string())
         if self.on_ready is not None:
@@ -381,7 +238,7 @@ class AcmeCertificates:
 
     # -- scheduling --
     def _next_check_delay(self, now=None):
-        now = now or _utcnow()
+        now = now or self.clock()
         delay = self.check_seconds + random.uniform(-self.jitter_seconds, self.jitter_seconds)
         for hostname in self.hostnames:
             at = self.due_at(hostname)
@@ -390,10 +247,12 @@ class AcmeCertificates:
         return max(delay, 1.0)
 
     def _schedule(self):
-        retry = self.retry_seconds
+        windows = retry_windows(self.retry_seconds, self.max_retry_seconds)
+        backoff = Backoff(windows)
         delay = 0.0 if any(self.due(h) for h in self.hostnames) else self._next_check_delay()
         while True:
-            gevent.sleep(delay)
+            self.sleep(delay)
+            retry = backoff.next_delay(_whole_window, time.monotonic())
             self._next_retry = retry
             try:
                 ok = self.run_once()
@@ -404,11 +263,10 @@ class AcmeCertificates:
             finally:
                 self._next_retry = None
             if ok:
-                retry = self.retry_seconds
+                backoff = Backoff(windows)  # the next failure starts at the first window
                 delay = self._next_check_delay()
             else:
                 delay = retry
-                retry = min(retry * 2, self.max_retry_seconds)
 
     def start(self):
         """Spawn the scheduler greenlet (returns at once)."""
@@ -418,10 +276,13 @@ class AcmeCertificates:
         return self._greenlet
 
     def stop(self):
-        """Stop scheduling; a certbot run in progress is killed."""
-        if self._greenlet is not None:
-            self._greenlet.kill(block=True, timeout=5)
-            self._greenlet = None
+        """Stop scheduling.  A certbot run in progress is killed with its whole process
+        group at once; the scheduler greenlet then only reaps it."""
+        greenlet, self._greenlet = self._greenlet, None
+        if self._proc is not None:
+            certbot.signal_group(self._proc)
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=5)
 
 
 def renew_once(acme_config, hostnames, log, role="server"):
@@ -438,7 +299,7 @@ def renew_once(acme_config, hostnames, log, role="server"):
             continue
         cert = certs.certificate(hostname)
         log.info("acme-certificate-present", **certs._field(hostname),
-                 not_after=_rfc3339(cert.not_valid_after_utc),
+                 not_after=rfc3339(cert.not_valid_after_utc),
                  serial=format(cert.serial_number, "x"))
     return 0 if ok and not missing else 1
 
