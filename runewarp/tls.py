@@ -226,7 +226,8 @@ class ContextCache:
         self.build = build
         self._entries = {}
 
-    def get(self, key=None):
+    def current(self, key=None):
+        """The context for the files as they are now."""
         paths = self.locate(key)
         stamp = None if paths is None else file_stamp(paths)
         cached = self._entries.get(key)

@@ -52,20 +52,20 @@ def files(tmp_path):
 def test_the_context_is_built_once_while_the_files_are_unchanged(files):
     build = Builds()
     cache = ContextCache(lambda key: files, build)
-    first = cache.get(APP)
-    assert cache.get(APP) is first and cache.get(APP) is first
+    first = cache.current(APP)
+    assert cache.current(APP) is first and cache.current(APP) is first
     assert build.calls == [(APP, files)]
 
 
 def test_a_replaced_file_rebuilds_even_with_the_same_size_and_mtime(files):
     build = Builds()
     cache = ContextCache(lambda key: files, build)
-    first = cache.get()
+    first = cache.current()
     mtime = os.stat(files[0]).st_mtime_ns
     replace(files[0], b"cert-2", mtime_ns=mtime)  # (mtime, size) alone would not see this
-    second = cache.get()
+    second = cache.current()
     assert second is not first and len(build.calls) == 2
-    assert cache.get() is second
+    assert cache.current() is second
 
 
 def test_a_new_location_rebuilds(files, tmp_path):
@@ -75,9 +75,9 @@ def test_a_new_location_rebuilds(files, tmp_path):
     located = [files]
     build = Builds()
     cache = ContextCache(lambda key: located[0], build)
-    first = cache.get()
+    first = cache.current()
     located[0] = other
-    assert cache.get() is not first and build.calls[-1] == (None, other)
+    assert cache.current() is not first and build.calls[-1] == (None, other)
 
 
 def test_a_missing_file_gives_the_builders_error_every_time_until_it_exists(files):
@@ -86,16 +86,16 @@ def test_a_missing_file_gives_the_builders_error_every_time_until_it_exists(file
     files[1].unlink()
     for _ in range(2):
         with pytest.raises(MaterialError, match="no certificate for app"):
-            cache.get("app")
+            cache.current("app")
     assert build.calls == [("app", None), ("app", None)]  # a raise keeps nothing
     files[1].write_bytes(b"key-2")
-    assert cache.get("app") is not None
+    assert cache.current("app") is not None
 
 
 def test_nothing_located_is_missing_too(files):
     build = Builds()
     with pytest.raises(MaterialError):
-        ContextCache(lambda key: None, build).get("x")
+        ContextCache(lambda key: None, build).current("x")
     assert build.calls == [("x", None)]
 
 

@@ -47,7 +47,7 @@ class ChallengeResponder:
 
     def context_for(self, hostname):
         """Context presenting the pending validation certificate for `hostname`, else None."""
-        return self._contexts.get(hostname)
+        return self._contexts.current(hostname)
 
     def answer(self, sock, hostname, buffered, log):
         """Complete the validation handshake on `sock` (recv/sendall/close), then close it.

@@ -128,7 +128,7 @@ class PublicCertificates:
         """SSL context for `hostname`, or the refusing context when none is usable."""
         if self.cert_dir is None and self.acme is None:
             return self._refuse
-        return self._contexts.get(hostname)
+        return self._contexts.current(hostname)
 
 
 class StreamTransport:
