@@ -1,15 +1,29 @@
-"""TLS contexts for the Tunnel connection and the pinned Client identity check.
+"""Every TLS context Runewarp builds, the one cache that reloads them, and pyOpenSSL's internals.
 
-The Server side uses pyOpenSSL because the stdlib cannot accept an arbitrary
-Client certificate and judge it by its key: the verify callback computes the
-Client identity from the certificate and refuses unknown identities during the
-handshake.  The Client side uses the stdlib `ssl` module (cooperative under
-gevent) because it verifies the Server certificate and hostname correctly with
-either the system store or one exclusive CA file.
+TLS policy (versions, tickets, ALPN) is read here and nowhere else:
+
+- Tunnel connections: the Server side uses pyOpenSSL because the stdlib cannot
+  accept an arbitrary Client certificate and judge it by its key: the verify
+  callback computes the Client identity from the certificate and refuses
+  unknown identities during the handshake.  The Client side uses the stdlib
+  `ssl` module (cooperative under gevent) because it verifies the Server
+  certificate and hostname correctly with either the system store or one
+  exclusive CA file.
+- Terminate mode: the Client completes a Visitor's handshake with a Public
+  hostname certificate (`terminate_context`).
+- ACME: the acme-tls/1 validation handshake (`challenge_context`).
+
+`ContextCache` rebuilds any of them when the files they come from change.
+
+Every private pyOpenSSL use lives in this module (`tests/test_dependencies.py`
+checks each one still exists, and that no other module adds one).
 """
 
+import os
 import ssl
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
@@ -130,3 +144,130 @@ def client_tunnel_context(cert_path, key_path, trust, ca_file=None):
             "run 'runewarp client identity init'") from exc
     return ctx
 
+
+
+def terminate_context(cert_path=None, key_path=None):
+    """Context for a Visitor's handshake in terminate mode; without a certificate every
+    handshake fails (fail closed: never fall back to passthrough)."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    if cert_path is not None:
+        ctx.use_certificate_chain_file(str(cert_path))
+        ctx.use_privatekey_file(str(key_path))
+    return ctx
+
+
+def challenge_context(pem):
+    """Context presenting a TLS-ALPN-01 validation certificate (`pem`: certificate, then key).
+
+    It completes a handshake only for a client offering ALPN acme-tls/1 (RFC 8737).
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    cert = x509.load_pem_x509_certificate(pem)
+    key = serialization.load_pem_private_key(pem, None)
+    try:
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)
+    except TypeError:  # pyOpenSSL before 24.3 takes only its own wrappers
+        ctx.use_certificate(crypto.X509.from_cryptography(cert))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+    ctx.check_privatekey()
+
+    def select_alpn(_conn, offered):
+        # Refuse the handshake (alert no_application_protocol) unless acme-tls/1 is
+        # offered: returning NO_OVERLAPPING_PROTOCOLS would go on without ALPN.
+        if ALPN_ACME not in offered:
+            raise SSL.Error("the client did not offer ALPN acme-tls/1")
+        return ALPN_ACME
+
+    ctx.set_alpn_select_callback(select_alpn)
+    return ctx
+
+
+def file_stamp(paths):
+    """What changes whenever one of `paths` is replaced or rewritten; None when one is missing.
+
+    (path, st_ino, st_mtime_ns, st_size) per file: material is replaced by an
+    atomic rename, which always gives a new inode, even when the new file has
+    the same size and lands in the same mtime tick as the old one, which
+    (mtime, size) alone would miss.  `stat` follows symlinks, so a flipped
+    link (certbot's live/, a versioned folder's current) is seen as well.
+    """
+    try:
+        return tuple((str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+                     for path, st in ((path, os.stat(path)) for path in paths))
+    except OSError:
+        return None
+
+
+class ContextCache:
+    """SSL contexts by key (a hostname, or None for one), rebuilt when their files change.
+
+    `locate(key)` names the files cheaply: a tuple of paths, or None when there
+    are none.  `build(key, paths)` makes the context, with `paths` None when a
+    file is missing, so it gives the caller's own answer for that (raise, or
+    return a context that refuses).  Each use stats the files (no watcher, no
+    thread); `build` runs only when their `file_stamp` changed.  The stamp is
+    taken before `build` reads the files, so a change during a build is seen by
+    the next use.
+
+    An outcome is kept until the stamp changes, a refusal included, so its
+    warning is logged once; a `build` that raises keeps nothing and the next use
+    tries again.  Keys come from the configuration (the Server hostname, the
+    terminate hostnames), so the table stays small.
+    """
+
+    def __init__(self, locate, build):
+        self.locate = locate
+        self.build = build
+        self._entries = {}
+
+    def current(self, key=None):
+        """The context for the files as they are now."""
+        paths = self.locate(key)
+        stamp = None if paths is None else file_stamp(paths)
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        context = self.build(key, None if stamp is None else paths)
+        self._entries[key] = (stamp, context)
+        return context
+
+
+def read_buffer(size):
+    """A C buffer for `read_records`, allocated once per connection."""
+    return _ffi.from_buffer(bytearray(size))
+
+
+def read_records(conn, buffer, size, feed):
+    """Up to `size` bytes of plaintext from the pyOpenSSL `conn`: every record already
+    received, at least one; b"" at the end of the stream.
+
+    OpenSSL hands out one record (at most 16 KiB) per read; the records are
+    decrypted straight into `buffer` (no allocation per record) and leave it as
+    one bytes object, so the mux parses everything that arrived in one pass.
+    `feed()` hands the engine more ciphertext and returns 0 at EOF.
+    """
+    engine = conn._ssl
+    total = 0
+    while total < size:
+        n = _lib.SSL_read(engine, buffer + total, size - total)
+        if n > 0:
+            total += n
+            continue
+        error = _lib.SSL_get_error(engine, n)
+        if error == _lib.SSL_ERROR_WANT_READ and not total:
+            if not feed():
+                return b""
+            continue
+        if total:
+            break  # the next call meets the same condition again
+        if error in (_lib.SSL_ERROR_ZERO_RETURN, _lib.SSL_ERROR_SYSCALL):
+            _lib.ERR_clear_error()
+            return b""
+        conn._raise_ssl_error(engine, n)
+    return _ffi.buffer(buffer, total)[:]

@@ -9,6 +9,7 @@ import ssl
 import stat
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
-from runewarp import acme_plugin
-from runewarp.acme import (AcmeCertificates, ChallengeResponder, certbot_reason,
-                           challenge_file, renew_once)
-from runewarp.acme_plugin import TLSALPN01, TLSALPN01Response, validation_certificate
+from runewarp.acme import plugin as acme_plugin
+from runewarp.acme import AcmeCertificates, challenge_file, renew_once
+from runewarp.acme.certbot import reason as certbot_reason
+from runewarp.acme.certificates import retry_windows
+from runewarp.acme.plugin import TLSALPN01, TLSALPN01Response, validation_certificate
 from runewarp.config import AcmeConfig
+from runewarp.io.challenge import ChallengeResponder
 from runewarp.io.intake import intake
 from runewarp.logs import Logger
 
@@ -167,8 +170,9 @@ def test_plugin_refuses_without_challenge_dir():
 
 
 def test_challenge_file_refuses_path_tricks(tmp_path):
+    """The one hostname rule (proto.hostname): no underscores or wildcards either."""
     assert challenge_file(tmp_path, "App.Example.com.") == tmp_path / "app.example.com.pem"
-    for bad in ("../etc/passwd", "a/b", "", "a..b"):
+    for bad in ("../etc/passwd", "a/b", "", "a..b", "under_score.example.com", "*.example.com"):
         with pytest.raises(ValueError):
             challenge_file(tmp_path, bad)
 
@@ -460,20 +464,81 @@ Ask for help or search for solutions at https://community.letsencrypt.org. See t
     assert certbot_reason("") == "certbot failed without a message"
 
 
-def test_scheduler_retries_failures_with_a_growing_delay(tmp_path):
+class Slept(Exception):
+    """Ends a scheduler loop driven by `record_sleeps`."""
+
+
+def record_sleeps(certs, count):
+    """Give `certs` a sleep that records each delay and ends the loop at the `count`th."""
+    delays = []
+
+    def sleep(seconds):
+        delays.append(seconds)
+        if len(delays) == count:
+            raise Slept
+
+    certs.sleep = sleep
+    return delays
+
+
+def test_scheduler_retries_failures_with_a_doubling_delay(tmp_path):
     out = Lines()
     certs = certs_for(tmp_path, log=Logger("info", stream=out))
     fake_certbot(certs, "import sys; print('Detail: CA unreachable'); sys.exit(1)")
     certs.retry_seconds = 0.2
-    certs.start()
-    try:
-        gevent.sleep(2.0)
-    finally:
-        certs.stop()
+    delays = record_sleeps(certs, 5)
+    with pytest.raises(Slept):
+        certs._schedule()
+    assert delays == [0.0, 0.2, 0.4, 0.8, 1.6]  # due at once, then doubling, no tight loop
     failures = [line for line in out.text().splitlines() if "acme-issuance-failed" in line]
-    assert 2 <= len(failures) <= 5, failures  # 0, 0.2, 0.6, 1.4 s: doubling, not a tight loop
+    assert len(failures) == 4
     assert "next-retry-delay=1s" in failures[0]  # rounded up to whole seconds
-    assert certs._greenlet is None
+
+
+def test_scheduler_starts_the_doubling_again_after_a_success(tmp_path):
+    certs = certs_for(tmp_path)
+    outcomes = iter([False, False, True, False, False])
+    certs.run_once = lambda: next(outcomes)
+    certs._next_check_delay = lambda now=None: 43200.0
+    delays = record_sleeps(certs, 6)
+    with pytest.raises(Slept):
+        certs._schedule()
+    assert delays == [0.0, 60.0, 120.0, 43200.0, 60.0, 120.0]
+
+
+def test_retry_windows_double_up_to_the_cap():
+    assert retry_windows(60, 3600) == (60, 120, 240, 480, 960, 1920, 3600)
+    assert retry_windows(5000, 5000) == (5000,)
+
+
+def test_stop_kills_the_certbot_group_at_once(tmp_path):
+    """A running certbot and the hook it started are gone when stop() returns."""
+    certs = certs_for(tmp_path)
+    pid_file = tmp_path / "hook.pid"
+    fake_certbot(certs, "import pathlib, subprocess, sys, time; "
+                        "hook = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                        f"pathlib.Path({str(pid_file)!r}).write_text(str(hook.pid)); time.sleep(60)")
+    certs.start()
+    with gevent.Timeout(20):
+        while not pid_file.exists() or not pid_file.read_text():
+            gevent.sleep(0.05)
+    hook = int(pid_file.read_text())
+    began = time.monotonic()
+    certs.stop()
+    assert time.monotonic() - began < 2
+    assert certs._greenlet is None and certs._proc is None
+    with gevent.Timeout(5):
+        while _running(hook):
+            gevent.sleep(0.05)
+
+
+def _running(pid):
+    """True while `pid` exists and is not a zombie waiting for its reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_scheduler_wakes_when_the_certificate_becomes_due(tmp_path):

@@ -17,20 +17,11 @@ from OpenSSL import SSL
 
 from .. import certcheck
 from ..errors import MaterialError
-from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, file_stamp, load_certificate,
+from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate,
                         load_public_cert_paths, public_cert_renewable, renew_public_certs)
+from ..tls import ContextCache, terminate_context
 from .tlsconn import ServerTLSConnection
 from .upkeep import utcnow
-
-
-def _context(cert_path=None, key_path=None):
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_options(SSL.OP_NO_TICKET)
-    if cert_path is not None:
-        ctx.use_certificate_chain_file(str(cert_path))
-        ctx.use_privatekey_file(str(key_path))
-    return ctx
 
 
 class PublicCertificates:
@@ -45,8 +36,8 @@ class PublicCertificates:
         self.acme = acme
         self.log = log
         self.clock = clock
-        self._cache = {}
-        self._refuse = _context()  # no certificate: every handshake fails
+        self._contexts = ContextCache(self._locate, self._build)
+        self._refuse = terminate_context()  # no certificate: every handshake fails
         self._expiry_warnings = certcheck.ExpiryWarnings()
 
     def init_command(self, hostname):
@@ -111,38 +102,33 @@ class PublicCertificates:
                               if valid else "it is not valid now: Visitors refuse it"))
 
     def _locate(self, hostname):
-        """(stamp, load): the stamp changes whenever the certificate does; None = missing."""
+        """The hostname's certificate and key files; None when there are none."""
         if self.acme is not None:
-            paths = self.acme.paths(hostname)
-            return paths, lambda: paths
+            return self.acme.paths(hostname)
         folder = os.path.join(self.cert_dir, hostname)
+        return tuple(os.path.join(folder, name) for name in (PUBLIC_CERT, PUBLIC_KEY))
+
+    def _build(self, hostname, paths):
+        if paths is None:
+            self.log.warn("public-certificate-missing", public_hostname=hostname,
+                          fix=None if self.acme is not None else self.init_command(hostname))
+            return self._refuse
         try:
-            stamp = file_stamp(*(os.path.join(folder, n) for n in (PUBLIC_CERT, PUBLIC_KEY)))
-        except OSError:
-            stamp = None
-        return stamp, lambda: load_public_cert_paths(self.cert_dir, hostname)
+            if self.acme is None:
+                paths = load_public_cert_paths(self.cert_dir, hostname)
+            context = terminate_context(*paths)
+        except (MaterialError, SSL.Error, OSError) as exc:
+            self.log.warn("public-certificate-missing", public_hostname=hostname,
+                          reason=str(exc))
+            return self._refuse
+        self.log.info("public-certificate-loaded", public_hostname=hostname)
+        return context
 
     def context_for(self, hostname):
         """SSL context for `hostname`, or the refusing context when none is usable."""
         if self.cert_dir is None and self.acme is None:
             return self._refuse
-        stamp, load = self._locate(hostname)
-        cached = self._cache.get(hostname)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        ctx = self._refuse
-        if stamp is None:
-            self.log.warn("public-certificate-missing", public_hostname=hostname,
-                          fix=None if self.acme is not None else self.init_command(hostname))
-        else:
-            try:
-                ctx = _context(*load())
-                self.log.info("public-certificate-loaded", public_hostname=hostname)
-            except (MaterialError, SSL.Error, OSError) as exc:
-                self.log.warn("public-certificate-missing", public_hostname=hostname,
-                              reason=str(exc))
-        self._cache[hostname] = (stamp, ctx)
-        return ctx
+        return self._contexts.current(hostname)
 
 
 class StreamTransport:

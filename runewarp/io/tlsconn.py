@@ -12,20 +12,74 @@ import ssl
 
 import gevent.lock
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi, lib as _lib
 
 from ..errors import TLSClosed as TLSClosed  # re-exported: raised here
+from ..tls import read_buffer, read_records
 
 _CHUNK = 256 * 1024
 
 
-class ServerTLSConnection:
-    def __init__(self, sock, context, initial=b""):
+class _MemoryTLS:
+    """What both engines share: feeding them from the socket and the handshake loop.
+
+    A subclass names its engine's "needs more bytes" exception (`_WANT_READ`),
+    the engine errors whose alert is sent before they are raised (`_ALERTS`),
+    what a peer that leaves mid-handshake raises (`_CLOSED`), and hands over the
+    engine's handshake step and its ciphertext inputs (data, EOF).
+    """
+
+    _WANT_READ = Exception
+    _ALERTS = ()
+
+    def __init__(self, sock, do_handshake, write_incoming, write_eof):
         self.sock = sock
-        self.conn = SSL.Connection(context, None)
-        self.conn.set_accept_state()
+        self._do_handshake = do_handshake
+        self._write_incoming = write_incoming
+        self._write_eof = write_eof
         self._send_lock = gevent.lock.Semaphore()
         self._buffer = None
+
+    def _feed(self):
+        """Hand the engine what the socket has: the byte count, 0 at EOF."""
+        data = self.sock.recv(_CHUNK)
+        if not data:
+            self._write_eof()
+            return 0
+        self._write_incoming(data)
+        return len(data)
+
+    def handshake(self, progress=None):
+        """`progress(n)` hears of every n bytes the peer delivers (admission sheds the
+        handshakes that deliver least)."""
+        while True:
+            try:
+                self._do_handshake()
+            except self._WANT_READ:
+                self.flush()
+                received = self._feed()
+                if not received:
+                    kind, message = self._CLOSED
+                    raise kind(message) from None
+                if progress is not None:
+                    progress(received)
+                continue
+            except self._ALERTS:
+                self.flush()  # deliver our alert before the caller closes
+                raise
+            self.flush()
+            return
+
+
+class ServerTLSConnection(_MemoryTLS):
+    _WANT_READ = SSL.WantReadError
+    _ALERTS = (SSL.Error,)
+    _CLOSED = (TLSClosed, "peer closed during the handshake")
+
+    def __init__(self, sock, context, initial=b""):
+        self.conn = SSL.Connection(context, None)
+        self.conn.set_accept_state()
+        super().__init__(sock, self.conn.do_handshake, self.conn.bio_write,
+                         self.conn.bio_shutdown)
         if initial:
             self.conn.bio_write(bytes(initial))
 
@@ -41,70 +95,18 @@ class ServerTLSConnection:
                     return
                 self.sock.sendall(data)
 
-    def _feed(self):
-        """Hand the engine what the socket has: the byte count, 0 at EOF."""
-        data = self.sock.recv(_CHUNK)
-        if not data:
-            self.conn.bio_shutdown()
-            return 0
-        self.conn.bio_write(data)
-        return len(data)
-
-    def handshake(self, progress=None):
-        """`progress(n)` hears of every n bytes the peer delivers (admission sheds the
-        handshakes that deliver least)."""
-        while True:
-            try:
-                self.conn.do_handshake()
-            except SSL.WantReadError:
-                self.flush()
-                received = self._feed()
-                if not received:
-                    raise TLSClosed("peer closed during the handshake") from None
-                if progress is not None:
-                    progress(received)
-                continue
-            except SSL.Error:
-                self.flush()  # deliver our alert before the caller closes
-                raise
-            self.flush()
-            return
-
     def peer_certificate(self):
         return self.conn.get_peer_certificate()
 
     def recv(self, size=_CHUNK):
-        """Up to `size` bytes of plaintext: every record already received, at least one.
-
-        OpenSSL hands out one record (at most 16 KiB) per read; the records are
-        decrypted straight into one buffer that lives as long as the connection
-        (no allocation per record) and leave it as one bytes object, so the mux
-        parses everything that arrived in one pass.
-        """
+        """Up to `size` bytes of plaintext: every record already received, at least one."""
         if self._buffer is None:
-            self._buffer = _ffi.from_buffer(bytearray(_CHUNK))
-        buffer, engine = self._buffer, self.conn._ssl
-        size = min(size, _CHUNK)
-        total = 0
-        while total < size:
-            n = _lib.SSL_read(engine, buffer + total, size - total)
-            if n > 0:
-                total += n
-                continue
-            error = _lib.SSL_get_error(engine, n)
-            if error == _lib.SSL_ERROR_WANT_READ and not total:
-                if not self._feed():
-                    return b""
-                continue
-            if total:
-                break  # the next call meets the same condition again
-            if error in (_lib.SSL_ERROR_ZERO_RETURN, _lib.SSL_ERROR_SYSCALL):
-                _lib.ERR_clear_error()
-                return b""
-            self.conn._raise_ssl_error(engine, n)
-        return _ffi.buffer(buffer, total)[:]
+            self._buffer = read_buffer(_CHUNK)
+        return read_records(self.conn, self._buffer, min(size, _CHUNK), self._feed)
 
     def sendall(self, data):
+        # SSL_write outside the send lock is safe: the outgoing BIO is FIFO and only
+        # the flush, under the lock, drains it.
         self.conn.sendall(data)
         self.flush()
 
@@ -115,7 +117,7 @@ class ServerTLSConnection:
             self.sock.close()
 
 
-class ClientTLSConnection:
+class ClientTLSConnection(_MemoryTLS):
     """The Client's end of a Tunnel connection: the stdlib `ssl` engine over memory BIOs.
 
     A socket-backed SSL object sends every 16 KiB record with its own system call,
@@ -124,14 +126,17 @@ class ClientTLSConnection:
     one buffer that lives as long as the connection, one record per engine call.
     """
 
+    _WANT_READ = ssl.SSLWantReadError
+    _CLOSED = (ConnectionResetError,
+               "the Server closed the connection during the TLS handshake")
+
     def __init__(self, sock, context, server_hostname):
-        self.sock = sock
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.engine = context.wrap_bio(self._incoming, self._outgoing,
                                        server_hostname=server_hostname)
-        self._send_lock = gevent.lock.Semaphore()
-        self._buffer = None
+        super().__init__(sock, self.engine.do_handshake, self._incoming.write,
+                         self._incoming.write_eof)
 
     def flush(self):
         with self._send_lock:
@@ -141,27 +146,6 @@ class ClientTLSConnection:
         """Send every ciphertext byte the engine produced; the caller holds the send lock."""
         while self._outgoing.pending:
             self.sock.sendall(self._outgoing.read())
-
-    def _feed(self):
-        data = self.sock.recv(_CHUNK)
-        if not data:
-            self._incoming.write_eof()
-            return False
-        self._incoming.write(data)
-        return True
-
-    def handshake(self):
-        while True:
-            try:
-                self.engine.do_handshake()
-            except ssl.SSLWantReadError:
-                self.flush()
-                if not self._feed():
-                    raise ConnectionResetError("the Server closed the connection during the "
-                                               "TLS handshake") from None
-                continue
-            self.flush()
-            return
 
     def selected_alpn_protocol(self):
         return self.engine.selected_alpn_protocol()

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .acme import challenge_file
-from .material import KEY_MODE, atomic_write, ensure_dir
+from .certificates import challenge_file
+from ..material import KEY_MODE, atomic_write, ensure_dir
 
 TLS_ALPN_01 = "tls-alpn-01"
 # RFC 8737 §3: id-pe-acmeIdentifier.
