@@ -121,15 +121,6 @@ class AcmeCertificates:
         self._proc = None
         self._next_retry = None
 
-    @property
-    def responder(self):
-        """Temporary, until the Server and the Client build `io.challenge.ChallengeResponder`
-        from `challenge_dir` themselves (issue 11 merge); then this goes."""
-        if getattr(self, "_responder", None) is None:
-            from ..io.challenge import ChallengeResponder
-            self._responder = ChallengeResponder(self.challenge_dir)
-        return self._responder
-
     # -- state on disk --
     def _field(self, hostname):
         key = "server_hostname" if self.role == "server" else "public_hostname"
