@@ -12,6 +12,7 @@ import pytest
 from runewarp import material as m
 from runewarp.errors import MaterialError
 from runewarp.material import store
+from runewarp.tls import file_stamp
 
 from .test_material import assert_server_consistent, mode, openssl_identity, snapshot
 
@@ -407,27 +408,14 @@ def test_ensure_dir_ignores_umask(tmp_path):
     assert mode(tmp_path / "x") == 0o700 and mode(tmp_path / "x" / "y") == 0o700
 
 
-def test_file_stamp_changes_when_a_file_is_rewritten_and_fails_when_one_is_missing(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.write_text("one")
-    b.write_text("two")
-    first = m.file_stamp(a, b)
-    assert m.file_stamp(a, b) == first
-    b.write_text("three")  # another size, so even a coarse clock cannot hide the change
-    assert m.file_stamp(a, b) != first
-    b.unlink()
-    with pytest.raises(OSError):
-        m.file_stamp(a, b)
-
-
 def test_file_stamp_follows_the_switch(tmp_path):
     d = tmp_path / "server"
     m.init_server_cert(d, "tunnel.example.com")
     paths = m.server_cert_paths(d)
-    first = m.file_stamp(*paths)
+    first = file_stamp(paths)  # the runtime's ContextCache stamp (tls.py)
     m.renew_server_cert(d)
     assert m.server_cert_paths(d) == paths == (d / "server.crt", d / "server.key")
-    assert m.file_stamp(*paths) != first
+    assert file_stamp(paths) != first
 
 
 def test_pin_resolves_links_through_one_reading_of_current(tmp_path):

@@ -26,6 +26,7 @@ from ..proto.backoff import WINDOWS, Backoff, parse_windows
 from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
 from ..proto.services import ServiceTable
 from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
+from .challenge import ChallengeResponder
 from .net import describe, format_address, resolve_override, set_keepalive, set_nodelay
 from .splice import Splices, drain
 from .streams import ClientStreams
@@ -46,10 +47,11 @@ class Client(ClientStreams):
         self.log = log
         self.instance = uuid.uuid4().hex[:12]
         self.services = ServiceTable(config.services)
-        self.acme = None
+        self.acme = self.challenges = None
         if config.acme is not None:
             self.acme = AcmeCertificates(config.acme, config.terminate_hostnames, log, "client",
                                          on_ready=lambda host: self.public_certs.context_for(host))
+            self.challenges = ChallengeResponder(self.acme.challenge_dir)
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
         self.handlers = Pool(config.limits.active_streams)
         self.window_budget = WindowBudget(config.limits.stream_buffer_budget)
@@ -90,14 +92,15 @@ class Client(ClientStreams):
         return len(self.handlers) + len(self.splices)
 
     def close_all(self):
-        if self.acme is not None:
-            self.acme.stop()
+        """The data path first, then certbot: a forced stop never waits for ACME."""
         self.handlers.kill(block=False)
         self.splices.abort_all("client shutting down")
         self.splices.close()
         for session in list(self.sessions):
             session.close("client shutting down")
         gevent.killall(self.workers, block=False)  # no timed wait: the process exits right after
+        if self.acme is not None:
+            self.acme.stop()
 
     def reload(self, config):
         kept = {}

@@ -22,6 +22,7 @@ from ..errors import AdmissionRefused
 from ..proto.admission import Admission
 from ..proto.mux import WindowBudget
 from ..tls import ALPN_ACME, ALPN_TUNNEL
+from .challenge import ChallengeResponder
 from .intake import intake
 from .listener import Listener
 from .net import format_address
@@ -51,10 +52,11 @@ class Server(ServerCertificateChecks, TunnelConnections):
         self.config = config
         self.snapshot = config.routing_snapshot()
         self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
-        self.acme = None
+        self.acme = self.challenges = None
         if config.acme is not None:
             self.acme = AcmeCertificates(config.acme, [config.hostname], log, "server",
                                          on_ready=self._certificate_renewed)
+            self.challenges = ChallengeResponder(self.acme.challenge_dir)
         self.certificate = self._certificate_for(config)
         self.certificate_missing = False
         self.certificate_upkeep = Periodic(
@@ -126,8 +128,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
         return len(self.visitors) + len(self.splices)
 
     def close_all(self):
-        if self.acme is not None:
-            self.acme.stop()
+        """The data path first, then certbot: a forced stop never waits for ACME."""
         self.visitors.kill(block=False)
         self.splices.abort_all("server shutting down")
         self.splices.close()
@@ -135,6 +136,8 @@ class Server(ServerCertificateChecks, TunnelConnections):
             for member in list(pool.members):
                 member.session.close("server shutting down")
         self.tunnels.kill(block=False)  # no timed wait: the process exits right after
+        if self.acme is not None:
+            self.acme.stop()
 
     def reload(self, config):
         """Swap in a new snapshot and certificate; Tunnel connections no longer authorized close.
@@ -229,8 +232,8 @@ class Server(ServerCertificateChecks, TunnelConnections):
             self.visitors.discard(gevent.getcurrent())
             self.tunnels.add(gevent.getcurrent())
             self._tunnel_connection(sock, address, taken.buffered)
-        elif ALPN_ACME.decode() in offered and self.acme is not None:
-            self.acme.responder.answer(sock, taken.hostname, taken.buffered, self.log)
+        elif ALPN_ACME.decode() in offered and self.challenges is not None:
+            self.challenges.answer(sock, taken.hostname, taken.buffered, self.log)
         elif ALPN_ACME.decode() in offered:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason="acme-not-configured")

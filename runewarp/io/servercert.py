@@ -10,42 +10,9 @@ import shlex
 from .. import certcheck
 from ..certcheck import CertificateRefused
 from ..errors import MaterialError
-from ..material import (SERVER_CA_KEY, file_stamp, load_certificate, load_server_cert_paths,
+from ..material import (SERVER_CA_KEY, load_certificate, load_server_cert_paths, pin,
                         renew_server_cert, server_cert_paths, server_cert_renewable)
-from ..tls import server_tunnel_context
-
-
-class ServerCertificate:
-    """The Server certificate and the context built from it, rebuilt when the files change.
-
-    `locate()` returns (certificate path, key path) cheaply or raises MaterialError:
-    the manual cert-dir, or certbot's live folder with ACME.  `check()`, when given,
-    returns the same paths after recovering an interrupted write and checking that
-    the pair is usable; it runs only when the files changed, not per connection.
-    """
-
-    def __init__(self, locate, authorize, check=None):
-        self.locate = locate
-        self.check = check
-        self.authorize = authorize
-        self._stamp = None
-        self.context = None
-
-    def current(self):
-        cert_path, key_path = self.locate()
-        try:
-            stamp = file_stamp(cert_path, key_path)
-        except OSError as exc:
-            if self.check is not None:
-                self.check()  # the precise error, with the command that makes the files
-            raise MaterialError(f"cannot read the Server certificate: {exc}") from exc
-        if stamp != self._stamp:
-            if self.check is not None:
-                cert_path, key_path = self.check()
-                stamp = file_stamp(cert_path, key_path)  # a recovery may have rewritten them
-            self.context = server_tunnel_context(cert_path, key_path, self.authorize)
-            self._stamp = stamp
-        return self.context
+from ..tls import ContextCache, server_tunnel_context
 
 
 class ServerCertificateChecks:
@@ -53,17 +20,25 @@ class ServerCertificateChecks:
     `config`, `acme`, `clock`, `certificate`, `stopping` and `log` from the Server."""
 
     def _certificate_for(self, config):
-        if self.acme is None:
-            return ServerCertificate(lambda: server_cert_paths(config.cert_dir), self._authorize,
-                                     check=lambda: self._checked_paths(config))
+        """The Server certificate's context, rebuilt only when its files change.
 
-        def locate():
-            paths = self.acme.paths(config.hostname)
+        The manual pair is checked (`_checked_paths`) only then, not per
+        connection; a missing file raises that check's MaterialError, with the
+        command that makes the files.  The pair is opened through one version of
+        the material folder (`pin`), so a renewal switching it in between cannot
+        give a mismatched key and certificate."""
+        if self.acme is None:
+            return ContextCache(
+                lambda _key: server_cert_paths(config.cert_dir),
+                lambda _key, _paths: server_tunnel_context(*pin(*self._checked_paths(config)),
+                                                           self._authorize))
+
+        def build(_key, paths):
             if paths is None:
                 raise MaterialError(f"no ACME certificate for {config.hostname} yet")
-            return paths
+            return server_tunnel_context(*paths, self._authorize)
 
-        return ServerCertificate(locate, self._authorize)
+        return ContextCache(lambda _key: self.acme.paths(config.hostname), build)
 
     # -- the manual Server certificate: renewed by the Server when it holds the CA --
     def check_certificate(self):
@@ -97,7 +72,7 @@ class ServerCertificateChecks:
             if starting:
                 raise CertificateRefused(_wrong_hostname(config, cert_path, leaf, renewable),
                                          key="server.hostname")
-            return False  # ServerCertificate refuses it at the next Tunnel connection
+            return False  # the certificate's check refuses it at the next Tunnel connection
         if verdict == certcheck.RENEW:
             try:
                 result = renew_server_cert(config.cert_dir, hostname=config.hostname, now=now)
@@ -135,7 +110,7 @@ class ServerCertificateChecks:
                       fix=_replace_hint(config))
 
     def _checked_paths(self, config):
-        """ServerCertificate's check: a usable pair that names the Server hostname."""
+        """The certificate's check: a usable pair that names the Server hostname."""
         paths = load_server_cert_paths(config.cert_dir)
         leaf = load_certificate(paths[0])
         if not certcheck.names_hostname(leaf, config.hostname):

@@ -93,10 +93,10 @@ class ClientStreams:
         self._splice(StreamEnd(stream), sock, service, taken, header, "passthrough")
 
     def _terminate(self, stream, service, taken, header):
-        if self.acme is not None and ALPN_ACME.decode() in taken.hello.alpn_protocols:
+        if self.challenges is not None and ALPN_ACME.decode() in taken.hello.alpn_protocols:
             # A TLS-ALPN-01 validation for this hostname, relayed by the Server.
-            self.acme.responder.answer(StreamTransport(stream), taken.hostname, taken.buffered,
-                                       self.log)
+            self.challenges.answer(StreamTransport(stream), taken.hostname, taken.buffered,
+                                   self.log)
             return
         context = self.public_certs.context_for(taken.hostname)
         try:

@@ -17,7 +17,7 @@ from OpenSSL import SSL
 
 from .. import certcheck
 from ..errors import MaterialError
-from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate,
+from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate, pin,
                         load_public_cert_paths, public_cert_renewable, renew_public_certs)
 from ..tls import ContextCache, terminate_context
 from .tlsconn import ServerTLSConnection
@@ -116,7 +116,7 @@ class PublicCertificates:
         try:
             if self.acme is None:
                 paths = load_public_cert_paths(self.cert_dir, hostname)
-            context = terminate_context(*paths)
+            context = terminate_context(*pin(*paths))  # one version of the folder
         except (MaterialError, SSL.Error, OSError) as exc:
             self.log.warn("public-certificate-missing", public_hostname=hostname,
                           reason=str(exc))

@@ -15,7 +15,7 @@ from .public import (PUBLIC_CA_CERT, PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, Pub
 from .server import (SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CERT, SERVER_KEY, InitResult, ServerCertResult,
                      init_server_cert, load_server_cert_paths, renew_server_cert, rotate_server_ca,
                      server_cert_paths, server_cert_renewable, server_key_files)
-from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, file_stamp, pin
+from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, pin
 from .x509 import (CA_DAYS, LEAF_DAYS, certificate_serial, client_identity, identity_of_certificate,
                    identity_of_certificate_der, key_permission_problem, key_permission_problems, leaf_not_after,
                    load_certificate, make_self_signed)
@@ -25,7 +25,7 @@ __all__ = [
     "IDENTITY_MAX_AGE_DAYS", "KEY_MODE", "LEAF_DAYS", "LOCK_WAIT", "PUBLIC_CA_CERT", "PUBLIC_CA_KEY",
     "PUBLIC_CERT", "PUBLIC_KEY", "SERVER_CA_CERT", "SERVER_CA_KEY", "SERVER_CERT", "SERVER_KEY",
     "IdentityResult", "InitResult", "MaterialError", "PublicCertsResult", "PublicLeaf", "ServerCertResult",
-    "atomic_write", "certificate_serial", "client_identity", "client_key_files", "ensure_dir", "file_stamp",
+    "atomic_write", "certificate_serial", "client_identity", "client_key_files", "ensure_dir",
     "identity_needs_renewal", "identity_of_certificate", "identity_of_certificate_der", "init_identity",
     "init_public_certs", "init_server_cert", "key_permission_problem", "key_permission_problems",
     "leaf_not_after", "load_certificate", "load_identity_paths", "load_public_cert_paths",

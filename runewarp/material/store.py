@@ -397,9 +397,3 @@ def update(root: Path, build, flat=()):
     except OSError as e:
         raise MaterialError(f"{root}: cannot write material: {e.strerror or e}") from e
 
-
-def file_stamp(*paths) -> tuple:
-    """What changes whenever one of `paths` is replaced or rewritten (inode, mtime and size
-    of each, links followed), so a runtime reloads material only then; OSError when one
-    is missing."""
-    return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in map(os.stat, paths))
