@@ -28,7 +28,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
 from .errors import MaterialError
-from .material import client_identity
+from .proto.identity import identity_of_spki
 
 ALPN_TUNNEL = b"runewarp/1"
 ALPN_ACME = b"acme-tls/1"
@@ -51,7 +51,9 @@ def is_unauthorized_alert(error):
 
 def identity_from_pyopenssl(cert):
     """Client identity of a pyOpenSSL X509 certificate."""
-    return client_identity(cert.to_cryptography().public_key())
+    spki = cert.to_cryptography().public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return identity_of_spki(spki)
 
 
 def _store_leaf_identity(store_ctx):

@@ -4,7 +4,6 @@ with `cryptography` only."""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import shlex
 import stat
@@ -18,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import MaterialError
 from ..proto.hostname import normalize
+from ..proto.identity import identity_of_spki
 from .store import CERT_MODE, KEY_MODE, atomic_write
 
 CA_DAYS = 3650
@@ -73,7 +73,7 @@ def client_identity(public_key) -> str:
     """
     if hasattr(public_key, "public_key"):
         public_key = public_key.public_key()
-    return hashlib.sha256(_spki_der(public_key)).hexdigest()
+    return identity_of_spki(_spki_der(public_key))
 
 
 def identity_of_certificate(cert: x509.Certificate) -> str:
