@@ -27,6 +27,7 @@ from .model import (
     ServerConfig,
     ServiceConfig,
     TunnelConfig,
+    keep_running,
 )
 from .paths import (
     default_client_identity_dir,
@@ -54,6 +55,7 @@ __all__ = [
     "ServerConfig",
     "ServiceConfig",
     "TunnelConfig",
+    "keep_running",
     "default_client_identity_dir",
     "default_client_public_cert_dir",
     "default_config_path",

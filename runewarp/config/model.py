@@ -1,5 +1,6 @@
 """The validated, frozen configuration objects the runtime reads."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +123,10 @@ class ClientConfig:
     def terminate_hostnames(self) -> list[str]:
         """The Public hostnames whose TLS this Client terminates (material and ACME need them)."""
         return [h for s in self.services if s.tls_mode == "terminate" for h in s.public_hostnames]
+
+
+def keep_running(new, running, keys):
+    """`new` with the values of `keys` taken from `running`, and the keys that differed:
+    what a reload cannot change keeps its running value until a restart."""
+    changed = [key for key in keys if getattr(new, key) != getattr(running, key)]
+    return dataclasses.replace(new, **{key: getattr(running, key) for key in changed}), changed

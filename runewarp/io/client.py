@@ -4,7 +4,6 @@ Each Server address has its own worker with its own backoff sequence.  The
 streams the Server opens are served by io/streams.py.
 """
 
-import dataclasses
 import os
 import random
 import socket
@@ -17,6 +16,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from .. import __version__
+from ..config import keep_running
 from ..acme import AcmeCertificates
 from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
@@ -103,12 +103,9 @@ class Client(ClientStreams):
             self.acme.stop()
 
     def reload(self, config):
-        kept = {}
-        for key in RESTART_ONLY:
-            if getattr(config, key) != getattr(self.config, key):
-                self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
-                kept[key] = getattr(self.config, key)
-        config = dataclasses.replace(config, **kept)  # these keep their running values
+        config, changed = keep_running(config, self.config, RESTART_ONLY)
+        for key in changed:
+            self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         self.services = ServiceTable(config.services)
         self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme,
                                                clock=self.public_certs.clock)

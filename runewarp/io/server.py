@@ -5,7 +5,6 @@ ClientHello for the Server hostname is split by ALPN.  Routing reads one
 immutable snapshot, swapped whole on reload.
 """
 
-import dataclasses
 import socket
 import time
 
@@ -13,6 +12,7 @@ import gevent
 from gevent.pool import Group
 
 from .. import __version__, certcheck
+from ..config import keep_running
 from ..certcheck import CertificateRefused
 from ..errors import ConfigError, IntakeRejected, ProtocolError, StreamAborted
 from ..acme import AcmeCertificates, warn_port
@@ -145,12 +145,9 @@ class Server(ServerCertificateChecks, TunnelConnections):
         Everything is built and checked before anything is swapped, so a failed
         reload leaves the running configuration whole.
         """
-        kept = {}
-        for key in RESTART_ONLY:
-            if getattr(config, key) != getattr(self.config, key):
-                self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
-                kept[key] = getattr(self.config, key)
-        config = dataclasses.replace(config, **kept)  # these keep their running values
+        config, changed = keep_running(config, self.config, RESTART_ONLY)
+        for key in changed:
+            self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         snapshot = config.routing_snapshot()
         certificate = self._certificate_for(config)
         if self.acme is None:

@@ -20,6 +20,7 @@ from ..errors import MaterialError
 from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate, pin,
                         load_public_cert_paths, public_cert_renewable, renew_public_certs)
 from ..tls import ContextCache, terminate_context
+from .splice import StreamEnd
 from .tlsconn import ServerTLSConnection
 from .upkeep import utcnow
 
@@ -147,12 +148,15 @@ class StreamTransport:
         self.stream.close()
 
 
-class TLSEnd:
-    """Splice endpoint for the decrypted side of a terminated Visitor connection."""
+class TLSEnd(StreamEnd):
+    """Splice endpoint for the decrypted side of a terminated Visitor connection: a
+    StreamEnd whose bytes pass through the TLS engine; abort and close are the stream's."""
+
+    __slots__ = ("tls",)
 
     def __init__(self, tls, stream):
+        super().__init__(stream)
         self.tls = tls
-        self.stream = stream
 
     def try_recv(self):
         """Waits for the next record: the TLS engine may hold plaintext the mux stream no
@@ -169,7 +173,7 @@ class TLSEnd:
         self.tls.sendall(data)
 
     def delivered(self, n):
-        pass
+        pass  # StreamTransport gave the credit back as the engine read the bytes
 
     def finish(self):
         try:
@@ -177,13 +181,6 @@ class TLSEnd:
             self.tls.flush()
         finally:
             self.stream.end()
-
-    def abort(self):
-        self.stream.on_reset = None  # our own abort needs no news of itself
-        self.stream.reset()
-
-    def close(self):
-        self.stream.close()
 
 
 def accept_visitor_tls(stream, context, buffered):
