@@ -43,7 +43,7 @@ lint: venv
 	$(BIN)/ruff check runewarp tests bench tools
 
 check: lint
-	$(BIN)/python -m pytest -q tests/proto/test_no_io.py tests/test_packaging.py
+	$(BIN)/python -m pytest -q tests/test_layering.py tests/test_packaging.py
 
 # Version, changelog heading and date, tag, image labels and image names agree (docs/release.md).
 release-check:
