@@ -122,6 +122,16 @@ def backend(tmp_path):
 
 
 @pytest.fixture
+def echo_backend():
+    """A plain TCP echo server on 127.0.0.1 (tests/e2e/helpers.EchoBackend)."""
+    from .e2e.helpers import EchoBackend
+
+    started = EchoBackend()
+    yield started
+    started.close()
+
+
+@pytest.fixture
 def plain_backend(tmp_path):
     """`python -m http.server`: a plaintext Local backend nobody here wrote."""
     root = tmp_path / "www"

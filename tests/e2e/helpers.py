@@ -5,12 +5,17 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
 
+from runewarp.proto import clienthello
+
 from ..conftest import ROOT, SERVER_HOSTNAME, run_cli
 
+ECHO = "echo.example.com"
 BACKEND = Path(__file__).resolve().parent.parent / "backend.py"
 
 
@@ -100,3 +105,60 @@ def rss_kib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+class EchoBackend:
+    """A plain TCP echo server (threads): a passthrough Visitor talks to it byte for byte."""
+
+    def __init__(self, host="127.0.0.1"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family)
+        port = self.sock.getsockname()[1]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn):
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"closed after {len(data)} of {n} bytes"
+        data += chunk
+    return data
+
+
+def echo_visitor(port, host="127.0.0.1"):
+    """A passthrough Visitor whose bytes the echo backend returns: the ClientHello first."""
+    sock = socket.create_connection((host, port), timeout=10)
+    hello = clienthello.build(ECHO)
+    sock.sendall(hello)
+    assert recv_exactly(sock, len(hello)) == hello
+    return sock
+
+
+def round_trip(sock, payload, timeout):
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    sock.sendall(payload)
+    assert recv_exactly(sock, len(payload)) == payload
+    return time.monotonic() - started
