@@ -79,6 +79,18 @@ class Process:
                     raise NoMatch(f"{self.name}: no line matching {pattern!r} in:\n" + self.log())
                 self._cond.wait(min(remaining, 0.2))
 
+    def wait_count(self, pattern, count, timeout=20):
+        """Wait until at least `count` stderr lines match `pattern`; NoMatch otherwise."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while sum(1 for line in self.lines if regex.search(line)) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._ended():
+                    raise NoMatch(f"{self.name}: fewer than {count} lines matching {pattern!r} "
+                                  "in:\n" + self.log())
+                self._cond.wait(min(remaining, 0.2))
+
     def count(self, pattern):
         regex = re.compile(pattern)
         with self._cond:
