@@ -147,10 +147,10 @@ def recv_exactly(sock, n):
     return data
 
 
-def echo_visitor(port, host="127.0.0.1"):
+def echo_visitor(port, host="127.0.0.1", hostname=ECHO):
     """A passthrough Visitor whose bytes the echo backend returns: the ClientHello first."""
     sock = socket.create_connection((host, port), timeout=10)
-    hello = clienthello.build(ECHO)
+    hello = clienthello.build(hostname)
     sock.sendall(hello)
     assert recv_exactly(sock, len(hello)) == hello
     return sock
