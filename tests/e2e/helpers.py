@@ -107,8 +107,8 @@ def rss_kib(pid):
     raise AssertionError("no VmRSS")
 
 
-class EchoBackend:
-    """A plain TCP echo server (threads): a passthrough Visitor talks to it byte for byte."""
+class TCPBackend:
+    """A plain TCP Local backend on a thread per connection; subclasses say what `serve` does."""
 
     def __init__(self, host="127.0.0.1"):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -123,19 +123,28 @@ class EchoBackend:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _echo(conn):
+    def _serve(self, conn):
         with conn:
             try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
+                self.serve(conn)
             except OSError:
                 pass
 
+    def serve(self, conn):
+        raise NotImplementedError
+
     def close(self):
         self.sock.close()
+
+
+class EchoBackend(TCPBackend):
+    """A passthrough Visitor talks to it byte for byte."""
+
+    def serve(self, conn):
+        while data := conn.recv(65536):
+            conn.sendall(data)
 
 
 def recv_exactly(sock, n):

@@ -6,48 +6,34 @@ ALPN the Visitor offers is not negotiated (docs/usage.md: HTTP/1.1 backends)."""
 import queue
 import socket
 import ssl
-import threading
 
 import pytest
 
 from ..conftest import Proc, run_cli
+from .helpers import TCPBackend
 
 pytestmark = pytest.mark.e2e
 SITE = "site.example.com"
 
 
-class ScriptedBackend:
-    """A plain TCP backend that runs the next queued script on each connection."""
+class ScriptedBackend(TCPBackend):
+    """Runs the next queued script on each connection and queues what it returns."""
 
     def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        super().__init__()
         self.scripts = queue.Queue()
         self.results = queue.Queue()
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            script = self.scripts.get()
-            threading.Thread(target=self._run, args=(script, conn), daemon=True).start()
-
-    def _run(self, script, conn):
-        with conn:
-            conn.settimeout(10)
-            try:
-                self.results.put(script(conn))
-            except Exception as exc:  # noqa: BLE001 - reported to the test
-                self.results.put(exc)
+    def serve(self, conn):
+        conn.settimeout(10)
+        script = self.scripts.get()
+        try:
+            self.results.put(script(conn))
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            self.results.put(exc)
 
     def result(self):
         return self.results.get(timeout=15)
-
-    def close(self):
-        self.sock.close()
 
 
 def read_to_eof(conn):
