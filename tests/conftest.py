@@ -1,5 +1,6 @@
 """Shared fixtures: real Runewarp processes on 127.0.0.1 with material made by our own CLI."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 from runewarp import harness
 
 ROOT = Path(__file__).resolve().parent.parent
+# `coverage run` with `patch = subprocess` (docs/testing.md) measures our child processes too.
+MEASURING_COVERAGE = "COVERAGE_PROCESS_CONFIG" in os.environ
 SERVER_HOSTNAME = "tunnel.example.com"
 
 
@@ -137,6 +140,11 @@ def processes():
     started = []
     yield started
     for proc in started:
+        if MEASURING_COVERAGE and proc.popen.poll() is None:
+            try:  # a killed process would lose its coverage data: stop it instead
+                proc.stop(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         proc.kill()
 
 
