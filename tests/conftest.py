@@ -1,6 +1,7 @@
 """Shared fixtures: real Runewarp processes on 127.0.0.1 with material made by our own CLI."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +43,27 @@ class Proc(harness.Process):
         super().__init__(runewarp_cmd(*args), env=env, cwd=ROOT, name=f"runewarp {args[0]}")
 
 
+_MATERIAL = {"root": None}  # made once per test process by the CLI, then copied
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _material_root(tmp_path_factory):
+    _MATERIAL["root"] = tmp_path_factory.mktemp("material")
+
+
+def cli_material(dest, *args, copy_of=""):
+    """`runewarp ARGS --dir DEST`, run by the CLI once per test process for each ARGS (and
+    `copy_of`, to keep same-looking material apart) and copied after: each run is a Python
+    start-up, and most tests need the same few kinds.  The CLI's stdout."""
+    key = (*map(str, args), copy_of)
+    if key not in _MATERIAL:
+        folder = _MATERIAL["root"] / f"m{len(_MATERIAL)}"
+        _MATERIAL[key] = folder, run_cli(*args, "--dir", folder).stdout
+    folder, out = _MATERIAL[key]
+    shutil.copytree(folder, dest, symlinks=True)
+    return out
+
+
 class Deployment:
     """Material and configs for one Server and any number of Clients, in a tmp folder."""
 
@@ -49,14 +71,13 @@ class Deployment:
         self.dir = tmp_path
         self.processes = processes
         self.cert_dir = tmp_path / "server-cert"
-        run_cli("server", "cert", "init", "--hostname", SERVER_HOSTNAME, "--dir", self.cert_dir)
+        cli_material(self.cert_dir, "server", "cert", "init", "--hostname", SERVER_HOSTNAME)
         self.ca_file = self.cert_dir / "server-ca.crt"
         self.public_port = None
         self.env = harness.resolve_env(SERVER_HOSTNAME)
 
     def identity(self, name):
-        proc = run_cli("client", "identity", "init", "--dir", self.dir / name)
-        return proc.stdout.strip()
+        return cli_material(self.dir / name, "client", "identity", "init", copy_of=name).strip()
 
     def server_config(self, tunnels, extra=""):
         """`tunnels`: (name, public hostnames, client identities) tuples."""

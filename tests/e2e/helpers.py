@@ -13,7 +13,7 @@ from cryptography import x509
 
 from runewarp.proto import clienthello
 
-from ..conftest import ROOT, SERVER_HOSTNAME, run_cli
+from ..conftest import ROOT, SERVER_HOSTNAME, cli_material
 
 ECHO = "echo.example.com"
 BACKEND = Path(__file__).resolve().parent.parent / "backend.py"
@@ -24,10 +24,9 @@ class Backend:
 
     def __init__(self, tmp_path, name, hostnames, plain=False):
         cert_dir = tmp_path / f"{name}-cert"
-        args = ["client", "public-cert", "init", "--dir", cert_dir]
-        for hostname in hostnames:
-            args += ["--hostname", hostname]
-        run_cli(*args)
+        cli_material(cert_dir, "client", "public-cert", "init",
+                     *(arg for hostname in hostnames for arg in ("--hostname", hostname)),
+                     copy_of=name)
         self.ca = cert_dir / "public-ca.crt"
         self.cert = cert_dir / hostnames[0] / "public.crt"
         key = cert_dir / hostnames[0] / "public.key"
