@@ -8,8 +8,8 @@ DESTDIR ?=
 SYSCONFDIR ?= /etc
 BIN := $(VENV)/bin
 
-.PHONY: venv venv-run install install-venv install-files install-user uninstall demo test bench bench-ab \
-	lint check release-check clean
+.PHONY: venv venv-run install install-venv install-files install-user uninstall demo test fuzz bench \
+	bench-ab lint check release-check clean
 
 $(BIN)/runewarp: setup.cfg pyproject.toml requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ venv-run: $(VENV_RUN)/bin/runewarp
 demo: venv-run
 	$(VENV_RUN)/bin/runewarp demo
 
+# One pytest-xdist worker per core; tests that share an xdist_group (timing- and
+# memory-sensitive ones) run one after another on one worker (docs/testing.md).
+TEST_WORKERS ?= auto
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# The long fuzz profile: 1,000,000 atheris inputs per decoder (FUZZ_RUNS); `make test`
+# runs the short one (tests/fuzz/test_decoders.py).
+fuzz: venv
+	$(BIN)/python tests/fuzz/run.py
 
 bench: venv
 	$(BIN)/python bench/bench.py
@@ -43,7 +51,7 @@ lint: venv
 	$(BIN)/ruff check runewarp tests bench tools
 
 check: lint
-	$(BIN)/python -m pytest -q tests/proto/test_no_io.py tests/test_packaging.py
+	$(BIN)/python -m pytest -q tests/test_layering.py tests/test_packaging.py
 
 # Version, changelog heading and date, tag, image labels and image names agree (docs/release.md).
 release-check:

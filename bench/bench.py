@@ -60,9 +60,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
+
+from runewarp import harness
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -118,58 +119,13 @@ def _on_signal(signum, _frame):
 
 # --- processes ------------------------------------------------------------------------------
 
-class Proc:
-    """A child process in its own session (Ctrl-C reaches only us; we stop it by PID),
-    with its stderr collected in the background so it can never block on a full pipe."""
+class Proc(harness.Process):
+    """A child in its own session (Ctrl-C reaches only us; we stop it by PID), stopped in
+    cleanup()."""
 
     def __init__(self, cmd, env=None, name=None, stdout=subprocess.DEVNULL):
-        self.name = name or Path(cmd[0]).name
-        self.lines = []
-        self._cond = threading.Condition()
-        self.popen = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True,
-                                      env=env, cwd=ROOT, start_new_session=True)
+        super().__init__(cmd, env=env, name=name, stdout=stdout, new_session=True)
         STARTED.append(self)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self):
-        return self.popen.pid
-
-    def _read(self):
-        for line in self.popen.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, pattern, timeout=30):
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                if time.monotonic() > deadline or (self.popen.poll() is not None
-                                                   and not self._reader.is_alive()):
-                    raise RuntimeError(f"{self.name}: no line matching {pattern!r}; log:\n"
-                                       + "\n".join(self.lines[-30:]))
-                self._cond.wait(0.2)
-
-    def stop(self, sig=signal.SIGTERM, timeout=10):
-        """Signal by PID, wait, then SIGKILL; returns the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._reader.join(2)
-        return self.popen.returncode
 
 
 def cleanup():
@@ -185,12 +141,8 @@ def cleanup():
 def stop_all(procs, extra_pids):
     """Stop `procs` by PID, newest first; then SIGKILL leftovers among `extra_pids`
     ((pid, cmdline prefix) pairs: a PID is killed only while its command line still matches)."""
-    for proc in reversed(procs):
-        sig = signal.SIGQUIT if proc.name.startswith("nginx") else signal.SIGTERM
-        try:
-            proc.stop(sig, timeout=10)
-        except Exception as exc:  # keep going: the others must still be stopped
-            print(f"warning: stopping {proc.name} pid {proc.pid}: {exc}", file=sys.stderr)
+    harness.stop_all(procs, 10, lambda proc: signal.SIGQUIT if proc.name.startswith("nginx")
+                     else signal.SIGTERM)
     for pid, prefix in extra_pids:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -408,50 +360,43 @@ def start_backend(tmp, material):
 
 
 def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backend_ip="127.0.0.1",
-                   server_ns=None, client_ns=None, tag="", runewarp=(sys.executable, "-m", "runewarp")):
+                   server_ns=None, client_ns=None, tag="", runewarp=None):
     """One Server (public + tunnel on one port) and one Client, log-level info, on loopback
     (or: the Server in network namespace `server_ns`, the Client in `client_ns`).
     `runewarp` is the command that runs Runewarp (bench/ab.py passes another revision's)."""
     server_toml = tmp / f"server{tag}.toml"
-    server_toml.write_text(textwrap.dedent(f"""\
-        log-level = "info"
-        [server]
-        hostname = "{SERVER_HOSTNAME}"
-        public-bind-address = "{server_ip}:0"
-        cert-dir = "{tmp / 'server-cert'}"
-        graceful-shutdown-duration = 2
-        [[server.tunnels]]
-        name = "bench"
-        public-hostnames = ["{HOST}"]
-        client-identities = ["{material['identity']}"]
-    """))
-    env = dict(os.environ, RUNEWARP_RESOLVE=f"{SERVER_HOSTNAME}={server_ip}")
-    server = Proc(netns_cmd(server_ns, [*runewarp, "server", "-c", str(server_toml)]),
-                  env=env, name=f"runewarp-server{tag}")
-    port = int(server.wait_for(rf"server-ready .*public-bind-address={re.escape(server_ip)}:(\d+)").group(1))
+    server_toml.write_text(harness.config_text("server", {
+        "hostname": SERVER_HOSTNAME, "public-bind-address": f"{server_ip}:0",
+        "cert-dir": tmp / "server-cert", "graceful-shutdown-duration": 2,
+    }, [{"name": "bench", "public-hostnames": [HOST], "client-identities": [material["identity"]]}],
+        log_level="info"))
+    env = harness.resolve_env(SERVER_HOSTNAME, server_ip)
+    server, port = harness.start_server(server_toml, env, bind_ip=server_ip, timeout=30,
+                                        runewarp=runewarp, prefix=netns_prefix(server_ns),
+                                        name=f"runewarp-server{tag}", new_session=True)
+    STARTED.append(server)
     client_toml = tmp / f"client{tag}.toml"
-    client_toml.write_text(textwrap.dedent(f"""\
-        log-level = "info"
-        [client]
-        server-address = "{SERVER_HOSTNAME}:{port}"
-        server-trust = "ca-file"
-        server-ca-file = "{material['server_ca']}"
-        identity-dir = "{tmp / 'client-identity'}"
-        graceful-shutdown-duration = 2
-        [[client.services]]
-        public-hostnames = ["{HOST}"]
-        backend-address = "{backend_ip}:{backend_port}"
-    """))
-    client = Proc(netns_cmd(client_ns, [*runewarp, "client", "-c", str(client_toml)]),
-                  env=env, name=f"runewarp-client{tag}")
-    client.wait_for("tunnel-connection-established")
-    server.wait_for("tunnel-connection-established")
+    client_toml.write_text(harness.config_text("client", {
+        "server-address": f"{SERVER_HOSTNAME}:{port}", "server-trust": "ca-file",
+        "server-ca-file": material["server_ca"], "identity-dir": tmp / "client-identity",
+        "graceful-shutdown-duration": 2,
+    }, [{"public-hostnames": [HOST], "backend-address": f"{backend_ip}:{backend_port}"}],
+        log_level="info"))
+    client = harness.start_client(client_toml, env, timeout=30, runewarp=runewarp,
+                                  prefix=netns_prefix(client_ns), name=f"runewarp-client{tag}",
+                                  new_session=True)
+    STARTED.append(client)
+    server.wait_for(harness.CLIENT_READY)
     return server, client, port
 
 
-def netns_cmd(ns, cmd):
+def netns_prefix(ns):
     """`ip netns exec NS cmd` execs cmd in place (no fork): the PID we get is cmd's own."""
-    return ["ip", "netns", "exec", ns, *cmd] if ns else cmd
+    return ["ip", "netns", "exec", ns] if ns else []
+
+
+def netns_cmd(ns, cmd):
+    return [*netns_prefix(ns), *cmd]
 
 
 # --- workloads ------------------------------------------------------------------------------
@@ -934,7 +879,7 @@ def rtt_bench(tmp, material, ca, nginx):
         procs = STARTED[first:]
         del STARTED[first:]
         stop_all(procs, extra)
-        out["exit_codes"] = {p.name: p.popen.returncode for p in procs if isinstance(p, Proc)}
+        out["exit_codes"] = {p.name: p.popen.returncode for p in procs if isinstance(p, harness.Process)}
         for p in procs:
             if p.name == "delayline" and p.lines and p.lines[-1].startswith("{"):
                 out.setdefault("link", {})["delayline_stats"] = json.loads(p.lines[-1])
@@ -1230,7 +1175,7 @@ def main():
         results["problems"] = problems
     finally:
         exit_codes = {}
-        procs = [p for p in STARTED if isinstance(p, Proc)]
+        procs = [p for p in STARTED if isinstance(p, harness.Process)]
         cleanup()
         for p in procs:
             exit_codes[p.name] = p.popen.returncode

@@ -6,22 +6,17 @@ Server forwarded the encrypted bytes without terminating TLS.
 """
 
 import hashlib
-import os
-import queue
-import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
-from . import material
+from . import harness, material
 
 PUBLIC_HOSTNAME = "app.example.com"
 SERVER_HOSTNAME = "tunnel.example.com"
@@ -45,43 +40,6 @@ _BACKEND = textwrap.dedent("""
     print(httpd.server_address[1], flush=True)
     httpd.serve_forever()
 """)
-
-
-def _runewarp(*args):
-    return [sys.executable, "-m", "runewarp", *args]
-
-
-class _Stderr:
-    """Reads a child's stderr in the background, so a silent child cannot hang the demo
-    and a chatty one (with --keep) never blocks on a full pipe."""
-
-    def __init__(self, proc):
-        self.lines = queue.Queue()
-        self.waiting = True
-        threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True).start()
-
-    def _drain(self, pipe):
-        for line in pipe:
-            if self.waiting:
-                self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern, timeout=READY_TIMEOUT):
-        """The first match of `pattern` in a line, or None at EOF or after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        try:
-            while True:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-                if line is None:
-                    return None
-                match = regex.search(line)
-                if match:
-                    return match
-        except queue.Empty:
-            return None
-        finally:
-            self.waiting = False
 
 
 def _free_port():
@@ -115,45 +73,35 @@ def demo(keep=False):
         identity = material.init_identity(workdir / "identity").identity
         backend_cert, backend_key = material.make_self_signed(PUBLIC_HOSTNAME,
                                                               workdir / "backend")
-        backend = subprocess.Popen([sys.executable, "-c", _BACKEND, str(backend_cert),
-                                    str(backend_key)], stdout=subprocess.PIPE, text=True)
+        backend = harness.Process([sys.executable, "-c", _BACKEND, backend_cert, backend_key],
+                                  stdout=subprocess.PIPE, name="backend")
         procs.append(backend)
-        backend_port = int(backend.stdout.readline())
+        backend_port = int(backend.popen.stdout.readline())
         public_port = _free_port()
-        (workdir / "server.toml").write_text(textwrap.dedent(f"""
-            [server]
-            hostname = "{SERVER_HOSTNAME}"
-            public-bind-address = "127.0.0.1:{public_port}"
-            cert-dir = "server-cert"
-            graceful-shutdown-duration = 2
-            [[server.tunnels]]
-            name = "demo"
-            public-hostnames = ["{PUBLIC_HOSTNAME}"]
-            client-identity = "{identity}"
-        """))
-        (workdir / "client.toml").write_text(textwrap.dedent(f"""
-            [client]
-            server-address = "{SERVER_HOSTNAME}:{public_port}"
-            server-trust = "ca-file"
-            server-ca-file = "server-cert/server-ca.crt"
-            identity-dir = "identity"
-            [[client.services]]
-            public-hostnames = ["{PUBLIC_HOSTNAME}"]
-            backend-address = "127.0.0.1:{backend_port}"
-        """))
-        for name in ("server.toml", "client.toml"):  # what a real deployment would write
-            print(f"--- {workdir / name}\n{(workdir / name).read_text().strip()}\n---")
-        env = dict(os.environ, RUNEWARP_RESOLVE=f"{SERVER_HOSTNAME}=127.0.0.1")
-        server = subprocess.Popen(_runewarp("server", "-c", str(workdir / "server.toml")),
-                                  stderr=subprocess.PIPE, text=True, env=env)
-        procs.append(server)
-        if not _Stderr(server).wait_for(r"server-ready"):
+        server_toml, client_toml = workdir / "server.toml", workdir / "client.toml"
+        server_toml.write_text(harness.config_text("server", {
+            "hostname": SERVER_HOSTNAME, "public-bind-address": f"127.0.0.1:{public_port}",
+            "cert-dir": "server-cert", "graceful-shutdown-duration": 2,
+        }, [{"name": "demo", "public-hostnames": [PUBLIC_HOSTNAME], "client-identity": identity}]))
+        client_toml.write_text(harness.config_text("client", {
+            "server-address": f"{SERVER_HOSTNAME}:{public_port}", "server-trust": "ca-file",
+            "server-ca-file": "server-cert/server-ca.crt", "identity-dir": "identity",
+        }, [{"public-hostnames": [PUBLIC_HOSTNAME],
+             "backend-address": f"127.0.0.1:{backend_port}"}]))
+        for path in (server_toml, client_toml):  # what a real deployment would write
+            print(f"--- {path}\n{path.read_text().strip()}\n---")
+        env = harness.resolve_env(SERVER_HOSTNAME)
+        try:
+            server, _ = harness.start_server(server_toml, env, timeout=READY_TIMEOUT,
+                                             stdout=None)
+        except harness.NoMatch:
             print("error: the Server did not start", file=sys.stderr)
             return 1
-        client = subprocess.Popen(_runewarp("client", "-c", str(workdir / "client.toml")),
-                                  stderr=subprocess.PIPE, text=True, env=env)
-        procs.append(client)
-        if not _Stderr(client).wait_for(r"tunnel-connection-established"):
+        procs.append(server)
+        try:
+            procs.append(harness.start_client(client_toml, env, timeout=READY_TIMEOUT,
+                                              stdout=None))
+        except harness.NoMatch:
             print("error: the Client did not connect", file=sys.stderr)
             return 1
         print(f"Server   127.0.0.1:{public_port}  (Server hostname {SERVER_HOSTNAME})")
@@ -176,21 +124,13 @@ def demo(keep=False):
                   f"{PUBLIC_HOSTNAME}:{public_port}:127.0.0.1 https://{PUBLIC_HOSTNAME}:{public_port}/"
                   "\nPress Ctrl-C to stop.")
             try:
-                while all(p.poll() is None for p in procs):
+                while all(p.popen.poll() is None for p in procs):
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
         return 0
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        harness.stop_all(procs, timeout=10)
         if keep:
             print(f"kept the demo folder {workdir}; delete it when done")
         else:

@@ -1,24 +1,23 @@
 """Shared fixtures: real Runewarp processes on 127.0.0.1 with material made by our own CLI."""
 
 import os
-import re
-import signal
+import shutil
 import socket
 import subprocess
 import sys
-import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from runewarp import harness
+
 ROOT = Path(__file__).resolve().parent.parent
+# `coverage run` with `patch = subprocess` (docs/testing.md) measures our child processes too.
+MEASURING_COVERAGE = "COVERAGE_PROCESS_CONFIG" in os.environ
 SERVER_HOSTNAME = "tunnel.example.com"
 
 
-def runewarp_cmd(*args):
-    return [sys.executable, "-m", "runewarp", *map(str, args)]
+runewarp_cmd = harness.runewarp_cmd
 
 
 def run_cli(*args, env=None, check=True, timeout=60):
@@ -36,71 +35,33 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class Proc:
-    """A Runewarp process whose stderr is collected line by line in the background.
-
-    Lines are split on b"\\n" only and decoded with backslashreplace, so a raw CR or
-    other control character a log line should never hold stays visible to tests.
-    """
+class Proc(harness.Process):
+    """`runewarp ARGS` run from the repository root (see runewarp/harness.py)."""
 
     def __init__(self, args, env=None):
         self.args = args
-        self.lines = []
-        self._cond = threading.Condition()
-        self.popen = subprocess.Popen(runewarp_cmd(*args), stderr=subprocess.PIPE,
-                                      env=env, cwd=ROOT)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(runewarp_cmd(*args), env=env, cwd=ROOT, name=f"runewarp {args[0]}")
 
-    def _read(self):
-        for raw in self.popen.stderr:
-            with self._cond:
-                self.lines.append(raw.rstrip(b"\n").decode("utf-8", "backslashreplace"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
 
-    def wait_for(self, pattern, timeout=20, start=0):
-        """Wait for a stderr line matching `pattern` at or after index `start`; the match."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines[start:]:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no line matching {pattern!r} in:\n" + self.log())
-                self._cond.wait(min(remaining, 0.2))
+_MATERIAL = {"root": None}  # made once per test process by the CLI, then copied
 
-    def count(self, pattern):
-        regex = re.compile(pattern)
-        with self._cond:
-            return sum(1 for line in self.lines if regex.search(line))
 
-    def log(self):
-        with self._cond:
-            return "\n".join(self.lines)
+@pytest.fixture(scope="session", autouse=True)
+def _material_root(tmp_path_factory):
+    _MATERIAL["root"] = tmp_path_factory.mktemp("material")
 
-    def signal(self, signum):
-        if self.popen.poll() is None:
-            self.popen.send_signal(signum)
 
-    def stop(self, timeout=15):
-        self.signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            raise
-
-    def kill(self):
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait()
+def cli_material(dest, *args, copy_of=""):
+    """`runewarp ARGS --dir DEST`, run by the CLI once per test process for each ARGS (and
+    `copy_of`, to keep same-looking material apart) and copied after: each run is a Python
+    start-up, and most tests need the same few kinds.  The CLI's stdout."""
+    key = (*map(str, args), copy_of)
+    if key not in _MATERIAL:
+        folder = _MATERIAL["root"] / f"m{len(_MATERIAL)}"
+        _MATERIAL[key] = folder, run_cli(*args, "--dir", folder).stdout
+    folder, out = _MATERIAL[key]
+    shutil.copytree(folder, dest, symlinks=True)
+    return out
 
 
 class Deployment:
@@ -110,69 +71,45 @@ class Deployment:
         self.dir = tmp_path
         self.processes = processes
         self.cert_dir = tmp_path / "server-cert"
-        run_cli("server", "cert", "init", "--hostname", SERVER_HOSTNAME, "--dir", self.cert_dir)
+        cli_material(self.cert_dir, "server", "cert", "init", "--hostname", SERVER_HOSTNAME)
         self.ca_file = self.cert_dir / "server-ca.crt"
         self.public_port = None
-        self.env = dict(os.environ, RUNEWARP_RESOLVE=f"{SERVER_HOSTNAME}=127.0.0.1")
+        self.env = harness.resolve_env(SERVER_HOSTNAME)
 
     def identity(self, name):
-        proc = run_cli("client", "identity", "init", "--dir", self.dir / name)
-        return proc.stdout.strip()
+        return cli_material(self.dir / name, "client", "identity", "init", copy_of=name).strip()
 
     def server_config(self, tunnels, extra=""):
-        lines = [f"""
-            log-level = "debug"
-            [server]
-            hostname = "{SERVER_HOSTNAME}"
-            public-bind-address = "127.0.0.1:0"
-            cert-dir = "server-cert"
-            graceful-shutdown-duration = 3
-            {extra}
-        """]
-        for name, hostnames, identities in tunnels:
-            quoted = ", ".join(f'"{h}"' for h in hostnames)
-            ids = ", ".join(f'"{i}"' for i in identities)
-            lines.append(f"""
-            [[server.tunnels]]
-            name = "{name}"
-            public-hostnames = [{quoted}]
-            client-identities = [{ids}]
-            """)
+        """`tunnels`: (name, public hostnames, client identities) tuples."""
+        text = harness.config_text("server", {
+            "hostname": SERVER_HOSTNAME, "public-bind-address": "127.0.0.1:0",
+            "cert-dir": "server-cert", "graceful-shutdown-duration": 3,
+        }, [{"name": name, "public-hostnames": hostnames, "client-identities": identities}
+            for name, hostnames, identities in tunnels], log_level="debug", extra=extra)
         path = self.dir / "server.toml"
-        path.write_text(textwrap.dedent("".join(lines)))
+        path.write_text(text)
         return path
 
     def start_server(self, tunnels, extra=""):
         path = self.server_config(tunnels, extra)
         proc = Proc(["server", "-c", path], env=self.env)
         self.processes.append(proc)
-        match = proc.wait_for(r"server-ready .*public-bind-address=127\.0\.0\.1:(\d+)")
+        match = proc.wait_for(harness.SERVER_READY.format(r"127\.0\.0\.1"))
         self.public_port = int(match.group(1))
         return proc
 
     def client_config(self, name, services, port=None, public_cert_dir=None):
         """`services`: (hostnames, backend) or (hostnames, backend, tls_mode) tuples."""
-        lines = [f"""
-            log-level = "debug"
-            [client]
-            server-address = "{SERVER_HOSTNAME}:{port or self.public_port}"
-            server-trust = "ca-file"
-            server-ca-file = "server-cert/server-ca.crt"
-            identity-dir = "{name}"
-            graceful-shutdown-duration = 3
-        """]
-        if public_cert_dir:
-            lines.append(f'public-cert-dir = "{public_cert_dir}"\n')
-        for hostnames, backend, *mode in services:
-            lines.append("\n[[client.services]]\n")
-            if hostnames:
-                lines.append("public-hostnames = [" + ", ".join(f'"{h}"' for h in hostnames)
-                             + "]\n")
-            lines.append(f'backend-address = "{backend}"\n')
-            if mode:
-                lines.append(f'tls-mode = "{mode[0]}"\n')
+        text = harness.config_text("client", {
+            "server-address": f"{SERVER_HOSTNAME}:{port or self.public_port}",
+            "server-trust": "ca-file", "server-ca-file": "server-cert/server-ca.crt",
+            "identity-dir": name, "graceful-shutdown-duration": 3,
+            "public-cert-dir": public_cert_dir,
+        }, [{"public-hostnames": hostnames or None, "backend-address": backend,
+             "tls-mode": mode[0] if mode else None} for hostnames, backend, *mode in services],
+            log_level="debug")
         path = self.dir / f"{name}.toml"
-        path.write_text(textwrap.dedent(lines[0]) + "".join(lines[1:]))
+        path.write_text(text)
         return path
 
     def start_client(self, name, services, wait=True):
@@ -180,8 +117,43 @@ class Deployment:
         proc = Proc(["client", "-c", path], env=self.env)
         self.processes.append(proc)
         if wait:
-            proc.wait_for("tunnel-connection-established")
+            proc.wait_for(harness.CLIENT_READY)
         return proc
+
+
+# Tests whose assertions are timings or memory figures: under `make test` (pytest-xdist,
+# --dist loadgroup) each group runs on one worker, one test after another, so two of them
+# never compete for the CPU.  Keys are nodeid prefixes under tests/ (folder, file, test).
+XDIST_GROUPS = {
+    "adversarial/": "timing",
+    "e2e/test_bad_peers.py": "timing",
+    "e2e/test_lifecycle.py": "timing",
+    "e2e/test_passthrough.py::test_stalled_backend": "timing",
+    "e2e/test_passthrough.py::test_bad_visitors": "timing",
+    "io/test_splice_timeouts.py": "timing",
+    "io/test_tunnel_io.py": "timing",
+}
+
+
+def xdist_group(nodeid):
+    path = nodeid.removeprefix("tests/")
+    return next((group for key, group in XDIST_GROUPS.items() if path.startswith(key)), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup with XDIST_GROUPS as the groups.  xdist's own xdist_group mark works
+    by renaming nodeids, which pytest 9.2 no longer lets a plugin do, so the groups are
+    given to the scheduler directly."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Grouped(LoadGroupScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_group(nodeid) or super()._split_scope(nodeid)
+
+    return Grouped(config, log)
 
 
 @pytest.fixture
@@ -189,9 +161,12 @@ def processes():
     started = []
     yield started
     for proc in started:
-        if proc.popen.poll() is None:
-            proc.signal(signal.SIGKILL)
-        proc.popen.wait(timeout=10)
+        if MEASURING_COVERAGE and proc.popen.poll() is None:
+            try:  # a killed process would lose its coverage data: stop it instead
+                proc.stop(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        proc.kill()
 
 
 @pytest.fixture
@@ -208,6 +183,16 @@ def backend(tmp_path):
     started = Backend(tmp_path, "app", [APP])
     yield started
     started.stop()
+
+
+@pytest.fixture
+def echo_backend():
+    """A plain TCP echo server on 127.0.0.1 (tests/e2e/helpers.EchoBackend)."""
+    from .e2e.helpers import EchoBackend
+
+    started = EchoBackend()
+    yield started
+    started.close()
 
 
 @pytest.fixture

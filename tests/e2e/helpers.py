@@ -5,12 +5,17 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
 
-from ..conftest import ROOT, SERVER_HOSTNAME, run_cli
+from runewarp.proto import clienthello
 
+from ..conftest import ROOT, SERVER_HOSTNAME, cli_material
+
+ECHO = "echo.example.com"
 BACKEND = Path(__file__).resolve().parent.parent / "backend.py"
 
 
@@ -19,10 +24,9 @@ class Backend:
 
     def __init__(self, tmp_path, name, hostnames, plain=False):
         cert_dir = tmp_path / f"{name}-cert"
-        args = ["client", "public-cert", "init", "--dir", cert_dir]
-        for hostname in hostnames:
-            args += ["--hostname", hostname]
-        run_cli(*args)
+        cli_material(cert_dir, "client", "public-cert", "init",
+                     *(arg for hostname in hostnames for arg in ("--hostname", hostname)),
+                     copy_of=name)
         self.ca = cert_dir / "public-ca.crt"
         self.cert = cert_dir / hostnames[0] / "public.crt"
         key = cert_dir / hostnames[0] / "public.key"
@@ -100,3 +104,69 @@ def rss_kib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+class TCPBackend:
+    """A plain TCP Local backend on a thread per connection; subclasses say what `serve` does."""
+
+    def __init__(self, host="127.0.0.1"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family)
+        port = self.sock.getsockname()[1]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                self.serve(conn)
+            except OSError:
+                pass
+
+    def serve(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
+class EchoBackend(TCPBackend):
+    """A passthrough Visitor talks to it byte for byte."""
+
+    def serve(self, conn):
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"closed after {len(data)} of {n} bytes"
+        data += chunk
+    return data
+
+
+def echo_visitor(port, host="127.0.0.1", hostname=ECHO):
+    """A passthrough Visitor whose bytes the echo backend returns: the ClientHello first."""
+    sock = socket.create_connection((host, port), timeout=10)
+    hello = clienthello.build(hostname)
+    sock.sendall(hello)
+    assert recv_exactly(sock, len(hello)) == hello
+    return sock
+
+
+def round_trip(sock, payload, timeout):
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    sock.sendall(payload)
+    assert recv_exactly(sock, len(payload)) == payload
+    return time.monotonic() - started

@@ -5,80 +5,16 @@ import re
 import signal
 import socket
 import ssl
-import threading
 import time
 
 import pytest
 
-from runewarp.proto import clienthello
 
 from ..conftest import Proc, run_cli
+from .helpers import ECHO, echo_visitor, round_trip
 
 pytestmark = pytest.mark.e2e
-ECHO = "echo.example.com"
 STALL = "stall.example.com"
-
-
-class EchoBackend:
-    """A plain TCP echo server (threads): a passthrough Visitor talks to it byte for byte."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn):
-        with conn:
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-    def close(self):
-        self.sock.close()
-
-
-@pytest.fixture
-def echo_backend():
-    backend = EchoBackend()
-    yield backend
-    backend.close()
-
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"closed after {len(data)} of {n} bytes"
-        data += chunk
-    return data
-
-
-def echo_visitor(port):
-    """A passthrough Visitor whose bytes the echo backend returns: the ClientHello first."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    hello = clienthello.build(ECHO)
-    sock.sendall(hello)
-    assert recv_exactly(sock, len(hello)) == hello
-    return sock
-
-
-def round_trip(sock, payload, timeout):
-    sock.settimeout(timeout)
-    started = time.monotonic()
-    sock.sendall(payload)
-    assert recv_exactly(sock, len(payload)) == payload
-    return time.monotonic() - started
 
 
 def stalled_tls_visitor(port, hostname):
@@ -94,9 +30,16 @@ def stalled_tls_visitor(port, hostname):
     return sock
 
 
-def test_sd_notify_ready_reloading_stopping(deployment, tmp_path):
-    identity = deployment.identity("client-a")
-    path = deployment.server_config([("apps", ["app.example.com"], [identity])])
+def notify_fields(sock):
+    """One sd_notify datagram as a dict (it may carry STATUS=, MONOTONIC_USEC= beside the state)."""
+    return dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines() if line)
+
+
+def test_sd_notify_ready_reloading_stopping_and_the_reload_took_effect(deployment, tmp_path,
+                                                                       echo_backend):
+    first = deployment.identity("client-a")
+    added = deployment.identity("client-b")
+    path = deployment.server_config([("apps", ["app.example.com"], [first])])
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = tmp_path / "notify.sock"
     notify.bind(str(notify_path))
@@ -104,35 +47,50 @@ def test_sd_notify_ready_reloading_stopping(deployment, tmp_path):
     try:
         server = Proc(["server", "-c", path], env=dict(deployment.env, NOTIFY_SOCKET=str(notify_path)))
         deployment.processes.append(server)
-        assert notify.recv(256) == b"READY=1"
-        server.wait_for("server-ready")
+        assert notify_fields(notify)["READY"] == "1"
+        deployment.public_port = int(server.wait_for(
+            r"server-ready .*public-bind-address=127\.0\.0\.1:(\d+)").group(1))
+        # The reload adds Tunnel "echo" for client-b: it can only join if the reload happened.
+        deployment.server_config([("apps", ["app.example.com"], [first]),
+                                  ("echo", [ECHO], [added])])
         server.signal(signal.SIGHUP)
-        assert notify.recv(256) == b"RELOADING=1"
-        assert notify.recv(256) == b"READY=1"
+        assert notify_fields(notify)["RELOADING"] == "1"
+        assert notify_fields(notify)["READY"] == "1"
+        server.wait_for("server-reloaded tunnels=2")
+        deployment.start_client("client-b", [([ECHO], echo_backend.address)])
+        visitor = echo_visitor(deployment.public_port)
+        with visitor:
+            assert round_trip(visitor, b"through the reloaded Tunnel", timeout=5) < 5
         server.signal(signal.SIGTERM)
-        assert notify.recv(256) == b"STOPPING=1"
+        assert notify_fields(notify)["STOPPING"] == "1"
         assert server.popen.wait(timeout=15) == 0
     finally:
         notify.close()
 
 
-def test_second_signal_forces_shutdown(deployment):
+def test_second_signal_forces_shutdown(deployment, echo_backend):
+    """An established splice has no deadline of its own: with a 60 s grace period only the
+    forced path can end the process within about 2 s of the second signal."""
     identity = deployment.identity("client-a")
-    path = deployment.server_config([("apps", ["app.example.com"], [identity])])
+    path = deployment.server_config([("apps", [ECHO], [identity])])
     path.write_text(path.read_text().replace("graceful-shutdown-duration = 3",
                                              "graceful-shutdown-duration = 60"))
     server = Proc(["server", "-c", path], env=deployment.env)
     deployment.processes.append(server)
-    server.wait_for("server-ready")
-    # A Visitor mid-intake keeps the drain busy; the second signal must not wait for it.
-    with socket.create_connection(("127.0.0.1", int(server.wait_for(
-            r"public-bind-address=127\.0\.0\.1:(\d+)").group(1)))) as visitor:
-        visitor.sendall(b"\x16\x03\x01")
+    deployment.public_port = int(server.wait_for(
+        r"server-ready .*public-bind-address=127\.0\.0\.1:(\d+)").group(1))
+    deployment.start_client("client-a", [([ECHO], echo_backend.address)])
+    with echo_visitor(deployment.public_port) as visitor:
+        assert round_trip(visitor, b"established", timeout=5) < 5
         server.signal(signal.SIGTERM)
         server.wait_for("shutdown-started")
+        assert server.popen.poll() is None  # the drain waits for the splice
+        second = time.monotonic()
         server.signal(signal.SIGINT)
-        server.wait_for("shutdown-forced")
         assert server.popen.wait(timeout=10) == 0
+        took = time.monotonic() - second
+        assert took < 2.0, f"exit {took:.2f}s after the second signal"
+        assert server.wait_for("shutdown-forced .*cut-streams=1")
 
 
 def test_client_reload_keeps_its_stream_limit_and_never_stalls_the_tunnel(deployment, echo_backend):

@@ -76,17 +76,20 @@ def test_bad_visitors_are_dropped_and_others_keep_working(single):
     port = deployment.public_port
 
     def closed_quickly(payload, drip=False):
+        """True when the Server closed the connection; for a drip, the seconds it took."""
         with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-            if drip:
+            started = time.monotonic()
+            if drip:  # one byte a second: each read is on time, the whole is not
                 for byte in payload[:3]:
                     sock.sendall(bytes([byte]))
                     time.sleep(1)
             else:
                 sock.sendall(payload)
             try:
-                return sock.recv(100) == b""
+                closed = sock.recv(100) == b""
             except ConnectionResetError:
-                return True
+                closed = True
+            return (closed and time.monotonic() - started) if drip else closed
 
     junk = b"\x16\x03\x01\x40\x00\x01\x00\x50\x00" + os.urandom(20 * 1024)
     cases = {
@@ -102,9 +105,8 @@ def test_bad_visitors_are_dropped_and_others_keep_working(single):
         assert curl(port, APP, backend.ca).stdout == b"backend=app\n"
         for name, future in results.items():
             assert future.result(timeout=20), name
-        started = time.monotonic()
-        assert drip.result(timeout=20)
-        assert time.monotonic() - started < 10
+        # The intake deadline (5 s) counts from the connection, not from the last byte.
+        assert 4.5 <= drip.result(timeout=20) < 8
     assert curl(port, APP, backend.ca).stdout == b"backend=app\n"
     for reason in ("unknown-hostname", "no-sni", "not-tls", "too-large", "intake-deadline",
                    "server-hostname-without-tunnel-alpn"):
@@ -157,21 +159,32 @@ def test_stalled_backend_does_not_slow_other_streams_and_memory_stays_bounded(si
             except (TimeoutError, OSError):
                 continue
 
+    def stuck(quiet=0.5, timeout=15):
+        """Wait until the push made no progress for `quiet` s: the stream is stalled."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if pushed[0] != last:
+                last, since = pushed[0], time.monotonic()
+            elif pushed[0] and time.monotonic() - since >= quiet:
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"the stalled stream kept flowing: {pushed[0]} bytes")
+
     pusher = threading.Thread(target=push, daemon=True)
     before = rss_kib(server.popen.pid)
     pusher.start()
     try:
-        time.sleep(3)
-        stuck_at = pushed[0]
+        stuck_at = stuck()
         for _ in range(5):
             started = time.monotonic()
             proc = curl(port, APP, backend.ca, path="/bytes/1000000")
             assert proc.returncode == 0 and len(proc.stdout) == 1_000_000
             assert time.monotonic() - started < 10
-        time.sleep(1)
         grown = rss_kib(server.popen.pid) - before
         assert pushed[0] - stuck_at < 8 * 1024 * 1024, "the stalled stream kept flowing"
-        assert grown < 32 * 1024, f"Server RSS grew by {grown} KiB while a stream was stalled"
+        # About 2.5 MiB measured (five 1 MB downloads included); no stalled stream's bytes.
+        assert grown < 8 * 1024, f"Server RSS grew by {grown} KiB while a stream was stalled"
     finally:
         stop.set()
         pusher.join(5)
@@ -369,9 +382,7 @@ def test_visitors_that_reset_release_their_stream(single):
         tls = ctx.wrap_socket(raw, server_hostname=APP)
         tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         tls.close()
-    deadline = time.monotonic() + 15
-    while server.count("visitor-closed") < before + 20 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    server.wait_count("visitor-closed", before + 20, timeout=15)
     assert server.count("visitor-closed") == before + 20
     assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
 
@@ -408,10 +419,6 @@ def test_client_stream_limit_resets_the_newest_and_says_so(deployment, backends)
         with ctx.wrap_socket(raw, server_hostname=APP):  # holds the only handler slot
             assert curl(deployment.public_port, APP, backend.ca, timeout=5).returncode != 0
             client.wait_for("client-saturated scope=active-streams")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if curl(deployment.public_port, APP, backend.ca, timeout=5).stdout == b"backend=app\n":
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the slot was not released")
+            closed = client.count("stream-closed")
+    client.wait_count("stream-closed", closed + 1, timeout=10)  # the holder's slot is free
+    assert curl(deployment.public_port, APP, backend.ca, timeout=5).stdout == b"backend=app\n"
