@@ -214,6 +214,7 @@ class TunnelSession:
                                    idle_timeout=idle_timeout, window_budget=window_budget,
                                    now=clock())
         self.max_frame_size = max_frame_size
+        self.idle_timeout = idle_timeout
         self.on_stream = on_stream
         self.log = log
         self.streams = {}
@@ -419,7 +420,7 @@ class TunnelSession:
             gevent.sleep(min(delay, 5.0))
             for event in session.handle_timer(self.clock()):
                 if isinstance(event, mux.ConnectionDead):
-                    self.close("no frame received for 60 s")
+                    self.close(f"no frame received for {self.idle_timeout:g} s")
                     return
             if session.outbound_pending:
                 self._wake_writer()
