@@ -121,7 +121,8 @@ class Deployment:
         return proc
 
 
-# Tests whose assertions are timings or memory figures: under `make test` (pytest-xdist,
+# Tests whose assertions are timings or memory figures, and tests that build in the
+# source tree: under `make test` (pytest-xdist,
 # --dist loadgroup) each group runs on one worker, one test after another, so two of them
 # never compete for the CPU.  Keys are nodeid prefixes under tests/ (folder, file, test).
 XDIST_GROUPS = {
@@ -132,6 +133,11 @@ XDIST_GROUPS = {
     "e2e/test_passthrough.py::test_bad_visitors": "timing",
     "io/test_splice_timeouts.py": "timing",
     "io/test_tunnel_io.py": "timing",
+    # `make install` and the wheel and venv builds run in the one source tree (build/,
+    # *.egg-info): two at once would trip over each other's files.
+    "test_install.py": "source-tree",
+    "test_packaging.py": "source-tree",
+    "test_image.py": "source-tree",
 }
 
 

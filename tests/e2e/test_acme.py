@@ -167,12 +167,12 @@ def test_client_obtains_terminate_certificate_through_the_tunnel(tmp_path, proce
 def test_short_lived_certificate_is_renewed_and_served_without_restart(tmp_path, processes,
                                                                        pebble_factory):
     port = free_port()
-    validity = 90  # due (1/3 left) after 60 s
+    validity = 24  # due (1/3 left) after 16 s
     pebble = pebble_factory(port, certificate_validity_period=validity)
     client_identity = identity(tmp_path, "client-a")
     server = start(processes, "server",
                    write_server(tmp_path, port, client_identity, acme_url=pebble.directory_url),
-                   env_for(pebble, RUNEWARP_ACME_CHECK_SECONDS="5"))
+                   env_for(pebble, RUNEWARP_ACME_CHECK_SECONDS="2"))
     ready = READY.format(host=re.escape(SERVER_HOSTNAME))
     first = int(server.wait_for(ready, timeout=ISSUANCE_TIMEOUT).group(1), 16)
     assert tunnel_handshake(port, pebble.root_path, tmp_path / "client-a").serial_number == first
