@@ -33,7 +33,8 @@ from .streams import ClientStreams
 from .sweeper import SpliceTimeouts
 from .terminate import PublicCertificates
 from .tlsconn import ClientTLSConnection
-from .tunnel import TunnelSession, drain_control, read_control_messages
+from .tunnel import TunnelSession
+from .tunnelstream import drain_control, read_control_messages
 from .upkeep import Periodic, check_seconds
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0

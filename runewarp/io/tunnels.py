@@ -19,7 +19,8 @@ from ..proto.placement import Placement
 from ..tls import identity_from_pyopenssl, refused_identity
 from .net import format_address
 from .tlsconn import ServerTLSConnection
-from .tunnel import TunnelSession, drain_control, read_control_messages
+from .tunnel import TunnelSession
+from .tunnelstream import drain_control, read_control_messages
 
 TUNNEL_HANDSHAKE_DEADLINE = 5.0
 CONTROL_HELLO_DEADLINE = 10.0

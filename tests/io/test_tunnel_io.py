@@ -8,7 +8,7 @@ import time
 import gevent
 import pytest
 
-from runewarp.io import tunnel
+from runewarp.io import tunnel, tunnelstream
 from runewarp.io.tunnel import OUTBOUND_HIGH_WATER, TunnelSession
 from runewarp.proto.mux import Role
 from runewarp.proto.mux.frames import HEADER_SIZE, INITIAL_WINDOW
@@ -98,7 +98,8 @@ def test_outbound_queue_stays_under_the_high_water_mark_while_the_transport_is_b
 
 def test_without_the_mark_the_queue_would_grow(monkeypatch):
     """The check above can fail: with the mark out of the way the same load queues it all."""
-    monkeypatch.setattr(tunnel, "OUTBOUND_HIGH_WATER", 1 << 40)
+    monkeypatch.setattr(tunnel, "OUTBOUND_HIGH_WATER", 1 << 40)  # the writer's wake-up
+    monkeypatch.setattr(tunnelstream, "OUTBOUND_HIGH_WATER", 1 << 40)  # the streams' wait
     session, far = blocked_pair()
     try:
         handed, _most, finished = queued_while_blocked(session)

@@ -15,7 +15,8 @@ import gevent
 import pytest
 
 from runewarp.io.tlsconn import ClientTLSConnection, ServerTLSConnection
-from runewarp.io.tunnel import TunnelSession, drain_control, read_control_messages
+from runewarp.io.tunnel import TunnelSession
+from runewarp.io.tunnelstream import drain_control, read_control_messages
 from runewarp.proto import control
 from runewarp.proto.mux import Role
 from runewarp.tls import client_tunnel_context, is_unauthorized_alert, server_tunnel_context
