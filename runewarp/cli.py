@@ -48,6 +48,7 @@ from .errors import ConfigError, MaterialError
 from .io.listener import BindError
 from .logs import log
 from .proto.hostname import HostnameError, normalize
+from .systemd import ActivationError
 
 
 def _fail(message, status):
@@ -277,7 +278,7 @@ def main(argv=None):
         return _fail(str(exc), 2)
     except MaterialError as exc:
         return _fail(str(exc), 1)
-    except BindError as exc:  # a runtime failure (exit 1), told by file, key and address
+    except (BindError, ActivationError) as exc:  # a runtime failure (exit 1), told by file
         source = Path(args["--config"]).expanduser() if args["--config"] else \
             configuration.default_config_path()
         return _fail(f"{source}: {exc}", 1)

@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import gevent
@@ -78,3 +80,62 @@ def test_watchdog_pings_every_half_interval(notify_socket, monkeypatch):
 def test_no_watchdog_without_watchdog_usec(monkeypatch):
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     assert systemd.start_watchdog() is None
+
+
+# -- socket activation: sd_listen_fds(3) --
+
+def test_listen_fds_are_parsed_for_this_process_only():
+    env = {"LISTEN_PID": "42", "LISTEN_FDS": "2"}
+    assert systemd.parse_listen_fds(env, 42) == [(3, None), (4, None)]
+    assert systemd.parse_listen_fds(dict(env, LISTEN_FDNAMES="web:"), 42) == [(3, "web"), (4, None)]
+    assert systemd.parse_listen_fds(dict(env, LISTEN_PID="41"), 42) == []  # another process's
+    assert systemd.parse_listen_fds({"LISTEN_FDS": "2"}, 42) == []
+    assert systemd.parse_listen_fds({}, 42) == []
+    assert systemd.parse_listen_fds({"LISTEN_PID": "42", "LISTEN_FDS": "0"}, 42) == []
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LISTEN_PID": "42"}, "LISTEN_FDS='': not a number"),
+    ({"LISTEN_PID": "42", "LISTEN_FDS": "two"}, "LISTEN_FDS='two': not a number"),
+    ({"LISTEN_PID": "42", "LISTEN_FDS": "-1"}, "LISTEN_FDS='-1': not a number"),
+    ({"LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "web"},
+     "LISTEN_FDNAMES='web': 1 names for LISTEN_FDS=2"),
+])
+def test_unreadable_listen_fds_for_this_process_are_an_error(env, message):
+    with pytest.raises(systemd.ActivationError, match=message):
+        systemd.parse_listen_fds(env, 42)
+
+
+def test_listen_fds_removes_the_variables_so_children_do_not_inherit_them():
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "PATH": "/bin"}
+    assert systemd.listen_fds(env) == []  # LISTEN_PID names another process
+    assert env == {"PATH": "/bin"}
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "0"}
+    assert systemd.listen_fds(env) == [] and env == {}
+
+
+def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
+    """A child started with listening sockets at fds 3 and 4, as systemd starts a service."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import fcntl, os, socket\n"
+        "from runewarp import systemd\n"
+        "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+        "for sock, name in systemd.listen_fds():\n"
+        "    cloexec = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC)\n"
+        "    print(sock.fileno(), name, sock.getsockname()[1], cloexec)\n"
+        "print(sorted(k for k in os.environ if k.startswith('LISTEN_')))\n")
+    first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in (first, second)]
+    code = (f"import os, runpy; os.dup2({first.fileno()}, 3); os.dup2({second.fileno()}, 4); "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    env = dict(os.environ, LISTEN_FDS="2", LISTEN_FDNAMES="public:tunnel")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=30, pass_fds=(first.fileno(), second.fileno()))
+    finally:
+        first.close()
+        second.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"3 public {ports[0]} True", f"4 tunnel {ports[1]} True",
+                                       "[]"]

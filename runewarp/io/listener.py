@@ -2,10 +2,13 @@
 
 TCP_NODELAY and keepalive are set once on the listening socket: on Linux every
 accepted socket inherits them, which spares two to five system calls per
-connection on the hot accept path.
+connection on the hot accept path.  A listener whose bind address equals the
+address of a socket that systemd passed (socket activation) serves that socket
+instead of binding its own.
 """
 
 import errno
+import ipaddress
 import os
 import socket
 import sys
@@ -14,7 +17,11 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..errors import TransportError
+from ..systemd import ActivationError
 from .net import format_address, set_keepalive, set_nodelay
+
+# The config key of each listener, by name.
+KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}
 
 
 def bind(address, backlog=1024):
@@ -28,10 +35,64 @@ def bind(address, backlog=1024):
     except OSError:
         sock.close()
         raise
+    return _prepare(sock)
+
+
+def _prepare(sock):
     set_nodelay(sock)  # inherited by accepted sockets
     set_keepalive(sock)
     sock.setblocking(False)
     return sock
+
+
+def _address_key(address):
+    """A socket address compared as an IP: `::ffff:192.0.2.1` is 192.0.2.1, `0::1` is ::1."""
+    host, port = address[:2]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return address[:2]
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, port
+
+
+def _listening_tcp(sock):
+    return bool(sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+class InheritedSockets:
+    """The listening sockets systemd passed ([(socket, name)] from systemd.listen_fds()),
+    each claimed by the listener whose bind address equals its own."""
+
+    def __init__(self, inherited=()):
+        self.unclaimed = list(inherited)
+
+    def claim(self, address):
+        """The inherited listening TCP socket bound to `address`, or None."""
+        for entry in self.unclaimed:
+            sock = entry[0]
+            if _listening_tcp(sock) and _address_key(sock.getsockname()) == _address_key(address):
+                self.unclaimed.remove(entry)
+                return sock
+        return None
+
+    def refuse_unclaimed(self, addresses):
+        """ActivationError naming the first socket no listener claimed; `addresses` maps
+        each listener name to its bind address (None: unset)."""
+        if not self.unclaimed:
+            return
+        sock, name = self.unclaimed[0]
+        label = f"fd {sock.fileno()}" + (f" ({name})" if name else "")
+        if _listening_tcp(sock):
+            what = f"inherited socket {label} on {format_address(sock.getsockname())}"
+        else:
+            what = f"inherited socket {label} (not a listening TCP socket)"
+        keys = ", ".join(f"{KEYS[n]} = {format_address(a) if a else 'unset'}"
+                         for n, a in addresses.items())
+        raise ActivationError(f"{what} matches no bind address ({keys}): make the socket "
+                              "unit listen on the configured address")
 
 
 class _HandlerOwnedServer(StreamServer):
@@ -49,11 +110,9 @@ class _HandlerOwnedServer(StreamServer):
 class BindError(TransportError, OSError):
     """A listener that could not bind, told by its config key and address (one error line)."""
 
-    KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}
-
     def __init__(self, name, address, error):
         super().__init__(error.errno, error.strerror)
-        self.key = self.KEYS.get(name, name)
+        self.key = KEYS.get(name, name)
         self.address = address
 
     def __str__(self):
@@ -68,12 +127,15 @@ class BindError(TransportError, OSError):
 class Listener:
     """One listening socket; `stop()` closes it so no new connection is accepted.
 
-    `name` is "public" or "tunnel": a failed bind names the matching config key."""
+    `name` is "public" or "tunnel": a failed bind names the matching config key.
+    `inherited` (InheritedSockets) may hold the socket for `address` already bound."""
 
-    def __init__(self, name, address, handle, pool_size):
+    def __init__(self, name, address, handle, pool_size, inherited=None):
         self.name = name
+        sock = inherited.claim(address) if inherited is not None else None
+        self.inherited = sock is not None
         try:
-            self.sock = bind(address)
+            self.sock = _prepare(sock) if self.inherited else bind(address)
         except OSError as exc:
             raise BindError(name, address, exc) from None
         self.address = self.sock.getsockname()

@@ -11,7 +11,7 @@ import time
 import gevent
 from gevent.pool import Group
 
-from .. import __version__, certcheck
+from .. import __version__, certcheck, systemd
 from ..config import keep_running
 from ..certcheck import CertificateRefused
 from ..errors import ConfigError, IntakeRejected, ProtocolError, StreamAborted
@@ -24,7 +24,7 @@ from ..proto.mux import WindowBudget
 from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .challenge import ChallengeResponder
 from .intake import intake
-from .listener import Listener
+from .listener import InheritedSockets, Listener
 from .net import format_address
 from .servercert import ServerCertificateChecks
 from .splice import SocketEnd, Splices, StreamEnd, drain
@@ -93,13 +93,16 @@ class Server(ServerCertificateChecks, TunnelConnections):
             self.acme.start()  # Tunnel connections are refused until a certificate exists
         pool_size = cfg.limits.intake_connections + cfg.limits.active_streams \
             + cfg.limits.tunnel_handshakes
+        inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's, if any
         self.listeners.append(Listener("public", cfg.public_bind_address,
-                                       self._handle_public, pool_size))
+                                       self._handle_public, pool_size, inherited))
         if cfg.tunnel_bind_address is not None:
             live = cfg.limits.pool_connections * len(self.snapshot.tunnels)
             self.listeners.append(Listener("tunnel", cfg.tunnel_bind_address,
                                            self._handle_tunnel_listener,
-                                           live + cfg.limits.tunnel_handshakes))
+                                           live + cfg.limits.tunnel_handshakes, inherited))
+        inherited.refuse_unclaimed({"public": cfg.public_bind_address,
+                                    "tunnel": cfg.tunnel_bind_address})
         for listener in self.listeners:
             listener.start()
         if self.acme is None:
@@ -108,6 +111,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
                       public_bind_address=format_address(self.listeners[0].address),
                       tunnel_bind_address=(format_address(self.listeners[1].address)
                                            if len(self.listeners) > 1 else "shared"),
+                      inherited=",".join(li.name for li in self.listeners if li.inherited) or None,
                       tunnels=len(self.snapshot.tunnels), version=__version__)
 
     def stop_accepting(self):
