@@ -48,29 +48,6 @@ backend-address = "127.0.0.1:8443"
 """
 
 
-@pytest.fixture
-def home(tmp_path):
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def env(home):
-    return {"HOME": str(home)}
-
-
-@pytest.fixture
-def write(tmp_path):
-    def write(text, name="config.toml"):
-        path = tmp_path / "etc" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return path
-
-    return write
-
-
 # --- valid configurations --------------------------------------------------
 
 

@@ -78,6 +78,8 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         acme=acme,
         services=services,
         limits=shared.limits(ctx, client, p),
+        metrics=shared.metrics(ctx, client, p),
+        access_log=ctx.setting(client, p, "access-log"),
         log_level=log_level,
         log_format=log_format,
         graceful_shutdown_duration=grace,

@@ -55,6 +55,16 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """`[<role>.metrics]`: where the metrics listener binds (None: no listener) and StatsD."""
+
+    bind_address: tuple[str, int] | None = None
+    statsd_address: tuple[str, int] | None = None
+    statsd_prefix: str = default("server.metrics.statsd-prefix")
+    statsd_interval: float = default("server.metrics.statsd-interval")
+
+
+@dataclass(frozen=True)
 class TunnelConfig:
     """One `[[server.tunnels]]` entry, hostnames normalized."""
 
@@ -76,6 +86,8 @@ class ServerConfig:
     strict_permissions: bool = default("server.strict-permissions")
     tunnels: tuple[TunnelConfig, ...]
     limits: Limits = Limits()
+    metrics: MetricsConfig | None = None
+    access_log: bool = default("server.access-log")
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     source: Path | None = None
@@ -113,6 +125,8 @@ class ClientConfig:
     acme: AcmeConfig | None = None
     services: tuple[ServiceConfig, ...]
     limits: Limits = Limits()
+    metrics: MetricsConfig | None = None
+    access_log: bool = default("client.access-log")
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")

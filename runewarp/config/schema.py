@@ -60,6 +60,18 @@ def _acme(role: str) -> tuple[Key, ...]:
     )
 
 
+def _metrics(role: str) -> tuple[Key, ...]:
+    p = f"{role}.metrics"
+    return (
+        Key(f"{p}.bind-address", "address", None, "literal IP:port or [IPv6]:port, port 0-65535",
+            "plain-HTTP listener for /metrics, /healthz, /readyz and /status", shown="unset (no listener)"),
+        Key(f"{p}.statsd-address", "address", None, "host:port, port 1-65535 (UDP)",
+            "push the same figures to StatsD", shown="unset (no push)"),
+        Key(f"{p}.statsd-prefix", "string", "runewarp", "1-64 of A-Z a-z 0-9 . _ -", "prefix of every StatsD name"),
+        Key(f"{p}.statsd-interval", "seconds", 10.0, "seconds > 0", "how often StatsD gets the figures"),
+    )
+
+
 def _limit(name: str, default: int | float, doc: str, *, bounds: tuple[int, int | None] | None = (1, None),
            shown: str | None = None) -> Key:
     kind = "seconds" if name.endswith("-timeout") else "integer"
@@ -106,9 +118,14 @@ KEYS: tuple[Key, ...] = (
     *_both("strict-permissions", "boolean", False, "true or false", "refuse keys others can read"),
     *_both("acme", "table", None, "see the acme keys", "certificates from an ACME CA", shown="unset"),
     *_both("limits", "table", None, "see the limits keys", "resource bounds", shown="defaults"),
+    *_both("metrics", "table", None, "see the metrics keys", "metrics, health and status listener; StatsD",
+           shown="unset"),
+    *_both("access-log", "boolean", True, "true or false",
+           "one info line per Visitor connection (Server) or stream (Client) when it ends"),
     Key("server.tunnels", "array of tables", REQUIRED, "at least one", "the Tunnels"),
     *(Key(f"server.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _SERVER_LIMITS),
     *_acme("server"),
+    *_metrics("server"),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
         shown="tunnel-<n>"),
     Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames, each in one Tunnel",
@@ -130,6 +147,7 @@ KEYS: tuple[Key, ...] = (
     Key("client.services", "array of tables", REQUIRED, "at least one", "the Services"),
     *(Key(f"client.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _STREAM_LIMITS),
     *_acme("client"),
+    *_metrics("client"),
     Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "
         "omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
     Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",

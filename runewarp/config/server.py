@@ -51,6 +51,8 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         strict_permissions=ctx.setting(server, p, "strict-permissions"),
         tunnels=tunnels,
         limits=limits,
+        metrics=shared.metrics(ctx, server, p),
+        access_log=ctx.setting(server, p, "access-log"),
         log_level=log_level,
         log_format=log_format,
         source=source,

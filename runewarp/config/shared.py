@@ -1,9 +1,12 @@
-"""What both roles read alike: the top level, `[<role>.acme]` and `[<role>.limits]`."""
+"""What both roles read alike: the top level, `[<role>.acme]`, `[<role>.limits]` and `[<role>.metrics]`."""
 
 from urllib.parse import urlsplit
 
 from . import schema
-from .model import AcmeConfig, Limits
+import re
+
+from .addresses import bind_address, backend_address
+from .model import AcmeConfig, Limits, MetricsConfig
 from .paths import default_acme_state_dir
 from .reader import Context, join
 
@@ -47,3 +50,29 @@ def limits(ctx: Context, parent: dict, prefix: str) -> Limits:
     path = join(prefix, "limits")
     ctx.check_keys(table, path)
     return Limits(**{key.replace("-", "_"): ctx.setting(table, path, key) for key in schema.names(path)})
+
+
+_STATSD_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def metrics(ctx: Context, parent: dict, role: str) -> MetricsConfig | None:
+    """`[<role>.metrics]` (None without the table)."""
+    table = ctx.table(parent, role, "metrics")
+    if table is None:
+        return None
+    p = join(role, "metrics")
+    ctx.check_keys(table, p)
+    bind = ctx.string(table, p, "bind-address")
+    statsd = ctx.string(table, p, "statsd-address")
+    prefix = ctx.setting(table, p, "statsd-prefix")
+    if not _STATSD_PREFIX.fullmatch(prefix):
+        raise ctx.error(join(p, "statsd-prefix"), f"{prefix!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    interval = ctx.setting(table, p, "statsd-interval")
+    if interval <= 0:
+        raise ctx.error(join(p, "statsd-interval"), f"must be more than 0 seconds; got {interval:g}")
+    return MetricsConfig(
+        bind_address=bind_address(ctx, join(p, "bind-address"), bind) if bind else None,
+        statsd_address=backend_address(ctx, join(p, "statsd-address"), statsd) if statsd else None,
+        statsd_prefix=prefix,
+        statsd_interval=interval,
+    )
