@@ -9,12 +9,7 @@ Flow control and window growth (window.py): the peer's credit is exactly
 grow for a reader that keeps up, shrink for one that falls behind, and take
 their growth beyond 256 KiB from a WindowBudget shared by every session.
 
-Replies.  Frames the peer's frames call for (ping and SYN ACKs, RSTs) share
-the outbound queue with our data.  A peer that keeps sending those but never
-reads would grow it without bound, so only `max_reply_backlog` bytes of them
-may wait between two `data_to_send()` calls; beyond that the session fails.
-Our own data is not counted: the driver bounds it by not sending while
-`outbound_pending` is high.
+Replies to the peer's frames are bounded by `max_reply_backlog` (outbound.py).
 """
 
 import enum
@@ -22,37 +17,12 @@ import sys
 
 from ...errors import LocalProtocolError, RemoteProtocolError
 from .budget import WindowBudget
-from .events import (
-    ConnectionDead,
-    DataReceived,
-    Event,
-    GoAwayReceived,
-    PingAcknowledged,
-    StreamAcknowledged,
-    StreamEnded,
-    StreamOpened,
-    StreamReset,
-    WindowUpdated,
-)
-from .frames import (
-    FLAG_ACK,
-    FLAG_FIN,
-    FLAG_RST,
-    FLAG_SYN,
-    GOAWAY_INTERNAL_ERROR,
-    GOAWAY_PROTOCOL_ERROR,
-    HEADER,
-    HEADER_SIZE,
-    INITIAL_WINDOW,
-    MAX_PAYLOAD,
-    MAX_STREAM_ID,
-    TYPE_DATA,
-    TYPE_GO_AWAY,
-    TYPE_PING,
-    TYPE_WINDOW_UPDATE,
-    VERSION,
-    FrameDecoder,
-)
+from .events import (ConnectionDead, DataReceived, Event, GoAwayReceived, PingAcknowledged,
+                     StreamAcknowledged, StreamEnded, StreamOpened, StreamReset, WindowUpdated)
+from .frames import (FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, GOAWAY_INTERNAL_ERROR, GOAWAY_PROTOCOL_ERROR,
+                     HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_PAYLOAD, MAX_STREAM_ID, TYPE_DATA, TYPE_GO_AWAY,
+                     TYPE_PING, TYPE_WINDOW_UPDATE, VERSION, FrameDecoder)
+from .outbound import Outbound
 from .window import ReceiveWindows, StreamState
 
 _pack = HEADER.pack
@@ -110,9 +80,8 @@ class Session:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._last_peer_id = 0
         self._decoder = FrameDecoder(max(MAX_PAYLOAD, max_window))
-        self._out: list = []  # frames in wire order, joined once by data_to_send()
-        self._out_len = 0
-        self._reply_backlog = 0  # bytes of replies queued since the last data_to_send()
+        self._outbound = Outbound(max_reply_backlog)
+        self._emit = self._outbound.emit
         self._last_received = now
         self._next_ping = now + keepalive_interval
         self._ping_counter = 0
@@ -120,38 +89,20 @@ class Session:
     # -- output --
 
     def data_to_send(self) -> bytes:
-        """All queued outbound bytes (b"" if none); the queue is emptied.
-
-        Frames are queued as separate pieces (headers, payload views) and joined
-        here exactly once: on the data path every extra copy of a 64 KiB frame
-        shows up in the profile.
-        """
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out = []
-        self._out_len = 0
-        self._reply_backlog = 0
-        return data
+        """All queued outbound bytes (b"" if none); the queue is emptied."""
+        return self._outbound.take()
 
     @property
     def outbound_pending(self) -> int:
-        return self._out_len
-
-    def _emit(self, chunk) -> None:
-        self._out.append(chunk)
-        self._out_len += len(chunk)
+        return self._outbound.pending
 
     def _reply(self, chunk) -> None:
         """Queue a frame the peer's input calls for; fail if the peer is not reading them."""
-        backlog = self._reply_backlog + len(chunk)
-        if backlog > self.max_reply_backlog:
+        if not self._outbound.reply(chunk):
             # Nothing malformed arrived: we give up for our own sake, hence "internal".
             self._fail(GOAWAY_INTERNAL_ERROR)
             raise RemoteProtocolError(f"peer is not reading: over {self.max_reply_backlog} bytes "
                                       "of replies to its frames are queued")
-        self._reply_backlog = backlog
-        self._emit(chunk)
 
     # -- queries --
 
