@@ -244,7 +244,8 @@ def statsd_samples(registry):
             kind = "g" if family.type == "gauge" else "c"
             parts = [sample.name[len("runewarp_"):]]
             parts += [_segment(v) for v in sample.labels.values()]
-            yield kind, ".".join(parts), sample.value
+            number = sample.value
+            yield kind, ".".join(parts), int(number) if number.is_integer() else number
 
 
 def _segment(value):
