@@ -77,13 +77,16 @@ class Lifecycle:
             config = self.load_config()
             self.runtime.reload(config)
         except RunewarpError as exc:
+            self.runtime.metrics.reloads["failure"].inc()
             self.log.error("reload-failed", reason=str(exc), kept="previous configuration")
             systemd.ready("serving; the last reload failed, previous configuration kept")
             return False
         except Exception as exc:  # noqa: BLE001 - a bug in a reload never ends the process
+            self.runtime.metrics.reloads["failure"].inc()
             self.log.error("reload-failed", reason=f"unexpected {exc.__class__.__name__}: {exc}",
                            kept="previous configuration")
             systemd.ready("serving; the last reload failed, previous configuration kept")
             return False
+        self.runtime.metrics.reloads["success"].inc()
         systemd.ready("serving")
         return False

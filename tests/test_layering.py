@@ -1,7 +1,7 @@
 """The package's layers (docs/architecture.md): no import from a lower layer to a higher one.
 
 `proto` -> nothing of the package but `errors`, and no I/O, clock or randomness;
-`config`/`material`/`tls` -> `proto`, `errors`, `logs` (and each other); `acme` -> those;
+`config`/`material`/`tls`/`metrics` -> `proto`, `errors`, `logs` (and each other); `acme` -> those;
 `io` -> those and `acme` (never `cli`); `cli` and the other entry points -> everything.
 Relative imports are resolved against the package, so `from ...io import x` counts.
 A new top-level module must be placed in LAYERS before this test passes.
@@ -20,7 +20,7 @@ PROTO_FORBIDDEN = {"socket", "ssl", "gevent", "time", "select", "selectors", "as
                    "io", "datetime"}
 
 BASE = {"runewarp", "errors"}  # the package itself (its __version__) and the exception tree
-CORE = BASE | {"proto", "logs", "systemd", "config", "material", "tls", "certcheck"}
+CORE = BASE | {"proto", "logs", "systemd", "config", "material", "tls", "certcheck", "metrics"}
 EVERYTHING = None
 LAYERS = {
     "runewarp": set(),
@@ -33,6 +33,7 @@ LAYERS = {
     "material": CORE,
     "tls": CORE,
     "certcheck": CORE,
+    "metrics": CORE,
     "acme": CORE | {"acme"},
     "acme_plugin": CORE | {"acme"},
     "io": CORE | {"acme", "lifecycle"},

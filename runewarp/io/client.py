@@ -20,6 +20,7 @@ from ..config import keep_running
 from ..acme import AcmeCertificates
 from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
+from ..metrics import ClientMetrics, service_label
 from ..material import identity_needs_renewal, renew_identity, show_identity
 from ..proto import control
 from ..proto.backoff import WINDOWS, Backoff, parse_windows
@@ -27,6 +28,7 @@ from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
 from ..proto.services import ServiceTable
 from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
 from .challenge import ChallengeResponder
+from .monitor import Monitor, certificate_entries, rfc3339
 from .net import describe, format_address, resolve_override, set_keepalive, set_nodelay
 from .splice import Splices, drain
 from .streams import ClientStreams
@@ -35,11 +37,22 @@ from .terminate import PublicCertificates
 from .tlsconn import ClientTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
-from .upkeep import Periodic, check_seconds
+from .upkeep import Periodic, check_seconds, utcnow
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
 # Bound to workers, the handler pool or the ACME scheduler at start: a reload keeps them.
-RESTART_ONLY = ("server_addresses", "limits", "acme")
+RESTART_ONLY = ("server_addresses", "limits", "acme", "metrics")
+
+
+class ServerLink:
+    """What /status tells about one Server address: its worker's state and last error."""
+
+    def __init__(self):
+        self.state = "connecting"  # | "established" | "waiting"
+        self.connected_since = None
+        self.last_error = None
+        self.retry_at = None  # monotonic
+        self.session = None
 
 
 class Client(ClientStreams):
@@ -48,12 +61,17 @@ class Client(ClientStreams):
         self.log = log
         self.instance = uuid.uuid4().hex[:12]
         self.services = ServiceTable(config.services)
+        self.metrics = ClientMetrics([format_address(a) for a in config.server_addresses],
+                                     config.services)
+        self.monitor = Monitor(config.metrics, "client", self, self.metrics, log)
+        self.links = {}
         self.acme = self.challenges = None
         if config.acme is not None:
             self.acme = AcmeCertificates(config.acme, config.terminate_hostnames, log, "client",
                                          on_ready=lambda host: self.public_certs.context_for(host))
             self.challenges = ChallengeResponder(self.acme.challenge_dir)
-        self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme)
+        self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme,
+                                               metrics=self.metrics)
         self.handlers = Pool(config.limits.active_streams)
         self.window_budget = WindowBudget(config.limits.stream_buffer_budget)
         self.splices = Splices(SpliceTimeouts.from_limits(config.limits))
@@ -63,6 +81,7 @@ class Client(ClientStreams):
         self.stopping = Event()
 
     def start(self):
+        self.monitor.bind()  # a taken metrics address fails the start before anything runs
         self.identity = show_identity(self.config.identity_dir)  # fail fast without material
         # Before any Visitor can arrive: renew due Public hostname certificates the Client
         # issued itself, and name the terminate hostnames that have none.  Then every hour.
@@ -73,7 +92,9 @@ class Client(ClientStreams):
         if self.acme is not None:
             self.acme.start()
         for address in self.config.server_addresses:
+            self.links[format_address(address)] = ServerLink()
             self.workers.append(gevent.spawn(self._worker, address))
+        self.monitor.start()
         self.log.info("client-ready", client_identity=self.identity, instance=self.instance,
                       server_addresses=",".join(format_address(a) for a in
                                                 self.config.server_addresses),
@@ -102,18 +123,45 @@ class Client(ClientStreams):
         gevent.killall(self.workers, block=False)  # no timed wait: the process exits right after
         if self.acme is not None:
             self.acme.stop()
+        self.monitor.stop()
 
     def reload(self, config):
         config, changed = keep_running(config, self.config, RESTART_ONLY)
         for key in changed:
             self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         self.services = ServiceTable(config.services)
+        self.metrics.set_services(config.services)
+        self.metrics.forget_certificates("public", set(config.terminate_hostnames))
         self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme,
-                                               clock=self.public_certs.clock)
+                                               clock=self.public_certs.clock,
+                                               metrics=self.metrics)
         self.public_certs.upkeep(config.terminate_hostnames, announce=True)
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self.log.info("client-reloaded", services=len(config.services))
+
+    # -- /readyz and /status --
+    def ready(self):
+        """At least one established Tunnel connection, and not shutting down."""
+        return not self.stopping.is_set() and any(
+            link.state == "established" for link in self.links.values())
+
+    def status(self):
+        now = time.monotonic()
+        servers = [{"address": address, "state": link.state,
+                    "connected_since": rfc3339(link.connected_since),
+                    "last_error": link.last_error,
+                    "next_retry_seconds": (round(max(0.0, link.retry_at - now), 3)
+                                           if link.state == "waiting" else None),
+                    "active_streams": (max(0, link.session.active_streams - 1)  # not control
+                                       if link.state == "established" else 0)}
+                   for address, link in self.links.items()]
+        services = [{"public_hostnames": sorted(s.public_hostnames),
+                     "backend": service_label(s), "tls_mode": s.tls_mode,
+                     "active_streams": self.metrics.services[s.backend_address].active}
+                    for s in self.config.services]
+        return {"servers": servers, "services": services,
+                "certificates": certificate_entries(self.metrics)}
 
     # -- Tunnel connection worker --
     def _worker(self, address):
@@ -121,36 +169,48 @@ class Client(ClientStreams):
         server = format_address(address)
         failures = 0  # attempts that failed since the last established connection
         down_since = time.monotonic()  # no Tunnel connection to this Server since then
+        link = self.links[server]
+        state = self.metrics.state[server]
         while not self.stopping.is_set():
+            link.state = "connecting"
             try:
                 session = self._connect(address, failures, down_since)
             except Unauthorized:
                 failures += 1
+                link.last_error = "unauthorized client identity"
                 self.log.error("tunnel-connection-unauthorized", server_address=server,
                                client_identity=self.identity, attempt=failures,
                                reason=f"unauthorized client identity {self.identity}: the "
                                       "Server's Tunnels do not list it")
             except MaterialError as exc:
                 failures += 1
+                link.last_error = str(exc)
                 self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
                                reason=str(exc))
             except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamAborted,
                     control.ControlError) as exc:
                 failures += 1
+                link.last_error = describe(exc)
                 # The first failure of an outage is the warning; its repeats are counted.
                 self.log.log("warn" if failures == 1 else "info", "tunnel-connection-failed",
                              server_address=server, attempt=failures, reason=describe(exc))
             except Exception as exc:  # noqa: BLE001 - a peer's bytes never end this worker
                 failures += 1
+                link.last_error = f"unexpected {describe(exc)}"
                 self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
                                reason=f"unexpected {describe(exc)}")
             else:
                 failures = 0
                 backoff.established(time.monotonic())
                 self.sessions.add(session)
+                link.state, link.session, link.connected_since = "established", session, utcnow()
+                state.set(1)
                 gevent.wait([session.closed, session.peer_going_away, self.stopping], count=1)
                 if self.stopping.is_set():
                     break
+                state.set(0)
+                link.state, link.session, link.connected_since = "connecting", None, None
+                link.last_error = session.close_reason or "the Server is going away"
                 down_since = time.monotonic()
                 # A Server stopping or restarting says go away (normal) before it closes.
                 graceful = session.go_away_reason == GOAWAY_NORMAL
@@ -166,6 +226,8 @@ class Client(ClientStreams):
             if self.stopping.is_set():
                 break
             delay = backoff.next_delay(random.uniform, time.monotonic())
+            self.metrics.reconnects[server].inc()
+            link.state, link.retry_at = "waiting", time.monotonic() + delay
             self.log.info("tunnel-reconnect-scheduled", server_address=server,
                           next_retry_delay=format_seconds(delay))
             if delay:

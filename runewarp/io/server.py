@@ -12,9 +12,10 @@ import gevent
 from gevent.pool import Group
 
 from .. import __version__, certcheck, systemd
+from ..metrics import INTAKE_OUTCOMES, ServerMetrics
 from ..config import keep_running
 from ..certcheck import CertificateRefused
-from ..errors import ConfigError, IntakeRejected, ProtocolError, StreamAborted
+from ..errors import ConfigError, IntakeRejected, MaterialError, ProtocolError, StreamAborted
 from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
 from ..proto import proxyv2
@@ -25,6 +26,7 @@ from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .challenge import ChallengeResponder
 from .intake import intake
 from .listener import InheritedSockets, Listener
+from .monitor import Monitor, certificate_entries, rfc3339
 from .net import format_address
 from .servercert import ServerCertificateChecks
 from .splice import SocketEnd, Splices, StreamEnd, drain
@@ -33,7 +35,8 @@ from .tunnels import TunnelConnections, TunnelPool
 from .upkeep import Periodic, check_seconds, utcnow
 
 # Bound to listeners, admission tables or the ACME scheduler at start: a reload keeps them.
-RESTART_ONLY = ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme")
+RESTART_ONLY = ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme",
+                "metrics")
 ENVELOPE_DEADLINE = 5.0
 # The rate-limited warning scope for a refused admission, by table and reason.
 _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
@@ -52,6 +55,8 @@ class Server(ServerCertificateChecks, TunnelConnections):
         self.config = config
         self.snapshot = config.routing_snapshot()
         self.pools = {t.name: TunnelPool(t.name) for t in self.snapshot.tunnels}
+        self.metrics = ServerMetrics(self.snapshot.tunnels, lambda: self.pools)
+        self.monitor = Monitor(config.metrics, "server", self, self.metrics, log)
         self.acme = self.challenges = None
         if config.acme is not None:
             self.acme = AcmeCertificates(config.acme, [config.hostname], log, "server",
@@ -84,6 +89,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
     # -- lifecycle --
     def start(self):
         cfg = self.config
+        self.monitor.bind()  # a taken metrics address fails the start before anything serves
         if self.acme is None:
             if not self._certificate_checked:
                 self.check_certificate()  # renew or refuse before serving anything
@@ -105,6 +111,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
                                     "tunnel": cfg.tunnel_bind_address})
         for listener in self.listeners:
             listener.start()
+        self.monitor.start()
         if self.acme is None:
             self.certificate_upkeep.start()  # certbot renews ACME certificates
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
@@ -142,6 +149,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
         self.tunnels.kill(block=False)  # no timed wait: the process exits right after
         if self.acme is not None:
             self.acme.stop()
+        self.monitor.stop()
 
     def reload(self, config):
         """Swap in a new snapshot and certificate; Tunnel connections no longer authorized close.
@@ -166,18 +174,47 @@ class Server(ServerCertificateChecks, TunnelConnections):
         self.snapshot = snapshot
         self.certificate = certificate
         old_pools, self.pools = self.pools, pools
+        self.metrics.set_tunnels(snapshot.tunnels)
         self._reauthorize(old_pools, snapshot)
         self.log.configure(config.log_level, config.log_format)
         self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
+
+    # -- /readyz and /status --
+    def ready(self):
+        """Listeners serving, a usable Server certificate, and not shutting down."""
+        if self.stopping or not self.listeners:
+            return False
+        try:
+            self.certificate.current()
+        except (MaterialError, OSError):
+            return False
+        return True
+
+    def status(self):
+        tunnels = []
+        for route in self.snapshot.tunnels:
+            pool = self.pools.get(route.name)
+            members = [{"client_identity": m.identity, "instance": m.instance, "peer": m.peer,
+                        "connected_since": rfc3339(m.connected_since),
+                        "active_streams": max(0, m.session.active_streams - 1),  # not control
+                        "ping_rtt_seconds": m.session.ping_rtt}
+                       for m in (pool.members if pool else ())]
+            tunnels.append({"name": route.name, "public_hostnames": sorted(route.public_hostnames),
+                            "active_streams": pool.active_streams if pool else 0,
+                            "members": members})
+        return {"tunnels": tunnels, "certificates": certificate_entries(self.metrics)}
 
     # -- public listener: accept → intake → route → place → splice --
     def _handle_public(self, sock, address):
         self.visitors.add(gevent.getcurrent())  # nodelay and keepalive: from the listener
         spliced = False
         slot = None
+        outcome = "aborted"  # killed at shutdown, or a bug: every path counts one outcome
         try:
+            accepted = time.monotonic()
             slot = self._admit(self.intake_slots, "intake", sock, address)
             if slot is None:
+                outcome = "admission-full"
                 return
             self.saturation.recovered("intake-full")
             self.saturation.recovered("source-full")
@@ -193,17 +230,22 @@ class Server(ServerCertificateChecks, TunnelConnections):
                 self.intake_slots.release(slot)
             if slot.shed:  # its hello was already buffered when it was shed: still shed
                 raise IntakeRejected("shed")
+            self.metrics.intake_seconds.observe(time.monotonic() - accepted)
             if taken.hostname == self.snapshot.server_hostname:
-                self._server_hostname_connection(sock, address, taken)
+                outcome = self._server_hostname_connection(sock, address, taken)
                 return
-            spliced = self._route_visitor(sock, address, taken)
+            outcome = self._route_visitor(sock, address, taken)
+            spliced = outcome == "routed"
         except IntakeRejected as exc:
-            self.log.debug("visitor-rejected", visitor=format_address(address),
-                           reason="shed" if slot is not None and slot.shed else exc.reason)
+            reason = "shed" if slot is not None and slot.shed else exc.reason
+            outcome = INTAKE_OUTCOMES.get(reason, "malformed-hello")
+            self.log.debug("visitor-rejected", visitor=format_address(address), reason=reason)
         except OSError as exc:
+            outcome = "socket-error"
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason=f"socket-error: {exc}")
         finally:
+            self.metrics.visitor[outcome].inc()
             if not spliced:
                 sock.close()
 
@@ -228,14 +270,17 @@ class Server(ServerCertificateChecks, TunnelConnections):
         return slot
 
     def _server_hostname_connection(self, sock, address, taken):
+        """A connection to the Server hostname; its Visitor outcome."""
         offered = taken.hello.alpn_protocols
         if ALPN_TUNNEL.decode() in offered and self.config.tunnel_bind_address is None:
             self.visitors.discard(gevent.getcurrent())
             self.tunnels.add(gevent.getcurrent())
             self._tunnel_connection(sock, address, taken.buffered)
-        elif ALPN_ACME.decode() in offered and self.challenges is not None:
+            return "tunnel-connection"
+        if ALPN_ACME.decode() in offered and self.challenges is not None:
             self.challenges.answer(sock, taken.hostname, taken.buffered, self.log)
-        elif ALPN_ACME.decode() in offered:
+            return "acme-challenge"
+        if ALPN_ACME.decode() in offered:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason="acme-not-configured")
         else:
@@ -243,30 +288,31 @@ class Server(ServerCertificateChecks, TunnelConnections):
                            reason="server-hostname-without-tunnel-alpn"
                            if self.config.tunnel_bind_address is None
                            else "tunnel-connections-use-the-tunnel-listener")
+        return "server-hostname-other-alpn"
 
     def _route_visitor(self, sock, address, taken):
-        """Route and place one Visitor; True once a splice owns its socket."""
+        """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
         hostname = taken.hostname
         route = self.snapshot.tunnel_for_hostname(hostname)
         if route is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            public_hostname=hostname, reason="unknown-hostname")
-            return False
+            return "unknown-hostname"
         pool = self.pools.get(route.name)
         member = pool.place() if pool else None
         if member is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            public_hostname=hostname, tunnel=route.name,
                            reason="no-tunnel-connection")
-            return False
+            return "no-tunnel-connection"
         limits = self.config.limits
         if self.active_streams >= limits.active_streams:
             self.saturation.warn("active-streams", time.monotonic())
-            return False
+            return "active-streams-full"
         if pool.active_streams >= limits.tunnel_share(len(self.pools)):
             self.saturation.warn(f"active-streams-per-tunnel:{route.name}", time.monotonic(),
                                  tunnel=route.name)
-            return False
+            return "active-streams-full"
         self.active_streams += 1
         pool.active_streams += 1
         spliced = False
@@ -276,7 +322,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
             except ProtocolError:
                 self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
                                reason="tunnel-connection-going-away")
-                return False
+                return "stream-open-failed"
             member.streams_placed += 1
             envelope = proxyv2.encode(address[:2], sock.getsockname()[:2]) + taken.buffered
             taken.release()
@@ -288,16 +334,20 @@ class Server(ServerCertificateChecks, TunnelConnections):
                 stream.reset()
                 self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
                                reason="stream-open-failed")
-                return False
+                return "stream-open-failed"
             self.log.debug("visitor-routed", visitor=format_address(address),
                            public_hostname=hostname, tunnel=route.name,
                            client_instance=member.instance, stream=stream.id)
             started = time.monotonic()
             uploaded = taken.size
+            series = self.metrics.tunnels[route.name]
+            series.routed[hostname].inc()
 
             def closed(result):
                 self.active_streams -= 1
                 pool.active_streams -= 1
+                series.to_client.inc(result.a_to_b + uploaded)
+                series.to_visitor.inc(result.b_to_a)
                 self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
                                bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
                                duration=f"{time.monotonic() - started:.3f}s",
@@ -305,7 +355,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
 
             self.splices.start(SocketEnd(sock), StreamEnd(stream), closed)
             spliced = True
-            return True
+            return "routed"
         finally:
             if not spliced:
                 self.active_streams -= 1

@@ -17,7 +17,7 @@ from ..tls import ContextCache, server_tunnel_context
 
 class ServerCertificateChecks:
     """The certificate half of the Server (mixed into io.server.Server): it reads
-    `config`, `acme`, `clock`, `certificate`, `stopping` and `log` from the Server."""
+    `config`, `acme`, `clock`, `certificate`, `stopping`, `metrics` and `log` from the Server."""
 
     def _certificate_for(self, config):
         """The Server certificate's context, rebuilt only when its files change.
@@ -36,7 +36,10 @@ class ServerCertificateChecks:
         def build(_key, paths):
             if paths is None:
                 raise MaterialError(f"no ACME certificate for {config.hostname} yet")
-            return server_tunnel_context(*paths, self._authorize)
+            context = server_tunnel_context(*paths, self._authorize)
+            self.metrics.certificate("server", config.hostname,
+                                     load_certificate(paths[0]).not_valid_after_utc)
+            return context
 
         return ContextCache(lambda _key: self.acme.paths(config.hostname), build)
 
@@ -117,6 +120,7 @@ class ServerCertificateChecks:
             raise CertificateRefused(_wrong_hostname(config, paths[0], leaf,
                                                      server_cert_renewable(config.cert_dir)),
                                      key="server.hostname")
+        self.metrics.certificate("server", config.hostname, leaf.not_valid_after_utc)
         return paths
 
     def _certificate_renewed(self, _hostname):

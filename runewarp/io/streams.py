@@ -21,8 +21,8 @@ BACKEND_CONNECT_DEADLINE = 5.0
 
 class ClientStreams:
     """The stream handler half of the Client (mixed into io.client.Client): it reads
-    `config`, `services`, `handlers`, `splices`, `saturation`, `acme`, `public_certs`
-    and `log` from the Client."""
+    `config`, `services`, `handlers`, `splices`, `saturation`, `acme`, `public_certs`,
+    `metrics` and `log` from the Client.  Each Visitor stream counts one outcome."""
 
     def _on_stream(self, session, stream):
         if stream.id % 2 == 1:
@@ -33,11 +33,15 @@ class ClientStreams:
                 or self.handlers.full():
             self.saturation.warn("active-streams", time.monotonic(),
                                  limit=self.config.limits.active_streams)
+            self.metrics.unserved["handler-pool-full"].inc()
             stream.reset()
             return
         self.handlers.spawn(self._serve_stream, stream)
 
     def _serve_stream(self, stream):
+        unserved = self.metrics.unserved
+        outcomes = unserved  # the Service's outcomes once one is chosen
+        outcome = "aborted"
         try:
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
@@ -45,24 +49,33 @@ class ClientStreams:
                 del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)
             if service is None:
+                outcome = "no-service"
                 self.log.debug("stream-rejected", public_hostname=taken.hostname,
                                reason="no-service")
                 stream.reset()
                 return
+            series = self.metrics.services[service.backend_address]
+            outcomes = series.outcome
             if service.tls_mode == "terminate":
-                self._terminate(stream, service, taken, header)
+                outcome = self._terminate(stream, service, series, taken, header)
             else:
-                self._passthrough(stream, service, taken, header)
+                outcome = self._passthrough(stream, service, series, taken, header)
         except IntakeRejected as exc:
+            outcome = "intake-deadline" if exc.reason == "intake-deadline" else \
+                "header-invalid" if exc.reason == "closed-before-proxy-header" else "hello-invalid"
             self.log.debug("stream-rejected", reason=exc.reason)
             stream.reset()
         except proxyv2.ProxyHeaderError as exc:
+            outcome = "header-invalid"
             self.log.debug("stream-rejected", reason=f"bad-proxy-header: {exc}")
             stream.reset()
         except StreamAborted:
             stream.reset()
+        finally:
+            outcomes[outcome].inc()
 
-    def _connect_backend(self, service, hostname):
+    def _connect_backend(self, service, series, hostname):
+        started = time.monotonic()
         try:
             with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
                 sock = dial(service.backend_address)
@@ -71,15 +84,17 @@ class ClientStreams:
                           backend_address=format_address(service.backend_address),
                           reason=describe(exc))
             return None
+        series.connect_seconds.observe(time.monotonic() - started)
         set_nodelay(sock)
         set_keepalive(sock)  # a backend host that vanished is noticed, and its stream freed
         return sock
 
-    def _passthrough(self, stream, service, taken, header):
-        sock = self._connect_backend(service, taken.hostname)
+    def _passthrough(self, stream, service, series, taken, header):
+        """Connect the backend and splice; the stream's outcome."""
+        sock = self._connect_backend(service, series, taken.hostname)
         if sock is None:
             stream.reset()
-            return
+            return "backend-connect-failed"
         try:
             sock.sendall(taken.buffered)
             taken.release()
@@ -89,15 +104,16 @@ class ClientStreams:
                           reason=describe(exc))
             sock.close()
             stream.reset()
-            return
-        self._splice(StreamEnd(stream), sock, service, taken, header, "passthrough")
+            return "backend-write-failed"
+        return self._splice(StreamEnd(stream), sock, service, series, taken, header, "passthrough")
 
-    def _terminate(self, stream, service, taken, header):
+    def _terminate(self, stream, service, series, taken, header):
+        """Complete the Visitor's TLS, connect the backend and splice; the stream's outcome."""
         if self.challenges is not None and ALPN_ACME.decode() in taken.hello.alpn_protocols:
             # A TLS-ALPN-01 validation for this hostname, relayed by the Server.
             self.challenges.answer(StreamTransport(stream), taken.hostname, taken.buffered,
                                    self.log)
-            return
+            return "acme-challenge"
         context = self.public_certs.context_for(taken.hostname)
         try:
             with gevent.Timeout(INTAKE_DEADLINE):
@@ -107,25 +123,28 @@ class ClientStreams:
             self.log.debug("stream-rejected", public_hostname=taken.hostname,
                            reason=f"visitor-handshake-failed: {describe(exc)}")
             stream.reset()
-            return
-        sock = self._connect_backend(service, taken.hostname)
+            return "terminate-handshake-failed"
+        sock = self._connect_backend(service, series, taken.hostname)
         if sock is None:
             stream.reset()
-            return
-        self._splice(TLSEnd(tls, stream), sock, service, taken, header, "terminate")
+            return "backend-connect-failed"
+        return self._splice(TLSEnd(tls, stream), sock, service, series, taken, header, "terminate")
 
-    def _splice(self, visitor_end, sock, service, taken, header, mode):
+    def _splice(self, visitor_end, sock, service, series, taken, header, mode):
         visitor = format_address(header.source) if header.source else None
         backend = format_address(service.backend_address)
         self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
                        backend_address=backend, tls_mode=mode)
         hostname = taken.hostname
+        series.active += 1
 
         def closed(result):
+            series.active -= 1
             self.log.debug("stream-closed", public_hostname=hostname, visitor=visitor,
                            bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
 
         self.splices.start(visitor_end, SocketEnd(sock), closed)
+        return "served"
 
 
 def _read_proxy_header(stream):

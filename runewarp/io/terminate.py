@@ -32,8 +32,10 @@ class PublicCertificates:
     certbot's newest certificate version for the hostname.
     """
 
-    def __init__(self, cert_dir, log, acme=None, clock=utcnow):
+    def __init__(self, cert_dir, log, acme=None, clock=utcnow, metrics=None):
+        """`metrics` (ClientMetrics) is told each certificate's notAfter as it is loaded."""
         self.cert_dir = cert_dir
+        self.metrics = metrics
         self.acme = acme
         self.log = log
         self.clock = clock
@@ -117,7 +119,11 @@ class PublicCertificates:
         try:
             if self.acme is None:
                 paths = load_public_cert_paths(self.cert_dir, hostname)
-            context = terminate_context(*pin(*paths))  # one version of the folder
+            paths = pin(*paths)  # one version of the folder
+            context = terminate_context(*paths)
+            if self.metrics is not None:
+                self.metrics.certificate("public", hostname,
+                                         load_certificate(paths[0]).not_valid_after_utc)
         except (MaterialError, SSL.Error, OSError) as exc:
             self.log.warn("public-certificate-missing", public_hostname=hostname,
                           reason=str(exc))

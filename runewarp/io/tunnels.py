@@ -12,6 +12,7 @@ from gevent.event import AsyncResult
 from OpenSSL import SSL
 
 from .. import __version__
+from ..metrics import close_reason
 from ..errors import MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
@@ -21,6 +22,7 @@ from .net import format_address
 from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
+from .upkeep import utcnow
 
 TUNNEL_HANDSHAKE_DEADLINE = 5.0
 CONTROL_HELLO_DEADLINE = 10.0
@@ -35,6 +37,7 @@ class TunnelMember:
         self.instance = instance
         self.peer = peer
         self.streams_placed = 0
+        self.connected_since = utcnow()
 
 
 class TunnelPool:
@@ -52,7 +55,10 @@ class TunnelPool:
 class TunnelConnections:
     """The Tunnel-connection half of the Server (mixed into io.server.Server): it reads
     `snapshot`, `pools`, `config`, `certificate`, `stopping`, `handshake_slots`,
-    `window_budget`, `tunnels` and `log` from the Server."""
+    `window_budget`, `tunnels`, `metrics` and `log` from the Server."""
+
+    def _refused(self, reason):
+        self.metrics.tunnel_event["refused", reason].inc()
 
     def _authorize(self, identity):
         return self.snapshot.tunnel_for_identity(identity) is not None
@@ -77,6 +83,7 @@ class TunnelConnections:
     def _tunnel_connection(self, sock, address, buffered):
         peer = format_address(address)
         if self.stopping:
+            self._refused("stopping")
             return
         try:
             context = self.certificate.current()
@@ -85,12 +92,14 @@ class TunnelConnections:
                 self.log.warn("server-certificate-missing", reason=str(exc),
                               effect="Tunnel connections are refused until it exists")
             self.certificate_missing = True
+            self._refused("certificate-missing")
             return
         if self.certificate_missing:
             self.certificate_missing = False
             self.log.info("server-certificate-ready")
         slot = self._admit(self.handshake_slots, "tunnel-handshakes", sock, address)
         if slot is None:
+            self._refused("admission-full")
             return
         self.saturation.recovered("tunnel-handshakes")
         tls = ServerTLSConnection(sock, context, buffered)
@@ -102,22 +111,26 @@ class TunnelConnections:
             if exc is not timer:
                 raise
             self.log.info("tunnel-connection-refused", peer=peer, reason="handshake-deadline")
+            self._refused("handshake-deadline")
             return
         except SSL.Error as exc:
             identity = refused_identity(context, tls.conn)
             reason = "unauthorized-client-identity" if identity else f"tls-error: {exc}"
             self.auth_failures.warn(address[0], time.monotonic(), peer=peer,
                                     client_identity=identity, reason=reason)
+            self._refused("unauthorized-client-identity" if identity else "tls-error")
             return
         except (TLSClosed, OSError) as exc:
             self.log.info("tunnel-connection-refused", peer=peer,
                           reason="shed" if slot.shed else f"closed: {exc}")
+            self._refused("shed" if slot.shed else "closed-during-handshake")
             return
         finally:
             self.handshake_slots.release(slot)
             refused_identity(context, tls.conn)  # never leave an entry behind
         if slot.shed:  # finished from bytes already buffered when it was shed
             self.log.info("tunnel-connection-refused", peer=peer, reason="shed")
+            self._refused("shed")
             tls.close()
             return
         identity = identity_from_pyopenssl(tls.peer_certificate())
@@ -127,10 +140,12 @@ class TunnelConnections:
         route = self.snapshot.tunnel_for_identity(identity)
         pool = self.pools.get(route.name) if route else None
         if pool is None:
+            self._refused("no-tunnel")
             tls.close()
             return
         if len(pool.members) >= self.config.limits.pool_connections:
             self.saturation.warn(f"pool:{route.name}", time.monotonic(), tunnel=route.name)
+            self._refused("pool-full")
             tls.close()
             return
         control_stream = AsyncResult()
@@ -162,16 +177,19 @@ class TunnelConnections:
                     raise
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason="no control hello before the deadline")
+                self._refused("no-control-hello")
                 return
             except (StreamAborted, control.ControlError) as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"no control hello: {exc}")
+                self._refused("no-control-hello")
                 return
             try:
                 hello = control.parse_hello(messages[0])
             except control.ControlError as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"bad control hello: {exc}")
+                self._refused("bad-control-hello")
                 return
             # A reload may have happened while we waited for the hello: judge again now.
             current = self.snapshot.tunnel_for_identity(identity)
@@ -179,16 +197,20 @@ class TunnelConnections:
                     is not pool or len(pool.members) >= self.config.limits.pool_connections:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason="no longer authorized for this Tunnel, or its pool is full")
+                self._refused("no-tunnel" if current is None or current.name != route.name
+                              else "pool-full")
                 return
             try:
                 stream.sendall(control.encode(control.welcome(route.name, __version__)))
             except StreamAborted as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"closed after its hello: {exc}")
+                self._refused("closed-during-handshake")
                 return
             self._warn_drift(route, hello, identity)
             member = TunnelMember(session, identity, hello.instance, peer)
             pool.members.append(member)
+            self.metrics.tunnel_event["established", "none"].inc()
             self.log.info("tunnel-connection-established", tunnel=route.name, peer=peer,
                           client_identity=identity, client_instance=member.instance,
                           client_version=hello.version, pool_size=len(pool.members))
@@ -202,6 +224,7 @@ class TunnelConnections:
                 pool.members.remove(member)
             session.close()
             if member is not None:
+                self.metrics.tunnel_event["closed", close_reason(session.close_reason)].inc()
                 self.log.info("tunnel-connection-closed", tunnel=route.name, peer=peer,
                               client_identity=identity, client_instance=member.instance,
                               reason=session.close_reason, streams_placed=member.streams_placed,

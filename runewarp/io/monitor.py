@@ -1,0 +1,236 @@
+"""The metrics listener (plain HTTP on `metrics.bind-address` only) and the StatsD pusher.
+
+Routes: GET /metrics (prometheus-client's exposition of the role's registry),
+/healthz (200 while the loop runs), /readyz (200 when the role can do its job;
+503 otherwise and from the start of a graceful shutdown), /status (JSON, from
+the role's `status()`); 404 for any other path, 405 for any other method.
+
+gevent's WSGI server parses HTTP; the bounds are ours, so the listener cannot be
+used to exhaust the process: at most MAX_CONNECTIONS handlers at once, each
+connection closed after one response or READ_DEADLINE seconds, whichever is
+first, no request body, and at most MAX_REQUEST_BYTES read from a connection
+(request line and headers).
+
+StatsD (`metrics.statsd-address`): every `statsd-interval` seconds the same
+counters (as deltas since the last push) and gauges go out over UDP, named
+`<statsd-prefix>.<metric name without runewarp_>[.<label values joined by .>]`,
+e.g. `runewarp.routed_streams_total.apps.app_example_com:3|c`; a dot or colon
+inside a label value becomes `_` (metrics.statsd_samples).  A failed send is
+logged at most once a minute and never touches traffic.
+"""
+
+import datetime as _dt
+import io
+import json
+import time
+
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from statsd import StatsClient
+
+from .. import __version__
+from ..logs import RateLimitedWarning
+from ..metrics import StatsdDeltas
+from .listener import BindError, bind
+from .net import format_address
+
+MAX_CONNECTIONS = 16
+READ_DEADLINE = 5.0
+MAX_REQUEST_BYTES = 16 * 1024
+STATSD_WARN_INTERVAL = 60.0
+
+
+def rfc3339(moment):
+    """An aware datetime as UTC RFC 3339 with seconds precision and a Z; None stays None."""
+    if moment is None:
+        return None
+    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def certificate_entries(metrics):
+    """/status's certificates: one entry per certificate in use."""
+    return [{"kind": kind, "hostname": hostname, "not_after": rfc3339(not_after),
+             "not_after_seconds": int(not_after.timestamp())}
+            for (kind, hostname), not_after in sorted(metrics.certificates.items())]
+
+
+class RequestTooLarge(ValueError):
+    """More than MAX_REQUEST_BYTES before the headers ended (pywsgi answers 400)."""
+
+
+class _CappedReader(io.RawIOBase):
+    """The connection's bytes, at most `budget` of them; then RequestTooLarge."""
+
+    def __init__(self, sock, budget):
+        self.sock = sock
+        self.budget = budget
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self.budget <= 0:
+            raise RequestTooLarge("request headers too large")
+        view = memoryview(buffer)[:self.budget]
+        n = self.sock.recv_into(view)
+        self.budget -= n
+        return n
+
+
+class _BoundedHandler(WSGIHandler):
+    """One request per connection, within a deadline and a byte budget, never a body."""
+
+    def __init__(self, sock, address, server):
+        super().__init__(sock, address, server,
+                         rfile=io.BufferedReader(_CappedReader(sock, MAX_REQUEST_BYTES)))
+
+    def handle(self):
+        with gevent.Timeout(READ_DEADLINE, False):
+            super().handle()
+        if self.__dict__.get("socket") is not None:  # the deadline cut it short
+            self.socket.close()
+
+    def read_request(self, raw_requestline):
+        super().read_request(raw_requestline)
+        self.close_connection = True
+        if self.content_length or "transfer-encoding" in self.headers:
+            raise ValueError("a request body is not accepted")
+        return True
+
+
+class Monitor:
+    """The metrics listener and StatsD pusher of one role; nothing without `[<role>.metrics]`.
+
+    `runtime` (Server or Client) gives `ready()`, `status()` and `config.source`."""
+
+    def __init__(self, config, role, runtime, metrics, log):
+        self.config = config
+        self.role = role
+        self.runtime = runtime
+        self.metrics = metrics
+        self.log = log
+        self.server = None
+        self.sock = None
+        self.pusher = None
+        self.address = None
+
+    def bind(self):
+        """Bind the listener now; BindError (exit 1) naming the key and the address."""
+        if self.config is None or self.config.bind_address is None or self.sock is not None:
+            return
+        try:
+            self.sock = bind(self.config.bind_address, backlog=64)
+        except OSError as exc:
+            raise BindError(f"{self.role}.metrics.bind-address", self.config.bind_address,
+                            exc) from None
+        self.address = self.sock.getsockname()
+
+    def start(self):
+        if self.config is None:
+            return
+        self.bind()
+        if self.sock is not None:
+            self.server = WSGIServer(self.sock, self.app, spawn=Pool(MAX_CONNECTIONS),
+                                     handler_class=_BoundedHandler, log=None, error_log=None)
+            self.server.start()
+            self.log.info("metrics-listening", role=self.role,
+                          metrics_bind_address=format_address(self.address))
+        if self.config.statsd_address is not None:
+            self.pusher = gevent.spawn(self._push_statsd)
+
+    def stop(self):
+        if self.pusher is not None:
+            self.pusher.kill(block=False)
+        if self.server is not None:
+            self.server.close()
+        elif self.sock is not None:
+            self.sock.close()
+
+    # -- HTTP --
+    def app(self, environ, start_response):
+        if environ["REQUEST_METHOD"] != "GET":
+            return _respond(start_response, "405 Method Not Allowed", b"method not allowed\n",
+                            [("Allow", "GET")])
+        route = _ROUTES.get(environ["PATH_INFO"])
+        if route is None:
+            return _respond(start_response, "404 Not Found", b"not found\n")
+        return route(self, start_response)
+
+    def _metrics(self, start_response):
+        return _respond(start_response, "200 OK", generate_latest(self.metrics.registry),
+                        content_type=CONTENT_TYPE_LATEST)
+
+    def _healthz(self, start_response):
+        return _respond(start_response, "200 OK", b"ok\n")
+
+    def _readyz(self, start_response):
+        if self.runtime.ready():
+            return _respond(start_response, "200 OK", b"ready\n")
+        return _respond(start_response, "503 Service Unavailable", b"not ready\n")
+
+    def _status(self, start_response):
+        document = self.status()
+        return _respond(start_response, "200 OK", json.dumps(document).encode() + b"\n",
+                        content_type="application/json")
+
+    def status(self):
+        """The /status document: the common fields, then the role's own."""
+        source = self.runtime.config.source
+        return {"version": __version__, "role": self.role,
+                "uptime_seconds": round(self.metrics.uptime(), 3),
+                "config": str(source) if source is not None else None,
+                "ready": bool(self.runtime.ready()), **self.runtime.status()}
+
+    # -- StatsD --
+    def _push_statsd(self):
+        cfg = self.config
+        warnings = RateLimitedWarning(self.log, "statsd-send-failed",
+                                      interval=STATSD_WARN_INTERVAL)
+        deltas = StatsdDeltas()
+        client = None
+        while True:
+            gevent.sleep(cfg.statsd_interval)
+            try:
+                if client is None:
+                    host, port = cfg.statsd_address
+                    client = _StatsClient(host, port, prefix=cfg.statsd_prefix,
+                                          ipv6=":" in host)
+                pipe = client.pipeline()
+                for kind, name, value in deltas.lines(self.metrics.registry):
+                    if kind == "c":
+                        pipe.incr(name, value)
+                    else:
+                        pipe.gauge(name, value)
+                pipe.send()
+                if client.error is not None:
+                    raise client.error
+            except OSError as exc:
+                client = None
+                warnings.warn("statsd", time.monotonic(),
+                              statsd_address=format_address(cfg.statsd_address), reason=str(exc))
+            else:
+                warnings.recovered("statsd")
+
+
+class _StatsClient(StatsClient):
+    """The statsd library's UDP client, keeping the last send error instead of dropping it."""
+
+    error = None
+
+    def _send(self, data):
+        try:
+            self._sock.sendto(data.encode("ascii"), self._addr)
+        except OSError as exc:
+            self.error = exc
+
+
+def _respond(start_response, status, body, headers=(), content_type="text/plain; charset=utf-8"):
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store"), *headers])
+    return [body]
+
+
+_ROUTES = {"/metrics": Monitor._metrics, "/healthz": Monitor._healthz,
+           "/readyz": Monitor._readyz, "/status": Monitor._status}
