@@ -167,7 +167,7 @@ class Client(ClientStreams):
                 break
             delay = backoff.next_delay(random.uniform, time.monotonic())
             self.log.info("tunnel-reconnect-scheduled", server_address=server,
-                          next_retry_delay=format_seconds(delay))
+                          next_retry_delay=float(delay))
             if delay:
                 self.stopping.wait(delay)
 
@@ -229,7 +229,7 @@ class Client(ClientStreams):
         recovered = {}
         if failures:  # the recovery, once: how long and how many attempts it took
             recovered = dict(failed_attempts=failures,
-                             outage=format_seconds(time.monotonic() - down_since))
+                             outage=time.monotonic() - down_since)
         self.log.info("tunnel-connection-established", server_address=format_address(address),
                       tunnel=welcome.tunnel, server_version=welcome.version,
                       client_identity=self.identity, **recovered)
@@ -240,8 +240,3 @@ class Client(ClientStreams):
 def reconnect_windows():
     """The backoff windows: RUNEWARP_RECONNECT_WINDOWS="0.2,0.5" (tests) or the standard ones."""
     return parse_windows(os.environ.get("RUNEWARP_RECONNECT_WINDOWS", "")) or WINDOWS
-
-
-def format_seconds(seconds):
-    """A delay as logged: 0.23s, 1.5s, 12s (two decimals at most, never rounded up to 1s)."""
-    return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
