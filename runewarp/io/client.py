@@ -167,7 +167,7 @@ class Client(ClientStreams):
                 break
             delay = backoff.next_delay(random.uniform, time.monotonic())
             self.log.info("tunnel-reconnect-scheduled", server_address=server,
-                          next_retry_delay=float(delay))
+                          next_retry_delay=round(float(delay), 2))
             if delay:
                 self.stopping.wait(delay)
 
