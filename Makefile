@@ -101,7 +101,8 @@ install-files:
 	done
 	for u in $(UNITS); do $(SUBST) conf/$$u > $(DESTDIR)$(UNITDIR)/$$u; chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
 	$(SUBST) conf/runewarp.cron > $(DESTDIR)$(DOCDIR)/runewarp.cron
-	install -m 0644 README.md CHANGELOG.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README.md CHANGELOG.md docs/*.md conf/grafana-dashboard.json \
+	  conf/prometheus-alerts.yml $(DESTDIR)$(DOCDIR)/
 	chmod 0644 $(DESTDIR)$(DOCDIR)/*
 	for old in runewarp-renew-acme.service runewarp-renew-acme.timer; do \
 	  test ! -e $(DESTDIR)$(UNITDIR)/$$old || echo "note: $(UNITDIR)/$$old is from 0.1.0;" \

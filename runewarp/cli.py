@@ -6,12 +6,14 @@ Usage:
   runewarp server cert renew [--dir D] [-c FILE]
   runewarp server cert rotate-ca [--hostname H] [--dir D] [-c FILE]
   runewarp server cert renew-acme [-c FILE]
+  runewarp server status [-c FILE] [--json]
   runewarp client [-c FILE] [--server-address A] [--backend-address B]
                   [--server-ca-file F] [--identity-dir D]
   runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
   runewarp client public-cert (init | renew) [--hostname H]... [--dir D] [-c FILE]
   runewarp client public-cert rotate-ca [--dir D] [-c FILE]
   runewarp client public-cert renew-acme [-c FILE]
+  runewarp client status [-c FILE] [--json]
   runewarp demo [--keep]
   runewarp (-h | --help)
   runewarp --version
@@ -26,6 +28,7 @@ Options:
   --server-ca-file F       Trust exactly this CA bundle for the Server certificate.
   --identity-dir D         Client identity folder.
   --keep                   Leave the demo running and print a curl command.
+  --json                   status: print the /status document as JSON.
   -h, --help               Show this help.
   --version                Show the version.
 
@@ -33,11 +36,18 @@ renew-acme runs one certbot renewal for the ACME certificates of the selected
 config (for cron or a systemd timer); the running Server/Client answers the
 challenges and picks the new certificate up without a restart.
 
+status asks the running Server/Client of the selected config for its state, at
+the metrics listener ([server.metrics] / [client.metrics] bind-address).
+
 Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
 """
 
+import json
 import os
 import sys
+import time
+import urllib.error
+import urllib.request
 from functools import partial
 from pathlib import Path
 
@@ -244,6 +254,50 @@ def _check_material(check, source):
                           key=getattr(exc, "key", None)) from None
 
 
+STATUS_TIMEOUT = 3.0
+
+
+def show_status(args, role):
+    """GET /status from the metrics listener of the selected config; exit 1 when no process
+    answers there, or when the config enables no listener (naming the key that does)."""
+    from . import status
+
+    path = _selected_config(args)
+    if path is None:
+        raise ConfigError(f"no config file: pass -c FILE or create "
+                          f"{configuration.default_config_path()}", file="command line")
+    load = configuration.load_server_config if role == "server" else \
+        configuration.load_client_config
+    cfg = load(path)
+    key = f"{role}.metrics.bind-address"
+    if cfg.metrics is None or cfg.metrics.bind_address is None:
+        return _fail(f"{path}: the metrics listener is not enabled; set bind-address in "
+                     f"[{role}.metrics] ({key}, e.g. \"127.0.0.1:9464\") and restart the "
+                     f"{role}", 1)
+    host, port = cfg.metrics.bind_address
+    if port == 0:
+        return _fail(f"{path}: {key} has port 0 (any free port): status needs a fixed port", 1)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    try:
+        with opener.open(f"http://{address}/status", timeout=STATUS_TIMEOUT) as response:
+            body = response.read(8 * 1024 * 1024).decode()
+        document = json.loads(body)
+    except urllib.error.HTTPError as exc:
+        return _fail(f"the {role} at {address} ({key} in {path}) answered /status with "
+                     f"HTTP {exc.code}", 1)
+    except (OSError, ValueError) as exc:  # refused, timed out, not HTTP, not JSON
+        reason = getattr(exc, "reason", None) or exc
+        return _fail(f"the {role} is not running or not reachable at {address} ({key} in "
+                     f"{path}): {reason}", 1)
+    if args["--json"]:
+        print(body.rstrip("\n"))
+    else:
+        print(status.render(document, time.time()), end="")
+    return 0
+
+
 def run_demo(args):
     from .demo import demo
 
@@ -253,10 +307,12 @@ def run_demo(args):
 # The first entry whose command words are all given runs; more specific entries come first.
 VERBS = (
     (("server", "renew-acme"), partial(renew_acme, role="server")),
+    (("server", "status"), partial(show_status, role="server")),
     (("server", "cert"), server_cert),
     (("server",), run_server),
     (("client", "identity"), client_identity),
     (("client", "renew-acme"), partial(renew_acme, role="client")),
+    (("client", "status"), partial(show_status, role="client")),
     (("client", "public-cert"), client_public_cert),
     (("client",), run_client),
     (("demo",), run_demo),

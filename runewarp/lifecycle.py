@@ -51,7 +51,7 @@ class Lifecycle:
             self.draining.kill(block=False)
             return True
         self.log.info("shutdown-started", signal=name, mode="graceful",
-                      graceful_shutdown_duration=f"{self.grace:g}s")
+                      graceful_shutdown_duration=float(self.grace))
         systemd.stopping(f"draining for at most {self.grace:g}s")
         self.runtime.stop_accepting()
         self.draining = gevent.spawn(self._drain)

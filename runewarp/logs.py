@@ -11,12 +11,17 @@ escaped: a value holding one is written as a JSON string literal with \\uXXXX
 escapes.  A log line therefore never contains a raw control character, cannot
 forge a second line and cannot drive the terminal tailing it.  Printable
 non-ASCII ("bücher") is kept as is, because it is readable and harmless.
+
+Numbers stay numbers: an int (bytes, counts) is written as is, and a float is
+always a duration in seconds -- `duration=1.234s` in text (at most three
+decimals), a JSON number (rounded to microseconds) in JSON.
 """
 
 import json
 import math
 import re
 import sys
+import time
 from collections import OrderedDict
 from datetime import datetime, UTC
 
@@ -52,7 +57,16 @@ def _quote(text):
 _NEEDS_QUOTES = re.compile(r'[ "=]')
 
 
+def _seconds(value):
+    """A float field as text: 0.23s, 1.234s, 30s (three decimals at most, never rounded up)."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def _text_value(value):
+    if isinstance(value, float):
+        return _seconds(value)
     text = str(value)
     if text == "" or not text.isprintable() or _NEEDS_QUOTES.search(text):
         return _quote(text)
@@ -70,6 +84,8 @@ def _text_name(name):
 
 def _json_line(record):
     """JSON that any parser accepts: NaN/Infinity and odd keys fall back to strings."""
+    record = {k: round(v, 6) if isinstance(v, float) and math.isfinite(v) else v
+              for k, v in record.items()}
     try:
         return json.dumps(record, default=str, allow_nan=False)
     except (TypeError, ValueError):
@@ -78,13 +94,51 @@ def _json_line(record):
                            for k, v in record.items()})
 
 
-class Logger:
-    """Formats events as text or JSON lines; cheap `enabled()` check for hot paths."""
+# Events any peer can cause once per connection: a flood must not fill the disk.
+PEER_DRIVEN_EVENTS = ("visitor-rejected", "stream-rejected", "connection-shed")
 
-    def __init__(self, level="info", fmt="text", stream=None):
+
+class LineBudget:
+    """A token bucket of log lines: `burst` at once, then `rate` a second.
+
+    `take(now)` is None for a line to drop, else how many were dropped since the
+    last line that passed (that line carries them as `suppressed`).
+    """
+
+    __slots__ = ("burst", "rate", "tokens", "last", "dropped")
+
+    def __init__(self, burst=1000, rate=20.0):
+        self.burst = burst
+        self.rate = rate
+        self.tokens = float(burst)
+        self.last = None
+        self.dropped = 0
+
+    def take(self, now):
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            self.dropped += 1
+            return None
+        self.tokens -= 1
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+
+class Logger:
+    """Formats events as text or JSON lines; cheap `enabled()` check for hot paths.
+
+    Events in `budgets` (by default PEER_DRIVEN_EVENTS) share a LineBudget each, checked
+    only once a line passed the level threshold.
+    """
+
+    def __init__(self, level="info", fmt="text", stream=None, clock=time.monotonic):
         self.threshold = LEVELS[level]
         self.fmt = fmt
         self.stream = stream or sys.stderr
+        self.clock = clock
+        self.budgets = {event: LineBudget() for event in PEER_DRIVEN_EVENTS}
 
     def configure(self, level=None, fmt=None):
         if level is not None:
@@ -98,6 +152,12 @@ class Logger:
     def log(self, level, event, **fields):
         if LEVELS[level] < self.threshold:
             return
+        budget = self.budgets.get(event)
+        if budget is not None:
+            dropped = budget.take(self.clock())
+            if dropped is None:
+                return
+            fields["suppressed"] = dropped or None
         fields = {k.replace("_", "-"): v for k, v in fields.items() if v is not None}
         if self.fmt == "json":
             line = _json_line({"time": _utc_now(), "level": level, "event": event, **fields})

@@ -343,9 +343,11 @@ def test_units_cron_and_cli_use_the_same_files(prefix_install, tmp_path):
     port = free_port()
     server_toml.write_text(operator_edits(server_toml.read_text().replace("0" * 64, identity),
                                           lines=("public-bind-address",),
-                                          **{"public-bind-address": f"127.0.0.1:{port}"}))
+                                          **{"public-bind-address": f"127.0.0.1:{port}",
+                                             "bind-address": "127.0.0.1:0"}))
     client_toml.write_text(operator_edits(client_toml.read_text(),
-                                          **{"server-address": f"tunnel.example.com:{port}"}))
+                                          **{"server-address": f"tunnel.example.com:{port}",
+                                             "bind-address": "127.0.0.1:0"}))
     ca_file = tomllib.loads(client_toml.read_text())["client"]["server-ca-file"]
     shutil.copy(tree.state / "server/cert/server-ca.crt", ca_file)
 

@@ -34,10 +34,11 @@ LAYERS = {
     "tls": CORE,
     "certcheck": CORE,
     "metrics": CORE,
+    "status": set(),  # pure: the /status document as text
     "acme": CORE | {"acme"},
     "acme_plugin": CORE | {"acme"},
-    "io": CORE | {"acme", "lifecycle"},
-    "lifecycle": CORE | {"io"},
+    "io": CORE | {"acme"},
+    "lifecycle": BASE | {"systemd"},
     "cli": EVERYTHING,
     "demo": EVERYTHING,
     "entry": EVERYTHING,

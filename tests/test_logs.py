@@ -290,11 +290,67 @@ def test_frame_headers_walks_whole_frames_and_names_them():
     assert describe_header(9, 0x30, 2, 0) == {"type": "9", "flags": "0x30", "stream": 2, "length": 0}
 
 
-@pytest.mark.parametrize("seconds,text", [(0, "0s"), (0.0001, "0s"), (0.23, "0.23s"), (1, "1s"),
-                                          (12.0, "12s"), (41.2345, "41.23s"),
-                                          (1234567.891, "1234567.89s")])
-def test_delays_are_logged_as_they_are(seconds, text):
-    """`next-retry-delay=0.23s` for a 0.23 s wait: never rounded up to whole seconds."""
-    from runewarp.io.client import format_seconds
+@pytest.mark.parametrize("seconds,text", [(0.0, "0s"), (0.0001, "0s"), (0.23, "0.23s"), (1.0, "1s"),
+                                          (12.0, "12s"), (41.2345, "41.234s"), (0.1204, "0.12s"),
+                                          (1234567.891, "1234567.891s"), (30.0, "30s")])
+def test_durations_are_logged_as_they_are(seconds, text):
+    """A float field is seconds: `next-retry-delay=0.23s`, never rounded up to whole seconds."""
+    assert text_line(next_retry_delay=seconds).endswith(f" next-retry-delay={text}")
 
-    assert format_seconds(seconds) == text
+
+def test_json_carries_numbers_as_numbers():
+    out = io.StringIO()
+    Logger("info", fmt="json", stream=out).info(
+        "visitor-closed", bytes_up=517, bytes_down=3_000_000, duration=1.23456789, reason="done")
+    record = json.loads(one_line(out))
+    assert record["bytes-up"] == 517 and isinstance(record["bytes-up"], int)
+    assert record["bytes-down"] == 3_000_000
+    assert record["duration"] == 1.234568 and isinstance(record["duration"], float)
+
+
+def test_text_keeps_ints_and_booleans_without_a_unit():
+    assert text_line(bytes_up=517, complete=False).endswith(" bytes-up=517 complete=False")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_peer_driven_events_are_budgeted_and_the_next_line_counts_the_dropped():
+    out, clock = io.StringIO(), Clock()
+    logger = Logger("debug", stream=out, clock=clock)
+    for port in range(1500):
+        logger.debug("visitor-rejected", visitor=f"203.0.113.9:{port}", reason="unknown-hostname")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1000  # the burst
+    clock.now = 1.0  # a second later: 20 more lines
+    for port in range(100):
+        logger.debug("visitor-rejected", visitor=f"203.0.113.9:{port}", reason="not-tls")
+    events = [parse_text(line) for line in out.getvalue().splitlines()[1000:]]
+    assert len(events) == 20
+    assert events[0][1]["suppressed"] == "500"
+    assert "suppressed" not in events[1][1]
+
+
+def test_the_budget_refills_to_its_burst_and_never_beyond():
+    out, clock = io.StringIO(), Clock()
+    logger = Logger("debug", stream=out, clock=clock)
+    logger.debug("stream-rejected", reason="no-service")
+    clock.now = 3600.0
+    for _ in range(1200):
+        logger.debug("stream-rejected", reason="no-service")
+    assert len(out.getvalue().splitlines()) == 1 + 1000
+
+
+def test_budgets_cost_nothing_below_the_level_and_spare_other_events():
+    out, clock = io.StringIO(), Clock()
+    logger = Logger("info", stream=out, clock=clock)
+    for _ in range(2000):
+        logger.debug("visitor-rejected", reason="not-tls")  # below the threshold: no token taken
+        logger.info("visitor-closed", reason="done")
+    assert logger.budgets["visitor-rejected"].tokens == 1000
+    assert len(out.getvalue().splitlines()) == 2000

@@ -231,7 +231,7 @@ class AcmeCertificates:
         return True
 
     def _failed(self, hostname, reason):
-        retry = None if self._next_retry is None else f"{int(-(-self._next_retry // 1))}s"
+        retry = None if self._next_retry is None else float(-(-self._next_retry // 1))
         self.log.warn("acme-issuance-failed", **self._field(hostname), reason=reason,
                       next_retry_delay=retry)
         return False
@@ -258,7 +258,7 @@ class AcmeCertificates:
                 ok = self.run_once()
             except Exception as exc:  # noqa: BLE001 - the scheduler must survive anything
                 self.log.error("acme-issuance-failed", reason=f"internal error: {exc!r}",
-                               next_retry_delay=f"{int(-(-retry // 1))}s")
+                               next_retry_delay=float(-(-retry // 1)))
                 ok = False
             finally:
                 self._next_retry = None

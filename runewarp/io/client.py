@@ -229,7 +229,7 @@ class Client(ClientStreams):
             self.metrics.reconnects[server].inc()
             link.state, link.retry_at = "waiting", time.monotonic() + delay
             self.log.info("tunnel-reconnect-scheduled", server_address=server,
-                          next_retry_delay=format_seconds(delay))
+                          next_retry_delay=round(float(delay), 2))
             if delay:
                 self.stopping.wait(delay)
 
@@ -291,7 +291,7 @@ class Client(ClientStreams):
         recovered = {}
         if failures:  # the recovery, once: how long and how many attempts it took
             recovered = dict(failed_attempts=failures,
-                             outage=format_seconds(time.monotonic() - down_since))
+                             outage=time.monotonic() - down_since)
         self.log.info("tunnel-connection-established", server_address=format_address(address),
                       tunnel=welcome.tunnel, server_version=welcome.version,
                       client_identity=self.identity, **recovered)
@@ -302,8 +302,3 @@ class Client(ClientStreams):
 def reconnect_windows():
     """The backoff windows: RUNEWARP_RECONNECT_WINDOWS="0.2,0.5" (tests) or the standard ones."""
     return parse_windows(os.environ.get("RUNEWARP_RECONNECT_WINDOWS", "")) or WINDOWS
-
-
-def format_seconds(seconds):
-    """A delay as logged: 0.23s, 1.5s, 12s (two decimals at most, never rounded up to 1s)."""
-    return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"

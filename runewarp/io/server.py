@@ -324,7 +324,8 @@ class Server(ServerCertificateChecks, TunnelConnections):
                                reason="tunnel-connection-going-away")
                 return "stream-open-failed"
             member.streams_placed += 1
-            envelope = proxyv2.encode(address[:2], sock.getsockname()[:2]) + taken.buffered
+            header = proxyv2.encode(address[:2], sock.getsockname()[:2])
+            envelope = header + taken.buffered
             taken.release()
             try:
                 with gevent.Timeout(ENVELOPE_DEADLINE):
@@ -348,10 +349,15 @@ class Server(ServerCertificateChecks, TunnelConnections):
                 pool.active_streams -= 1
                 series.to_client.inc(result.a_to_b + uploaded)
                 series.to_visitor.inc(result.b_to_a)
-                self.log.debug("visitor-closed", public_hostname=hostname, tunnel=route.name,
-                               bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
-                               duration=f"{time.monotonic() - started:.3f}s",
-                               reason=result.error)
+                level = "info" if self.config.access_log else "debug"
+                if self.log.enabled(level):  # the Visitor as the Client's stream-closed names it
+                    visitor = format_address(proxyv2.decode(header)[0].source)
+                    self.log.log(level, "visitor-closed", public_hostname=hostname, visitor=visitor,
+                                 tunnel=route.name, client_identity=member.identity[:12],
+                                 client_instance=member.instance,
+                                 bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
+                                 duration=time.monotonic() - started,
+                                 reason=result.error or "done")
 
             self.splices.start(SocketEnd(sock), StreamEnd(stream), closed)
             spliced = True

@@ -137,11 +137,14 @@ class ClientStreams:
                        backend_address=backend, tls_mode=mode)
         hostname = taken.hostname
         series.active += 1
+        started = time.monotonic()
 
         def closed(result):
             series.active -= 1
-            self.log.debug("stream-closed", public_hostname=hostname, visitor=visitor,
-                           bytes_up=result.a_to_b, bytes_down=result.b_to_a, reason=result.error)
+            self.log.log("info" if self.config.access_log else "debug", "stream-closed",
+                         public_hostname=hostname, visitor=visitor, service=backend,
+                         tls_mode=mode, bytes_up=result.a_to_b, bytes_down=result.b_to_a,
+                         duration=time.monotonic() - started, reason=result.error or "done")
 
         self.splices.start(visitor_end, SocketEnd(sock), closed)
         return "served"

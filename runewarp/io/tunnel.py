@@ -52,8 +52,6 @@ class TunnelSession:
         self._drained = Event()
         self._greenlets = []
         self._write_failed = False
-        self.ping_rtt = None  # seconds from our last keepalive ping to its ack; None before one
-        self._ping_sent = None  # (value, monotonic time) of the keepalive ping in flight
 
     # -- public --
     @property
@@ -197,11 +195,12 @@ class TunnelSession:
                 self.go_away_reason = event.reason
             self.peer_going_away.set()
             self.log.debug("tunnel-go-away-received", reason=event.reason)
-        elif isinstance(event, mux.PingAcknowledged):
-            sent = self._ping_sent
-            if sent is not None and sent[0] == event.value:
-                self.ping_rtt = self.clock() - sent[1]
-                self._ping_sent = None
+        # PingAcknowledged (the session measured ping_rtt) and StreamAcknowledged need no action.
+
+    @property
+    def ping_rtt(self):
+        """Seconds from the last keepalive ping to its ack; None before the first."""
+        return self.session.ping_rtt
 
     def _flush_quietly(self):
         """Best effort to deliver the go away the session queued; never raises.
@@ -249,12 +248,7 @@ class TunnelSession:
         while not self.closed.is_set():
             delay = max(0.0, session.next_timer() - self.clock())
             gevent.sleep(min(delay, 5.0))
-            now = self.clock()
-            counter = session._ping_counter  # the value of the next keepalive ping
-            events = session.handle_timer(now)
-            if session._ping_counter != counter:
-                self._ping_sent = (counter, now)
-            for event in events:
+            for event in session.handle_timer(self.clock()):
                 if isinstance(event, mux.ConnectionDead):
                     self.close(f"no frame received for {self.idle_timeout:g} s")
                     return

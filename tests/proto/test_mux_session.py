@@ -941,3 +941,17 @@ def test_window_budget_random_interleavings(ops, styles, budget_size, initial_wi
     pair.pump()
     assert pair.client.active_streams == pair.server.active_streams == 0
     assert budget.in_use == 0
+
+
+def test_keepalive_round_trip_time_is_measured_from_the_ping_to_its_ack():
+    client = Session(Role.CLIENT, keepalive_interval=10.0, idle_timeout=60.0, now=0.0)
+    server = Session(Role.SERVER, now=0.0)
+    assert client.ping_rtt is None
+    client.handle_timer(10.0)  # the keepalive ping leaves at t=10
+    server.receive_data(client.data_to_send(), 10.001)
+    client.receive_data(server.data_to_send(), 10.025)  # its ack is back at t=10.025
+    assert client.ping_rtt == pytest.approx(0.025)
+    client.ping(7)  # an application ping is not a keepalive: it leaves the figure alone
+    server.receive_data(client.data_to_send(), 11.0)
+    client.receive_data(server.data_to_send(), 12.0)
+    assert client.ping_rtt == pytest.approx(0.025)

@@ -85,6 +85,8 @@ class Session:
         self._last_received = now
         self._next_ping = now + keepalive_interval
         self._ping_counter = 0
+        self._keepalive_sent: tuple[int, float] | None = None  # (value, time) awaiting its ack
+        self.ping_rtt: float | None = None  # seconds from the last keepalive ping to its ack
 
     # -- output --
 
@@ -244,6 +246,7 @@ class Session:
             return [ConnectionDead()]
         if now >= self._next_ping:
             self._emit(_pack(VERSION, TYPE_PING, FLAG_SYN, 0, self._ping_counter))
+            self._keepalive_sent = (self._ping_counter, now)
             self._ping_counter = (self._ping_counter + 1) & 0xFFFFFFFF
             self._next_ping = now + self.keepalive_interval
         return []
@@ -276,7 +279,7 @@ class Session:
                 if type_ <= TYPE_WINDOW_UPDATE:
                     self._stream_frame(type_, flags, stream_id, length, payload, events)
                 elif type_ == TYPE_PING:
-                    self._ping_frame(flags, stream_id, length, events)
+                    self._ping_frame(flags, stream_id, length, events, now)
                 else:
                     if stream_id:
                         raise RemoteProtocolError(f"go away on stream {stream_id}")
@@ -333,12 +336,15 @@ class Session:
         if type_ == TYPE_DATA and stream_id and not flags & FLAG_RST:
             self._reply(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
 
-    def _ping_frame(self, flags: int, stream_id: int, value: int, events: list) -> None:
+    def _ping_frame(self, flags: int, stream_id: int, value: int, events: list, now: float) -> None:
         if stream_id:
             raise RemoteProtocolError(f"ping on stream {stream_id}")
         if flags & FLAG_SYN:
             self._reply(_pack(VERSION, TYPE_PING, FLAG_ACK, 0, value))
         elif flags & FLAG_ACK:
+            sent = self._keepalive_sent
+            if sent is not None and sent[0] == value:
+                self.ping_rtt, self._keepalive_sent = now - sent[1], None
             events.append(PingAcknowledged(value))
 
     def _stream_frame(self, type_: int, flags: int, stream_id: int, length: int,

@@ -1,0 +1,119 @@
+"""`runewarp server|client status`: the metrics listener's /status document as tables.
+
+Pure: a decoded document (docs/usage.md#monitoring) and the current time in, text out;
+fetching it is the CLI's job.  Cells come from another process, so every character
+that is not printable is escaped: the document cannot drive the terminal.
+"""
+
+DAY = 86400
+
+
+def render(document, now):
+    """The human view of a /status `document`; `now` is a Unix time (certificate days)."""
+    role = document.get("role")
+    parts = [_heading(document)]
+    if role == "server":
+        parts += _server(document)
+    elif role == "client":
+        parts += _client(document)
+    parts.append(_certificates(document.get("certificates") or [], now))
+    return "\n\n".join(parts) + "\n"
+
+
+def _heading(doc):
+    ready = {True: "ready", False: "NOT READY"}.get(doc.get("ready"), "readiness unknown")
+    line = f"Runewarp {_cell(doc.get('role') or '?')} {_cell(doc.get('version') or '?')}: {ready}"
+    if isinstance(doc.get("uptime_seconds"), int | float):
+        line += f", up {duration(doc['uptime_seconds'])}"
+    if doc.get("config"):
+        line += f"\nConfig: {_cell(doc['config'])}"
+    return line
+
+
+def _server(doc):
+    tunnels = doc.get("tunnels") or []
+    members = [(tunnel, member) for tunnel in tunnels for member in tunnel.get("members") or []]
+    return [
+        "Tunnels\n" + table(
+            ("TUNNEL", "PUBLIC HOSTNAMES", "POOL MEMBERS", "ACTIVE STREAMS"),
+            [(t.get("name"), ", ".join(t.get("public_hostnames") or []),
+              len(t.get("members") or []), t.get("active_streams")) for t in tunnels],
+            empty="(no Tunnels)"),
+        "Pool members\n" + table(
+            ("TUNNEL", "CLIENT IDENTITY", "INSTANCE", "PEER", "CONNECTED SINCE",
+             "ACTIVE STREAMS", "PING RTT"),
+            [(t.get("name"), _prefix(m.get("client_identity")), m.get("instance"), m.get("peer"),
+              m.get("connected_since"), m.get("active_streams"), rtt(m.get("ping_rtt_seconds")))
+             for t, m in members],
+            empty="(no Tunnel connections)"),
+    ]
+
+
+def _client(doc):
+    return [
+        "Server connections\n" + table(
+            ("SERVER ADDRESS", "STATE", "SINCE", "ACTIVE STREAMS", "LAST ERROR", "NEXT RETRY"),
+            [(s.get("address"), s.get("state"), s.get("connected_since"), s.get("active_streams"),
+              s.get("last_error"), _seconds(s.get("next_retry_seconds")))
+             for s in doc.get("servers") or []],
+            empty="(no Server addresses)"),
+        "Services\n" + table(
+            ("PUBLIC HOSTNAMES", "LOCAL BACKEND", "TLS MODE", "ACTIVE STREAMS"),
+            [(", ".join(s.get("public_hostnames") or []) or "(Catch-all)", s.get("backend"),
+              s.get("tls_mode"), s.get("active_streams")) for s in doc.get("services") or []],
+            empty="(no Services)"),
+    ]
+
+
+def _certificates(certificates, now):
+    rows = []
+    for cert in certificates:
+        after = cert.get("not_after_seconds")
+        days = int((after - now) // DAY) if isinstance(after, int | float) else None
+        left = None if days is None else "EXPIRED" if days < 0 else days
+        rows.append((cert.get("kind"), cert.get("hostname"), cert.get("not_after"), left))
+    return "Certificates\n" + table(("KIND", "HOSTNAME", "NOT AFTER", "DAYS LEFT"), rows,
+                                    empty="(none in use)")
+
+
+def table(headings, rows, empty):
+    """Left-aligned columns two spaces apart; `empty` stands in for no rows."""
+    if not rows:
+        return "  " + empty
+    cells = [list(headings)] + [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headings))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def duration(seconds):
+    """12s, 5m 3s, 2h 4m, 3d 1h: the two largest units."""
+    seconds = int(seconds)
+    units = (("d", DAY), ("h", 3600), ("m", 60), ("s", 1))
+    parts = []
+    for name, size in units:
+        value, seconds = divmod(seconds, size)
+        if value or parts:
+            parts.append(f"{value}{name}")
+    return " ".join(parts[:2]) or "0s"
+
+
+def rtt(seconds):
+    return f"{seconds * 1000:.1f} ms" if isinstance(seconds, int | float) else None
+
+
+def _seconds(seconds):
+    return f"{seconds:.1f}s" if isinstance(seconds, int | float) else None
+
+
+def _prefix(identity):
+    return identity[:12] if isinstance(identity, str) else identity
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        for c in text)
