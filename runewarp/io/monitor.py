@@ -15,8 +15,10 @@ StatsD (`metrics.statsd-address`): every `statsd-interval` seconds the same
 counters (as deltas since the last push) and gauges go out over UDP, named
 `<statsd-prefix>.<metric name without runewarp_>[.<label values joined by .>]`,
 e.g. `runewarp.routed_streams_total.apps.app_example_com:3|c`; a dot or colon
-inside a label value becomes `_` (metrics.statsd_samples).  A failed send is
-logged at most once a minute and never touches traffic.
+inside a label value becomes `_` (metrics.statsd_samples).  An address that
+does not resolve is logged (`statsd-send-failed`) at most once a minute and
+retried; a datagram the kernel refuses is dropped by the library.  Neither
+ever touches traffic.
 """
 
 import datetime as _dt
@@ -195,35 +197,20 @@ class Monitor:
             try:
                 if client is None:
                     host, port = cfg.statsd_address
-                    client = _StatsClient(host, port, prefix=cfg.statsd_prefix,
-                                          ipv6=":" in host)
+                    client = StatsClient(host, port, prefix=cfg.statsd_prefix, ipv6=":" in host)
                 pipe = client.pipeline()
                 for kind, name, value in deltas.lines(self.metrics.registry):
                     if kind == "c":
                         pipe.incr(name, value)
                     else:
                         pipe.gauge(name, value)
-                pipe.send()
-                if client.error is not None:
-                    raise client.error
+                pipe.send()  # UDP: the library drops a datagram the kernel refuses
             except OSError as exc:
                 client = None
                 warnings.warn("statsd", time.monotonic(),
                               statsd_address=format_address(cfg.statsd_address), reason=str(exc))
             else:
                 warnings.recovered("statsd")
-
-
-class _StatsClient(StatsClient):
-    """The statsd library's UDP client, keeping the last send error instead of dropping it."""
-
-    error = None
-
-    def _send(self, data):
-        try:
-            self._sock.sendto(data.encode("ascii"), self._addr)
-        except OSError as exc:
-            self.error = exc
 
 
 def _respond(start_response, status, body, headers=(), content_type="text/plain; charset=utf-8"):
