@@ -85,6 +85,9 @@ RTT_MB = int(os.environ.get("BENCH_RTT_MB", "256"))
 RTT_SECONDS = float(os.environ.get("BENCH_RTT_SECONDS", "15"))
 RTT_REPEATS = int(os.environ.get("BENCH_RTT_REPEATS", "2"))
 ONLY = [p for p in os.environ.get("BENCH_ONLY", "").split(",") if p]
+# BENCH_ACCESS_LOG=false writes `access-log = false` for both roles (the default, unset,
+# leaves the key out: the access log is on at info, as in production).
+ACCESS_LOG = {"false": False}.get(os.environ.get("BENCH_ACCESS_LOG", ""))
 RTT_ONE_WAY_MS = 25
 RTT_A, RTT_B = "10.203.0.1", "10.203.0.2"
 RTT_BACKEND_PORT = 8443
@@ -367,7 +370,7 @@ def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backen
     server_toml = tmp / f"server{tag}.toml"
     server_toml.write_text(harness.config_text("server", {
         "hostname": SERVER_HOSTNAME, "public-bind-address": f"{server_ip}:0",
-        "cert-dir": tmp / "server-cert", "graceful-shutdown-duration": 2,
+        "cert-dir": tmp / "server-cert", "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
     }, [{"name": "bench", "public-hostnames": [HOST], "client-identities": [material["identity"]]}],
         log_level="info"))
     env = harness.resolve_env(SERVER_HOSTNAME, server_ip)
@@ -379,7 +382,7 @@ def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backen
     client_toml.write_text(harness.config_text("client", {
         "server-address": f"{SERVER_HOSTNAME}:{port}", "server-trust": "ca-file",
         "server-ca-file": material["server_ca"], "identity-dir": tmp / "client-identity",
-        "graceful-shutdown-duration": 2,
+        "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
     }, [{"public-hostnames": [HOST], "backend-address": f"{backend_ip}:{backend_port}"}],
         log_level="info"))
     client = harness.start_client(client_toml, env, timeout=30, runewarp=runewarp,
