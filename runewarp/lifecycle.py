@@ -24,6 +24,13 @@ class Lifecycle:
         self.draining = None
 
     def run(self):
+        self.log.defer_writes(gevent.get_hub().loop.run_callback)
+        try:
+            return self._run()
+        finally:
+            self.log.flush()  # before the CLI prints anything after us
+
+    def _run(self):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
         self.runtime.start()

@@ -17,6 +17,7 @@ always a duration in seconds -- `duration=1.234s` in text (at most three
 decimals), a JSON number (rounded to microseconds) in JSON.
 """
 
+import atexit
 import json
 import math
 import re
@@ -139,6 +140,32 @@ class Logger:
         self.stream = stream or sys.stderr
         self.clock = clock
         self.budgets = {event: LineBudget() for event in PEER_DRIVEN_EVENTS}
+        self._schedule = None  # set by defer_writes(): lines then leave once per loop turn
+        self._pending = []
+
+    def defer_writes(self, schedule):
+        """Under an event loop, join the lines of one loop turn into one write.
+
+        `schedule(callback)` runs `callback` once the current turn's work is done
+        (gevent: `hub.loop.run_callback`).  A busy process then makes one system
+        call, and wakes the reader of stderr (journald) once, for many lines
+        instead of once per line.  `flush()` writes what is pending; it also runs
+        at exit, so no line is lost when the process ends.
+        """
+        self._schedule = schedule
+        atexit.register(self.flush)
+
+    def flush(self):
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._write("\n".join(lines) + "\n")
+
+    def _write(self, text):
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def configure(self, level=None, fmt=None):
         if level is not None:
@@ -165,11 +192,12 @@ class Logger:
             parts = [_utc_now(), level.upper().ljust(5), _text_name(event)]
             parts.extend(f"{_text_name(k)}={_text_value(v)}" for k, v in fields.items())
             line = " ".join(parts)
-        try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        if self._schedule is None:
+            self._write(line + "\n")
+            return
+        self._pending.append(line)
+        if len(self._pending) == 1:
+            self._schedule(self.flush)
 
     def error(self, event, **fields):
         self.log("error", event, **fields)

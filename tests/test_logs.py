@@ -354,3 +354,29 @@ def test_budgets_cost_nothing_below_the_level_and_spare_other_events():
         logger.info("visitor-closed", reason="done")
     assert logger.budgets["visitor-rejected"].tokens == 1000
     assert len(out.getvalue().splitlines()) == 2000
+
+
+class _CountingStream:
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_deferred_writes_leave_once_per_loop_turn_in_order():
+    stream, callbacks = _CountingStream(), []
+    log = Logger("info", "text", stream=stream)
+    log.defer_writes(callbacks.append)
+    for n in range(3):
+        log.info("visitor-closed", n=n)
+    assert stream.writes == [] and callbacks == [log.flush]  # one callback for the turn
+    callbacks.pop()()
+    assert len(stream.writes) == 1
+    assert [line.rsplit("n=", 1)[1] for line in stream.writes[0].splitlines()] == ["0", "1", "2"]
+    log.info("shutdown-complete")
+    log.flush()  # what Lifecycle.run's finally (and atexit) do
+    assert stream.writes[1].endswith("shutdown-complete\n")
