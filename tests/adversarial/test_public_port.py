@@ -218,6 +218,8 @@ def test_stalled_tunnel_handshakes_from_one_address_leave_room_for_clients(edge)
         for end in joined:
             end.tls.close()
         assert seconds < 4, f"30 Tunnel joins took {seconds:.1f}s: the stalls may have expired"
+        # The Server logs each join right after its welcome, in the same loop turn.
+        e.server.wait_count("tunnel-connection-established .*tunnel=rogue", 30, timeout=5)
         assert e.server.count("tunnel-connection-established .*tunnel=rogue") == 30
         assert e.server.count("server-saturated scope=tunnel-handshakes-per-source") >= 1
         left = all_closed(socks, 12)
