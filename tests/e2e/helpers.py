@@ -170,3 +170,30 @@ def round_trip(sock, payload, timeout):
     sock.sendall(payload)
     assert recv_exactly(sock, len(payload)) == payload
     return time.monotonic() - started
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET as systemd provides one: an AF_UNIX datagram socket at `path`."""
+
+    def __init__(self, folder, timeout=20):
+        self.path = folder / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(timeout)
+
+    def recv(self):
+        return self.sock.recv(4096)
+
+    def next_message(self, skip_pings=True):
+        """The next datagram as a dict (a state may come with STATUS= and MONOTONIC_USEC=);
+        watchdog pings are skipped unless `skip_pings` is false."""
+        while True:
+            data = self.recv()
+            if not (skip_pings and data == b"WATCHDOG=1"):
+                return dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()

@@ -11,7 +11,7 @@ import pytest
 
 
 from ..conftest import Proc, run_cli
-from .helpers import ECHO, echo_visitor, round_trip
+from .helpers import ECHO, NotifySocket, echo_visitor, round_trip
 
 pytestmark = pytest.mark.e2e
 STALL = "stall.example.com"
@@ -30,42 +30,31 @@ def stalled_tls_visitor(port, hostname):
     return sock
 
 
-def notify_fields(sock):
-    """One sd_notify datagram as a dict (it may carry STATUS=, MONOTONIC_USEC= beside the state)."""
-    return dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines() if line)
-
-
 def test_sd_notify_ready_reloading_stopping_and_the_reload_took_effect(deployment, tmp_path,
                                                                        echo_backend):
     first = deployment.identity("client-a")
     added = deployment.identity("client-b")
     path = deployment.server_config([("apps", ["app.example.com"], [first])])
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify_path = tmp_path / "notify.sock"
-    notify.bind(str(notify_path))
-    notify.settimeout(20)
-    try:
-        server = Proc(["server", "-c", path], env=dict(deployment.env, NOTIFY_SOCKET=str(notify_path)))
+    with NotifySocket(tmp_path) as notify:
+        server = Proc(["server", "-c", path], env=dict(deployment.env, NOTIFY_SOCKET=str(notify.path)))
         deployment.processes.append(server)
-        assert notify_fields(notify)["READY"] == "1"
+        assert notify.next_message()["READY"] == "1"
         deployment.public_port = int(server.wait_for(
             r"server-ready .*public-bind-address=127\.0\.0\.1:(\d+)").group(1))
         # The reload adds Tunnel "echo" for client-b: it can only join if the reload happened.
         deployment.server_config([("apps", ["app.example.com"], [first]),
                                   ("echo", [ECHO], [added])])
         server.signal(signal.SIGHUP)
-        assert notify_fields(notify)["RELOADING"] == "1"
-        assert notify_fields(notify)["READY"] == "1"
+        assert notify.next_message()["RELOADING"] == "1"
+        assert notify.next_message()["READY"] == "1"
         server.wait_for("server-reloaded tunnels=2")
         deployment.start_client("client-b", [([ECHO], echo_backend.address)])
         visitor = echo_visitor(deployment.public_port)
         with visitor:
             assert round_trip(visitor, b"through the reloaded Tunnel", timeout=5) < 5
         server.signal(signal.SIGTERM)
-        assert notify_fields(notify)["STOPPING"] == "1"
+        assert notify.next_message()["STOPPING"] == "1"
         assert server.popen.wait(timeout=15) == 0
-    finally:
-        notify.close()
 
 
 def test_second_signal_forces_shutdown(deployment, echo_backend):
