@@ -57,6 +57,7 @@ from . import __version__, config as configuration, material
 from .errors import ConfigError, MaterialError
 from .io.listener import BindError
 from .logs import log
+from .proto.address import format_address
 from .proto.hostname import HostnameError, normalize
 from .systemd import ActivationError
 
@@ -278,7 +279,7 @@ def show_status(args, role):
     if port == 0:
         return _fail(f"{path}: {key} has port 0 (any free port): status needs a fixed port", 1)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = format_address((host, port))
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
     try:
         with opener.open(f"http://{address}/status", timeout=STATUS_TIMEOUT) as response:

@@ -16,6 +16,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from . import __version__
+from .proto.address import format_address
 
 # Every path through the Server's Visitor handler ends in exactly one of these.
 VISITOR_OUTCOMES = (
@@ -203,7 +204,7 @@ class ClientMetrics(_Metrics):
         new = {s.backend_address: service_label(s) for s in services}
         for backend in list(self.services):
             if backend not in new:
-                label = _label(backend)
+                label = format_address(backend)
                 for outcome in SERVICE_OUTCOMES:
                     self._streams.remove(label, outcome)
                 self._active.remove(label)
@@ -221,12 +222,7 @@ class ClientMetrics(_Metrics):
 
 def service_label(service):
     """A Service's `service` label: its Local backend "host:port"."""
-    return _label(service.backend_address)
-
-
-def _label(address):
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_address(service.backend_address)
 
 
 def statsd_samples(registry):

@@ -29,7 +29,8 @@ from ..proto.services import ServiceTable
 from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
 from .challenge import ChallengeResponder
 from .monitor import Monitor, certificate_entries, rfc3339
-from .net import describe, format_address, resolve_override, set_keepalive, set_nodelay
+from ..proto.address import format_address
+from .net import describe, resolve_override, set_keepalive, set_nodelay
 from .splice import Splices, drain
 from .streams import ClientStreams
 from .sweeper import SpliceTimeouts

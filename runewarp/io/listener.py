@@ -18,7 +18,8 @@ from gevent.server import StreamServer
 
 from ..errors import TransportError
 from ..systemd import ActivationError
-from .net import format_address, set_keepalive, set_nodelay
+from ..proto.address import format_address
+from .net import set_keepalive, set_nodelay
 
 # The config key of each listener, by name.
 KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}

@@ -36,7 +36,7 @@ from .. import __version__
 from ..logs import RateLimitedWarning
 from ..metrics import StatsdDeltas
 from .listener import BindError, bind
-from .net import format_address
+from ..proto.address import format_address
 
 MAX_CONNECTIONS = 16
 READ_DEADLINE = 5.0

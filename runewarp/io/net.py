@@ -1,4 +1,4 @@
-"""Socket helpers shared by both roles: dialing, socket options, abortive close, addresses."""
+"""Socket helpers shared by both roles: dialing, socket options, abortive close."""
 
 import functools
 import ipaddress
@@ -11,11 +11,6 @@ import gevent
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 # TCP_KEEPIDLE is called TCP_KEEPALIVE on macOS.
 _KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
-
-
-def format_address(address):
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def set_nodelay(sock):

@@ -27,7 +27,7 @@ from .challenge import ChallengeResponder
 from .intake import intake
 from .listener import InheritedSockets, Listener
 from .monitor import Monitor, certificate_entries, rfc3339
-from .net import format_address
+from ..proto.address import format_address
 from .servercert import ServerCertificateChecks
 from .splice import SocketEnd, Splices, StreamEnd, drain
 from .sweeper import SpliceTimeouts

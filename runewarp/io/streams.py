@@ -12,7 +12,8 @@ from ..errors import IntakeRejected, StreamAborted, TLSClosed
 from ..proto import proxyv2
 from ..tls import ALPN_ACME
 from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
-from .net import describe, dial, format_address, set_keepalive, set_nodelay
+from ..proto.address import format_address
+from .net import describe, dial, set_keepalive, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls
 

@@ -18,7 +18,7 @@ from ..proto import control
 from ..proto.mux import Role
 from ..proto.placement import Placement
 from ..tls import identity_from_pyopenssl, refused_identity
-from .net import format_address
+from ..proto.address import format_address
 from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
