@@ -21,7 +21,6 @@ retried; a datagram the kernel refuses is dropped by the library.  Neither
 ever touches traffic.
 """
 
-import datetime as _dt
 import io
 import json
 import time
@@ -32,7 +31,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from statsd import StatsClient
 
-from .. import __version__
+from .. import __version__, certcheck
 from ..logs import RateLimitedWarning
 from ..metrics import StatsdDeltas
 from .listener import BindError, bind
@@ -45,10 +44,8 @@ STATSD_WARN_INTERVAL = 60.0
 
 
 def rfc3339(moment):
-    """An aware datetime as UTC RFC 3339 with seconds precision and a Z; None stays None."""
-    if moment is None:
-        return None
-    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """certcheck.rfc3339 for /status, where a moment may be missing (None stays None)."""
+    return None if moment is None else certcheck.rfc3339(moment)
 
 
 def certificate_entries(metrics):
