@@ -173,7 +173,7 @@ class ServerMetrics(_Metrics):
 class _ServiceSeries:
     """The children of one configured Service, and its count of open streams."""
 
-    __slots__ = ("outcome", "connect_seconds", "active")
+    __slots__ = ("label", "outcome", "connect_seconds", "active")
 
 
 class ClientMetrics(_Metrics):
@@ -214,6 +214,7 @@ class ClientMetrics(_Metrics):
             if backend in self.services:
                 continue
             series = self.services[backend] = _ServiceSeries()
+            series.label = label
             series.outcome = {o: self._streams.labels(label, o) for o in SERVICE_OUTCOMES}
             series.connect_seconds = self._connect.labels(label)
             series.active = 0

@@ -133,7 +133,7 @@ class ClientStreams:
 
     def _splice(self, visitor_end, sock, service, series, taken, header, mode):
         visitor = format_address(header.source) if header.source else None
-        backend = format_address(service.backend_address)
+        backend = series.label  # the Local backend's "host:port", spelled once per Service
         self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
                        backend_address=backend, tls_mode=mode)
         hostname = taken.hostname
