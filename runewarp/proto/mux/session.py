@@ -22,6 +22,7 @@ from .events import (ConnectionDead, DataReceived, Event, GoAwayReceived, PingAc
 from .frames import (FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, GOAWAY_INTERNAL_ERROR, GOAWAY_PROTOCOL_ERROR,
                      HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_PAYLOAD, MAX_STREAM_ID, TYPE_DATA, TYPE_GO_AWAY,
                      TYPE_PING, TYPE_WINDOW_UPDATE, VERSION, FrameDecoder)
+from .keepalive import Keepalive
 from .outbound import Outbound
 from .window import ReceiveWindows, StreamState
 
@@ -70,8 +71,6 @@ class Session:
         self.window_budget = WindowBudget(sys.maxsize) if window_budget is None else window_budget
         self.max_reply_backlog = max_reply_backlog
         self._windows = ReceiveWindows(self.window_budget, initial_window, max_window)
-        self.keepalive_interval = keepalive_interval
-        self.idle_timeout = idle_timeout
         self.go_away_sent = False
         self.go_away_received = False
         self.closed = False
@@ -82,11 +81,7 @@ class Session:
         self._decoder = FrameDecoder(max(MAX_PAYLOAD, max_window))
         self._outbound = Outbound(max_reply_backlog)
         self._emit = self._outbound.emit
-        self._last_received = now
-        self._next_ping = now + keepalive_interval
-        self._ping_counter = 0
-        self._keepalive_sent: tuple[int, float] | None = None  # (value, time) awaiting its ack
-        self.ping_rtt: float | None = None  # seconds from the last keepalive ping to its ack
+        self._keepalive = Keepalive(keepalive_interval, idle_timeout, now)
 
     # -- output --
 
@@ -110,6 +105,11 @@ class Session:
 
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
+
+    @property
+    def ping_rtt(self) -> float | None:
+        """Seconds from the last keepalive ping to its echo; None before the first."""
+        return self._keepalive.rtt
 
     @property
     def active_streams(self) -> int:
@@ -235,20 +235,18 @@ class Session:
         """Absolute time at which `handle_timer()` has something to do."""
         if self.closed:
             return float("inf")
-        return min(self._next_ping, self._last_received + self.idle_timeout)
+        return self._keepalive.next_timer()
 
     def handle_timer(self, now: float) -> list[Event]:
         """Send a keepalive ping when due; report ConnectionDead (once) after idle_timeout."""
         if self.closed:
             return []
-        if now - self._last_received >= self.idle_timeout:
+        if self._keepalive.dead(now):
             self.close()
             return [ConnectionDead()]
-        if now >= self._next_ping:
-            self._emit(_pack(VERSION, TYPE_PING, FLAG_SYN, 0, self._ping_counter))
-            self._keepalive_sent = (self._ping_counter, now)
-            self._ping_counter = (self._ping_counter + 1) & 0xFFFFFFFF
-            self._next_ping = now + self.keepalive_interval
+        value = self._keepalive.ping_due(now)
+        if value is not None:
+            self._emit(_pack(VERSION, TYPE_PING, FLAG_SYN, 0, value))
         return []
 
     # -- input --
@@ -271,7 +269,7 @@ class Session:
             next_raw = decoder.next_raw
             frame = next_raw()
             if frame is not None:
-                self._last_received = now
+                self._keepalive.last_received = now
             while frame is not None:
                 type_, flags, stream_id, length, payload = frame
                 if on_frame is not None:
@@ -342,9 +340,7 @@ class Session:
         if flags & FLAG_SYN:
             self._reply(_pack(VERSION, TYPE_PING, FLAG_ACK, 0, value))
         elif flags & FLAG_ACK:
-            sent = self._keepalive_sent
-            if sent is not None and sent[0] == value:
-                self.ping_rtt, self._keepalive_sent = now - sent[1], None
+            self._keepalive.echoed(value, now)
             events.append(PingAcknowledged(value))
 
     def _stream_frame(self, type_: int, flags: int, stream_id: int, length: int,
