@@ -2,7 +2,8 @@
 
 TERM/INT: graceful (stop accepting, go away, drain for at most the grace
 period, close, exit 0); a second TERM/INT forces.  HUP: reload, keeping the old
-config when the new one is invalid.
+config when the new one is invalid.  With watch-config, the runtime's file watch
+asks for the same reload (FILE_CHANGED) when a watched file changes.
 """
 
 import signal
@@ -22,6 +23,7 @@ class Lifecycle:
         self.log = log
         self.queue = Queue()
         self.draining = None
+        self.changed = []  # the files whose change asked for a reload, in order
 
     def run(self):
         self.log.defer_writes(gevent.get_hub().loop.run_callback)
@@ -33,6 +35,7 @@ class Lifecycle:
     def _run(self):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
+        self.runtime.on_file_change = self._file_changed
         self.runtime.start()
         systemd.ready("serving")
         watchdog = systemd.start_watchdog()
@@ -76,9 +79,20 @@ class Lifecycle:
     def handle_drained(self, _name):
         return True
 
+    def _file_changed(self, path):
+        self.changed.append(path)
+        self.queue.put("FILE_CHANGED")
+
+    def handle_file_changed(self, _name):
+        return self._reload(trigger="file-change", file=self.changed.pop(0))
+
     def handle_sighup(self, name):
+        return self._reload(trigger="signal", signal=name)
+
+    def _reload(self, **trigger):
         if self.draining is not None:
             return False
+        self.log.info("reload-started", **trigger)
         systemd.reloading("reloading")
         try:
             config = self.load_config()
@@ -95,5 +109,6 @@ class Lifecycle:
             systemd.ready("serving; the last reload failed, previous configuration kept")
             return False
         self.runtime.metrics.reloads["success"].inc()
+        self.grace = self.runtime.config.graceful_shutdown_duration
         systemd.ready("serving")
         return False

@@ -1,9 +1,12 @@
-"""docs/configuration.md documents exactly the keys of the key table, each with its default."""
+"""docs/configuration.md documents exactly the keys of the key table, each with its default
+and what a reload does with it."""
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from runewarp.config.schema import KEYS, REQUIRED
+from runewarp.config import Limits, ServerConfig, keep_running, restart_only
+from runewarp.config.schema import KEYS, RELOAD_EFFECTS, REQUIRED
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 _HEADING = re.compile(r"^#{2,3} (?:Top level|`\[{1,2}([a-z.-]+)\]{1,2}`)$")
@@ -58,3 +61,39 @@ def test_every_key_is_documented_with_its_default():
 
 def test_the_docs_name_no_unknown_key():
     assert set(documented()) - {k.path for k in KEYS} == set()
+
+
+def reload_rows() -> dict[str, str]:
+    """Key path -> its On reload cell, from the table under "What a reload changes"."""
+    rows, inside = {}, False
+    for line in DOC.read_text().splitlines():
+        if line.startswith("#"):
+            inside = line == "### What a reload changes"
+        elif inside and line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_the_reload_table_says_for_every_key_what_the_key_table_says():
+    rows = reload_rows()
+    assert set(rows) == {k.path for k in KEYS}, "the reload table and the key table differ"
+    for key in KEYS:
+        assert key.reload in RELOAD_EFFECTS, key.path
+        assert rows[key.path] == key.reload, f"{key.path}: docs say {rows[key.path]!r}, the table {key.reload!r}"
+
+
+def test_a_reload_keeps_exactly_the_restart_keys():
+    """The runtimes' RESTART_ONLY come from the key table: a restart key of a table that is
+    itself restart-only is kept with its table."""
+    assert restart_only("server") == ("hostname", "strict_permissions", "acme", "metrics",
+                                      "limits.stream_buffer_budget")
+    assert restart_only("client") == ("strict_permissions", "acme", "metrics", "server_addresses",
+                                      "limits.stream_buffer_budget")
+    running = ServerConfig(hostname="a.example.com", cert_dir=Path("/c"), tunnels=(),
+                           limits=Limits(stream_buffer_budget=2 * 1024 * 1024))
+    new = replace(running, hostname="b.example.com", limits=Limits(active_streams=5))
+    kept, changed = keep_running(new, running, restart_only("server"))
+    assert changed == ["hostname", "limits.stream_buffer_budget"]
+    assert kept.hostname == "a.example.com"
+    assert kept.limits == Limits(active_streams=5, stream_buffer_budget=2 * 1024 * 1024)

@@ -29,6 +29,7 @@ from .model import (
     ServiceConfig,
     TunnelConfig,
     keep_running,
+    restart_only,
 )
 from .paths import (
     default_client_identity_dir,
@@ -58,6 +59,7 @@ __all__ = [
     "ServiceConfig",
     "TunnelConfig",
     "keep_running",
+    "restart_only",
     "default_client_identity_dir",
     "default_client_public_cert_dir",
     "default_config_path",

@@ -80,6 +80,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         limits=shared.limits(ctx, client, p),
         metrics=shared.metrics(ctx, client, p),
         access_log=ctx.setting(client, p, "access-log"),
+        watch_config=ctx.setting(client, p, "watch-config"),
         log_level=log_level,
         log_format=log_format,
         graceful_shutdown_duration=grace,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from runewarp.proto.routes import RoutingSnapshot, TunnelRoute
 
-from .schema import default
+from .schema import BY_PATH, KEYS, RESTART, default
 
 DEFAULT_ACME_DIRECTORY = default("server.acme.directory-url")
 
@@ -88,6 +88,7 @@ class ServerConfig:
     limits: Limits = Limits()
     metrics: MetricsConfig | None = None
     access_log: bool = default("server.access-log")
+    watch_config: bool = default("server.watch-config")
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     source: Path | None = None
@@ -127,6 +128,7 @@ class ClientConfig:
     limits: Limits = Limits()
     metrics: MetricsConfig | None = None
     access_log: bool = default("client.access-log")
+    watch_config: bool = default("client.watch-config")
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")
@@ -139,8 +141,41 @@ class ClientConfig:
         return [h for s in self.services if s.tls_mode == "terminate" for h in s.public_hostnames]
 
 
-def keep_running(new, running, keys):
-    """`new` with the values of `keys` taken from `running`, and the keys that differed:
-    what a reload cannot change keeps its running value until a restart."""
-    changed = [key for key in keys if getattr(new, key) != getattr(running, key)]
-    return dataclasses.replace(new, **{key: getattr(running, key) for key in changed}), changed
+# Keys whose config field is named otherwise.
+_FIELDS = {"client.server-address": "server_addresses"}
+
+
+def restart_only(role: str) -> tuple[str, ...]:
+    """The config fields (dotted inside a table: `limits.stream_buffer_budget`) a reload of
+    `role` keeps, from the key table's `reload`: a restart-only table is kept whole."""
+    fields = []
+    for key in KEYS:
+        if key.reload != RESTART or not key.path.startswith(f"{role}."):
+            continue
+        parent = key.path.rpartition(".")[0]
+        if parent != role and BY_PATH[parent].reload == RESTART:
+            continue  # its table is kept whole
+        fields.append(_FIELDS.get(key.path, key.path[len(role) + 1:].replace("-", "_")))
+    return tuple(fields)
+
+
+def _get(config, field):
+    for name in field.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def _put(config, field, value):
+    name, _, rest = field.partition(".")
+    return dataclasses.replace(config, **{name: _put(getattr(config, name), rest, value)
+                                          if rest else value})
+
+
+def keep_running(new, running, fields):
+    """`new` with the values of `fields` (restart_only) taken from `running`, and the
+    fields that differed: what a reload cannot change keeps its running value until a
+    restart."""
+    changed = [field for field in fields if _get(new, field) != _get(running, field)]
+    for field in changed:
+        new = _put(new, field, _get(running, field))
+    return new, changed

@@ -7,7 +7,7 @@ this table. Rules that relate several keys (a hostname in two Tunnels, ACME
 with cert-dir) stay in server.py and client.py; `rule` only says them in words.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
@@ -16,6 +16,11 @@ TLS_MODES = ("passthrough", "terminate")
 SERVER_TRUSTS = ("system", "ca-file")
 DEFAULT_SERVER_PORT = 443
 MIB = 1024 * 1024
+# What a reload does with a changed key (docs/configuration.md, "What a reload changes").
+RELOAD = "reload"  # applied at once
+NEW_CONNECTIONS = "new connections"  # applied to connections and streams that start afterwards
+RESTART = "restart"  # kept until a restart, with a `reload-needs-restart` warning
+RELOAD_EFFECTS = (RELOAD, NEW_CONNECTIONS, RESTART)
 
 
 class _Required:
@@ -31,7 +36,9 @@ class Key:
     """One key. `path` writes an array of tables as `[]` (`server.tunnels[].name`).
 
     `default` is the value used when the key is omitted (None: unset or
-    computed at load time, then `shown` says how the docs write it).
+    computed at load time, then `shown` says how the docs write it).  `reload`
+    is what a reload does with a change (RELOAD_EFFECTS); a table's keys share
+    its effect unless they say otherwise.
     """
 
     path: str
@@ -42,6 +49,7 @@ class Key:
     shown: str | None = None
     choices: tuple[str, ...] = ()
     bounds: tuple[int, int | None] | None = None
+    reload: str = RELOAD
 
 
 def _both(path: str, *args: Any, **kwargs: Any) -> tuple[Key, Key]:
@@ -52,11 +60,12 @@ def _both(path: str, *args: Any, **kwargs: Any) -> tuple[Key, Key]:
 def _acme(role: str) -> tuple[Key, ...]:
     p = f"{role}.acme"
     return (
-        Key(f"{p}.email", "string", REQUIRED, "local@domain, no whitespace", "the ACME account contact"),
+        Key(f"{p}.email", "string", REQUIRED, "local@domain, no whitespace", "the ACME account contact",
+            reload=RESTART),
         Key(f"{p}.state-dir", "path", None, "a folder; validation never creates it", "certbot's state",
-            shown=f"$XDG_STATE_HOME/runewarp/{role}/acme"),
+            shown=f"$XDG_STATE_HOME/runewarp/{role}/acme", reload=RESTART),
         Key(f"{p}.directory-url", "string", "https://acme-v02.api.letsencrypt.org/directory",
-            "an https:// URL with a host", "the ACME CA"),
+            "an https:// URL with a host", "the ACME CA", reload=RESTART),
     )
 
 
@@ -64,27 +73,31 @@ def _metrics(role: str) -> tuple[Key, ...]:
     p = f"{role}.metrics"
     return (
         Key(f"{p}.bind-address", "address", None, "literal IP:port or [IPv6]:port, port 0-65535",
-            "plain-HTTP listener for /metrics, /healthz, /readyz and /status", shown="unset (no listener)"),
+            "plain-HTTP listener for /metrics, /healthz, /readyz and /status", shown="unset (no listener)",
+            reload=RESTART),
         Key(f"{p}.statsd-address", "address", None, "host:port, port 1-65535 (UDP)",
-            "push the same figures to StatsD", shown="unset (no push)"),
-        Key(f"{p}.statsd-prefix", "string", "runewarp", "1-64 of A-Z a-z 0-9 . _ -", "prefix of every StatsD name"),
-        Key(f"{p}.statsd-interval", "seconds", 10.0, "seconds > 0", "how often StatsD gets the figures"),
+            "push the same figures to StatsD", shown="unset (no push)", reload=RESTART),
+        Key(f"{p}.statsd-prefix", "string", "runewarp", "1-64 of A-Z a-z 0-9 . _ -", "prefix of every StatsD name",
+            reload=RESTART),
+        Key(f"{p}.statsd-interval", "seconds", 10.0, "seconds > 0", "how often StatsD gets the figures",
+            reload=RESTART),
     )
 
 
 def _limit(name: str, default: int | float, doc: str, *, bounds: tuple[int, int | None] | None = (1, None),
-           shown: str | None = None) -> Key:
+           shown: str | None = None, reload: str = NEW_CONNECTIONS) -> Key:
     kind = "seconds" if name.endswith("-timeout") else "integer"
     rule = "seconds >= 0 (0: off)" if kind == "seconds" else "an integer >= 1"
-    return Key(f"limits.{name}", kind, default, rule, doc, shown=shown, bounds=None if kind == "seconds" else bounds)
+    return Key(f"limits.{name}", kind, default, rule, doc, shown=shown, bounds=None if kind == "seconds" else bounds,
+               reload=reload)
 
 
 _STREAM_LIMITS = (
     _limit("active-streams", 16384, "routed Visitor streams"),
     _limit("stream-buffer-budget", 64 * MIB, "flow-control window bytes beyond the first 256 KiB per stream",
-           bounds=(MIB, None)),
-    _limit("stream-idle-timeout", 600.0, "seconds with no byte in either direction"),
-    _limit("stream-half-closed-timeout", 30.0, "seconds with no byte once one direction has ended"),
+           bounds=(MIB, None), reload=RESTART),
+    _limit("stream-idle-timeout", 600.0, "seconds with no byte in either direction", reload=RELOAD),
+    _limit("stream-half-closed-timeout", 30.0, "seconds with no byte once one direction has ended", reload=RELOAD),
 )
 _SERVER_LIMITS = (
     _limit("intake-connections", 4096, "Visitor connections reading their ClientHello"),
@@ -96,7 +109,7 @@ _SERVER_LIMITS = (
     _limit("active-streams-per-tunnel", 0, "routed Visitor streams of one Tunnel (0: all with one Tunnel, "
            "half with several)", shown="all of active-streams"),
     _limit("pool-connections", 256, "Tunnel connections in one Tunnel pool"),
-    _limit("stream-first-byte-timeout", 30.0, "seconds from routing until the Client side answers"),
+    _limit("stream-first-byte-timeout", 30.0, "seconds from routing until the Client side answers", reload=RELOAD),
     *_STREAM_LIMITS,
 )
 
@@ -107,7 +120,8 @@ KEYS: tuple[Key, ...] = (
     Key("client", "table", None, "required by runewarp client unless both address flags are given",
         "the Client's settings", shown="—"),
     # [server]
-    Key("server.hostname", "string", REQUIRED, "a valid hostname, not also a Public hostname", "the Server hostname"),
+    Key("server.hostname", "string", REQUIRED, "a valid hostname, not also a Public hostname", "the Server hostname",
+        reload=RESTART),
     Key("server.public-bind-address", "address", ("0.0.0.0", 443), "literal IP:port, port 0-65535",
         "the public listener"),
     Key("server.tunnel-bind-address", "address", None, "same format; differs from public-bind-address",
@@ -115,15 +129,19 @@ KEYS: tuple[Key, ...] = (
     Key("server.cert-dir", "path", None, "not with [server.acme]", "Server certificate material",
         shown="XDG default"),
     *_both("graceful-shutdown-duration", "seconds", 30.0, "finite, >= 0", "how long open streams may finish"),
-    *_both("strict-permissions", "boolean", False, "true or false", "refuse keys others can read"),
-    *_both("acme", "table", None, "see the acme keys", "certificates from an ACME CA", shown="unset"),
-    *_both("limits", "table", None, "see the limits keys", "resource bounds", shown="defaults"),
+    *_both("strict-permissions", "boolean", False, "true or false", "refuse keys others can read", reload=RESTART),
+    *_both("acme", "table", None, "see the acme keys", "certificates from an ACME CA", shown="unset",
+           reload=RESTART),
+    *_both("limits", "table", None, "see the limits keys", "resource bounds", shown="defaults",
+           reload=NEW_CONNECTIONS),
     *_both("metrics", "table", None, "see the metrics keys", "metrics, health and status listener; StatsD",
-           shown="unset"),
+           shown="unset", reload=RESTART),
     *_both("access-log", "boolean", True, "true or false",
            "one info line per Visitor connection (Server) or stream (Client) when it ends"),
+    *_both("watch-config", "boolean", False, "true or false",
+           "reload when the config file or a file it names changes"),
     Key("server.tunnels", "array of tables", REQUIRED, "at least one", "the Tunnels"),
-    *(Key(f"server.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _SERVER_LIMITS),
+    *(replace(k, path=f"server.{k.path}") for k in _SERVER_LIMITS),
     *_acme("server"),
     *_metrics("server"),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
@@ -136,16 +154,17 @@ KEYS: tuple[Key, ...] = (
         "several Client identities (replicas, rotation)", shown="—"),
     # [client]
     Key("client.server-address", "address", REQUIRED, "hostname[:port] or an array of them",
-        "the Server addresses, one Tunnel connection each"),
+        "the Server addresses, one Tunnel connection each", reload=RESTART),
     Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
-        choices=SERVER_TRUSTS),
+        choices=SERVER_TRUSTS, reload=NEW_CONNECTIONS),
     Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",
-        "the Server CA bundle", shown="XDG default"),
-    Key("client.identity-dir", "path", None, "a writable folder", "the Client identity", shown="XDG default"),
+        "the Server CA bundle", shown="XDG default", reload=NEW_CONNECTIONS),
+    Key("client.identity-dir", "path", None, "a writable folder", "the Client identity", shown="XDG default",
+        reload=NEW_CONNECTIONS),
     Key("client.public-cert-dir", "path", None, "needs a terminate Service; not with [client.acme]",
         "Public hostname certificates", shown="XDG default"),
     Key("client.services", "array of tables", REQUIRED, "at least one", "the Services"),
-    *(Key(f"client.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _STREAM_LIMITS),
+    *(replace(k, path=f"client.{k.path}") for k in _STREAM_LIMITS),
     *_acme("client"),
     *_metrics("client"),
     Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "

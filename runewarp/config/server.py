@@ -53,6 +53,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         limits=limits,
         metrics=shared.metrics(ctx, server, p),
         access_log=ctx.setting(server, p, "access-log"),
+        watch_config=ctx.setting(server, p, "watch-config"),
         log_level=log_level,
         log_format=log_format,
         source=source,

@@ -16,12 +16,13 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from .. import __version__
-from ..config import keep_running
+from ..config import keep_running, restart_only
 from ..acme import AcmeCertificates
 from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
 from ..metrics import ClientMetrics, service_label
-from ..material import identity_needs_renewal, renew_identity, show_identity
+from ..material import (CLIENT_CERT, CLIENT_KEY, PUBLIC_CERT, PUBLIC_KEY, identity_needs_renewal,
+                        renew_identity, show_identity)
 from ..proto import control
 from ..proto.backoff import WINDOWS, Backoff, parse_windows
 from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
@@ -39,10 +40,11 @@ from .tlsconn import ClientTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
 from .upkeep import Periodic, check_seconds, utcnow
+from .watch import FileWatch
 
 TUNNEL_HANDSHAKE_DEADLINE = 10.0
-# Bound to workers, the handler pool or the ACME scheduler at start: a reload keeps them.
-RESTART_ONLY = ("server_addresses", "limits", "acme", "metrics")
+# What a reload keeps until a restart: the key table says which (docs/configuration.md).
+RESTART_ONLY = restart_only("client")
 
 
 class ServerLink:
@@ -73,13 +75,18 @@ class Client(ClientStreams):
             self.challenges = ChallengeResponder(self.acme.challenge_dir)
         self.public_certs = PublicCertificates(config.public_cert_dir, log, self.acme,
                                                metrics=self.metrics)
-        self.handlers = Pool(config.limits.active_streams)
+        # Unbounded: `limits.active-streams`, read from the running config, is the one bound
+        # (ClientStreams._on_stream), so a reload that changes it never leaves a pool of
+        # another size behind, and a spawn never blocks the Tunnel reader.
+        self.handlers = Pool()
         self.window_budget = WindowBudget(config.limits.stream_buffer_budget)
         self.splices = Splices(SpliceTimeouts.from_limits(config.limits))
         self.saturation = RateLimitedWarning(log, "client-saturated")
         self.workers = []
         self.sessions = set()
         self.stopping = Event()
+        self.on_file_change = lambda path: None  # the lifecycle's, for watch-config
+        self.file_watch = FileWatch(lambda path: self.on_file_change(path))
 
     def start(self):
         self.monitor.bind()  # a taken metrics address fails the start before anything runs
@@ -96,6 +103,7 @@ class Client(ClientStreams):
             self.links[format_address(address)] = ServerLink()
             self.workers.append(gevent.spawn(self._worker, address))
         self.monitor.start()
+        self._follow_files()
         self.log.info("client-ready", client_identity=self.identity, instance=self.instance,
                       server_addresses=",".join(format_address(a) for a in
                                                 self.config.server_addresses),
@@ -103,6 +111,7 @@ class Client(ClientStreams):
 
     def stop_accepting(self):
         self.stopping.set()
+        self.file_watch.close()
         for session in list(self.sessions):
             session.go_away()
 
@@ -122,6 +131,7 @@ class Client(ClientStreams):
         for session in list(self.sessions):
             session.close("client shutting down")
         gevent.killall(self.workers, block=False)  # no timed wait: the process exits right after
+        self.file_watch.close()
         if self.acme is not None:
             self.acme.stop()
         self.monitor.stop()
@@ -137,9 +147,25 @@ class Client(ClientStreams):
                                                clock=self.public_certs.clock,
                                                metrics=self.metrics)
         self.public_certs.upkeep(config.terminate_hostnames, announce=True)
+        self.splices.sweeper.timeouts = SpliceTimeouts.from_limits(config.limits)
         self.config = config
         self.log.configure(config.log_level, config.log_format)
+        self._follow_files()
         self.log.info("client-reloaded", services=len(config.services))
+
+    def _follow_files(self):
+        """watch-config: the config file, the Server CA bundle, the identity and the manual
+        Public hostname certificates (their folders too: an update switches `current`)."""
+        cfg = self.config
+        files = [cfg.identity_dir / CLIENT_CERT, cfg.identity_dir / CLIENT_KEY]
+        folders = [cfg.identity_dir]
+        if cfg.server_trust == "ca-file":
+            files.append(cfg.server_ca_file)
+        if cfg.acme is None and cfg.public_cert_dir is not None:
+            files += [cfg.public_cert_dir / host / name for host in cfg.terminate_hostnames
+                      for name in (PUBLIC_CERT, PUBLIC_KEY)]
+            folders.append(cfg.public_cert_dir)
+        self.file_watch.follow(cfg, files, folders)
 
     # -- /readyz and /status --
     def ready(self):

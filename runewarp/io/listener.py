@@ -129,10 +129,13 @@ class Listener:
     """One listening socket; `stop()` closes it so no new connection is accepted.
 
     `name` is "public" or "tunnel": a failed bind names the matching config key.
-    `inherited` (InheritedSockets) may hold the socket for `address` already bound."""
+    `inherited` (InheritedSockets) may hold the socket for `address` already bound.
+    `pool_size` bounds the handlers running at once (the accept loop pauses when full)."""
 
     def __init__(self, name, address, handle, pool_size, inherited=None):
         self.name = name
+        self.handle = handle
+        self.pool_size = pool_size
         sock = inherited.claim(address) if inherited is not None else None
         self.inherited = sock is not None
         try:
@@ -144,6 +147,24 @@ class Listener:
 
     def start(self):
         self.server.start()
+
+    def resize(self, pool_size):
+        """Bound the handlers of connections accepted from now on by `pool_size` (a reload).
+
+        A gevent pool cannot shrink under its running handlers, so a new server with a
+        new pool takes over a copy of the socket, and the old one closes its own copy:
+        the listening socket never closes, and the old handlers finish in the old pool."""
+        if pool_size == self.pool_size:
+            return
+        sock = self.sock.dup()
+        server = _HandlerOwnedServer(sock, self.handle, spawn=Pool(pool_size))
+        try:
+            server.start()
+        except BaseException:
+            sock.close()
+            raise
+        old, self.sock, self.server, self.pool_size = self.server, sock, server, pool_size
+        old.close()
 
     def stop(self):
         self.server.close()

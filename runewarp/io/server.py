@@ -13,7 +13,7 @@ from gevent.pool import Group
 
 from .. import __version__, certcheck, systemd
 from ..metrics import INTAKE_OUTCOMES, ServerMetrics
-from ..config import keep_running
+from ..config import keep_running, restart_only
 from ..certcheck import CertificateRefused
 from ..errors import ConfigError, IntakeRejected, MaterialError, ProtocolError, StreamAborted
 from ..acme import AcmeCertificates, warn_port
@@ -25,7 +25,7 @@ from ..proto.mux import WindowBudget
 from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .challenge import ChallengeResponder
 from .intake import intake
-from .listener import InheritedSockets, Listener
+from .listener import BindError, InheritedSockets, Listener
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
 from .servercert import ServerCertificateChecks
@@ -33,10 +33,13 @@ from .splice import SocketEnd, Splices, StreamEnd, drain
 from .sweeper import SpliceTimeouts
 from .tunnels import TunnelConnections, TunnelPool
 from .upkeep import Periodic, check_seconds, utcnow
+from .watch import FileWatch
+from ..material import server_cert_paths
 
-# Bound to listeners, admission tables or the ACME scheduler at start: a reload keeps them.
-RESTART_ONLY = ("public_bind_address", "tunnel_bind_address", "hostname", "limits", "acme",
-                "metrics")
+# What a reload keeps until a restart: the key table says which (docs/configuration.md).
+RESTART_ONLY = restart_only("server")
+# The config field of each listener's bind address, by listener name, in start order.
+BIND_ADDRESSES = {"public": "public_bind_address", "tunnel": "tunnel_bind_address"}
 ENVELOPE_DEADLINE = 5.0
 # The rate-limited warning scope for a refused admission, by table and reason.
 _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
@@ -69,19 +72,15 @@ class Server(ServerCertificateChecks, TunnelConnections):
             "server-certificate-renewal-failed", stopped=lambda: self.stopping)
         self._certificate_checked = False
         self._expiry_warnings = certcheck.ExpiryWarnings()
-        limits = config.limits
-        prefixes = dict(ipv4_prefix=limits.intake_ipv4_prefix,
-                        ipv6_prefix=limits.intake_ipv6_prefix)
-        self.intake_slots = Admission(limits.intake_connections, limits.intake_per_source,
-                                      **prefixes)
-        self.window_budget = WindowBudget(limits.stream_buffer_budget)
-        self.handshake_slots = Admission(limits.tunnel_handshakes,
-                                         limits.tunnel_handshakes_per_source, **prefixes)
+        self.window_budget = WindowBudget(config.limits.stream_buffer_budget)
         self.active_streams = 0
         self.visitors = Group()
-        self.splices = Splices(SpliceTimeouts.from_limits(limits, first_byte=True))
+        self.splices = Splices()
+        self._apply_limits(config.limits)
         self.tunnels = Group()
         self.listeners = []
+        self.on_file_change = lambda path: None  # the lifecycle's, for watch-config
+        self.file_watch = FileWatch(lambda path: self.on_file_change(path))
         self.stopping = False
         self.saturation = RateLimitedWarning(log, "server-saturated")
         self.auth_failures = RateLimitedWarning(log, "tunnel-connection-refused")
@@ -97,21 +96,18 @@ class Server(ServerCertificateChecks, TunnelConnections):
         else:
             warn_port(self.log, cfg.public_bind_address[1])
             self.acme.start()  # Tunnel connections are refused until a certificate exists
-        pool_size = cfg.limits.intake_connections + cfg.limits.active_streams \
-            + cfg.limits.tunnel_handshakes
         inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's, if any
-        self.listeners.append(Listener("public", cfg.public_bind_address,
-                                       self._handle_public, pool_size, inherited))
-        if cfg.tunnel_bind_address is not None:
-            live = cfg.limits.pool_connections * len(self.snapshot.tunnels)
-            self.listeners.append(Listener("tunnel", cfg.tunnel_bind_address,
-                                           self._handle_tunnel_listener,
-                                           live + cfg.limits.tunnel_handshakes, inherited))
-        inherited.refuse_unclaimed({"public": cfg.public_bind_address,
-                                    "tunnel": cfg.tunnel_bind_address})
+        sizes = self._pool_sizes(cfg)
+        for name, field in BIND_ADDRESSES.items():
+            if getattr(cfg, field) is not None:
+                self.listeners.append(Listener(name, getattr(cfg, field), self._handler(name),
+                                               sizes[name], inherited))
+        inherited.refuse_unclaimed({name: getattr(cfg, field)
+                                    for name, field in BIND_ADDRESSES.items()})
         for listener in self.listeners:
             listener.start()
         self.monitor.start()
+        self._follow_files()
         if self.acme is None:
             self.certificate_upkeep.start()  # certbot renews ACME certificates
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
@@ -123,6 +119,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
 
     def stop_accepting(self):
         self.stopping = True
+        self.file_watch.close()
         for listener in self.listeners:
             listener.stop()
         for pool in self.pools.values():
@@ -147,15 +144,18 @@ class Server(ServerCertificateChecks, TunnelConnections):
             for member in list(pool.members):
                 member.session.close("server shutting down")
         self.tunnels.kill(block=False)  # no timed wait: the process exits right after
+        self.file_watch.close()
         if self.acme is not None:
             self.acme.stop()
         self.monitor.stop()
 
     def reload(self, config):
-        """Swap in a new snapshot and certificate; Tunnel connections no longer authorized close.
+        """Swap in a new snapshot, certificate, limits and listeners; Tunnel connections no
+        longer authorized close.
 
-        Everything is built and checked before anything is swapped, so a failed
-        reload leaves the running configuration whole.
+        Everything is built and checked before anything is swapped (a moved listener is
+        bound before the old one closes), so a failed reload leaves the running
+        configuration whole.
         """
         config, changed = keep_running(config, self.config, RESTART_ONLY)
         for key in changed:
@@ -170,14 +170,86 @@ class Server(ServerCertificateChecks, TunnelConnections):
             certificate.current()
         pools = {tunnel.name: self.pools.get(tunnel.name) or TunnelPool(tunnel.name)
                  for tunnel in snapshot.tunnels}
+        moved = self._bind_moved(config)
+        if config.limits != self.config.limits:
+            self._apply_limits(config.limits)
         self.config = config
         self.snapshot = snapshot
         self.certificate = certificate
         old_pools, self.pools = self.pools, pools
         self.metrics.set_tunnels(snapshot.tunnels)
         self._reauthorize(old_pools, snapshot)
+        self._swap_listeners(moved)
         self.log.configure(config.log_level, config.log_format)
+        self._follow_files()
         self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
+
+    def _apply_limits(self, limits):
+        """Admission tables and splice timeouts for `limits`.  A connection already admitted
+        releases its slot into the table it came from; live splices get the new timeouts."""
+        prefixes = dict(ipv4_prefix=limits.intake_ipv4_prefix,
+                        ipv6_prefix=limits.intake_ipv6_prefix)
+        self.intake_slots = Admission(limits.intake_connections, limits.intake_per_source,
+                                      **prefixes)
+        self.handshake_slots = Admission(limits.tunnel_handshakes,
+                                         limits.tunnel_handshakes_per_source, **prefixes)
+        self.splices.sweeper.timeouts = SpliceTimeouts.from_limits(limits, first_byte=True)
+
+    def _pool_sizes(self, config):
+        """Each listener's handler pool: every connection the limits can admit at once (an
+        established Tunnel connection keeps its handler)."""
+        limits = config.limits
+        return {"public": limits.intake_connections + limits.active_streams
+                + limits.tunnel_handshakes,
+                "tunnel": limits.pool_connections * len(config.tunnels) + limits.tunnel_handshakes}
+
+    def _handler(self, name):
+        return self._handle_public if name == "public" else self._handle_tunnel_listener
+
+    def _bind_moved(self, config):
+        """New listeners, bound but not serving, for the bind addresses `config` changes
+        (None for a listener it removes).  A bind failure closes what this bound and fails
+        the reload: the running listeners never closed."""
+        moved, sizes = {}, self._pool_sizes(config)
+        try:
+            for name, field in BIND_ADDRESSES.items():
+                address = getattr(config, field)
+                if address != getattr(self.config, field):
+                    moved[name] = None if address is None else \
+                        Listener(name, address, self._handler(name), sizes[name])
+        except BindError as exc:
+            for listener in moved.values():
+                if listener is not None:
+                    listener.stop()
+            raise ConfigError(str(exc), file=config.source) from None
+        return moved
+
+    def _swap_listeners(self, moved):
+        """Start the `moved` listeners, then close the ones they replace; give every
+        listener the pool the new limits size."""
+        by_name = {listener.name: listener for listener in self.listeners}
+        for name, listener in moved.items():
+            old = by_name.pop(name, None)
+            if listener is not None:
+                listener.start()
+                by_name[name] = listener
+            if old is not None:
+                old.stop()
+            self.log.info("listener-moved", listener=name,
+                          address=format_address(listener.address) if listener else "shared",
+                          previous=format_address(old.address) if old else "shared")
+        self.listeners = [by_name[name] for name in BIND_ADDRESSES if name in by_name]
+        sizes = self._pool_sizes(self.config)
+        for listener in self.listeners:
+            listener.resize(sizes[listener.name])
+
+    def _follow_files(self):
+        """watch-config: the config file and, with cert-dir, the Server certificate."""
+        cfg = self.config
+        if self.acme is None:
+            self.file_watch.follow(cfg, server_cert_paths(cfg.cert_dir), [cfg.cert_dir])
+        else:  # certbot's renewals are loaded when it reports them
+            self.file_watch.follow(cfg)
 
     # -- /readyz and /status --
     def ready(self):
@@ -212,7 +284,8 @@ class Server(ServerCertificateChecks, TunnelConnections):
         outcome = "aborted"  # killed at shutdown, or a bug: every path counts one outcome
         try:
             accepted = time.monotonic()
-            slot = self._admit(self.intake_slots, "intake", sock, address)
+            table = self.intake_slots  # a reload may replace it: release into this one
+            slot = self._admit(table, "intake", sock, address)
             if slot is None:
                 outcome = "admission-full"
                 return
@@ -227,7 +300,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
             try:
                 taken = intake(read)
             finally:
-                self.intake_slots.release(slot)
+                table.release(slot)
             if slot.shed:  # its hello was already buffered when it was shed: still shed
                 raise IntakeRejected("shed")
             self.metrics.intake_seconds.observe(time.monotonic() - accepted)

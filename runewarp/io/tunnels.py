@@ -97,7 +97,8 @@ class TunnelConnections:
         if self.certificate_missing:
             self.certificate_missing = False
             self.log.info("server-certificate-ready")
-        slot = self._admit(self.handshake_slots, "tunnel-handshakes", sock, address)
+        table = self.handshake_slots  # a reload may replace it: release into this one
+        slot = self._admit(table, "tunnel-handshakes", sock, address)
         if slot is None:
             self._refused("admission-full")
             return
@@ -126,7 +127,7 @@ class TunnelConnections:
             self._refused("shed" if slot.shed else "closed-during-handshake")
             return
         finally:
-            self.handshake_slots.release(slot)
+            table.release(slot)
             refused_identity(context, tls.conn)  # never leave an entry behind
         if slot.shed:  # finished from bytes already buffered when it was shed
             self.log.info("tunnel-connection-refused", peer=peer, reason="shed")

@@ -1,5 +1,5 @@
 """Process lifecycle: sd_notify readiness, reload and stop as systemd (Type=notify) sees
-them; what a reload keeps; how fast a stopped process exits; runtime log levels."""
+them; how fast a stopped process exits; runtime log levels."""
 
 import re
 import signal
@@ -80,53 +80,6 @@ def test_second_signal_forces_shutdown(deployment, echo_backend):
         took = time.monotonic() - second
         assert took < 2.0, f"exit {took:.2f}s after the second signal"
         assert server.wait_for("shutdown-forced .*cut-streams=1")
-
-
-def test_client_reload_keeps_its_stream_limit_and_never_stalls_the_tunnel(deployment, echo_backend):
-    """A reload to a larger active-streams must not outgrow the handler pool sized at start:
-    streams beyond it would wait inside the Tunnel reader and stall every stream on the
-    connection.  The limit is kept until a restart, and the extra streams are refused."""
-    identity = deployment.identity("client-a")
-    server = deployment.start_server([("apps", [ECHO, STALL], [identity])])
-    certs = deployment.dir / "public-cert"
-    run_cli("client", "public-cert", "init", "--dir", certs, "--hostname", STALL)
-    path = deployment.client_config("client-a", [([ECHO], echo_backend.address),
-                                                 ([STALL], echo_backend.address, "terminate")],
-                                    public_cert_dir=certs)
-    config = path.read_text()
-    limits = "[client.limits]\nactive-streams = {}\n\n[[client.services]]"
-    path.write_text(config.replace("[[client.services]]", limits.format(3), 1))
-    client = Proc(["client", "-c", path], env=deployment.env)
-    deployment.processes.append(client)
-    client.wait_for("tunnel-connection-established")
-    port = deployment.public_port
-
-    echo = echo_visitor(port)  # one spliced stream, open throughout
-    try:
-        assert round_trip(echo, b"before the reload", timeout=5) < 5
-        path.write_text(config.replace("[[client.services]]", limits.format(50), 1))
-        mark = len(client.lines)
-        client.signal(signal.SIGHUP)
-        client.wait_for("reload-needs-restart key=limits", start=mark)
-        client.wait_for("client-reloaded", start=mark)
-
-        routed = server.count(f"visitor-routed .*public-hostname={STALL}")
-        stalled = [stalled_tls_visitor(port, STALL) for _ in range(6)]  # twice the old pool
-        try:
-            deadline = time.monotonic() + 10
-            while server.count(f"visitor-routed .*public-hostname={STALL}") < routed + 6:
-                assert time.monotonic() < deadline, server.log()
-                time.sleep(0.05)
-            # Their streams are on the wire ahead of these bytes, on the same connection.
-            took = round_trip(echo, b"after the reload", timeout=3)
-            assert took < 1.0, f"the open stream stalled for {took:.2f}s"
-            client.wait_for("client-saturated scope=active-streams limit=3", start=mark)
-        finally:
-            for sock in stalled:
-                sock.close()
-        assert round_trip(echo, b"still there", timeout=5) < 5
-    finally:
-        echo.close()
 
 
 def stop_and_time_the_exit(proc, signum=signal.SIGTERM):
