@@ -21,8 +21,22 @@ from ..systemd import ActivationError
 from ..proto.address import format_address
 from .net import set_keepalive, set_nodelay
 
-# The config key of each listener, by name.
+# The config key of each listener, by name, in start order.
 KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}
+
+
+def bind_addresses(config):
+    """Each listener's bind address in the Server `config` (None: not bound), by name."""
+    return {name: getattr(config, key.partition(".")[2].replace("-", "_"))
+            for name, key in KEYS.items()}
+
+
+def pool_sizes(config):
+    """Each listener's handler pool in the Server `config`: every connection its limits can
+    admit at once (an established Tunnel connection keeps its handler)."""
+    limits = config.limits
+    return {"public": limits.intake_connections + limits.active_streams + limits.tunnel_handshakes,
+            "tunnel": limits.pool_connections * len(config.tunnels) + limits.tunnel_handshakes}
 
 
 def bind(address, backlog=1024):
@@ -168,3 +182,38 @@ class Listener:
 
     def stop(self):
         self.server.close()
+
+
+def bind_moved(running, wanted, make):
+    """New listeners, bound but not serving, for the names whose address differs between
+    `running` and `wanted` (name -> address or None); None for a name `wanted` unsets.
+    `make(name, address)` binds one; a BindError closes what was bound and propagates, so
+    a failed reload leaves only the running listeners."""
+    moved = {}
+    try:
+        for name, address in wanted.items():
+            if address != running.get(name):
+                moved[name] = None if address is None else make(name, address)
+    except BindError:
+        for listener in moved.values():
+            if listener is not None:
+                listener.stop()
+        raise
+    return moved
+
+
+def swap(listeners, moved, log):
+    """`listeners` with the `moved` ones (bind_moved) serving in place of the ones they
+    replace: each new one starts before its predecessor closes."""
+    by_name = {listener.name: listener for listener in listeners}
+    for name, listener in moved.items():
+        old = by_name.pop(name, None)
+        if listener is not None:
+            listener.start()
+            by_name[name] = listener
+        if old is not None:
+            old.stop()
+        log.info("listener-moved", listener=name,
+                 address=format_address(listener.address) if listener else "shared",
+                 previous=format_address(old.address) if old else "shared")
+    return [by_name[name] for name in KEYS if name in by_name]

@@ -25,7 +25,8 @@ from ..proto.mux import WindowBudget
 from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .challenge import ChallengeResponder
 from .intake import intake
-from .listener import BindError, InheritedSockets, Listener
+from .listener import (BindError, InheritedSockets, Listener, bind_addresses, bind_moved,
+                       pool_sizes, swap)
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
 from .servercert import ServerCertificateChecks
@@ -38,8 +39,6 @@ from ..material import server_cert_paths
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("server")
-# The config field of each listener's bind address, by listener name, in start order.
-BIND_ADDRESSES = {"public": "public_bind_address", "tunnel": "tunnel_bind_address"}
 ENVELOPE_DEADLINE = 5.0
 # The rate-limited warning scope for a refused admission, by table and reason.
 _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
@@ -97,13 +96,10 @@ class Server(ServerCertificateChecks, TunnelConnections):
             warn_port(self.log, cfg.public_bind_address[1])
             self.acme.start()  # Tunnel connections are refused until a certificate exists
         inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's, if any
-        sizes = self._pool_sizes(cfg)
-        for name, field in BIND_ADDRESSES.items():
-            if getattr(cfg, field) is not None:
-                self.listeners.append(Listener(name, getattr(cfg, field), self._handler(name),
-                                               sizes[name], inherited))
-        inherited.refuse_unclaimed({name: getattr(cfg, field)
-                                    for name, field in BIND_ADDRESSES.items()})
+        sizes, addresses = pool_sizes(cfg), bind_addresses(cfg)
+        self.listeners = [Listener(name, address, self._handler(name), sizes[name], inherited)
+                          for name, address in addresses.items() if address is not None]
+        inherited.refuse_unclaimed(addresses)
         for listener in self.listeners:
             listener.start()
         self.monitor.start()
@@ -179,7 +175,10 @@ class Server(ServerCertificateChecks, TunnelConnections):
         old_pools, self.pools = self.pools, pools
         self.metrics.set_tunnels(snapshot.tunnels)
         self._reauthorize(old_pools, snapshot)
-        self._swap_listeners(moved)
+        self.listeners = swap(self.listeners, moved, self.log)
+        sizes = pool_sizes(config)
+        for listener in self.listeners:
+            listener.resize(sizes[listener.name])
         self.log.configure(config.log_level, config.log_format)
         self._follow_files()
         self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
@@ -195,53 +194,18 @@ class Server(ServerCertificateChecks, TunnelConnections):
                                          limits.tunnel_handshakes_per_source, **prefixes)
         self.splices.sweeper.timeouts = SpliceTimeouts.from_limits(limits, first_byte=True)
 
-    def _pool_sizes(self, config):
-        """Each listener's handler pool: every connection the limits can admit at once (an
-        established Tunnel connection keeps its handler)."""
-        limits = config.limits
-        return {"public": limits.intake_connections + limits.active_streams
-                + limits.tunnel_handshakes,
-                "tunnel": limits.pool_connections * len(config.tunnels) + limits.tunnel_handshakes}
-
     def _handler(self, name):
         return self._handle_public if name == "public" else self._handle_tunnel_listener
 
     def _bind_moved(self, config):
-        """New listeners, bound but not serving, for the bind addresses `config` changes
-        (None for a listener it removes).  A bind failure closes what this bound and fails
-        the reload: the running listeners never closed."""
-        moved, sizes = {}, self._pool_sizes(config)
+        """Listeners for the bind addresses `config` moves, bound before any old one closes."""
+        sizes = pool_sizes(config)
         try:
-            for name, field in BIND_ADDRESSES.items():
-                address = getattr(config, field)
-                if address != getattr(self.config, field):
-                    moved[name] = None if address is None else \
-                        Listener(name, address, self._handler(name), sizes[name])
+            return bind_moved(bind_addresses(self.config), bind_addresses(config),
+                              lambda name, address: Listener(name, address, self._handler(name),
+                                                             sizes[name]))
         except BindError as exc:
-            for listener in moved.values():
-                if listener is not None:
-                    listener.stop()
             raise ConfigError(str(exc), file=config.source) from None
-        return moved
-
-    def _swap_listeners(self, moved):
-        """Start the `moved` listeners, then close the ones they replace; give every
-        listener the pool the new limits size."""
-        by_name = {listener.name: listener for listener in self.listeners}
-        for name, listener in moved.items():
-            old = by_name.pop(name, None)
-            if listener is not None:
-                listener.start()
-                by_name[name] = listener
-            if old is not None:
-                old.stop()
-            self.log.info("listener-moved", listener=name,
-                          address=format_address(listener.address) if listener else "shared",
-                          previous=format_address(old.address) if old else "shared")
-        self.listeners = [by_name[name] for name in BIND_ADDRESSES if name in by_name]
-        sizes = self._pool_sizes(self.config)
-        for listener in self.listeners:
-            listener.resize(sizes[listener.name])
 
     def _follow_files(self):
         """watch-config: the config file and, with cert-dir, the Server certificate."""
