@@ -184,15 +184,18 @@ class Listener:
         self.server.close()
 
 
-def bind_moved(running, wanted, make):
-    """New listeners, bound but not serving, for the names whose address differs between
-    `running` and `wanted` (name -> address or None); None for a name `wanted` unsets.
-    `make(name, address)` binds one; a BindError closes what was bound and propagates, so
-    a failed reload leaves only the running listeners."""
+def bind_moved(listeners, running, wanted, make):
+    """New listeners, bound but not serving, for the names whose address in `wanted` (name
+    -> address or None) is neither the `running` one nor the address its listener is bound
+    to (`:0` in the config, the port it got in the new one); None for a name `wanted`
+    unsets.  `make(name, address)` binds one; a BindError closes what was bound and
+    propagates, so a failed reload leaves only the running listeners."""
+    bound = {listener.name: _address_key(listener.address) for listener in listeners}
     moved = {}
     try:
         for name, address in wanted.items():
-            if address != running.get(name):
+            if address != running.get(name) and \
+                    (address is None or _address_key(address) != bound.get(name)):
                 moved[name] = None if address is None else make(name, address)
     except BindError:
         for listener in moved.values():

@@ -201,7 +201,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
         """Listeners for the bind addresses `config` moves, bound before any old one closes."""
         sizes = pool_sizes(config)
         try:
-            return bind_moved(bind_addresses(self.config), bind_addresses(config),
+            return bind_moved(self.listeners, bind_addresses(self.config), bind_addresses(config),
                               lambda name, address: Listener(name, address, self._handler(name),
                                                              sizes[name]))
         except BindError as exc:

@@ -387,23 +387,6 @@ def test_visitors_that_reset_release_their_stream(single):
     assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
 
 
-def test_reload_keeps_listener_settings_until_restart(deployment, backends):
-    backend = backends("app", [APP])
-    identity = deployment.identity("client-a")
-    server = deployment.start_server([("apps", [APP], [identity])])
-    text = (deployment.dir / "server.toml").read_text()
-    (deployment.dir / "server.toml").write_text(
-        text.replace("127.0.0.1:0", f"127.0.0.1:{deployment.public_port}")
-        .replace("graceful-shutdown-duration = 3",
-                 'graceful-shutdown-duration = 3\ntunnel-bind-address = "127.0.0.1:0"'))
-    server.signal(signal.SIGHUP)
-    server.wait_for("reload-needs-restart key=tunnel-bind-address")
-    server.wait_for("server-reloaded")
-    # Until a restart, Tunnel connections keep using the shared public listener.
-    deployment.start_client("client-a", [([APP], backend.address)])
-    assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
-
-
 def test_client_stream_limit_resets_the_newest_and_says_so(deployment, backends):
     backend = backends("app", [APP])
     identity = deployment.identity("client-a")
