@@ -188,16 +188,24 @@ def bind_moved(listeners, running, wanted, make):
     """New listeners, bound but not serving, for the names whose address in `wanted` (name
     -> address or None) is neither the `running` one nor the address its listener is bound
     to (`:0` in the config, the port it got in the new one); None for a name `wanted`
-    unsets.  `make(name, address)` binds one; a BindError closes what was bound and
-    propagates, so a failed reload leaves only the running listeners."""
-    bound = {listener.name: _address_key(listener.address) for listener in listeners}
+    unsets.  `make(name, address)` binds one.  A BindError, or an ActivationError for a
+    listener on a socket systemd passed (its socket unit owns the address), closes what
+    was bound and propagates: a failed reload leaves only the running listeners."""
+    current = {listener.name: listener for listener in listeners}
     moved = {}
     try:
         for name, address in wanted.items():
-            if address != running.get(name) and \
-                    (address is None or _address_key(address) != bound.get(name)):
-                moved[name] = None if address is None else make(name, address)
-    except BindError:
+            old = current.get(name)
+            if address == running.get(name) or (
+                    address is not None and old is not None
+                    and _address_key(address) == _address_key(old.address)):
+                continue
+            if old is not None and old.inherited:
+                raise ActivationError(
+                    f"{KEYS[name]}: {format_address(old.address)} is a socket systemd passed; "
+                    "change the socket unit's ListenStream= and restart")
+            moved[name] = None if address is None else make(name, address)
+    except (BindError, ActivationError):
         for listener in moved.values():
             if listener is not None:
                 listener.stop()

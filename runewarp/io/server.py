@@ -12,6 +12,7 @@ import gevent
 from gevent.pool import Group
 
 from .. import __version__, certcheck, systemd
+from ..systemd import ActivationError
 from ..metrics import INTAKE_OUTCOMES, ServerMetrics
 from ..config import keep_running, restart_only
 from ..certcheck import CertificateRefused
@@ -204,7 +205,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
             return bind_moved(self.listeners, bind_addresses(self.config), bind_addresses(config),
                               lambda name, address: Listener(name, address, self._handler(name),
                                                              sizes[name]))
-        except BindError as exc:
+        except (BindError, ActivationError) as exc:
             raise ConfigError(str(exc), file=config.source) from None
 
     def _follow_files(self):
