@@ -7,11 +7,12 @@ import re
 import signal
 import socket
 import time
+import urllib.request
 
 import pytest
 from cryptography import x509
 
-from ..conftest import Proc, run_cli
+from ..conftest import Proc, free_port, run_cli
 from .helpers import ECHO, echo_visitor, get, round_trip, tls_visit, tunnel_handshake
 from .test_lifecycle import STALL, stalled_tls_visitor
 
@@ -19,12 +20,6 @@ pytestmark = pytest.mark.e2e
 NEW = "new.example.com"
 APP = "app.example.com"
 WATCH = "watch-config = true"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def refused(port):
@@ -81,9 +76,20 @@ def test_without_watch_config_an_edit_waits_for_a_signal(deployment, echo_backen
     server.wait_for("server-reloaded")
 
 
+def reloads_failed(metrics_port):
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = resp.read().decode()
+    return float(re.search(r'^runewarp_config_reloads_total\{result="failure"\} (\S+)$', body,
+                           re.M).group(1))
+
+
 def test_an_invalid_edit_is_refused_in_one_line_and_the_old_config_keeps_routing(
         deployment, echo_backend):
-    server, _ = watched_pair(deployment, echo_backend)
+    metrics_port = free_port()
+    server, _ = watched_pair(deployment, echo_backend, server_extra=f"{WATCH}\n[server.metrics]\n"
+                             f'bind-address = "127.0.0.1:{metrics_port}"')
+    assert reloads_failed(metrics_port) == 0
     path = deployment.dir / "server.toml"
     path.write_text(path.read_text().replace("client-identities = [", 'client-identities = ["abc", '))
     failed = server.wait_for(r"ERROR reload-failed .*")
@@ -92,6 +98,7 @@ def test_an_invalid_edit_is_refused_in_one_line_and_the_old_config_keeps_routing
     assert 'kept="previous configuration"' in failed.group(0)
     time.sleep(1.5)
     assert server.count("reload-failed") == 1 and not server.count("server-reloaded")
+    assert reloads_failed(metrics_port) == 1
     with echo_visitor(deployment.public_port) as visitor:
         assert round_trip(visitor, b"still routed", timeout=5) < 5
 
@@ -172,6 +179,44 @@ def test_intake_per_source_lowered_refuses_the_next_connections_over_it(deployme
     finally:
         for sock in held:
             sock.close()
+
+
+def test_watch_config_turned_on_by_a_reload_watches_from_then_on(deployment, echo_backend):
+    server, identity = watched_pair(deployment, echo_backend, server_extra="")
+    deployment.server_config([("apps", [ECHO], [identity])], extra=WATCH)
+    reload_by_signal(server, "server-reloaded")
+    deployment.server_config([("apps", [ECHO, NEW], [identity])], extra=WATCH)
+    server.wait_for("reload-started trigger=file-change")
+    server.wait_count("server-reloaded", 2)
+    with echo_visitor(deployment.public_port, hostname=NEW) as visitor:
+        assert round_trip(visitor, b"watched", timeout=5) < 5
+
+
+def test_server_active_streams_and_idle_timeout_lowered_apply(deployment, echo_backend):
+    """active-streams: the next stream over the new limit is refused; stream-idle-timeout:
+    even a stream spliced before the reload is ended by the new value."""
+    server, identity = watched_pair(deployment, echo_backend, server_extra="")
+    port = deployment.public_port
+    with echo_visitor(port) as idle:
+        assert round_trip(idle, b"spliced before", timeout=5) < 5
+        deployment.server_config([("apps", [ECHO], [identity])], extra=(
+            "[server.limits]\nactive-streams = 1\nstream-idle-timeout = 1"))
+        reload_by_signal(server, "server-reloaded")
+        with pytest.raises((AssertionError, OSError)):
+            echo_visitor(port).close()  # the idle one holds the only stream
+        server.wait_for("server-saturated scope=active-streams")
+        assert closed_at_once(idle, timeout=5)  # idle for 1 s (the sweeper ticks each second)
+    server.wait_for('visitor-closed .*reason="?idle-timeout')
+
+
+def test_graceful_shutdown_duration_applies_to_the_next_stop(deployment, echo_backend):
+    server, identity = watched_pair(deployment, echo_backend, server_extra="")
+    path = deployment.server_config([("apps", [ECHO], [identity])])
+    path.write_text(path.read_text().replace("graceful-shutdown-duration = 3",
+                                             "graceful-shutdown-duration = 7"))
+    reload_by_signal(server, "server-reloaded")
+    server.signal(signal.SIGTERM)
+    server.wait_for("shutdown-started .*graceful-shutdown-duration=7s")
 
 
 def test_public_bind_address_moves_to_a_listener_bound_before_the_old_one_closes(
