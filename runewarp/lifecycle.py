@@ -2,7 +2,8 @@
 
 TERM/INT: graceful (stop accepting, go away, drain for at most the grace
 period, close, exit 0); a second TERM/INT forces.  HUP: reload, keeping the old
-config when the new one is invalid.
+config when the new one is invalid.  USR1: reopen the log file (logrotate).
+`on_ready`, when set, is called once the runtime serves (a detached start reports it).
 """
 
 import signal
@@ -22,6 +23,7 @@ class Lifecycle:
         self.log = log
         self.queue = Queue()
         self.draining = None
+        self.on_ready = None
 
     def run(self):
         self.log.defer_writes(gevent.get_hub().loop.run_callback)
@@ -31,10 +33,12 @@ class Lifecycle:
             self.log.flush()  # before the CLI prints anything after us
 
     def _run(self):
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
         self.runtime.start()
         systemd.ready("serving")
+        if self.on_ready is not None:
+            self.on_ready()
         watchdog = systemd.start_watchdog()
         while True:
             name = self.queue.get()
@@ -75,6 +79,10 @@ class Lifecycle:
 
     def handle_drained(self, _name):
         return True
+
+    def handle_sigusr1(self, _name):
+        self.log.reopen()
+        return False
 
     def handle_sighup(self, name):
         if self.draining is not None:

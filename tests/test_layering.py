@@ -39,6 +39,7 @@ LAYERS = {
     "acme_plugin": CORE | {"acme"},
     "io": CORE | {"acme"},
     "lifecycle": BASE | {"systemd"},
+    "daemon": set(),  # the pid file and the detach: stdlib and gevent only
     "cli": EVERYTHING,
     "demo": EVERYTHING,
     "entry": EVERYTHING,

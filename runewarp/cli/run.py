@@ -6,32 +6,38 @@ import os
 from .. import material
 from ..errors import ConfigError
 from ..logs import log
+from . import background
 from .common import CONFIG, HELP, check_key_permissions, check_material, load, required_config, \
     selected_config
+
+DETACH = ("  -d, --detach             Run in the background: the pid goes to pid-file, log lines\n"
+          "                           to log-file; returns once it serves, printing its pid.")
 
 SERVER = f"""Run the Server: route each Visitor by the SNI of its ClientHello to a Tunnel
 connection, without decrypting it.
 
 Usage:
-  runewarp server [-c FILE]
+  runewarp server [-c FILE] [-d]
 
 Options:
 {CONFIG}
+{DETACH}
 {HELP}
 
 Signals: TERM/INT drain gracefully, HUP reloads the config (a bad one is refused
-and the running one kept).
+and the running one kept), USR1 reopens the log file.
 """
 
 CLIENT = f"""Run the Client: keep Tunnel connections to the Server and hand each stream to
 its Service's Local backend.
 
 Usage:
-  runewarp client [-c FILE] [--server-address A] [--backend-address B]
+  runewarp client [-c FILE] [-d] [--server-address A] [--backend-address B]
                   [--server-ca-file F] [--identity-dir D]
 
 Options:
 {CONFIG}
+{DETACH}
   --server-address A       Server address HOST[:PORT] (Client without a config file).
   --backend-address B      Local backend HOST:PORT: one Catch-all passthrough Service.
   --server-ca-file F       Trust exactly this CA bundle for the Server certificate.
@@ -39,7 +45,7 @@ Options:
 {HELP}
 
 Signals: TERM/INT drain gracefully, HUP reloads the config (a bad one is refused
-and the running one kept).
+and the running one kept), USR1 reopens the log file.
 """
 
 
@@ -58,8 +64,8 @@ def run_server(args):
         # name server.hostname, or cannot serve and cannot be renewed (exit 2).
         check_material(server.check_certificate, cfg.source)
         check_material(lambda: server.certificate.current(), cfg.source)
-    return Lifecycle(server, lambda: load("server", path),
-                     cfg.graceful_shutdown_duration, log).run()
+    return background.run(args, "server", cfg, Lifecycle(server, lambda: load("server", path),
+                                                         cfg.graceful_shutdown_duration, log))
 
 
 def client_overrides(args):
@@ -92,7 +98,8 @@ def run_client(args):
     public = (cfg.public_cert_dir, cfg.terminate_hostnames) if cfg.acme is None and \
         cfg.public_cert_dir is not None else (None, None)
     check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")
-    return Lifecycle(Client(cfg, log), reload, cfg.graceful_shutdown_duration, log).run()
+    return background.run(args, "client", cfg,
+                          Lifecycle(Client(cfg, log), reload, cfg.graceful_shutdown_duration, log))
 
 
 COMMANDS = (

@@ -84,6 +84,8 @@ class ServerConfig:
     acme: AcmeConfig | None = None
     graceful_shutdown_duration: float = default("server.graceful-shutdown-duration")
     strict_permissions: bool = default("server.strict-permissions")
+    pid_file: Path | None = None
+    log_file: Path | None = None
     tunnels: tuple[TunnelConfig, ...]
     limits: Limits = Limits()
     metrics: MetricsConfig | None = None
@@ -131,6 +133,8 @@ class ClientConfig:
     log_format: str = default("log-format")
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")
     strict_permissions: bool = default("client.strict-permissions")
+    pid_file: Path | None = None
+    log_file: Path | None = None
     source: Path | None = None
 
     @property

@@ -49,6 +49,8 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         acme=acme,
         graceful_shutdown_duration=grace,
         strict_permissions=ctx.setting(server, p, "strict-permissions"),
+        pid_file=ctx.setting(server, p, "pid-file"),
+        log_file=ctx.setting(server, p, "log-file"),
         tunnels=tunnels,
         limits=limits,
         metrics=shared.metrics(ctx, server, p),
