@@ -39,13 +39,14 @@ def parse_pid(text):
 
 def names_runewarp(cmdline, role):
     """Whether a /proc/PID/cmdline (NUL-separated bytes, None for no such process) is a
-    Runewarp process of `role`: a word named `runewarp` (the command, or `-m runewarp`)
-    with the role among the words after it.  A zombie's cmdline is empty: not running."""
+    Runewarp process of `role`: `runewarp` as the command, as the script an interpreter
+    runs, or after `-m`, with the role among the words after it.  A zombie's cmdline is
+    empty: not running."""
     if not cmdline:
         return False
-    words = [os.path.basename(w) for w in cmdline.decode("utf-8", "replace").split("\0")]
+    words = cmdline.decode("utf-8", "replace").split("\0")
     for i, word in enumerate(words[:4]):
-        if word == "runewarp":
+        if os.path.basename(word) == "runewarp" and (i < 2 or words[i - 1] == "-m"):
             return role in words[i + 1:]
     return False
 
