@@ -193,17 +193,23 @@ def wait_ready(pid, channel, timeout=READY_TIMEOUT):
                 said += data.split(READY, 1)[0]
                 return said.decode("utf-8", "replace"), 0
             if not data:
-                return said.decode("utf-8", "replace"), exit_status(pid)
+                return said.decode("utf-8", "replace"), exit_status(pid, deadline)
             said += data
     finally:
         _close(channel)
 
 
-def exit_status(pid):
-    """The exit status of the ended child `pid` (1 when a signal ended it or it was reaped)."""
-    try:
-        _, status = _waitpid(pid, 0)
-    except ChildProcessError:
-        return 1
-    code = os.waitstatus_to_exitcode(status)
-    return code if code > 0 else 1
+def exit_status(pid, deadline):
+    """The exit status of the child `pid`, which closed its end of the pipe (1 when a signal
+    ended it or it was reaped elsewhere; None when it still runs at `deadline`)."""
+    while True:
+        try:
+            ended, status = _waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 1
+        if ended:
+            code = os.waitstatus_to_exitcode(status)
+            return code if code > 0 else 1
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
