@@ -14,6 +14,7 @@ from functools import partial
 from .. import config as configuration, daemon
 from ..config.paths import default_log_file, default_pid_file
 from ..config.schema import default
+from ..errors import ConfigError
 from ..logs import log
 from .common import CONFIG, HELP, ROLES, fail, selected_config
 
@@ -43,7 +44,7 @@ def run(args, role, cfg, lifecycle):
     log_path = cfg.log_file or (default_log_file(os.environ, role) if detach else None)
     pid_file = daemon.PidFile(pid_path, role) if pid_path is not None else None
     if pid_file is not None:
-        live = pid_file.live_pid()
+        live = _opening(cfg, role, "pid-file", pid_path, pid_file.live_pid)
         if live is not None:
             return fail(f"the {role} is already running as pid {live} (pid file {pid_path}); "
                         f"'runewarp {role} stop' stops it", 1)
@@ -53,14 +54,27 @@ def run(args, role, cfg, lifecycle):
             return _report_start(role, pid, channel, log_path)
         lifecycle.on_ready = daemon.Starting(channel).ready
     if log_path is not None:
-        log.open_file(log_path, std=detach)
+        _opening(cfg, role, "log-file", log_path, lambda: log.open_file(log_path, std=detach))
     if pid_file is not None:
-        pid_file.write()
+        _opening(cfg, role, "pid-file", pid_path, pid_file.write)
     try:
         return lifecycle.run()
     finally:
         if pid_file is not None:
             pid_file.remove()
+
+
+def _opening(cfg, role, key, path, action):
+    """`action()`, which opens `path`, the file of `key`; a file it cannot open is a config
+    error naming the key, whether the path is the key's or its default."""
+    try:
+        return action()
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        if exc.filename is not None and str(exc.filename) != str(path):
+            reason = f"{exc.filename}: {reason}"
+        raise ConfigError(f"cannot open {path} ({reason})", file=cfg.source or "command line",
+                          key=f"{role}.{key}") from None
 
 
 def _report_start(role, pid, channel, log_path):

@@ -117,6 +117,8 @@ def test_detached_pair_serves_reports_status_and_stops(bg):
 
     status = bg.cli("server", "status", "-c", server_toml)
     assert status.returncode == 0 and "apps" in status.stdout, status.stderr
+    os.kill(server, signal.SIGHUP)  # a detached process reloads like any other
+    wait_for_line(bg.default_log_file("server"), "server-reloaded")
 
     for role, pid, path in (("client", client, client_toml), ("server", server, server_toml)):
         stop = bg.cli(role, "stop", "-c", path)
@@ -151,6 +153,19 @@ def test_a_bind_failure_in_the_detached_child_comes_back_with_exit_1(bg):
         "in use" in first, proc.stderr
     assert not bg.default_pid_file("server").exists()
     assert first in bg.default_log_file("server").read_text()
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("log-file", "{path}: file exists"),  # in the detached child, while it starts
+    ("pid-file", "not a directory"),  # in the parent, checking for a running process
+])
+def test_a_file_the_detached_start_cannot_open_names_its_key(bg, key, reason):
+    path = bg.server_config(extra=f'{key} = "server.toml/x"')  # under a file: no folder there
+    reason = reason.format(path=path)
+    proc = bg.cli("server", "-d", "-c", path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        f"error: {path}: server.{key}: cannot open {path}/x ({reason})")
 
 
 def test_a_stale_pid_file_is_replaced(bg):
