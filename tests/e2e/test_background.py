@@ -1,8 +1,11 @@
 """`runewarp server|client -d`, `stop`, `status`, the pid file and SIGUSR1, as a black box:
 real detached processes on loopback, curl as the Visitor, every started pid killed after."""
 
+import grp
 import os
+import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +15,7 @@ import pytest
 
 from runewarp import daemon, harness
 
-from ..conftest import SERVER_HOSTNAME, free_port, run_cli
+from ..conftest import ROOT, SERVER_HOSTNAME, free_port, run_cli
 from .helpers import curl
 from .peers import APP
 
@@ -233,3 +236,27 @@ def test_an_explicit_pid_file_is_written_in_the_foreground_too(bg, deployment):
     assert (bg.dir / "fg.pid").read_text() == f"{proc.pid}\n"
     assert run_cli("server", "stop", "-c", path, env=bg.env).returncode == 0
     assert proc.popen.wait(10) == 0 and not (bg.dir / "fg.pid").exists()
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate not installed")
+def test_the_shipped_logrotate_file_rotates_a_detached_server(bg):
+    """conf/runewarp.logrotate as `make install` writes it, its folders moved under the
+    test's: logrotate moves the log and its postrotate sends USR1 through the pid file."""
+    state = bg.dir / "var"
+    user = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    text = (ROOT / "conf/runewarp.logrotate").read_text()
+    conf = bg.dir / "runewarp.logrotate"
+    conf.write_text(text.replace("/var/lib/runewarp", str(state))
+                    .replace("su @USER@ @USER@", "su {} {}".format(*user)))
+    path = bg.server_config(extra=f'log-file = "{state}/log/server.log"\n'
+                                  f'pid-file = "{state}/run/server.pid"')
+    pid = bg.start("server", path)
+    log_file = state / "log/server.log"
+    wait_for_line(log_file, "server-ready")
+    rotate = subprocess.run(["logrotate", "-f", "-s", str(bg.dir / "logrotate.state"), str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    assert rotate.returncode == 0, rotate.stderr
+    assert "server-ready" in (state / "log/server.log.1").read_text()
+    assert curl(bg.public_port, "unknown.example.com", bg.backend.ca).returncode != 0
+    assert "server-ready" not in wait_for_line(log_file, "visitor-rejected")
+    assert os.readlink(f"/proc/{pid}/fd/2") == str(log_file)
