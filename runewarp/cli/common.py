@@ -1,10 +1,11 @@
 """What the commands share: the option texts of their usage docs, the selected config
-file and role, material checks that turn into config errors, and the error line."""
+file and role, the checks a start makes before it binds, and the error line."""
 
+import os
 import sys
 from pathlib import Path
 
-from .. import config as configuration, material
+from .. import certcheck, config as configuration, material
 from ..errors import ConfigError, MaterialError
 from ..logs import log
 
@@ -86,3 +87,52 @@ def check_material(check, source):
     except MaterialError as exc:
         raise ConfigError(str(exc), file=source or "command line",
                           key=getattr(exc, "key", None)) from None
+
+
+def check_before_start(role, cfg, server=None):
+    """Everything a start checks before it binds or dials: material, identities, the Server
+    certificate and its hostname, key permissions.  The daemon passes its `server`, which
+    renews a due Server certificate it issued; `config check` passes none and writes nothing."""
+    if role == "server":
+        if cfg.acme is not None:
+            return  # certbot's material: the Server waits for it and serves when it exists
+        # Permissions first: a start refused by strict-permissions writes nothing.
+        check_key_permissions(material.server_key_files(cfg.cert_dir), cfg, "server")
+        if server is None:
+            check_material(lambda: server_certificate_usable(cfg), cfg.source)
+        else:
+            # Renews a due certificate the Server issued itself; refuses one that does not
+            # name server.hostname, or cannot serve and cannot be renewed (exit 2).
+            check_material(server.check_certificate, cfg.source)
+            check_material(lambda: server.certificate.current(), cfg.source)
+        return
+    check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
+    if cfg.server_trust == "ca-file" and not os.access(cfg.server_ca_file, os.R_OK):
+        raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
+                          "Server's server-ca.crt there or set server-ca-file",
+                          file=cfg.source or "command line", key="client.server-ca-file")
+    public = (cfg.public_cert_dir, cfg.terminate_hostnames) if cfg.acme is None and \
+        cfg.public_cert_dir is not None else (None, None)
+    check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")
+
+
+def server_certificate_usable(cfg, now=None):
+    """The Server's start check of its manual certificate, read only: refused what a start
+    refuses; a due certificate the Server can renew passes (a start renews it first)."""
+    from ..io.servercert import _not_ours, _replace_hint, _wrong_hostname
+    from ..io.upkeep import utcnow
+    from ..tls import server_tunnel_context
+
+    cert_path, key_path = material.load_server_cert_paths(cfg.cert_dir)
+    leaf = material.load_certificate(cert_path)
+    renewable = material.server_cert_renewable(cfg.cert_dir)
+    now = now or utcnow()
+    verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=cfg.hostname)
+    if verdict == certcheck.WRONG_HOSTNAME:
+        raise certcheck.CertificateRefused(_wrong_hostname(cfg, cert_path, leaf, renewable),
+                                           key="server.hostname")
+    if verdict == certcheck.REFUSE:
+        raise certcheck.CertificateRefused(
+            f"{cert_path}: {certcheck.describe(leaf, now)}, and the Server cannot renew it "
+            f"({_not_ours(cfg)}); {_replace_hint(cfg)}", key="server.cert-dir")
+    server_tunnel_context(*material.pin(cert_path, key_path), lambda _identity: False)
