@@ -19,6 +19,8 @@ from . import schema
 _ATTRIBUTES = {"client.server-address": "server_addresses"}
 # Keys another key shows: a Tunnel's identities are always written as the list.
 SHOWN_BY = {"server.tunnels[].client-identity": "server.tunnels[].client-identities"}
+# Keys whose value is not in effect, and may not be written, while a table is set.
+_NOT_WITH = {"server.cert-dir": "acme"}
 _NESTED = ("table", "array of tables")
 
 
@@ -47,7 +49,8 @@ def _table(lines: list[str], obj: Any, prefix: str) -> None:
     """The keys of the table at `prefix` (an array's entry: `x.y[]`) from `obj`: values
     first, then the tables and arrays of tables, as TOML needs."""
     children = _children(prefix)
-    lines += [_line(k, _value(obj, k)) for k in children if k.type not in _NESTED]
+    lines += [_line(k, _value(obj, k), getattr(obj, _NOT_WITH.get(k.path, ""), None))
+              for k in children if k.type not in _NESTED]
     for key in (k for k in children if k.type in _NESTED):
         value = _value(obj, key)
         header = key.path.replace("[]", "")
@@ -75,10 +78,12 @@ def _value(obj: Any, key: schema.Key) -> Any:
                        "name it after the key or list it in config/render.py") from None
 
 
-def _line(key: schema.Key, value: Any) -> str:
+def _line(key: schema.Key, value: Any, excluded_by: Any = None) -> str:
     name = _name(key)
-    if value is None:
-        return f"# {name} = unset"
+    if value is None or value == ():
+        return f"# {name} = unset"  # no value (a Catch-all Service has no public-hostnames)
+    if excluded_by is not None:
+        return f"# {name} = unused with [{key.path.rsplit('.', 1)[0]}.{_NOT_WITH[key.path]}]"
     low = key.bounds[0] if key.bounds else None
     if isinstance(value, int) and not isinstance(value, bool) and low is not None and value < low:
         return f"# {name} = {key.shown or value}"  # a sentinel default (0: computed)
