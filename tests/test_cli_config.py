@@ -161,7 +161,7 @@ def test_init_needs_the_role(default_path, capsys):
     status, out, err = run(capsys, "config", "init")
     assert (status, out) == (2, "")
     assert err.splitlines() == [
-        "error: name the role: 'runewarp config init server' or 'runewarp config init client'",
+        "error: invalid arguments for 'runewarp config init': a command word is missing",
         "see 'runewarp config init --help'"]
     assert not default_path.parent.exists()
 
@@ -338,6 +338,26 @@ def test_edit_with_a_failing_editor(pair, capsys, editor, monkeypatch):
     monkeypatch.setenv("EDITOR", "no-such-editor-anywhere")
     assert fails(capsys, 1, "config", "edit", "-c", pair[0]) == (
         "error: cannot run the editor 'no-such-editor-anywhere': No such file or directory")
+
+
+def test_edit_reports_invalid_toml(pair, capsys, editor):
+    editor("[server\n")
+    line = fails(capsys, 2, "config", "edit", "-c", pair[0])
+    assert line.startswith(f"error: {pair[0]}: invalid TOML: "), line
+
+
+@pytest.mark.parametrize("verb,first", [
+    ("show", "Print the effective config of one role as TOML"),
+    ("init", "Write a minimal, commented config"),
+    ("edit", "Open the config in $VISUAL"),
+    ("check", "Check a config as the daemon does before it binds"),
+])
+def test_each_config_command_has_its_help(capsys, verb, first):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["config", verb, "--help"])
+    out, _ = capsys.readouterr()
+    assert exit_.value.code in (0, None) and out.startswith(first)
+    assert f"  runewarp config {verb} " in out
 
 
 def test_show_after_init_loads_back(sandbox, capsys):

@@ -4,7 +4,6 @@ without starting (or disturbing) the daemon."""
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -38,9 +37,7 @@ to $XDG_CONFIG_HOME/runewarp/config.toml.  Never overwrites a file; creates the
 folder; the file gets mode 0640.
 
 Usage:
-  runewarp config init [server | client] [-c FILE] [--hostname H]
-
-The role is required.
+  runewarp config init (server | client) [-c FILE] [--hostname H]
 
 Options:
 {CONFIG}
@@ -189,10 +186,6 @@ def init(args):
     path = Path(args["--config"]).expanduser() if args["--config"] else \
         configuration.default_config_path()
     exists = f"{path} already exists; change it with 'runewarp config edit -c {shlex.quote(str(path))}'"
-    if not (args["server"] or args["client"]):
-        fail("name the role: 'runewarp config init server' or 'runewarp config init client'", 2)
-        print("see 'runewarp config init --help'", file=sys.stderr)
-        return 2
     role = "server" if args["server"] else "client"
     try:
         hostname = normalize(args["--hostname"] or
