@@ -16,6 +16,8 @@ import pytest
 from runewarp import cli, material
 from runewarp.config import load_server_config
 
+from .test_material_store import raw as snapshot  # every entry: mode, mtime, inode, link
+
 IDENTITY = "a" * 64
 SERVER = f"""[server]
 hostname = "tunnel.example.com"
@@ -62,19 +64,6 @@ def fails(capsys, status, *argv):
     assert (got, out) == (status, ""), err
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err.rstrip("\n")
-
-
-def snapshot(root):
-    """Every entry under `root`: kind, mode, mtime and content (a link's target)."""
-    tree = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            info = os.lstat(path)
-            content = os.readlink(path) if stat.S_ISLNK(info.st_mode) else \
-                open(path, "rb").read() if stat.S_ISREG(info.st_mode) else None
-            tree[os.path.relpath(path, root)] = (info.st_mode, info.st_mtime_ns, content)
-    return tree
 
 
 @pytest.fixture

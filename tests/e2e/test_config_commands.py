@@ -13,7 +13,7 @@ import pytest
 from runewarp import material
 
 from ..conftest import run_cli
-from ..test_cli_config import snapshot
+from ..test_material_store import raw as snapshot
 from .helpers import Backend, curl
 
 pytestmark = pytest.mark.e2e
