@@ -117,8 +117,9 @@ def check_before_start(role, cfg, server=None):
 
 
 def server_certificate_usable(cfg, now=None):
-    """The Server's start check of its manual certificate, read only: refused what a start
-    refuses; a due certificate the Server can renew passes (a start renews it first)."""
+    """The Server's start check of its manual certificate, read only: it refuses what a
+    start refuses, and passes a due certificate the Server can renew (a start renews it).
+    It takes its messages from io/servercert.py, whose start pass makes the same refusals."""
     from ..io.servercert import _not_ours, _replace_hint, _wrong_hostname
     from ..io.upkeep import utcnow
     from ..tls import server_tunnel_context

@@ -133,10 +133,15 @@ tls-mode = "passthrough"
 """
 
 
-def config_file(args):
-    """-c FILE, else the default path; a file that is not there gets the init hint."""
-    path = Path(args["--config"]).expanduser() if args["--config"] else \
+def named_file(args):
+    """-c FILE, else the default path, whether it exists or not."""
+    return Path(args["--config"]).expanduser() if args["--config"] else \
         configuration.default_config_path()
+
+
+def config_file(args):
+    """The named file; one that is not there gets the init hint."""
+    path = named_file(args)
     if not path.exists():
         raise ConfigError(f"no config file at {path}; create one with 'runewarp config init'",
                           file="command line")
@@ -183,8 +188,7 @@ def edit(args):
 
 
 def init(args):
-    path = Path(args["--config"]).expanduser() if args["--config"] else \
-        configuration.default_config_path()
+    path = named_file(args)
     exists = f"{path} already exists; change it with 'runewarp config edit -c {shlex.quote(str(path))}'"
     role = "server" if args["server"] else "client"
     try:
