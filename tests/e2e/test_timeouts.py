@@ -16,22 +16,9 @@ from runewarp.proto import clienthello
 
 from ..conftest import Proc, free_port
 from .helpers import ECHO, echo_visitor, round_trip
+from .test_reload_revocation import closed_by_peer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
-
-
-def closed_within(sock, timeout):
-    """Seconds until the peer closes `sock` (EOF or reset); AssertionError if still open."""
-    sock.settimeout(timeout)
-    started = time.monotonic()
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        raise AssertionError(f"still open after {timeout}s") from None
-    return time.monotonic() - started
 
 
 def silent_visitor(port):
@@ -47,16 +34,16 @@ def test_client_hello_closes_a_silent_visitor_and_a_reload_applies_to_new_ones(d
     early = silent_visitor(deployment.public_port)
     try:
         with pytest.raises(AssertionError, match="still open"):
-            closed_within(early, 6)  # past the 5 s default: the configured 60 s applies
+            closed_by_peer(early, 6)  # past the 5 s default: the configured 60 s applies
         deployment.server_config(tunnels, extra="[server.timeouts]\nclient-hello = 1")
         mark = len(server.lines)
         server.signal(signal.SIGHUP)
         server.wait_for("server-reloaded", start=mark)
         with silent_visitor(deployment.public_port) as late:
-            assert closed_within(late, 4) < 4  # 1 s, not the 5 s default
+            assert closed_by_peer(late, 4) < 4  # 1 s, not the 5 s default
         server.wait_for("visitor-rejected .*reason=intake-deadline", start=mark)
         with pytest.raises(AssertionError, match="still open"):
-            closed_within(early, 0.5)  # started under 60 s: a reload does not cut it short
+            closed_by_peer(early, 0.5)  # started under 60 s: a reload does not cut it short
     finally:
         early.close()
 
@@ -97,7 +84,7 @@ def test_backend_connect_ends_the_stream_to_a_black_hole_backend(deployment):
         client = _start_client(deployment, path)
         with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as visitor:
             visitor.sendall(clienthello.build(ECHO))
-            assert closed_within(visitor, 4) < 4  # 1 s, not the 5 s default
+            assert closed_by_peer(visitor, 4) < 4  # 1 s, not the 5 s default
         client.wait_for(f"backend-connect-failed .*backend-address={hole.address} "
                         ".*reason=\"?deadline exceeded", timeout=5)
     finally:
