@@ -79,6 +79,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         services=services,
         limits=shared.limits(ctx, client, p),
         metrics=shared.metrics(ctx, client, p),
+        timeouts=shared.timeouts(ctx, client, p),
         access_log=ctx.setting(client, p, "access-log"),
         log_level=log_level,
         log_format=log_format,

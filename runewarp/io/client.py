@@ -40,7 +40,6 @@ from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
 from .upkeep import Periodic, check_seconds, utcnow
 
-TUNNEL_HANDSHAKE_DEADLINE = 10.0
 # Bound to workers, the handler pool or the ACME scheduler at start: a reload keeps them.
 RESTART_ONLY = ("server_addresses", "limits", "acme", "metrics")
 
@@ -256,7 +255,8 @@ class Client(ClientStreams):
         """
         host, port = address
         context = self._tls_context()
-        with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
+        timeouts = self.config.timeouts  # as this attempt starts: a reload applies to the next
+        with gevent.Timeout(timeouts.tunnel_handshake):
             sock = socket.create_connection((resolve_override(host), port))  # resolves each time
             try:
                 set_nodelay(sock)
@@ -270,7 +270,9 @@ class Client(ClientStreams):
             tls.close()
             raise ProtocolError("the Server did not select ALPN runewarp/1")
         session = TunnelSession(tls, Role.CLIENT, on_stream=self._on_stream, log=self.log,
-                                window_budget=self.window_budget, name=format_address(address))
+                                window_budget=self.window_budget, name=format_address(address),
+                                keepalive_interval=timeouts.keepalive_interval,
+                                idle_timeout=timeouts.dead_peer)
         session.start()
         try:
             stream = session.open_stream()
@@ -278,7 +280,7 @@ class Client(ClientStreams):
                 __version__, self.instance, self.services.hostnames,
                 self.services.catch_all is not None)))
             decoder = control.LineDecoder()
-            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
+            with gevent.Timeout(timeouts.tunnel_handshake):
                 welcome = control.parse_welcome(read_control_messages(stream, decoder)[0])
         except (StreamAborted, gevent.Timeout, control.ControlError) as exc:
             session.close()
