@@ -15,8 +15,7 @@ from runewarp import harness
 from runewarp.proto import clienthello
 
 from ..conftest import Proc, free_port
-from .helpers import ECHO, echo_visitor, round_trip
-from .test_reload_revocation import closed_by_peer
+from .helpers import ECHO, closed_by_peer, echo_visitor, round_trip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
