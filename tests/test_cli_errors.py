@@ -4,9 +4,13 @@ The end-to-end contract (a real process, nothing written, no traceback) is
 tests/e2e/test_config_errors.py; these are the cases that need no process.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from runewarp import cli
+from runewarp import __version__, cli
 
 
 @pytest.fixture
@@ -50,17 +54,66 @@ def test_client_server_address_without_backend_address(sandbox, capsys):
     assert "--backend-address" in line
 
 
-@pytest.mark.parametrize("argv", [
-    ["bogus"],
-    ["server", "--bogus"],
-    ["client", "identity"],
-    ["server", "cert", "init", "--hostname"],
-], ids=["unknown-command", "unknown-option", "missing-verb", "missing-option-value"])
-def test_usage_error(sandbox, capsys, argv):
+@pytest.mark.parametrize("argv,line", [
+    (["bogus"], "unknown command 'bogus'"),
+    ([], "no command given"),
+    (["server", "--bogus"], "unknown option --bogus for 'runewarp server'"),
+    (["server", "--config=x", "--bogus=1"], "unknown option --bogus for 'runewarp server'"),
+    (["client", "identity"], "invalid arguments for 'runewarp client identity': "
+                             "a command word is missing"),
+    (["server", "cert", "init", "--hostname"], "option --hostname of 'runewarp server cert' "
+                                               "needs a value"),
+    (["server", "cert", "init", "extra"], "invalid arguments for 'runewarp server cert': "
+                                          "init extra"),
+], ids=["unknown-command", "no-command", "unknown-option", "unknown-option-with-value",
+        "missing-verb", "missing-option-value", "extra-argument"])
+def test_usage_error(sandbox, capsys, argv, line):
+    """One error line and where the help is; never docopt's usage dump."""
     assert cli.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert "Usage:" in err and "runewarp server [-c FILE]" in err
+    words = [w for w in argv[:3] if not w.startswith("-") and w not in ("init", "extra")]
+    help_command = "runewarp --help" if line.startswith(("unknown command", "no command")) \
+        else f"runewarp {' '.join(words)} --help"
+    assert err.splitlines() == [f"error: {line}", f"see '{help_command}'"]
+
+
+@pytest.mark.parametrize("argv,first", [
+    (["--help"], "Runewarp — publish TLS services"),
+    (["server", "--help"], "Run the Server"),
+    (["server", "cert", "renew", "-h"], "Create, renew or replace the Server certificate"),
+    (["client", "--help"], "Run the Client"),
+    (["client", "identity", "--help"], "Create, renew, replace or print the Client identity"),
+    (["client", "status", "--help"], "Print the state of the running client"),
+    (["demo", "--help"], "Run the whole path on loopback"),
+])
+def test_each_command_has_its_own_help(capsys, argv, first):
+    with pytest.raises(SystemExit) as exit_:
+        assert cli.main(argv) == 0  # the top-level help returns; docopt's exits
+        raise SystemExit(0)
+    assert exit_.value.code in (0, None)
+    out, err = capsys.readouterr()
+    assert out.startswith(first) and err == ""
+    assert "Usage:" in out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["-V"], ["server", "--version"],
+                                  ["client", "identity", "show", "-V"]])
+def test_version_everywhere(capsys, argv):
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == f"runewarp {__version__}\n"
+
+
+def test_output_to_a_closed_pipe_ends_quietly(tmp_path):
+    """`runewarp --help | true`: no BrokenPipeError traceback, the SIGPIPE status."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "runewarp", "--help"], stdout=write,
+                              stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+    assert done.stderr == b"" and done.returncode == 141
 
 
 def test_material_command_names_a_bad_folder_key(sandbox, capsys):

@@ -1,0 +1,173 @@
+"""Material commands: the Server certificate, the Client identity, Public hostname
+certificates, and one ACME renewal for cron or a systemd timer."""
+
+import sys
+from functools import partial
+
+from .. import config as configuration, material
+from ..errors import ConfigError
+from ..logs import log
+from ..proto.hostname import HostnameError, normalize
+from .common import CONFIG, DIR, HELP, folder, load, selected_config
+
+SERVER_CERT = f"""Create, renew or replace the Server certificate and its CA.
+
+Usage:
+  runewarp server cert init [--hostname H] [--dir D] [-c FILE]
+  runewarp server cert renew [--dir D] [-c FILE]
+  runewarp server cert rotate-ca [--hostname H] [--dir D] [-c FILE]
+
+Every form prints the path of the Server CA bundle Clients must trust.
+
+Options:
+  --hostname H             The Server hostname (default: server.hostname of the config).
+{DIR}
+{CONFIG}
+{HELP}
+"""
+
+CLIENT_IDENTITY = f"""Create, renew, replace or print the Client identity.
+
+Usage:
+  runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
+
+Every form prints the identity (64 hex characters) to list in the Server's Tunnel.
+
+Options:
+{DIR}
+{CONFIG}
+{HELP}
+"""
+
+CLIENT_PUBLIC_CERT = f"""Create or renew Public hostname certificates for terminate Services, or
+replace their CA.
+
+Usage:
+  runewarp client public-cert (init | renew) [--hostname H]... [--dir D] [-c FILE]
+  runewarp client public-cert rotate-ca [--dir D] [-c FILE]
+
+Options:
+  --hostname H             A Public hostname (default: those of the config's terminate
+                           Services).
+{DIR}
+{CONFIG}
+{HELP}
+"""
+
+RENEW_ACME = """Run one certbot renewal for the ACME certificates of the selected config (for
+cron or a systemd timer); the running {role} answers the challenges and picks
+the new certificate up without a restart.
+
+Usage:
+  runewarp {role} renew-acme [-c FILE]
+
+Options:
+{config}
+{help}
+"""
+
+
+def renew_acme(args, role):
+    from .. import acme
+
+    path = selected_config(args)
+    cfg = load(role, path)
+    hostnames = [cfg.hostname] if role == "server" else cfg.terminate_hostnames
+    if cfg.acme is None:
+        raise ConfigError(f"no [{role}.acme] table: nothing to renew", file=cfg.source,
+                          key=f"{role}.acme")
+    log.configure(cfg.log_level, cfg.log_format)
+    return acme.renew_once(cfg.acme, hostnames, log, role)
+
+
+def server_cert(args):
+    path = selected_config(args)
+    cert_dir = folder(args, path, "server.cert-dir", configuration.default_server_cert_dir())
+    given = args["--hostname"]
+    hostname = given or configuration.peek(path, "server.hostname")
+    if hostname is not None:
+        try:
+            hostname = normalize(str(hostname))
+        except HostnameError as exc:
+            raise ConfigError(str(exc), file="command line" if given else path,
+                              key="--hostname" if given else "server.hostname")
+    if args["init"]:
+        if hostname is None:
+            raise ConfigError("no Server hostname: pass --hostname or set server.hostname",
+                              file="command line", key="--hostname")
+        result = material.init_server_cert(cert_dir, hostname)
+        if not result.created:
+            print(f"Server certificate material already complete in {cert_dir}", file=sys.stderr)
+    elif args["renew"]:
+        result = material.renew_server_cert(cert_dir, hostname=hostname)
+    else:
+        result = material.rotate_server_ca(cert_dir, hostname=hostname)
+        print("warning: new Server CA created; every Client must now trust the new "
+              f"{cert_dir / 'server-ca.crt'} (server-ca-file) before it can reconnect",
+              file=sys.stderr)
+    print(cert_dir / "server-ca.crt")
+    return 0
+
+
+def client_identity(args):
+    path = selected_config(args)
+    identity_dir = folder(args, path, "client.identity-dir",
+                          configuration.default_client_identity_dir())
+    if args["show"]:
+        print(material.show_identity(identity_dir))
+        return 0
+    if args["init"]:
+        result = material.init_identity(identity_dir)
+        if not result.created:
+            print(f"Client identity already exists in {identity_dir}", file=sys.stderr)
+    elif args["renew"]:
+        result = material.renew_identity(identity_dir)
+    else:
+        result = material.rotate_identity(identity_dir)
+        print("warning: the Client identity changed; list the new identity in the Server's "
+              "Tunnel (client-identity) before this Client can connect", file=sys.stderr)
+    print(result.identity)
+    return 0
+
+
+def client_public_cert(args):
+    path = selected_config(args)
+    cert_dir = folder(args, path, "client.public-cert-dir",
+                      configuration.default_client_public_cert_dir())
+    hostnames = args["--hostname"]
+    if not hostnames and not args["rotate-ca"]:
+        hostnames = _terminate_hostnames(path)
+    if args["init"]:
+        result = material.init_public_certs(cert_dir, hostnames)
+    elif args["renew"]:
+        result = material.renew_public_certs(cert_dir, hostnames)
+    else:
+        result = material.rotate_public_ca(cert_dir)
+        print("warning: new Public hostname CA; Visitors that pinned the old public-ca.crt "
+              "must get the new one", file=sys.stderr)
+    for leaf in result.leaves:
+        print(leaf.cert_path)
+    return 0
+
+
+def _terminate_hostnames(path):
+    services = configuration.peek(path, "client.services")
+    names = [h for s in services if isinstance(s, dict) and s.get("tls-mode") == "terminate"
+             for h in s.get("public-hostnames", [])] if isinstance(services, list) else []
+    if not names:
+        raise ConfigError("no hostname: pass --hostname or select a config with a terminate "
+                          "Service", file=path or "command line", key="--hostname")
+    return names
+
+
+def _renew_acme_doc(role):
+    return RENEW_ACME.format(role=role, config=CONFIG, help=HELP)
+
+
+COMMANDS = (
+    (("server", "cert"), SERVER_CERT, server_cert),
+    (("server", "renew-acme"), _renew_acme_doc("server"), partial(renew_acme, role="server")),
+    (("client", "identity"), CLIENT_IDENTITY, client_identity),
+    (("client", "public-cert"), CLIENT_PUBLIC_CERT, client_public_cert),
+    (("client", "renew-acme"), _renew_acme_doc("client"), partial(renew_acme, role="client")),
+)
