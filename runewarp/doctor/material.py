@@ -37,7 +37,8 @@ def key_files(paths):
         check = f"key-permissions {path}"
         problem = key_permission_problem(path)
         if problem is not None:
-            yield fail(check, problem.partition("; run ")[0], f"chmod 600 {shlex.quote(str(path))}")
+            detail = problem.removeprefix(f"{path}: ").partition("; run ")[0]
+            yield fail(check, detail, f"chmod 600 {shlex.quote(str(path))}")
         elif st.st_uid != me:
             yield fail(check, f"owned by {_user(st.st_uid)}, not {_user(me)} (the user running "
                               "this check)",

@@ -44,15 +44,17 @@ def failing(results):
     return {check: r["status"] for check, r in results.items() if r["status"] != "ok"}
 
 
-def client_config(deployment, name, services, port=None):
-    """A client.toml dialing 127.0.0.1 with server-name (no resolver involved)."""
+def client_config(deployment, name, services, port=None, public_cert_dir=None):
+    """A client.toml dialing 127.0.0.1 with server-name (no resolver involved).
+    `services`: (hostnames, backend) or (hostnames, backend, tls-mode) tuples."""
     path = deployment.dir / f"{name}.toml"
     path.write_text(harness.config_text("client", {
         "server-address": f"127.0.0.1:{port or deployment.public_port}",
         "server-name": SERVER_HOSTNAME, "server-trust": "ca-file",
         "server-ca-file": "server-cert/server-ca.crt", "identity-dir": name,
-    }, [{"public-hostnames": hostnames, "backend-address": backend}
-        for hostnames, backend in services]))
+        "public-cert-dir": public_cert_dir,
+    }, [{"public-hostnames": hostnames, "backend-address": backend,
+         "tls-mode": mode[0] if mode else None} for hostnames, backend, *mode in services]))
     return path
 
 
@@ -164,6 +166,10 @@ def test_key_readable_by_others(deployment):
     assert failing(results) == {f"key-permissions {key}": "fail"}
     assert "mode 0644" in results[f"key-permissions {key}"]["detail"]
     assert results[f"key-permissions {key}"]["fix"] == f"chmod 600 {key}"
+    text = run_cli("doctor", "-c", deployment.dir / "server.toml", env=SERVER_ENV, check=False)
+    assert text.returncode == 1
+    assert f"fail key-permissions {key}: private key is accessible to group or others (mode " \
+           f"0644); fix: chmod 600 {key}" in text.stdout.splitlines()
 
 
 def test_missing_server_certificate(deployment):
@@ -269,6 +275,28 @@ def test_server_not_running(deployment, backends):
                                                  [([APP], backend.address)], port=port))
     assert status == 1
     assert failing(results) == {f"tcp 127.0.0.1:{port}": "fail"}
+
+
+def test_terminate_public_certificates(deployment, plain_backend):
+    identity = deployment.identity("client-a")
+    deployment.start_server([("apps", [APP], [identity])])
+    public = deployment.dir / "public-cert"
+    run_cli("client", "public-cert", "init", "--hostname", APP, "--dir", public)
+    path = client_config(deployment, "client-a", [([APP], plain_backend, "terminate")],
+                         public_cert_dir="public-cert")
+    status, results = doctor("-c", path)
+    assert status == 0 and not failing(results), results
+    assert {f"certificate-{c} {APP}" for c in ("files", "key", "expiry", "hostname", "chain")} | \
+        {f"key-permissions {public / APP / 'public.key'}",
+         f"key-permissions {public / 'state/public-ca.key'}"} <= set(results)
+    assert f"backend-certificate {APP}" not in results  # terminate: the backend is plaintext
+
+    material.renew_public_certs(public, [APP], now=dt.datetime.now(dt.UTC) - dt.timedelta(days=100))
+    status, results = doctor("-c", path)
+    assert status == 1
+    assert failing(results) == {f"certificate-expiry {APP}": "fail"}
+    assert results[f"certificate-expiry {APP}"]["fix"] == \
+        f"runewarp client public-cert renew --hostname {APP} -c {path}"
 
 
 def test_welcome_names_the_tunnels_hostnames(deployment):
