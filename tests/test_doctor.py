@@ -156,3 +156,10 @@ def test_json_and_exit_status():
         {"check": "resolve a", "status": "warn", "detail": "x", "fix": "y"}]
     assert checks.exit_status(results) == 0
     assert checks.exit_status([*results, checks.fail("tcp s", "refused", "start it")]) == 1
+
+
+def test_local_addresses():
+    from runewarp.doctor.probes import is_local
+
+    assert is_local("127.0.0.1") and is_local("127.0.0.2") and is_local("::1")
+    assert not is_local("192.0.2.1")  # TEST-NET-1: routed away, or not at all
