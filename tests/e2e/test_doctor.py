@@ -5,6 +5,7 @@ real Server.  Names resolve through RUNEWARP_RESOLVE, as in the runtime, and the
 Client dials 127.0.0.1 with `server-name`, so no test depends on DNS.
 """
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -58,23 +59,19 @@ def client_config(deployment, name, services, port=None, public_cert_dir=None):
     return path
 
 
-@pytest.fixture
-def backends(tmp_path):
-    started = []
-
-    def start(name, hostnames):
-        started.append(Backend(tmp_path, name, hostnames))
-        return started[-1]
-
-    yield start
-    for backend in started:
-        backend.stop()
+@contextlib.contextmanager
+def tls_backend(deployment, hostname):
+    """tests/backend.py with a certificate for `hostname` only (the `backend` fixture is APP's)."""
+    started = Backend(deployment.dir, hostname.split(".")[0], [hostname])
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture
-def pair(deployment, backends):
+def pair(deployment, backend):
     """A Server with Tunnel apps (APP) and its Client serving APP from a TLS backend."""
-    backend = backends("app", [APP])
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [APP], [identity])])
     path = client_config(deployment, "client-a", [([APP], backend.address)])
@@ -206,8 +203,7 @@ def test_unreachable_acme_directory(deployment):
 # --- the Client against the real Server --------------------------------------------
 
 
-def test_unknown_identity(deployment, backends):
-    backend = backends("app", [APP])
+def test_unknown_identity(deployment, backend):
     deployment.identity("client-a")
     deployment.start_server([("apps", [APP], [IDENTITY])])
     path = client_config(deployment, "client-a", [([APP], backend.address)])
@@ -220,13 +216,13 @@ def test_unknown_identity(deployment, backends):
     assert f'client-identity = "{identity}"' in results[f"identity {server}"]["fix"]
 
 
-def test_mirroring_drift_both_ways(deployment, backends):
-    app, other = backends("app", [APP]), backends("other", [OTHER])
+def test_mirroring_drift_both_ways(deployment, backend):
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [APP, API], [identity])])
-    path = client_config(deployment, "client-a", [([APP], app.address),
-                                                  ([OTHER], other.address)])
-    status, results = doctor("-c", path)
+    with tls_backend(deployment, OTHER) as other:
+        path = client_config(deployment, "client-a", [([APP], backend.address),
+                                                      ([OTHER], other.address)])
+        status, results = doctor("-c", path)
     assert status == 1
     assert failing(results) == {f"mirroring {API}": "fail", f"mirroring {OTHER}": "warn"}
     assert "no Service lists it" in results[f"mirroring {API}"]["detail"]
@@ -234,8 +230,7 @@ def test_mirroring_drift_both_ways(deployment, backends):
     assert "does not route it" in results[f"mirroring {OTHER}"]["detail"]
 
 
-def test_catch_all_service_mirrors_every_hostname(deployment, backends):
-    backend = backends("app", [APP])
+def test_catch_all_service_mirrors_every_hostname(deployment, backend):
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [APP, API], [identity])])
     status, results = doctor("-c", client_config(deployment, "client-a",
@@ -256,19 +251,18 @@ def test_dead_backend(deployment):
     assert results[f"backend {dead}"]["fix"].startswith(f"start the Local backend at {dead}")
 
 
-def test_passthrough_backend_with_a_certificate_for_another_name(deployment, backends):
-    backend = backends("api", [API])
+def test_passthrough_backend_with_a_certificate_for_another_name(deployment):
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [APP], [identity])])
-    status, results = doctor("-c", client_config(deployment, "client-a",
-                                                 [([APP], backend.address)]))
+    with tls_backend(deployment, API) as api:
+        status, results = doctor("-c", client_config(deployment, "client-a",
+                                                     [([APP], api.address)]))
     assert status == 1
     assert failing(results) == {f"backend-certificate {APP}": "fail"}
     assert f"certificate for {API}, not {APP}" in results[f"backend-certificate {APP}"]["detail"]
 
 
-def test_server_not_running(deployment, backends):
-    backend = backends("app", [APP])
+def test_server_not_running(deployment, backend):
     deployment.identity("client-a")
     port = free_port()
     status, results = doctor("-c", client_config(deployment, "client-a",
