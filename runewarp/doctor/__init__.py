@@ -8,8 +8,9 @@ gevent-patched process the CLI runs in.
 
 import datetime as dt
 
+from ..config import load_client_config, load_server_config
 from ..errors import ConfigError
-from ..logs import log
+from . import client, server
 from .checks import as_json, exit_status, fail, line, ok
 
 
@@ -27,17 +28,12 @@ def run(role, path, as_json_output, out) -> int:
 
 
 def _checks(role, path):
-    from ..config import load_client_config, load_server_config
-
-    from . import client, server
-
     loader = load_server_config if role == "server" else load_client_config
     try:
         cfg = loader(path)
     except ConfigError as exc:
         yield fail("config", str(exc), "correct the key the error names")
         return
-    log.configure("off")  # the probes reuse runtime parts that log: the doctor's lines only
     yield ok("config", f"{cfg.source}: [{role}] is valid")
     now = dt.datetime.now(dt.UTC)
     yield from (server if role == "server" else client).checks(cfg, now)

@@ -9,6 +9,7 @@ reads files and never writes one.
 import os
 import pwd
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class Leaf:
     cert_path: Path
     key_path: Path
     ca_path: Path | None
-    load_pair: object
+    load_pair: Callable[[], object]
     renewable: bool
     renewer: str
     init: str  # the fix when the files are missing
