@@ -5,6 +5,8 @@ import pytest
 from runewarp.config import load_client_config
 from runewarp.errors import ConfigError
 
+from .conftest import run_cli
+
 SERVICE = '[[client.services]]\nbackend-address = "127.0.0.1:8443"\n'
 
 
@@ -72,3 +74,12 @@ def test_ip_address_spelling_is_still_checked(write, env, address, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_client_config(path, env=env)
     assert e.value.key == "client.server-address"
+
+
+def test_client_start_with_a_bad_server_name_exits_2_with_one_line(write):
+    path = write(client(['server-address = "127.0.0.1:8443"', 'server-name = "127.0.0.1"']))
+    proc = run_cli("client", "-c", path, check=False, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: {path}: client.server-name: '127.0.0.1': all-numeric last label looks like an "
+        "IP address"]
