@@ -141,6 +141,7 @@ class ClientConfig:
     """Everything `runewarp client` needs; one Tunnel connection per Server address."""
 
     server_addresses: tuple[tuple[str, int], ...]
+    server_name: str | None = None  # None: the host of each server address
     server_trust: str = default("client.server-trust")
     server_ca_file: Path | None = None
     identity_dir: Path
@@ -156,6 +157,10 @@ class ClientConfig:
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")
     strict_permissions: bool = default("client.strict-permissions")
     source: Path | None = None
+
+    def tls_name(self, address: tuple[str, int]) -> str:
+        """The name the Client checks the Server certificate for (and sends as SNI)."""
+        return self.server_name or address[0]
 
     @property
     def terminate_hostnames(self) -> list[str]:

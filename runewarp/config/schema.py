@@ -161,6 +161,9 @@ KEYS: tuple[Key, ...] = (
     # [client]
     Key("client.server-address", "address", REQUIRED, "hostname[:port] or an array of them",
         "the Server addresses, one Tunnel connection each"),
+    Key("client.server-name", "string", None, "a valid hostname (not an IP address)",
+        "the Server hostname for SNI and the certificate check, when server-address is an IP address "
+        "or another name", shown="the host of each server-address"),
     Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
         choices=SERVER_TRUSTS),
     Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",

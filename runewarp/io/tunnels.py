@@ -201,7 +201,8 @@ class TunnelConnections:
                               else "pool-full")
                 return
             try:
-                stream.sendall(control.encode(control.welcome(route.name, __version__)))
+                stream.sendall(control.encode(control.welcome(route.name, __version__,
+                                                              route.public_hostnames)))
             except StreamAborted as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"closed after its hello: {exc}")
