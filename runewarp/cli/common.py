@@ -5,8 +5,10 @@ import os
 import sys
 from pathlib import Path
 
-from .. import certcheck, config as configuration, material
+from .. import config as configuration, material
 from ..errors import ConfigError, MaterialError
+from ..io.servercert import check_usable
+from ..io.upkeep import utcnow
 from ..logs import log
 
 # Option descriptions, written once and placed in each command's usage doc.
@@ -99,7 +101,7 @@ def check_before_start(role, cfg, server=None):
         # Permissions first: a start refused by strict-permissions writes nothing.
         check_key_permissions(material.server_key_files(cfg.cert_dir), cfg, "server")
         if server is None:
-            check_material(lambda: server_certificate_usable(cfg), cfg.source)
+            check_material(lambda: check_usable(cfg, utcnow()), cfg.source)
         else:
             # Renews a due certificate the Server issued itself; refuses one that does not
             # name server.hostname, or cannot serve and cannot be renewed (exit 2).
@@ -114,26 +116,3 @@ def check_before_start(role, cfg, server=None):
     public = (cfg.public_cert_dir, cfg.terminate_hostnames) if cfg.acme is None and \
         cfg.public_cert_dir is not None else (None, None)
     check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")
-
-
-def server_certificate_usable(cfg, now=None):
-    """The Server's start check of its manual certificate, read only: it refuses what a
-    start refuses, and passes a due certificate the Server can renew (a start renews it).
-    It takes its messages from io/servercert.py, whose start pass makes the same refusals."""
-    from ..io.servercert import _not_ours, _replace_hint, _wrong_hostname
-    from ..io.upkeep import utcnow
-    from ..tls import server_tunnel_context
-
-    cert_path, key_path = material.load_server_cert_paths(cfg.cert_dir)
-    leaf = material.load_certificate(cert_path)
-    renewable = material.server_cert_renewable(cfg.cert_dir)
-    now = now or utcnow()
-    verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=cfg.hostname)
-    if verdict == certcheck.WRONG_HOSTNAME:
-        raise certcheck.CertificateRefused(_wrong_hostname(cfg, cert_path, leaf, renewable),
-                                           key="server.hostname")
-    if verdict == certcheck.REFUSE:
-        raise certcheck.CertificateRefused(
-            f"{cert_path}: {certcheck.describe(leaf, now)}, and the Server cannot renew it "
-            f"({_not_ours(cfg)}); {_replace_hint(cfg)}", key="server.cert-dir")
-    server_tunnel_context(*material.pin(cert_path, key_path), lambda _identity: False)
