@@ -1,14 +1,10 @@
 """`runewarp server` and `runewarp client`: load and check the config, then hand the
 runtime to the lifecycle."""
 
-import os
-
-from .. import material
 from ..errors import ConfigError
 from ..logs import log
 from . import background
-from .common import CONFIG, HELP, check_key_permissions, check_material, load, required_config, \
-    selected_config
+from .common import CONFIG, HELP, check_before_start, load, required_config, selected_config
 
 DETACH = ("  -d, --detach             Run in the background: the pid goes to pid-file, log lines\n"
           "                           to log-file; returns once it serves, printing its pid.")
@@ -57,13 +53,7 @@ def run_server(args):
     cfg = load("server", path)
     log.configure(cfg.log_level, cfg.log_format)
     server = Server(cfg, log)
-    if cfg.acme is None:
-        # Permissions first: a start refused by strict-permissions writes nothing.
-        check_key_permissions(material.server_key_files(cfg.cert_dir), cfg, "server")
-        # Renews a due certificate the Server issued itself; refuses one that does not
-        # name server.hostname, or cannot serve and cannot be renewed (exit 2).
-        check_material(server.check_certificate, cfg.source)
-        check_material(lambda: server.certificate.current(), cfg.source)
+    check_before_start("server", cfg, server)
     return background.run(args, "server", cfg, Lifecycle(server, lambda: load("server", path),
                                                          cfg.graceful_shutdown_duration, log))
 
@@ -90,14 +80,7 @@ def run_client(args):
 
     cfg = reload()
     log.configure(cfg.log_level, cfg.log_format)
-    check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
-    if cfg.server_trust == "ca-file" and not os.access(cfg.server_ca_file, os.R_OK):
-        raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
-                          "Server's server-ca.crt there or set server-ca-file",
-                          file=cfg.source or "command line", key="client.server-ca-file")
-    public = (cfg.public_cert_dir, cfg.terminate_hostnames) if cfg.acme is None and \
-        cfg.public_cert_dir is not None else (None, None)
-    check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")
+    check_before_start("client", cfg)
     return background.run(args, "client", cfg,
                           Lifecycle(Client(cfg, log), reload, cfg.graceful_shutdown_duration, log))
 

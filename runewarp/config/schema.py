@@ -72,6 +72,28 @@ def _metrics(role: str) -> tuple[Key, ...]:
     )
 
 
+def _timeouts(role: str) -> tuple[Key, ...]:
+    """`[<role>.timeouts]`: the connection timers an operator may tune (docs/timeouts.md)."""
+    p, server = f"{role}.timeouts", role == "server"
+    first = (
+        Key(f"{p}.client-hello", "seconds", 5.0, "seconds > 0", "a Visitor's whole ClientHello, from accept"),
+        Key(f"{p}.tunnel-handshake", "seconds", 5.0, "seconds > 0", "a Tunnel connection's TLS handshake"),
+        Key(f"{p}.control-hello", "seconds", 10.0, "seconds > 0",
+            "from a Tunnel connection's handshake to the Client's control hello"),
+    ) if server else (
+        Key(f"{p}.tunnel-handshake", "seconds", 10.0, "seconds > 0",
+            "dialing the Server and the TLS handshake; again the wait for its welcome"),
+        Key(f"{p}.backend-connect", "seconds", 5.0, "seconds > 0", "TCP connect to a Local backend"),
+    )
+    return (
+        *first,
+        Key(f"{p}.keepalive-interval", "seconds", 20.0, "seconds > 0",
+            "how often a Tunnel connection sends a keepalive ping"),
+        Key(f"{p}.dead-peer", "seconds", 60.0, "seconds > keepalive-interval",
+            "silence after which a Tunnel connection counts as dead and is closed"),
+    )
+
+
 def _limit(name: str, default: int | float, doc: str, *, bounds: tuple[int, int | None] | None = (1, None),
            shown: str | None = None) -> Key:
     kind = "seconds" if name.endswith("-timeout") else "integer"
@@ -126,12 +148,14 @@ KEYS: tuple[Key, ...] = (
     *_both("limits", "table", None, "see the limits keys", "resource bounds", shown="defaults"),
     *_both("metrics", "table", None, "see the metrics keys", "metrics, health and status listener; StatsD",
            shown="unset"),
+    *_both("timeouts", "table", None, "see the timeouts keys", "connection timers", shown="defaults"),
     *_both("access-log", "boolean", True, "true or false",
            "one info line per Visitor connection (Server) or stream (Client) when it ends"),
     Key("server.tunnels", "array of tables", REQUIRED, "at least one", "the Tunnels"),
     *(Key(f"server.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _SERVER_LIMITS),
     *_acme("server"),
     *_metrics("server"),
+    *_timeouts("server"),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
         shown="tunnel-<n>"),
     Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames, each in one Tunnel",
@@ -143,6 +167,9 @@ KEYS: tuple[Key, ...] = (
     # [client]
     Key("client.server-address", "address", REQUIRED, "hostname[:port] or an array of them",
         "the Server addresses, one Tunnel connection each"),
+    Key("client.server-name", "string", None, "a valid hostname (not an IP address)",
+        "the Server hostname for SNI and the certificate check, when server-address is an IP address "
+        "or another name", shown="the host of each server-address"),
     Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
         choices=SERVER_TRUSTS),
     Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",
@@ -154,6 +181,7 @@ KEYS: tuple[Key, ...] = (
     *(Key(f"client.{k.path}", k.type, k.default, k.rule, k.doc, k.shown, bounds=k.bounds) for k in _STREAM_LIMITS),
     *_acme("client"),
     *_metrics("client"),
+    *_timeouts("client"),
     Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "
         "omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
     Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",

@@ -54,6 +54,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         tunnels=tunnels,
         limits=limits,
         metrics=shared.metrics(ctx, server, p),
+        timeouts=shared.timeouts(ctx, server, p),
         access_log=ctx.setting(server, p, "access-log"),
         log_level=log_level,
         log_format=log_format,
