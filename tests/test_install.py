@@ -124,7 +124,7 @@ def test_staged_install_names_destdir_in_no_file(staged):
     leaks = [p for p in destdir.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
     assert leaks == [], f"{len(leaks)} files name DESTDIR, e.g. {leaks[:5]}"
     lib = destdir / "usr/local/lib/runewarp"
-    assert list(lib.rglob("runewarp/__pycache__/cli.*.pyc")), "byte-compiled for the final path"
+    assert list(lib.rglob("runewarp/cli/__pycache__/__init__.*.pyc")), "byte-compiled for the final path"
     assert os.readlink(destdir / "usr/local/bin/runewarp") == "/usr/local/lib/runewarp/bin/runewarp"
     assert (lib / "bin/runewarp").read_text().startswith("#!/usr/local/lib/runewarp/bin/python")
     assert run([lib / "bin/python", "-m", "runewarp", "--version"]).stdout.startswith("runewarp ")
