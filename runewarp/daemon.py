@@ -8,8 +8,8 @@ foreground operator.  Readiness is one NUL byte.  The parent (`wait_ready`) read
 until that byte (ready) or the end of the pipe (the child exited: its exit status),
 so a detached start is never fire-and-forget.
 
-The fork is gevent's raw one, followed by `gevent.reinit()` in the child: the CLI
-runs before the hub has served anything, and the parent keeps no child watcher.
+The fork is the unpatched `os.fork`, followed by `gevent.reinit()` in the child: the
+CLI forks before the hub has served anything, and the parent keeps no child watcher.
 """
 
 import os

@@ -1,8 +1,8 @@
 """`runewarp server|client -d` around the lifecycle, `stop`, and where the pid and log files are.
 
 The defaults of `pid-file` and `log-file` apply with -d; a value set in the config
-applies in the foreground too.  `stop` and `status` read the pid file with `peek`,
-so a config broken since the start still stops its process.
+applies in the foreground too.  `stop` and `status` find the pid file with `peek`, so
+a config edited into invalid values since the start still stops its process.
 """
 
 import math
