@@ -58,7 +58,8 @@ release-check:
 	$(PYTHON) tools/release_check.py
 
 # A self-contained venv under $(PREFIX)/lib/runewarp, a link in $(PREFIX)/bin, configs in
-# $(SYSCONFDIR)/runewarp that never overwrite existing files, units with this PREFIX, docs.
+# $(SYSCONFDIR)/runewarp and a logrotate file that never overwrite existing files, units with
+# this PREFIX, docs.
 # DESTDIR (staged installs, packages): nothing installed names the staging folder.
 LIBDIR := $(PREFIX)/lib/runewarp
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -101,6 +102,11 @@ install-files:
 	done
 	for u in $(UNITS); do $(SUBST) conf/$$u > $(DESTDIR)$(UNITDIR)/$$u; chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
 	$(SUBST) conf/runewarp.cron > $(DESTDIR)$(DOCDIR)/runewarp.cron
+	# logrotate for -d: like the configs, an existing file is the operator's and stays.
+	install -d $(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	test -e $(DESTDIR)$(SYSCONFDIR)/logrotate.d/runewarp || { \
+	  $(SUBST) conf/runewarp.logrotate > $(DESTDIR)$(SYSCONFDIR)/logrotate.d/runewarp && \
+	  chmod 0644 $(DESTDIR)$(SYSCONFDIR)/logrotate.d/runewarp; }
 	install -m 0644 README.md CHANGELOG.md docs/*.md conf/grafana-dashboard.json \
 	  conf/prometheus-alerts.yml $(DESTDIR)$(DOCDIR)/
 	chmod 0644 $(DESTDIR)$(DOCDIR)/*

@@ -3,7 +3,9 @@
 TERM/INT: graceful (stop accepting, go away, drain for at most the grace
 period, close, exit 0); a second TERM/INT forces.  HUP: reload, keeping the old
 config when the new one is invalid.  With watch-config, the runtime's file watch
-asks for the same reload (FILE_CHANGED) when a watched file changes.
+asks for the same reload (FILE_CHANGED) when a watched file changes.  USR1: reopen
+the log file (logrotate).  `on_ready`, when set, is called once the runtime serves
+(a detached start reports it).
 """
 
 import signal
@@ -24,6 +26,7 @@ class Lifecycle:
         self.queue = Queue()
         self.draining = None
         self.changed = []  # the files whose change asked for a reload, in order
+        self.on_ready = None
 
     def run(self):
         self.log.defer_writes(gevent.get_hub().loop.run_callback)
@@ -33,11 +36,13 @@ class Lifecycle:
             self.log.flush()  # before the CLI prints anything after us
 
     def _run(self):
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
         self.runtime.on_file_change = self._file_changed
         self.runtime.start()
         systemd.ready("serving")
+        if self.on_ready is not None:
+            self.on_ready()
         watchdog = systemd.start_watchdog()
         while True:
             name = self.queue.get()
@@ -78,6 +83,10 @@ class Lifecycle:
 
     def handle_drained(self, _name):
         return True
+
+    def handle_sigusr1(self, _name):
+        self.log.reopen()
+        return False
 
     def _file_changed(self, path):
         self.changed.append(path)

@@ -20,6 +20,7 @@ decimals), a JSON number (rounded to microseconds) in JSON.
 import atexit
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -142,6 +143,9 @@ class Logger:
         self.budgets = {event: LineBudget() for event in PEER_DRIVEN_EVENTS}
         self._schedule = None  # set by defer_writes(): lines then leave once per loop turn
         self._pending = []
+        self.path = None  # set by open_file(): the log file reopen() opens again
+        self._std = False
+        self._file = None  # the file object open_file() opened, closed by the next reopen
 
     def defer_writes(self, schedule):
         """Under an event loop, join the lines of one loop turn into one write.
@@ -154,6 +158,41 @@ class Logger:
         """
         self._schedule = schedule
         atexit.register(self.flush)
+
+    def open_file(self, path, std=False):
+        """Append lines to the file at `path` (folder created) instead of stderr.
+
+        `std` (a detached process) points fds 1 and 2 at the file too, so a traceback
+        or a print lands beside the lines.  Raises OSError when it cannot be opened.
+        """
+        self.path, self._std = path, std
+        self._open()
+
+    def reopen(self):
+        """Open the log file again at its path (SIGUSR1, after logrotate moved it away);
+        a failure keeps the open file and says so in it."""
+        if self.path is None:
+            return
+        try:
+            self._open()
+        except OSError as exc:
+            self.error("log-reopen-failed", path=str(self.path),
+                       reason=(exc.strerror or str(exc)).lower(), kept="the open log file")
+
+    def _open(self):
+        self.flush()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if self._std:
+            for target in (1, 2):
+                os.dup2(fd, target)
+            os.close(fd)
+            opened, self.stream = None, sys.__stderr__
+        else:
+            opened = self.stream = open(fd, "a", encoding="utf-8", errors="backslashreplace")
+        if self._file is not None:
+            self._file.close()  # the file moved away by logrotate: its lines are complete
+        self._file = opened
 
     def flush(self):
         if self._pending:

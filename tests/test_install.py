@@ -124,7 +124,7 @@ def test_staged_install_names_destdir_in_no_file(staged):
     leaks = [p for p in destdir.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
     assert leaks == [], f"{len(leaks)} files name DESTDIR, e.g. {leaks[:5]}"
     lib = destdir / "usr/local/lib/runewarp"
-    assert list(lib.rglob("runewarp/__pycache__/cli.*.pyc")), "byte-compiled for the final path"
+    assert list(lib.rglob("runewarp/cli/__pycache__/__init__.*.pyc")), "byte-compiled for the final path"
     assert os.readlink(destdir / "usr/local/bin/runewarp") == "/usr/local/lib/runewarp/bin/runewarp"
     assert (lib / "bin/runewarp").read_text().startswith("#!/usr/local/lib/runewarp/bin/python")
     assert run([lib / "bin/python", "-m", "runewarp", "--version"]).stdout.startswith("runewarp ")
@@ -141,6 +141,13 @@ def test_staged_install_keeps_configs_skips_the_user_and_uninstall_keeps_data(st
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
     doc = destdir / "usr/local/share/doc/runewarp"
     assert (doc / "usage.md").exists() and (doc / "server.toml.example").exists()
+    logrotate = destdir / "etc/logrotate.d/runewarp"
+    assert stat.S_IMODE(logrotate.stat().st_mode) == 0o644
+    lines = [line.strip() for line in logrotate.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert "/var/lib/runewarp/log/*.log {" in lines and "su runewarp runewarp" in lines
+    assert "copytruncate" not in lines and any("kill -USR1" in line for line in lines)
+    assert not [line for line in lines if re.search(r"@[A-Z]+@", line)]
     uninstall = make("-n", "uninstall", DESTDIR=destdir, PREFIX="/usr/local").stdout
     assert "userdel" not in uninstall and "groupdel" not in uninstall and "var/lib" not in uninstall
 
@@ -173,6 +180,11 @@ def test_installed_units_name_the_prefix_and_stop_on_config_errors(staged):
         assert keys[("Service", "User")] == ["runewarp"]
         if name != "runewarp-renew-acme@.service":
             assert keys[("Service", "RestartPreventExitStatus")] == ["2"]
+            # A bad file fails `systemctl reload` before any signal is sent.
+            role = name.split("-")[1].split(".")[0]
+            assert keys[("Service", "ExecReload")] == [
+                f"/usr/local/bin/runewarp config check {role} -c /etc/runewarp/{role}.toml",
+                "/bin/kill -HUP $MAINPID"]
         # The renewal unit is hardened like the daemons: same sandbox keys (capabilities aside).
         sandbox = {k: v for k, v in keys.items() if k[0] == "Service" and k[1].startswith(
             ("Protect", "Private", "Restrict", "SystemCall", "NoNew", "Lock", "UMask", "ReadWrite"))}
@@ -359,6 +371,13 @@ def test_units_cron_and_cli_use_the_same_files(prefix_install, tmp_path):
             proc, log = start(argv, {**environment(f"unit-{role}", XDG_DATA_HOME="d"), **unit_env}, role)
             procs.append(proc)
             wait_for(proc, log, ready)
+            # `systemctl reload`: the unit's ExecReload lines, in order, as systemd runs them.
+            check, hup = unit_file(tree.units / f"runewarp-{role}.service")[("Service", "ExecReload")]
+            toml = server_toml if role == "server" else client_toml
+            out = run(shlex.split(check), env={**environment(f"reload-{role}"), **unit_env})
+            assert out.stdout.strip() == f"ok: {toml}"
+            run(shlex.split(hup.replace("$MAINPID", str(proc.pid))))
+            wait_for(proc, log, f"{role}-reloaded")
     finally:
         for proc in procs:
             proc.terminate()
@@ -384,6 +403,16 @@ def test_units_cron_and_cli_use_the_same_files(prefix_install, tmp_path):
 
     strays = [p for home in homes for p in home.rglob("*runewarp*")]
     assert strays == [], f"an entry point used a folder of its environment: {strays}"
+
+
+def test_a_second_install_keeps_the_operators_logrotate_file(prefix_install, install_python):
+    tree = prefix_install
+    logrotate = tree.etc / "logrotate.d/runewarp"
+    assert str(tree.state / "log/*.log") in logrotate.read_text()
+    logrotate.write_text("# operator's own\n")
+    make("install-files", PREFIX=tree.prefix, SYSCONFDIR=tree.etc, STATEDIR=tree.state,
+         PYTHON=install_python)
+    assert logrotate.read_text() == "# operator's own\n"
 
 
 # -- the service user (only as root; the user is made up by the test and removed by name) --

@@ -38,7 +38,9 @@ LAYERS = {
     "acme": CORE | {"acme"},
     "acme_plugin": CORE | {"acme"},
     "io": CORE | {"acme"},
+    "doctor": CORE | {"io", "doctor"},
     "lifecycle": BASE | {"systemd"},
+    "daemon": set(),  # the pid file and the detach: stdlib and gevent only
     "cli": EVERYTHING,
     "demo": EVERYTHING,
     "entry": EVERYTHING,

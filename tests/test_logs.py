@@ -380,3 +380,35 @@ def test_deferred_writes_leave_once_per_loop_turn_in_order():
     log.info("shutdown-complete")
     log.flush()  # what Lifecycle.run's finally (and atexit) do
     assert stream.writes[1].endswith("shutdown-complete\n")
+
+
+def test_log_file_is_reopened_at_its_path_after_a_move(tmp_path):
+    """logrotate moves the file; reopen() (SIGUSR1) starts a fresh one at the configured path,
+    and a reopen that fails keeps the open file and says so there."""
+    path = tmp_path / "logs/server.log"
+    logger = Logger("info")
+    logger.open_file(path)
+    logger.info("before-rotation")
+    rotated = path.rename(tmp_path / "logs/server.log.1")
+    logger.info("still-the-old-file")
+    logger.reopen()
+    logger.info("after-rotation")
+    assert "before-rotation" in rotated.read_text() and "still-the-old-file" in rotated.read_text()
+    assert "after-rotation" not in rotated.read_text()
+    assert "after-rotation" in path.read_text()
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    moved = path.parent.rename(tmp_path / "old-logs") / "server.log"
+    path.parent.write_text("")  # a file where the folder was: the reopen fails
+    logger.reopen()
+    logger.info("kept")
+    lines = moved.read_text().splitlines()
+    assert "ERROR log-reopen-failed" in lines[-2] and f"path={path}" in lines[-2]
+    assert "kept" in lines[-1]
+
+
+def test_reopen_without_a_log_file_does_nothing():
+    out = io.StringIO()
+    logger = Logger("info", stream=out)
+    logger.reopen()
+    logger.info("still-here")
+    assert "still-here" in out.getvalue()

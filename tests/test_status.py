@@ -9,6 +9,8 @@ import pytest
 
 from runewarp import cli, status
 
+from .test_daemon import runewarp_lookalike
+
 NOW = 1_790_000_000  # 2026-09-21T...Z
 IDENTITY = "17ad449285b03164149ca52ef0e23c643e0fbf3cce4a9aaa8eced6629a968268"
 
@@ -157,12 +159,27 @@ def test_status_without_a_metrics_listener_names_the_key(write, capsys):
     assert "server.metrics.bind-address" in err and "not enabled" in err
 
 
-def test_status_with_nothing_listening_says_so(write, capsys):
-    with __import__("socket").socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, never listening: refused
-        path = server_config(write, f'[server.metrics]\nbind-address = "127.0.0.1:{port}"')
-        assert cli.main(["server", "status", "-c", str(path)]) == 1
+def test_status_with_nothing_listening_says_so(write, tmp_path, capsys):
+    """No pid file either: not running.  A pid file naming a live Runewarp Server: it runs
+    but does not answer."""
+    pid_file = tmp_path / "server.pid"
+    looks_like_a_server = runewarp_lookalike(tmp_path, "server")
+    try:
+        with __import__("socket").socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]  # bound, never listening: refused
+            path = server_config(write, f'pid-file = "{pid_file}"\n'
+                                 f'[server.metrics]\nbind-address = "127.0.0.1:{port}"')
+            assert cli.main(["server", "status", "-c", str(path)]) == 1
+            assert capsys.readouterr().err == (
+                f"error: the server is not running: nothing answers at 127.0.0.1:{port} "
+                f"(server.metrics.bind-address in {path}) and there is no pid file at "
+                f"{pid_file}\n")
+            pid_file.write_text(f"{looks_like_a_server.pid}\n")
+            assert cli.main(["server", "status", "-c", str(path)]) == 1
+    finally:
+        looks_like_a_server.kill()
+        looks_like_a_server.wait()
     err = capsys.readouterr().err
     assert f"not running or not reachable at 127.0.0.1:{port}" in err
     assert "server.metrics.bind-address" in err

@@ -1,11 +1,14 @@
 """What the commands share: the option texts of their usage docs, the selected config
-file and role, material checks that turn into config errors, and the error line."""
+file and role, the checks a start makes before it binds, and the error line."""
 
+import os
 import sys
 from pathlib import Path
 
 from .. import config as configuration, material
 from ..errors import ConfigError, MaterialError
+from ..io.servercert import check_usable
+from ..io.upkeep import utcnow
 from ..logs import log
 
 # Option descriptions, written once and placed in each command's usage doc.
@@ -86,3 +89,30 @@ def check_material(check, source):
     except MaterialError as exc:
         raise ConfigError(str(exc), file=source or "command line",
                           key=getattr(exc, "key", None)) from None
+
+
+def check_before_start(role, cfg, server=None):
+    """Everything a start checks before it binds or dials: material, identities, the Server
+    certificate and its hostname, key permissions.  The daemon passes its `server`, which
+    renews a due Server certificate it issued; `config check` passes none and writes nothing."""
+    if role == "server":
+        if cfg.acme is not None:
+            return  # certbot's material: the Server waits for it and serves when it exists
+        # Permissions first: a start refused by strict-permissions writes nothing.
+        check_key_permissions(material.server_key_files(cfg.cert_dir), cfg, "server")
+        if server is None:
+            check_material(lambda: check_usable(cfg, utcnow()), cfg.source)
+        else:
+            # Renews a due certificate the Server issued itself; refuses one that does not
+            # name server.hostname, or cannot serve and cannot be renewed (exit 2).
+            check_material(server.check_certificate, cfg.source)
+            check_material(lambda: server.certificate.current(), cfg.source)
+        return
+    check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
+    if cfg.server_trust == "ca-file" and not os.access(cfg.server_ca_file, os.R_OK):
+        raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
+                          "Server's server-ca.crt there or set server-ca-file",
+                          file=cfg.source or "command line", key="client.server-ca-file")
+    public = (cfg.public_cert_dir, cfg.terminate_hostnames) if cfg.acme is None and \
+        cfg.public_cert_dir is not None else (None, None)
+    check_key_permissions(material.client_key_files(cfg.identity_dir, *public), cfg, "client")

@@ -59,7 +59,7 @@ cron or a systemd timer); the running {role} answers the challenges and picks
 the new certificate up without a restart.
 
 Usage:
-  runewarp {role} renew-acme [-c FILE]
+  runewarp {role} {group} renew-acme [-c FILE]
 
 Options:
 {config}
@@ -160,14 +160,16 @@ def _terminate_hostnames(path):
     return names
 
 
-def _renew_acme_doc(role):
-    return RENEW_ACME.format(role=role, config=CONFIG, help=HELP)
+def _renew_acme_doc(role, group):
+    return RENEW_ACME.format(role=role, group=group, config=CONFIG, help=HELP)
 
 
 COMMANDS = (
     (("server", "cert"), SERVER_CERT, server_cert),
-    (("server", "renew-acme"), _renew_acme_doc("server"), partial(renew_acme, role="server")),
+    (("server", "cert", "renew-acme"), _renew_acme_doc("server", "cert"),
+     partial(renew_acme, role="server")),
     (("client", "identity"), CLIENT_IDENTITY, client_identity),
     (("client", "public-cert"), CLIENT_PUBLIC_CERT, client_public_cert),
-    (("client", "renew-acme"), _renew_acme_doc("client"), partial(renew_acme, role="client")),
+    (("client", "public-cert", "renew-acme"), _renew_acme_doc("client", "public-cert"),
+     partial(renew_acme, role="client")),
 )

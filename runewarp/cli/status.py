@@ -7,6 +7,7 @@ import urllib.request
 from functools import partial
 
 from ..proto.address import format_address
+from .background import not_running
 from .common import CONFIG, HELP, fail, load, required_config
 
 STATUS = """Print the state of the running {role} of the selected config: Tunnels,
@@ -51,6 +52,10 @@ def show_status(args, role):
         return fail(f"the {role} at {address} ({key} in {path}) answered /status with "
                     f"HTTP {exc.code}", 1)
     except (OSError, ValueError) as exc:  # refused, timed out, not HTTP, not JSON
+        absent = not_running(role, path)
+        if absent is not None:
+            return fail(f"the {role} is not running: nothing answers at {address} ({key} in "
+                        f"{path}) and there is {absent}", 1)
         reason = getattr(exc, "reason", None) or exc
         return fail(f"the {role} is not running or not reachable at {address} ({key} in "
                     f"{path}): {reason}", 1)

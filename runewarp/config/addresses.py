@@ -84,11 +84,18 @@ def bind_address(ctx: Context, key: str, value: str) -> tuple[str, int]:
     return str(ip), _parse_port(ctx, key, port, minimum=0)
 
 
-def server_address(ctx: Context, key: str, value: str) -> tuple[str, int]:
+def server_address(ctx: Context, key: str, value: str, *, ip_allowed: bool = False) -> tuple[str, int]:
+    """`ip_allowed`: the TLS name comes from client.server-name, so the host may be an IP."""
     host, port, bracketed = _split_host_port(ctx, key, value, port_required=False)
-    if bracketed or _ip(host) is not None:
-        raise ctx.error(key, f"{value!r}: host must be a DNS name, not an IP address (it is the Server hostname)")
-    name = normalize_hostname(ctx, key, host)
+    ip = _ip(host)
+    if bracketed and not isinstance(ip, ipaddress.IPv6Address):
+        raise ctx.error(key, f"{value!r}: only IPv6 addresses go in brackets")
+    if ip is not None and not ip_allowed:
+        raise ctx.error(key, f"{value!r}: host must be a DNS name, not an IP address (it is the Server "
+                             "hostname), unless client.server-name names the Server")
+    if ip is not None and isinstance(ip, ipaddress.IPv6Address) and not bracketed:
+        raise ctx.error(key, f"{value!r}: write IPv6 addresses in brackets, e.g. [::1]:443")
+    name = str(ip) if ip is not None else normalize_hostname(ctx, key, host)
     return name, DEFAULT_SERVER_PORT if port is None else _parse_port(ctx, key, port, minimum=1)
 
 

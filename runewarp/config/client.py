@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import shared
-from .addresses import backend_address, server_address, unique_hostnames
+from .addresses import backend_address, normalize_hostname, server_address, unique_hostnames
 from .model import ClientConfig, ServiceConfig
 from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
 from .reader import COMMAND_LINE, Context, join, type_name
@@ -40,7 +40,10 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
     client = ctx.table(doc, None, p)
     ctx.check_keys(client, p)
 
-    server_addresses = _client_server_addresses(ctx, client, cli)
+    server_name = ctx.string(client, p, "server-name")
+    if server_name is not None:
+        server_name = normalize_hostname(ctx, join(p, "server-name"), server_name)
+    server_addresses = _client_server_addresses(ctx, client, cli, ip_allowed=server_name is not None)
     trust, ca_file = _client_trust(ctx, client, cli)
     if cli.has("identity-dir"):
         identity_dir = cli.ctx.resolve(os.fspath(cli.values["identity-dir"]))
@@ -71,6 +74,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
 
     return ClientConfig(
         server_addresses=server_addresses,
+        server_name=server_name,
         server_trust=trust,
         server_ca_file=ca_file,
         identity_dir=identity_dir,
@@ -79,17 +83,21 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         services=services,
         limits=shared.limits(ctx, client, p),
         metrics=shared.metrics(ctx, client, p),
+        timeouts=shared.timeouts(ctx, client, p),
         access_log=ctx.setting(client, p, "access-log"),
         watch_config=ctx.setting(client, p, "watch-config"),
         log_level=log_level,
         log_format=log_format,
         graceful_shutdown_duration=grace,
         strict_permissions=ctx.setting(client, p, "strict-permissions"),
+        pid_file=ctx.setting(client, p, "pid-file"),
+        log_file=ctx.setting(client, p, "log-file"),
         source=source,
     )
 
 
-def _client_server_addresses(ctx: Context, client: dict, cli: Overrides) -> tuple[tuple[str, int], ...]:
+def _client_server_addresses(ctx: Context, client: dict, cli: Overrides,
+                             ip_allowed: bool) -> tuple[tuple[str, int], ...]:
     if cli.has("server-address"):
         where, label, value = cli.ctx, cli.key("server-address"), cli.values["server-address"]
     elif "server-address" in client:
@@ -111,7 +119,7 @@ def _client_server_addresses(ctx: Context, client: dict, cli: Overrides) -> tupl
 
     addresses: dict[tuple[str, int], str] = {}
     for item_key, text in items:
-        address = server_address(where, item_key, text)
+        address = server_address(where, item_key, text, ip_allowed=ip_allowed)
         if address in addresses:
             raise where.error(item_key, f"{text!r} is the same Server address as {addresses[address]}")
         addresses[address] = item_key

@@ -65,6 +65,28 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ServerTimeouts:
+    """`[server.timeouts]` in seconds; read as each connection starts, so a reload
+    applies to new connections (docs/timeouts.md)."""
+
+    client_hello: float = default("server.timeouts.client-hello")
+    tunnel_handshake: float = default("server.timeouts.tunnel-handshake")
+    control_hello: float = default("server.timeouts.control-hello")
+    keepalive_interval: float = default("server.timeouts.keepalive-interval")
+    dead_peer: float = default("server.timeouts.dead-peer")
+
+
+@dataclass(frozen=True)
+class ClientTimeouts:
+    """`[client.timeouts]` in seconds; as ServerTimeouts, for the Client."""
+
+    tunnel_handshake: float = default("client.timeouts.tunnel-handshake")
+    backend_connect: float = default("client.timeouts.backend-connect")
+    keepalive_interval: float = default("client.timeouts.keepalive-interval")
+    dead_peer: float = default("client.timeouts.dead-peer")
+
+
+@dataclass(frozen=True)
 class TunnelConfig:
     """One `[[server.tunnels]]` entry, hostnames normalized."""
 
@@ -84,9 +106,12 @@ class ServerConfig:
     acme: AcmeConfig | None = None
     graceful_shutdown_duration: float = default("server.graceful-shutdown-duration")
     strict_permissions: bool = default("server.strict-permissions")
+    pid_file: Path | None = None
+    log_file: Path | None = None
     tunnels: tuple[TunnelConfig, ...]
     limits: Limits = Limits()
     metrics: MetricsConfig | None = None
+    timeouts: ServerTimeouts = ServerTimeouts()
     access_log: bool = default("server.access-log")
     watch_config: bool = default("server.watch-config")
     log_level: str = default("log-level")
@@ -119,6 +144,7 @@ class ClientConfig:
     """Everything `runewarp client` needs; one Tunnel connection per Server address."""
 
     server_addresses: tuple[tuple[str, int], ...]
+    server_name: str | None = None  # None: the host of each server address
     server_trust: str = default("client.server-trust")
     server_ca_file: Path | None = None
     identity_dir: Path
@@ -127,13 +153,20 @@ class ClientConfig:
     services: tuple[ServiceConfig, ...]
     limits: Limits = Limits()
     metrics: MetricsConfig | None = None
+    timeouts: ClientTimeouts = ClientTimeouts()
     access_log: bool = default("client.access-log")
     watch_config: bool = default("client.watch-config")
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")
     strict_permissions: bool = default("client.strict-permissions")
+    pid_file: Path | None = None
+    log_file: Path | None = None
     source: Path | None = None
+
+    def tls_name(self, address: tuple[str, int]) -> str:
+        """The name the Client checks the Server certificate for (and sends as SNI)."""
+        return self.server_name or address[0]
 
     @property
     def terminate_hostnames(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""XDG default locations of the config file and the material folders."""
+"""XDG default locations of the config file, the material folders, and the pid and log files."""
 
 import os
 from collections.abc import Mapping
@@ -53,3 +53,15 @@ def default_server_ca_file(env: Mapping[str, str] = os.environ) -> Path:
 def default_acme_state_dir(env: Mapping[str, str], role: str) -> Path:
     return xdg_state_home(env) / "runewarp" / role / "acme"
 
+
+
+def default_pid_file(env: Mapping[str, str], role: str) -> Path:
+    """Where `-d` writes the pid: the runtime folder (emptied at logout and boot, so no
+    stale file survives a reboot), else the state folder when there is none."""
+    runtime = env.get("XDG_RUNTIME_DIR")
+    folder = Path(runtime) if runtime and os.path.isabs(runtime) else xdg_state_home(env)
+    return folder / "runewarp" / f"{role}.pid"
+
+
+def default_log_file(env: Mapping[str, str], role: str) -> Path:
+    return xdg_state_home(env) / "runewarp" / f"{role}.log"

@@ -84,6 +84,28 @@ def _metrics(role: str) -> tuple[Key, ...]:
     )
 
 
+def _timeouts(role: str) -> tuple[Key, ...]:
+    """`[<role>.timeouts]`: the connection timers an operator may tune (docs/timeouts.md)."""
+    p, server = f"{role}.timeouts", role == "server"
+    first = (
+        Key(f"{p}.client-hello", "seconds", 5.0, "seconds > 0", "a Visitor's whole ClientHello, from accept"),
+        Key(f"{p}.tunnel-handshake", "seconds", 5.0, "seconds > 0", "a Tunnel connection's TLS handshake"),
+        Key(f"{p}.control-hello", "seconds", 10.0, "seconds > 0",
+            "from a Tunnel connection's handshake to the Client's control hello"),
+    ) if server else (
+        Key(f"{p}.tunnel-handshake", "seconds", 10.0, "seconds > 0",
+            "dialing the Server and the TLS handshake; again the wait for its welcome"),
+        Key(f"{p}.backend-connect", "seconds", 5.0, "seconds > 0", "TCP connect to a Local backend"),
+    )
+    return tuple(replace(key, reload=NEW_CONNECTIONS) for key in (  # read as each connection starts
+        *first,
+        Key(f"{p}.keepalive-interval", "seconds", 20.0, "seconds > 0",
+            "how often a Tunnel connection sends a keepalive ping"),
+        Key(f"{p}.dead-peer", "seconds", 60.0, "seconds > keepalive-interval",
+            "silence after which a Tunnel connection counts as dead and is closed"),
+    ))
+
+
 def _limit(name: str, default: int | float, doc: str, *, bounds: tuple[int, int | None] | None = (1, None),
            shown: str | None = None, reload: str = NEW_CONNECTIONS) -> Key:
     kind = "seconds" if name.endswith("-timeout") else "integer"
@@ -129,6 +151,12 @@ KEYS: tuple[Key, ...] = (
     Key("server.cert-dir", "path", None, "not with [server.acme]", "Server certificate material",
         shown="XDG default"),
     *_both("graceful-shutdown-duration", "seconds", 30.0, "finite, >= 0", "how long open streams may finish"),
+    *_both("pid-file", "path", None, "a file path; its folder is created",
+           "where the process writes its pid (with -d, or when set)",
+           shown="with -d: $XDG_RUNTIME_DIR/runewarp/ROLE.pid", reload=RESTART),
+    *_both("log-file", "path", None, "a file path; its folder is created",
+           "where log lines go instead of stderr (with -d, or when set); SIGUSR1 reopens it",
+           shown="with -d: $XDG_STATE_HOME/runewarp/ROLE.log", reload=RESTART),
     *_both("strict-permissions", "boolean", False, "true or false", "refuse keys others can read", reload=RESTART),
     *_both("acme", "table", None, "see the acme keys", "certificates from an ACME CA", shown="unset",
            reload=RESTART),
@@ -136,6 +164,8 @@ KEYS: tuple[Key, ...] = (
            reload=NEW_CONNECTIONS),
     *_both("metrics", "table", None, "see the metrics keys", "metrics, health and status listener; StatsD",
            shown="unset", reload=RESTART),
+    *_both("timeouts", "table", None, "see the timeouts keys", "connection timers", shown="defaults",
+           reload=NEW_CONNECTIONS),
     *_both("access-log", "boolean", True, "true or false",
            "one info line per Visitor connection (Server) or stream (Client) when it ends"),
     *_both("watch-config", "boolean", False, "true or false",
@@ -144,6 +174,7 @@ KEYS: tuple[Key, ...] = (
     *(replace(k, path=f"server.{k.path}") for k in _SERVER_LIMITS),
     *_acme("server"),
     *_metrics("server"),
+    *_timeouts("server"),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
         shown="tunnel-<n>"),
     Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames, each in one Tunnel",
@@ -155,6 +186,9 @@ KEYS: tuple[Key, ...] = (
     # [client]
     Key("client.server-address", "address", REQUIRED, "hostname[:port] or an array of them",
         "the Server addresses, one Tunnel connection each", reload=RESTART),
+    Key("client.server-name", "string", None, "a valid hostname (not an IP address)",
+        "the Server hostname for SNI and the certificate check, when server-address is an IP address "
+        "or another name", shown="the host of each server-address", reload=NEW_CONNECTIONS),
     Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
         choices=SERVER_TRUSTS, reload=NEW_CONNECTIONS),
     Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",
@@ -167,6 +201,7 @@ KEYS: tuple[Key, ...] = (
     *(replace(k, path=f"client.{k.path}") for k in _STREAM_LIMITS),
     *_acme("client"),
     *_metrics("client"),
+    *_timeouts("client"),
     Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "
         "omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
     Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",

@@ -1,4 +1,5 @@
-"""What both roles read alike: the top level, `[<role>.acme]`, `[<role>.limits]` and `[<role>.metrics]`."""
+"""What both roles read alike: the top level, `[<role>.acme]`, `[<role>.limits]`,
+`[<role>.metrics]` and `[<role>.timeouts]`."""
 
 from urllib.parse import urlsplit
 
@@ -6,7 +7,7 @@ from . import schema
 import re
 
 from .addresses import bind_address, backend_address
-from .model import AcmeConfig, Limits, MetricsConfig
+from .model import AcmeConfig, ClientTimeouts, Limits, MetricsConfig, ServerTimeouts
 from .paths import default_acme_state_dir
 from .reader import Context, join
 
@@ -67,12 +68,33 @@ def metrics(ctx: Context, parent: dict, role: str) -> MetricsConfig | None:
     prefix = ctx.setting(table, p, "statsd-prefix")
     if not _STATSD_PREFIX.fullmatch(prefix):
         raise ctx.error(join(p, "statsd-prefix"), f"{prefix!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-    interval = ctx.setting(table, p, "statsd-interval")
-    if interval <= 0:
-        raise ctx.error(join(p, "statsd-interval"), f"must be more than 0 seconds; got {interval:g}")
+    interval = _positive(ctx, table, p, "statsd-interval")
     return MetricsConfig(
         bind_address=bind_address(ctx, join(p, "bind-address"), bind) if bind else None,
         statsd_address=backend_address(ctx, join(p, "statsd-address"), statsd) if statsd else None,
         statsd_prefix=prefix,
         statsd_interval=interval,
     )
+
+
+def _positive(ctx: Context, table: dict, prefix: str, key: str) -> float:
+    """A `seconds` key that must be more than 0 (a timer of 0 would fire at once)."""
+    value = ctx.setting(table, prefix, key)
+    if value <= 0:
+        raise ctx.error(join(prefix, key), f"must be more than 0 seconds; got {value:g}")
+    return value
+
+
+_TIMEOUTS = {"server": ServerTimeouts, "client": ClientTimeouts}
+
+
+def timeouts(ctx: Context, parent: dict, role: str) -> ServerTimeouts | ClientTimeouts:
+    """`[<role>.timeouts]`: each key > 0 seconds, and dead-peer longer than keepalive-interval."""
+    p = join(role, "timeouts")
+    table = ctx.table(parent, role, "timeouts") or {}
+    ctx.check_keys(table, p)
+    values = {key: _positive(ctx, table, p, key) for key in schema.names(p)}
+    if values["dead-peer"] <= values["keepalive-interval"]:
+        raise ctx.error(join(p, "dead-peer"), f"must be more than keepalive-interval "
+                        f"({values['keepalive-interval']:g} s); got {values['dead-peer']:g}")
+    return _TIMEOUTS[role](**{key.replace("-", "_"): value for key, value in values.items()})

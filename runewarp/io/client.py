@@ -6,7 +6,6 @@ streams the Server opens are served by io/streams.py.
 
 import os
 import random
-import socket
 import ssl
 import time
 import uuid
@@ -25,24 +24,22 @@ from ..material import (CLIENT_CERT, CLIENT_KEY, PUBLIC_CERT, PUBLIC_KEY, identi
                         renew_identity, show_identity)
 from ..proto import control
 from ..proto.backoff import WINDOWS, Backoff, parse_windows
-from ..proto.mux import GOAWAY_NORMAL, Role, WindowBudget
+from ..proto.mux import GOAWAY_NORMAL, WindowBudget
 from ..proto.services import ServiceTable
-from ..tls import ALPN_TUNNEL, client_tunnel_context, is_unauthorized_alert
+from ..tls import client_tunnel_context
 from .challenge import ChallengeResponder
+from .dial import dial
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
-from .net import describe, resolve_override, set_keepalive, set_nodelay
+from .net import describe
 from .splice import Splices, drain
 from .streams import ClientStreams
 from .sweeper import SpliceTimeouts
 from .terminate import PublicCertificates
-from .tlsconn import ClientTLSConnection
-from .tunnel import TunnelSession
-from .tunnelstream import drain_control, read_control_messages
+from .tunnelstream import drain_control
 from .upkeep import Periodic, check_seconds, utcnow
 from .watch import FileWatch
 
-TUNNEL_HANDSHAKE_DEADLINE = 10.0
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("client")
 
@@ -280,50 +277,23 @@ class Client(ClientStreams):
 
         `failures` and `down_since` (monotonic) describe the outage this attempt ends.
         """
-        host, port = address
-        context = self._tls_context()
-        with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
-            sock = socket.create_connection((resolve_override(host), port))  # resolves each time
-            try:
-                set_nodelay(sock)
-                set_keepalive(sock)
-                tls = ClientTLSConnection(sock, context, host)
-                tls.handshake()
-            except BaseException:
-                sock.close()
-                raise
-        if tls.selected_alpn_protocol() != ALPN_TUNNEL.decode():
-            tls.close()
-            raise ProtocolError("the Server did not select ALPN runewarp/1")
-        session = TunnelSession(tls, Role.CLIENT, on_stream=self._on_stream, log=self.log,
-                                window_budget=self.window_budget, name=format_address(address))
-        session.start()
-        try:
-            stream = session.open_stream()
-            stream.sendall(control.encode(control.hello(
-                __version__, self.instance, self.services.hostnames,
-                self.services.catch_all is not None)))
-            decoder = control.LineDecoder()
-            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE):
-                welcome = control.parse_welcome(read_control_messages(stream, decoder)[0])
-        except (StreamAborted, gevent.Timeout, control.ControlError) as exc:
-            session.close()
-            error = session.read_error or session.close_error
-            if is_unauthorized_alert(error):
-                raise Unauthorized() from error
-            raise (error or exc) from None
-        except BaseException:
-            session.close()  # anything else (a bug, a kill): never leave a live session behind
-            raise
+        hello = control.hello(__version__, self.instance, self.services.hostnames,
+                              self.services.catch_all is not None)
+        timeouts = self.config.timeouts  # as this attempt starts: a reload applies to the next
+        tunnel = dial(address, self._tls_context(), self.config.tls_name(address), hello,
+                      timeouts.tunnel_handshake, on_stream=self._on_stream, log=self.log,
+                      window_budget=self.window_budget, name=format_address(address),
+                      keepalive_interval=timeouts.keepalive_interval,
+                      idle_timeout=timeouts.dead_peer)
         recovered = {}
         if failures:  # the recovery, once: how long and how many attempts it took
             recovered = dict(failed_attempts=failures,
                              outage=time.monotonic() - down_since)
         self.log.info("tunnel-connection-established", server_address=format_address(address),
-                      tunnel=welcome.tunnel, server_version=welcome.version,
+                      tunnel=tunnel.welcome.tunnel, server_version=tunnel.welcome.version,
                       client_identity=self.identity, **recovered)
-        gevent.spawn(drain_control, stream, decoder, self.log)
-        return session
+        gevent.spawn(drain_control, tunnel.stream, tunnel.decoder, self.log)
+        return tunnel.session
 
 
 def reconnect_windows():

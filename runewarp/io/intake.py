@@ -1,7 +1,9 @@
 """Intake: read a connection until one complete ClientHello is buffered, under a deadline.
 
 Shared by the Server (on Visitor sockets) and the Client (on mux streams, after
-the PROXY header): same parser, same 16 KiB and 32-record caps, same deadline.
+the PROXY header): same parser, same 16 KiB and 32-record caps.  The Server's
+deadline is `[server.timeouts] client-hello`; the Client's is INTAKE_DEADLINE,
+for bytes the Server already holds in full (docs/timeouts.md).
 Each chunk read is fed once to an incremental parser, so an intake costs CPU
 linear in its bytes however a peer trickles them (re-parsing the growing
 buffer after every read was quadratic).

@@ -23,7 +23,8 @@ def set_nodelay(sock):
 def set_keepalive(sock, idle=60, interval=15, count=4):
     """Let the kernel notice a peer that vanished without FIN or RST (a NAT dropped the
     flow, a host lost power): after `idle` s of silence, `count` unanswered probes
-    `interval` s apart make the socket fail, which ends its splice."""
+    `interval` s apart make the socket fail, which ends its splice.  On a listening
+    socket, accepted sockets inherit it (Linux).  Why these values: docs/timeouts.md."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in ((_KEEPIDLE, idle), (getattr(socket, "TCP_KEEPINTVL", None), interval),

@@ -263,7 +263,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
                 return data
 
             try:
-                taken = intake(read)
+                taken = intake(read, self.config.timeouts.client_hello)
             finally:
                 table.release(slot)
             if slot.shed:  # its hello was already buffered when it was shed: still shed

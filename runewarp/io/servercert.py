@@ -73,8 +73,7 @@ class ServerCertificateChecks:
         verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=config.hostname)
         if verdict == certcheck.WRONG_HOSTNAME:
             if starting:
-                raise CertificateRefused(_wrong_hostname(config, cert_path, leaf, renewable),
-                                         key="server.hostname")
+                raise _refusal(config, verdict, cert_path, leaf, now, renewable)
             return False  # the certificate's check refuses it at the next Tunnel connection
         if verdict == certcheck.RENEW:
             try:
@@ -94,9 +93,7 @@ class ServerCertificateChecks:
                           previous_not_after=certcheck.rfc3339(leaf.not_valid_after_utc))
             return True
         if verdict == certcheck.REFUSE and starting:
-            raise CertificateRefused(
-                f"{cert_path}: {certcheck.describe(leaf, now)}, and the Server cannot renew it "
-                f"({_not_ours(config)}); {_replace_hint(config)}", key="server.cert-dir")
+            raise _refusal(config, verdict, cert_path, leaf, now, renewable)
         if verdict in (certcheck.REFUSE, certcheck.WARN):
             self._warn_expiring(config, cert_path, leaf, now)
         return False
@@ -129,6 +126,29 @@ class ServerCertificateChecks:
         if self.certificate_missing:
             self.certificate_missing = False
             self.log.info("server-certificate-ready")
+
+
+def check_usable(config, now):
+    """The start's check of the manual certificate, read only (`config check`, `doctor`):
+    CertificateRefused for what a start refuses; a due certificate the Server can renew
+    passes (a start renews it); the pair must load into a Tunnel TLS context."""
+    cert_path, key_path = load_server_cert_paths(config.cert_dir)
+    leaf = load_certificate(cert_path)
+    renewable = server_cert_renewable(config.cert_dir)
+    verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=config.hostname)
+    if verdict in (certcheck.WRONG_HOSTNAME, certcheck.REFUSE):
+        raise _refusal(config, verdict, cert_path, leaf, now, renewable)
+    server_tunnel_context(*pin(cert_path, key_path), lambda _identity: False)
+
+
+def _refusal(config, verdict, cert_path, leaf, now, renewable):
+    """Why a start refuses the certificate, naming the config key to blame."""
+    if verdict == certcheck.WRONG_HOSTNAME:
+        return CertificateRefused(_wrong_hostname(config, cert_path, leaf, renewable),
+                                  key="server.hostname")
+    return CertificateRefused(
+        f"{cert_path}: {certcheck.describe(leaf, now)}, and the Server cannot renew it "
+        f"({_not_ours(config)}); {_replace_hint(config)}", key="server.cert-dir")
 
 
 def _config_arg(config):

@@ -17,8 +17,6 @@ from .net import describe, dial, set_keepalive, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls
 
-BACKEND_CONNECT_DEADLINE = 5.0
-
 
 class ClientStreams:
     """The stream handler half of the Client (mixed into io.client.Client): it reads
@@ -78,7 +76,7 @@ class ClientStreams:
     def _connect_backend(self, service, series, hostname):
         started = time.monotonic()
         try:
-            with gevent.Timeout(BACKEND_CONNECT_DEADLINE):
+            with gevent.Timeout(self.config.timeouts.backend_connect):
                 sock = dial(service.backend_address)
         except (OSError, gevent.Timeout) as exc:
             self.log.warn("backend-connect-failed", public_hostname=hostname,

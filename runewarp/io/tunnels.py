@@ -24,9 +24,6 @@ from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
 from .upkeep import utcnow
 
-TUNNEL_HANDSHAKE_DEADLINE = 5.0
-CONTROL_HELLO_DEADLINE = 10.0
-
 
 class TunnelMember:
     """One live Tunnel connection in a Tunnel pool."""
@@ -105,8 +102,9 @@ class TunnelConnections:
         self.saturation.recovered("tunnel-handshakes")
         tls = ServerTLSConnection(sock, context, buffered)
         slot.progress(len(buffered))
+        timeouts = self.config.timeouts  # as this connection starts: a reload applies to the next
         try:
-            with gevent.Timeout(TUNNEL_HANDSHAKE_DEADLINE) as timer:
+            with gevent.Timeout(timeouts.tunnel_handshake) as timer:
                 tls.handshake(slot.progress)
         except gevent.Timeout as exc:
             if exc is not timer:
@@ -135,9 +133,9 @@ class TunnelConnections:
             tls.close()
             return
         identity = identity_from_pyopenssl(tls.peer_certificate())
-        self._serve_tunnel(tls, peer, identity)
+        self._serve_tunnel(tls, peer, identity, timeouts)
 
-    def _serve_tunnel(self, tls, peer, identity):
+    def _serve_tunnel(self, tls, peer, identity, timeouts):
         route = self.snapshot.tunnel_for_identity(identity)
         pool = self.pools.get(route.name) if route else None
         if pool is None:
@@ -158,7 +156,9 @@ class TunnelConnections:
                 stream.reset()
 
         session = TunnelSession(tls, Role.SERVER, on_stream=on_stream, log=self.log,
-                                window_budget=self.window_budget, name=peer)
+                                window_budget=self.window_budget, name=peer,
+                                keepalive_interval=timeouts.keepalive_interval,
+                                idle_timeout=timeouts.dead_peer)
 
         def on_closed(_event):
             if not control_stream.ready():
@@ -169,7 +169,7 @@ class TunnelConnections:
         member = None
         try:
             try:
-                with gevent.Timeout(CONTROL_HELLO_DEADLINE) as timer:
+                with gevent.Timeout(timeouts.control_hello) as timer:
                     stream = control_stream.get()
                     decoder = control.LineDecoder()
                     messages = read_control_messages(stream, decoder)
@@ -202,7 +202,8 @@ class TunnelConnections:
                               else "pool-full")
                 return
             try:
-                stream.sendall(control.encode(control.welcome(route.name, __version__)))
+                stream.sendall(control.encode(control.welcome(route.name, __version__,
+                                                              route.public_hostnames)))
             except StreamAborted as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"closed after its hello: {exc}")

@@ -37,8 +37,13 @@ def hello(version, instance, hostnames, catch_all):
             "hostnames": list(hostnames), "catch_all": catch_all}
 
 
-def welcome(tunnel, version):
-    return {"type": "welcome", "tunnel": tunnel, "version": version}
+def welcome(tunnel, version, public_hostnames=None):
+    """`public_hostnames`: the Tunnel's, sent sorted; None leaves the field out, as a
+    Server from before the field did."""
+    message = {"type": "welcome", "tunnel": tunnel, "version": version}
+    if public_hostnames is not None:
+        message["public_hostnames"] = sorted(public_hostnames)
+    return message
 
 
 # Outside strings only brackets and quotes matter; inside, quotes and backslashes.
@@ -140,10 +145,15 @@ class Hello:
 
 @dataclass(frozen=True)
 class Welcome:
-    """The Server's answer to an accepted hello."""
+    """The Server's answer to an accepted hello.
+
+    `public_hostnames` is None from a Server that predates the field: Hostname
+    mirroring then cannot be checked from the Client side.
+    """
 
     tunnel: str
     version: str
+    public_hostnames: tuple[str, ...] | None = None
 
 
 def _expect_type(message, expected):
@@ -168,33 +178,41 @@ def _string(message, kind, name, max_len):
     return value
 
 
+def _hostnames(message, kind, name):
+    """A bounded list of bounded strings, as a tuple."""
+    hostnames = _field(message, kind, name)
+    if not isinstance(hostnames, list):
+        raise ControlError(f"{kind}: field {name!r} must be a list, "
+                           f"got {type(hostnames).__name__}")
+    if len(hostnames) > MAX_HOSTNAMES:
+        raise ControlError(f"{kind}: field {name!r} has more than {MAX_HOSTNAMES} entries")
+    for h in hostnames:
+        if not isinstance(h, str) or len(h) > MAX_HOSTNAME:
+            raise ControlError(f"{kind}: field {name!r} must hold strings of at most "
+                               f"{MAX_HOSTNAME} characters")
+    return tuple(hostnames)
+
+
 def parse_hello(message: dict) -> Hello:
     """Check a decoded hello; ControlError names the first field that is missing or wrong."""
     _expect_type(message, "hello")
     version = _string(message, "hello", "version", MAX_VERSION)
     instance = _string(message, "hello", "instance", MAX_INSTANCE)
-    hostnames = _field(message, "hello", "hostnames")
-    if not isinstance(hostnames, list):
-        raise ControlError(f"hello: field 'hostnames' must be a list, "
-                           f"got {type(hostnames).__name__}")
-    if len(hostnames) > MAX_HOSTNAMES:
-        raise ControlError(f"hello: field 'hostnames' has more than {MAX_HOSTNAMES} entries")
-    for h in hostnames:
-        if not isinstance(h, str) or len(h) > MAX_HOSTNAME:
-            raise ControlError(f"hello: field 'hostnames' must hold strings of at most "
-                               f"{MAX_HOSTNAME} characters")
+    hostnames = _hostnames(message, "hello", "hostnames")
     catch_all = _field(message, "hello", "catch_all")
     if not isinstance(catch_all, bool):
         raise ControlError(f"hello: field 'catch_all' must be true or false, "
                            f"got {type(catch_all).__name__}")
-    return Hello(version, instance, tuple(hostnames), catch_all)
+    return Hello(version, instance, hostnames, catch_all)
 
 
 def parse_welcome(message: dict) -> Welcome:
     """Check a decoded welcome; ControlError names the first field that is missing or wrong."""
     _expect_type(message, "welcome")
+    hostnames = (_hostnames(message, "welcome", "public_hostnames")
+                 if "public_hostnames" in message else None)
     return Welcome(_string(message, "welcome", "tunnel", MAX_TUNNEL),
-                   _string(message, "welcome", "version", MAX_VERSION))
+                   _string(message, "welcome", "version", MAX_VERSION), hostnames)
 
 
 def hostname_drift(tunnel_hostnames, client_hostnames, catch_all):

@@ -197,3 +197,17 @@ class NotifySocket:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def closed_by_peer(sock, timeout):
+    """Seconds until the peer closed `sock` (FIN or RST); AssertionError after `timeout`."""
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"still open {timeout}s after the reload") from None
+    return time.monotonic() - started

@@ -3,28 +3,13 @@ Tunnel connections and the Visitors spliced through them; other Tunnels are unto
 and the removed identity cannot join again."""
 
 import signal
-import time
 
 import pytest
 
-from .helpers import ECHO, echo_visitor, round_trip
+from .helpers import ECHO, closed_by_peer, echo_visitor, round_trip
 
 pytestmark = pytest.mark.e2e
 OTHER = "other.example.com"
-
-
-def closed_by_peer(sock, timeout):
-    """Seconds until the peer closed `sock` (FIN or RST); AssertionError after `timeout`."""
-    sock.settimeout(timeout)
-    started = time.monotonic()
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        raise AssertionError(f"still open {timeout}s after the reload") from None
-    return time.monotonic() - started
 
 
 def test_reload_revokes_an_established_member_and_its_visitors(deployment, echo_backend):

@@ -65,7 +65,7 @@ def test_status_of_a_stopped_server_says_it_is_not_running(pair):
     server.stop()
     proc = run_cli("server", "status", "-c", path, check=False)
     assert proc.returncode == 1 and proc.stdout == ""
-    assert "not running or not reachable" in proc.stderr
+    assert "error: the server is not running: nothing answers at" in proc.stderr
     assert "server.metrics.bind-address" in proc.stderr
 
 

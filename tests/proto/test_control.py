@@ -154,8 +154,19 @@ def test_parse_hello_ignores_unknown_fields():
 
 
 def test_parse_welcome():
-    assert control.parse_welcome(control.welcome("apps", "1.0")) == control.Welcome("apps", "1.0")
-    assert control.parse_welcome({**control.welcome("apps", "1.0"), "extra": [1]}).tunnel == "apps"
+    message = decode_one(control.encode(control.welcome(
+        "apps", "1.0", ["b.example", "a.example"])).rstrip(b"\n"))[0]
+    assert message["public_hostnames"] == ["a.example", "b.example"]  # sent sorted
+    assert control.parse_welcome(message) == control.Welcome("apps", "1.0",
+                                                             ("a.example", "b.example"))
+    assert control.parse_welcome({**message, "extra": [1]}).tunnel == "apps"
+
+
+def test_welcome_without_hostnames_is_a_server_from_before_the_field():
+    message = control.welcome("apps", "1.0")
+    assert "public_hostnames" not in message
+    assert control.parse_welcome(message) == control.Welcome("apps", "1.0", None)
+    assert control.parse_welcome(control.welcome("apps", "1.0", [])).public_hostnames == ()
 
 
 @pytest.mark.parametrize("change, field", [
@@ -191,6 +202,11 @@ def test_parse_hello_requires_every_field(missing):
     ({"tunnel": ["apps"]}, "tunnel"),
     ({"tunnel": "t" * 254}, "tunnel"),
     ({"version": {"v": 1}}, "version"),
+    ({"public_hostnames": "a.example"}, "public_hostnames"),
+    ({"public_hostnames": None}, "public_hostnames"),
+    ({"public_hostnames": ["a.example", 7]}, "public_hostnames"),
+    ({"public_hostnames": ["a" * 254]}, "public_hostnames"),
+    ({"public_hostnames": ["a"] * 10_001}, "public_hostnames"),
 ])
 def test_parse_welcome_rejects_wrong_fields(change, field):
     with pytest.raises(ControlError) as info:
@@ -200,7 +216,7 @@ def test_parse_welcome_rejects_wrong_fields(change, field):
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(["type", "version", "instance", "hostnames", "catch_all",
-                                        "tunnel", "x"]), json_values))
+                                        "tunnel", "public_hostnames", "x"]), json_values))
 def test_parse_functions_only_raise_control_error(message):
     for parse in (control.parse_hello, control.parse_welcome):
         try:
