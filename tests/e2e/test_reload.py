@@ -322,3 +322,15 @@ def test_client_stream_limit_and_handler_pool_follow_a_reload(deployment, echo_b
         assert round_trip(echo, b"still there", timeout=5) < 5
     finally:
         echo.close()
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_a_watch_config_that_is_not_a_boolean_stops_the_start(deployment, role):
+    identity = deployment.identity("client-a")
+    path = deployment.server_config([("apps", [ECHO], [identity])]) if role == "server" else \
+        deployment.client_config("client-a", [([ECHO], "127.0.0.1:9")], port=443)
+    path.write_text(path.read_text().replace(f"[{role}]\n", f'[{role}]\nwatch-config = "yes"\n'))
+    proc = run_cli(role, "-c", path, env=deployment.env, check=False, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: {path}: {role}.watch-config: expected true or false, got a string"]
