@@ -27,9 +27,9 @@ class ClientStreams:
         if stream.id % 2 == 1:
             stream.reset()
             return
-        # The Tunnel reader runs this: it must never block, so a full pool also refuses.
-        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams \
-                or self.handlers.full():
+        # The Tunnel reader runs this and must never block: the running config's limit is the
+        # only bound (the handler pool has none of its own, so a reload cannot disagree with it).
+        if len(self.handlers) + len(self.splices) >= self.config.limits.active_streams:
             self.saturation.warn("active-streams", time.monotonic(),
                                  limit=self.config.limits.active_streams)
             self.metrics.unserved["handler-pool-full"].inc()
