@@ -190,5 +190,6 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
                 join(sp, "tls-mode"),
                 "a Catch-all Service cannot terminate TLS; list its public-hostnames",
             )
-        services.append(ServiceConfig(public_hostnames, address, tls_mode))
+        proxy_protocol = ctx.setting(entry, sp, "proxy-protocol")
+        services.append(ServiceConfig(public_hostnames, address, tls_mode, proxy_protocol))
     return tuple(services)

@@ -133,6 +133,7 @@ class ServiceConfig:
     public_hostnames: tuple[str, ...]
     backend_address: tuple[str, int]
     tls_mode: str = default("client.services[].tls-mode")
+    proxy_protocol: str | None = None  # "v1" or "v2": the header the Local backend reads first
 
     @property
     def is_catch_all(self) -> bool:

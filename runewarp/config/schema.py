@@ -13,6 +13,7 @@ from typing import Any
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 TLS_MODES = ("passthrough", "terminate")
+PROXY_PROTOCOLS = ("v1", "v2")
 SERVER_TRUSTS = ("system", "ca-file")
 DEFAULT_SERVER_PORT = 443
 MIB = 1024 * 1024
@@ -208,6 +209,9 @@ KEYS: tuple[Key, ...] = (
         "the Local backend"),
     Key("client.services[].tls-mode", "string", "passthrough", "passthrough or terminate",
         "who terminates the Visitor's TLS", choices=TLS_MODES),
+    Key("client.services[].proxy-protocol", "string", None, "v1 or v2",
+        "a PROXY protocol header with the Visitor's address, written to the Local backend first",
+        shown="unset (off)", choices=PROXY_PROTOCOLS),
 )
 
 BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}

@@ -15,7 +15,7 @@ from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from ..proto.address import format_address
 from .net import describe, dial, set_keepalive, set_nodelay
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
-from .terminate import StreamTransport, TLSEnd, accept_visitor_tls
+from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
 
 
 class ClientStreams:
@@ -94,17 +94,28 @@ class ClientStreams:
         if sock is None:
             stream.reset()
             return "backend-connect-failed"
+        first = taken.buffered  # the ClientHello, after any PROXY header: one send for both
+        if service.proxy_protocol is not None:
+            first = proxyv2.backend_header(service.proxy_protocol, header, taken.hostname) + first
+        failed = self._write_first(stream, sock, service, taken.hostname, first)
+        if failed:
+            return failed
+        taken.release()
+        return self._splice(StreamEnd(stream), sock, service, series, taken, header, "passthrough")
+
+    def _write_first(self, stream, sock, service, hostname, data):
+        """Send what the Local backend reads before the splice; on failure close both
+        ends and return the outcome."""
         try:
-            sock.sendall(taken.buffered)
-            taken.release()
+            sock.sendall(data)
         except OSError as exc:
-            self.log.warn("backend-write-failed", public_hostname=taken.hostname,
+            self.log.warn("backend-write-failed", public_hostname=hostname,
                           backend_address=format_address(service.backend_address),
                           reason=describe(exc))
             sock.close()
             stream.reset()
             return "backend-write-failed"
-        return self._splice(StreamEnd(stream), sock, service, series, taken, header, "passthrough")
+        return None
 
     def _terminate(self, stream, service, series, taken, header):
         """Complete the Visitor's TLS, connect the backend and splice; the stream's outcome."""
@@ -127,6 +138,11 @@ class ClientStreams:
         if sock is None:
             stream.reset()
             return "backend-connect-failed"
+        if service.proxy_protocol is not None:  # before the first plaintext byte
+            failed = self._write_first(stream, sock, service, taken.hostname, proxyv2.backend_header(
+                service.proxy_protocol, header, taken.hostname, visitor_tls(tls)))
+            if failed:
+                return failed
         return self._splice(TLSEnd(tls, stream), sock, service, series, taken, header, "terminate")
 
     def _splice(self, visitor_end, sock, service, series, taken, header, mode):

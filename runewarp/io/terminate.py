@@ -17,6 +17,7 @@ from OpenSSL import SSL
 
 from .. import certcheck
 from ..errors import MaterialError
+from ..proto.proxyv2 import VisitorTLS
 from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate, pin,
                         load_public_cert_paths, public_cert_renewable, renew_public_certs)
 from ..tls import ContextCache, terminate_context
@@ -194,3 +195,10 @@ def accept_visitor_tls(stream, context, buffered):
     tls = ServerTLSConnection(StreamTransport(stream), context, buffered)
     tls.handshake()
     return tls
+
+
+def visitor_tls(tls):
+    """What the Visitor's handshake settled, for the PROXY v2 ALPN and SSL TLVs."""
+    conn = tls.conn
+    return VisitorTLS(conn.get_protocol_version_name(), conn.get_cipher_name() or "",
+                      conn.get_alpn_proto_negotiated() or b"")

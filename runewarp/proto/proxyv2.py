@@ -1,10 +1,15 @@
-"""PROXY protocol codec (v2 both ways, v1 encode only).
+"""PROXY protocol codec: v2 both ways with TLVs, v1 (the text line) encode only.
 
 Backends behind a tunnel see every connection coming from the agent; the
-PROXY header is how they learn the real client address. This is the single
-implementation used by every component, so encoder and decoder cannot drift.
-The decoder is incremental like the other proto parsers: it never guesses
-from a partial header and rejects a wrong prefix as early as possible.
+PROXY header is how they learn the real client address.  Two headers use it:
+the Server's v2 header on each stream to the Client (addresses only), and the
+one the Client writes to a Local backend with `proxy-protocol` (v1 or v2, with
+TLVs), built fresh by `backend_header` from the parsed addresses: nothing of the
+Server's header is ever forwarded as is.  This is the single implementation,
+so encoder and decoder cannot drift; the file keeps its name for the v2 it
+started with.  The decoder is incremental like the other proto parsers: it
+never guesses from a partial header and rejects a wrong prefix as early as
+possible.
 """
 
 import ipaddress
@@ -17,9 +22,14 @@ __all__ = [
     "SIGNATURE",
     "ProxyHeader",
     "ProxyHeaderError",
+    "VisitorTLS",
+    "backend_header",
     "decode",
     "encode",
     "encode_v1",
+    "ssl_tlv",
+    "tlv",
+    "tlvs",
 ]
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -43,6 +53,15 @@ _FAMILIES: dict[int, tuple[int, str]] = {
 
 _TRANSPORTS = {"tcp": 0x1, "udp": 0x2}
 
+# TLV types and the PP2_TYPE_SSL fields (haproxy's proxy-protocol.txt, section 2.2).
+PP2_TYPE_ALPN = 0x01
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_CLIENT_SSL = 0x01
+"""The Visitor's connection used TLS (no client certificate bits: none is requested)."""
+
 Address = tuple[str, int]
 
 
@@ -64,26 +83,99 @@ class ProxyHeader:
     protocol: str = "tcp"
 
 
-def encode(source: Address, destination: Address, protocol: str = "tcp") -> bytes:
-    """A PROXY v2 header for a connection from `source` to `destination`.
+@dataclass(frozen=True)
+class VisitorTLS:
+    """What the Client's TLS handshake with a Visitor settled (terminate mode)."""
+
+    version: str
+    cipher: str
+    alpn: bytes = b""
+
+
+def encode(source: Address | None, destination: Address | None, protocol: str = "tcp",
+           tlvs: bytes = b"") -> bytes:
+    """A PROXY v2 header for a connection from `source` to `destination`, then `tlvs`.
 
     Mixed IPv4/IPv6 pairs are encoded as IPv6 with IPv4-mapped addresses,
-    since the header has a single family.
+    since the header has a single family.  Without addresses (None) the family
+    is UNSPEC: the receiver keeps the connection's own endpoints.
     """
     transport = _TRANSPORTS.get(protocol)
     if transport is None:
         raise ValueError(f"protocol must be 'tcp' or 'udp', not {protocol!r}")
-    (src, sport), (dst, dport) = _addresses(source, destination)
-    family = (0x1 if src.version == 4 else 0x2) << 4 | transport
-    block = src.packed + dst.packed + sport.to_bytes(2) + dport.to_bytes(2)
+    if source is None or destination is None:
+        family, block = _AF_UNSPEC, b""
+    else:
+        (src, sport), (dst, dport) = _addresses(source, destination)
+        family = (0x1 if src.version == 4 else 0x2) << 4 | transport
+        block = src.packed + dst.packed + sport.to_bytes(2) + dport.to_bytes(2)
+    block += tlvs
+    if _FIXED + len(block) > MAX_HEADER:
+        raise ValueError(f"header of {_FIXED + len(block)} bytes exceeds {MAX_HEADER}")
     return SIGNATURE + bytes([VERSION << 4 | CMD_PROXY, family]) + len(block).to_bytes(2) + block
 
 
-def encode_v1(source: Address, destination: Address) -> bytes:
-    """A PROXY v1 (text) header, for backends that only speak v1."""
+def encode_v1(source: Address | None, destination: Address | None) -> bytes:
+    """A PROXY v1 (text) header, for backends that only speak v1; UNKNOWN without addresses."""
+    if source is None or destination is None:
+        return b"PROXY UNKNOWN\r\n"
     (src, sport), (dst, dport) = _addresses(source, destination)
     family = "TCP4" if src.version == 4 else "TCP6"
     return f"PROXY {family} {_text(src)} {_text(dst)} {sport} {dport}\r\n".encode("ascii")
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    """One type-length-value entry (also the form of a PP2_TYPE_SSL sub-TLV)."""
+    if len(value) > 0xFFFF:
+        raise ValueError(f"TLV 0x{kind:02x} value of {len(value)} bytes exceeds 65535")
+    return bytes([kind]) + len(value).to_bytes(2) + value
+
+
+def ssl_tlv(tls: VisitorTLS) -> bytes:
+    """PP2_TYPE_SSL: client bitfield, verify (0, as haproxy sends it when no client
+    certificate was asked for), then the version and cipher sub-TLVs."""
+    return tlv(PP2_TYPE_SSL, bytes([PP2_CLIENT_SSL]) + (0).to_bytes(4)
+               + tlv(PP2_SUBTYPE_SSL_VERSION, tls.version.encode("ascii"))
+               + tlv(PP2_SUBTYPE_SSL_CIPHER, tls.cipher.encode("ascii")))
+
+
+def backend_header(version: str, received: ProxyHeader, authority: str,
+                   tls: VisitorTLS | None = None) -> bytes:
+    """The header the Client writes to a Local backend: "v1" or "v2".
+
+    Built from the addresses of the Server's header (`received`), never from
+    its bytes.  A pair of IPv4-mapped addresses (a dual-stack public listener)
+    goes out as plain IPv4, the form backends log.  v2 carries the SNI as
+    PP2_TYPE_AUTHORITY and, after a terminated handshake, PP2_TYPE_ALPN (when
+    one was negotiated) and PP2_TYPE_SSL.
+    """
+    source, destination = _unmapped(received.source, received.destination)
+    if version == "v1":
+        return encode_v1(source, destination)
+    extra = b""
+    if tls is not None and tls.alpn:
+        extra += tlv(PP2_TYPE_ALPN, tls.alpn)
+    extra += tlv(PP2_TYPE_AUTHORITY, authority.encode("ascii"))
+    if tls is not None:
+        extra += ssl_tlv(tls)
+    return encode(source, destination, tlvs=extra)
+
+
+def tlvs(data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+    """The (type, value) entries of a TLV vector: what follows the address block of a
+    header, or the sub-TLVs of PP2_TYPE_SSL after its first five bytes."""
+    view = memoryview(data).cast("B")
+    entries, offset = [], 0
+    while offset < len(view):
+        if len(view) - offset < 3:
+            raise ProxyHeaderError("truncated TLV")
+        size = int.from_bytes(view[offset + 1 : offset + 3])
+        end = offset + 3 + size
+        if end > len(view):
+            raise ProxyHeaderError(f"TLV 0x{view[offset]:02x} runs past the header")
+        entries.append((view[offset], bytes(view[offset + 3 : end])))
+        offset = end
+    return entries
 
 
 def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | None:
@@ -150,6 +242,16 @@ def _addresses(
     if src.version != dst.version:
         src, dst = _as_ipv6(src), _as_ipv6(dst)
     return (src, _port(source[1])), (dst, _port(destination[1]))
+
+
+def _unmapped(source: Address | None, destination: Address | None) -> tuple[Address | None, ...]:
+    """Both endpoints as IPv4 when both are IPv4-mapped IPv6; otherwise as given."""
+    if source is None or destination is None:
+        return source, destination
+    mapped = [getattr(_ip(address), "ipv4_mapped", None) for address, _ in (source, destination)]
+    if None in mapped:
+        return source, destination
+    return (str(mapped[0]), source[1]), (str(mapped[1]), destination[1])
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
