@@ -10,6 +10,7 @@ with our decoder to check the ALPN and SSL TLVs against what the Visitor negotia
 """
 
 import shutil
+import os
 import queue
 import socket
 import ssl
@@ -24,10 +25,10 @@ from runewarp.proto import proxyv2
 from ..conftest import SERVER_HOSTNAME, Deployment, cli_material, free_port
 from .helpers import TCPBackend, curl
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+HAPROXY = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
+              pytest.mark.skipif(not (NGINX and HAPROXY), reason="needs nginx and haproxy (.ci/run)")]
 VISITOR_IP = "127.0.0.2"
 PORTS = (41000, 41999)  # curl's source port range, so the logged port can be checked too
 CASES = [(consumer, mode, version) for consumer in ("nginx", "haproxy")
