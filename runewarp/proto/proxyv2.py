@@ -245,8 +245,11 @@ def _addresses(
 
 
 def _unmapped(source: Address | None, destination: Address | None) -> tuple[Address | None, ...]:
-    """Both endpoints as IPv4 when both are IPv4-mapped IPv6; otherwise as given."""
-    if source is None or destination is None:
+    """Both endpoints as IPv4 when both are IPv4-mapped IPv6; otherwise as given.
+    The prefix test suffices for decoded text (canonical, see `_text`) and keeps
+    the common case free of address parsing."""
+    if source is None or destination is None or not (
+            source[0].startswith("::ffff:") and destination[0].startswith("::ffff:")):
         return source, destination
     mapped = [getattr(_ip(address), "ipv4_mapped", None) for address, _ in (source, destination)]
     if None in mapped:
