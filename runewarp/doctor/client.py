@@ -14,7 +14,7 @@ from ..errors import MaterialError, ProtocolError, Unauthorized
 from ..io import dial
 from ..io.net import describe, literal_family
 from ..logs import Logger
-from ..proto import control
+from ..proto import control, proxyv2
 from ..proto.address import format_address
 from ..proto.services import ServiceTable
 from ..tls import client_tunnel_context
@@ -216,13 +216,15 @@ def _backend(service):
     if service.tls_mode != "passthrough":
         return
     for hostname in service.public_hostnames:
-        yield _backend_certificate(service.backend_address, label, hostname)
+        # A backend with proxy-protocol reads a header first: the probe is no Visitor.
+        first = proxyv2.local_header(service.proxy_protocol) if service.proxy_protocol else b""
+        yield _backend_certificate(service.backend_address, label, hostname, first)
 
 
-def _backend_certificate(address, label, hostname):
+def _backend_certificate(address, label, hostname, first):
     check = f"backend-certificate {hostname}"
     try:
-        cert = backend_certificate(address, hostname)
+        cert = backend_certificate(address, hostname, first)
     except PROBE_ERRORS as exc:
         return warn(check, f"{label} completed no TLS handshake for {hostname}: {describe(exc)}",
                     'a passthrough backend speaks TLS itself; use tls-mode = "terminate" for a '

@@ -80,11 +80,13 @@ def _names_only_context():
     return ctx
 
 
-def backend_certificate(address, hostname):
-    """The certificate a TLS backend presents for SNI `hostname`."""
+def backend_certificate(address, hostname, first=b""):
+    """The certificate a TLS backend presents for SNI `hostname`; `first` goes before the
+    ClientHello (the PROXY header a backend with proxy-protocol requires)."""
     with Deadline(PROBE_TIMEOUT):
         sock = dial(address)
         try:
+            sock.sendall(first)
             with _names_only_context().wrap_socket(sock, server_hostname=hostname) as tls:
                 der = tls.getpeercert(binary_form=True)
         finally:

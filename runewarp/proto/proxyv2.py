@@ -161,6 +161,15 @@ def backend_header(version: str, received: ProxyHeader, authority: str,
     return encode(source, destination, tlvs=extra)
 
 
+def local_header(version: str) -> bytes:
+    """A header for a connection the Client makes on its own behalf (`runewarp doctor`'s
+    probe), not for a Visitor: v1 `PROXY UNKNOWN`, v2 the LOCAL command without
+    addresses.  The backend keeps the connection's own endpoints."""
+    if version == "v1":
+        return encode_v1(None, None)
+    return SIGNATURE + bytes([VERSION << 4 | CMD_LOCAL, _AF_UNSPEC]) + bytes(2)
+
+
 def tlvs(data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
     """The (type, value) entries of a TLV vector: what follows the address block of a
     header, or the sub-TLVs of PP2_TYPE_SSL after its first five bytes."""

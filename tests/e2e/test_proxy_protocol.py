@@ -9,8 +9,9 @@ TLV (nginx 1.22 has no TLV variables).  A Python backend decodes the terminate h
 with our decoder to check the ALPN and SSL TLVs against what the Visitor negotiated.
 """
 
-import shutil
+import json
 import os
+import shutil
 import queue
 import socket
 import ssl
@@ -22,7 +23,7 @@ import pytest
 from runewarp import harness
 from runewarp.proto import proxyv2
 
-from ..conftest import SERVER_HOSTNAME, Deployment, cli_material, free_port
+from ..conftest import SERVER_HOSTNAME, Deployment, cli_material, free_port, run_cli
 from .helpers import TCPBackend, curl
 
 NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
@@ -197,6 +198,7 @@ def tunnel(tmp_path_factory):
         }, services, log_level="debug"))
         started.append(harness.start_client(client_toml, deployment.env))
         yield {"port": deployment.public_port, "ca": certs / "public-ca.crt",
+               "client_toml": client_toml, "env": deployment.env,
                "nginx": started[0], "haproxy": started[1], "tlv": tlv_backend}
     finally:
         tlv_backend.close()
@@ -249,3 +251,15 @@ def test_terminate_v2_carries_alpn_and_tls_parameters(tunnel):
     assert report["alpn"] == (alpn or "")
     assert report["ssl"] == b"\x01\x00\x00\x00\x00"  # PP2_CLIENT_SSL, verify 0
     assert report["ssl-sub"] == [(0x21, version.encode()), (0x23, cipher.encode())]
+
+
+def test_doctor_sends_the_header_a_passthrough_backend_requires(tunnel):
+    """nginx and HAProxy refuse a handshake without the PROXY header: the doctor's backend
+    certificate check sends one without addresses first, so it sees their certificates."""
+    proc = run_cli("doctor", "client", "-c", tunnel["client_toml"], "--json", env=tunnel["env"],
+                   check=False)
+    results = {r["check"]: r for r in json.loads(proc.stdout)}
+    passthrough = [hostname(*case) for case in CASES if case[1] == "passthrough"]
+    assert passthrough
+    for name in passthrough:
+        assert results[f"backend-certificate {name}"]["status"] == "ok", results[f"backend-certificate {name}"]

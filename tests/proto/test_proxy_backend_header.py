@@ -18,6 +18,7 @@ from runewarp.proto.proxyv2 import (
     VisitorTLS,
     backend_header,
     decode,
+    local_header,
     encode,
     tlv,
     tlvs,
@@ -159,3 +160,12 @@ def test_v1_line_carries_the_decoded_addresses(addrs, sport, dport):
     assert proxy == "PROXY"
     assert family == ("TCP6" if ":" in esrc else "TCP4")
     assert (src, dst, int(sp), int(dp)) == (esrc, edst, esport, edport)
+
+
+def test_local_header_golden_bytes_and_decoded_without_addresses():
+    """The doctor's probe is no Visitor: v1 UNKNOWN, v2 LOCAL with an empty address block."""
+    assert local_header("v1") == b"PROXY UNKNOWN\r\n"
+    v2 = local_header("v2")
+    assert v2 == SIGNATURE + b"\x20\x00\x00\x00"
+    header, used = decode(v2)
+    assert used == len(v2) and header.source is None and header.destination is None
