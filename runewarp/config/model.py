@@ -133,6 +133,11 @@ class ServiceConfig:
     public_hostnames: tuple[str, ...]
     backend_address: tuple[str, int]
     tls_mode: str = default("client.services[].tls-mode")
+    alpn: tuple[str, ...] | None = None  # terminate only; None there means the key table's default
+
+    def __post_init__(self):
+        if self.alpn is None and self.tls_mode == "terminate":
+            object.__setattr__(self, "alpn", default("client.services[].alpn"))
 
     @property
     def is_catch_all(self) -> bool:
