@@ -127,6 +127,8 @@ class ServerMetrics(_Metrics):
                          ["event", "reason"], registry=r)
         self.tunnel_event = {(e, reason): events.labels(e, reason)
                              for e, reasons in TUNNEL_EVENT_REASONS.items() for reason in reasons}
+        self.visitor_ech = Counter("runewarp_visitor_ech", "Visitor ClientHellos with an "
+                                   "encrypted_client_hello extension (real or GREASE).", registry=r)
         self.intake_seconds = Histogram("runewarp_visitor_intake_seconds",
                                         "Accept to a complete ClientHello.",
                                         buckets=_LATENCY_BUCKETS, registry=r)

@@ -150,14 +150,33 @@ def client_tunnel_context(cert_path, key_path, trust, ca_file=None):
 
 def terminate_context(cert_path=None, key_path=None):
     """Context for a Visitor's handshake in terminate mode; without a certificate every
-    handshake fails (fail closed: never fall back to passthrough)."""
+    handshake fails (fail closed: never fall back to passthrough).
+
+    ALPN is the Service's, not the certificate's: each connection carries its Service's
+    list (`offer_alpn`), so one cached context serves any list and a reload that changes
+    it needs no new context.
+    """
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET)
     if cert_path is not None:
         ctx.use_certificate_chain_file(str(cert_path))
         ctx.use_privatekey_file(str(key_path))
+    ctx.set_alpn_select_callback(_select_visitor_alpn)
     return ctx
+
+
+def offer_alpn(conn, protocols):
+    """Let the terminate handshake on `conn` agree one of `protocols` (str, preferred first)."""
+    conn.set_app_data(tuple(name.encode() for name in protocols or ()))
+
+
+def _select_visitor_alpn(conn, offered):
+    """The first of the Service's protocols the Visitor offered (server preference, RFC 7301
+    3.2); with none in common the handshake goes on without ALPN (no alert)."""
+    offered = set(offered)
+    return next((name for name in conn.get_app_data() or () if name in offered),
+                SSL.NO_OVERLAPPING_PROTOCOLS)
 
 
 def challenge_context(pem):

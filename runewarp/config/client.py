@@ -191,5 +191,36 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
                 "a Catch-all Service cannot terminate TLS; list its public-hostnames",
             )
         proxy_protocol = ctx.setting(entry, sp, "proxy-protocol")
-        services.append(ServiceConfig(public_hostnames, address, tls_mode, proxy_protocol))
+        services.append(ServiceConfig(public_hostnames, address, tls_mode, proxy_protocol,
+                                      _alpn(ctx, entry, sp, tls_mode)))
     return tuple(services)
+
+
+# ALPN names a Service may not list: the Client answers acme-tls/1 validations itself (RFC 8737),
+# and h2c is HTTP/2 without TLS, never agreed in a handshake (RFC 9113 3.1).
+_ALPN_REFUSED = {"acme-tls/1": "the Client answers ACME TLS-ALPN-01 validations itself",
+                 "h2c": 'h2c is HTTP/2 without TLS; list "h2" (the backend then gets HTTP/2 with prior knowledge)'}
+
+
+def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] | None:
+    """The Service's ALPN protocol names, or None (the terminate default, or passthrough).
+
+    Any RFC 7301 name the Visitor and the Local backend agree on is allowed, not only h2 and
+    http/1.1; names are kept to printable ASCII without spaces, as every registered one is.
+    """
+    names = ctx.string_list(entry, sp, "alpn")
+    key = join(sp, "alpn")
+    if names is None:
+        return None
+    if tls_mode != "terminate":
+        raise ctx.error(key, 'only allowed with tls-mode = "terminate" (in passthrough the Local backend '
+                             "agrees ALPN with the Visitor)")
+    for i, name in enumerate(names):
+        if not (1 <= len(name) <= 255 and all("!" <= c <= "~" for c in name)):
+            raise ctx.error(join(key, i), f"{name!r} is not an ALPN protocol name "
+                                          "(1-255 printable ASCII characters, no spaces)")
+        if name in _ALPN_REFUSED:
+            raise ctx.error(join(key, i), f"{name!r} is not allowed: {_ALPN_REFUSED[name]}")
+        if name in names[:i]:
+            raise ctx.error(join(key, i), f"{name!r} is listed twice")
+    return tuple(names)

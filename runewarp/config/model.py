@@ -134,6 +134,11 @@ class ServiceConfig:
     backend_address: tuple[str, int]
     tls_mode: str = default("client.services[].tls-mode")
     proxy_protocol: str | None = None  # "v1" or "v2": the header the Local backend reads first
+    alpn: tuple[str, ...] | None = None  # terminate only; None there means the key table's default
+
+    def __post_init__(self):
+        if self.alpn is None and self.tls_mode == "terminate":
+            object.__setattr__(self, "alpn", default("client.services[].alpn"))
 
     @property
     def is_catch_all(self) -> bool:

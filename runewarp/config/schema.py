@@ -212,6 +212,10 @@ KEYS: tuple[Key, ...] = (
     Key("client.services[].proxy-protocol", "string", None, "v1 or v2",
         "a PROXY protocol header with the Visitor's address, written to the Local backend first",
         shown="unset (off)", choices=PROXY_PROTOCOLS),
+    Key("client.services[].alpn", "strings", ("http/1.1",), "only with tls-mode = terminate; distinct ALPN "
+        "protocol names, 1-255 printable ASCII characters each, not acme-tls/1 or h2c",
+        "the protocols the Client may agree with a Visitor, preferred first; the Local backend must speak "
+        "each of them in plaintext (h2: HTTP/2 with prior knowledge)", shown='["http/1.1"] with terminate'),
 )
 
 BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}

@@ -269,6 +269,8 @@ class Server(ServerCertificateChecks, TunnelConnections):
             if slot.shed:  # its hello was already buffered when it was shed: still shed
                 raise IntakeRejected("shed")
             self.metrics.intake_seconds.observe(time.monotonic() - accepted)
+            if taken.hello.ech:  # routed by its outer SNI like any other (docs/ech.md)
+                self.metrics.visitor_ech.inc()
             if taken.hostname == self.snapshot.server_hostname:
                 outcome = self._server_hostname_connection(sock, address, taken)
                 return

@@ -127,7 +127,7 @@ class ClientStreams:
         context = self.public_certs.context_for(taken.hostname)
         try:
             with gevent.Timeout(INTAKE_DEADLINE):
-                tls = accept_visitor_tls(stream, context, taken.buffered)
+                tls = accept_visitor_tls(stream, context, taken.buffered, service.alpn)
             taken.release()
         except (gevent.Timeout, TLSClosed, *TRANSPORT_ERRORS) as exc:
             self.log.debug("stream-rejected", public_hostname=taken.hostname,

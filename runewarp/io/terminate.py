@@ -20,7 +20,7 @@ from ..errors import MaterialError
 from ..proto.proxyv2 import VisitorTLS
 from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate, pin,
                         load_public_cert_paths, public_cert_renewable, renew_public_certs)
-from ..tls import ContextCache, terminate_context
+from ..tls import ContextCache, offer_alpn, terminate_context
 from .splice import StreamEnd
 from .tlsconn import ServerTLSConnection
 from .upkeep import utcnow
@@ -190,9 +190,11 @@ class TLSEnd(StreamEnd):
             self.stream.end()
 
 
-def accept_visitor_tls(stream, context, buffered):
-    """Run the Visitor's handshake over the stream; the caller bounds it with a deadline."""
+def accept_visitor_tls(stream, context, buffered, alpn=()):
+    """Run the Visitor's handshake over the stream, agreeing one of the Service's `alpn`
+    protocols if the Visitor offers one; the caller bounds it with a deadline."""
     tls = ServerTLSConnection(StreamTransport(stream), context, buffered)
+    offer_alpn(tls.conn, alpn)
     tls.handshake()
     return tls
 

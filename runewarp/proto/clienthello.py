@@ -54,6 +54,7 @@ CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
+EXT_ECH = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni-13 and later; docs/ech.md)
 NAME_TYPE_HOST_NAME = 0
 
 _RECORD_HEADER = 5
@@ -81,12 +82,17 @@ class ClientHello:
     `server_name` is the raw SNI host_name (not normalized), None without SNI.
     `consumed` is the length of the records that carried the message; any
     bytes after it (e.g. ChangeCipherSpec, 0-RTT data) belong to the stream.
+    `ech`: the hello carries an encrypted_client_hello extension; its SNI is then
+    the ECH public name (the outer SNI), which routing uses as any SNI.  A GREASE
+    ECH extension counts too: it is built to look like a real one, and only the
+    holder of the ECH keys can tell them apart.
     """
 
     server_name: str | None
     alpn_protocols: tuple[str, ...]
     legacy_version: int
     consumed: int
+    ech: bool = False
 
 
 class ClientHelloParser:
@@ -268,10 +274,10 @@ def _parse_body(body: bytes, consumed: int) -> ClientHello:
 
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
+    seen: set[int] = set()
     if not r.at_end():
         extensions = r.vector(2, "extensions")
         r.expect_end("extensions")
-        seen: set[int] = set()
         while not extensions.at_end():
             ext_type = extensions.uint(2, "extension type")
             data = extensions.vector(2, f"extension {ext_type}")
@@ -282,7 +288,7 @@ def _parse_body(body: bytes, consumed: int) -> ClientHello:
                 server_name = _parse_server_name(data)
             elif ext_type == EXT_ALPN:
                 alpn = _parse_alpn(data)
-    return ClientHello(server_name, alpn, legacy_version, consumed)
+    return ClientHello(server_name, alpn, legacy_version, consumed, EXT_ECH in seen)
 
 
 def _parse_server_name(data: _Reader) -> str | None:
@@ -335,6 +341,7 @@ def build(
     record_size: int | None = None,
     extra_extensions: bytes = b"",
     random: bytes = bytes(64),
+    ech: bool = False,
 ) -> bytes:
     """A syntactically valid TLS 1.3-capable ClientHello, for tests and probes.
 
@@ -342,6 +349,8 @@ def build(
     that many bytes; `extra_extensions` is appended verbatim to the
     extensions block.  `random` is the 64 bytes of client random and
     session id: the caller draws them (os.urandom(64)) when they must differ.
+    `ech` adds an outer encrypted_client_hello (HKDF-SHA256, AES-128-GCM) whose
+    config id, enc and payload are cut from `random`, as a GREASE one would be.
     """
     limit = 2**14 if record_size is None else record_size
     if len(random) != 64:
@@ -360,6 +369,10 @@ def build(
     extensions.append(_extension(10, _u16(2) + b"\x00\x1d"))  # supported_groups: x25519
     extensions.append(_extension(13, _u16(4) + b"\x04\x03\x08\x04"))  # signature_algorithms
     extensions.append(_extension(43, _u8_vector(b"\x03\x04\x03\x03")))  # supported_versions
+    if ech:  # ECHClientHello: type outer, cipher suite, config_id, enc<2>, payload<2>
+        enc, payload = random[:32], random * 3
+        extensions.append(_extension(EXT_ECH, b"\x00\x00\x01\x00\x01" + random[:1] + _u16(len(enc)) + enc
+                                     + _u16(len(payload)) + payload))
     ext_block = b"".join(extensions) + extra_extensions
 
     suites = b"\x13\x01\x13\x02\x13\x03\xc0\x2b\xc0\x2f"

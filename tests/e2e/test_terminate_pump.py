@@ -1,7 +1,8 @@
 """The terminate pump (runewarp/io/terminate.py TLSEnd): a Visitor's close_notify reaches the
 Local backend as a half-close and the reply still comes back; the backend's half-close
 reaches the Visitor as close_notify (not a bare TCP close) and the Visitor can still send;
-ALPN the Visitor offers is not negotiated (docs/usage.md: HTTP/1.1 backends)."""
+a Service without `alpn` agrees http/1.1 when the Visitor offers it (tests/e2e/test_terminate_alpn.py
+covers the `alpn` key with real HTTP/2)."""
 
 import queue
 import socket
@@ -158,12 +159,12 @@ def test_backend_half_close_is_a_close_notify_and_the_visitor_can_still_send(sit
         visitor.close()
 
 
-def test_alpn_offered_by_the_visitor_is_not_negotiated(site):
+def test_the_default_alpn_is_http1(site):
     port, ca, backend = site
     backend.scripts.put(lambda conn: conn.sendall(conn.recv(100)))
     visitor = Visitor(port, ca, alpn=["h2", "http/1.1"])
     try:
-        assert visitor.tls.selected_alpn_protocol() is None
+        assert visitor.tls.selected_alpn_protocol() == "http/1.1"
         visitor.send(b"hello")
         assert visitor.read_to_end() == (b"hello", "close_notify")
         assert backend.result() is None
