@@ -61,16 +61,17 @@ def tunnels_for(identity, hostnames=(ECHO, SILENT, HALF), name="apps"):
     return [(name, list(hostnames), [identity])]
 
 
-def pair(deployment, echo_backend, odd_backends, server_extra="", client_tables=""):
-    """A Server and a Client serving ECHO, SILENT and HALF: (server, client, tunnels)."""
+def pair(deployment, echo_backend, odd_backends, server_extra="", client=True):
+    """A Server and a Client serving ECHO, SILENT and HALF: (server, client, tunnels); the
+    Client is None when not `client`."""
     identity = deployment.identity("client-a")
     tunnels = tunnels_for(identity)
     server = deployment.start_server(tunnels, extra=server_extra)
+    if not client:
+        return server, None, tunnels
     silent, half = odd_backends
     services = [([ECHO], echo_backend.address), ([SILENT], silent.address), ([HALF], half.address)]
-    path = deployment.client_config("client-a", services)
-    write_client(path, tables=client_tables)
-    client = start_client(deployment, path)
+    client = start_client(deployment, deployment.client_config("client-a", services))
     server.wait_for("tunnel-connection-established")
     return server, client, tunnels
 
@@ -163,7 +164,7 @@ def test_server_admission_limit_applies_to_the_next_connections(deployment, echo
     start, reloaded, tunnel, sources, closed, why = ADMISSION[key]
     limits = "[server.limits]\n"
     server, _, tunnels = pair(deployment, echo_backend, odd_backends,
-                              server_extra=limits + start if start else "")
+                              server_extra=limits + start if start else "", client=False)
     port = deployment.public_port
 
     def open_all():
@@ -256,7 +257,7 @@ def test_server_timeout_applies_to_the_next_tunnel_connection(deployment, echo_b
     """Started at 30 s and reloaded to 1: a Tunnel connection that stalls in its TLS
     handshake (after its ClientHello) or before its control hello is closed within seconds."""
     server, _, tunnels = pair(deployment, echo_backend, odd_backends,
-                              server_extra=f"[server.timeouts]\n{key} = 30")
+                              server_extra=f"[server.timeouts]\n{key} = 30", client=False)
     mark = reload_server(deployment, server, tunnels, f"[server.timeouts]\n{key} = 1")
     port = deployment.public_port
     if key == "tunnel-handshake":
@@ -482,7 +483,7 @@ def test_tunnel_renamed_and_client_identity_apply(deployment, echo_backend):
 
 
 def test_server_cert_dir_moved_serves_the_new_certificate(deployment, echo_backend, odd_backends):
-    server, _, tunnels = pair(deployment, echo_backend, odd_backends)
+    server, _, tunnels = pair(deployment, echo_backend, odd_backends, client=False)
     other = other_ca(deployment)
     path = deployment.server_config(tunnels)
     path.write_text(path.read_text().replace('"server-cert"', '"other-cert"'))
@@ -503,6 +504,7 @@ def test_log_level_log_format_and_access_log_apply_to_the_next_lines(deployment,
         round_trip(visitor, b"logged", timeout=5)
     server.wait_for(" INFO  visitor-closed")
     client.wait_for(" INFO  stream-closed")
+    assert server.count(" DEBUG ") and client.count(" DEBUG ")  # debug lines before the reload
     settings = 'log-level = "info"\nlog-format = "json"'
     path = deployment.server_config(tunnels, extra="access-log = false")
     path.write_text(path.read_text().replace('log-level = "debug"', settings))
