@@ -297,8 +297,7 @@ def test_server_keepalive_and_dead_peer_apply_to_the_next_tunnel_connection(
 
 # -- Client timeouts and trust: the next Tunnel connection gets the new value --
 
-def test_client_timeouts_apply_to_the_next_tunnel_connection(deployment, echo_backend,
-                                                            odd_backends):
+def test_client_timeouts_apply_to_the_next_tunnel_connection(deployment, echo_backend):
     """keepalive-interval and dead-peer as for the Server, seen from the Client; then
     tunnel-handshake: the stopped Server's kernel still accepts TCP, so each attempt
     waits for the TLS handshake, 1 s instead of the 30 s the Client started with."""
@@ -317,7 +316,6 @@ def test_client_timeouts_apply_to_the_next_tunnel_connection(deployment, echo_ba
 
     server = start_server()
     deployment.public_port = port
-    silent, half = odd_backends
     path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
     base = write_client(path, tables="[client.timeouts]\ntunnel-handshake = 30")
     env = dict(deployment.env, RUNEWARP_RECONNECT_WINDOWS=FAST_RECONNECT)
