@@ -379,9 +379,26 @@ def test_client_trust_and_identity_apply_to_the_next_tunnel_connection(deploymen
     assert not client.count("tunnel-connection-established")
     path.write_text(good.replace(*fixed) if fixed else good)
     mark = reload_by_signal(client, "client-reloaded")
-    client.wait_for("tunnel-connection-established", start=mark, timeout=20)
+    client.wait_for(f"tunnel-connection-established .*client-identity={identity}", start=mark,
+                    timeout=20)
     with echo_visitor(deployment.public_port) as visitor:
         assert round_trip(visitor, b"trusted", timeout=5) < 5
+
+
+def test_an_identity_dir_without_an_identity_fails_the_reload(deployment, echo_backend):
+    """Checked as at start: the running identity keeps serving (fail closed)."""
+    identity = deployment.identity("client-a")
+    deployment.start_server(tunnels_for(identity, [ECHO]))
+    path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
+    client = start_client(deployment, path)
+    client.wait_for("tunnel-connection-established")
+    (deployment.dir / "empty").mkdir()
+    path.write_text(path.read_text().replace('identity-dir = "client-a"', 'identity-dir = "empty"'))
+    failed = client.wait_for("reload-failed .*", start=reload_by_signal(client, "reload-failed"))
+    assert str(deployment.dir / "empty") in failed.group(0), failed.group(0)
+    assert not client.count("client-reloaded")
+    with echo_visitor(deployment.public_port) as visitor:
+        assert round_trip(visitor, b"still serving", timeout=5) < 5
 
 
 def test_client_backend_connect_applies_to_the_next_stream(deployment):
@@ -620,7 +637,8 @@ COVERED = {
     "client.server-name": _ids(HERE, f"{TRUSTED}[server-name]"),
     "client.server-trust": _ids(HERE, f"{TRUSTED}[server-trust]"),
     "client.server-ca-file": _ids(HERE, f"{TRUSTED}[server-ca-file]"),
-    "client.identity-dir": _ids(HERE, f"{TRUSTED}[identity-dir]"),
+    "client.identity-dir": _ids(HERE, f"{TRUSTED}[identity-dir]",
+                                "test_an_identity_dir_without_an_identity_fails_the_reload"),
     "client.public-cert-dir": [
         *_ids(HERE, TLS_MODE),
         *_ids("test_reload.py", "test_a_public_certificate_replaced_on_disk_is_served_to_the_next_visitor")],
