@@ -76,6 +76,16 @@ def pair(deployment, echo_backend, odd_backends, server_extra="", client=True):
     return server, client, tunnels
 
 
+def echo_client(deployment, echo_backend):
+    """A Server and a Client serving ECHO, its Tunnel connection up: (client, its config)."""
+    identity = deployment.identity("client-a")
+    deployment.start_server(tunnels_for(identity, [ECHO]))
+    path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
+    client = start_client(deployment, path)
+    client.wait_for("tunnel-connection-established")
+    return client, path
+
+
 def write_client(path, settings="", tables="", base=None):
     """`path` rewritten from `base` (default: its own text) with `settings` in [client] and
     `tables` at the end."""
@@ -387,11 +397,7 @@ def test_client_trust_and_identity_apply_to_the_next_tunnel_connection(deploymen
 
 def test_an_identity_dir_without_an_identity_fails_the_reload(deployment, echo_backend):
     """Checked as at start: the running identity keeps serving (fail closed)."""
-    identity = deployment.identity("client-a")
-    deployment.start_server(tunnels_for(identity, [ECHO]))
-    path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
-    client = start_client(deployment, path)
-    client.wait_for("tunnel-connection-established")
+    client, path = echo_client(deployment, echo_backend)
     (deployment.dir / "empty").mkdir()
     path.write_text(path.read_text().replace('identity-dir = "client-a"', 'identity-dir = "empty"'))
     failed = client.wait_for("reload-failed .*", start=reload_by_signal(client, "reload-failed"))
@@ -544,11 +550,7 @@ def test_log_level_log_format_and_access_log_apply_to_the_next_lines(deployment,
 # -- graceful-shutdown-duration and watch-config on the Client --
 
 def test_client_watch_config_and_graceful_shutdown_duration_apply(deployment, echo_backend):
-    identity = deployment.identity("client-a")
-    deployment.start_server(tunnels_for(identity, [ECHO]))
-    path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
-    client = start_client(deployment, path)
-    client.wait_for("tunnel-connection-established")
+    client, path = echo_client(deployment, echo_backend)
     base = path.read_text()
     write_client(path, "watch-config = true", base=base)
     reload_by_signal(client, "client-reloaded")
