@@ -131,6 +131,7 @@ XDIST_GROUPS = {
     "e2e/test_lifecycle.py": "timing",
     "e2e/test_metrics.py": "timing",
     "e2e/test_reload.py": "timing",
+    "e2e/test_reload_keys.py": "timing",
     "io/test_watch.py": "timing",
     "e2e/test_passthrough.py::test_stalled_backend": "timing",
     "e2e/test_passthrough.py::test_bad_visitors": "timing",

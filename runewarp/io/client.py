@@ -135,8 +135,10 @@ class Client(ClientStreams):
 
     def reload(self, config):
         config, changed = keep_running(config, self.config, RESTART_ONLY)
+        identity = show_identity(config.identity_dir)  # identity-dir may have moved: fail closed
         for key in changed:
             self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
+        self.identity = identity
         self.services = ServiceTable(config.services)
         self.metrics.set_services(config.services)
         self.metrics.forget_certificates("public", set(config.terminate_hostnames))
