@@ -1,6 +1,7 @@
 """Visitors and backends for the end-to-end tests: real TLS on 127.0.0.1."""
 
 import hashlib
+import signal
 import socket
 import ssl
 import subprocess
@@ -211,3 +212,11 @@ def closed_by_peer(sock, timeout):
     except TimeoutError:
         raise AssertionError(f"still open {timeout}s after the reload") from None
     return time.monotonic() - started
+
+
+def reload_by_signal(proc, event):
+    """SIGHUP `proc` and wait for `event` after it; the log mark from before the signal."""
+    mark = len(proc.lines)
+    proc.signal(signal.SIGHUP)
+    proc.wait_for(event, start=mark)
+    return mark

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from ..conftest import Proc, free_port, run_cli
-from .helpers import ECHO, echo_visitor, get, round_trip, tls_visit, tunnel_handshake
+from .helpers import ECHO, echo_visitor, get, reload_by_signal, round_trip, tls_visit, tunnel_handshake
 from .test_lifecycle import STALL, stalled_tls_visitor
 
 pytestmark = pytest.mark.e2e
@@ -35,13 +35,6 @@ def closed_at_once(sock, timeout=5):
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-
-
-def reload_by_signal(proc, event):
-    mark = len(proc.lines)
-    proc.signal(signal.SIGHUP)
-    proc.wait_for(event, start=mark)
-    return mark
 
 
 def watched_pair(deployment, echo_backend, server_extra=WATCH):

@@ -24,8 +24,8 @@ from runewarp.config import schema
 from runewarp.proto import clienthello
 
 from ..conftest import SERVER_HOSTNAME, Proc, free_port, run_cli
-from .helpers import ECHO, TCPBackend, closed_by_peer, curl, echo_visitor, round_trip, tunnel_handshake
-from .test_reload import reload_by_signal
+from .helpers import (ECHO, TCPBackend, closed_by_peer, curl, echo_visitor, recv_exactly, reload_by_signal,
+                      round_trip, tunnel_handshake)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 TESTS = Path(__file__).resolve().parent.parent
@@ -448,6 +448,37 @@ def test_client_services_edit_applies_to_the_next_stream(deployment, echo_backen
             assert round_trip(visitor, hostname.encode(), timeout=5) < 5
 
 
+def test_client_proxy_protocol_applies_to_the_next_stream(deployment, echo_backend):
+    """proxy-protocol turned on by SIGHUP: the echo backend returns the v1 header it got
+    before the ClientHello on the next stream, and nothing before it on the previous one."""
+    identity = deployment.identity("client-a")
+    server = deployment.start_server(tunnels_for(identity, [ECHO]))
+    path = deployment.client_config("client-a", [([ECHO], echo_backend.address)])
+    client = start_client(deployment, path)
+    server.wait_for("tunnel-connection-established")
+    port = deployment.public_port
+    echo_visitor(port).close()  # the echo is exactly the ClientHello: no header
+    backend = f'"{echo_backend.address}"'
+    path.write_text(path.read_text().replace(backend, f'{backend}\nproxy-protocol = "v1"', 1))
+    reload_by_signal(client, "client-reloaded")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        hello = clienthello.build(ECHO)
+        sock.sendall(hello)
+        line = recv_line(sock)
+        assert line.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), line
+        assert recv_exactly(sock, len(hello)) == hello
+
+
+def recv_line(sock, limit=108):
+    """Bytes up to and including CRLF (a PROXY v1 line is at most 107 bytes)."""
+    line = b""
+    while not line.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        assert chunk and len(line) < limit, line
+        line += chunk
+    return line
+
+
 def served_issuer(port, ca):
     ctx = ssl.create_default_context(cafile=str(ca))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -656,6 +687,8 @@ COVERED = {
     "client.services[].public-hostnames": _ids(HERE, SERVICES),
     "client.services[].backend-address": _ids(HERE, SERVICES),
     "client.services[].tls-mode": _ids(HERE, TLS_MODE),
+    "client.services[].proxy-protocol": _ids(HERE, "test_client_proxy_protocol_applies_to_the_next_stream"),
+    "client.services[].alpn": _ids("test_terminate_alpn.py", "test_a_reload_applies_alpn_to_the_next_handshake"),
 }
 
 

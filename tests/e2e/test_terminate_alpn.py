@@ -6,13 +6,14 @@ import shutil
 import socket
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from runewarp import harness
 
 from ..conftest import Proc, free_port, run_cli
-from .helpers import curl
+from .helpers import curl, reload_by_signal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
               pytest.mark.skipif(not shutil.which("nginx", path="/usr/sbin:/usr/bin"),
@@ -59,7 +60,8 @@ def start_nginx(folder, processes):
 
 @pytest.fixture
 def sites(deployment):
-    """A Server and a Client with two terminate Services to nginx: (public port, CA)."""
+    """A Server and a Client with two terminate Services to nginx: the public port, the
+    CA, and for the reload test the Client's config, H1's backend and the Client."""
     h2c, h1 = start_nginx(deployment.dir / "nginx", deployment.processes)
     identity = deployment.identity("client-a")
     deployment.start_server([("apps", [H2, H1], [identity])])
@@ -72,7 +74,8 @@ def sites(deployment):
     client = Proc(["client", "-c", path], env=deployment.env)
     deployment.processes.append(client)
     client.wait_for(harness.CLIENT_READY)
-    return deployment.public_port, certs / "public-ca.crt"
+    return SimpleNamespace(port=deployment.public_port, ca=certs / "public-ca.crt", path=path,
+                           h1=h1, client=client)
 
 
 def visit(port, hostname, ca, *flags):
@@ -98,22 +101,33 @@ def agreed_alpn(port, hostname, ca, offer):
 
 
 def test_curl_http2_reaches_an_h2c_backend_over_http2(sites):
-    port, ca = sites
+    port, ca = sites.port, sites.ca
     assert visit(port, H2, ca, "--http2") == ("2", "backend saw HTTP/2.0")
 
 
 def test_the_service_order_wins_over_the_visitors(sites):
-    port, ca = sites
+    port, ca = sites.port, sites.ca
     assert agreed_alpn(port, H2, ca, "http/1.1,h2") == "ALPN protocol: h2"
 
 
 def test_curl_http1_still_works_with_the_default_alpn(sites):
-    port, ca = sites
+    port, ca = sites.port, sites.ca
     assert visit(port, H1, ca, "--http1.1") == ("1.1", "backend saw HTTP/1.1")
     # --http2 offers h2 too; this Service lists only http/1.1, so the Visitor falls back.
     assert visit(port, H1, ca, "--http2") == ("1.1", "backend saw HTTP/1.1")
 
 
 def test_a_visitor_offering_only_unlisted_protocols_connects_without_alpn(sites):
-    port, ca = sites
+    port, ca = sites.port, sites.ca
     assert agreed_alpn(port, H2, ca, "foo") == "No ALPN negotiated"
+
+
+def test_a_reload_applies_alpn_to_the_next_handshake(sites):
+    """H1 (default ["http/1.1"]) given alpn = ["h2", "http/1.1"] by SIGHUP: the next
+    Visitor offering both gets h2."""
+    port, ca = sites.port, sites.ca
+    path, h1, client = sites.path, sites.h1, sites.client
+    assert agreed_alpn(port, H1, ca, "http/1.1,h2") == "ALPN protocol: http/1.1"
+    path.write_text(path.read_text().replace(f'"{h1}"', f'"{h1}"\nalpn = ["h2", "http/1.1"]', 1))
+    reload_by_signal(client, "client-reloaded")
+    assert agreed_alpn(port, H1, ca, "http/1.1,h2") == "ALPN protocol: h2"
