@@ -732,7 +732,7 @@ SERVER_ERRORS = [
         "expected a string",
     ),
     (
-        _server_with(tunnel_extra=f'public-hostnames = ["*.example.com"]\n{TUNNEL_ID}'),
+        _server_with(tunnel_extra=f'public-hostnames = ["a.*.example.com"]\n{TUNNEL_ID}'),
         "server.tunnels[0].public-hostnames[0]",
         "wildcard",
     ),
@@ -1029,7 +1029,7 @@ CLIENT_ERRORS = [
         "expected an array of strings",
     ),
     (
-        _client_with("", _service('public-hostnames = ["*.example.com"]', BACKEND)),
+        _client_with("", _service('public-hostnames = ["*foo.example.com"]', BACKEND)),
         "client.services[0].public-hostnames[0]",
         "wildcard",
     ),

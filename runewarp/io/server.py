@@ -331,11 +331,12 @@ class Server(ServerCertificateChecks, TunnelConnections):
     def _route_visitor(self, sock, address, taken):
         """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
         hostname = taken.hostname
-        route = self.snapshot.tunnel_for_hostname(hostname)
-        if route is None:
+        found = self.snapshot.route(hostname)
+        if found is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            public_hostname=hostname, reason="unknown-hostname")
             return "unknown-hostname"
+        pattern, route = found  # the configured name or wildcard labels the metrics
         pool = self.pools.get(route.name)
         member = pool.place() if pool else None
         if member is None:
@@ -380,7 +381,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
             started = time.monotonic()
             uploaded = taken.size
             series = self.metrics.tunnels[route.name]
-            series.routed[hostname].inc()
+            series.routed[pattern].inc()
 
             def closed(result):
                 self.active_streams -= 1

@@ -9,8 +9,11 @@ sees half of an old config and half of a new one.
 Live Tunnel connections (the pools) are not part of the snapshot: the I/O
 layer owns them, keyed by Tunnel name, so a reload does not touch them.
 
-Keys are canonical hostnames (see `runewarp.proto.hostname.normalize`) and
-lowercase hex identities; lookups are exact, so callers pass normalized values.
+Keys are canonical hostnames or wildcard patterns (see
+`runewarp.proto.hostname.normalize`) and lowercase hex identities; callers pass
+normalized values.  A hostname lookup is the exact name, then the one wildcard
+that can cover it (`wildcard_over`): an exact name always wins over a wildcard,
+and the cost is at most two dictionary probes, whatever the table's size.
 """
 
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from types import MappingProxyType
 from collections.abc import Iterable, Mapping
 
 from ..errors import RoutingConflict
+from .hostname import wildcard_over
 
 __all__ = ["RoutingConflict", "TunnelRoute", "RoutingSnapshot"]
 
@@ -61,9 +65,11 @@ class RoutingSnapshot:
                 raise RoutingConflict(f"tunnel name {tunnel.name!r} is used by two Tunnels")
             by_name[tunnel.name] = tunnel
             for hostname in sorted(tunnel.public_hostnames):
-                if hostname == server_hostname:
+                if hostname in (server_hostname, wildcard_over(server_hostname)):
+                    # A Tunnel connection must never be routed to a Visitor path.
                     raise RoutingConflict(
-                        f"public hostname {hostname!r} of tunnel {tunnel.name!r} is the Server hostname"
+                        f"public hostname {hostname!r} of tunnel {tunnel.name!r} "
+                        f"{'is' if hostname == server_hostname else 'covers'} the Server hostname"
                     )
                 other = by_hostname.get(hostname)
                 if other is not None:
@@ -86,9 +92,20 @@ class RoutingSnapshot:
             _by_name=MappingProxyType(by_name),
         )
 
+    def route(self, hostname: str) -> tuple[str, TunnelRoute] | None:
+        """(the configured name or wildcard that takes the normalized `hostname`, its
+        Tunnel), or None: not ours, drop it.  The exact name wins over a wildcard."""
+        tunnel = self._by_hostname.get(hostname)
+        if tunnel is not None:
+            return hostname, tunnel
+        pattern = wildcard_over(hostname)
+        tunnel = self._by_hostname.get(pattern) if pattern is not None else None
+        return None if tunnel is None else (pattern, tunnel)
+
     def tunnel_for_hostname(self, hostname: str) -> TunnelRoute | None:
-        """The Tunnel that owns `hostname` (normalized), or None: not ours, drop it."""
-        return self._by_hostname.get(hostname)
+        """The Tunnel that takes `hostname` (normalized), or None: not ours, drop it."""
+        found = self.route(hostname)
+        return None if found is None else found[1]
 
     def tunnel_for_identity(self, identity: str) -> TunnelRoute | None:
         """The only Tunnel a Client with `identity` may join, or None: reject it."""
@@ -100,5 +117,5 @@ class RoutingSnapshot:
 
     @property
     def public_hostnames(self) -> frozenset[str]:
-        """Every routed Public hostname (for certificate and doctor checks)."""
+        """Every routed Public hostname and wildcard (for certificate and doctor checks)."""
         return frozenset(self._by_hostname)
