@@ -177,8 +177,8 @@ KEYS: tuple[Key, ...] = (
     *_timeouts("server"),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
         shown="tunnel-<n>"),
-    Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames, each in one Tunnel",
-        "the Public hostnames routed to this Tunnel"),
+    Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames or *.wildcards, each in one "
+        "Tunnel; no wildcard over the Server hostname", "the Public hostnames routed to this Tunnel"),
     Key("server.tunnels[].client-identity", "string", None, "64 lowercase hex characters",
         "the Client identity allowed to serve this Tunnel", shown="—"),
     Key("server.tunnels[].client-identities", "strings", None, "Client identities, each in one Tunnel",
@@ -202,8 +202,8 @@ KEYS: tuple[Key, ...] = (
     *_acme("client"),
     *_metrics("client"),
     *_timeouts("client"),
-    Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "
-        "omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
+    Key("client.services[].public-hostnames", "strings", None, "valid hostnames or *.wildcards, each in one "
+        "Service; omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
     Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",
         "the Local backend"),
     Key("client.services[].tls-mode", "string", "passthrough", "passthrough or terminate",
