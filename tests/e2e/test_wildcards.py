@@ -6,26 +6,14 @@ import subprocess
 import pytest
 
 from ..conftest import Proc, free_port, run_cli
-from .helpers import Backend, curl
+from .helpers import curl
 from .test_metrics import metrics_table, value
+from . import test_passthrough
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+backends = test_passthrough.backends  # the fixture: TLS backends with our certificates
 WILD = "*.example.net"  # not over the Server hostname, tunnel.example.com
 EXACT = "x.example.net"
-
-
-@pytest.fixture
-def backends(tmp_path):
-    started = []
-
-    def start(name, hostnames, plain=False):
-        backend = Backend(tmp_path, name, hostnames, plain)
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
 
 
 def refused(port, hostname, ca):
