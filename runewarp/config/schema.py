@@ -145,7 +145,9 @@ KEYS: tuple[Key, ...] = (
     Key("server.hostname", "string", REQUIRED, "a valid hostname, not also a Public hostname", "the Server hostname",
         reload=RESTART),
     Key("server.public-bind-address", "address", ("0.0.0.0", 443), "literal IP:port, port 0-65535",
-        "the public listener"),
+        "the public listener (shorthand for a public-bind-addresses of one)"),
+    Key("server.public-bind-addresses", "addresses", None, "array of bind addresses, each once; not with "
+        "public-bind-address", "several public listeners (ports, address families)", shown="public-bind-address"),
     Key("server.tunnel-bind-address", "address", None, "same format; differs from public-bind-address",
         "a listener for Tunnel connections only", shown="unset"),
     Key("server.cert-dir", "path", None, "not with [server.acme]", "Server certificate material",
@@ -179,6 +181,8 @@ KEYS: tuple[Key, ...] = (
         shown="tunnel-<n>"),
     Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames or *.wildcards, each in one "
         "Tunnel; no wildcard over the Server hostname", "the Public hostnames routed to this Tunnel"),
+    Key("server.tunnels[].public-ports", "integers", None, "ports of public-bind-addresses, each once",
+        "the public listener ports whose Visitors route to this Tunnel", shown="every public port"),
     Key("server.tunnels[].client-identity", "string", None, "64 lowercase hex characters",
         "the Client identity allowed to serve this Tunnel", shown="—"),
     Key("server.tunnels[].client-identities", "strings", None, "Client identities, each in one Tunnel",
