@@ -24,7 +24,11 @@ def checks(cfg, now):
     for tunnel in cfg.tunnels:
         for hostname in tunnel.public_hostnames:
             yield from _resolves(hostname, server=False)
-    yield from exact_under_wildcard({h: f"Tunnel {t.name!r}" for t in cfg.tunnels for h in t.public_hostnames})
+    owners = {}  # a hostname is in two Tunnels only on disjoint public-ports
+    for tunnel in cfg.tunnels:
+        for hostname in tunnel.public_hostnames:
+            owners.setdefault(hostname, []).append(repr(tunnel.name))
+    yield from exact_under_wildcard({h: f"Tunnel {' and '.join(names)}" for h, names in owners.items()})
     if cfg.acme is not None:
         yield acme("server", cfg.acme.directory_url)
 
