@@ -45,6 +45,7 @@ def test_a_wildcard_tunnel_takes_one_label_and_an_exact_tunnel_wins(deployment, 
     assert value(metrics_port, "runewarp_routed_streams_total", tunnel="wild", hostname=WILD) == 2
     assert value(metrics_port, "runewarp_routed_streams_total", tunnel="exact", hostname=EXACT) == 1
     assert value(metrics_port, "runewarp_routed_streams_total", tunnel="wild", hostname="a.example.net") is None
+    assert not server.count("hostname-mirroring-drift")
 
 
 def test_a_wildcard_terminate_service_serves_its_wildcard_certificate(deployment, backends, plain_backend):
@@ -52,7 +53,7 @@ def test_a_wildcard_terminate_service_serves_its_wildcard_certificate(deployment
     wildcard terminate Service, whose certificate the public-cert init command made."""
     exact = backends("exact", [EXACT])
     identity = deployment.identity("client-a")
-    deployment.start_server([("apps", [WILD], [identity])])
+    server = deployment.start_server([("apps", [WILD], [identity])])
     public = deployment.dir / "public-cert"
     out = run_cli("client", "public-cert", "init", "--hostname", WILD, "--dir", public).stdout
     assert out.strip() == str(public / "_wildcard.example.net" / "public.crt")
@@ -76,6 +77,7 @@ def test_a_wildcard_terminate_service_serves_its_wildcard_certificate(deployment
     proc = curl(port, EXACT, exact.ca)  # exact wins: passthrough to the TLS backend
     assert (proc.returncode, proc.stdout) == (0, b"backend=exact\n"), proc.stderr
     assert refused(port, "b.a.example.net", ca)
+    assert not server.count("hostname-mirroring-drift")  # x.example.net is under the Tunnel's wildcard
 
 
 def test_doctor_notes_the_overlap_and_probes_names_under_a_wildcard(deployment, backends):
