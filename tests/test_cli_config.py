@@ -163,6 +163,14 @@ def test_init_fills_the_hostname(sandbox, capsys):
     assert services[0]["public-hostnames"] == ["www.example.org"]
 
 
+def test_init_takes_a_wildcard_for_a_client_service_only(sandbox, capsys):
+    assert run(capsys, "config", "init", "client", "-c", "c.toml", "--hostname", "*.example.org")[0] == 0
+    services = tomllib.loads((sandbox / "c.toml").read_text())["client"]["services"]
+    assert services[0]["public-hostnames"] == ["*.example.org"]
+    line = fails(capsys, 2, "config", "init", "server", "-c", "s.toml", "--hostname", "*.example.org")
+    assert line.startswith("error: command line: --hostname: "), line
+
+
 def test_init_refuses_a_bad_hostname(sandbox, capsys):
     line = fails(capsys, 2, "config", "init", "server", "-c", "s.toml", "--hostname", "not a name")
     assert line.startswith("error: command line: --hostname: "), line

@@ -95,7 +95,7 @@ server-address = "whatever"
     config = load_server_config(path, env=env)
     assert config == ServerConfig(
         hostname="tunnel.example.com",
-        public_bind_address=("::", 8443),
+        public_bind_addresses=(("::", 8443),),
         tunnel_bind_address=("127.0.0.1", 0),
         cert_dir=default_server_cert_dir(env),
         acme=AcmeConfig(
@@ -130,7 +130,7 @@ def test_server_manual_cert_dir(write, env, tmp_path):
 def test_server_defaults(write, env, home):
     config = load_server_config(write(SERVER_MIN), env=env)
     assert config.hostname == "tunnel.example.com"
-    assert config.public_bind_address == ("0.0.0.0", 443)
+    assert config.public_bind_addresses == (("0.0.0.0", 443),)
     assert config.tunnel_bind_address is None
     assert config.cert_dir == home / ".local/share/runewarp/server/cert"
     assert config.acme is None
@@ -320,7 +320,7 @@ def test_bind_addresses(write, env):
         ("[2001:DB8::1]:8443", ("2001:db8::1", 8443)),
     ]:
         path = write(SERVER_MIN.replace("[server]\n", f'[server]\npublic-bind-address = "{text}"\n'))
-        assert load_server_config(path, env=env).public_bind_address == expected
+        assert load_server_config(path, env=env).public_bind_addresses == (expected,)
 
 
 def test_backend_addresses(write, env):
@@ -732,7 +732,7 @@ SERVER_ERRORS = [
         "expected a string",
     ),
     (
-        _server_with(tunnel_extra=f'public-hostnames = ["*.example.com"]\n{TUNNEL_ID}'),
+        _server_with(tunnel_extra=f'public-hostnames = ["a.*.example.com"]\n{TUNNEL_ID}'),
         "server.tunnels[0].public-hostnames[0]",
         "wildcard",
     ),
@@ -1029,7 +1029,7 @@ CLIENT_ERRORS = [
         "expected an array of strings",
     ),
     (
-        _client_with("", _service('public-hostnames = ["*.example.com"]', BACKEND)),
+        _client_with("", _service('public-hostnames = ["*foo.example.com"]', BACKEND)),
         "client.services[0].public-hostnames[0]",
         "wildcard",
     ),

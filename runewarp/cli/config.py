@@ -192,8 +192,10 @@ def init(args):
     exists = f"{path} already exists; change it with 'runewarp config edit -c {shlex.quote(str(path))}'"
     role = "server" if args["server"] else "client"
     try:
+        # The client's --hostname is a Service's Public hostname, which may be a wildcard.
         hostname = normalize(args["--hostname"] or
-                             ("tunnel.example.com" if role == "server" else "app.example.com"))
+                             ("tunnel.example.com" if role == "server" else "app.example.com"),
+                             wildcard=role == "client")
     except HostnameError as exc:
         raise ConfigError(str(exc), file="command line", key="--hostname") from None
     if os.path.lexists(path):

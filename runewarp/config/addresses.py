@@ -8,22 +8,27 @@ from .schema import DEFAULT_SERVER_PORT
 from .reader import Context, join
 
 
-def normalize_hostname(ctx: Context, key: str, value: str) -> str:
+def normalize_hostname(ctx: Context, key: str, value: str, wildcard: bool = False) -> str:
     try:
-        return _hostname.normalize(value)
+        return _hostname.normalize(value, wildcard)
     except _hostname.HostnameError as e:
         raise ctx.error(key, str(e)) from None
 
 
 def unique_hostnames(ctx: Context, key: str, raw: list[str], seen: dict[str, str],
                      server_hostname: str | None = None) -> tuple[str, ...]:
-    """Normalized Public hostnames, each listed once across all entries (`seen`: hostname -> key path)."""
+    """Normalized Public hostnames and wildcards, each listed once across all entries
+    (`seen`: hostname -> key path); none of them may take the Server hostname."""
     hosts = []
     for j, value in enumerate(raw):
         item = join(key, j)
-        host = normalize_hostname(ctx, item, value)
+        host = normalize_hostname(ctx, item, value, wildcard=True)
         if host == server_hostname:
             raise ctx.error(item, f"{host!r} is the Server hostname (server.hostname); it cannot be a Public hostname")
+        if server_hostname is not None and _hostname.covers(host, server_hostname):
+            raise ctx.error(item, f"{host!r} covers the Server hostname {server_hostname!r} (server.hostname); "
+                                  "Tunnel connections could be routed as Visitors: use a Server hostname the "
+                                  "wildcard does not cover (another domain, or one label deeper)")
         if host in seen:
             raise ctx.error(item, f"{host!r} is already listed at {seen[host]}")
         seen[host] = item

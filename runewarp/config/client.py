@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from . import shared
+from runewarp.proto.hostname import is_wildcard
+
 from .addresses import backend_address, normalize_hostname, server_address, unique_hostnames
 from .model import ClientConfig, ServiceConfig
 from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
@@ -63,6 +65,8 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
     else:
         services = _parse_services(ctx, client)
 
+    if acme is not None:
+        _no_acme_wildcards(ctx, services)
     if any(s.tls_mode == "terminate" for s in services):
         if public_cert_dir is None and acme is None:
             # Manual material in the XDG default folder, where `public-cert init` writes it.
@@ -224,3 +228,15 @@ def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] 
         if name in names[:i]:
             raise ctx.error(join(key, i), f"{name!r} is listed twice")
     return tuple(names)
+
+
+def _no_acme_wildcards(ctx: Context, services: tuple[ServiceConfig, ...]) -> None:
+    """ACME here is TLS-ALPN-01, which cannot issue wildcard certificates (RFC 8737)."""
+    for i, service in enumerate(services):
+        for j, host in enumerate(service.public_hostnames):
+            if service.tls_mode == "terminate" and is_wildcard(host):
+                raise ctx.error(
+                    join(join(join(join("client", "services"), i), "public-hostnames"), j),
+                    f"{host!r}: [client.acme] uses TLS-ALPN-01, which cannot issue wildcard certificates; "
+                    "use a public-cert-dir instead of [client.acme] and make the certificate with "
+                    f"runewarp client public-cert init --hostname '{host}', or list the names one by one")

@@ -93,6 +93,7 @@ class TunnelConfig:
     name: str
     public_hostnames: tuple[str, ...]
     client_identities: tuple[str, ...]
+    public_ports: tuple[int, ...] | None = None  # None: every public listener's port
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,7 +101,7 @@ class ServerConfig:
     """Everything `runewarp server` needs; `source` is the file it came from."""
 
     hostname: str
-    public_bind_address: tuple[str, int] = default("server.public-bind-address")
+    public_bind_addresses: tuple[tuple[str, int], ...] = (default("server.public-bind-address"),)
     tunnel_bind_address: tuple[str, int] | None = None
     cert_dir: Path
     acme: AcmeConfig | None = None
@@ -122,7 +123,8 @@ class ServerConfig:
         """The immutable hostname/identity index the Server routes from."""
         return RoutingSnapshot.build(
             self.hostname,
-            (TunnelRoute(t.name, frozenset(t.public_hostnames), frozenset(t.client_identities)) for t in self.tunnels),
+            (TunnelRoute(t.name, frozenset(t.public_hostnames), frozenset(t.client_identities),
+                         None if t.public_ports is None else frozenset(t.public_ports)) for t in self.tunnels),
         )
 
 

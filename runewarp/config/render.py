@@ -18,7 +18,8 @@ from . import schema
 # Keys whose value the loaded config holds under another name.
 _ATTRIBUTES = {"client.server-address": "server_addresses"}
 # Keys another key shows: a Tunnel's identities are always written as the list.
-SHOWN_BY = {"server.tunnels[].client-identity": "server.tunnels[].client-identities"}
+SHOWN_BY = {"server.tunnels[].client-identity": "server.tunnels[].client-identities",
+            "server.public-bind-address": "server.public-bind-addresses"}
 # Keys whose value is not in effect, and may not be written, while a table is set.
 _NOT_WITH = {"server.cert-dir": "acme"}
 _NESTED = ("table", "array of tables")
@@ -97,7 +98,7 @@ def toml_value(key: schema.Key, value: Any) -> str:
         return repr(value)
     if isinstance(value, (str, Path)):
         return toml_string(str(value))
-    if key.type == "address" and len(value) == 2 and isinstance(value[1], int):
+    if key.type in ("address", "addresses") and len(value) == 2 and isinstance(value[1], int):
         return toml_string(format_address(value))
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(toml_value(key, item) for item in value) + "]"

@@ -146,7 +146,9 @@ KEYS: tuple[Key, ...] = (
     Key("server.hostname", "string", REQUIRED, "a valid hostname, not also a Public hostname", "the Server hostname",
         reload=RESTART),
     Key("server.public-bind-address", "address", ("0.0.0.0", 443), "literal IP:port, port 0-65535",
-        "the public listener"),
+        "the public listener (shorthand for a public-bind-addresses of one)"),
+    Key("server.public-bind-addresses", "addresses", None, "array of bind addresses, each once; not with "
+        "public-bind-address", "several public listeners (ports, address families)", shown="public-bind-address"),
     Key("server.tunnel-bind-address", "address", None, "same format; differs from public-bind-address",
         "a listener for Tunnel connections only", shown="unset"),
     Key("server.cert-dir", "path", None, "not with [server.acme]", "Server certificate material",
@@ -178,8 +180,10 @@ KEYS: tuple[Key, ...] = (
     *_timeouts("server"),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
         shown="tunnel-<n>"),
-    Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames, each in one Tunnel",
-        "the Public hostnames routed to this Tunnel"),
+    Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames or *.wildcards, each in one "
+        "Tunnel; no wildcard over the Server hostname", "the Public hostnames routed to this Tunnel"),
+    Key("server.tunnels[].public-ports", "integers", None, "ports of public-bind-addresses, each once",
+        "the public listener ports whose Visitors route to this Tunnel", shown="every public port"),
     Key("server.tunnels[].client-identity", "string", None, "64 lowercase hex characters",
         "the Client identity allowed to serve this Tunnel", shown="—"),
     Key("server.tunnels[].client-identities", "strings", None, "Client identities, each in one Tunnel",
@@ -203,8 +207,8 @@ KEYS: tuple[Key, ...] = (
     *_acme("client"),
     *_metrics("client"),
     *_timeouts("client"),
-    Key("client.services[].public-hostnames", "strings", None, "valid hostnames, each in one Service; "
-        "omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
+    Key("client.services[].public-hostnames", "strings", None, "valid hostnames or *.wildcards, each in one "
+        "Service; omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
     Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",
         "the Local backend"),
     Key("client.services[].tls-mode", "string", "passthrough", "passthrough or terminate",

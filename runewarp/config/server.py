@@ -9,7 +9,7 @@ from . import shared
 from .addresses import bind_address, normalize_hostname, unique_hostnames
 from .model import ServerConfig, TunnelConfig
 from .paths import default_server_cert_dir
-from .reader import Context, join
+from .reader import Context, join, type_name
 from .schema import default
 
 _IDENTITY = re.compile(r"[0-9a-f]{64}")
@@ -24,26 +24,23 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     ctx.check_keys(server, p)
 
     hostname = normalize_hostname(ctx, join(p, "hostname"), ctx.setting(server, p, "hostname"))
-    public_bind = ctx.string(server, p, "public-bind-address")
+    public_bind_addresses = _public_bind_addresses(ctx, server)
     tunnel_bind = ctx.string(server, p, "tunnel-bind-address")
-    public_bind_address = (
-        bind_address(ctx, join(p, "public-bind-address"), public_bind)
-        if public_bind else default("server.public-bind-address")
-    )
     tunnel_bind_address = bind_address(ctx, join(p, "tunnel-bind-address"), tunnel_bind) if tunnel_bind else None
-    if tunnel_bind_address is not None and tunnel_bind_address == public_bind_address and tunnel_bind_address[1]:
-        raise ctx.error(join(p, "tunnel-bind-address"), "must differ from public-bind-address (omit it to share)")
+    if tunnel_bind_address is not None and tunnel_bind_address in public_bind_addresses and tunnel_bind_address[1]:
+        public_key = "public-bind-addresses" if "public-bind-addresses" in server else "public-bind-address"
+        raise ctx.error(join(p, "tunnel-bind-address"), f"must differ from {public_key} (omit it to share)")
 
     cert_dir = ctx.path(server, p, "cert-dir")
     acme = shared.acme(ctx, server, p, "cert-dir", cert_dir)
 
     grace = ctx.setting(server, p, "graceful-shutdown-duration")
-    tunnels = _parse_tunnels(ctx, server, hostname)
+    tunnels = _parse_tunnels(ctx, server, hostname, {port for _, port in public_bind_addresses})
     limits = shared.limits(ctx, server, p)
 
     config = ServerConfig(
         hostname=hostname,
-        public_bind_address=public_bind_address,
+        public_bind_addresses=public_bind_addresses,
         tunnel_bind_address=tunnel_bind_address,
         cert_dir=cert_dir or default_server_cert_dir(ctx.env),
         acme=acme,
@@ -68,9 +65,52 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     return config
 
 
-def _parse_tunnels(ctx: Context, server: dict, server_hostname: str) -> tuple[TunnelConfig, ...]:
+def _public_bind_addresses(ctx: Context, server: dict) -> tuple[tuple[str, int], ...]:
+    """`public-bind-addresses`, or the `public-bind-address` shorthand, or the default."""
+    p = "server"
+    one, many = "public-bind-address" in server, "public-bind-addresses" in server
+    if one and many:
+        raise ctx.error(join(p, "public-bind-addresses"),
+                        "use either public-bind-address or public-bind-addresses, not both")
+    if not many:
+        value = ctx.string(server, p, "public-bind-address")
+        return (bind_address(ctx, join(p, "public-bind-address"), value) if value
+                else default("server.public-bind-address"),)
+    key = join(p, "public-bind-addresses")
+    seen: dict[tuple[str, int], str] = {}
+    for i, value in enumerate(ctx.string_list(server, p, "public-bind-addresses")):
+        address = bind_address(ctx, join(key, i), value)
+        if address in seen:
+            raise ctx.error(join(key, i), f"{value!r} is already listed at {seen[address]}")
+        seen[address] = join(key, i)
+    return tuple(seen)
+
+
+def _public_ports(ctx: Context, entry: dict, tp: str, listening: set[int]) -> tuple[int, ...] | None:
+    """`public-ports`: ports of the public listeners, each once (None: every one)."""
+    if "public-ports" not in entry:
+        return None
+    key, value = join(tp, "public-ports"), entry["public-ports"]
+    if not isinstance(value, list) or not value:
+        raise ctx.error(key, "expected a non-empty array of ports (omit it for every public port)")
+    ports = []
+    for i, port in enumerate(value):
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ctx.error(join(key, i), f"expected a port number, got {type_name(port)}")
+        if port not in listening or not port:
+            shown = ", ".join(str(p) for p in sorted(listening) if p) or "none"
+            raise ctx.error(join(key, i), f"{port} is not the port of a public bind address (server."
+                                          f"public-bind-addresses has {shown})")
+        if port in ports:
+            raise ctx.error(join(key, i), f"port {port} is listed twice")
+        ports.append(port)
+    return tuple(ports)
+
+
+def _parse_tunnels(ctx: Context, server: dict, server_hostname: str,
+                   listening: set[int]) -> tuple[TunnelConfig, ...]:
     names: dict[str, str] = {}
-    hostnames: dict[str, str] = {}
+    hostnames: dict[str, list[tuple[str, tuple[int, ...] | None]]] = {}  # -> (key, ports) of each Tunnel
     identities: dict[str, str] = {}
     tunnels = []
     for i, (tp, entry) in enumerate(ctx.array_of_tables(server, "server", "tunnels")):
@@ -89,13 +129,32 @@ def _parse_tunnels(ctx: Context, server: dict, server_hostname: str) -> tuple[Tu
             raise ctx.error(name_key, f"{name!r} is already the name of {names[name]}")
         names[name] = tp
 
+        public_ports = _public_ports(ctx, entry, tp, listening)
         raw_hosts = ctx.string_list(entry, tp, "public-hostnames")
         if raw_hosts is None:
             raise ctx.error(join(tp, "public-hostnames"), "required key is missing")
-        public_hostnames = unique_hostnames(ctx, join(tp, "public-hostnames"), raw_hosts, hostnames, server_hostname)
+        own: dict[str, str] = {}
+        public_hostnames = unique_hostnames(ctx, join(tp, "public-hostnames"), raw_hosts, own, server_hostname)
+        for host, key in own.items():
+            _not_shared(ctx, key, host, public_ports, hostnames.setdefault(host, []))
         client_identities = _tunnel_identities(ctx, entry, tp, identities)
-        tunnels.append(TunnelConfig(name, public_hostnames, tuple(client_identities)))
+        tunnels.append(TunnelConfig(name, public_hostnames, tuple(client_identities), public_ports))
     return tuple(tunnels)
+
+
+def _not_shared(ctx: Context, key: str, host: str, ports: tuple[int, ...] | None,
+                earlier: list[tuple[str, tuple[int, ...] | None]]) -> None:
+    """A hostname may be in two Tunnels only on disjoint public-ports: (port, hostname)
+    must name one Tunnel.  `earlier` gets this listing."""
+    for other_key, other_ports in earlier:
+        if ports is None or other_ports is None:
+            raise ctx.error(key, f"{host!r} is already listed at {other_key}; the same hostname in two Tunnels "
+                                 "needs public-ports on both, with no port in common")
+        common = sorted(set(ports) & set(other_ports))
+        if common:
+            raise ctx.error(key, f"{host!r} is already listed at {other_key} for port "
+                                 f"{', '.join(map(str, common))}; give the two Tunnels disjoint public-ports")
+    earlier.append((key, ports))
 
 
 def _tunnel_identities(ctx: Context, entry: dict, tp: str, seen: dict[str, str]) -> list[str]:

@@ -21,7 +21,7 @@ from ..tls import client_tunnel_context
 from .checks import fail, ok, warn
 from .material import Leaf, certificate, key_files
 from .probes import PROBE_TIMEOUT, Deadline, ProbeTimeout, addresses, backend_certificate, tcp
-from .server import acme
+from .server import acme, exact_under_wildcard, sample_name
 
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 PROBE_ERRORS = (OSError, ProbeTimeout, gevent.Timeout)  # ssl.SSLError is an OSError
@@ -47,6 +47,8 @@ def checks(cfg, now):
             yield from _server(cfg, address, identity)
     for service in cfg.services:
         yield from _backend(service)
+    yield from exact_under_wildcard({h: f"the Service of {format_address(s.backend_address)}"
+                                     for s in cfg.services for h in s.public_hostnames})
 
 
 def _identity(cfg, c):
@@ -75,15 +77,16 @@ def _trust(cfg):
 
 
 def _public_leaf(public_dir, hostname, c):
-    cert_path, key_path = (public_dir / hostname / material.PUBLIC_CERT,
-                           public_dir / hostname / material.PUBLIC_KEY)
+    folder = public_dir / material.public_cert_folder(hostname)
+    cert_path, key_path = folder / material.PUBLIC_CERT, folder / material.PUBLIC_KEY
+    quoted = shlex.quote(hostname)
     return Leaf(
         hostname=hostname, cert_path=cert_path, key_path=key_path,
         ca_path=public_dir / material.PUBLIC_CA_CERT,
         load_pair=partial(material.load_public_cert_paths, public_dir, hostname),
         renewable=material.public_cert_renewable(public_dir, hostname), renewer="Client",
-        init=f"runewarp client public-cert init --hostname {hostname} {c}",
-        renew=f"runewarp client public-cert renew --hostname {hostname} {c}",
+        init=f"runewarp client public-cert init --hostname {quoted} {c}",
+        renew=f"runewarp client public-cert renew --hostname {quoted} {c}",
         replace=f"replace {cert_path} and {key_path} with a current certificate for {hostname}")
 
 
@@ -223,13 +226,14 @@ def _backend(service):
 
 def _backend_certificate(address, label, hostname, first):
     check = f"backend-certificate {hostname}"
+    probe = sample_name(hostname)  # a wildcard Service: the backend sees names under it
     try:
-        cert = backend_certificate(address, hostname, first)
+        cert = backend_certificate(address, probe, first)
     except PROBE_ERRORS as exc:
         return warn(check, f"{label} completed no TLS handshake for {hostname}: {describe(exc)}",
                     'a passthrough backend speaks TLS itself; use tls-mode = "terminate" for a '
                     "plaintext backend")
-    if certcheck.names_hostname(cert, hostname):
+    if certcheck.names_hostname(cert, probe):
         return ok(check, f"{label} presents a certificate for {hostname}")
     names = ", ".join(certcheck.dns_names(cert)) or "no DNS name"
     return fail(check, f"{label} presents a certificate for {names}, not {hostname}: Visitors "

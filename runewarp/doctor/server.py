@@ -5,6 +5,7 @@ import shlex
 from functools import partial
 
 from .. import material
+from ..proto.hostname import WILDCARD, is_wildcard, wildcard_over
 from ..io.net import describe
 from .checks import fail, ok, warn
 from .material import Leaf, certificate, key_files
@@ -23,6 +24,11 @@ def checks(cfg, now):
     for tunnel in cfg.tunnels:
         for hostname in tunnel.public_hostnames:
             yield from _resolves(hostname, server=False)
+    owners = {}  # a hostname is in two Tunnels only on disjoint public-ports
+    for tunnel in cfg.tunnels:
+        for hostname in tunnel.public_hostnames:
+            owners.setdefault(hostname, []).append(repr(tunnel.name))
+    yield from exact_under_wildcard({h: f"Tunnel {' and '.join(names)}" for h, names in owners.items()})
     if cfg.acme is not None:
         yield acme("server", cfg.acme.directory_url)
 
@@ -42,11 +48,30 @@ def _server_leaf(cfg, c):
                 "Server CA (every Client must then trust its server-ca.crt)")
 
 
+def exact_under_wildcard(owners):
+    """A note (an ok line) per exact name that a wildcard of another owner (a Tunnel, a
+    Service) also covers: allowed, and the exact name wins, which is worth knowing."""
+    for name, owner in sorted(owners.items()):
+        pattern = wildcard_over(name) if not is_wildcard(name) else None
+        other = owners.get(pattern)
+        if other is not None and other != owner:
+            yield ok(f"wildcard-overlap {name}",
+                     f"note: {pattern} of {other} covers {name} too; an exact name wins over a "
+                     f"wildcard, so {owner} takes it")
+
+
+def sample_name(hostname):
+    """A name to probe for `hostname`: itself, or one label under a wildcard."""
+    return f"wildcard-probe.{hostname[len(WILDCARD):]}" if is_wildcard(hostname) else hostname
+
+
 def _resolves(hostname, server):
     check = f"resolve {hostname}"
     who = "Clients" if server else "Visitors"
+    probe = sample_name(hostname)  # a wildcard's DNS record is a wildcard too
+    as_probe = f" (probed as {probe})" if probe != hostname else ""
     try:
-        found = addresses(hostname)
+        found = addresses(probe)
     except (OSError, ProbeTimeout) as exc:
         if server:  # Clients may dial an IP address with server-name
             yield warn(check, f"does not resolve ({describe(exc)})",
@@ -54,14 +79,14 @@ def _resolves(hostname, server):
                        "each Client server-address = this Server's IP address and "
                        f"server-name = {hostname}")
         else:
-            yield fail(check, f"does not resolve ({describe(exc)}): {who} cannot find it",
+            yield fail(check, f"does not resolve{as_probe} ({describe(exc)}): {who} cannot find it",
                        f"publish a DNS record for {hostname} pointing at this Server")
         return
     local = [a for a in found if is_local(a)]
     if local:
-        yield ok(check, f"{', '.join(found)} (this machine: {', '.join(local)})")
+        yield ok(check, f"{', '.join(found)}{as_probe} (this machine: {', '.join(local)})")
     else:
-        yield warn(check, f"{', '.join(found)}: no address of this machine",
+        yield warn(check, f"{', '.join(found)}{as_probe}: no address of this machine",
                    f"point {hostname} at this Server, unless a load balancer or NAT in front of "
                    f"it forwards {who} here")
 

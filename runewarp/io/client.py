@@ -21,7 +21,7 @@ from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
 from ..metrics import ClientMetrics, service_label
 from ..material import (CLIENT_CERT, CLIENT_KEY, PUBLIC_CERT, PUBLIC_KEY, identity_needs_renewal,
-                        renew_identity, show_identity)
+                        public_cert_folder, renew_identity, show_identity)
 from ..proto import control
 from ..proto.backoff import WINDOWS, Backoff, parse_windows
 from ..proto.mux import GOAWAY_NORMAL, WindowBudget
@@ -161,7 +161,8 @@ class Client(ClientStreams):
         if cfg.server_trust == "ca-file":
             files.append(cfg.server_ca_file)
         if cfg.acme is None and cfg.public_cert_dir is not None:
-            files += [cfg.public_cert_dir / host / name for host in cfg.terminate_hostnames
+            files += [cfg.public_cert_dir / public_cert_folder(host) / name
+                      for host in cfg.terminate_hostnames
                       for name in (PUBLIC_CERT, PUBLIC_KEY)]
             folders.append(cfg.public_cert_dir)
         self.file_watch.follow(cfg, files, folders)

@@ -9,6 +9,7 @@ instead of binding its own.
 
 import errno
 import ipaddress
+import itertools
 import os
 import socket
 import sys
@@ -21,14 +22,63 @@ from ..systemd import ActivationError
 from ..proto.address import format_address
 from .net import set_keepalive, set_nodelay
 
-# The config key of each listener, by name, in start order.
+# The config key of each kind of listener.  Public listeners are named "public",
+# "public-2", … (one per public bind address); the Tunnel listener "tunnel".
 KEYS = {"public": "server.public-bind-address", "tunnel": "server.tunnel-bind-address"}
+PUBLIC_LIST_KEY = "server.public-bind-addresses"
 
 
-def bind_addresses(config):
-    """Each listener's bind address in the Server `config` (None: not bound), by name."""
-    return {name: getattr(config, key.partition(".")[2].replace("-", "_"))
-            for name, key in KEYS.items()}
+def kind(name):
+    """"public" or "tunnel": what a listener named `name` serves."""
+    return "tunnel" if name == "tunnel" else "public"
+
+
+def _public_name(i):
+    return "public" if i == 0 else f"public-{i + 1}"
+
+
+def _order(name):
+    return (1, 0) if name == "tunnel" else (0, int(name.rpartition("-")[2]) if "-" in name else 1)
+
+
+def config_key(config, name):
+    """The config key a failure of the listener `name` names."""
+    if kind(name) == "public" and len(config.public_bind_addresses) > 1:
+        return PUBLIC_LIST_KEY
+    return KEYS[kind(name)]
+
+
+def by_key(config, addresses):
+    """`addresses` (bind_addresses at start) by config key, a list's with its index."""
+    return {f"{config_key(config, name)}[{i}]" if config_key(config, name) == PUBLIC_LIST_KEY
+            else config_key(config, name): address for i, (name, address) in enumerate(addresses.items())}
+
+
+def bind_addresses(config, listeners=()):
+    """Each listener's bind address in the Server `config` (None: not bound), by name.
+
+    A public address that a running listener (of `listeners`) serves keeps that
+    listener's name; a new address takes the name of a running public listener the
+    config no longer has (a move, as for the single address), else a new name; a name
+    left over is None (closed).  So a reload moves only what the config moved, and a
+    reordered list moves nothing."""
+    running = [li for li in listeners if kind(li.name) == "public"]
+    named, pending = {}, []
+    for address in config.public_bind_addresses:
+        same = next((li for li in running if li.name not in named and (
+            li.configured == address or (address[1] and _address_key(address) == _address_key(li.address)))),
+            None)
+        if same is None:
+            pending.append(address)
+        else:
+            named[same.name] = address
+    spare = [li.name for li in running if li.name not in named]
+    fresh = (n for n in map(_public_name, itertools.count()) if n not in named and n not in spare)
+    for address in pending:
+        named[spare.pop(0) if spare else next(fresh)] = address
+    named.update(dict.fromkeys(spare))
+    named["tunnel"] = config.tunnel_bind_address
+    return dict(sorted(named.items(), key=lambda item: _order(item[0])))
 
 
 def pool_sizes(config):
@@ -39,12 +89,15 @@ def pool_sizes(config):
             "tunnel": limits.pool_connections * len(config.tunnels) + limits.tunnel_handshakes}
 
 
-def bind(address, backlog=1024):
+def bind(address, backlog=1024, v6only=False):
+    """`v6only`: an IPv6 socket takes IPv6 only, so 0.0.0.0:443 and [::]:443 can both bind."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and v6only:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.listen(backlog)
     except OSError:
@@ -95,7 +148,7 @@ class InheritedSockets:
 
     def refuse_unclaimed(self, addresses):
         """ActivationError naming the first socket no listener claimed; `addresses` maps
-        each listener name to its bind address (None: unset)."""
+        each bind address key to its address (None: unset)."""
         if not self.unclaimed:
             return
         sock, name = self.unclaimed[0]
@@ -104,8 +157,8 @@ class InheritedSockets:
             what = f"inherited socket {label} on {format_address(sock.getsockname())}"
         else:
             what = f"inherited socket {label} (not a listening TCP socket)"
-        keys = ", ".join(f"{KEYS[n]} = {format_address(a) if a else 'unset'}"
-                         for n, a in addresses.items())
+        keys = ", ".join(f"{key} = {format_address(a) if a else 'unset'}"
+                         for key, a in addresses.items())
         raise ActivationError(f"{what} matches no bind address ({keys}): make the socket "
                               "unit listen on the configured address")
 
@@ -125,9 +178,9 @@ class _HandlerOwnedServer(StreamServer):
 class BindError(TransportError, OSError):
     """A listener that could not bind, told by its config key and address (one error line)."""
 
-    def __init__(self, name, address, error):
+    def __init__(self, key, address, error):
         super().__init__(error.errno, error.strerror)
-        self.key = KEYS.get(name, name)
+        self.key = key
         self.address = address
 
     def __str__(self):
@@ -142,20 +195,23 @@ class BindError(TransportError, OSError):
 class Listener:
     """One listening socket; `stop()` closes it so no new connection is accepted.
 
-    `name` is "public" or "tunnel": a failed bind names the matching config key.
-    `inherited` (InheritedSockets) may hold the socket for `address` already bound.
-    `pool_size` bounds the handlers running at once (the accept loop pauses when full)."""
+    `name` is "public", "public-2", … or "tunnel"; a failed bind names `key` (default: the
+    key of its kind).  `inherited` (InheritedSockets) may hold the socket for `address`
+    already bound.  `pool_size` bounds the handlers running at once (the accept loop
+    pauses when full).  `v6only`: see `bind`."""
 
-    def __init__(self, name, address, handle, pool_size, inherited=None):
+    def __init__(self, name, address, handle, pool_size, inherited=None, key=None, v6only=False):
         self.name = name
+        self.key = key or KEYS[kind(name)]
+        self.configured = address
         self.handle = handle
         self.pool_size = pool_size
         sock = inherited.claim(address) if inherited is not None else None
         self.inherited = sock is not None
         try:
-            self.sock = _prepare(sock) if self.inherited else bind(address)
+            self.sock = _prepare(sock) if self.inherited else bind(address, v6only=v6only)
         except OSError as exc:
-            raise BindError(name, address, exc) from None
+            raise BindError(self.key, address, exc) from None
         self.address = self.sock.getsockname()
         self.server = _HandlerOwnedServer(self.sock, handle, spawn=Pool(pool_size))
 
@@ -202,7 +258,7 @@ def bind_moved(listeners, running, wanted, make):
                 continue
             if old is not None and old.inherited:
                 raise ActivationError(
-                    f"{KEYS[name]}: {format_address(old.address)} is a socket systemd passed; "
+                    f"{old.key}: {format_address(old.address)} is a socket systemd passed; "
                     "change the socket unit's ListenStream= and restart")
             moved[name] = None if address is None else make(name, address)
     except (BindError, ActivationError):
@@ -224,7 +280,8 @@ def swap(listeners, moved, log):
             by_name[name] = listener
         if old is not None:
             old.stop()
+        none = "shared" if name == "tunnel" else "none"  # a Tunnel listener's absence shares
         log.info("listener-moved", listener=name,
-                 address=format_address(listener.address) if listener else "shared",
-                 previous=format_address(old.address) if old else "shared")
-    return [by_name[name] for name in KEYS if name in by_name]
+                 address=format_address(listener.address) if listener else none,
+                 previous=format_address(old.address) if old else none)
+    return [by_name[name] for name in sorted(by_name, key=_order)]

@@ -27,7 +27,7 @@ from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .challenge import ChallengeResponder
 from .intake import intake
 from .listener import (BindError, InheritedSockets, Listener, bind_addresses, bind_moved,
-                       pool_sizes, swap)
+                       by_key, config_key, kind, pool_sizes, swap)
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
 from .servercert import ServerCertificateChecks
@@ -94,23 +94,27 @@ class Server(ServerCertificateChecks, TunnelConnections):
                 self.check_certificate()  # renew or refuse before serving anything
             self.certificate.current()  # fail fast on missing material
         else:
-            warn_port(self.log, cfg.public_bind_address[1])
+            ports = [port for _, port in cfg.public_bind_addresses]
+            warn_port(self.log, 443 if 443 in ports else ports[0])  # the CA dials 443
             self.acme.start()  # Tunnel connections are refused until a certificate exists
         inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's, if any
-        sizes, addresses = pool_sizes(cfg), bind_addresses(cfg)
-        self.listeners = [Listener(name, address, self._handler(name), sizes[name], inherited)
+        addresses = bind_addresses(cfg)
+        self.listeners = [self._listener(cfg, name, address, inherited)
                           for name, address in addresses.items() if address is not None]
-        inherited.refuse_unclaimed(addresses)
+        inherited.refuse_unclaimed(by_key(cfg, addresses))
         for listener in self.listeners:
             listener.start()
         self.monitor.start()
         self._follow_files()
         if self.acme is None:
             self.certificate_upkeep.start()  # certbot renews ACME certificates
+        public = [li for li in self.listeners if kind(li.name) == "public"]
+        tunnel = [li for li in self.listeners if li.name == "tunnel"]
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
-                      public_bind_address=format_address(self.listeners[0].address),
-                      tunnel_bind_address=(format_address(self.listeners[1].address)
-                                           if len(self.listeners) > 1 else "shared"),
+                      public_bind_address=format_address(public[0].address),
+                      public_bind_addresses=",".join(format_address(li.address) for li in public)
+                      if len(public) > 1 else None,
+                      tunnel_bind_address=format_address(tunnel[0].address) if tunnel else "shared",
                       inherited=",".join(li.name for li in self.listeners if li.inherited) or None,
                       tunnels=len(self.snapshot.tunnels), version=__version__)
 
@@ -179,7 +183,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
         self.listeners = swap(self.listeners, moved, self.log)
         sizes = pool_sizes(config)
         for listener in self.listeners:
-            listener.resize(sizes[listener.name])
+            listener.resize(sizes[kind(listener.name)])
         self.log.configure(config.log_level, config.log_format)
         self._follow_files()
         self.log.info("server-reloaded", tunnels=len(snapshot.tunnels))
@@ -195,16 +199,18 @@ class Server(ServerCertificateChecks, TunnelConnections):
                                          limits.tunnel_handshakes_per_source, **prefixes)
         self.splices.sweeper.timeouts = SpliceTimeouts.from_limits(limits, first_byte=True)
 
-    def _handler(self, name):
-        return self._handle_public if name == "public" else self._handle_tunnel_listener
+    def _listener(self, config, name, address, inherited=None):
+        handle = self._handle_public if kind(name) == "public" else self._handle_tunnel_listener
+        several = kind(name) == "public" and len(config.public_bind_addresses) > 1
+        return Listener(name, address, handle, pool_sizes(config)[kind(name)], inherited,
+                        config_key(config, name), v6only=several)  # [::] beside 0.0.0.0
 
     def _bind_moved(self, config):
         """Listeners for the bind addresses `config` moves, bound before any old one closes."""
-        sizes = pool_sizes(config)
         try:
-            return bind_moved(self.listeners, bind_addresses(self.config), bind_addresses(config),
-                              lambda name, address: Listener(name, address, self._handler(name),
-                                                             sizes[name]))
+            return bind_moved(self.listeners, bind_addresses(self.config, self.listeners),
+                              bind_addresses(config, self.listeners),
+                              lambda name, address: self._listener(config, name, address))
         except (BindError, ActivationError) as exc:
             raise ConfigError(str(exc), file=config.source) from None
 
@@ -333,11 +339,13 @@ class Server(ServerCertificateChecks, TunnelConnections):
     def _route_visitor(self, sock, address, taken):
         """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
         hostname = taken.hostname
-        route = self.snapshot.tunnel_for_hostname(hostname)
-        if route is None:
+        local = sock.getsockname()[:2]  # the public listener's address: its port routes too
+        found = self.snapshot.route(hostname, local[1])
+        if found is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            public_hostname=hostname, reason="unknown-hostname")
             return "unknown-hostname"
+        pattern, route = found  # the configured name or wildcard labels the metrics
         pool = self.pools.get(route.name)
         member = pool.place() if pool else None
         if member is None:
@@ -364,7 +372,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
                                reason="tunnel-connection-going-away")
                 return "stream-open-failed"
             member.streams_placed += 1
-            header = proxyv2.encode(address[:2], sock.getsockname()[:2])
+            header = proxyv2.encode(address[:2], local)
             envelope = header + taken.buffered
             taken.release()
             try:
@@ -382,7 +390,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
             started = time.monotonic()
             uploaded = taken.size
             series = self.metrics.tunnels[route.name]
-            series.routed[hostname].inc()
+            series.routed[pattern].inc()
 
             def closed(result):
                 self.active_streams -= 1

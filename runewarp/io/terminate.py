@@ -1,9 +1,11 @@
 """Terminate mode: the Client completes the Visitor's TLS handshake itself.
 
-The certificate is chosen by the normalized SNI that intake already read; the
-buffered ClientHello is handed to the TLS engine, so nothing is read twice.  A
-hostname without a usable certificate fails the handshake (fail closed: never
-fall back to passthrough).
+The certificate is chosen by the normalized SNI that intake already read: the
+hostname's own, else the wildcard certificate over it (`*.example.com` for
+`a.example.com`, in the folder `_wildcard.example.com`).  The buffered
+ClientHello is handed to the TLS engine, so nothing is read twice.  A hostname
+without a usable certificate fails the handshake (fail closed: never fall back
+to passthrough).
 
 With a manual `public-cert-dir`, certificates the Client issued from its own
 Public hostname CA are renewed by the Client (`PublicCertificates.upkeep`, at
@@ -19,7 +21,9 @@ from .. import certcheck
 from ..errors import MaterialError
 from ..proto.proxyv2 import VisitorTLS
 from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate, pin,
-                        load_public_cert_paths, public_cert_renewable, renew_public_certs)
+                        load_public_cert_paths, public_cert_folder, public_cert_renewable,
+                        renew_public_certs)
+from ..proto.hostname import wildcard_over
 from ..tls import ContextCache, offer_alpn, terminate_context
 from .splice import StreamEnd
 from .tlsconn import ServerTLSConnection
@@ -43,11 +47,12 @@ class PublicCertificates:
         self._contexts = ContextCache(self._locate, self._build)
         self._refuse = terminate_context()  # no certificate: every handshake fails
         self._expiry_warnings = certcheck.ExpiryWarnings()
+        self.names = frozenset()  # the configured terminate names, as `upkeep` last saw them
 
     def init_command(self, hostname):
         """The command that creates a certificate for `hostname` in this folder."""
         return (f"runewarp client public-cert init --dir {shlex.quote(str(self.cert_dir))} "
-                f"--hostname {hostname}")
+                f"--hostname {shlex.quote(hostname)}")
 
     def upkeep(self, hostnames, announce=False):
         """One pass over the terminate hostnames' manual certificates; nothing with ACME.
@@ -57,7 +62,10 @@ class PublicCertificates:
         most once a day each, about any other certificate that expires within 30 days.
         With `announce` (start and reload) a hostname without a usable certificate is
         reported with the command that creates it.  Returns the renewed hostnames.
+        The Client passes every configured terminate name (wildcards too) at start, at
+        reload and periodically; they are also what `context_for` picks certificates from.
         """
+        self.names = frozenset(hostnames)
         if self.cert_dir is None or self.acme is not None:
             return []
         renewed = []
@@ -109,7 +117,7 @@ class PublicCertificates:
         """The hostname's certificate and key files; None when there are none."""
         if self.acme is not None:
             return self.acme.paths(hostname)
-        folder = os.path.join(self.cert_dir, hostname)
+        folder = os.path.join(self.cert_dir, public_cert_folder(hostname))
         return tuple(os.path.join(folder, name) for name in (PUBLIC_CERT, PUBLIC_KEY))
 
     def _build(self, hostname, paths):
@@ -136,7 +144,16 @@ class PublicCertificates:
         """SSL context for `hostname`, or the refusing context when none is usable."""
         if self.cert_dir is None and self.acme is None:
             return self._refuse
-        return self._contexts.current(hostname)
+        return self._contexts.current(self._certificate_name(hostname))
+
+    def _certificate_name(self, hostname):
+        """The configured name whose certificate serves `hostname`: itself, else the wildcard
+        over it when that is configured (an exact name wins, as in Service selection).  So a
+        Visitor under a wildcard never adds a key: the cache stays as small as the config."""
+        if hostname in self.names:
+            return hostname
+        pattern = wildcard_over(hostname)
+        return pattern if pattern in self.names else hostname
 
 
 class StreamTransport:

@@ -10,7 +10,8 @@ from .identity import (CLIENT_CERT, CLIENT_IDENTITY, CLIENT_KEY, IDENTITY_MAX_AG
                        identity_needs_renewal, init_identity, load_identity_paths, renew_identity,
                        rotate_identity, show_identity)
 from .public import (PUBLIC_CA_CERT, PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, PublicCertsResult, PublicLeaf,
-                     client_key_files, init_public_certs, load_public_cert_paths, public_cert_renewable,
+                     client_key_files, init_public_certs, load_public_cert_paths, public_cert_folder,
+                     public_cert_renewable,
                      renew_public_certs, rotate_public_ca)
 from .server import (SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CERT, SERVER_KEY, InitResult, ServerCertResult,
                      init_server_cert, load_server_cert_paths, renew_server_cert, rotate_server_ca,
@@ -29,7 +30,7 @@ __all__ = [
     "identity_needs_renewal", "identity_of_certificate", "identity_of_certificate_der", "init_identity",
     "init_public_certs", "init_server_cert", "key_permission_problem", "key_permission_problems",
     "leaf_not_after", "load_certificate", "load_identity_paths", "load_public_cert_paths",
-    "load_server_cert_paths", "make_self_signed", "pin", "public_cert_renewable", "renew_identity",
-    "renew_public_certs", "renew_server_cert", "rotate_identity", "rotate_public_ca", "rotate_server_ca",
-    "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",
+    "load_server_cert_paths", "make_self_signed", "pin", "public_cert_folder", "public_cert_renewable",
+    "renew_identity", "renew_public_certs", "renew_server_cert", "rotate_identity", "rotate_public_ca",
+    "rotate_server_ca", "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",
 ]

@@ -1,5 +1,9 @@
 """Public hostname material (terminate mode): the Public hostname CA and one leaf per
-hostname."""
+hostname.
+
+A wildcard's leaf lives in the folder `_wildcard.<base>` (`*.example.com` in
+`_wildcard.example.com`): no `*` for a shell to expand, and no clash with a
+hostname's folder, since no hostname has an underscore."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ..errors import MaterialError
-from ..proto.hostname import normalize
+from ..proto.hostname import WILDCARD, normalize
 from .identity import CLIENT_KEY
 from .store import CURRENT, View, is_version, update
 from .x509 import PUBLIC_CA_CN, _cert_pem, _check_issued, _key_pem, _make_ca, _make_leaf, _now, _san_names, read_pair
@@ -20,6 +24,16 @@ PUBLIC_CA_KEY = "state/public-ca.key"
 PUBLIC_CERT = "public.crt"
 PUBLIC_KEY = "public.key"
 _STATE = "state"
+WILDCARD_FOLDER = "_wildcard."
+
+
+def public_cert_folder(host: str) -> str:
+    """The folder of a normalized hostname or wildcard inside public-cert-dir."""
+    return WILDCARD_FOLDER + host[len(WILDCARD):] if host.startswith(WILDCARD) else host
+
+
+def _host_of_folder(name: str) -> str:
+    return WILDCARD + name[len(WILDCARD_FOLDER):] if name.startswith(WILDCARD_FOLDER) else name
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ def _hosts_present(view: View) -> list[str]:
     if not view.root.is_dir():
         return []
     return sorted(
-        d.name for d in view.root.iterdir()
+        _host_of_folder(d.name) for d in view.root.iterdir()
         if d.is_dir() and not _reserved(d.name)
         and (view.exists(f"{d.name}/{PUBLIC_CERT}") or view.exists(f"{d.name}/{PUBLIC_KEY}"))
     )
@@ -61,7 +75,8 @@ def _hosts_present(view: View) -> list[str]:
 def _flat_files(view: View) -> list[str]:
     """The material of a folder in the flat layout: CA key and certificate, each leaf's pair."""
     hosts = _hosts_present(view)
-    return [PUBLIC_CA_KEY, PUBLIC_CA_CERT] + [f"{h}/{n}" for h in hosts for n in (PUBLIC_KEY, PUBLIC_CERT)]
+    return [PUBLIC_CA_KEY, PUBLIC_CA_CERT] + [f"{public_cert_folder(h)}/{n}" for h in hosts
+                                              for n in (PUBLIC_KEY, PUBLIC_CERT)]
 
 
 def _load_public_ca(view: View):
@@ -79,7 +94,7 @@ def _load_public_ca(view: View):
 
 
 def _leaf_usable(view: View, host: str, ca_cert: x509.Certificate) -> bool:
-    cert_rel, key_rel = f"{host}/{PUBLIC_CERT}", f"{host}/{PUBLIC_KEY}"
+    cert_rel, key_rel = f"{public_cert_folder(host)}/{PUBLIC_CERT}", f"{public_cert_folder(host)}/{PUBLIC_KEY}"
     if not (view.exists(cert_rel) and view.exists(key_rel)):
         return False
     try:
@@ -91,7 +106,8 @@ def _leaf_usable(view: View, host: str, ca_cert: x509.Certificate) -> bool:
 
 
 def _leaf(public_dir: Path, host: str, cert: x509.Certificate, created: bool) -> PublicLeaf:
-    return PublicLeaf(host, public_dir / host / PUBLIC_CERT, public_dir / host / PUBLIC_KEY,
+    folder = public_dir / public_cert_folder(host)
+    return PublicLeaf(host, folder / PUBLIC_CERT, folder / PUBLIC_KEY,
                       cert.not_valid_after_utc, cert.serial_number, created)
 
 
@@ -101,7 +117,8 @@ def _issue(public_dir: Path, hosts: list[str], ca, now: _dt.datetime, files: dic
     leaves = []
     for h in hosts:
         leaf, key = _make_leaf(h, ca_cert, ca_key, now)
-        files |= {f"{h}/{PUBLIC_KEY}": _key_pem(key), f"{h}/{PUBLIC_CERT}": _cert_pem(leaf, ca_cert)}
+        folder = public_cert_folder(h)
+        files |= {f"{folder}/{PUBLIC_KEY}": _key_pem(key), f"{folder}/{PUBLIC_CERT}": _cert_pem(leaf, ca_cert)}
         leaves.append(_leaf(public_dir, h, leaf, created=True))
     return leaves
 
@@ -113,10 +130,11 @@ def _new_ca(now: _dt.datetime, files: dict):
 
 
 def _public_hostnames(hostnames) -> list[str]:
-    """Normalized by the one hostname rule (HostnameError otherwise), layout names refused."""
+    """Normalized by the one hostname rule, wildcards included (HostnameError otherwise),
+    layout names refused."""
     if isinstance(hostnames, str):
         hostnames = [hostnames]
-    hosts = sorted({normalize(h) for h in hostnames})
+    hosts = sorted({normalize(h, wildcard=True) for h in hostnames})
     for h in hosts:
         if _reserved(h):
             raise MaterialError(f"{h!r}: a Public hostname cannot be named like a folder of the "
@@ -139,7 +157,8 @@ def init_public_certs(public_dir: Path, hostnames, now: _dt.datetime | None = No
         to_issue = [h for h in hosts if ca_created or not _leaf_usable(view, h, ca[0])]
         issued = {leaf.hostname: leaf for leaf in _issue(public_dir, to_issue, ca, t, files)}
         leaves = tuple(issued.get(h) or _leaf(public_dir, h, read_pair(
-            view, f"{h}/{PUBLIC_CERT}", f"{h}/{PUBLIC_KEY}")[0], created=False) for h in hosts)
+            view, f"{public_cert_folder(h)}/{PUBLIC_CERT}", f"{public_cert_folder(h)}/{PUBLIC_KEY}")[0], created=False)
+            for h in hosts)
         return files, PublicCertsResult(public_dir / PUBLIC_CA_CERT, ca_created, leaves)
 
     return update(public_dir, build, _flat_files)
@@ -181,7 +200,7 @@ def public_cert_renewable(public_dir: Path, hostname: str) -> bool:
     try:
         view = View(public_dir)
         ca = _load_public_ca(view)
-        return ca is not None and _leaf_usable(view, normalize(hostname), ca[0])
+        return ca is not None and _leaf_usable(view, normalize(hostname, wildcard=True), ca[0])
     except MaterialError:
         return False
 
@@ -190,9 +209,9 @@ def load_public_cert_paths(public_dir: Path, hostname: str) -> tuple[Path, Path]
     """(chain path, key path) for terminating TLS on `hostname`.
 
     Stable names: open them through `store.pin` so both come from one version."""
-    host = normalize(hostname)
+    folder = public_cert_folder(normalize(hostname, wildcard=True))
     view = View(public_dir)
-    cert_rel, key_rel = f"{host}/{PUBLIC_CERT}", f"{host}/{PUBLIC_KEY}"
+    cert_rel, key_rel = f"{folder}/{PUBLIC_CERT}", f"{folder}/{PUBLIC_KEY}"
     read_pair(view, cert_rel, key_rel)
     return view.shown(cert_rel), view.shown(key_rel)
 
@@ -211,5 +230,5 @@ def client_key_files(identity_dir: Path, public_cert_dir: Path | None = None,
         public_dir = Path(public_cert_dir)
         hosts = _hosts_present(View(public_dir)) if hostnames is None else _public_hostnames(hostnames)
         files.append(public_dir / PUBLIC_CA_KEY)
-        files += [public_dir / h / PUBLIC_KEY for h in hosts]
+        files += [public_dir / public_cert_folder(h) / PUBLIC_KEY for h in hosts]
     return files

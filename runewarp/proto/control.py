@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ControlError as ControlError  # re-exported: raised here
+from .hostname import is_wildcard, wildcard_over
 
 MAX_LINE = 64 * 1024
 # Our messages are flat objects holding at most one list of strings (depth 2);
@@ -219,10 +220,17 @@ def hostname_drift(tunnel_hostnames, client_hostnames, catch_all):
     """Hostname-mirroring drift between a Tunnel and the Client serving it.
 
     Returns (hostnames the Client cannot serve, Client hostnames the Tunnel does
-    not own).  A Catch-all Client serves everything the Tunnel admits.
+    not own).  A Catch-all Client serves everything the Tunnel admits.  Either
+    side may list wildcards: an exact name is served (or owned) when the other
+    side lists it or the wildcard over it; a wildcard only when the other side
+    lists the same wildcard (the names under it are not countable).
     """
     tunnel = set(tunnel_hostnames)
     client = set(client_hostnames)
-    unserved = set() if catch_all else tunnel - client
-    unowned = client - tunnel
+    unserved = set() if catch_all else {h for h in tunnel if not _taken(h, client)}
+    unowned = {h for h in client if not _taken(h, tunnel)}
     return sorted(unserved), sorted(unowned)
+
+
+def _taken(name, names):
+    return name in names or (not is_wildcard(name) and wildcard_over(name) in names)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from runewarp.material import public_cert_folder
 from runewarp.proto import clienthello
 
 from ..conftest import ROOT, SERVER_HOSTNAME, cli_material
@@ -29,8 +30,8 @@ class Backend:
                      *(arg for hostname in hostnames for arg in ("--hostname", hostname)),
                      copy_of=name)
         self.ca = cert_dir / "public-ca.crt"
-        self.cert = cert_dir / hostnames[0] / "public.crt"
-        key = cert_dir / hostnames[0] / "public.key"
+        folder = cert_dir / public_cert_folder(hostnames[0])
+        self.cert, key = folder / "public.crt", folder / "public.key"
         cmd = [sys.executable, str(BACKEND), name, str(self.cert), str(key)]
         if plain:
             cmd.append("plain")

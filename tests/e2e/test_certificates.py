@@ -246,7 +246,8 @@ def _fix_command(line):
 
 
 @pytest.mark.parametrize("command, hostname, why", [
-    (("client", "public-cert", "init"), "*.example.com", "wildcards are not allowed"),
+    (("client", "public-cert", "init"), "a.*.example.com", "the '*' is the whole first label"),
+    (("client", "public-cert", "init"), "*.com", "at least two labels"),
     (("client", "public-cert", "init"), "under_score.example.com", "underscores are not allowed"),
     (("client", "public-cert", "renew"), "192.0.2.1", "IP address"),
     (("server", "cert", "init"), "*.example.com", "wildcards are not allowed"),

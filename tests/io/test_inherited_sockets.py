@@ -72,17 +72,19 @@ def test_only_listening_tcp_sockets_are_claimed(sockets):
     with pytest.raises(ActivationError, match=rf"fd {bound.fileno()} \(web\) \(not a listening "
                        r"TCP socket\) matches no bind address \(server.public-bind-address = "
                        r"127.0.0.1:443, server.tunnel-bind-address = unset\)"):
-        pool.refuse_unclaimed({"public": ("127.0.0.1", 443), "tunnel": None})
+        pool.refuse_unclaimed({"server.public-bind-address": ("127.0.0.1", 443),
+                              "server.tunnel-bind-address": None})
 
 
 def test_an_unclaimed_socket_is_refused_naming_it_and_the_bind_keys(sockets):
     stray = sockets(("127.0.0.1", 0))
     pool = InheritedSockets([(stray, None)])
     with pytest.raises(ActivationError) as caught:
-        pool.refuse_unclaimed({"public": ("0.0.0.0", 443), "tunnel": ("::", 8443)})
+        pool.refuse_unclaimed({"server.public-bind-address": ("0.0.0.0", 443),
+                              "server.tunnel-bind-address": ("::", 8443)})
     assert str(caught.value) == (
         f"inherited socket fd {stray.fileno()} on 127.0.0.1:{stray.getsockname()[1]} matches "
         "no bind address (server.public-bind-address = 0.0.0.0:443, "
         "server.tunnel-bind-address = [::]:8443): make the socket unit listen on the "
         "configured address")
-    InheritedSockets().refuse_unclaimed({"public": ("0.0.0.0", 443)})
+    InheritedSockets().refuse_unclaimed({"server.public-bind-address": ("0.0.0.0", 443)})
