@@ -89,7 +89,7 @@ def test_example_configs_are_valid_once_completed(tmp_path):
         text = (ROOT / "conf" / name).read_text().replace("/var/lib/runewarp", str(state))
         (tmp_path / name).write_text(text.replace("0" * 64, "ab" * 32))
     server = load_server_config(tmp_path / "server.toml", env=env)
-    assert server.public_bind_address == ("0.0.0.0", 443)
+    assert server.public_bind_addresses == (("0.0.0.0", 443),)
     assert server.cert_dir == state / "server" / "cert"
     client = load_client_config(tmp_path / "client.toml", env=env)
     assert client.services[0].backend_address == ("127.0.0.1", 8443)

@@ -105,3 +105,23 @@ def test_a_reload_adds_and_removes_public_ports_and_keeps_the_rest(deployment, e
         echo_visitor(port).close()
     with pytest.raises(OSError):
         echo_visitor(p1).close()
+
+
+def test_a_reload_applies_a_tunnels_public_ports_to_the_next_visitor(deployment, echo_backend):
+    """public-ports = [p1] refuses a Visitor on p2; the reload to [p1, p2] routes it."""
+    identity = deployment.identity("client-a")
+    p1, p2 = free_port(), free_port()
+    path = server_config(deployment, [p1, p2], [("apps", [ECHO], identity, [p1])])
+    server = Proc(["server", "-c", path], env=deployment.env)
+    deployment.processes.append(server)
+    server.wait_for("server-ready")
+    deployment.public_port = p1
+    deployment.start_client("client-a", [([ECHO], echo_backend.address)])
+    echo_visitor(p1).close()
+    with pytest.raises((AssertionError, OSError)):
+        echo_visitor(p2).close()
+    server_config(deployment, [p1, p2], [("apps", [ECHO], identity, [p1, p2])])
+    mark = len(server.lines)
+    server.signal(signal.SIGHUP)
+    server.wait_for("server-reloaded", start=mark)
+    echo_visitor(p2).close()

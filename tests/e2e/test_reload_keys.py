@@ -688,6 +688,10 @@ COVERED = {
     "client.services[].backend-address": _ids(HERE, SERVICES),
     "client.services[].tls-mode": _ids(HERE, TLS_MODE),
     "client.services[].proxy-protocol": _ids(HERE, "test_client_proxy_protocol_applies_to_the_next_stream"),
+    "server.public-bind-addresses": _ids("test_public_ports.py",
+                                         "test_a_reload_adds_and_removes_public_ports_and_keeps_the_rest"),
+    "server.tunnels[].public-ports": _ids("test_public_ports.py",
+                                          "test_a_reload_applies_a_tunnels_public_ports_to_the_next_visitor"),
     "client.services[].alpn": _ids("test_terminate_alpn.py", "test_a_reload_applies_alpn_to_the_next_handshake"),
 }
 
