@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from .errors import MaterialError
+from .proto.hostname import covers
 
 RENEW_AFTER_FRACTION = 2 / 3
 WARN_BEFORE_EXPIRY = _dt.timedelta(days=30)
@@ -122,20 +123,11 @@ def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
 
 
-def _matches(name: str, hostname: str) -> bool:
-    if name == hostname:
-        return True
-    # RFC 6125: a wildcard is the whole left-most label and stands for exactly one label.
-    if name.startswith("*.") and "*" not in name[2:]:
-        head, _, rest = hostname.partition(".")
-        return bool(head) and rest == name[2:] and "." in rest
-    return False
-
-
 def names_hostname(cert: x509.Certificate, hostname: str) -> bool:
     """The certificate is valid for `hostname` (a normalized DNS name) by its SAN DNS names."""
     hostname = hostname.lower().rstrip(".")
-    return any(_matches(name, hostname) for name in dns_names(cert))
+    # RFC 6125 wildcards (the whole left-most label, exactly one label) by the one hostname rule.
+    return any(covers(name, hostname) for name in dns_names(cert))
 
 
 def issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
