@@ -1,4 +1,6 @@
-"""Server role: accept → intake → route → place → envelope → splice.
+"""Server role: listeners, lifecycle, reload and admission; the Visitor path
+(accept → intake → route → place → envelope → splice) is io/visitors.py, Tunnel
+connections io/tunnels.py, the Server certificate io/servercert.py.
 
 Visitor connections and Tunnel connections share the public listener; a
 ClientHello for the Server hostname is split by ALPN.  Routing reads one
@@ -8,39 +10,35 @@ immutable snapshot, swapped whole on reload.
 import socket
 import time
 
-import gevent
 from gevent.pool import Group
 
 from .. import __version__, certcheck, systemd
 from ..systemd import ActivationError
-from ..metrics import INTAKE_OUTCOMES, ServerMetrics
+from ..metrics import ServerMetrics
 from ..config import keep_running, restart_only
 from ..certcheck import CertificateRefused
-from ..errors import ConfigError, IntakeRejected, MaterialError, ProtocolError, StreamAborted
+from ..errors import ConfigError, MaterialError
 from ..acme import AcmeCertificates, warn_port
 from ..logs import RateLimitedWarning
-from ..proto import proxyv2
 from ..errors import AdmissionRefused
 from ..proto.admission import Admission
 from ..proto.mux import WindowBudget
-from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .challenge import ChallengeResponder
-from .intake import intake
 from .listener import (BindError, InheritedSockets, Listener, bind_addresses, bind_moved,
                        by_key, config_key, kind, pool_sizes, swap)
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
 from .servercert import ServerCertificateChecks
-from .splice import SocketEnd, Splices, StreamEnd, drain
+from .splice import Splices, drain
 from .sweeper import SpliceTimeouts
 from .tunnels import TunnelConnections, TunnelPool
 from .upkeep import Periodic, check_seconds, utcnow
+from .visitors import VisitorPath
 from .watch import FileWatch
 from ..material import server_cert_paths
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("server")
-ENVELOPE_DEADLINE = 5.0
 # The rate-limited warning scope for a refused admission, by table and reason.
 _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
                    ("intake", "source-full"): "source-full",
@@ -48,7 +46,7 @@ _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
                    ("tunnel-handshakes", "source-full"): "tunnel-handshakes-per-source"}
 
 
-class Server(ServerCertificateChecks, TunnelConnections):
+class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
     def __init__(self, config, log, clock=utcnow, certificate_check_seconds=None):
         """`clock()` gives the aware UTC time certificates are judged by; the manual
         Server certificate is checked every `certificate_check_seconds` (default:
@@ -247,54 +245,7 @@ class Server(ServerCertificateChecks, TunnelConnections):
                             "members": members})
         return {"tunnels": tunnels, "certificates": certificate_entries(self.metrics)}
 
-    # -- public listener: accept → intake → route → place → splice --
-    def _handle_public(self, sock, address):
-        self.visitors.add(gevent.getcurrent())  # nodelay and keepalive: from the listener
-        spliced = False
-        slot = None
-        outcome = "aborted"  # killed at shutdown, or a bug: every path counts one outcome
-        try:
-            accepted = time.monotonic()
-            table = self.intake_slots  # a reload may replace it: release into this one
-            slot = self._admit(table, "intake", sock, address)
-            if slot is None:
-                outcome = "admission-full"
-                return
-            self.saturation.recovered("intake-full")
-            self.saturation.recovered("source-full")
-
-            def read():
-                data = sock.recv(16 * 1024)
-                slot.progress(len(data))
-                return data
-
-            try:
-                taken = intake(read, self.config.timeouts.client_hello)
-            finally:
-                table.release(slot)
-            if slot.shed:  # its hello was already buffered when it was shed: still shed
-                raise IntakeRejected("shed")
-            self.metrics.intake_seconds.observe(time.monotonic() - accepted)
-            if taken.hello.ech:  # routed by its outer SNI like any other (docs/ech.md)
-                self.metrics.visitor_ech.inc()
-            if taken.hostname == self.snapshot.server_hostname:
-                outcome = self._server_hostname_connection(sock, address, taken)
-                return
-            outcome = self._route_visitor(sock, address, taken)
-            spliced = outcome == "routed"
-        except IntakeRejected as exc:
-            reason = "shed" if slot is not None and slot.shed else exc.reason
-            outcome = INTAKE_OUTCOMES.get(reason, "malformed-hello")
-            self.log.debug("visitor-rejected", visitor=format_address(address), reason=reason)
-        except OSError as exc:
-            outcome = "socket-error"
-            self.log.debug("visitor-rejected", visitor=format_address(address),
-                           reason=f"socket-error: {exc}")
-        finally:
-            self.metrics.visitor[outcome].inc()
-            if not spliced:
-                sock.close()
-
+    # -- admission, shared by Visitors (io/visitors.py) and Tunnel handshakes (io/tunnels.py) --
     def _admit(self, table, kind, sock, address):
         """A slot in `table` for this peer, shedding a slow holder under pressure; None if refused.
 
@@ -314,104 +265,3 @@ class Server(ServerCertificateChecks, TunnelConnections):
             except OSError:
                 pass
         return slot
-
-    def _server_hostname_connection(self, sock, address, taken):
-        """A connection to the Server hostname; its Visitor outcome."""
-        offered = taken.hello.alpn_protocols
-        if ALPN_TUNNEL.decode() in offered and self.config.tunnel_bind_address is None:
-            self.visitors.discard(gevent.getcurrent())
-            self.tunnels.add(gevent.getcurrent())
-            self._tunnel_connection(sock, address, taken.buffered)
-            return "tunnel-connection"
-        if ALPN_ACME.decode() in offered and self.challenges is not None:
-            self.challenges.answer(sock, taken.hostname, taken.buffered, self.log)
-            return "acme-challenge"
-        if ALPN_ACME.decode() in offered:
-            self.log.debug("visitor-rejected", visitor=format_address(address),
-                           reason="acme-not-configured")
-        else:
-            self.log.debug("visitor-rejected", visitor=format_address(address),
-                           reason="server-hostname-without-tunnel-alpn"
-                           if self.config.tunnel_bind_address is None
-                           else "tunnel-connections-use-the-tunnel-listener")
-        return "server-hostname-other-alpn"
-
-    def _route_visitor(self, sock, address, taken):
-        """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
-        hostname = taken.hostname
-        local = sock.getsockname()[:2]  # the public listener's address: its port routes too
-        found = self.snapshot.route(hostname, local[1])
-        if found is None:
-            self.log.debug("visitor-rejected", visitor=format_address(address),
-                           public_hostname=hostname, reason="unknown-hostname")
-            return "unknown-hostname"
-        pattern, route = found  # the configured name or wildcard labels the metrics
-        pool = self.pools.get(route.name)
-        member = pool.place() if pool else None
-        if member is None:
-            self.log.debug("visitor-rejected", visitor=format_address(address),
-                           public_hostname=hostname, tunnel=route.name,
-                           reason="no-tunnel-connection")
-            return "no-tunnel-connection"
-        limits = self.config.limits
-        if self.active_streams >= limits.active_streams:
-            self.saturation.warn("active-streams", time.monotonic())
-            return "active-streams-full"
-        if pool.active_streams >= limits.tunnel_share(len(self.pools)):
-            self.saturation.warn(f"active-streams-per-tunnel:{route.name}", time.monotonic(),
-                                 tunnel=route.name)
-            return "active-streams-full"
-        self.active_streams += 1
-        pool.active_streams += 1
-        spliced = False
-        try:
-            try:
-                stream = member.session.open_stream()
-            except ProtocolError:
-                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
-                               reason="tunnel-connection-going-away")
-                return "stream-open-failed"
-            member.streams_placed += 1
-            header = proxyv2.encode(address[:2], local)
-            envelope = header + taken.buffered
-            taken.release()
-            try:
-                with gevent.Timeout(ENVELOPE_DEADLINE):
-                    stream.sendall(envelope)
-                del envelope
-            except (gevent.Timeout, StreamAborted):
-                stream.reset()
-                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
-                               reason="stream-open-failed")
-                return "stream-open-failed"
-            self.log.debug("visitor-routed", visitor=format_address(address),
-                           public_hostname=hostname, tunnel=route.name,
-                           client_instance=member.instance, stream=stream.id)
-            started = time.monotonic()
-            uploaded = taken.size
-            series = self.metrics.tunnels[route.name]
-            series.routed[pattern].inc()
-
-            def closed(result):
-                self.active_streams -= 1
-                pool.active_streams -= 1
-                series.to_client.inc(result.a_to_b + uploaded)
-                series.to_visitor.inc(result.b_to_a)
-                level = "info" if self.config.access_log else "debug"
-                if self.log.enabled(level):  # the Visitor as the Client's stream-closed names it
-                    visitor = format_address(proxyv2.decode(header)[0].source)
-                    self.log.log(level, "visitor-closed", public_hostname=hostname, visitor=visitor,
-                                 tunnel=route.name, client_identity=member.identity[:12],
-                                 client_instance=member.instance,
-                                 bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
-                                 duration=time.monotonic() - started,
-                                 reason=result.error or "done")
-
-            self.splices.start(SocketEnd(sock), StreamEnd(stream), closed)
-            spliced = True
-            return "routed"
-        finally:
-            if not spliced:
-                self.active_streams -= 1
-                pool.active_streams -= 1
-

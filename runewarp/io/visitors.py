@@ -1,0 +1,171 @@
+"""The Visitor path of the Server: accept → intake → route → place → envelope → splice.
+
+Mixed into io.server.Server (as io/tunnels.py's Tunnel connections are): it reads
+`config`, `snapshot`, `pools`, `metrics`, `splices`, `visitors`, `tunnels`,
+`challenges`, `saturation` and `log`, and counts `active_streams`.  A ClientHello
+for the Server hostname is split by ALPN: Tunnel connection, ACME, or refused.
+"""
+
+import time
+
+import gevent
+
+from ..errors import IntakeRejected, ProtocolError, StreamAborted
+from ..metrics import INTAKE_OUTCOMES
+from ..proto import proxyv2
+from ..proto.address import format_address
+from ..tls import ALPN_ACME, ALPN_TUNNEL
+from .intake import intake
+from .splice import SocketEnd, StreamEnd
+
+ENVELOPE_DEADLINE = 5.0
+
+
+class VisitorPath:
+    def _handle_public(self, sock, address):
+        self.visitors.add(gevent.getcurrent())  # nodelay and keepalive: from the listener
+        spliced = False
+        slot = None
+        outcome = "aborted"  # killed at shutdown, or a bug: every path counts one outcome
+        try:
+            accepted = time.monotonic()
+            table = self.intake_slots  # a reload may replace it: release into this one
+            slot = self._admit(table, "intake", sock, address)
+            if slot is None:
+                outcome = "admission-full"
+                return
+            self.saturation.recovered("intake-full")
+            self.saturation.recovered("source-full")
+
+            def read():
+                data = sock.recv(16 * 1024)
+                slot.progress(len(data))
+                return data
+
+            try:
+                taken = intake(read, self.config.timeouts.client_hello)
+            finally:
+                table.release(slot)
+            if slot.shed:  # its hello was already buffered when it was shed: still shed
+                raise IntakeRejected("shed")
+            self.metrics.intake_seconds.observe(time.monotonic() - accepted)
+            if taken.hello.ech:  # routed by its outer SNI like any other (docs/ech.md)
+                self.metrics.visitor_ech.inc()
+            if taken.hostname == self.snapshot.server_hostname:
+                outcome = self._server_hostname_connection(sock, address, taken)
+                return
+            outcome = self._route_visitor(sock, address, taken)
+            spliced = outcome == "routed"
+        except IntakeRejected as exc:
+            reason = "shed" if slot is not None and slot.shed else exc.reason
+            outcome = INTAKE_OUTCOMES.get(reason, "malformed-hello")
+            self.log.debug("visitor-rejected", visitor=format_address(address), reason=reason)
+        except OSError as exc:
+            outcome = "socket-error"
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason=f"socket-error: {exc}")
+        finally:
+            self.metrics.visitor[outcome].inc()
+            if not spliced:
+                sock.close()
+
+    def _server_hostname_connection(self, sock, address, taken):
+        """A connection to the Server hostname; its Visitor outcome."""
+        offered = taken.hello.alpn_protocols
+        if ALPN_TUNNEL.decode() in offered and self.config.tunnel_bind_address is None:
+            self.visitors.discard(gevent.getcurrent())
+            self.tunnels.add(gevent.getcurrent())
+            self._tunnel_connection(sock, address, taken.buffered)
+            return "tunnel-connection"
+        if ALPN_ACME.decode() in offered and self.challenges is not None:
+            self.challenges.answer(sock, taken.hostname, taken.buffered, self.log)
+            return "acme-challenge"
+        if ALPN_ACME.decode() in offered:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason="acme-not-configured")
+        else:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason="server-hostname-without-tunnel-alpn"
+                           if self.config.tunnel_bind_address is None
+                           else "tunnel-connections-use-the-tunnel-listener")
+        return "server-hostname-other-alpn"
+
+    def _route_visitor(self, sock, address, taken):
+        """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
+        hostname = taken.hostname
+        local = sock.getsockname()[:2]  # the public listener's address: its port routes too
+        found = self.snapshot.route(hostname, local[1])
+        if found is None:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           public_hostname=hostname, reason="unknown-hostname")
+            return "unknown-hostname"
+        pattern, route = found  # the configured name or wildcard labels the metrics
+        pool = self.pools.get(route.name)
+        member = pool.place() if pool else None
+        if member is None:
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           public_hostname=hostname, tunnel=route.name,
+                           reason="no-tunnel-connection")
+            return "no-tunnel-connection"
+        limits = self.config.limits
+        if self.active_streams >= limits.active_streams:
+            self.saturation.warn("active-streams", time.monotonic())
+            return "active-streams-full"
+        if pool.active_streams >= limits.tunnel_share(len(self.pools)):
+            self.saturation.warn(f"active-streams-per-tunnel:{route.name}", time.monotonic(),
+                                 tunnel=route.name)
+            return "active-streams-full"
+        self.active_streams += 1
+        pool.active_streams += 1
+        spliced = False
+        try:
+            try:
+                stream = member.session.open_stream()
+            except ProtocolError:
+                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
+                               reason="tunnel-connection-going-away")
+                return "stream-open-failed"
+            member.streams_placed += 1
+            header = proxyv2.encode(address[:2], local)
+            envelope = header + taken.buffered
+            taken.release()
+            try:
+                with gevent.Timeout(ENVELOPE_DEADLINE):
+                    stream.sendall(envelope)
+                del envelope
+            except (gevent.Timeout, StreamAborted):
+                stream.reset()
+                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
+                               reason="stream-open-failed")
+                return "stream-open-failed"
+            self.log.debug("visitor-routed", visitor=format_address(address),
+                           public_hostname=hostname, tunnel=route.name,
+                           client_instance=member.instance, stream=stream.id)
+            started = time.monotonic()
+            uploaded = taken.size
+            series = self.metrics.tunnels[route.name]
+            series.routed[pattern].inc()
+
+            def closed(result):
+                self.active_streams -= 1
+                pool.active_streams -= 1
+                series.to_client.inc(result.a_to_b + uploaded)
+                series.to_visitor.inc(result.b_to_a)
+                level = "info" if self.config.access_log else "debug"
+                if self.log.enabled(level):  # the Visitor as the Client's stream-closed names it
+                    visitor = format_address(proxyv2.decode(header)[0].source)
+                    self.log.log(level, "visitor-closed", public_hostname=hostname, visitor=visitor,
+                                 tunnel=route.name, client_identity=member.identity[:12],
+                                 client_instance=member.instance,
+                                 bytes_up=result.a_to_b + uploaded, bytes_down=result.b_to_a,
+                                 duration=time.monotonic() - started,
+                                 reason=result.error or "done")
+
+            self.splices.start(SocketEnd(sock), StreamEnd(stream), closed)
+            spliced = True
+            return "routed"
+        finally:
+            if not spliced:
+                self.active_streams -= 1
+                pool.active_streams -= 1
+
