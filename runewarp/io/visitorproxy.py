@@ -45,7 +45,7 @@ class _ServiceTLS(ServerTLSConnection):
     """The client end of TLS over memory BIOs on a gevent socket; the Server's pyOpenSSL
     end (recv, sendall, flush, close) with the connect state and the hostname check."""
 
-    def __init__(self, sock, context, hostname):  # noqa: super-init: the engine differs
+    def __init__(self, sock, context, hostname):  # the engine differs: no super().__init__
         self.conn = SSL.Connection(context, None)
         self.conn.set_connect_state()
         expect_hostname(self.conn, hostname)
@@ -288,7 +288,7 @@ def serve(forwards, log):
     try:
         for forward in forwards:
             listeners.append(Forwarder(forward, log, splices).listener())
-        for listener, forward in zip(listeners, forwards):
+        for listener, forward in zip(listeners, forwards, strict=True):
             listener.start()
             log.info("proxy-listening", address=format_address(listener.address),
                      public_hostname=forward.hostname, server=format_address(forward.server))

@@ -42,6 +42,7 @@ class Sshd:
                           f"AuthorizedKeysFile {folder / 'authorized_keys'}\n"
                           "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                           "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+                          "MaxStartups 100\nSubsystem sftp internal-sftp\n"
                           f"PidFile {folder / 'sshd.pid'}\n")
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation folder
         self.proc = harness.Process(["/usr/sbin/sshd", "-D", "-e", "-f", config], name="sshd")
@@ -120,9 +121,11 @@ def test_a_64_mib_scp_is_byte_identical(site, sshd, tmp_path):
     source, copy = tmp_path / "big", tmp_path / "copy"
     source.write_bytes(os.urandom(64 * 1024 * 1024))
     proxy = "ProxyCommand=" + shlex.join(runewarp_cmd(*proxy_args(port, ca, "--stdio")))
-    subprocess.run(["scp", "-q", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+    done = subprocess.run(["scp", "-q", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
                     "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", proxy,
-                    "-i", sshd.key, source, f"{USER}@{SSH_HOST}:{copy}"], check=True, timeout=120)
+                    "-i", sshd.key, source, f"{USER}@{SSH_HOST}:{copy}"], capture_output=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
     assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
 
 
@@ -177,18 +180,15 @@ def test_each_error_a_visitor_meets_is_one_line(site, tmp_path, deployment):
     run_cli("client", "public-cert", "init", "--dir", other, "--hostname", SSH_HOST)
     assert stdio_error(*proxy_args(port, other / "public-ca.crt")[1:]) == (
         f"error: the certificate for {SSH_HOST} is not trusted by --ca-file "
-        f"{other / 'public-ca.crt'} (unable to get local issuer certificate)")
+        f"{other / 'public-ca.crt'} (self-signed certificate in certificate chain)")
     assert stdio_error("--hostname", SSH_HOST, "--server", f"127.0.0.1:{port}") == (
         f"error: the certificate for {SSH_HOST} is not trusted by the system store "
-        "(unable to get local issuer certificate)")
+        "(self-signed certificate in certificate chain)")
     # The Server's own certificate, asked for by another name: valid chain, wrong name.
     assert stdio_error("--hostname", "ssh2.example.com", "--server", f"127.0.0.1:{port}",
                        "--ca-file", deployment.ca_file) == (
         f"error: the Server at 127.0.0.1:{port} has no Service for ssh2.example.com: it closed "
         "the connection during the TLS handshake")
-    assert stdio_error("--hostname", "tunnel.example.com", "--server", f"tunnel.example.com:{port}",
-                       "--ca-file", ca, env=deployment.env).startswith(
-        "error: the certificate for tunnel.example.com is not trusted")
 
 
 def test_a_hostname_mismatch_is_named(tmp_path):
@@ -210,9 +210,9 @@ class SServer:
         folder = certs / hostname
         self.port = free_port()
         cmd = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-rev", "-quiet",
-               "-cert", folder / "cert.pem", "-key", folder / "key.pem"]
+               "-cert", folder / "public.crt", "-key", folder / "public.key"]
         if client_ca is not None:
-            cmd += ["-Verify", "1", "-CAfile", client_ca]
+            cmd += ["-Verify", "1", "-verify_return_error", "-CAfile", client_ca]
         self.proc = harness.Process(cmd, name="s_server", stdout=subprocess.PIPE)
 
     def __enter__(self):
