@@ -22,7 +22,9 @@ def load_proxy_config(path: Path, *, env: Mapping[str, str] = os.environ) -> Pro
     source = Path(path)
     doc = read_toml(source)
     ctx = Context(str(source), source.absolute().parent, env)
-    ctx.check_keys(doc, None)
+    # [proxy] belongs to a Visitor's file, not to the Server's or Client's: only this loader
+    # takes it, and the other top-level keys are checked as everywhere.
+    ctx.check_keys({k: v for k, v in doc.items() if k != "proxy"}, None)
     if "proxy" not in doc:
         raise ctx.error("proxy", "missing [proxy] table")
     log_level, log_format = shared.logging(ctx, doc)

@@ -142,8 +142,6 @@ KEYS: tuple[Key, ...] = (
     Key("server", "table", None, "required by runewarp server", "the Server's settings", shown="—"),
     Key("client", "table", None, "required by runewarp client unless both address flags are given",
         "the Client's settings", shown="—"),
-    Key("proxy", "table", None, "required by runewarp proxy -c", "the Visitor proxy's forwards",
-        shown="—", reload=RESTART),
     # [server]
     Key("server.hostname", "string", REQUIRED, "a valid hostname, not also a Public hostname", "the Server hostname",
         reload=RESTART),
