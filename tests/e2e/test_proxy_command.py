@@ -17,11 +17,13 @@ import pytest
 from runewarp import harness
 
 from ..conftest import Proc, free_port, run_cli, runewarp_cmd
+from .helpers import TCPBackend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180),
               pytest.mark.skipif(not shutil.which("ssh") or not os.path.exists("/usr/sbin/sshd"),
                                  reason="needs OpenSSH (ssh, /usr/sbin/sshd)")]
 SSH_HOST = "ssh.example.com"
+HALF_HOST = "half.example.com"
 USER = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
 
 
@@ -59,19 +61,34 @@ def sshd(tmp_path):
     server.stop()
 
 
+class ReplyAfterEOF(TCPBackend):
+    """Reads to EOF, then answers how much it got: only a half-close gets an answer."""
+
+    def serve(self, conn):
+        received = 0
+        while chunk := conn.recv(65536):
+            received += len(chunk)
+        conn.sendall(b"got %d" % received)
+
+
 @pytest.fixture
 def site(deployment, sshd):
-    """Server and Client with a terminate Service SSH_HOST -> sshd: (port, Public hostname CA)."""
+    """Server and Client with terminate Services SSH_HOST -> sshd and HALF_HOST ->
+    ReplyAfterEOF: (port, Public hostname CA)."""
+    half = ReplyAfterEOF()
     identity = deployment.identity("client-a")
-    deployment.start_server([("ssh", [SSH_HOST], [identity])])
+    deployment.start_server([("ssh", [SSH_HOST, HALF_HOST], [identity])])
     certs = deployment.dir / "public-cert"
-    run_cli("client", "public-cert", "init", "--dir", certs, "--hostname", SSH_HOST)
-    path = deployment.client_config("client-a", [([SSH_HOST], f"127.0.0.1:{sshd.port}",
-                                                  "terminate")], public_cert_dir=certs)
+    for hostname in (SSH_HOST, HALF_HOST):
+        run_cli("client", "public-cert", "init", "--dir", certs, "--hostname", hostname)
+    path = deployment.client_config("client-a", [
+        ([SSH_HOST], f"127.0.0.1:{sshd.port}", "terminate"),
+        ([HALF_HOST], half.address, "terminate")], public_cert_dir=certs)
     client = Proc(["client", "-c", path], env=deployment.env)
     deployment.processes.append(client)
     client.wait_for("tunnel-connection-established")
-    return deployment.public_port, certs / "public-ca.crt"
+    yield deployment.public_port, certs / "public-ca.crt"
+    half.close()
 
 
 def proxy_args(port, ca, *extra):
@@ -140,6 +157,25 @@ def test_a_half_close_crosses_to_the_backend(site, sshd, tmp_path):
                    stdin=stdin)
     assert (done.returncode, done.stdout) == (0, b"written\n"), done.stderr
     assert target.read_bytes() == source.read_bytes()
+
+
+def test_a_tcp_half_close_crosses_both_ways(site, processes):
+    """A local FIN becomes close_notify, then a FIN to the Local backend, whose answer comes
+    back after it; its FIN ends the Visitor's stream.  Through --stdio and --listen."""
+    port, ca = site
+    payload = os.urandom(1024 * 1024 + 3)
+    args = ["proxy", "--hostname", HALF_HOST, "--server", f"127.0.0.1:{port}", "--ca-file", ca]
+    done = subprocess.run(runewarp_cmd(*args, "--stdio"), input=payload, capture_output=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"got %d" % len(payload), b"")
+    _, local = start_proxy(processes, *args)
+    with socket.create_connection(("127.0.0.1", local), timeout=20) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer == b"got %d" % len(payload)
 
 
 def test_the_listen_proxy_serves_again_after_a_server_restart(deployment, site, sshd, processes):
