@@ -147,8 +147,9 @@ def test_a_64_mib_scp_is_byte_identical(site, sshd, tmp_path):
 
 
 def test_a_half_close_crosses_to_the_backend(site, sshd, tmp_path):
-    """`cat > file` ends only when its stdin ends: ssh's EOF crosses the proxy (close_notify)
-    and the Client (a FIN to sshd), and the reply (exit status) still comes back."""
+    """`cat > file` ends only when its stdin ends, and the exit status still comes back.
+    ssh carries that EOF inside its own protocol; the TCP half-close (close_notify, then a
+    FIN to the Local backend) is test_a_tcp_half_close_crosses_both_ways."""
     port, ca = site
     source, target = tmp_path / "input", tmp_path / "written"
     source.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
