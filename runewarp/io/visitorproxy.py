@@ -34,7 +34,6 @@ from .tlsconn import ServerTLSConnection
 
 CONNECT_DEADLINE = 15.0  # TCP and TLS handshake, per connection
 POOL_SIZE = 1024  # handlers (connections being set up) per listener at once
-_READ = 1
 
 
 class VisitorError(TransportError):
@@ -154,15 +153,32 @@ class ServiceEnd:
         self.tls.close()
 
 
-class StdioEnd:
-    """Splice end over stdin (read) and stdout (write), non-blocking on the gevent hub."""
+class _Fd:
+    """What SocketEnd's readiness watcher needs of its socket: the hub and the fd."""
 
-    __slots__ = ("rfd", "wfd", "_watcher", "_callback")
+    __slots__ = ("hub", "fd")
 
-    def __init__(self, rfd=0, wfd=1):
+    def __init__(self, fd):
+        self.hub = get_hub()
+        self.fd = fd
+
+    def fileno(self):
+        return self.fd
+
+
+class StdioEnd(SocketEnd):
+    """Splice end over stdin (read) and stdout (write), non-blocking on the gevent hub; it
+    parks on stdin with SocketEnd's watcher."""
+
+    __slots__ = ("rfd", "wfd")
+
+    def __init__(self, rfd=0, wfd=1):  # no SocketEnd.__init__: there is no socket
         self.rfd, self.wfd = rfd, wfd
+        self.sock = _Fd(rfd)
+        self._raw = None
         self._watcher = None
         self._callback = None
+        self.splice = None
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
 
@@ -172,33 +188,11 @@ class StdioEnd:
         except BlockingIOError:
             return None
 
-    def when_readable(self, callback):
-        if self._watcher is None:
-            self._watcher = get_hub().loop.io(self.rfd, _READ)
-        self._callback = callback
-        self._watcher.start(self._fire)
-
-    def _fire(self):
-        self._watcher.stop()
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback()
-
-    def cancel_readable(self):
-        self._callback = None
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.close()
-            self._watcher = None
-
     def sendall(self, data):
         for part in data if type(data) is list else (data,):
             view = memoryview(part)
             while view:
                 view = view[gevent.os.nb_write(self.wfd, view):]
-
-    def delivered(self, n):
-        pass
 
     def finish(self):
         """EOF on stdout: the write end of the pipe closes (fd 1 now points at /dev/null)."""
