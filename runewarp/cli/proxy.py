@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .. import config as configuration
 from ..errors import ConfigError
+from ..io.listener import BindError
 from ..logs import log
 from .common import HELP, fail
 
@@ -49,7 +50,10 @@ def run_proxy(args):
     forward = configuration.command_line_forward({key: args[f"--{key}"] for key in _KEYS},
                                                  stdio=args["--stdio"])
     if forward.listen is not None:
-        return serve((forward,), log)
+        try:
+            return serve((forward,), log)
+        except BindError as exc:  # told by its flag, not by a config file
+            return fail(f"command line: {exc}", 1)
     try:
         return stdio(forward, log)
     except VisitorError as exc:

@@ -356,3 +356,17 @@ def test_cert_without_key_is_a_usage_error():
                    check=False)
     assert (done.returncode, done.stderr) == (
         2, "error: command line: --cert: needs --key as well (a client certificate and its key)\n")
+
+
+def test_a_listen_port_in_use_is_one_line_naming_the_flag_or_key(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_cli("proxy", "--hostname", SSH_HOST, "--listen", port, check=False)
+        assert (done.returncode, done.stderr) == (
+            1, f"error: command line: --listen: 127.0.0.1:{port}: address already in use\n")
+        config = tmp_path / "p.toml"
+        config.write_text(f'[[proxy.forwards]]\nhostname = "{SSH_HOST}"\nlisten = "{port}"\n')
+        done = run_cli("proxy", "-c", config, check=False)
+        assert (done.returncode, done.stderr) == (
+            1, f"error: {config}: proxy.forwards[0].listen: 127.0.0.1:{port}: address already in "
+               "use\n")
