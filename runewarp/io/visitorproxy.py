@@ -289,6 +289,8 @@ def serve(forwards, log):
         stop.wait()
         for listener in listeners:
             listener.stop()
+        for listener in listeners:  # connections still in their TLS handshake: bounded
+            listener.server.pool.join(timeout=CONNECT_DEADLINE)
         log.info("proxy-stopping", connections=len(splices))
         splices.join()
         return 0

@@ -5,12 +5,15 @@ the proxy, a Server and a Client with a terminate Service whose Local backend is
 import concurrent.futures
 import hashlib
 import os
+import pwd
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180),
                                  reason="needs OpenSSH (ssh, /usr/sbin/sshd)")]
 SSH_HOST = "ssh.example.com"
 HALF_HOST = "half.example.com"
-USER = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+USER = os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
 class Sshd:
@@ -179,6 +182,25 @@ def test_a_tcp_half_close_crosses_both_ways(site, processes):
     assert answer == b"got %d" % len(payload)
 
 
+def test_term_closes_the_listener_and_lets_open_connections_end(site, processes):
+    port, ca = site
+    proxy, local = start_proxy(processes, "proxy", "--hostname", HALF_HOST, "--server",
+                               f"127.0.0.1:{port}", "--ca-file", ca)
+    with socket.create_connection(("127.0.0.1", local), timeout=20) as sock:
+        sock.sendall(b"before")  # accepted, maybe still in its TLS handshake: it is waited for
+        proxy.signal(signal.SIGTERM)
+        proxy.wait_for("proxy-stopping connections=1")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", local), timeout=5).close()
+        sock.sendall(b" and after")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer == b"got 16"
+    assert proxy.popen.wait(15) == 0
+
+
 def test_the_listen_proxy_serves_again_after_a_server_restart(deployment, site, sshd, processes):
     port, ca = site
     proxy, local = start_proxy(processes, *proxy_args(port, ca))
@@ -258,8 +280,9 @@ class SServer:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self.port
             except OSError:
-                self.proc.popen.wait(0.05) if self.proc.popen.poll() is not None else None
-                __import__("time").sleep(0.05)
+                if self.proc.popen.poll() is not None:
+                    break
+                time.sleep(0.05)
         raise AssertionError(self.proc.log())
 
     def __exit__(self, *exc):
