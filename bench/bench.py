@@ -26,12 +26,16 @@ Two more measurements for the targets of issue 6:
   printed and only this measurement is skipped.  The namespaces are deleted in
   `finally`, after the processes in them are stopped.
 
+Proxy: plain TCP through `runewarp proxy --listen` + Server + Client with a terminate
+Service, against direct TCP to the same backend: bulk MB/s (BENCH_PROXY_MB, 256) and
+connection setup (connect to first byte), see bench/proxybench.py.
+
 Knobs (environment): BENCH_BULK_MB (single-stream download, default 512),
 BENCH_CONC_MB (per stream in the 8-stream test, default BULK_MB/4),
 BENCH_REPEATS (3), BENCH_RATE_SECONDS (10), BENCH_IDLE_CONNS (1000),
 BENCH_STREAMS_CONNS (10000), BENCH_RTT_MB (256), BENCH_RTT_SECONDS (15),
 BENCH_RTT_REPEATS (2).  BENCH_ONLY=idle,bulk,... runs only those phases (seq, idle,
-bulk, rate, streams, rtt) and prints their raw figures instead of the table, for
+bulk, rate, streams, rtt, proxy) and prints their raw figures instead of the table, for
 quick A/B runs while working on one figure.
 
 Results: a table on stdout (with the targets of issue 6 beside the figures) and
@@ -64,6 +68,8 @@ import time
 from pathlib import Path
 
 from runewarp import harness
+
+import proxybench
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -363,10 +369,11 @@ def start_backend(tmp, material):
 
 
 def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backend_ip="127.0.0.1",
-                   server_ns=None, client_ns=None, tag="", runewarp=None):
+                   server_ns=None, client_ns=None, tag="", runewarp=None, terminate=False):
     """One Server (public + tunnel on one port) and one Client, log-level info, on loopback
     (or: the Server in network namespace `server_ns`, the Client in `client_ns`).
-    `runewarp` is the command that runs Runewarp (bench/ab.py passes another revision's)."""
+    `runewarp` is the command that runs Runewarp (bench/ab.py passes another revision's).
+    `terminate`: the Client terminates HOST's TLS (its public-cert) for a plain backend."""
     server_toml = tmp / f"server{tag}.toml"
     server_toml.write_text(harness.config_text("server", {
         "hostname": SERVER_HOSTNAME, "public-bind-address": f"{server_ip}:0",
@@ -383,7 +390,9 @@ def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backen
         "server-address": f"{SERVER_HOSTNAME}:{port}", "server-trust": "ca-file",
         "server-ca-file": material["server_ca"], "identity-dir": tmp / "client-identity",
         "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
-    }, [{"public-hostnames": [HOST], "backend-address": f"{backend_ip}:{backend_port}"}],
+        "public-cert-dir": tmp / "public-cert" if terminate else None,
+    }, [{"public-hostnames": [HOST], "backend-address": f"{backend_ip}:{backend_port}",
+         "tls-mode": "terminate" if terminate else None}],
         log_level="info"))
     client = harness.start_client(client_toml, env, timeout=30, runewarp=runewarp,
                                   prefix=netns_prefix(client_ns), name=f"runewarp-client{tag}",
@@ -514,6 +523,27 @@ def conn_rate(targets, ca):
                   f"p50 {res['p50s'][-1]:.2f} ms  p99 {res['p99s'][-1]:.2f} ms"
                   + (f"  errors {run['errors']}" if run["errors"] else ""), flush=True)
     return out
+
+
+def proxy_bench(tmp, material):
+    """Plain TCP via `runewarp proxy --listen` + Server + Client (terminate) vs direct TCP to
+    the same backend: bulk MB/s and connection setup (bench/proxybench.py)."""
+    port = free_port()
+    source = harness.Process([sys.executable, BENCH / "proxybench.py", "source", port],
+                             name="proxy-source", new_session=True)
+    STARTED.append(source)
+    wait_listening(port, source)
+    server, client, public_port = start_runewarp(tmp, material, port, tag="-proxy", terminate=True)
+    proxy = harness.Process([*harness.runewarp_cmd(), "proxy", "--hostname", HOST, "--server",
+                             f"127.0.0.1:{public_port}", "--ca-file", material["public_ca"],
+                             "--listen", "0"], name="runewarp-proxy", new_session=True)
+    STARTED.append(proxy)
+    local = int(proxy.wait_for(r"proxy-listening address=127\.0\.0\.1:(\d+)", timeout=30).group(1))
+    try:
+        return proxybench.measure({"direct": port, "runewarp": local})
+    finally:
+        for proc in (proxy, client, server, source):
+            proc.stop(timeout=10)
 
 
 def sequential(targets, ca):
@@ -985,6 +1015,14 @@ def build_rows(res):
     else:
         rows.append((f"{STREAMS_CONNS:,} concurrent streams", "-", st.get("failed", "not run"), "",
                      TARGETS["streams"], False))
+    px = res.get("proxy") or {}
+    if all(n in px for n in (d, w)):
+        rows += [
+            ("TCP via runewarp proxy, 1 stream MB/s", px[d]["mb_s"], px[w]["mb_s"], "{:.0f}", "",
+             None),
+            ("TCP via runewarp proxy, conn setup p50 ms", px[d]["latencies_ms"], px[w]["latencies_ms"],
+             "{:.2f}", "", None),
+        ]
     rt = res["rtt"]
     label = f"1 stream over {2 * RTT_ONE_WAY_MS} ms RTT link, MB/s"
     if "runewarp" in rt and rt["runewarp"]["mb_s"]:
@@ -1163,6 +1201,10 @@ def main():
         results["rtt"] = phase(
             "rtt", f"one stream over a {2 * RTT_ONE_WAY_MS} ms RTT link (network namespaces) ...",
             lambda: rtt_bench(tmp, material, ca, backend.get("binary")))
+        results["proxy"] = phase(
+            "proxy", f"plain TCP through runewarp proxy ({proxybench.PROXY_MB} MiB x"
+                     f"{proxybench.PROXY_REPEATS}, {proxybench.PROXY_SETUPS} setups) ...",
+            lambda: proxy_bench(tmp, material))
         results["foreign_load"] = monitor.phases
         if ONLY:
             print(json.dumps(summary_of(results), indent=1, default=str))

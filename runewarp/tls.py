@@ -148,6 +148,56 @@ def client_tunnel_context(cert_path, key_path, trust, ca_file=None):
 
 
 
+def visitor_proxy_context(ca_file=None, cert=None, key=None):
+    """Context `runewarp proxy` dials a terminate Service with, as a Visitor: TLS 1.2+, the
+    Service certificate checked against `ca_file` (None: the system store), and a client
+    certificate (`cert`, `key`) when the Service asks for one.  pyOpenSSL, like the
+    Client's terminate end, so each side sends its close_notify with one SSL_shutdown
+    and keeps reading: a half-close crosses TLS 1.3 in both directions."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_verify(SSL.VERIFY_PEER)
+    try:
+        if ca_file is None:
+            ctx.set_default_verify_paths()
+        else:
+            ctx.load_verify_locations(str(ca_file))
+    except (SSL.Error, OSError) as exc:
+        raise MaterialError(f"cannot load the CA bundle {ca_file}: {ssl_reason(exc)}") from exc
+    if cert is not None:
+        try:
+            ctx.use_certificate_chain_file(str(cert))
+            ctx.use_privatekey_file(str(key))
+            ctx.check_privatekey()
+        except (SSL.Error, OSError) as exc:
+            raise MaterialError(f"cannot load the client certificate {cert} with key {key}: "
+                                f"{ssl_reason(exc)}") from exc
+    return ctx
+
+
+def expect_hostname(conn, hostname):
+    """Send `hostname` as SNI and refuse a certificate that does not name it."""
+    conn.set_tlsext_host_name(hostname.encode("idna"))
+    param = _lib.SSL_get0_param(conn._ssl)
+    if not _lib.X509_VERIFY_PARAM_set1_host(param, hostname.encode("ascii"), 0):
+        raise SSL.Error(f"cannot check the certificate against {hostname!r}")
+
+
+def verify_failure(conn):
+    """Why the peer certificate failed verification on `conn` (OpenSSL's words), or None."""
+    code = _lib.SSL_get_verify_result(conn._ssl)
+    if code == _lib.X509_V_OK:
+        return None
+    return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode()
+
+
+def ssl_reason(exc):
+    """The reason of an OpenSSL error list (or an OSError) as one phrase."""
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        return "; ".join(entry[-1] for entry in exc.args[0] if entry and entry[-1])
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 def terminate_context(cert_path=None, key_path=None):
     """Context for a Visitor's handshake in terminate mode; without a certificate every
     handshake fails (fail closed: never fall back to passthrough).

@@ -41,6 +41,7 @@ from .paths import (
     xdg_data_home,
     xdg_state_home,
 )
+from .proxy import command_line_forward, load_proxy_config
 from .reader import Context, exists, peek, read_toml
 from .schema import names
 from .server import parse_server
@@ -65,7 +66,9 @@ __all__ = [
     "default_config_path",
     "default_server_ca_file",
     "default_server_cert_dir",
+    "command_line_forward",
     "load_client_config",
+    "load_proxy_config",
     "load_server_config",
     "peek",
     "xdg_config_home",

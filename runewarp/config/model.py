@@ -220,3 +220,28 @@ def keep_running(new, running, fields):
     for field in changed:
         new = _put(new, field, _get(running, field))
     return new, changed
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardConfig:
+    """One `[[proxy.forwards]]` (or the command-line forward): `listen` None means stdio.
+    `label` names it in logs and errors, `listen_key` is the key a failed bind names."""
+
+    hostname: str
+    server: tuple[str, int]
+    listen: tuple[str, int] | None = None
+    ca_file: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    label: str = "proxy"
+    listen_key: str = "--listen"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    """`runewarp proxy`: its forwards, served by one process."""
+
+    forwards: tuple[ForwardConfig, ...]
+    log_level: str = default("log-level")
+    log_format: str = default("log-format")
+    source: Path | None = None

@@ -220,6 +220,24 @@ KEYS: tuple[Key, ...] = (
         "protocol names, 1-255 printable ASCII characters each, not acme-tls/1 or h2c",
         "the protocols the Client may agree with a Visitor, preferred first; the Local backend must speak "
         "each of them in plaintext (h2: HTTP/2 with prior knowledge)", shown='["http/1.1"] with terminate'),
+    # [proxy]: read by `runewarp proxy -c FILE`, which has no reload (restart it)
+    Key("proxy.forwards", "array of tables", REQUIRED, "at least one", "the forwards, one listener each",
+        reload=RESTART),
+    Key("proxy.forwards[].hostname", "string", REQUIRED, "a valid hostname",
+        "the Public hostname of a terminate Service: SNI and the name its certificate must carry",
+        reload=RESTART),
+    Key("proxy.forwards[].listen", "address", REQUIRED, "[IP:]PORT, a literal IP, port 0-65535, each once",
+        "where local TCP connections are accepted", shown="required (IP default 127.0.0.1)", reload=RESTART),
+    Key("proxy.forwards[].server", "address", None, "host[:port], port 1-65535 (default 443)",
+        "where the Server is dialled", shown="the hostname, port 443", reload=RESTART),
+    Key("proxy.forwards[].ca-file", "path", None, "a readable PEM bundle",
+        "trust exactly these CAs for the Service certificate", shown="unset (the system store)",
+        reload=RESTART),
+    Key("proxy.forwards[].cert", "path", None, "a readable PEM certificate (chain); needs key",
+        "the client certificate presented to a Service with visitor-ca-file", shown="unset (none)",
+        reload=RESTART),
+    Key("proxy.forwards[].key", "path", None, "a readable PEM private key; needs cert",
+        "the key of cert", shown="unset (none)", reload=RESTART),
 )
 
 BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
