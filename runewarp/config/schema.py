@@ -223,7 +223,7 @@ KEYS: tuple[Key, ...] = (
     Key("client.services[].visitor-ca-file", "path", None, "only with tls-mode = terminate; a readable PEM "
         "file with at least one CA certificate", "require each Visitor to present a client certificate "
         "issued by this CA (runewarp client visitor-ca init); read again when it changes",
-        shown="unset (no client certificate asked)", reload=NEW_CONNECTIONS),
+        shown="unset (no client certificate asked)"),
 )
 
 BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
