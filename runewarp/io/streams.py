@@ -134,6 +134,8 @@ class ClientStreams:
             self.log.debug("stream-rejected", public_hostname=taken.hostname,
                            reason=f"{'visitor-certificate-refused' if refused else 'visitor-handshake-failed'}"
                                   f": {describe(exc)}")
+            if refused:
+                _linger(stream)
             stream.reset()
             return "visitor-certificate-refused" if refused else "terminate-handshake-failed"
         sock = self._connect_backend(service, series, taken.hostname)
@@ -165,6 +167,22 @@ class ClientStreams:
 
         self.splices.start(visitor_end, SocketEnd(sock), closed)
         return "served"
+
+
+LINGER = 1.0  # seconds a refused Visitor has to read our alert before the stream is reset
+
+
+def _linger(stream):
+    """End our direction after the alert and drain the Visitor's until it closes, for at
+    most LINGER: a Visitor refused after its handshake (TLS 1.3 sends the certificate with
+    the Finished) has already sent data, and a reset right away can overtake the alert."""
+    stream.end()
+    try:
+        with gevent.Timeout(LINGER, False):
+            while stream.recv_consumed():
+                pass
+    except TRANSPORT_ERRORS:
+        pass
 
 
 def _read_proxy_header(stream):
