@@ -209,6 +209,13 @@ _ALPN_REFUSED = {"acme-tls/1": "the Client answers ACME TLS-ALPN-01 validations 
                  "h2c": 'h2c is HTTP/2 without TLS; list "h2" (the backend then gets HTTP/2 with prior knowledge)'}
 
 
+def _terminate_only(ctx: Context, key: str, tls_mode: str, backend_does: str) -> None:
+    """A Service key about the Visitor's TLS, which the Client sees only in terminate mode."""
+    if tls_mode != "terminate":
+        raise ctx.error(key, f'only allowed with tls-mode = "terminate" (in passthrough the Local backend '
+                             f"{backend_does})")
+
+
 def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] | None:
     """The Service's ALPN protocol names, or None (the terminate default, or passthrough).
 
@@ -219,9 +226,7 @@ def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] 
     key = join(sp, "alpn")
     if names is None:
         return None
-    if tls_mode != "terminate":
-        raise ctx.error(key, 'only allowed with tls-mode = "terminate" (in passthrough the Local backend '
-                             "agrees ALPN with the Visitor)")
+    _terminate_only(ctx, key, tls_mode, "agrees ALPN with the Visitor")
     for i, name in enumerate(names):
         if not (1 <= len(name) <= 255 and all("!" <= c <= "~" for c in name)):
             raise ctx.error(join(key, i), f"{name!r} is not an ALPN protocol name "
@@ -240,9 +245,7 @@ def _visitor_ca_file(ctx: Context, entry: dict, sp: str, tls_mode: str) -> Path 
     key = join(sp, "visitor-ca-file")
     if path is None:
         return None
-    if tls_mode != "terminate":
-        raise ctx.error(key, 'only allowed with tls-mode = "terminate" (in passthrough the Local backend '
-                             "completes the Visitor's handshake)")
+    _terminate_only(ctx, key, tls_mode, "completes the Visitor's handshake")
     try:
         with open(path, "rb") as f:
             pem = f.read()

@@ -12,14 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from ..errors import MaterialError
 from .store import CERT_MODE, KEY_MODE, View, atomic_write, ensure_dir, update
-from .x509 import (_BACKDATE, _cert_pem, _digital_signature_usage, _key_pem, _make_ca, _name, _new_key, _now,
-                   read_pair)
+from .x509 import _cert_pem, _key_pem, _make_ca, _make_client_cert, _new_key, _now, read_ca
 
 VISITOR_CA_CERT = "visitor-ca.crt"
 VISITOR_CA_KEY = "state/visitor-ca.key"
@@ -47,15 +42,9 @@ class VisitorCert:
 
 
 def _load_ca(view: View):
-    """The Visitor CA, None if absent; half a CA is an error, not a reason to replace it."""
-    has_cert, has_key = view.exists(VISITOR_CA_CERT), view.exists(VISITOR_CA_KEY)
-    if not has_cert and not has_key:
-        return None
-    if not (has_cert and has_key):
-        missing = VISITOR_CA_KEY if has_cert else VISITOR_CA_CERT
-        raise MaterialError(f"{view.root}: incomplete Visitor CA, missing {missing}; remove the folder "
-                            "and run 'runewarp client visitor-ca init' again")
-    return read_pair(view, VISITOR_CA_CERT, VISITOR_CA_KEY)
+    """The Visitor CA, None if absent."""
+    return read_ca(view, VISITOR_CA_CERT, VISITOR_CA_KEY, "Visitor CA",
+                   "remove the folder and run 'runewarp client visitor-ca init' again")
 
 
 def init_visitor_ca(ca_dir: Path, now: _dt.datetime | None = None) -> VisitorCA:
@@ -90,26 +79,8 @@ def issue_visitor_cert(ca_dir: Path, name: str, out_dir: Path, days: int = VISIT
     ca = _load_ca(view)
     if ca is None:
         raise MaterialError(f"{view.shown(VISITOR_CA_CERT)}: missing; run 'runewarp client visitor-ca init' first")
-    ca_cert, ca_key = ca
-    t = _now(now)
     key = _new_key()
-    pub = key.public_key()
-    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca_cert.subject)
-        .public_key(pub)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(t - _BACKDATE)
-        .not_valid_after(t + _dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_digital_signature_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert = _make_client_cert(key, _now(now), name, ca, days)
     out_dir = Path(out_dir)
     try:
         ensure_dir(out_dir)
