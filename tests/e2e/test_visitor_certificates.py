@@ -168,3 +168,16 @@ def test_a_new_ca_file_applies_to_the_next_handshake_without_a_reload(sites):
     done = fetch(sites, LOCKED, sites.mallory)
     assert done.returncode == 0, done.stderr
     assert b"alert unknown ca" in fetch(sites, LOCKED, sites.alice).stderr
+
+
+def test_a_ca_file_gone_at_run_time_fails_closed(sites):
+    """A visitor-ca-file removed or broken after the config was loaded refuses every
+    Visitor of the Service (never a handshake without the check) and says why."""
+    assert fetch(sites, LOCKED, sites.alice).returncode == 0
+    sites.trusted.unlink()
+    assert fetch(sites, LOCKED, sites.alice).returncode != 0
+    sites.client.wait_for(f"visitor-ca-unusable public-hostname={LOCKED} file={sites.trusted} reason=missing")
+    sites.trusted.write_text("not a certificate\n")
+    assert fetch(sites, LOCKED, sites.alice).returncode != 0
+    sites.client.wait_for(f"visitor-ca-unusable public-hostname={LOCKED} file={sites.trusted} reason=")
+    assert exchange(sites, OPEN) == b"ping"
