@@ -35,7 +35,8 @@ INTAKE_OUTCOMES = {
 NO_SERVICE_OUTCOMES = ("no-service", "handler-pool-full", "header-invalid", "hello-invalid",
                        "intake-deadline", "aborted")
 SERVICE_OUTCOMES = ("served", "backend-connect-failed", "backend-write-failed",
-                    "terminate-handshake-failed", "acme-challenge", "aborted")
+                    "terminate-handshake-failed", "visitor-certificate-refused", "acme-challenge",
+                    "aborted")
 CLIENT_STREAM_OUTCOMES = tuple(dict.fromkeys(NO_SERVICE_OUTCOMES + SERVICE_OUTCOMES))
 NO_SERVICE = ""  # the `service` label of a stream refused before a Service was chosen
 TUNNEL_EVENTS = ("established", "closed", "refused")

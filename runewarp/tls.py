@@ -10,7 +10,8 @@ TLS policy (versions, tickets, ALPN) is read here and nowhere else:
   certificate and hostname correctly with either the system store or one
   exclusive CA file.
 - Terminate mode: the Client completes a Visitor's handshake with a Public
-  hostname certificate (`terminate_context`).
+  hostname certificate, asking for a Visitor client certificate when the Service
+  has a visitor-ca-file (`terminate_context`).
 - ACME: the acme-tls/1 validation handshake (`challenge_context`).
 
 `ContextCache` rebuilds any of them when the files they come from change.
@@ -214,6 +215,41 @@ def terminate_context(cert_path=None, key_path=None):
         ctx.use_privatekey_file(str(key_path))
     ctx.set_alpn_select_callback(_select_visitor_alpn)
     return ctx
+
+
+def require_visitor_certificate(ctx, visitor_ca_file):
+    """Make the terminate context `ctx` ask every Visitor for a client certificate chained
+    to `visitor_ca_file` (the file is both the trust store and the CA list sent in the
+    CertificateRequest); without one the handshake fails with an alert.  Raises SSL.Error
+    when the file holds no certificate OpenSSL can use."""
+    ctx.load_verify_locations(str(visitor_ca_file))
+    ctx.load_client_ca(str(visitor_ca_file))
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)  # no resumption that skips the check
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+
+
+# OpenSSL's reasons for a Visitor certificate the terminate handshake refused: none sent,
+# or one that does not chain to the visitor-ca-file (or is expired, or not for clients).
+_VISITOR_CERTIFICATE_REASONS = ("peer did not return a certificate", "certificate verify failed",
+                                "certificate required")
+
+
+def visitor_certificate_refused(error):
+    """True when `error` (an SSL.Error of a terminate handshake) refused the Visitor's
+    client certificate: judged by OpenSSL's reason strings, not by the whole message."""
+    details = error.args[0] if isinstance(error, SSL.Error) and error.args else ()
+    return isinstance(details, list) and any(
+        len(entry) == 3 and entry[2] in _VISITOR_CERTIFICATE_REASONS for entry in details)
+
+
+def visitor_certificate_name(conn):
+    """(presented, subject CN or None) of the client certificate a terminate handshake
+    on `conn` verified."""
+    cert = conn.get_peer_certificate(as_cryptography=True)
+    if cert is None:
+        return False, None
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return True, (str(names[0].value) if names else None)
 
 
 def offer_alpn(conn, protocols):

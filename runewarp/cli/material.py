@@ -1,11 +1,14 @@
 """Material commands: the Server certificate, the Client identity, Public hostname
-certificates, and one ACME renewal for cron or a systemd timer."""
+certificates, the Visitor CA and its certificates, and one ACME renewal for cron or a
+systemd timer."""
 
 import sys
 from functools import partial
+from pathlib import Path
 
 from .. import config as configuration, material
-from ..errors import ConfigError
+from ..config.paths import default_client_visitor_ca_dir
+from ..errors import ConfigError, MaterialError
 from ..logs import log
 from ..proto.hostname import HostnameError, normalize
 from .common import CONFIG, DIR, HELP, folder, load, selected_config
@@ -51,6 +54,35 @@ Options:
                            Services).
 {DIR}
 {CONFIG}
+{HELP}
+"""
+
+CLIENT_VISITOR_CA = f"""Create the Visitor CA: a terminate Service whose visitor-ca-file names its
+certificate admits only Visitors presenting a certificate it issued.
+
+Usage:
+  runewarp client visitor-ca init [--dir D]
+
+Prints the path of the CA certificate to set as visitor-ca-file.  An existing CA is kept.
+
+Options:
+  --dir D                  Visitor CA folder (default: $XDG_DATA_HOME/runewarp/client/visitor-ca).
+{HELP}
+"""
+
+CLIENT_VISITOR_CERT = f"""Issue a Visitor client certificate from the Visitor CA.
+
+Usage:
+  runewarp client visitor-cert issue --name NAME [--dir D] [--days N] [--out-dir O]
+
+Writes NAME.crt and NAME.key (mode 0600) and prints their paths; hand both to the
+Visitor (curl --cert/--key, runewarp proxy --cert/--key).
+
+Options:
+  --name NAME              The certificate's name and subject CN: 1-64 of A-Z a-z 0-9 . _ -.
+  --dir D                  Visitor CA folder (default: $XDG_DATA_HOME/runewarp/client/visitor-ca).
+  --days N                 Validity in days, 1-3650 [default: {material.VISITOR_CERT_DAYS}].
+  --out-dir O              Where to write the pair [default: .].
 {HELP}
 """
 
@@ -150,6 +182,34 @@ def client_public_cert(args):
     return 0
 
 
+def _visitor_ca_dir(args):
+    return Path(args["--dir"]).expanduser().resolve() if args["--dir"] else default_client_visitor_ca_dir()
+
+
+def client_visitor_ca(args):
+    result = material.init_visitor_ca(_visitor_ca_dir(args))
+    if not result.created:
+        print(f"Visitor CA already exists in {result.cert_path.parent}", file=sys.stderr)
+    print(result.cert_path)
+    return 0
+
+
+def client_visitor_cert(args):
+    days = args["--days"]
+    if not (days.isdigit() and 1 <= int(days) <= material.MAX_VISITOR_CERT_DAYS):
+        raise ConfigError(f"{days!r}: expected a number of days, 1-{material.MAX_VISITOR_CERT_DAYS}",
+                          file="command line", key="--days")
+    try:
+        name = material.visitor_cert_name(args["--name"])
+    except MaterialError as exc:
+        raise ConfigError(str(exc), file="command line", key="--name") from None
+    result = material.issue_visitor_cert(_visitor_ca_dir(args), name,
+                                         Path(args["--out-dir"]).expanduser(), int(days))
+    print(result.cert_path)
+    print(result.key_path)
+    return 0
+
+
 def _terminate_hostnames(path):
     services = configuration.peek(path, "client.services")
     names = [h for s in services if isinstance(s, dict) and s.get("tls-mode") == "terminate"
@@ -170,6 +230,8 @@ COMMANDS = (
      partial(renew_acme, role="server")),
     (("client", "identity"), CLIENT_IDENTITY, client_identity),
     (("client", "public-cert"), CLIENT_PUBLIC_CERT, client_public_cert),
+    (("client", "visitor-ca"), CLIENT_VISITOR_CA, client_visitor_ca),
+    (("client", "visitor-cert"), CLIENT_VISITOR_CERT, client_visitor_cert),
     (("client", "public-cert", "renew-acme"), _renew_acme_doc("client", "public-cert"),
      partial(renew_acme, role="client")),
 )

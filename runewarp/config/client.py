@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from . import shared
 from runewarp.proto.hostname import is_wildcard
 
@@ -196,7 +198,8 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
             )
         proxy_protocol = ctx.setting(entry, sp, "proxy-protocol")
         services.append(ServiceConfig(public_hostnames, address, tls_mode, proxy_protocol,
-                                      _alpn(ctx, entry, sp, tls_mode)))
+                                      _alpn(ctx, entry, sp, tls_mode),
+                                      _visitor_ca_file(ctx, entry, sp, tls_mode)))
     return tuple(services)
 
 
@@ -204,6 +207,13 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
 # and h2c is HTTP/2 without TLS, never agreed in a handshake (RFC 9113 3.1).
 _ALPN_REFUSED = {"acme-tls/1": "the Client answers ACME TLS-ALPN-01 validations itself",
                  "h2c": 'h2c is HTTP/2 without TLS; list "h2" (the backend then gets HTTP/2 with prior knowledge)'}
+
+
+def _terminate_only(ctx: Context, key: str, tls_mode: str, backend_does: str) -> None:
+    """A Service key about the Visitor's TLS, which the Client sees only in terminate mode."""
+    if tls_mode != "terminate":
+        raise ctx.error(key, f'only allowed with tls-mode = "terminate" (in passthrough the Local backend '
+                             f"{backend_does})")
 
 
 def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] | None:
@@ -216,9 +226,7 @@ def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] 
     key = join(sp, "alpn")
     if names is None:
         return None
-    if tls_mode != "terminate":
-        raise ctx.error(key, 'only allowed with tls-mode = "terminate" (in passthrough the Local backend '
-                             "agrees ALPN with the Visitor)")
+    _terminate_only(ctx, key, tls_mode, "agrees ALPN with the Visitor")
     for i, name in enumerate(names):
         if not (1 <= len(name) <= 255 and all("!" <= c <= "~" for c in name)):
             raise ctx.error(join(key, i), f"{name!r} is not an ALPN protocol name "
@@ -228,6 +236,36 @@ def _alpn(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, ...] 
         if name in names[:i]:
             raise ctx.error(join(key, i), f"{name!r} is listed twice")
     return tuple(names)
+
+
+def _visitor_ca_file(ctx: Context, entry: dict, sp: str, tls_mode: str) -> Path | None:
+    """The CA a terminate Service's Visitors need a certificate from, checked now so a
+    typo fails the start or the reload instead of every handshake."""
+    path = ctx.path(entry, sp, "visitor-ca-file")
+    key = join(sp, "visitor-ca-file")
+    if path is None:
+        return None
+    _terminate_only(ctx, key, tls_mode, "completes the Visitor's handshake")
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ctx.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        certificates = []
+    if not any(_is_ca(c) for c in certificates):
+        raise ctx.error(key, f"{path} holds no PEM CA certificate (make one with "
+                             "runewarp client visitor-ca init)")
+    return path
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _no_acme_wildcards(ctx: Context, services: tuple[ServiceConfig, ...]) -> None:

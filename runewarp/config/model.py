@@ -137,6 +137,7 @@ class ServiceConfig:
     tls_mode: str = default("client.services[].tls-mode")
     proxy_protocol: str | None = None  # "v1" or "v2": the header the Local backend reads first
     alpn: tuple[str, ...] | None = None  # terminate only; None there means the key table's default
+    visitor_ca_file: Path | None = None  # terminate only: Visitors need a certificate from this CA
 
     def __post_init__(self):
         if self.alpn is None and self.tls_mode == "terminate":

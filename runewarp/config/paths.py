@@ -46,6 +46,10 @@ def default_client_public_cert_dir(env: Mapping[str, str] = os.environ) -> Path:
     return xdg_data_home(env) / "runewarp" / "client" / "public-cert"
 
 
+def default_client_visitor_ca_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return xdg_data_home(env) / "runewarp" / "client" / "visitor-ca"
+
+
 def default_server_ca_file(env: Mapping[str, str] = os.environ) -> Path:
     return xdg_data_home(env) / "runewarp" / "client" / "server-ca.crt"
 

@@ -220,6 +220,10 @@ KEYS: tuple[Key, ...] = (
         "protocol names, 1-255 printable ASCII characters each, not acme-tls/1 or h2c",
         "the protocols the Client may agree with a Visitor, preferred first; the Local backend must speak "
         "each of them in plaintext (h2: HTTP/2 with prior knowledge)", shown='["http/1.1"] with terminate'),
+    Key("client.services[].visitor-ca-file", "path", None, "only with tls-mode = terminate; a readable PEM "
+        "file with at least one CA certificate", "require each Visitor to present a client certificate "
+        "issued by this CA (runewarp client visitor-ca init); read again when it changes",
+        shown="unset (no client certificate asked)"),
     # [proxy]: read by `runewarp proxy -c FILE`, which has no reload (restart it)
     Key("proxy.forwards", "array of tables", REQUIRED, "at least one", "the forwards, one listener each",
         reload=RESTART),

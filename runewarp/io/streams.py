@@ -10,7 +10,7 @@ import gevent
 
 from ..errors import IntakeRejected, StreamAborted, TLSClosed
 from ..proto import proxyv2
-from ..tls import ALPN_ACME
+from ..tls import ALPN_ACME, visitor_certificate_refused
 from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from ..proto.address import format_address
 from .net import describe, dial, set_keepalive, set_nodelay
@@ -124,16 +124,20 @@ class ClientStreams:
             self.challenges.answer(StreamTransport(stream), taken.hostname, taken.buffered,
                                    self.log)
             return "acme-challenge"
-        context = self.public_certs.context_for(taken.hostname)
+        context = self.public_certs.context_for(taken.hostname, service.visitor_ca_file)
         try:
             with gevent.Timeout(INTAKE_DEADLINE):
                 tls = accept_visitor_tls(stream, context, taken.buffered, service.alpn)
             taken.release()
         except (gevent.Timeout, TLSClosed, *TRANSPORT_ERRORS) as exc:
+            refused = service.visitor_ca_file is not None and visitor_certificate_refused(exc)
             self.log.debug("stream-rejected", public_hostname=taken.hostname,
-                           reason=f"visitor-handshake-failed: {describe(exc)}")
+                           reason=f"{'visitor-certificate-refused' if refused else 'visitor-handshake-failed'}"
+                                  f": {describe(exc)}")
+            if refused:
+                _linger(stream)
             stream.reset()
-            return "terminate-handshake-failed"
+            return "visitor-certificate-refused" if refused else "terminate-handshake-failed"
         sock = self._connect_backend(service, series, taken.hostname)
         if sock is None:
             stream.reset()
@@ -163,6 +167,22 @@ class ClientStreams:
 
         self.splices.start(visitor_end, SocketEnd(sock), closed)
         return "served"
+
+
+LINGER = 1.0  # seconds a refused Visitor has to read our alert before the stream is reset
+
+
+def _linger(stream):
+    """End our direction after the alert and drain the Visitor's until it closes, for at
+    most LINGER: a Visitor refused after its handshake (TLS 1.3 sends the certificate with
+    the Finished) has already sent data, and a reset right away can overtake the alert."""
+    stream.end()
+    try:
+        with gevent.Timeout(LINGER, False):
+            while stream.recv_consumed():
+                pass
+    except TRANSPORT_ERRORS:
+        pass
 
 
 def _read_proxy_header(stream):

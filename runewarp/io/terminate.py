@@ -24,7 +24,8 @@ from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate
                         load_public_cert_paths, public_cert_folder, public_cert_renewable,
                         renew_public_certs)
 from ..proto.hostname import wildcard_over
-from ..tls import ContextCache, offer_alpn, terminate_context
+from ..tls import (ContextCache, offer_alpn, require_visitor_certificate, terminate_context,
+                   visitor_certificate_name)
 from .splice import StreamEnd
 from .tlsconn import ServerTLSConnection
 from .upkeep import utcnow
@@ -113,14 +114,25 @@ class PublicCertificates:
                               f"hostname CA in {os.path.join(self.cert_dir, PUBLIC_CA_KEY)}"
                               if valid else "it is not valid now: Visitors refuse it"))
 
-    def _locate(self, hostname):
-        """The hostname's certificate and key files; None when there are none."""
+    def _locate(self, key):
+        """The certificate and key files of a cache key, then its visitor-ca-file if any;
+        None when there are none."""
+        hostname, visitor_ca = key if isinstance(key, tuple) else (key, None)
         if self.acme is not None:
-            return self.acme.paths(hostname)
-        folder = os.path.join(self.cert_dir, public_cert_folder(hostname))
-        return tuple(os.path.join(folder, name) for name in (PUBLIC_CERT, PUBLIC_KEY))
+            paths = self.acme.paths(hostname)
+        else:
+            folder = os.path.join(self.cert_dir, public_cert_folder(hostname))
+            paths = tuple(os.path.join(folder, name) for name in (PUBLIC_CERT, PUBLIC_KEY))
+        if paths is None or visitor_ca is None:
+            return paths
+        return (*paths, visitor_ca)
 
-    def _build(self, hostname, paths):
+    def _build(self, key, paths):
+        hostname, visitor_ca = key if isinstance(key, tuple) else (key, None)
+        if visitor_ca is not None and not os.path.exists(visitor_ca):
+            self.log.warn("visitor-ca-unusable", public_hostname=hostname, file=str(visitor_ca),
+                          reason="missing")
+            return self._refuse
         if paths is None:
             self.log.warn("public-certificate-missing", public_hostname=hostname,
                           fix=None if self.acme is not None else self.init_command(hostname))
@@ -128,8 +140,10 @@ class PublicCertificates:
         try:
             if self.acme is None:
                 paths = load_public_cert_paths(self.cert_dir, hostname)
-            paths = pin(*paths)  # one version of the folder
-            context = terminate_context(*paths)
+            paths = pin(*paths[:2])  # one version of the folder
+            context = self._visitor_ca_context(hostname, paths, visitor_ca)
+            if context is None:
+                return self._refuse
             if self.metrics is not None:
                 self.metrics.certificate("public", hostname,
                                          load_certificate(paths[0]).not_valid_after_utc)
@@ -140,11 +154,29 @@ class PublicCertificates:
         self.log.info("public-certificate-loaded", public_hostname=hostname)
         return context
 
-    def context_for(self, hostname):
-        """SSL context for `hostname`, or the refusing context when none is usable."""
+    def _visitor_ca_context(self, hostname, paths, visitor_ca):
+        """The terminate context, asking for a Visitor certificate from `visitor_ca` when
+        given; None (logged) when that CA file cannot be used.  The certificate's own
+        errors propagate to `_build`."""
+        context = terminate_context(*paths)
+        if visitor_ca is None:
+            return context
+        try:
+            require_visitor_certificate(context, visitor_ca)
+        except (SSL.Error, OSError) as exc:
+            self.log.warn("visitor-ca-unusable", public_hostname=hostname, file=str(visitor_ca),
+                          reason=str(exc) or "no CA certificate")
+            return None
+        return context
+
+    def context_for(self, hostname, visitor_ca_file=None):
+        """SSL context for `hostname`, or the refusing context when none is usable.  A
+        Service's `visitor_ca_file` makes it a context of its own, rebuilt when that file
+        changes too; without one the key and the work are what they always were."""
         if self.cert_dir is None and self.acme is None:
             return self._refuse
-        return self._contexts.current(self._certificate_name(hostname))
+        name = self._certificate_name(hostname)
+        return self._contexts.current(name if visitor_ca_file is None else (name, visitor_ca_file))
 
     def _certificate_name(self, hostname):
         """The configured name whose certificate serves `hostname`: itself, else the wildcard
@@ -219,5 +251,6 @@ def accept_visitor_tls(stream, context, buffered, alpn=()):
 def visitor_tls(tls):
     """What the Visitor's handshake settled, for the PROXY v2 ALPN and SSL TLVs."""
     conn = tls.conn
+    presented, cn = visitor_certificate_name(conn)
     return VisitorTLS(conn.get_protocol_version_name(), conn.get_cipher_name() or "",
-                      conn.get_alpn_proto_negotiated() or b"")
+                      conn.get_alpn_proto_negotiated() or b"", presented, cn)

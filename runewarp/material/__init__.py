@@ -1,8 +1,8 @@
 """Certificate and key material: creation, renewal, rotation and loading.
 
 `store` writes folders crash-safely, `x509` makes and reads keys and certificates,
-and `server`, `identity` and `public` own the Server's, the Client identity's and
-the Public hostnames' folders.  This module is the API the rest of the package uses.
+and `server`, `identity`, `public` and `visitor` own the Server's, the Client identity's,
+the Public hostnames' and the Visitor CA's folders.  This module is the API the rest of the package uses.
 """
 
 from ..errors import MaterialError
@@ -16,6 +16,8 @@ from .public import (PUBLIC_CA_CERT, PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, Pub
 from .server import (SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CERT, SERVER_KEY, InitResult, ServerCertResult,
                      init_server_cert, load_server_cert_paths, renew_server_cert, rotate_server_ca,
                      server_cert_paths, server_cert_renewable, server_key_files)
+from .visitor import (MAX_VISITOR_CERT_DAYS, VISITOR_CA_CERT, VISITOR_CERT_DAYS, VisitorCA, VisitorCert,
+                      init_visitor_ca, issue_visitor_cert, visitor_cert_name)
 from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, pin
 from .x509 import (CA_DAYS, LEAF_DAYS, certificate_serial, client_identity, identity_of_certificate,
                    identity_of_certificate_der, key_permission_problem, key_permission_problems, leaf_not_after,
@@ -33,4 +35,6 @@ __all__ = [
     "load_server_cert_paths", "make_self_signed", "pin", "public_cert_folder", "public_cert_renewable",
     "renew_identity", "renew_public_certs", "renew_server_cert", "rotate_identity", "rotate_public_ca",
     "rotate_server_ca", "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",
+    "MAX_VISITOR_CERT_DAYS", "VISITOR_CA_CERT", "VISITOR_CERT_DAYS", "VisitorCA", "VisitorCert",
+    "init_visitor_ca", "issue_visitor_cert", "visitor_cert_name",
 ]

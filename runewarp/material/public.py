@@ -17,7 +17,8 @@ from ..errors import MaterialError
 from ..proto.hostname import WILDCARD, normalize
 from .identity import CLIENT_KEY
 from .store import CURRENT, View, is_version, update
-from .x509 import PUBLIC_CA_CN, _cert_pem, _check_issued, _key_pem, _make_ca, _make_leaf, _now, _san_names, read_pair
+from .x509 import (PUBLIC_CA_CN, _cert_pem, _check_issued, _key_pem, _make_ca, _make_leaf, _now, _san_names, read_ca,
+                   read_pair)
 
 PUBLIC_CA_CERT = "public-ca.crt"
 PUBLIC_CA_KEY = "state/public-ca.key"
@@ -80,17 +81,8 @@ def _flat_files(view: View) -> list[str]:
 
 
 def _load_public_ca(view: View):
-    """The public CA, None if absent; half a CA is an error, not a reason to replace it."""
-    has_cert, has_key = view.exists(PUBLIC_CA_CERT), view.exists(PUBLIC_CA_KEY)
-    if not has_cert and not has_key:
-        return None
-    if not (has_cert and has_key):
-        missing = PUBLIC_CA_KEY if has_cert else PUBLIC_CA_CERT
-        raise MaterialError(
-            f"{view.root}: incomplete public CA, missing {missing}; "
-            "rotate the public CA or remove the folder"
-        )
-    return read_pair(view, PUBLIC_CA_CERT, PUBLIC_CA_KEY)
+    """The public CA, None if absent."""
+    return read_ca(view, PUBLIC_CA_CERT, PUBLIC_CA_KEY, "public CA", "rotate the public CA or remove the folder")
 
 
 def _leaf_usable(view: View, host: str, ca_cert: x509.Certificate) -> bool:

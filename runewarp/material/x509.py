@@ -241,22 +241,41 @@ def _make_leaf(
     return builder.sign(signer, hashes.SHA256()), key
 
 
-def _make_client_cert(key: ec.EllipticCurvePrivateKey, now: _dt.datetime) -> x509.Certificate:
+def _make_client_cert(key: ec.EllipticCurvePrivateKey, now: _dt.datetime, cn: str = CLIENT_CN,
+                      ca=None, days: int = LEAF_DAYS) -> x509.Certificate:
+    """Client-auth leaf: self-signed (the Client identity), or signed by `ca` (certificate,
+    key) for a Visitor certificate."""
     pub = key.public_key()
-    return (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(CLIENT_CN))
-        .issuer_name(_name(CLIENT_CN))
+        .subject_name(_name(cn))
         .public_key(pub)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _dt.timedelta(days=LEAF_DAYS))
+        .not_valid_after(now + _dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_digital_signature_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    if ca is None:
+        return builder.issuer_name(_name(cn)).sign(key, hashes.SHA256())
+    ca_cert, ca_key = ca
+    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return builder.issuer_name(ca_cert.subject).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+    ).sign(ca_key, hashes.SHA256())
+
+
+def read_ca(view, cert_rel: str, key_rel: str, what: str, fix: str):
+    """A CA's (certificate, key) in a material folder, None if absent; half a CA is an
+    error saying `fix`, not a reason to replace it."""
+    has_cert, has_key = view.exists(cert_rel), view.exists(key_rel)
+    if not has_cert and not has_key:
+        return None
+    if not (has_cert and has_key):
+        raise MaterialError(f"{view.root}: incomplete {what}, missing {key_rel if has_cert else cert_rel}; {fix}")
+    return read_pair(view, cert_rel, key_rel)
 
 
 

@@ -58,9 +58,12 @@ PP2_TYPE_ALPN = 0x01
 PP2_TYPE_AUTHORITY = 0x02
 PP2_TYPE_SSL = 0x20
 PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
 PP2_SUBTYPE_SSL_CIPHER = 0x23
 PP2_CLIENT_SSL = 0x01
-"""The Visitor's connection used TLS (no client certificate bits: none is requested)."""
+"""The Visitor's connection used TLS."""
+PP2_CLIENT_CERT_CONN = 0x02
+"""The Visitor presented a client certificate on this connection (a Service with visitor-ca-file)."""
 
 Address = tuple[str, int]
 
@@ -90,6 +93,8 @@ class VisitorTLS:
     version: str
     cipher: str
     alpn: bytes = b""
+    client_certificate: bool = False  # presented and verified (the handshake refuses any other)
+    client_cn: str | None = None  # the subject CN of that certificate, if it has one
 
 
 def encode(source: Address | None, destination: Address | None, protocol: str = "tcp",
@@ -132,10 +137,15 @@ def tlv(kind: int, value: bytes) -> bytes:
 
 
 def ssl_tlv(tls: VisitorTLS) -> bytes:
-    """PP2_TYPE_SSL: client bitfield, verify (0, as haproxy sends it when no client
-    certificate was asked for), then the version and cipher sub-TLVs."""
-    return tlv(PP2_TYPE_SSL, bytes([PP2_CLIENT_SSL]) + (0).to_bytes(4)
+    """PP2_TYPE_SSL: client bitfield (PP2_CLIENT_SSL, plus PP2_CLIENT_CERT_CONN with a
+    client certificate), verify (0: no certificate was asked for, as haproxy sends it, or
+    the one presented was verified), then the version, CN (with a certificate that has
+    one) and cipher sub-TLVs, in the order of their types."""
+    client = PP2_CLIENT_SSL | (PP2_CLIENT_CERT_CONN if tls.client_certificate else 0)
+    cn = b"" if tls.client_cn is None else tlv(PP2_SUBTYPE_SSL_CN, tls.client_cn.encode("utf-8"))
+    return tlv(PP2_TYPE_SSL, bytes([client]) + (0).to_bytes(4)
                + tlv(PP2_SUBTYPE_SSL_VERSION, tls.version.encode("ascii"))
+               + cn
                + tlv(PP2_SUBTYPE_SSL_CIPHER, tls.cipher.encode("ascii")))
 
 

@@ -1,6 +1,7 @@
 """Visitors and backends for the end-to-end tests: real TLS on 127.0.0.1."""
 
 import hashlib
+import queue
 import signal
 import socket
 import ssl
@@ -13,7 +14,7 @@ from pathlib import Path
 from cryptography import x509
 
 from runewarp.material import public_cert_folder
-from runewarp.proto import clienthello
+from runewarp.proto import clienthello, proxyv2
 
 from ..conftest import ROOT, SERVER_HOSTNAME, cli_material
 
@@ -138,6 +139,41 @@ class TCPBackend:
 
     def close(self):
         self.sock.close()
+
+
+class TLVBackend(TCPBackend):
+    """Reads one PROXY v2 header with our decoder and queues what it carried (or the error)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reports = queue.Queue()
+
+    def serve(self, conn):
+        try:
+            self.reports.put(self.read_header(conn))
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            self.reports.put(exc)
+        conn.sendall(b"read")
+
+    @staticmethod
+    def read_header(conn):
+        conn.settimeout(10)
+        data = b""
+        while (decoded := proxyv2.decode(data)) is None:
+            chunk = conn.recv(4096)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+        header, length = decoded
+        address_size = 12 if "." in header.source[0] else 36
+        entries = dict(proxyv2.tlvs(data[16 + address_size:length]))
+        ssl_value = entries.get(proxyv2.PP2_TYPE_SSL, b"")
+        return {
+            "source": header.source, "destination": header.destination,
+            "authority": entries.get(proxyv2.PP2_TYPE_AUTHORITY, b"").decode(),
+            "alpn": entries.get(proxyv2.PP2_TYPE_ALPN, b"").decode(),
+            "ssl": ssl_value[:5],
+            "ssl-sub": proxyv2.tlvs(ssl_value[5:]),
+        }
 
 
 class EchoBackend(TCPBackend):

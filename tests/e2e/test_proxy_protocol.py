@@ -12,7 +12,6 @@ with our decoder to check the ALPN and SSL TLVs against what the Visitor negotia
 import json
 import os
 import shutil
-import queue
 import socket
 import ssl
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from runewarp import harness
-from runewarp.proto import proxyv2
 
 from ..conftest import SERVER_HOSTNAME, Deployment, cli_material, free_port, run_cli
-from .helpers import TCPBackend, curl
+from .helpers import TLVBackend, curl
 
 NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 HAPROXY = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
@@ -124,41 +122,6 @@ defaults
     log-format "pp-logged frontend=%f src=%[src]:%[src_port] dst=%[dst]:%[dst_port] authority=%[fc_pp_authority]"
 """ + "".join(frontends))
     return conf
-
-
-class TLVBackend(TCPBackend):
-    """Reads one PROXY v2 header with our decoder and queues what it carried (or the error)."""
-
-    def __init__(self):
-        super().__init__()
-        self.reports = queue.Queue()
-
-    def serve(self, conn):
-        try:
-            self.reports.put(self.read_header(conn))
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            self.reports.put(exc)
-        conn.sendall(b"read")
-
-    @staticmethod
-    def read_header(conn):
-        conn.settimeout(10)
-        data = b""
-        while (decoded := proxyv2.decode(data)) is None:
-            chunk = conn.recv(4096)
-            assert chunk, f"closed after {data!r}"
-            data += chunk
-        header, length = decoded
-        address_size = 12 if "." in header.source[0] else 36
-        entries = dict(proxyv2.tlvs(data[16 + address_size:length]))
-        ssl_value = entries.get(proxyv2.PP2_TYPE_SSL, b"")
-        return {
-            "source": header.source, "destination": header.destination,
-            "authority": entries.get(proxyv2.PP2_TYPE_AUTHORITY, b"").decode(),
-            "alpn": entries.get(proxyv2.PP2_TYPE_ALPN, b"").decode(),
-            "ssl": ssl_value[:5],
-            "ssl-sub": proxyv2.tlvs(ssl_value[5:]),
-        }
 
 
 @pytest.fixture(scope="module")

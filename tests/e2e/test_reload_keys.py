@@ -693,6 +693,8 @@ COVERED = {
     "server.tunnels[].public-ports": _ids("test_public_ports.py",
                                           "test_a_reload_applies_a_tunnels_public_ports_to_the_next_visitor"),
     "client.services[].alpn": _ids("test_terminate_alpn.py", "test_a_reload_applies_alpn_to_the_next_handshake"),
+    "client.services[].visitor-ca-file": _ids("test_visitor_certificates.py",
+                                              "test_a_reload_that_adds_the_key_applies_to_the_next_handshake"),
 }
 
 
