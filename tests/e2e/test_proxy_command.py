@@ -219,6 +219,40 @@ def test_the_listen_proxy_serves_again_after_a_server_restart(deployment, site, 
     assert proxy.popen.poll() is None
 
 
+def test_a_service_with_visitor_ca_file_lets_only_its_certificate_holders_through(
+        deployment, sshd, tmp_path):
+    """The whole chain: `runewarp proxy --cert/--key` to a terminate Service whose
+    visitor-ca-file comes from `runewarp client visitor-ca init`; ssh gets through with a
+    certificate from `visitor-cert issue`, and not without one or with another CA's."""
+    for name in ("visitors", "strangers"):
+        run_cli("client", "visitor-ca", "init", "--dir", tmp_path / name)
+    run_cli("client", "visitor-cert", "issue", "--name", "alice", "--dir", tmp_path / "visitors",
+            "--out-dir", tmp_path / "alice")
+    run_cli("client", "visitor-cert", "issue", "--name", "mallory", "--dir",
+            tmp_path / "strangers", "--out-dir", tmp_path / "mallory")
+    identity = deployment.identity("client-a")
+    deployment.start_server([("ssh", [SSH_HOST], [identity])])
+    certs = deployment.dir / "public-cert"
+    run_cli("client", "public-cert", "init", "--dir", certs, "--hostname", SSH_HOST)
+    backend = f'"127.0.0.1:{sshd.port}"'
+    path = deployment.client_config("client-a", [([SSH_HOST], f"127.0.0.1:{sshd.port}",
+                                                  "terminate")], public_cert_dir=certs)
+    ca = tmp_path / "visitors" / "visitor-ca.crt"
+    path.write_text(path.read_text().replace(backend, f'{backend}\nvisitor-ca-file = "{ca}"', 1))
+    client = Proc(["client", "-c", path], env=deployment.env)
+    deployment.processes.append(client)
+    client.wait_for("tunnel-connection-established")
+    args = proxy_args(deployment.public_port, certs / "public-ca.crt", "--stdio")
+    for refused in ([], ["--cert", tmp_path / "mallory/mallory.crt",
+                         "--key", tmp_path / "mallory/mallory.key"]):
+        done = ssh(sshd, "echo hello", proxy=args + list(map(str, refused)))
+        assert done.returncode != 0 and done.stdout == b"", done
+        assert b"it requires a client certificate it trusts (--cert/--key)" in done.stderr, done
+    done = ssh(sshd, "echo hello", proxy=args + ["--cert", str(tmp_path / "alice/alice.crt"),
+                                                 "--key", str(tmp_path / "alice/alice.key")])
+    assert (done.returncode, done.stdout) == (0, b"hello\n"), done
+
+
 def stdio_error(*args, stdin=b"hello\n", env=None):
     done = subprocess.run(runewarp_cmd("proxy", "--stdio", *map(str, args)), input=stdin,
                           capture_output=True, timeout=60, env=env)
