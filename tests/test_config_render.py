@@ -203,6 +203,8 @@ def test_every_key_of_the_key_table_is_shown(tmp_path, env):
     seen["server"] |= {"server", *(k for k in SHOWN_BY if k.startswith("server."))}
     seen["client"] |= {"client"}
     for key in schema.KEYS:
+        if key.path.startswith("proxy."):
+            continue  # a Visitor's `runewarp proxy` file: `config show` shows the two roles
         roles = [r for r in seen if key.path.startswith(f"{r}.") or key.path == r] or list(seen)
         for role in roles:
             assert key.path in seen[role], f"config show does not show {key.path} ({role})"
