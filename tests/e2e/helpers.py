@@ -1,7 +1,9 @@
 """Visitors and backends for the end-to-end tests: real TLS on 127.0.0.1."""
 
 import hashlib
+import os
 import queue
+import shutil
 import signal
 import socket
 import ssl
@@ -257,3 +259,19 @@ def reload_by_signal(proc, event):
     proc.signal(signal.SIGHUP)
     proc.wait_for(event, start=mark)
     return mark
+
+
+NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+
+
+def wait_listening(proc, ports, timeout=15):
+    """Until `proc` listens on every 127.0.0.1 port (read from /proc: a probe connection
+    would be a bad PROXY header in the backend's log)."""
+    wanted = {f"0100007F:{port:04X}" for port in ports}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.popen.poll() is None:
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        if wanted <= {row[1] for row in rows if row[3] == "0A"}:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{proc.name} is not listening on {ports}:\n{proc.log()}")

@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ import pytest
 from runewarp import harness
 
 from ..conftest import SERVER_HOSTNAME, Deployment, cli_material, free_port, run_cli
-from .helpers import TLVBackend, curl
+from .helpers import NGINX, TLVBackend, curl, wait_listening
 
-NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 HAPROXY = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
               pytest.mark.skipif(not (NGINX and HAPROXY), reason="needs nginx and haproxy (.ci/run)")]
@@ -37,19 +35,6 @@ TLV_SITE = "tlv-terminate.example.com"
 
 def hostname(consumer, mode, version):
     return f"{consumer}-{mode}-{version}.example.com"
-
-
-def wait_listening(proc, ports, timeout=15):
-    """Until `proc` listens on every 127.0.0.1 port (read from /proc: a probe connection
-    would be a bad PROXY header in the backend's log)."""
-    wanted = {f"0100007F:{port:04X}" for port in ports}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.popen.poll() is None:
-        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-        if wanted <= {row[1] for row in rows if row[3] == "0A"}:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{proc.name} is not listening on {ports}:\n{proc.log()}")
 
 
 def nginx_conf(folder, certs, ports):

@@ -2,10 +2,7 @@
 Local backend (nginx) gets that protocol in plaintext: h2 with prior knowledge (h2c) or
 HTTP/1.1.  A Visitor offering none of the list still connects, without ALPN."""
 
-import shutil
-import socket
 import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -13,10 +10,10 @@ import pytest
 from runewarp import harness
 
 from ..conftest import Proc, free_port, run_cli
-from .helpers import curl, reload_by_signal
+from .helpers import NGINX, curl, reload_by_signal, wait_listening
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
-              pytest.mark.skipif(not shutil.which("nginx", path="/usr/sbin:/usr/bin"),
+              pytest.mark.skipif(NGINX is None,
                                  reason="needs nginx")]
 H2 = "h2.example.com"  # alpn = ["h2", "http/1.1"], backend: nginx h2c (only h2 Visitors here)
 H1 = "h1.example.com"  # alpn omitted (["http/1.1"]), backend: nginx HTTP/1.1
@@ -43,19 +40,10 @@ def start_nginx(folder, processes):
     h2c, h1 = free_port(), free_port()
     conf = folder / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=folder, h2c=h2c, h1=h1))
-    proc = harness.Process([shutil.which("nginx", path="/usr/sbin:/usr/bin"), "-p", folder,
-                            "-c", conf, "-e", "stderr"], name="nginx")
+    proc = harness.Process([NGINX, "-p", folder, "-c", conf, "-e", "stderr"], name="nginx")
     processes.append(proc)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", h1), timeout=1).close()
-            socket.create_connection(("127.0.0.1", h2c), timeout=1).close()
-            return f"127.0.0.1:{h2c}", f"127.0.0.1:{h1}"
-        except OSError:
-            if time.monotonic() > deadline or proc.popen.poll() is not None:
-                raise AssertionError(f"nginx did not start:\n{proc.log()}") from None
-            time.sleep(0.05)
+    wait_listening(proc, [h2c, h1])
+    return f"127.0.0.1:{h2c}", f"127.0.0.1:{h1}"
 
 
 @pytest.fixture
