@@ -17,6 +17,8 @@ from runewarp.proto.control import Welcome
 from runewarp.proto.services import ServiceTable
 
 HOST = "tunnel.example.com"
+# Certificates our CLI makes now are judged at the time of the check (a time taken at import
+# can precede their notBefore); NOW serves the leaves a test dates itself.
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
 
@@ -40,14 +42,14 @@ def self_signed_leaf(tmp_path, now):
 
 def test_material_from_server_cert_init_is_all_ok(tmp_path):
     material.init_server_cert(tmp_path, HOST)
-    results = list(certificate(server_leaf(tmp_path), NOW))
+    results = list(certificate(server_leaf(tmp_path), dt.datetime.now(dt.UTC)))
     assert statuses(results) == {f"certificate-{c} {HOST}": "ok"
                                  for c in ("files", "key", "expiry", "hostname", "chain")}
     assert "the Server renews it itself" in results[2].detail
 
 
 def test_missing_files_is_one_line(tmp_path):
-    results = list(certificate(server_leaf(tmp_path), NOW))
+    results = list(certificate(server_leaf(tmp_path), dt.datetime.now(dt.UTC)))
     assert results == [checks.fail(f"certificate-files {HOST}",
                                    f"missing {tmp_path / 'server.crt'}, {tmp_path / 'server.key'}",
                                    "INIT")]
@@ -73,7 +75,7 @@ def test_no_ca_file_leaves_the_issuer_unchecked(tmp_path):
 def test_certificate_from_another_ca(tmp_path):
     material.init_server_cert(tmp_path / "a", HOST)
     material.init_server_cert(tmp_path / "b", HOST)
-    results = {r.check: r for r in certificate(server_leaf(tmp_path / "a", tmp_path / "b"), NOW)}
+    results = {r.check: r for r in certificate(server_leaf(tmp_path / "a", tmp_path / "b"), dt.datetime.now(dt.UTC))}
     chain = results[f"certificate-chain {HOST}"]
     assert (chain.status, chain.fix) == ("fail", "RENEW")
     assert f"was not issued by {tmp_path / 'b/server-ca.crt'}" in chain.detail
@@ -83,7 +85,7 @@ def test_key_of_another_certificate(tmp_path):
     material.init_server_cert(tmp_path / "a", HOST)
     material.init_server_cert(tmp_path / "b", HOST)
     (tmp_path / "a/server.key").write_bytes((tmp_path / "b/server.key").read_bytes())
-    results = list(certificate(server_leaf(tmp_path / "a"), NOW))
+    results = list(certificate(server_leaf(tmp_path / "a"), dt.datetime.now(dt.UTC)))
     assert statuses(results) == {f"certificate-files {HOST}": "ok", f"certificate-key {HOST}": "fail"}
     assert "does not match" in results[-1].detail
 
