@@ -341,7 +341,6 @@ def build(
     record_size: int | None = None,
     extra_extensions: bytes = b"",
     random: bytes = bytes(64),
-    ech: bool = False,
 ) -> bytes:
     """A syntactically valid TLS 1.3-capable ClientHello, for tests and probes.
 
@@ -349,8 +348,6 @@ def build(
     that many bytes; `extra_extensions` is appended verbatim to the
     extensions block.  `random` is the 64 bytes of client random and
     session id: the caller draws them (os.urandom(64)) when they must differ.
-    `ech` adds an outer encrypted_client_hello (HKDF-SHA256, AES-128-GCM) whose
-    config id, enc and payload are cut from `random`, as a GREASE one would be.
     """
     limit = 2**14 if record_size is None else record_size
     if len(random) != 64:
@@ -369,10 +366,6 @@ def build(
     extensions.append(_extension(10, _u16(2) + b"\x00\x1d"))  # supported_groups: x25519
     extensions.append(_extension(13, _u16(4) + b"\x04\x03\x08\x04"))  # signature_algorithms
     extensions.append(_extension(43, _u8_vector(b"\x03\x04\x03\x03")))  # supported_versions
-    if ech:  # ECHClientHello: type outer, cipher suite, config_id, enc<2>, payload<2>
-        enc, payload = random[:32], random * 3
-        extensions.append(_extension(EXT_ECH, b"\x00\x00\x01\x00\x01" + random[:1] + _u16(len(enc)) + enc
-                                     + _u16(len(payload)) + payload))
     ext_block = b"".join(extensions) + extra_extensions
 
     suites = b"\x13\x01\x13\x02\x13\x03\xc0\x2b\xc0\x2f"

@@ -9,6 +9,7 @@ import pytest
 
 from runewarp.proto import clienthello
 
+from ..proto.test_clienthello_ech import ech_ext, grease_ech
 from .helpers import ECHO, recv_exactly, round_trip
 from .test_metrics import deploy, eventually, value
 
@@ -18,13 +19,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 def test_an_ech_hello_goes_to_the_tunnel_of_its_outer_sni_and_is_counted(deployment, echo_backend):
     _, _, server_port, _ = deploy(deployment, echo_backend)
     assert value(server_port, "runewarp_visitor_ech_total") == 0
-    hello = clienthello.build(ECHO, ["h2"], ech=True, random=os.urandom(64))
+    drawn = os.urandom(64)
+    hello = clienthello.build(ECHO, ["h2"], extra_extensions=grease_ech(drawn), random=drawn)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
         sock.sendall(hello)
         assert recv_exactly(sock, len(hello)) == hello  # the extension reaches the backend untouched
         round_trip(sock, b"inner traffic", 10)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
-        sock.sendall(clienthello.build("other.example.com", ech=True))  # an outer SNI of no Tunnel
+        sock.sendall(clienthello.build("other.example.com", extra_extensions=ech_ext()))  # an outer SNI of no Tunnel
         sock.settimeout(10)
         assert sock.recv(1) == b""
 

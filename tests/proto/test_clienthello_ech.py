@@ -73,16 +73,20 @@ def test_an_ech_extension_overrunning_the_block_is_malformed():
     assert reason_of(hello_from_body(body(extensions=exts))) == "malformed"
 
 
-def test_build_adds_an_ech_extension_cut_from_the_callers_random():
-    drawn = bytes(range(64))
-    data = build(PUBLIC_NAME, ech=True, random=drawn)
-    assert ech_ext(payload=drawn * 3, enc=drawn[:32], config_id=drawn[0])[4:] in data
-    assert build(PUBLIC_NAME, ech=True) == build(PUBLIC_NAME, ech=True)  # no randomness drawn here
+def grease_ech(random):
+    """An ECH extension cut from the caller's 64 random bytes, as a GREASE one would be:
+    for build(extra_extensions=...)."""
+    return ech_ext(payload=random * 3, enc=random[:32], config_id=random[0])
+
+
+def test_a_built_hello_with_an_ech_extension_is_flagged():
+    assert parse(build(PUBLIC_NAME, extra_extensions=grease_ech(bytes(range(64))))).ech is True
     assert parse(build(PUBLIC_NAME)).ech is False
 
 
 def test_every_proper_prefix_of_an_ech_hello_needs_more():
-    data = build(PUBLIC_NAME, ["h2", "http/1.1"], ech=True, random=os.urandom(64))
+    drawn = os.urandom(64)
+    data = build(PUBLIC_NAME, ["h2", "http/1.1"], extra_extensions=grease_ech(drawn), random=drawn)
     assert parse(data).ech
     for cut in range(len(data)):
         assert parse(data[:cut]) is None, cut
@@ -92,7 +96,8 @@ def test_every_proper_prefix_of_an_ech_hello_needs_more():
 @given(server_name=st.none() | hostnames, alpn=protocols, record_size=st.none() | st.integers(1, 2**14),
        ech=st.booleans(), random=st.binary(min_size=64, max_size=64))
 def test_build_round_trip_with_ech(server_name, alpn, record_size, ech, random):
-    data = build(server_name, alpn, record_size=record_size, ech=ech, random=random)
+    data = build(server_name, alpn, record_size=record_size,
+                 extra_extensions=grease_ech(random) if ech else b"", random=random)
     assert parse(data, max_records=UNCAPPED) == ClientHello(server_name, tuple(alpn), 0x0303, len(data), ech)
 
 
@@ -100,7 +105,7 @@ def test_build_round_trip_with_ech(server_name, alpn, record_size, ech, random):
 @given(sizes=st.lists(st.integers(1, 2**14), min_size=1, max_size=8),
        max_records=st.sampled_from([None, 3, UNCAPPED]), data=st.data())
 def test_any_chunking_of_an_ech_hello_gives_the_one_shot_outcome(sizes, max_records, data):
-    records = frame(handshake_message(build(PUBLIC_NAME, ["h2"], ech=True)), sizes) + CHANGE_CIPHER_SPEC
+    records = frame(handshake_message(build(PUBLIC_NAME, ["h2"], extra_extensions=ech_ext())), sizes) + CHANGE_CIPHER_SPEC
     cuts = data.draw(st.lists(st.integers(0, len(records)), max_size=20))
     whole = outcome(records, max_records=max_records)
     assert feed_in_chunks(records, cuts, max_records=max_records) == whole
