@@ -192,11 +192,16 @@ def verify_failure(conn):
     return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode()
 
 
+def _openssl_reasons(exc):
+    """The reason strings of an SSL.Error's OpenSSL error list ([] for anything else)."""
+    details = exc.args[0] if isinstance(exc, SSL.Error) and exc.args else None
+    return [entry[-1] for entry in details if entry and entry[-1]] \
+        if isinstance(details, list) else []
+
+
 def ssl_reason(exc):
     """The reason of an OpenSSL error list (or an OSError) as one phrase."""
-    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
-        return "; ".join(entry[-1] for entry in exc.args[0] if entry and entry[-1])
-    return getattr(exc, "strerror", None) or str(exc)
+    return "; ".join(_openssl_reasons(exc)) or getattr(exc, "strerror", None) or str(exc)
 
 
 def terminate_context(cert_path=None, key_path=None):
@@ -237,9 +242,7 @@ _VISITOR_CERTIFICATE_REASONS = ("peer did not return a certificate", "certificat
 def visitor_certificate_refused(error):
     """True when `error` (an SSL.Error of a terminate handshake) refused the Visitor's
     client certificate: judged by OpenSSL's reason strings, not by the whole message."""
-    details = error.args[0] if isinstance(error, SSL.Error) and error.args else ()
-    return isinstance(details, list) and any(
-        len(entry) == 3 and entry[2] in _VISITOR_CERTIFICATE_REASONS for entry in details)
+    return any(reason in _VISITOR_CERTIFICATE_REASONS for reason in _openssl_reasons(error))
 
 
 def visitor_certificate_name(conn):
