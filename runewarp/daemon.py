@@ -6,7 +6,8 @@ until the log file is open) and, until it serves, repeats what it prints on stde
 into the pipe: the error line of a failed start reaches the parent as it reaches a
 foreground operator.  Readiness is one NUL byte.  The parent (`wait_ready`) reads
 until that byte (ready) or the end of the pipe (the child exited: its exit status),
-so a detached start is never fire-and-forget.
+so a detached start is never fire-and-forget.  A hand-over's new process
+(runewarp/handover.py) reports its readiness on a pipe of the same protocol.
 
 The fork is the unpatched `os.fork`, followed by `gevent.reinit()` in the child: the
 CLI forks before the hub has served anything, and the parent keeps no child watcher.
@@ -164,11 +165,8 @@ class Starting:
     def ready(self):
         """Tell the parent the process serves; stderr is the log file's alone from now on."""
         if self.channel is not None:
-            try:
-                os.write(self.channel, READY)
-            except OSError:
-                pass
-            self._hang_up()
+            report_ready(self.channel)
+            self.channel = None
         sys.stderr = self.stderr
 
     def _hang_up(self):
@@ -176,27 +174,46 @@ class Starting:
         self.channel = None
 
 
+def report_ready(channel):
+    """Write READY on `channel` and close it; a reader that is gone is nobody to tell."""
+    try:
+        os.write(channel, READY)
+    except OSError:
+        pass
+    _close(channel)
+
+
+def read_verdict(channel, deadline, select=_select):
+    """What the writer of `channel` said before READY, and whether it came: (bytes, True)
+    for READY, (bytes, False) for the end of the pipe, (bytes, None) at `deadline`.
+    `select`: gevent's in a process whose hub serves meanwhile (a hand-over)."""
+    said = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return bytes(said), None
+        if not select([channel], [], [], remaining)[0]:
+            continue
+        data = os.read(channel, 65536)
+        if READY in data:
+            return bytes(said + data.split(READY, 1)[0]), True
+        if not data:
+            return bytes(said), False
+        said += data
+
+
 def wait_ready(pid, channel, timeout=READY_TIMEOUT):
     """What the child said on stderr and how its start ended: (text, status), status 0 when
     it serves, its exit status when it ended first, None when `timeout` passed first."""
     deadline = time.monotonic() + timeout
-    said = bytearray()
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return said.decode("utf-8", "replace"), None
-            if not _select([channel], [], [], remaining)[0]:
-                continue
-            data = os.read(channel, 65536)
-            if READY in data:
-                said += data.split(READY, 1)[0]
-                return said.decode("utf-8", "replace"), 0
-            if not data:
-                return said.decode("utf-8", "replace"), exit_status(pid, deadline)
-            said += data
+        said, ready = read_verdict(channel, deadline)
     finally:
         _close(channel)
+    text = said.decode("utf-8", "replace")
+    if ready is None:
+        return text, None
+    return text, 0 if ready else exit_status(pid, deadline)
 
 
 def exit_status(pid, deadline):

@@ -4,10 +4,15 @@ TERM/INT: graceful (stop accepting, go away, drain for at most the grace
 period, close, exit 0); a second TERM/INT forces.  HUP: reload, keeping the old
 config when the new one is invalid.  With watch-config, the runtime's file watch
 asks for the same reload (FILE_CHANGED) when a watched file changes.  USR1: reopen
-the log file (logrotate).  `on_ready`, when set, is called once the runtime serves
-(a detached start reports it).
+the log file (logrotate).  USR2: hand the listeners over to a new process
+(`hand_over`, set for a Server: runewarp/handover.py); once it serves, this one stops as
+TERM stops it, silent to systemd (the service is the new process's); a failed hand-over
+keeps this one serving.  `on_ready`, when set, is called once the runtime serves (a
+detached start, a hand-over's new process report it); `successor` makes READY=1 carry
+MAINPID, so systemd follows the new process.
 """
 
+import os
 import signal
 
 import gevent
@@ -27,6 +32,10 @@ class Lifecycle:
         self.draining = None
         self.changed = []  # the files whose change asked for a reload, in order
         self.on_ready = None
+        self.hand_over = None  # () -> the new process's pid once it serves; HandoverFailed
+        self.successor = False
+        self.handing_over = None
+        self.handover_result = None
 
     def run(self):
         self.log.defer_writes(gevent.get_hub().loop.run_callback)
@@ -36,11 +45,12 @@ class Lifecycle:
             self.log.flush()  # before the CLI prints anything after us
 
     def _run(self):
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                       signal.SIGUSR2):
             gevent.signal_handler(signum, self.queue.put, signal.Signals(signum).name)
         self.runtime.on_file_change = self._file_changed
         self.runtime.start()
-        systemd.ready("serving")
+        systemd.ready("serving", main_pid=os.getpid() if self.successor else None)
         if self.on_ready is not None:
             self.on_ready()
         watchdog = systemd.start_watchdog()
@@ -51,6 +61,8 @@ class Lifecycle:
                 break
         if watchdog is not None:
             watchdog.kill(block=False)
+        if self.handing_over is not None:
+            self.handing_over.kill()  # a new process that is not ready yet is killed
         self.runtime.close_all()
         # One turn of the loop lets the greenlets close_all killed run their last lines; nothing
         # here waits on a timer, so the process exits right after shutdown-complete.
@@ -65,14 +77,26 @@ class Lifecycle:
                           cut_streams=self.runtime.unfinished_streams())
             self.draining.kill(block=False)
             return True
-        self.log.info("shutdown-started", signal=name, mode="graceful",
-                      graceful_shutdown_duration=float(self.grace))
-        systemd.stopping(f"draining for at most {self.grace:g}s")
-        self.runtime.stop_accepting()
-        self.draining = gevent.spawn(self._drain)
+        if self.handing_over is not None:
+            self.handing_over.kill()  # a new process that is not ready yet is killed with it
+            self.handing_over = None
+            if self.handover_result is None:
+                self.log.warn("handover-failed", reason=f"{name} during the hand-over",
+                              kept="shutting down")
+        self._stop_gracefully(signal=name)
         return False
 
     handle_sigint = handle_sigterm
+
+    def _stop_gracefully(self, handed_over=False, **why):
+        self.log.info("shutdown-started", **why, mode="graceful",
+                      graceful_shutdown_duration=float(self.grace))
+        systemd.stopping(f"draining for at most {self.grace:g}s")
+        if handed_over:
+            self.runtime.stop_accepting(handed_over=True)
+        else:
+            self.runtime.stop_accepting()
+        self.draining = gevent.spawn(self._drain)
 
     def _drain(self):
         finished = bool(self.runtime.drain(self.grace))
@@ -86,6 +110,40 @@ class Lifecycle:
 
     def handle_sigusr1(self, _name):
         self.log.reopen()
+        return False
+
+    def handle_sigusr2(self, name):
+        if self.hand_over is None:
+            self.log.warn("handover-unsupported", signal=name,
+                          reason="only a Server hands its listeners over")
+        elif self.handing_over is not None or self.draining is not None:
+            self.log.warn("handover-ignored", signal=name,
+                          reason="a hand-over is running" if self.draining is None
+                          else "shutting down")
+        else:
+            self.log.info("handover-started", signal=name)
+            self.handover_result = None
+            self.handing_over = gevent.spawn(self._hand_over)
+        return False
+
+    def _hand_over(self):
+        try:
+            self.handover_result = self.hand_over()
+        except RunewarpError as exc:
+            self.handover_result = exc
+        except Exception as exc:  # noqa: BLE001 - a bug in a hand-over never ends the process
+            self.handover_result = RunewarpError(f"unexpected {exc.__class__.__name__}: {exc}")
+        self.queue.put("HANDOVER_ENDED")
+
+    def handle_handover_ended(self, _name):
+        self.handing_over, result = None, self.handover_result
+        if isinstance(result, RunewarpError):
+            self.log.error("handover-failed", reason=str(result), kept="serving")
+            return False
+        self.log.info("handover-complete", new_pid=result)
+        os.environ.pop("NOTIFY_SOCKET", None)  # the service is the new process's: no STOPPING=1
+        if self.draining is None:  # else a TERM came first: this process drains already
+            self._stop_gracefully(handed_over=True, signal="SIGUSR2", new_pid=result)
         return False
 
     def _file_changed(self, path):

@@ -5,6 +5,12 @@ MONOTONIC_USEC, which notify-reload requires.  When the unit sets WatchdogSec=,
 a greenlet pings every half interval, so a hub that stops running is restarted.
 A socket unit's listening sockets arrive as fds 3, 4 ... (`listen_fds()`).
 Every call is a no-op outside systemd.
+
+A hand-over (runewarp/handover.py) passes its listening sockets the same way, with
+variables of its own: RUNEWARP_LISTEN_FDS lists the fds (they keep their numbers,
+so they do not start at 3), RUNEWARP_LISTEN_FDNAMES names them as LISTEN_FDNAMES
+does, and RUNEWARP_LISTEN_PPID holds the old process's pid: the variables are meant
+for the process whose parent it is, as LISTEN_PID is for the process it names.
 """
 
 import fcntl
@@ -18,6 +24,7 @@ from .errors import TransportError
 
 LISTEN_FDS_START = 3
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+_HANDOVER_VARIABLES = ("RUNEWARP_LISTEN_PPID", "RUNEWARP_LISTEN_FDS", "RUNEWARP_LISTEN_FDNAMES")
 
 
 class ActivationError(TransportError):
@@ -39,8 +46,10 @@ def notify(*fields):
             pass
 
 
-def ready(status):
-    notify("READY=1", f"STATUS={status}")
+def ready(status, main_pid=None):
+    """READY=1; `main_pid` (a hand-over's new process) tells systemd to follow that pid."""
+    notify("READY=1", *([f"MAINPID={main_pid}"] if main_pid is not None else ()),
+           f"STATUS={status}")
 
 
 def reloading(status):
@@ -84,36 +93,59 @@ def start_watchdog():
     return gevent.spawn(ping)
 
 
-def parse_listen_fds(environ, pid):
-    """[(fd, name or None)] that LISTEN_PID / LISTEN_FDS / LISTEN_FDNAMES pass to process
-    `pid`: none when LISTEN_PID is unset or names another process (the variables were
-    inherited by mistake); ActivationError when they are meant for `pid` but unreadable."""
-    if environ.get("LISTEN_PID", "").strip() != str(pid):
-        return []
-    count = environ.get("LISTEN_FDS", "")
-    if not (count.isascii() and count.isdigit()):
-        raise ActivationError(f"LISTEN_FDS={count!r}: not a number of file descriptors")
-    fds = range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))
-    names = environ.get("LISTEN_FDNAMES")
-    if names is None:
+def parse_listen_fds(environ, pid, ppid=None):
+    """[(fd, name or None)] passed to process `pid` (child of `ppid`): systemd's when
+    LISTEN_PID is `pid`, a hand-over's when RUNEWARP_LISTEN_PPID is `ppid`; none when the
+    variables name another process (inherited by mistake); ActivationError when they are
+    meant for this process but unreadable."""
+    if environ.get("LISTEN_PID", "").strip() == str(pid):
+        count = environ.get("LISTEN_FDS", "")
+        if not (count.isascii() and count.isdigit()):
+            raise ActivationError(f"LISTEN_FDS={count!r}: not a number of file descriptors")
+        return _named(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)),
+                      environ.get("LISTEN_FDNAMES"), "LISTEN_FDNAMES", f"LISTEN_FDS={count}")
+    if ppid is not None and environ.get("RUNEWARP_LISTEN_PPID", "").strip() == str(ppid):
+        listed = environ.get("RUNEWARP_LISTEN_FDS", "")
+        fds = listed.split(",") if listed else []
+        if not all(fd.isascii() and fd.isdigit() for fd in fds):
+            raise ActivationError(f"RUNEWARP_LISTEN_FDS={listed!r}: not a list of file "
+                                  "descriptors")
+        return _named([int(fd) for fd in fds], environ.get("RUNEWARP_LISTEN_FDNAMES"),
+                      "RUNEWARP_LISTEN_FDNAMES", f"RUNEWARP_LISTEN_FDS={listed}")
+    return []
+
+
+def _named(fds, names, variable, counted):
+    if names is None or not fds:
         return [(fd, None) for fd in fds]
     names = names.split(":")
     if len(names) != len(fds):
-        raise ActivationError(f"LISTEN_FDNAMES={environ['LISTEN_FDNAMES']!r}: {len(names)} "
-                              f"names for LISTEN_FDS={count}")
+        raise ActivationError(f"{variable}={':'.join(names)!r}: {len(names)} names for {counted}")
     return [(fd, name or None) for fd, name in zip(fds, names, strict=True)]
 
 
-def listen_fds(environ=None):
-    """The sockets systemd passed to this process: [(socket.socket, name or None)].
+def handover_environ(sockets, pid=None):
+    """The variables that pass `sockets` ([(socket, name)]) to a child of process `pid`
+    (default: this one), which keeps their fd numbers (subprocess's pass_fds)."""
+    return {"RUNEWARP_LISTEN_PPID": str(os.getpid() if pid is None else pid),
+            "RUNEWARP_LISTEN_FDS": ",".join(str(sock.fileno()) for sock, _ in sockets),
+            "RUNEWARP_LISTEN_FDNAMES": ":".join(name or "" for _, name in sockets)}
 
-    The LISTEN_* variables are removed first, whatever they hold, so a child process
-    (certbot) never takes them for its own; each fd gets FD_CLOEXEC for the same reason.
+
+def listen_fds(environ=None):
+    """The sockets systemd or a hand-over passed to this process: (origin, [(socket.socket,
+    name or None)]), origin "systemd", "handover" or None (no sockets).
+
+    The variables are removed first, whatever they hold, so a child process (certbot, the
+    next hand-over) never takes them for its own; each fd gets FD_CLOEXEC for the same
+    reason.
     """
     environ = os.environ if environ is None else environ
-    values = {key: environ.pop(key) for key in _LISTEN_VARIABLES if key in environ}
+    values = {key: environ.pop(key) for key in _LISTEN_VARIABLES + _HANDOVER_VARIABLES
+              if key in environ}
     inherited = []
-    for fd, name in parse_listen_fds(values, os.getpid()):
+    origin = "systemd" if values.get("LISTEN_PID", "").strip() == str(os.getpid()) else "handover"
+    for fd, name in parse_listen_fds(values, os.getpid(), os.getppid()):
         try:
             flags = fcntl.fcntl(fd, fcntl.F_GETFD)
             fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
@@ -121,4 +153,4 @@ def listen_fds(environ=None):
         except OSError as exc:
             raise ActivationError(f"inherited fd {fd}: {(exc.strerror or str(exc)).lower()}") \
                 from None
-    return inherited
+    return (origin if inherited else None), inherited

@@ -41,6 +41,7 @@ LAYERS = {
     "doctor": CORE | {"io", "doctor"},
     "lifecycle": BASE | {"systemd"},
     "daemon": set(),  # the pid file and the detach: stdlib and gevent only
+    "handover": BASE | {"systemd", "daemon"},
     "cli": EVERYTHING,
     "demo": EVERYTHING,
     "entry": EVERYTHING,

@@ -94,6 +94,37 @@ def test_listen_fds_are_parsed_for_this_process_only():
     assert systemd.parse_listen_fds({"LISTEN_PID": "42", "LISTEN_FDS": "0"}, 42) == []
 
 
+def test_a_handover_passes_fds_to_the_child_of_the_process_it_names():
+    env = {"RUNEWARP_LISTEN_PPID": "7", "RUNEWARP_LISTEN_FDS": "9,12",
+           "RUNEWARP_LISTEN_FDNAMES": "public:metrics"}
+    assert systemd.parse_listen_fds(env, 42, 7) == [(9, "public"), (12, "metrics")]
+    assert systemd.parse_listen_fds(env, 42, 8) == []  # inherited by a grandchild: not ours
+    assert systemd.parse_listen_fds(env, 42) == []
+    assert systemd.parse_listen_fds(dict(env, RUNEWARP_LISTEN_FDS="",
+                                         RUNEWARP_LISTEN_FDNAMES=""), 42, 7) == []
+    unnamed = {"RUNEWARP_LISTEN_PPID": "7", "RUNEWARP_LISTEN_FDS": "5"}
+    assert systemd.parse_listen_fds(unnamed, 42, 7) == [(5, None)]
+
+
+def test_handover_environ_is_what_parse_listen_fds_reads():
+    first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    with first, second:
+        env = systemd.handover_environ([(first, "public"), (second, None)], pid=7)
+        assert systemd.parse_listen_fds(env, 42, 7) == [(first.fileno(), "public"),
+                                                        (second.fileno(), None)]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RUNEWARP_LISTEN_PPID": "7", "RUNEWARP_LISTEN_FDS": "5,x"},
+     "RUNEWARP_LISTEN_FDS='5,x': not a list of file descriptors"),
+    ({"RUNEWARP_LISTEN_PPID": "7", "RUNEWARP_LISTEN_FDS": "5,6", "RUNEWARP_LISTEN_FDNAMES": "a"},
+     "RUNEWARP_LISTEN_FDNAMES='a': 1 names for RUNEWARP_LISTEN_FDS=5,6"),
+])
+def test_unreadable_handover_fds_for_this_process_are_an_error(env, message):
+    with pytest.raises(systemd.ActivationError, match=message):
+        systemd.parse_listen_fds(env, 42, 7)
+
+
 @pytest.mark.parametrize("env, message", [
     ({"LISTEN_PID": "42"}, "LISTEN_FDS='': not a number"),
     ({"LISTEN_PID": "42", "LISTEN_FDS": "two"}, "LISTEN_FDS='two': not a number"),
@@ -107,11 +138,12 @@ def test_unreadable_listen_fds_for_this_process_are_an_error(env, message):
 
 
 def test_listen_fds_removes_the_variables_so_children_do_not_inherit_them():
-    env = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "PATH": "/bin"}
-    assert systemd.listen_fds(env) == []  # LISTEN_PID names another process
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "PATH": "/bin",
+           "RUNEWARP_LISTEN_PPID": "1", "RUNEWARP_LISTEN_FDS": "7", "RUNEWARP_LISTEN_FDNAMES": "x"}
+    assert systemd.listen_fds(env) == (None, [])  # the variables name other processes
     assert env == {"PATH": "/bin"}
     env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "0"}
-    assert systemd.listen_fds(env) == [] and env == {}
+    assert systemd.listen_fds(env) == (None, []) and env == {}
 
 
 def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
@@ -121,7 +153,9 @@ def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
         "import fcntl, os, socket\n"
         "from runewarp import systemd\n"
         "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-        "for sock, name in systemd.listen_fds():\n"
+        "origin, passed = systemd.listen_fds()\n"
+        "print(origin)\n"
+        "for sock, name in passed:\n"
         "    cloexec = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC)\n"
         "    print(sock.fileno(), name, sock.getsockname()[1], cloexec)\n"
         "print(sorted(k for k in os.environ if k.startswith('LISTEN_')))\n")
@@ -137,5 +171,5 @@ def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
         first.close()
         second.close()
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [f"3 public {ports[0]} True", f"4 tunnel {ports[1]} True",
-                                       "[]"]
+    assert out.stdout.splitlines() == ["systemd", f"3 public {ports[0]} True",
+                                       f"4 tunnel {ports[1]} True", "[]"]

@@ -3,6 +3,10 @@
 The defaults of `pid-file` and `log-file` apply with -d; a value set in the config
 applies in the foreground too.  `stop` and `status` find the pid file with `peek`, so
 a config edited into invalid values since the start still stops its process.
+
+A hand-over's new process (runewarp/handover.py) runs with the same arguments: it
+does not detach again, takes the pid file over from the old process that started it,
+and writes it only once it serves, just before it tells the old one.
 """
 
 import math
@@ -11,7 +15,7 @@ import signal
 import sys
 from functools import partial
 
-from .. import config as configuration, daemon
+from .. import config as configuration, daemon, handover
 from ..config.paths import default_log_file, default_pid_file
 from ..config.schema import default
 from ..errors import ConfigError
@@ -43,25 +47,36 @@ def run(args, role, cfg, lifecycle):
     pid_path = cfg.pid_file or (default_pid_file(os.environ, role) if detach else None)
     log_path = cfg.log_file or (default_log_file(os.environ, role) if detach else None)
     pid_file = daemon.PidFile(pid_path, role) if pid_path is not None else None
+    successor = handover.Successor.from_environ()
     if pid_file is not None:
         live = _opening(cfg, role, "pid-file", pid_path, pid_file.live_pid)
-        if live is not None:
+        if live is not None and (successor is None or live != successor.parent):
             return fail(f"the {role} is already running as pid {live} (pid file {pid_path}); "
                         f"'runewarp {role} stop' stops it", 1)
-    if detach:
+    if successor is not None:
+        lifecycle.successor = True
+        lifecycle.on_ready = partial(_take_over, cfg, role, pid_file, successor)
+    elif detach:
         pid, channel = daemon.fork()
         if pid:
             return _report_start(role, pid, channel, log_path)
         lifecycle.on_ready = daemon.Starting(channel).ready
     if log_path is not None:
         _opening(cfg, role, "log-file", log_path, lambda: log.open_file(log_path, std=detach))
-    if pid_file is not None:
+    if pid_file is not None and successor is None:
         _opening(cfg, role, "pid-file", pid_path, pid_file.write)
     try:
         return lifecycle.run()
     finally:
         if pid_file is not None:
             pid_file.remove()
+
+
+def _take_over(cfg, role, pid_file, successor):
+    """A hand-over's new process serves: the pid file names it, then the old one hears it."""
+    if pid_file is not None:
+        _opening(cfg, role, "pid-file", pid_file.path, pid_file.write)
+    successor.ready()
 
 
 def _opening(cfg, role, key, path, action):

@@ -21,7 +21,9 @@ Options:
 {HELP}
 
 Signals: TERM/INT drain gracefully, HUP reloads the config (a bad one is refused
-and the running one kept), USR1 reopens the log file.
+and the running one kept), USR1 reopens the log file, USR2 hands the listening
+sockets over to a new Server process started with the same command line, then
+drains (a new process that fails to start leaves this one serving).
 """
 
 CLIENT = f"""Run the Client: keep Tunnel connections to the Server and hand each stream to
@@ -41,11 +43,13 @@ Options:
 {HELP}
 
 Signals: TERM/INT drain gracefully, HUP reloads the config (a bad one is refused
-and the running one kept), USR1 reopens the log file.
+and the running one kept), USR1 reopens the log file; USR2 (a Server's hand-over)
+is ignored with a warning.
 """
 
 
 def run_server(args):
+    from .. import handover
     from ..io.server import Server
     from ..lifecycle import Lifecycle
 
@@ -54,8 +58,9 @@ def run_server(args):
     log.configure(cfg.log_level, cfg.log_format)
     server = Server(cfg, log)
     check_before_start("server", cfg, server)
-    return background.run(args, "server", cfg, Lifecycle(server, lambda: load("server", path),
-                                                         cfg.graceful_shutdown_duration, log))
+    lifecycle = Lifecycle(server, lambda: load("server", path), cfg.graceful_shutdown_duration, log)
+    lifecycle.hand_over = lambda: handover.start_successor(server.handover_sockets())
+    return background.run(args, "server", cfg, lifecycle)
 
 
 def client_overrides(args):

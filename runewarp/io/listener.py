@@ -3,8 +3,8 @@
 TCP_NODELAY and keepalive are set once on the listening socket: on Linux every
 accepted socket inherits them, which spares two to five system calls per
 connection on the hot accept path.  A listener whose bind address equals the
-address of a socket that systemd passed (socket activation) serves that socket
-instead of binding its own.
+address of a socket that systemd passed (socket activation) or the old process of a
+hand-over passed (runewarp/handover.py) serves that socket instead of binding its own.
 """
 
 import errno
@@ -103,10 +103,11 @@ def bind(address, backlog=1024, v6only=False):
     except OSError:
         sock.close()
         raise
-    return _prepare(sock)
+    return prepare(sock)
 
 
-def _prepare(sock):
+def prepare(sock):
+    """A listening socket ready to serve: TCP_NODELAY and keepalive, non-blocking."""
     set_nodelay(sock)  # inherited by accepted sockets
     set_keepalive(sock)
     sock.setblocking(False)
@@ -131,11 +132,13 @@ def _listening_tcp(sock):
 
 
 class InheritedSockets:
-    """The listening sockets systemd passed ([(socket, name)] from systemd.listen_fds()),
-    each claimed by the listener whose bind address equals its own."""
+    """The listening sockets systemd or a hand-over passed ([(socket, name)] from
+    systemd.listen_fds(), with its `origin`), each claimed by the listener whose bind
+    address equals its own."""
 
-    def __init__(self, inherited=()):
+    def __init__(self, inherited=(), origin="systemd"):
         self.unclaimed = list(inherited)
+        self.origin = origin
 
     def claim(self, address):
         """The inherited listening TCP socket bound to `address`, or None."""
@@ -148,9 +151,17 @@ class InheritedSockets:
 
     def refuse_unclaimed(self, addresses):
         """ActivationError naming the first socket no listener claimed; `addresses` maps
-        each bind address key to its address (None: unset)."""
+        each bind address key to its address (None: unset).  A hand-over's socket that the
+        config no longer names is closed instead (the config moved away from it): the
+        addresses closed."""
+        if self.origin == "handover":
+            closed = [format_address(sock.getsockname()) for sock, _ in self.unclaimed]
+            for sock, _ in self.unclaimed:
+                sock.close()
+            self.unclaimed = []
+            return closed
         if not self.unclaimed:
-            return
+            return []
         sock, name = self.unclaimed[0]
         label = f"fd {sock.fileno()}" + (f" ({name})" if name else "")
         if _listening_tcp(sock):
@@ -208,8 +219,9 @@ class Listener:
         self.pool_size = pool_size
         sock = inherited.claim(address) if inherited is not None else None
         self.inherited = sock is not None
+        self.origin = inherited.origin if self.inherited else None
         try:
-            self.sock = _prepare(sock) if self.inherited else bind(address, v6only=v6only)
+            self.sock = prepare(sock) if self.inherited else bind(address, v6only=v6only)
         except OSError as exc:
             raise BindError(self.key, address, exc) from None
         self.address = self.sock.getsockname()
@@ -256,7 +268,7 @@ def bind_moved(listeners, running, wanted, make):
                     address is not None and old is not None
                     and _address_key(address) == _address_key(old.address)):
                 continue
-            if old is not None and old.inherited:
+            if old is not None and old.origin == "systemd":
                 raise ActivationError(
                     f"{old.key}: {format_address(old.address)} is a socket systemd passed; "
                     "change the socket unit's ListenStream= and restart")

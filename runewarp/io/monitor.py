@@ -34,7 +34,7 @@ from statsd import StatsClient
 from .. import __version__, certcheck
 from ..logs import RateLimitedWarning
 from ..metrics import StatsdDeltas
-from .listener import BindError, bind
+from .listener import BindError, bind, prepare
 from ..proto.address import format_address
 
 MAX_CONNECTIONS = 16
@@ -115,12 +115,15 @@ class Monitor:
         self.pusher = None
         self.address = None
 
-    def bind(self):
-        """Bind the listener now; BindError (exit 1) naming the key and the address."""
+    def bind(self, inherited=None):
+        """Bind the listener now, or take its socket from `inherited` (InheritedSockets: a
+        hand-over's); BindError (exit 1) naming the key and the address."""
         if self.config is None or self.config.bind_address is None or self.sock is not None:
             return
+        passed = inherited.claim(self.config.bind_address) if inherited is not None else None
         try:
-            self.sock = bind(self.config.bind_address, backlog=64)
+            self.sock = prepare(passed) if passed is not None else \
+                bind(self.config.bind_address, backlog=64)
         except OSError as exc:
             raise BindError(f"{self.role}.metrics.bind-address", self.config.bind_address,
                             exc) from None

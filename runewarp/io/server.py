@@ -86,7 +86,9 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
     # -- lifecycle --
     def start(self):
         cfg = self.config
-        self.monitor.bind()  # a taken metrics address fails the start before anything serves
+        origin, passed = systemd.listen_fds()  # a socket unit's or a hand-over's, if any
+        inherited = InheritedSockets(passed, origin)
+        self.monitor.bind(inherited)  # a taken metrics address fails the start before serving
         if self.acme is None:
             if not self._certificate_checked:
                 self.check_certificate()  # renew or refuse before serving anything
@@ -95,11 +97,12 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
             ports = [port for _, port in cfg.public_bind_addresses]
             warn_port(self.log, 443 if 443 in ports else ports[0])  # the CA dials 443
             self.acme.start()  # Tunnel connections are refused until a certificate exists
-        inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's, if any
         addresses = bind_addresses(cfg)
         self.listeners = [self._listener(cfg, name, address, inherited)
                           for name, address in addresses.items() if address is not None]
-        inherited.refuse_unclaimed(by_key(cfg, addresses))
+        for address in inherited.refuse_unclaimed(by_key(cfg, addresses)):
+            self.log.info("listener-closed", address=address,
+                          reason="the config no longer names the address it handed over")
         for listener in self.listeners:
             listener.start()
         self.monitor.start()
@@ -116,11 +119,23 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
                       inherited=",".join(li.name for li in self.listeners if li.inherited) or None,
                       tunnels=len(self.snapshot.tunnels), version=__version__)
 
-    def stop_accepting(self):
+    def handover_sockets(self):
+        """Every listening socket, named, for a hand-over's new process (runewarp/handover.py):
+        the public and Tunnel listeners and the metrics listener, which it could not bind."""
+        sockets = [(listener.sock, listener.name) for listener in self.listeners]
+        if self.monitor.sock is not None:
+            sockets.append((self.monitor.sock, "metrics"))
+        return sockets
+
+    def stop_accepting(self, handed_over=False):
+        """`handed_over`: the new process serves the metrics listener too, so this one
+        stops answering on it (its /readyz would say 503 to the load balancer)."""
         self.stopping = True
         self.file_watch.close()
         for listener in self.listeners:
             listener.stop()
+        if handed_over:
+            self.monitor.stop()
         for pool in self.pools.values():
             for member in pool.members:
                 member.session.go_away()
