@@ -69,7 +69,7 @@ RUNEWARP_USER ?= runewarp
 # /var/lib/runewarp (the units' StateDirectory=runewarp assumes it); install rewrites them.
 STATEDIR ?= /var/lib/runewarp
 UNITS := runewarp-server.service runewarp-client.service \
-	runewarp-renew-acme@.service runewarp-renew-acme@.timer
+	runewarp-renew-acme@.service runewarp-renew-acme@.timer runewarp-server.socket
 SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 	-e 's|@USER@|$(RUNEWARP_USER)|g' -e 's|/var/lib/runewarp|$(STATEDIR)|g'
 

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from runewarp.config.schema import default
+from runewarp.proto.address import format_address
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ID = "0123456789abcdef" * 4
 UNITS = ("runewarp-server.service", "runewarp-client.service",
-         "runewarp-renew-acme@.service", "runewarp-renew-acme@.timer")
+         "runewarp-renew-acme@.service", "runewarp-renew-acme@.timer", "runewarp-server.socket")
 
 
 def load_tool(name):
@@ -193,6 +195,13 @@ def test_installed_units_name_the_prefix_and_stop_on_config_errors(staged):
         assert sandbox == hardening, name
     renew = unit_file(units / "runewarp-renew-acme@.service")[("Service", "ExecStart")][0]
     assert "%i" in renew and "${RUNEWARP_RENEW_%i}" in renew
+    # The socket unit listens on the default public bind address, the one the Server claims.
+    socket_unit = unit_file(units / "runewarp-server.socket")
+    assert socket_unit[("Socket", "ListenStream")] == [format_address(
+        default("server.public-bind-address"))]
+    assert socket_unit[("Socket", "FileDescriptorName")] == ["public"]
+    # A hand-over's new process tells systemd its pid (MAINPID=).
+    assert unit_file(units / "runewarp-server.service")[("Service", "NotifyAccess")] == ["all"]
     assert unit_file(units / "runewarp-renew-acme@.timer")[("Timer", "Persistent")] == ["true"]
 
 

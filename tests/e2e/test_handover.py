@@ -4,6 +4,7 @@ both processes' lines arrive in the one `Proc` the test started."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from ..conftest import Proc, free_port
-from .helpers import NotifySocket, body_of, get, tls_visit
+from .helpers import ECHO, NotifySocket, body_of, echo_visitor, get, round_trip, tls_visit
 from .peers import APP
+from .test_background import bg, running, wait_for_line  # noqa: F401 - bg is a fixture
+from .test_systemd import needs_activate, socket_activated_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -217,10 +220,15 @@ def test_a_failed_handover_keeps_the_old_process_serving_and_a_later_one_works(
 
 
 def test_usr2_during_a_handover_or_a_drain_is_ignored(deployment, backend, successors):
+    """Also by a Client, which has no listeners to hand over."""
     node = Node(deployment, backend)
+    node.client.signal(signal.SIGUSR2)
+    node.client.wait_for(r"handover-unsupported signal=SIGUSR2")
+    assert node.client.popen.poll() is None
     pid = node.server.pid
     os.kill(pid, signal.SIGUSR2)
-    os.kill(pid, signal.SIGUSR2)
+    node.server.wait_for("handover-started")
+    os.kill(pid, signal.SIGUSR2)  # while the new process starts
     node.server.wait_for(r"handover-ignored .*reason=\"?a hand-over is running")
     node.server.wait_for("handover-complete")
     successors.append(node.pid())
@@ -242,3 +250,51 @@ def test_the_new_process_tells_systemd_its_pid_and_the_old_one_stays_silent(
         notify.sock.settimeout(0.5)
         with pytest.raises(TimeoutError):  # no STOPPING=1 from the old one: systemd would stop
             notify.recv()
+
+
+@needs_activate
+def test_a_socket_activated_server_hands_the_socket_systemd_passed_over(
+        deployment, echo_backend, successors):
+    """systemd-socket-activate holds the port as a socket unit does; a hand-over passes its
+    socket on, and the new process serves it (systemctl restart keeps it, systemd holds it)."""
+    identity = deployment.identity("client-a")
+    pid_path = deployment.dir / "server.pid"
+    path = deployment.server_config([("echo", [ECHO], [identity])],
+                                     extra=f'pid-file = "{pid_path}"')
+    port = deployment.public_port = free_port()
+    path.write_text(path.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+    server = socket_activated_server(deployment, path, port)
+    inode = listening_socket_inode(port)
+    client = deployment.start_client("client-a", [([ECHO], echo_backend.address)])
+    server.wait_for(r"server-ready .*inherited=public ")
+    os.kill(server.pid, signal.SIGUSR2)
+    server.wait_for("handover-complete")
+    new = int(pid_path.read_text())
+    successors.append(new)
+    assert server.popen.wait(timeout=20) == 0
+    assert server.count(r"server-ready .*inherited=public ") == 2
+    assert listening_socket_inode(port) == inode and inode in listening_inodes(new)
+    client.wait_count("tunnel-connection-established", 2)
+    with echo_visitor(port) as visitor:
+        assert round_trip(visitor, b"served by the new process", timeout=5) < 5
+
+
+def test_a_detached_server_hands_over_to_a_process_that_stays_detached(bg):  # noqa: F811
+    """`-d`: the new process runs the same arguments but does not fork again; it takes the
+    default pid file over and logs to the same file, and `server stop` stops it."""
+    server_toml = bg.server_config()
+    old = bg.start("server", server_toml)
+    pid_file, log_file = bg.default_pid_file("server"), bg.default_log_file("server")
+    os.kill(old, signal.SIGUSR2)
+    text = wait_for_line(log_file, r"handover-complete new-pid=\d+")
+    new = int(re.search(r"handover-complete new-pid=(\d+)", text).group(1))
+    bg.pids.append(new)
+    assert gone(old, 20) and pid_file.read_text() == f"{new}\n"
+    assert running(new, "server")
+    assert os.readlink(f"/proc/{new}/fd/2") == str(log_file)
+    fields = open(f"/proc/{new}/stat").read().rsplit(")", 1)[1].split()
+    assert int(fields[3]) == old and int(fields[4]) == 0  # the old one's session, no terminal
+    assert wait_for_line(log_file, "shutdown-complete").count("server-ready") == 2
+    stop = bg.cli("server", "stop", "-c", server_toml)
+    assert (stop.returncode, stop.stderr) == (0, "")
+    assert not running(new, "server") and not pid_file.exists()
