@@ -41,7 +41,7 @@ def command():
 
 
 def start_successor(sockets, argv=None, timeout=READY_TIMEOUT):
-    """Start the successor with `sockets` ([(socket, name)]) and wait, cooperatively, until
+    """Start the successor with `sockets` ([(socket, name, unit_owned)]) and wait, cooperatively, until
     it is ready: its pid.  HandoverFailed when it exits or `timeout` passes first; a
     successor that is not ready is never left running (also when this greenlet is killed)."""
     read_end, write_end = os.pipe()
@@ -51,7 +51,7 @@ def start_successor(sockets, argv=None, timeout=READY_TIMEOUT):
     argv = argv or command()
     try:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                pass_fds=[sock.fileno() for sock, _ in sockets] + [write_end])
+                                pass_fds=[entry[0].fileno() for entry in sockets] + [write_end])
     except OSError as exc:
         os.close(read_end)
         raise HandoverFailed(f"cannot start {argv[0]}: {(exc.strerror or str(exc)).lower()}")

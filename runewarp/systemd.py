@@ -9,8 +9,9 @@ Every call is a no-op outside systemd.
 A hand-over (runewarp/handover.py) passes its listening sockets the same way, with
 variables of its own: RUNEWARP_LISTEN_FDS lists the fds (they keep their numbers,
 so they do not start at 3), RUNEWARP_LISTEN_FDNAMES names them as LISTEN_FDNAMES
-does, and RUNEWARP_LISTEN_PPID holds the old process's pid: the variables are meant
-for the process whose parent it is, as LISTEN_PID is for the process it names.
+does, RUNEWARP_LISTEN_UNIT lists those a socket unit passed first (its address stays
+the unit's), and RUNEWARP_LISTEN_PPID holds the old process's pid: the variables are
+meant for the process whose parent it is, as LISTEN_PID is for the process it names.
 """
 
 import fcntl
@@ -24,7 +25,8 @@ from .errors import TransportError
 
 LISTEN_FDS_START = 3
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-_HANDOVER_VARIABLES = ("RUNEWARP_LISTEN_PPID", "RUNEWARP_LISTEN_FDS", "RUNEWARP_LISTEN_FDNAMES")
+_HANDOVER_VARIABLES = ("RUNEWARP_LISTEN_PPID", "RUNEWARP_LISTEN_FDS", "RUNEWARP_LISTEN_FDNAMES",
+                       "RUNEWARP_LISTEN_UNIT")
 
 
 class ActivationError(TransportError):
@@ -125,16 +127,19 @@ def _named(fds, names, variable, counted):
 
 
 def handover_environ(sockets, pid=None):
-    """The variables that pass `sockets` ([(socket, name)]) to a child of process `pid`
-    (default: this one), which keeps their fd numbers (subprocess's pass_fds)."""
+    """The variables that pass `sockets` ([(socket, name, unit_owned)]) to a child of
+    process `pid` (default: this one), which keeps their fd numbers (subprocess's pass_fds)."""
     return {"RUNEWARP_LISTEN_PPID": str(os.getpid() if pid is None else pid),
-            "RUNEWARP_LISTEN_FDS": ",".join(str(sock.fileno()) for sock, _ in sockets),
-            "RUNEWARP_LISTEN_FDNAMES": ":".join(name or "" for _, name in sockets)}
+            "RUNEWARP_LISTEN_FDS": ",".join(str(sock.fileno()) for sock, _, _ in sockets),
+            "RUNEWARP_LISTEN_FDNAMES": ":".join(name or "" for _, name, _ in sockets),
+            "RUNEWARP_LISTEN_UNIT": ",".join(str(sock.fileno()) for sock, _, unit in sockets
+                                             if unit)}
 
 
 def listen_fds(environ=None):
-    """The sockets systemd or a hand-over passed to this process: (origin, [(socket.socket,
-    name or None)]), origin "systemd", "handover" or None (no sockets).
+    """The sockets systemd or a hand-over passed to this process: [(socket.socket, name or
+    None, unit_owned)], `unit_owned` when a socket unit passed it (to this process or to
+    the one that handed it over): the unit owns its address.
 
     The variables are removed first, whatever they hold, so a child process (certbot, the
     next hand-over) never takes them for its own; each fd gets FD_CLOEXEC for the same
@@ -144,13 +149,14 @@ def listen_fds(environ=None):
     values = {key: environ.pop(key) for key in _LISTEN_VARIABLES + _HANDOVER_VARIABLES
               if key in environ}
     inherited = []
-    origin = "systemd" if values.get("LISTEN_PID", "").strip() == str(os.getpid()) else "handover"
+    by_systemd = values.get("LISTEN_PID", "").strip() == str(os.getpid())
+    unit = values.get("RUNEWARP_LISTEN_UNIT", "").split(",")
     for fd, name in parse_listen_fds(values, os.getpid(), os.getppid()):
         try:
             flags = fcntl.fcntl(fd, fcntl.F_GETFD)
             fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
-            inherited.append((socket.socket(fileno=fd), name))
+            inherited.append((socket.socket(fileno=fd), name, by_systemd or str(fd) in unit))
         except OSError as exc:
             raise ActivationError(f"inherited fd {fd}: {(exc.strerror or str(exc)).lower()}") \
                 from None
-    return (origin if inherited else None), inherited
+    return inherited

@@ -109,9 +109,10 @@ def test_a_handover_passes_fds_to_the_child_of_the_process_it_names():
 def test_handover_environ_is_what_parse_listen_fds_reads():
     first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
     with first, second:
-        env = systemd.handover_environ([(first, "public"), (second, None)], pid=7)
+        env = systemd.handover_environ([(first, "public", True), (second, None, False)], pid=7)
         assert systemd.parse_listen_fds(env, 42, 7) == [(first.fileno(), "public"),
                                                         (second.fileno(), None)]
+        assert env["RUNEWARP_LISTEN_UNIT"] == str(first.fileno())
 
 
 @pytest.mark.parametrize("env, message", [
@@ -140,10 +141,10 @@ def test_unreadable_listen_fds_for_this_process_are_an_error(env, message):
 def test_listen_fds_removes_the_variables_so_children_do_not_inherit_them():
     env = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "PATH": "/bin",
            "RUNEWARP_LISTEN_PPID": "1", "RUNEWARP_LISTEN_FDS": "7", "RUNEWARP_LISTEN_FDNAMES": "x"}
-    assert systemd.listen_fds(env) == (None, [])  # the variables name other processes
+    assert systemd.listen_fds(env) == []  # the variables name other processes
     assert env == {"PATH": "/bin"}
     env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "0"}
-    assert systemd.listen_fds(env) == (None, []) and env == {}
+    assert systemd.listen_fds(env) == [] and env == {}
 
 
 def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
@@ -153,11 +154,9 @@ def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
         "import fcntl, os, socket\n"
         "from runewarp import systemd\n"
         "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-        "origin, passed = systemd.listen_fds()\n"
-        "print(origin)\n"
-        "for sock, name in passed:\n"
+        "for sock, name, unit_owned in systemd.listen_fds():\n"
         "    cloexec = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC)\n"
-        "    print(sock.fileno(), name, sock.getsockname()[1], cloexec)\n"
+        "    print(sock.fileno(), name, sock.getsockname()[1], cloexec, unit_owned)\n"
         "print(sorted(k for k in os.environ if k.startswith('LISTEN_')))\n")
     first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
     ports = [s.getsockname()[1] for s in (first, second)]
@@ -171,5 +170,5 @@ def test_listen_fds_wraps_the_passed_fds_as_close_on_exec_sockets(tmp_path):
         first.close()
         second.close()
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["systemd", f"3 public {ports[0]} True",
-                                       f"4 tunnel {ports[1]} True", "[]"]
+    assert out.stdout.splitlines() == [f"3 public {ports[0]} True True",
+                                       f"4 tunnel {ports[1]} True True", "[]"]

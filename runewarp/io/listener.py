@@ -132,13 +132,14 @@ def _listening_tcp(sock):
 
 
 class InheritedSockets:
-    """The listening sockets systemd or a hand-over passed ([(socket, name)] from
-    systemd.listen_fds(), with its `origin`), each claimed by the listener whose bind
-    address equals its own."""
+    """The listening sockets systemd or a hand-over passed ([(socket, name, unit_owned)]
+    from systemd.listen_fds(); (socket, name): a socket unit's), each claimed by the
+    listener whose bind address equals its own."""
 
-    def __init__(self, inherited=(), origin="systemd"):
+    def __init__(self, inherited=()):
         self.unclaimed = list(inherited)
-        self.origin = origin
+        self.unit_owned = {id(entry[0]) for entry in self.unclaimed
+                           if len(entry) < 3 or entry[2]}
 
     def claim(self, address):
         """The inherited listening TCP socket bound to `address`, or None."""
@@ -151,18 +152,17 @@ class InheritedSockets:
 
     def refuse_unclaimed(self, addresses):
         """ActivationError naming the first socket no listener claimed; `addresses` maps
-        each bind address key to its address (None: unset).  A hand-over's socket that the
-        config no longer names is closed instead (the config moved away from it): the
+        each bind address key to its address (None: unset).  A socket a hand-over passed
+        that no socket unit owns is closed instead (the config moved away from it): the
         addresses closed."""
-        if self.origin == "handover":
-            closed = [format_address(sock.getsockname()) for sock, _ in self.unclaimed]
-            for sock, _ in self.unclaimed:
-                sock.close()
-            self.unclaimed = []
-            return closed
+        ours = [entry for entry in self.unclaimed if id(entry[0]) not in self.unit_owned]
+        closed = [format_address(entry[0].getsockname()) for entry in ours]
+        for entry in ours:
+            entry[0].close()
+            self.unclaimed.remove(entry)
         if not self.unclaimed:
-            return []
-        sock, name = self.unclaimed[0]
+            return closed
+        sock, name = self.unclaimed[0][:2]
         label = f"fd {sock.fileno()}" + (f" ({name})" if name else "")
         if _listening_tcp(sock):
             what = f"inherited socket {label} on {format_address(sock.getsockname())}"
@@ -219,7 +219,7 @@ class Listener:
         self.pool_size = pool_size
         sock = inherited.claim(address) if inherited is not None else None
         self.inherited = sock is not None
-        self.origin = inherited.origin if self.inherited else None
+        self.unit_owned = self.inherited and id(sock) in inherited.unit_owned
         try:
             self.sock = prepare(sock) if self.inherited else bind(address, v6only=v6only)
         except OSError as exc:
@@ -268,7 +268,7 @@ def bind_moved(listeners, running, wanted, make):
                     address is not None and old is not None
                     and _address_key(address) == _address_key(old.address)):
                 continue
-            if old is not None and old.origin == "systemd":
+            if old is not None and old.unit_owned:
                 raise ActivationError(
                     f"{old.key}: {format_address(old.address)} is a socket systemd passed; "
                     "change the socket unit's ListenStream= and restart")

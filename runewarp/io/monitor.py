@@ -112,6 +112,7 @@ class Monitor:
         self.log = log
         self.server = None
         self.sock = None
+        self.unit_owned = False  # the socket is a socket unit's (passed to us or before us)
         self.pusher = None
         self.address = None
 
@@ -121,6 +122,7 @@ class Monitor:
         if self.config is None or self.config.bind_address is None or self.sock is not None:
             return
         passed = inherited.claim(self.config.bind_address) if inherited is not None else None
+        self.unit_owned = passed is not None and id(passed) in inherited.unit_owned
         try:
             self.sock = prepare(passed) if passed is not None else \
                 bind(self.config.bind_address, backlog=64)

@@ -86,8 +86,7 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
     # -- lifecycle --
     def start(self):
         cfg = self.config
-        origin, passed = systemd.listen_fds()  # a socket unit's or a hand-over's, if any
-        inherited = InheritedSockets(passed, origin)
+        inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's or a hand-over's
         self.monitor.bind(inherited)  # a taken metrics address fails the start before serving
         if self.acme is None:
             if not self._certificate_checked:
@@ -120,11 +119,12 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
                       tunnels=len(self.snapshot.tunnels), version=__version__)
 
     def handover_sockets(self):
-        """Every listening socket, named, for a hand-over's new process (runewarp/handover.py):
-        the public and Tunnel listeners and the metrics listener, which it could not bind."""
-        sockets = [(listener.sock, listener.name) for listener in self.listeners]
+        """Every listening socket for a hand-over's new process (runewarp/handover.py), as
+        (socket, name, unit_owned): the public and Tunnel listeners and the metrics listener,
+        which it could not bind."""
+        sockets = [(li.sock, li.name, li.unit_owned) for li in self.listeners]
         if self.monitor.sock is not None:
-            sockets.append((self.monitor.sock, "metrics"))
+            sockets.append((self.monitor.sock, "metrics", self.monitor.unit_owned))
         return sockets
 
     def stop_accepting(self, handed_over=False):
