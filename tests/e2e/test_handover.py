@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runewarp import daemon
+
 from ..conftest import Proc, free_port
 from .helpers import ECHO, NotifySocket, body_of, echo_visitor, get, round_trip, tls_visit
 from .peers import APP
@@ -89,22 +91,6 @@ def listening_socket_inode(port):
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def gone(pid, timeout):
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _state(pid):
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
-    except (OSError, IndexError):
-        return "zombie"
-
-
 @pytest.fixture
 def successors():
     """Pids of Server processes a hand-over started: stopped at the end of the test."""
@@ -115,7 +101,7 @@ def successors():
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
-        if not gone(pid, 10):
+        if not daemon.wait_gone(pid, "server", 10):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -289,7 +275,7 @@ def test_a_detached_server_hands_over_to_a_process_that_stays_detached(bg):  # n
     text = wait_for_line(log_file, r"handover-complete new-pid=\d+")
     new = int(re.search(r"handover-complete new-pid=(\d+)", text).group(1))
     bg.pids.append(new)
-    assert gone(old, 20) and pid_file.read_text() == f"{new}\n"
+    assert daemon.wait_gone(old, "server", 20) and pid_file.read_text() == f"{new}\n"
     assert running(new, "server")
     assert os.readlink(f"/proc/{new}/fd/2") == str(log_file)
     fields = open(f"/proc/{new}/stat").read().rsplit(")", 1)[1].split()
