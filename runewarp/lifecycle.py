@@ -138,7 +138,8 @@ class Lifecycle:
     def handle_handover_ended(self, _name):
         self.handing_over, result = None, self.handover_result
         if isinstance(result, RunewarpError):
-            self.log.error("handover-failed", reason=str(result), kept="serving")
+            self.log.error("handover-failed", reason=str(result),
+                           kept="serving" if self.draining is None else "shutting down")
             return False
         self.log.info("handover-complete", new_pid=result)
         os.environ.pop("NOTIFY_SOCKET", None)  # the service is the new process's: no STOPPING=1
