@@ -92,11 +92,17 @@ def listening_socket_inode(port):
 
 
 @pytest.fixture
-def successors():
-    """Pids of Server processes a hand-over started: stopped at the end of the test."""
+def successors(tmp_path):
+    """Pids of Server processes a hand-over started, stopped at the end of the test; also
+    any other Server started on this test's files (a test that failed before it knew the
+    pid), found by its command line."""
     pids = []
     yield pids
-    for pid in pids:
+    for proc in Path("/proc").iterdir():
+        line = daemon.cmdline(proc.name) if proc.name.isdigit() else None
+        if daemon.names_runewarp(line, "server") and str(tmp_path).encode() in line:
+            pids.append(int(proc.name))
+    for pid in dict.fromkeys(pids):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
