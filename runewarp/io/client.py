@@ -140,7 +140,7 @@ class Client(ClientStreams):
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self._follow_files()
-        gevent.spawn(self.server_links.refresh)  # connections-per-server; DNS never blocks it
+        self.server_links.reload()  # connections-per-server and resolve-interval
         self.log.info("client-reloaded", services=len(config.services))
 
     def _follow_files(self):

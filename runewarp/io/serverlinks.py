@@ -63,6 +63,13 @@ class ServerLinks:
         self.refresh()
         self.timer = gevent.spawn(self._resolve_loop)
 
+    def reload(self):
+        """After a reload: resolve now (connections-per-server may have changed), then every
+        resolve-interval as it is now.  Never blocks the reload on DNS."""
+        if self.timer is not None:
+            self.timer.kill(block=False)
+        self.timer = gevent.spawn(self._resolve_loop, now=True)
+
     def established(self):
         return any(link.state == "established" for link in self.links.values())
 
@@ -101,9 +108,12 @@ class ServerLinks:
             log.info("server-address-resolved", server_address=label, addresses=",".join(addresses))
         return addresses
 
-    def _resolve_loop(self):
+    def _resolve_loop(self, now=False):
         stopping = self.client.stopping
-        while not stopping.wait(self.client.config.resolve_interval):  # read at each wait: reloadable
+        while now or not stopping.wait(self.client.config.resolve_interval):
+            now = False
+            if stopping.is_set():
+                return
             try:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - the schedule must survive any pass
