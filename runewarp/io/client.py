@@ -200,7 +200,7 @@ class Client(ClientStreams):
         timeouts = self.config.timeouts  # as this attempt starts: a reload applies to the next
         tunnel = dial(link.key.address, self._tls_context(), self.config.tls_name(link.key.entry),
                       hello, timeouts.tunnel_handshake, on_stream=self._on_stream, log=self.log,
-                      window_budget=self.window_budget, name=link.resolved,
+                      window_budget=self.window_budget, name=link.server,
                       keepalive_interval=timeouts.keepalive_interval,
                       idle_timeout=timeouts.dead_peer)
         recovered = {}
