@@ -174,6 +174,11 @@ class Client(ClientStreams):
                     "active_streams": (max(0, link.session.active_streams - 1)  # not control
                                        if link.session is not None else 0)}
                    for _key, link in sorted(self.server_links.links.items())]
+        servers += [{"address": format_address(entry), "resolved_address": None, "connection": None,
+                     "state": "unresolved", "connected_since": None, "last_error": reason,
+                     "next_retry_seconds": None, "active_streams": 0}
+                    for entry, reason in self.server_links.unresolved.items()
+                    if not any(key.entry == entry for key in self.server_links.links)]
         services = [{"public_hostnames": sorted(s.public_hostnames),
                      "backend": service_label(s), "tls_mode": s.tls_mode,
                      "active_streams": self.metrics.services[s.backend_address].active}

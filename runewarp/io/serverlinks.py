@@ -25,6 +25,7 @@ from .net import describe, resolve_all
 from .upkeep import utcnow
 
 RETIRE_POLL = 0.2  # seconds between checks that a drained connection's streams have ended
+UNRESOLVED_RETRY = 5.0  # seconds: a name with no address yet is tried again this soon
 
 
 class ServerLink:
@@ -56,7 +57,7 @@ class ServerLinks:
         self.client = client
         self.windows = windows
         self.links = {}  # Link -> ServerLink, draining ones included until their worker ends
-        self.unresolved = set()  # entries whose last resolution failed (one warning per outage)
+        self.unresolved = {}  # entry -> why its last resolution failed (one warning per outage)
         self.timer = None
 
     def start(self):
@@ -99,18 +100,17 @@ class ServerLinks:
             addresses = resolve_all(host, port)
         except OSError as exc:
             if entry not in self.unresolved:
-                self.unresolved.add(entry)
                 log.warn("server-address-unresolved", server_address=label, reason=describe(exc),
                          keeping=sum(1 for k in self.links if k.entry == entry))
+            self.unresolved[entry] = describe(exc)
             return None
-        if entry in self.unresolved:
-            self.unresolved.discard(entry)
+        if self.unresolved.pop(entry, None) is not None:
             log.info("server-address-resolved", server_address=label, addresses=",".join(addresses))
         return addresses
 
     def _resolve_loop(self, now=False):
         stopping = self.client.stopping
-        while now or not stopping.wait(self.client.config.resolve_interval):
+        while now or not stopping.wait(self._interval()):
             now = False
             if stopping.is_set():
                 return
@@ -118,6 +118,14 @@ class ServerLinks:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - the schedule must survive any pass
                 self.client.log.error("server-address-refresh-failed", reason=describe(exc))
+
+    def _interval(self):
+        """resolve-interval as configured now; sooner while a name has no worker at all (a
+        Client started during a DNS outage connects when it ends, not a minute later)."""
+        interval = self.client.config.resolve_interval
+        if any(not any(k.entry == entry for k in self.links) for entry in self.unresolved):
+            return min(interval, UNRESOLVED_RETRY)
+        return interval
 
     def stop(self):
         gevent.killall([g for g in [self.timer, *(link.greenlet for link in self.links.values())]

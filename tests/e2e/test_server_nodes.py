@@ -235,3 +235,24 @@ def test_the_client_names_the_hostnames_its_services_and_the_tunnel_disagree_on(
         assert " WARN " in line and "tunnel=apps" in line, line
         assert "unserved-hostnames=extra.example.com unowned-hostnames=other.example.com" in line
     assert {re.search(r" connection=(\d)", line).group(1) for line in drift} == {"0", "1"}
+
+
+def test_a_client_started_while_its_server_address_does_not_resolve_connects_once_it_does(
+        deployment, echo_backend):
+    identity = deployment.identity("client-a")
+    port = free_port()
+    start_node(deployment, identity, NODES[0], port)
+    names = deployment.dir / "resolve"
+    names.write_text(f"{SERVER_HOSTNAME}=\n")
+    path = client_config(deployment, echo_backend, port)  # resolve-interval: the default 60 s
+    env = {**deployment.env, "RUNEWARP_RESOLVE_FILE": str(names)}
+    env.pop("RUNEWARP_RESOLVE")
+    client = Proc(["client", "-c", path], env=env)
+    deployment.processes.append(client)
+    client.wait_for("WARN +server-address-unresolved .*keeping=0")
+    (server,) = eventually(lambda: status("client", path)["servers"])
+    assert server["state"] == "unresolved" and "pinned to no address" in server["last_error"]
+    assert status("client", path)["ready"] is False
+    names.write_text(f"{SERVER_HOSTNAME}={NODES[0]}\n")
+    client.wait_for(f"tunnel-connection-established .*resolved-address={NODES[0]}:{port}", timeout=10)
+    assert client.count("server-address-unresolved") == 1
