@@ -54,6 +54,23 @@ def start_client(deployment, path, **env):
     return client
 
 
+def start_client_resolving(deployment, path, names):
+    """The Client, with its Server hostname resolved through the file `names`."""
+    env = {**deployment.env, "RUNEWARP_RESOLVE_FILE": str(names)}
+    env.pop("RUNEWARP_RESOLVE")
+    client = Proc(["client", "-c", path], env=env)
+    deployment.processes.append(client)
+    return client
+
+
+def connected(fake):
+    """The fake Server's end of the Client's first Tunnel connection, past its welcome."""
+    end = fake.accept()
+    end.say_welcome()
+    fake.client.wait_for("tunnel-connection-established")
+    return end
+
+
 def status(role, path):
     return json.loads(run_cli(role, "status", "-c", path, "--json").stdout)
 
@@ -131,10 +148,7 @@ def test_a_resolution_change_adds_and_drains_tunnel_connections(deployment, echo
     names = deployment.dir / "resolve"
     names.write_text(f"{SERVER_HOSTNAME}={NODES[0]}\n")
     path = client_config(deployment, echo_backend, port, "resolve-interval = 600")
-    env = {**deployment.env, "RUNEWARP_RESOLVE_FILE": str(names)}
-    env.pop("RUNEWARP_RESOLVE")
-    client = Proc(["client", "-c", path], env=env)
-    deployment.processes.append(client)
+    client = start_client_resolving(deployment, path, names)
     client.wait_for(f"tunnel-connection-established .*resolved-address={NODES[0]}:{port}")
 
     # resolve-interval is read at each wait: 600 s becomes 0.5 s on reload.
@@ -170,9 +184,7 @@ def test_a_go_away_is_replaced_at_once_then_backoff_applies(deployment, echo_bac
     fake = FakeServer(deployment, echo_backend, hostname=ECHO)
     try:
         client = fake.client
-        old = fake.accept()
-        old.say_welcome()
-        client.wait_for("tunnel-connection-established")
+        old = connected(fake)
         old.session.go_away(0)  # normal: the Server is stopping or handing over
         old.flush()
         went = time.monotonic()
@@ -204,9 +216,7 @@ def test_a_stopping_client_serves_a_stream_opened_before_the_server_saw_its_go_a
     fake = FakeServer(deployment, echo_backend, hostname=ECHO)
     try:
         client = fake.client
-        end = fake.accept()
-        end.say_welcome()
-        client.wait_for("tunnel-connection-established")
+        end = connected(fake)
         client.signal(signal.SIGTERM)
         client.wait_for("shutdown-started")
         # This Server has not read the go away yet: it places a Visitor on the connection.
@@ -245,10 +255,7 @@ def test_a_client_started_while_its_server_address_does_not_resolve_connects_onc
     names = deployment.dir / "resolve"
     names.write_text(f"{SERVER_HOSTNAME}=\n")
     path = client_config(deployment, echo_backend, port)  # resolve-interval: the default 60 s
-    env = {**deployment.env, "RUNEWARP_RESOLVE_FILE": str(names)}
-    env.pop("RUNEWARP_RESOLVE")
-    client = Proc(["client", "-c", path], env=env)
-    deployment.processes.append(client)
+    client = start_client_resolving(deployment, path, names)
     client.wait_for("WARN +server-address-unresolved .*keeping=0")
     (server,) = eventually(lambda: status("client", path)["servers"])
     assert server["state"] == "unresolved" and "pinned to no address" in server["last_error"]
