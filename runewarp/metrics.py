@@ -184,8 +184,11 @@ class ClientMetrics(_Metrics):
         """`server_addresses`: "host:port" strings; `services`: ServiceConfigs."""
         super().__init__("client")
         r = self.registry
+        # Labelled by server-address as configured, never by resolved address: DNS decides
+        # how many addresses a name has, the config bounds how many entries there are.
         state = Gauge("runewarp_tunnel_connection_state",
-                      "1 while a Tunnel connection to the Server is established.",
+                      "Established Tunnel connections to this server-address (every address "
+                      "it resolves to, every connection of connections-per-server).",
                       ["server_address"], registry=r)
         reconnects = Counter("runewarp_reconnects", "Reconnects scheduled after a failure or "
                              "a lost connection.", ["server_address"], registry=r)

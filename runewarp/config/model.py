@@ -150,10 +150,13 @@ class ServiceConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
-    """Everything `runewarp client` needs; one Tunnel connection per Server address."""
+    """Everything `runewarp client` needs; Tunnel connections to every address of every
+    Server address (io/serverlinks.py)."""
 
     server_addresses: tuple[tuple[str, int], ...]
     server_name: str | None = None  # None: the host of each server address
+    connections_per_server: int = default("client.connections-per-server")
+    resolve_interval: float = default("client.resolve-interval")
     server_trust: str = default("client.server-trust")
     server_ca_file: Path | None = None
     identity_dir: Path

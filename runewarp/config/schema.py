@@ -190,10 +190,17 @@ KEYS: tuple[Key, ...] = (
         "several Client identities (replicas, rotation)", shown="—"),
     # [client]
     Key("client.server-address", "address", REQUIRED, "hostname[:port] or an array of them",
-        "the Server addresses, one Tunnel connection each", reload=RESTART),
+        "the Server addresses; a hostname's every A and AAAA address gets its own Tunnel connections",
+        reload=RESTART),
     Key("client.server-name", "string", None, "a valid hostname (not an IP address)",
         "the Server hostname for SNI and the certificate check, when server-address is an IP address "
         "or another name", shown="the host of each server-address", reload=NEW_CONNECTIONS),
+    Key("client.connections-per-server", "integer", 1, "an integer 1-16",
+        "Tunnel connections to each address of each server-address (capacity); a reload adds or "
+        "drains connections", bounds=(1, 16)),
+    Key("client.resolve-interval", "seconds", 60.0, "seconds > 0",
+        "how often each server-address hostname is resolved again: a new address gets its "
+        "Tunnel connections, a vanished one is drained"),
     Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
         choices=SERVER_TRUSTS, reload=NEW_CONNECTIONS),
     Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",

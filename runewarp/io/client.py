@@ -1,12 +1,11 @@
 """Client role: dial the Server, keep the Tunnel connection up, serve its streams.
 
-Each Server address has its own worker with its own backoff sequence.  The
-streams the Server opens are served by io/streams.py.
+Every address of every Server address has its own workers (io/serverlinks.py), each
+with its own backoff sequence.  The streams the Server opens are served by
+io/streams.py.
 """
 
 import os
-import random
-import ssl
 import time
 import uuid
 
@@ -17,42 +16,30 @@ from gevent.pool import Pool
 from .. import __version__
 from ..config import keep_running, restart_only
 from ..acme import AcmeCertificates
-from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..logs import RateLimitedWarning
 from ..metrics import ClientMetrics, service_label
 from ..material import (CLIENT_CERT, CLIENT_KEY, PUBLIC_CERT, PUBLIC_KEY, identity_needs_renewal,
                         public_cert_folder, renew_identity, show_identity)
 from ..proto import control
-from ..proto.backoff import WINDOWS, Backoff, parse_windows
-from ..proto.mux import GOAWAY_NORMAL, WindowBudget
+from ..proto.backoff import WINDOWS, parse_windows
+from ..proto.mux import WindowBudget
 from ..proto.services import ServiceTable
 from ..tls import client_tunnel_context
 from .challenge import ChallengeResponder
+from .serverlinks import ServerLinks
 from .dial import dial
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
-from .net import describe
 from .splice import Splices, drain
 from .streams import ClientStreams
 from .sweeper import SpliceTimeouts
 from .terminate import PublicCertificates
 from .tunnelstream import drain_control
-from .upkeep import Periodic, check_seconds, utcnow
+from .upkeep import Periodic, check_seconds
 from .watch import FileWatch
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("client")
-
-
-class ServerLink:
-    """What /status tells about one Server address: its worker's state and last error."""
-
-    def __init__(self):
-        self.state = "connecting"  # | "established" | "waiting"
-        self.connected_since = None
-        self.last_error = None
-        self.retry_at = None  # monotonic
-        self.session = None
 
 
 class Client(ClientStreams):
@@ -64,7 +51,7 @@ class Client(ClientStreams):
         self.metrics = ClientMetrics([format_address(a) for a in config.server_addresses],
                                      config.services)
         self.monitor = Monitor(config.metrics, "client", self, self.metrics, log)
-        self.links = {}
+        self.server_links = ServerLinks(self, reconnect_windows())
         self.acme = self.challenges = None
         if config.acme is not None:
             self.acme = AcmeCertificates(config.acme, config.terminate_hostnames, log, "client",
@@ -79,7 +66,6 @@ class Client(ClientStreams):
         self.window_budget = WindowBudget(config.limits.stream_buffer_budget)
         self.splices = Splices(SpliceTimeouts.from_limits(config.limits))
         self.saturation = RateLimitedWarning(log, "client-saturated")
-        self.workers = []
         self.sessions = set()
         self.stopping = Event()
         self.on_file_change = lambda path: None  # the lifecycle's, for watch-config
@@ -96,9 +82,7 @@ class Client(ClientStreams):
             self.log, "public-certificate-renewal-failed", stopped=self.stopping.is_set).start()
         if self.acme is not None:
             self.acme.start()
-        for address in self.config.server_addresses:
-            self.links[format_address(address)] = ServerLink()
-            self.workers.append(gevent.spawn(self._worker, address))
+        self.server_links.start()
         self.monitor.start()
         self._follow_files()
         self.log.info("client-ready", client_identity=self.identity, instance=self.instance,
@@ -113,8 +97,14 @@ class Client(ClientStreams):
             session.go_away()
 
     def drain(self, timeout):
-        """Wait for stream handlers and established streams, at most `timeout` seconds."""
-        return drain(self.handlers, self.splices, timeout)
+        """Wait for stream handlers and established streams, at most `timeout` seconds.
+
+        First one go-away round trip: the Server may have opened streams before it read
+        our go away, and they are served like any other (io/streams.py refuses none).
+        """
+        settle = min(timeout, go_away_settle(self.sessions))
+        gevent.sleep(settle)
+        return drain(self.handlers, self.splices, timeout - settle)
 
     def unfinished_streams(self):
         """Streams a close would cut now: spliced ones and those still in a handler."""
@@ -127,7 +117,7 @@ class Client(ClientStreams):
         self.splices.close()
         for session in list(self.sessions):
             session.close("client shutting down")
-        gevent.killall(self.workers, block=False)  # no timed wait: the process exits right after
+        self.server_links.stop()  # no timed wait: the process exits right after
         self.file_watch.close()
         if self.acme is not None:
             self.acme.stop()
@@ -150,6 +140,7 @@ class Client(ClientStreams):
         self.config = config
         self.log.configure(config.log_level, config.log_format)
         self._follow_files()
+        self.server_links.reload()  # connections-per-server and resolve-interval
         self.log.info("client-reloaded", services=len(config.services))
 
     def _follow_files(self):
@@ -170,102 +161,30 @@ class Client(ClientStreams):
     # -- /readyz and /status --
     def ready(self):
         """At least one established Tunnel connection, and not shutting down."""
-        return not self.stopping.is_set() and any(
-            link.state == "established" for link in self.links.values())
+        return not self.stopping.is_set() and self.server_links.established()
 
     def status(self):
         now = time.monotonic()
-        servers = [{"address": address, "state": link.state,
+        servers = [{"address": link.server, "resolved_address": link.resolved,
+                    "connection": link.key.index, "state": link.state,
                     "connected_since": rfc3339(link.connected_since),
                     "last_error": link.last_error,
                     "next_retry_seconds": (round(max(0.0, link.retry_at - now), 3)
                                            if link.state == "waiting" else None),
                     "active_streams": (max(0, link.session.active_streams - 1)  # not control
-                                       if link.state == "established" else 0)}
-                   for address, link in self.links.items()]
+                                       if link.session is not None else 0)}
+                   for _key, link in sorted(self.server_links.links.items())]
+        servers += [{"address": format_address(entry), "resolved_address": None, "connection": None,
+                     "state": "unresolved", "connected_since": None, "last_error": reason,
+                     "next_retry_seconds": None, "active_streams": 0}
+                    for entry, reason in self.server_links.unresolved.items()
+                    if not any(key.entry == entry for key in self.server_links.links)]
         services = [{"public_hostnames": sorted(s.public_hostnames),
                      "backend": service_label(s), "tls_mode": s.tls_mode,
                      "active_streams": self.metrics.services[s.backend_address].active}
                     for s in self.config.services]
         return {"servers": servers, "services": services,
                 "certificates": certificate_entries(self.metrics)}
-
-    # -- Tunnel connection worker --
-    def _worker(self, address):
-        backoff = Backoff(reconnect_windows())
-        server = format_address(address)
-        failures = 0  # attempts that failed since the last established connection
-        down_since = time.monotonic()  # no Tunnel connection to this Server since then
-        link = self.links[server]
-        state = self.metrics.state[server]
-        while not self.stopping.is_set():
-            link.state = "connecting"
-            try:
-                session = self._connect(address, failures, down_since)
-            except Unauthorized:
-                failures += 1
-                link.last_error = "unauthorized client identity"
-                self.log.error("tunnel-connection-unauthorized", server_address=server,
-                               client_identity=self.identity, attempt=failures,
-                               reason=f"unauthorized client identity {self.identity}: the "
-                                      "Server's Tunnels do not list it")
-            except MaterialError as exc:
-                failures += 1
-                link.last_error = str(exc)
-                self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
-                               reason=str(exc))
-            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamAborted,
-                    control.ControlError) as exc:
-                failures += 1
-                link.last_error = describe(exc)
-                # The first failure of an outage is the warning; its repeats are counted.
-                self.log.log("warn" if failures == 1 else "info", "tunnel-connection-failed",
-                             server_address=server, attempt=failures, reason=describe(exc))
-            except Exception as exc:  # noqa: BLE001 - a peer's bytes never end this worker
-                failures += 1
-                link.last_error = f"unexpected {describe(exc)}"
-                self.log.error("tunnel-connection-failed", server_address=server, attempt=failures,
-                               reason=f"unexpected {describe(exc)}")
-            else:
-                failures = 0
-                backoff.established(time.monotonic())
-                self.sessions.add(session)
-                link.state, link.session, link.connected_since = "established", session, utcnow()
-                state.set(1)
-                gevent.wait([session.closed, session.peer_going_away, self.stopping], count=1)
-                if self.stopping.is_set():
-                    break
-                state.set(0)
-                link.state, link.session, link.connected_since = "connecting", None, None
-                link.last_error = session.close_reason or "the Server is going away"
-                down_since = time.monotonic()
-                # A Server stopping or restarting says go away (normal) before it closes.
-                graceful = session.go_away_reason == GOAWAY_NORMAL
-                if session.closed.is_set() and not graceful:
-                    self.sessions.discard(session)
-                    self.log.warn("tunnel-connection-lost", server_address=server,
-                                  reason=session.close_reason)
-                else:
-                    # The Server is draining: its streams finish on the old connection while
-                    # this worker dials a replacement (an ordinary disconnect, not an error).
-                    self.log.info("tunnel-connection-draining", server_address=server)
-                    gevent.spawn(self._retire, session)
-            if self.stopping.is_set():
-                break
-            delay = backoff.next_delay(random.uniform, time.monotonic())
-            self.metrics.reconnects[server].inc()
-            link.state, link.retry_at = "waiting", time.monotonic() + delay
-            self.log.info("tunnel-reconnect-scheduled", server_address=server,
-                          next_retry_delay=round(float(delay), 2))
-            if delay:
-                self.stopping.wait(delay)
-
-    def _retire(self, session):
-        try:
-            session.wait()
-        finally:
-            self.sessions.discard(session)
-            session.close()
 
     def _tls_context(self):
         cfg = self.config
@@ -275,28 +194,58 @@ class Client(ClientStreams):
         return client_tunnel_context(cfg.identity_dir / "client.crt", cfg.identity_dir /
                                      "client.key", cfg.server_trust, cfg.server_ca_file)
 
-    def _connect(self, address, failures=0, down_since=None):
-        """One attempt: TLS, mux, control hello and welcome; the established session.
+    def _connect(self, link, failures=0, down_since=None):
+        """One attempt of worker `link` (io/serverlinks.py): TLS, mux, control hello and
+        welcome; the established session.
 
         `failures` and `down_since` (monotonic) describe the outage this attempt ends.
         """
         hello = control.hello(__version__, self.instance, self.services.hostnames,
                               self.services.catch_all is not None)
         timeouts = self.config.timeouts  # as this attempt starts: a reload applies to the next
-        tunnel = dial(address, self._tls_context(), self.config.tls_name(address), hello,
-                      timeouts.tunnel_handshake, on_stream=self._on_stream, log=self.log,
-                      window_budget=self.window_budget, name=format_address(address),
+        tunnel = dial(link.key.address, self._tls_context(), self.config.tls_name(link.key.entry),
+                      hello, timeouts.tunnel_handshake, on_stream=self._on_stream, log=self.log,
+                      window_budget=self.window_budget, name=link.server,
                       keepalive_interval=timeouts.keepalive_interval,
                       idle_timeout=timeouts.dead_peer)
         recovered = {}
         if failures:  # the recovery, once: how long and how many attempts it took
             recovered = dict(failed_attempts=failures,
                              outage=time.monotonic() - down_since)
-        self.log.info("tunnel-connection-established", server_address=format_address(address),
+        self.log.info("tunnel-connection-established", **link.fields(),
                       tunnel=tunnel.welcome.tunnel, server_version=tunnel.welcome.version,
                       client_identity=self.identity, **recovered)
+        self._check_mirroring(link, tunnel.welcome)
         gevent.spawn(drain_control, tunnel.stream, tunnel.decoder, self.log)
         return tunnel.session
+
+    def _check_mirroring(self, link, welcome):
+        """One warning per connect when the Tunnel's Public hostnames (the welcome's, from a
+        Server that sends them) and this Client's Services differ (control.hostname_drift)."""
+        if welcome.public_hostnames is None:
+            return
+        unserved, unowned = control.hostname_drift(welcome.public_hostnames,
+                                                   self.services.hostnames,
+                                                   self.services.catch_all is not None)
+        if unserved or unowned:
+            self.log.warn("hostname-mirroring-drift", **link.fields(), tunnel=welcome.tunnel,
+                          unserved_hostnames=",".join(unserved) or None,
+                          unowned_hostnames=",".join(unowned) or None)
+
+
+GO_AWAY_SETTLE = 0.5  # seconds a stopping Client waits for late streams when no ping has measured the round trip
+
+
+def go_away_settle(sessions):
+    """Two round trips of the slowest live connection (its last keepalive ping), or
+    GO_AWAY_SETTLE before any ping: long enough for a stream the Server opened before it
+    read our go away to arrive."""
+    rtts = [s.ping_rtt for s in sessions if not s.closed.is_set()]
+    if not rtts:
+        return 0.0
+    if None in rtts:
+        return GO_AWAY_SETTLE
+    return min(GO_AWAY_SETTLE, 2 * max(rtts) + 0.05)
 
 
 def reconnect_windows():

@@ -8,6 +8,8 @@ import struct
 
 import gevent
 
+from ..proto.serverset import unique
+
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 # TCP_KEEPIDLE is called TCP_KEEPALIVE on macOS.
 _KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
@@ -68,16 +70,53 @@ def dial(address):
     return sock
 
 
-def resolve_override(host):
-    """RUNEWARP_RESOLVE="host=address,..." pins a name like curl --resolve (tests, split DNS).
+RESOLVE_ENV = "RUNEWARP_RESOLVE"
+RESOLVE_FILE_ENV = "RUNEWARP_RESOLVE_FILE"
 
-    TLS still uses the Server hostname for SNI and certificate checks.
+
+def pinned_addresses(host):
+    """The addresses `host` is pinned to, like curl --resolve (tests, split DNS); None when
+    it is not pinned.
+
+    RUNEWARP_RESOLVE="host=address|address,...", then the file named by
+    RUNEWARP_RESOLVE_FILE (same syntax, entries also one per line), read again on every
+    call so a test can change what a name resolves to while the Client runs.  A name
+    pinned to nothing ("host=") resolves to no address.  Names match ignoring case.  TLS
+    still uses the Server hostname for SNI and certificate checks.
     """
-    for entry in os.environ.get("RUNEWARP_RESOLVE", "").split(","):
-        name, _, address = entry.partition("=")
-        if name.strip().lower() == host and address.strip():
-            return address.strip()
-    return host
+    text = os.environ.get(RESOLVE_ENV, "")
+    path = os.environ.get(RESOLVE_FILE_ENV)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text += "," + f.read().replace("\n", ",")
+        except OSError:
+            pass
+    for entry in text.split(","):
+        name, equals, addresses = entry.partition("=")
+        if equals and name.strip().lower() == host.lower():
+            return [a.strip() for a in addresses.split("|") if a.strip()]
+    return None
+
+
+def resolve_override(host):
+    """The first address `host` is pinned to, or `host` itself (dial it through DNS)."""
+    pinned = pinned_addresses(host)
+    return pinned[0] if pinned else host
+
+
+def resolve_all(host, port):
+    """Every address of `host`, in resolver order, each once: the pinned ones, an IP
+    literal itself, else all A and AAAA records.  OSError when there is none."""
+    pinned = pinned_addresses(host)
+    if pinned is not None:
+        if not pinned:
+            raise OSError(f"{host} is pinned to no address")
+        return pinned
+    if literal_family(host) is not None:
+        return [host]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(unique(info[4][0] for info in infos))
 
 
 def describe(exc):

@@ -11,6 +11,9 @@ a fake draw.
 - A connection that stayed established for at least the largest window is
   retried at once when it ends, before the first window: after a Server restart
   the Client is back as soon as the Server is.
+- A connection the Server ended with a go away (normal: it is stopping or handing
+  over) is replaced at once, whatever its age: the Server said it is draining, not
+  failing.  Only if that replacement fails does the sequence apply.
 """
 
 WINDOWS = (1, 2, 3, 5, 8, 12, 18, 27, 41, 60)
@@ -30,13 +33,14 @@ class Backoff:
         self.established_at = now
         self.attempt = 0
 
-    def next_delay(self, uniform, now) -> float:
+    def next_delay(self, uniform, now, went_away=False) -> float:
         """Seconds to wait before the next attempt, after a failure or a connection end at `now`.
 
-        `uniform(a, b)` is random.uniform or a test double.
+        `uniform(a, b)` is random.uniform or a test double.  `went_away`: the connection
+        that ended had received the Server's go away (normal).
         """
         since, self.established_at = self.established_at, None
-        if since is not None and now - since >= self.largest:
+        if since is not None and (went_away or now - since >= self.largest):
             return 0.0
         window = self.windows[min(self.attempt, len(self.windows) - 1)]
         self.attempt += 1

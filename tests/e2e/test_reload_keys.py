@@ -667,6 +667,10 @@ COVERED = {
     "server.tunnels[].client-identities": [
         *_ids("test_passthrough.py", "test_reload_on_sighup_adds_a_tunnel"),
         *_ids("test_reload_revocation.py", "test_reload_revokes_an_established_member_and_its_visitors")],
+    "client.connections-per-server": _ids(
+        "test_server_nodes.py", "test_connections_per_server_fills_the_pool_and_a_reload_changes_it"),
+    "client.resolve-interval": _ids(
+        "test_server_nodes.py", "test_a_resolution_change_adds_and_drains_tunnel_connections"),
     "client.server-name": _ids(HERE, f"{TRUSTED}[server-name]"),
     "client.server-trust": _ids(HERE, f"{TRUSTED}[server-trust]"),
     "client.server-ca-file": _ids(HERE, f"{TRUSTED}[server-ca-file]"),

@@ -91,3 +91,12 @@ def test_windows_must_be_positive(windows):
 ])
 def test_parse_windows(text, expected):
     assert parse_windows(text) == expected
+
+
+def test_a_go_away_is_redialed_at_once_whatever_the_connection_age():
+    backoff = Backoff((1, 2))
+    backoff.established(now=100.0)
+    assert backoff.next_delay(top, now=100.1, went_away=True) == 0.0
+    # The replacement failed: the sequence applies from its first window.
+    assert backoff.next_delay(top, now=100.2) == 1
+    assert backoff.next_delay(top, now=100.3, went_away=True) == 2  # nothing was established

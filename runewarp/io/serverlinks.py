@@ -1,0 +1,230 @@
+"""The Client's Tunnel connection workers: one per (server-address, resolved address, index).
+
+Every A and AAAA address of every `server-address` gets `connections-per-server`
+workers, each with its own backoff sequence (proto/backoff.py).  The names are resolved
+again every `resolve-interval` seconds and on reload; proto/serverset.py says which
+workers to add and which to drain.  A drained worker dials no more and sends its live
+connection a go away; the connection closes once its streams end, or after
+`graceful-shutdown-duration`.
+"""
+
+import random
+import ssl
+import time
+
+import gevent
+from gevent.event import Event
+
+from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
+from ..proto import control
+from ..proto.address import format_address
+from ..proto.backoff import Backoff
+from ..proto.mux import GOAWAY_NORMAL
+from ..proto.serverset import plan
+from .net import describe, resolve_all
+from .upkeep import utcnow
+
+RETIRE_POLL = 0.2  # seconds between checks that a drained connection's streams have ended
+UNRESOLVED_RETRY = 5.0  # seconds: a name with no address yet is tried again this soon
+
+
+class ServerLink:
+    """One worker: what /status tells about it, and its drain signal."""
+
+    def __init__(self, key):
+        self.key = key  # proto.serverset.Link
+        self.server = format_address(key.entry)
+        self.resolved = format_address(key.address)
+        self.state = "connecting"  # | "established" | "waiting" | "draining"
+        self.connected_since = None
+        self.last_error = None
+        self.retry_at = None  # monotonic
+        self.session = None
+        self.retired = Event()
+        self.greenlet = None
+
+    def fields(self):
+        """The log fields that name this worker."""
+        return dict(server_address=self.server, resolved_address=self.resolved,
+                    connection=self.key.index)
+
+
+class ServerLinks:
+    """The workers of `client` (io.client.Client: config, log, metrics, sessions, stopping,
+    identity and its `_connect`), kept in step with what the names resolve to."""
+
+    def __init__(self, client, windows):
+        self.client = client
+        self.windows = windows
+        self.links = {}  # Link -> ServerLink, draining ones included until their worker ends
+        self.unresolved = {}  # entry -> why its last resolution failed (one warning per outage)
+        self.timer = None
+
+    def start(self):
+        self.refresh()
+        self.timer = gevent.spawn(self._resolve_loop)
+
+    def reload(self):
+        """After a reload: resolve now (connections-per-server may have changed), then every
+        resolve-interval as it is now.  Never blocks the reload on DNS."""
+        if self.timer is not None:
+            self.timer.kill(block=False)
+        self.timer = gevent.spawn(self._resolve_loop, now=True)
+
+    def established(self):
+        return any(link.state == "established" for link in self.links.values())
+
+    def refresh(self):
+        """Resolve every entry now; start the workers of new addresses, drain vanished ones."""
+        config = self.client.config
+        resolved = {entry: self._resolve(entry) for entry in config.server_addresses}
+        running = {key for key, link in self.links.items() if not link.retired.is_set()}
+        add, drain = plan(running, resolved, config.connections_per_server)
+        for key in drain:
+            link = self.links[key]
+            link.retired.set()
+            addresses = resolved.get(key.entry)
+            self.client.log.info("tunnel-connection-retired", **link.fields(),
+                                 reason="address no longer resolved"
+                                 if addresses and key.address[0] not in addresses
+                                 else "connections-per-server lowered")
+        for key in add:
+            link = self.links[key] = ServerLink(key)
+            link.greenlet = gevent.spawn(self._worker, link)
+
+    def _resolve(self, entry):
+        """The addresses of `entry`; None when resolving failed (logged once per outage)."""
+        host, port = entry
+        log, label = self.client.log, format_address(entry)
+        try:
+            addresses = resolve_all(host, port)
+        except OSError as exc:
+            if entry not in self.unresolved:
+                log.warn("server-address-unresolved", server_address=label, reason=describe(exc),
+                         keeping=sum(1 for k in self.links if k.entry == entry))
+            self.unresolved[entry] = describe(exc)
+            return None
+        if self.unresolved.pop(entry, None) is not None:
+            log.info("server-address-resolved", server_address=label, addresses=",".join(addresses))
+        return addresses
+
+    def _resolve_loop(self, now=False):
+        stopping = self.client.stopping
+        while now or not stopping.wait(self._interval()):
+            now = False
+            if stopping.is_set():
+                return
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - the schedule must survive any pass
+                self.client.log.error("server-address-refresh-failed", reason=describe(exc))
+
+    def _interval(self):
+        """resolve-interval as configured now; sooner while a name has no worker at all (a
+        Client started during a DNS outage connects when it ends, not a minute later)."""
+        interval = self.client.config.resolve_interval
+        if any(not any(k.entry == entry for k in self.links) for entry in self.unresolved):
+            return min(interval, UNRESOLVED_RETRY)
+        return interval
+
+    def stop(self):
+        gevent.killall([g for g in [self.timer, *(link.greenlet for link in self.links.values())]
+                        if g is not None], block=False)
+
+    # -- one worker --
+    def _worker(self, link):
+        try:
+            self._run(link)
+        finally:
+            if self.links.get(link.key) is link and link.retired.is_set():
+                del self.links[link.key]
+
+    def _run(self, link):
+        client, log = self.client, self.client.log
+        backoff = Backoff(self.windows)
+        failures = 0  # attempts that failed since the last established connection
+        down_since = time.monotonic()  # no Tunnel connection on this worker since then
+        state = client.metrics.state[link.server]
+        while not (client.stopping.is_set() or link.retired.is_set()):
+            link.state = "connecting"
+            went_away = False
+            try:
+                session = client._connect(link, failures, down_since)
+            except Unauthorized:
+                failures += 1
+                link.last_error = "unauthorized client identity"
+                log.error("tunnel-connection-unauthorized", **link.fields(),
+                          client_identity=client.identity, attempt=failures,
+                          reason=f"unauthorized client identity {client.identity}: the "
+                                 "Server's Tunnels do not list it")
+            except MaterialError as exc:
+                failures += 1
+                link.last_error = str(exc)
+                log.error("tunnel-connection-failed", **link.fields(), attempt=failures,
+                          reason=str(exc))
+            except (OSError, ssl.SSLError, gevent.Timeout, ProtocolError, StreamAborted,
+                    control.ControlError) as exc:
+                failures += 1
+                link.last_error = describe(exc)
+                # The first failure of an outage is the warning; its repeats are counted.
+                log.log("warn" if failures == 1 else "info", "tunnel-connection-failed",
+                        **link.fields(), attempt=failures, reason=describe(exc))
+            except Exception as exc:  # noqa: BLE001 - a peer's bytes never end this worker
+                failures += 1
+                link.last_error = f"unexpected {describe(exc)}"
+                log.error("tunnel-connection-failed", **link.fields(), attempt=failures,
+                          reason=f"unexpected {describe(exc)}")
+            else:
+                failures = 0
+                backoff.established(time.monotonic())
+                client.sessions.add(session)
+                link.state, link.session, link.connected_since = "established", session, utcnow()
+                state.inc()
+                gevent.wait([session.closed, session.peer_going_away, client.stopping,
+                             link.retired], count=1)
+                if client.stopping.is_set():
+                    break  # the Client's own drain (io/client.py) owns the session now
+                state.dec()
+                link.session, link.connected_since = None, None
+                down_since = time.monotonic()
+                # A Server stopping or handing over says go away (normal) before it closes.
+                went_away = session.go_away_reason == GOAWAY_NORMAL
+                if link.retired.is_set() and not session.closed.is_set():
+                    link.state = "draining"
+                    session.go_away()
+                    self._retire(session, client.config.graceful_shutdown_duration)
+                    break
+                link.state = "connecting"
+                link.last_error = session.close_reason or "the Server is going away"
+                if session.closed.is_set() and not went_away:
+                    client.sessions.discard(session)
+                    log.warn("tunnel-connection-lost", **link.fields(),
+                             reason=session.close_reason)
+                else:
+                    # The Server is draining: its streams finish on the old connection while
+                    # this worker dials the replacement at once (an ordinary disconnect).
+                    log.info("tunnel-connection-draining", **link.fields())
+                    gevent.spawn(self._retire, session)
+            if client.stopping.is_set() or link.retired.is_set():
+                break
+            delay = backoff.next_delay(random.uniform, time.monotonic(), went_away=went_away)
+            client.metrics.reconnects[link.server].inc()
+            link.state, link.retry_at = "waiting", time.monotonic() + delay
+            log.info("tunnel-reconnect-scheduled", **link.fields(),
+                     next_retry_delay=round(float(delay), 2))
+            if delay:
+                gevent.wait([client.stopping, link.retired], timeout=delay, count=1)
+
+    def _retire(self, session, grace=None):
+        """Close `session` once it ends or, with `grace`, once its streams have ended (the
+        control stream aside) or `grace` seconds have passed."""
+        try:
+            if grace is None:
+                session.wait()
+                return
+            deadline = time.monotonic() + grace
+            while session.active_streams > 1 and time.monotonic() < deadline:
+                session.wait(min(RETIRE_POLL, max(0.0, deadline - time.monotonic())))
+        finally:
+            self.client.sessions.discard(session)
+            session.close("drained")
