@@ -42,7 +42,7 @@ HAPROXY = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin"
 SERVER_HOSTNAME = "tunnel.example.com"
 APP = "app.example.com"
 PUBLIC_PORT = 443
-METRICS_PORT = 9100
+METRICS_PORT = 9464
 BACKEND_PORT = 8443
 HOSTS = {"haproxy": 2, "visitor": 3, "node1": 11, "node2": 12, "client-a": 21, "client-b": 22}
 NODES = ("node1", "node2")
@@ -59,7 +59,18 @@ class Features:
     dns_round_robin: bool = False  # server-address = one name, two A records (helper "client")
 
 
-FEATURES = Features()
+def features_from(text):
+    """Features from "handover,trusted-proxies,dns-round-robin" (any subset; "" for none)."""
+    names = {name.strip().replace("-", "_") for name in text.split(",") if name.strip()}
+    unknown = names - set(Features.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{FEATURES_ENV}: unknown feature(s) {sorted(unknown)}")
+    return Features(**{name: True for name in names})
+
+
+# RUNEWARP_HA_FEATURES=... turns parts on for a trial run before the defaults change.
+FEATURES_ENV = "RUNEWARP_HA_FEATURES"
+FEATURES = features_from(os.environ[FEATURES_ENV]) if FEATURES_ENV in os.environ else Features()
 
 
 @dataclass
@@ -229,8 +240,8 @@ class Scenario:
     def start_haproxy(self):
         conf = self.dir / "haproxy.cfg"
         conf.write_text(haproxy_config(self.features))
-        proc = self.spawn("haproxy", [HAPROXY, "-db", "-f", conf], "haproxy")
-        harness.wait_listening(proc, [PUBLIC_PORT])
+        self.haproxy = self.spawn("haproxy", [HAPROXY, "-db", "-f", conf], "haproxy")
+        harness.wait_listening(self.haproxy, [PUBLIC_PORT])
 
     def start_client(self, name):
         """A Client, once it holds a Tunnel connection to every node."""
@@ -290,8 +301,12 @@ class Scenario:
         self.start_client(name)
 
     def reload_nodes(self):
+        """Both nodes get the same edit (a longer graceful-shutdown-duration) and SIGHUP."""
         marks = {n: len(self.nodes[n].lines) for n in NODES}
         for name in NODES:
+            path = self.dir / name / "server.toml"
+            path.write_text(path.read_text().replace("graceful-shutdown-duration = 5",
+                                                     "graceful-shutdown-duration = 6"))
             os.kill(self.node_pid(name), SIGHUP)
         for name in NODES:
             self.nodes[name].wait_for("server-reloaded", start=marks[name], timeout=30)
@@ -315,9 +330,17 @@ class Scenario:
         self.killed_at = time.time()
         os.kill(victim, SIGKILL)
         self.log(f"  kill -9 node1 (pid {victim})")
-        time.sleep(plan.after_kill)
-        return summarize(self.stop_load(), self.killed_at, self.steps, self.skipped,
-                         self.features, self.net.address("visitor"), self.net.address("haproxy"))
+        try:
+            self.haproxy.wait_for(r"Server runewarp/node1 is DOWN", timeout=plan.after_kill)
+            self.marked_down = round(time.time() - self.killed_at, 2)
+        except harness.NoMatch:
+            self.marked_down = None
+        self.log(f"  HAProxy marked node1 down after {self.marked_down}s")
+        time.sleep(max(0.0, plan.after_kill - (time.time() - self.killed_at)))
+        summary = summarize(self.stop_load(), self.killed_at, self.steps, self.skipped,
+                            self.features, self.net.address("visitor"), self.net.address("haproxy"))
+        summary["marked_down_after_kill_s"] = self.marked_down
+        return summary
 
     def close(self):
         try:
@@ -362,6 +385,8 @@ def summarize(load, killed_at, steps, skipped, features, visitor, haproxy):
         "failed_before_kill": len(before), "failures_before_kill": before[:20],
         "failed_in_flight_at_kill": len(in_flight),
         "failed_started_after_kill": len(after), "failed_after_check_window": len(late),
+        "last_failure_started_after_kill_s": round(max((f["start"] - killed_at for f in after),
+                                                       default=0.0), 3),
         "served_after_check_window": sum(1 for t in load["served_starts"] if t >= killed_at + window),
         "check_window_seconds": window,
         "kill_failure_reasons": sorted({f["reason"] for f in in_flight + after}),
@@ -379,6 +404,8 @@ def check(summary):
                       f"{summary['failures_before_kill'][:5]}")
     if summary["failed_after_check_window"]:
         broken.append(f"{summary['failed_after_check_window']} requests failed after the check window")
+    if summary["marked_down_after_kill_s"] is None:
+        broken.append("HAProxy never marked the killed node down")
     if not summary["served_after_check_window"]:
         broken.append("nothing was served after the kill -9")
     if set(summary["visitor_addresses"]) != {summary["expected_visitor_address"]}:
@@ -394,8 +421,11 @@ def report(summary):
              f"({summary['rate']}/s), failed during the rollout: {summary['failed_before_kill']}",
              f"kill -9 node1: {summary['failed_in_flight_at_kill']} in-flight requests failed, "
              f"{summary['failed_started_after_kill']} started after the kill failed "
-             f"({summary['failed_after_check_window']} after the {summary['check_window_seconds']}s "
-             f"check window); {summary['served_after_check_window']} served after it",
+             f"(the last {summary['last_failure_started_after_kill_s']}s after it; "
+             f"{summary['failed_after_check_window']} after the {summary['check_window_seconds']}s "
+             f"check window); HAProxy marked node1 down after "
+             f"{summary['marked_down_after_kill_s'] or 'never'}s; "
+             f"{summary['served_after_check_window']} served after the window",
              f"Visitor address at the backends: {summary['visitor_addresses']}; "
              f"backends: {summary['backends']}"]
     lines += [f"skipped: {s}" for s in summary["skipped"]]
