@@ -23,16 +23,16 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from signal import SIGHUP, SIGKILL, SIGUSR2
+from signal import SIGHUP, SIGKILL, SIGTERM, SIGUSR2
 
 from runewarp import harness
 from runewarp.material import public_cert_folder
+from tools import ha_results as results
 from tools import netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,7 @@ HOSTS = {"haproxy": 2, "visitor": 3, "node1": 11, "node2": 12, "client-a": 21, "
 NODES = ("node1", "node2")
 CLIENTS = ("client-a", "client-b")
 CHECK_INTER_MS, CHECK_FALL = 500, 2
+CHECK_WINDOW = CHECK_INTER_MS * CHECK_FALL / 1000 + 0.5  # seconds until HAProxy stops sending
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,9 @@ class Plan:
     features: Features = field(default_factory=lambda: FEATURES)
 
 
-def haproxy_config(features=FEATURES, addresses=None):
+def haproxy_config(features=FEATURES):
     """HAProxy in TCP mode in front of both nodes' public port (docs/deployment.md shows it)."""
-    addr = addresses or {name: str(netns.SUBNET.network_address + n) for name, n in HOSTS.items()}
+    addr = {name: str(netns.SUBNET.network_address + n) for name, n in HOSTS.items()}
     proxy = " send-proxy-v2" if features.trusted_proxies else ""
     return f"""global
     log stderr format raw local0
@@ -190,7 +191,6 @@ class Scenario:
         self.log = log
         self.procs = []  # harness.Process, stopped newest first
         self.nodes, self.clients = {}, {}
-        self.marks = {}
         self.steps, self.skipped = [], []
         self.net = netns.Network("rwha")
 
@@ -271,15 +271,15 @@ class Scenario:
         self.load_started = time.time()
 
     def stop_load(self):
-        results = []
+        outputs = []
         for proc in self.loadgens:
-            proc.signal(signal.SIGTERM)
+            proc.signal(SIGTERM)
         for proc in self.loadgens:
             out = proc.popen.stdout.read()
             if proc.popen.wait(60) != 0 or not out:
                 raise RuntimeError(f"{proc.name} failed:\n{proc.log()}")
-            results.append(json.loads(out))
-        return merge(results)
+            outputs.append(json.loads(out))
+        return results.merge(outputs)
 
     # -- the steps --
     def step(self, label, action):
@@ -301,7 +301,7 @@ class Scenario:
         self.log(f"    {name}: pid {old} -> {new}")
 
     def restart_client(self, name):
-        self.clients[name].stop(signal.SIGTERM, timeout=30)
+        self.clients[name].stop(SIGTERM, timeout=30)
         self.start_client(name)
 
     def reload_nodes(self):
@@ -344,9 +344,10 @@ class Scenario:
             self.marked_down = None
         self.log(f"  HAProxy marked node1 down after {self.marked_down}s")
         time.sleep(max(0.0, plan.after_kill - (time.time() - self.killed_at)))
-        summary = summarize(self.stop_load(), self.killed_at, self.steps, self.skipped,
-                            self.features, self.net.address("visitor"), self.net.address("haproxy"))
-        summary["marked_down_after_kill_s"] = self.marked_down
+        expected = self.net.address("visitor" if self.features.trusted_proxies else "haproxy")
+        summary = results.summarize(self.stop_load(), self.killed_at, CHECK_WINDOW, expected,
+                                    self.steps, self.marked_down)
+        summary.update(skipped=self.skipped, features=self.features.__dict__)
         return summary
 
     def close(self):
@@ -361,89 +362,6 @@ class Scenario:
             harness.stop_all(self.procs)
         finally:
             self.net.close()
-
-
-def merge(results):
-    merged = {"served": 0, "failed": 0, "failures": [], "addresses": {}, "backends": {},
-              "served_starts": [], "started": min(r["started"] for r in results),
-              "ended": max(r["ended"] for r in results)}
-    for result in results:
-        for key in ("served", "failed"):
-            merged[key] += result[key]
-        merged["failures"] += result["failures"]
-        merged["served_starts"] += result["served_starts"]
-        for key in ("addresses", "backends"):
-            for name, count in result[key].items():
-                merged[key][name] = merged[key].get(name, 0) + count
-    merged["rate"] = round(merged["served"] / (merged["ended"] - merged["started"]), 1)
-    return merged
-
-
-def summarize(load, killed_at, steps, skipped, features, visitor, haproxy):
-    """Failures before the kill (must be none), in flight at the kill, and after it."""
-    window = CHECK_INTER_MS * CHECK_FALL / 1000 + 0.5
-    before = [f for f in load["failures"] if f["end"] < killed_at]
-    in_flight = [f for f in load["failures"] if f["start"] < killed_at <= f["end"]]
-    after = [f for f in load["failures"] if f["start"] >= killed_at]
-    late = [f for f in after if f["start"] >= killed_at + window]
-    by_step = {}
-    for failure in before:  # the step running when it started (its settle time included)
-        label = next((st["step"] for st in reversed(steps) if st["start"] <= failure["start"]),
-                     "before the first step")
-        by_step[label] = by_step.get(label, 0) + 1
-    return {
-        "served": load["served"], "failed": load["failed"], "rate": load["rate"],
-        "seconds": round(load["ended"] - load["started"], 1),
-        "failed_before_kill": len(before), "failures_before_kill": before[:20],
-        "failed_by_step": by_step,
-        "failed_in_flight_at_kill": len(in_flight),
-        "failed_started_after_kill": len(after), "failed_after_check_window": len(late),
-        "last_failure_started_after_kill_s": round(max((f["start"] - killed_at for f in after),
-                                                       default=0.0), 3),
-        "served_after_check_window": sum(1 for t in load["served_starts"] if t >= killed_at + window),
-        "check_window_seconds": window,
-        "kill_failure_reasons": sorted({f["reason"] for f in in_flight + after}),
-        "visitor_addresses": load["addresses"], "backends": load["backends"],
-        "expected_visitor_address": visitor if features.trusted_proxies else haproxy,
-        "steps": steps, "skipped": skipped, "features": features.__dict__,
-    }
-
-
-def check(summary):
-    """The scenario's promises as a list of broken ones (empty: all kept)."""
-    broken = []
-    if summary["failed_before_kill"]:
-        broken.append(f"{summary['failed_before_kill']} Visitor requests failed during the rollout: "
-                      f"{summary['failures_before_kill'][:5]}")
-    if summary["failed_after_check_window"]:
-        broken.append(f"{summary['failed_after_check_window']} requests failed after the check window")
-    if summary["marked_down_after_kill_s"] is None:
-        broken.append("HAProxy never marked the killed node down")
-    if not summary["served_after_check_window"]:
-        broken.append("nothing was served after the kill -9")
-    if set(summary["visitor_addresses"]) != {summary["expected_visitor_address"]}:
-        broken.append(f"the backends saw {summary['visitor_addresses']}, "
-                      f"not {summary['expected_visitor_address']}")
-    if set(summary["backends"]) != set(CLIENTS):
-        broken.append(f"served by {summary['backends']}, not by both Clients")
-    return broken
-
-
-def report(summary):
-    lines = [f"served {summary['served']} Visitor requests in {summary['seconds']}s "
-             f"({summary['rate']}/s), failed during the rollout: {summary['failed_before_kill']}"
-             + "".join(f"; {count} in {step}" for step, count in summary["failed_by_step"].items()),
-             f"kill -9 node1: {summary['failed_in_flight_at_kill']} in-flight requests failed, "
-             f"{summary['failed_started_after_kill']} started after the kill failed "
-             f"(the last {summary['last_failure_started_after_kill_s']}s after it; "
-             f"{summary['failed_after_check_window']} after the {summary['check_window_seconds']}s "
-             f"check window); HAProxy marked node1 down after "
-             f"{summary['marked_down_after_kill_s'] or 'never'}s; "
-             f"{summary['served_after_check_window']} served after the window",
-             f"Visitor address at the backends: {summary['visitor_addresses']}; "
-             f"backends: {summary['backends']}"]
-    lines += [f"skipped: {s}" for s in summary["skipped"]]
-    return "\n".join(lines)
 
 
 def missing():
@@ -480,9 +398,9 @@ def main():
         plan = replace(Plan(), rate=args.rate, duration=args.duration, loadgens=args.loadgens)
         summary = run_scenario(workdir, plan)
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items()}, indent=2))
-    print(report(summary))
-    broken = check(summary)
+        print(json.dumps(summary, indent=2))
+    print(results.report(summary))
+    broken = results.check(summary, CLIENTS)
     for line in broken:
         print(f"FAILED: {line}")
     sys.exit(1 if broken else 0)
