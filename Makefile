@@ -9,7 +9,7 @@ SYSCONFDIR ?= /etc
 BIN := $(VENV)/bin
 
 .PHONY: venv venv-run install install-venv install-files install-user uninstall demo test fuzz bench \
-	bench-ab lint check release-check clean
+	bench-ab lint check release-check clean ha-demo
 
 $(BIN)/runewarp: setup.cfg pyproject.toml requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: venv
 REV ?= HEAD~1
 bench-ab: venv
 	$(BIN)/python bench/ab.py $(REV)
+
+# Two Server nodes behind HAProxy, two Clients, a rollout under Visitor load, in network
+# namespaces (root, iproute2, haproxy, nginx): docs/deployment.md.  HA_DEMO_ARGS=--rate 100
+ha-demo: venv
+	$(BIN)/python -m tools.ha_demo $(HA_DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check runewarp tests bench tools

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from signal import SIGTERM
+from signal import SIGKILL, SIGTERM
 
 RESOLVE_ENV = "RUNEWARP_RESOLVE"
 SERVER_READY = r"server-ready .*public-bind-address={}:(\d+)"
@@ -191,3 +191,76 @@ def _ready(proc, pattern, timeout):
     except NoMatch:
         proc.kill()
         raise
+
+
+# -- processes that are not our children: a hand-over's successor (SIGUSR2) --
+
+def read_pid_file(path):
+    """The pid in `path`; None while it is missing, empty or half written."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def pid_alive(pid):
+    """True while `pid` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def wait_pid_file(path, other_than=None, timeout=20):
+    """The live pid `path` names once it is not `other_than`; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = read_pid_file(path)
+        if pid and pid != other_than and pid_alive(pid):
+            return pid
+        time.sleep(0.05)
+    raise TimeoutError(f"{path} still names {read_pid_file(path)} after {timeout}s")
+
+
+def stop_pid(pid, sig=SIGTERM, timeout=15):
+    """Signal `pid` and wait until it is gone, for a process started by another one (so
+    never waited for here).  Past the deadline it is killed and TimeoutError raised."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, SIGKILL)
+            except ProcessLookupError:
+                return
+            raise TimeoutError(f"pid {pid} still running {timeout}s after signal {sig}")
+        time.sleep(0.05)
+
+
+def listening_ports(pid):
+    """The TCP ports `pid`'s network namespace listens on (any address; /proc/PID/net, so
+    a process in another namespace is read in its own)."""
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        ports |= {int(row.split()[1].rsplit(":", 1)[1], 16) for row in rows if row.split()[3] == "0A"}
+    return ports
+
+
+def wait_listening(proc, ports, timeout=15):
+    """Until something in `proc`'s namespace listens on every port of `ports`, without a
+    probe connection (which a PROXY-protocol listener would log as a bad header)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.popen.poll() is None:
+        if set(ports) <= listening_ports(proc.pid):
+            return
+        time.sleep(0.05)
+    raise NoMatch(f"{proc.name} is not listening on {sorted(ports)}:\n{proc.log()}")
