@@ -129,6 +129,7 @@ XDIST_GROUPS = {
     "adversarial/": "timing",
     "e2e/test_bad_peers.py": "timing",
     "e2e/test_ha.py": "timing",
+    "e2e/test_handover.py": "timing",
     "e2e/test_lifecycle.py": "timing",
     "e2e/test_metrics.py": "timing",
     "e2e/test_reload.py": "timing",
