@@ -14,8 +14,9 @@ from ..errors import IntakeRejected, ProtocolError, StreamAborted
 from ..metrics import INTAKE_OUTCOMES
 from ..proto import proxyv2
 from ..proto.address import format_address
+from ..proto.proxyheader import trusted
 from ..tls import ALPN_ACME, ALPN_TUNNEL
-from .intake import intake
+from .intake import intake_deadline, read_client_hello, read_proxy_header
 from .splice import SocketEnd, StreamEnd
 
 ENVELOPE_DEADLINE = 5.0
@@ -30,22 +31,32 @@ class VisitorPath:
         try:
             accepted = time.monotonic()
             table = self.intake_slots  # a reload may replace it: release into this one
-            slot = self._admit(table, "intake", sock, address)
-            if slot is None:
-                outcome = "admission-full"
-                return
-            self.saturation.recovered("intake-full")
-            self.saturation.recovered("source-full")
 
             def read():
                 data = sock.recv(16 * 1024)
-                slot.progress(len(data))
+                if slot is not None:
+                    slot.progress(len(data))
                 return data
 
-            try:
-                taken = intake(read, self.config.timeouts.client_hello)
-            finally:
-                table.release(slot)
+            with intake_deadline(self.config.timeouts.client_hello):  # PROXY header and hello
+                rest = b""
+                if trusted(address[0], self.config.trusted_proxies):
+                    header, rest = read_proxy_header(read)
+                    if header.local:  # the balancer's own health check
+                        outcome = "proxy-health-check"
+                        return
+                    address = header.source or address  # the Visitor, from here on
+                slot = self._admit(table, "intake", sock, address)
+                if slot is None:
+                    outcome = "admission-full"
+                    return
+                self.saturation.recovered("intake-full")
+                self.saturation.recovered("source-full")
+                slot.progress(len(rest))
+                try:
+                    taken = read_client_hello(read, rest)
+                finally:
+                    table.release(slot)
             if slot.shed:  # its hello was already buffered when it was shed: still shed
                 raise IntakeRejected("shed")
             self.metrics.intake_seconds.observe(time.monotonic() - accepted)
@@ -59,7 +70,9 @@ class VisitorPath:
         except IntakeRejected as exc:
             reason = "shed" if slot is not None and slot.shed else exc.reason
             outcome = INTAKE_OUTCOMES.get(reason, "malformed-hello")
-            self.log.debug("visitor-rejected", visitor=format_address(address), reason=reason)
+            detail = getattr(exc, "detail", None)
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason=f"{reason}: {detail}" if detail else reason)
         except OSError as exc:
             outcome = "socket-error"
             self.log.debug("visitor-rejected", visitor=format_address(address),
