@@ -68,6 +68,8 @@ class ProxyHeaderReader:
         if decoded is None:
             return None
         header, length = decoded
+        if header.protocol == "udp":
+            return Reject("a UDP PROXY header on a TCP connection")
         return Done(header, bytes(self._buf[length:]))
 
 

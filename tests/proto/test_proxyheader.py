@@ -95,6 +95,7 @@ def test_local_and_unknown_carry_no_address():
     (b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n", "v1 port '+1' is not a decimal in 0..65535"),
     (proxyv2.SIGNATURE + b"\x21\x11\xff\xff", f"header length {16 + 0xFFFF} exceeds {proxyv2.MAX_HEADER}"),
     (proxyv2.SIGNATURE + b"\x11", "unsupported PROXY protocol version 1"),
+    (encode(("192.0.2.1", 1), ("192.0.2.2", 2), "udp"), "a UDP PROXY header on a TCP connection"),
 ])
 def test_rejections(data, reason):
     assert ProxyHeaderReader().feed(data) == Reject(reason)
