@@ -18,7 +18,7 @@ import gevent
 
 from ..errors import IntakeRejected as IntakeRejected  # re-exported: raised here
 from ..proto import clienthello
-from ..proto.proxyheader import Done, ProxyHeaderReader
+from ..proto.proxyheader import Done, ProxyHeaderReader, trusted
 from ..proto.hostname import HostnameError, normalize
 
 INTAKE_DEADLINE = 5.0
@@ -67,6 +67,19 @@ def read_proxy_header(read):
             return outcome.header, outcome.rest
         if outcome is not None:
             raise ProxyHeaderRejected(outcome.reason)
+
+
+def real_peer(read, address, trusted_proxies):
+    """Whom a connection speaks for, and the bytes read past its PROXY header:
+    (address, rest), or None for a LOCAL header (the balancer's health check).
+    A peer outside `trusted_proxies` speaks for itself and nothing is read; v1
+    UNKNOWN and the v2 UNSPEC family keep the balancer's address."""
+    if not trusted(address[0], trusted_proxies):
+        return address, b""
+    header, rest = read_proxy_header(read)
+    if header.local:
+        return None
+    return header.source or address, rest
 
 
 def read_client_hello(read, initial=b""):

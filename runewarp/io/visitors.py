@@ -14,9 +14,8 @@ from ..errors import IntakeRejected, ProtocolError, StreamAborted
 from ..metrics import INTAKE_OUTCOMES
 from ..proto import proxyv2
 from ..proto.address import format_address
-from ..proto.proxyheader import trusted
 from ..tls import ALPN_ACME, ALPN_TUNNEL
-from .intake import intake_deadline, read_client_hello, read_proxy_header
+from .intake import intake_deadline, read_client_hello, real_peer
 from .splice import SocketEnd, StreamEnd
 
 ENVELOPE_DEADLINE = 5.0
@@ -39,13 +38,11 @@ class VisitorPath:
                 return data
 
             with intake_deadline(self.config.timeouts.client_hello):  # PROXY header and hello
-                rest = b""
-                if trusted(address[0], self.config.trusted_proxies):
-                    header, rest = read_proxy_header(read)
-                    if header.local:  # the balancer's own health check
-                        outcome = "proxy-health-check"
-                        return
-                    address = header.source or address  # the Visitor, from here on
+                peer = real_peer(read, address, self.config.trusted_proxies)
+                if peer is None:
+                    outcome = "proxy-health-check"
+                    return
+                address, rest = peer  # behind a trusted balancer: the Visitor it names
                 slot = self._admit(table, "intake", sock, address)
                 if slot is None:
                     outcome = "admission-full"

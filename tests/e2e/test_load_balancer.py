@@ -37,16 +37,17 @@ DEADLINE = 2  # [server.timeouts] client-hello: PROXY header and ClientHello tog
 WARN_OR_ERROR = r" (WARN|ERROR) |Traceback"
 
 
-def haproxy_conf(folder, server_port, ports):
-    """Frontend `v2` and `v1`, each to the Server with its PROXY version and a check every
+def haproxy_conf(folder, servers):
+    """HAProxy in mode tcp: for each (name, listen port, upstream port, PROXY option), a
+    frontend and a backend whose server connects from BALANCER_IP and is checked every
     100 ms (HAProxy sends checks with the PROXY header of the server line: LOCAL in v2)."""
     sections = "".join(f"""
-frontend {version}
+frontend {name}
     bind 127.0.0.1:{port}
-    default_backend runewarp-{version}
-backend runewarp-{version}
-    server node 127.0.0.1:{server_port} source {BALANCER_IP} {option} check inter 100ms
-""" for version, port, option in (("v2", ports["v2"], "send-proxy-v2"), ("v1", ports["v1"], "send-proxy")))
+    default_backend runewarp-{name}
+backend runewarp-{name}
+    server node 127.0.0.1:{upstream} source {BALANCER_IP} {option} check inter 100ms
+""" for name, port, upstream, option in servers)
     conf = folder / "haproxy.cfg"
     conf.write_text(f"""
 global
@@ -55,8 +56,8 @@ defaults
     mode tcp
     log global
     timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+    timeout client 60s
+    timeout server 60s
 {sections}""")
     return conf
 
@@ -93,8 +94,9 @@ def balanced(tmp_path_factory):
         ports = {"v2": free_port(), "v1": free_port()}
         folder = tmp / "haproxy"
         folder.mkdir()
-        proxy = harness.Process([HAPROXY, "-db", "-f", haproxy_conf(folder, deployment.public_port, ports)],
-                                name="haproxy")
+        servers = [(version, ports[version], deployment.public_port, option)
+                   for version, option in (("v2", "send-proxy-v2"), ("v1", "send-proxy"))]
+        proxy = harness.Process([HAPROXY, "-db", "-f", haproxy_conf(folder, servers)], name="haproxy")
         started.append(proxy)
         wait_listening(proxy, list(ports.values()))
         yield {"server": server, "haproxy": proxy, "ports": ports, "public": deployment.public_port,
@@ -252,27 +254,6 @@ def test_a_header_from_an_untrusted_source_is_not_honoured(balanced):
     assert CLAIMED not in server.log()
 
 
-def haproxy_tunnel_conf(folder, tunnel_port, port):
-    """HAProxy in front of the dedicated Tunnel listener, with v2 and checks."""
-    conf = folder / "haproxy.cfg"
-    conf.write_text(f"""
-global
-    log stderr format raw local0
-defaults
-    mode tcp
-    log global
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend tunnel
-    bind 127.0.0.1:{port}
-    default_backend runewarp-tunnel
-backend runewarp-tunnel
-    server node 127.0.0.1:{tunnel_port} source {BALANCER_IP} send-proxy-v2 check inter 100ms
-""")
-    return conf
-
-
 def test_the_tunnel_listener_takes_the_client_address_from_the_header(deployment, echo_backend):
     """A Client behind HAProxy on the dedicated Tunnel listener: the Server names the
     Client's address (127.0.0.1), not HAProxy's, and HAProxy's LOCAL checks and a bad
@@ -287,8 +268,8 @@ def test_the_tunnel_listener_takes_the_client_address_from_the_header(deployment
     """)
     folder = deployment.dir / "haproxy"
     folder.mkdir()
-    proxy = harness.Process([HAPROXY, "-db", "-f", haproxy_tunnel_conf(folder, tunnel_port, front_port)],
-                            name="haproxy")
+    conf = haproxy_conf(folder, [("tunnel", front_port, tunnel_port, "send-proxy-v2")])
+    proxy = harness.Process([HAPROXY, "-db", "-f", conf], name="haproxy")
     deployment.processes.append(proxy)
     wait_listening(proxy, [front_port])
     path = deployment.client_config("client-a", [([SITE], echo_backend.address)], port=front_port)
