@@ -263,6 +263,8 @@ def test_the_tunnel_listener_takes_the_client_address_from_the_header(deployment
     server = deployment.start_server([("apps", [SITE], [identity])], extra=f"""
         tunnel-bind-address = "127.0.0.1:{tunnel_port}"
         trusted-proxies = ["{BALANCER_IP}"]
+        [server.timeouts]
+        client-hello = {DEADLINE}
         [server.metrics]
         bind-address = "127.0.0.1:{metrics_port}"
     """)
@@ -283,10 +285,17 @@ def test_the_tunnel_listener_takes_the_client_address_from_the_header(deployment
         sock.sendall(b"PROXY TCP4 1.2.3 127.0.0.1 1 443\r\n")
         assert sock.recv(4096) == b""
     server.wait_for(r"tunnel-connection-refused .*reason=\"?proxy-header-invalid: v1 addresses")
+    with socket.create_connection(("127.0.0.1", tunnel_port), timeout=DEADLINE + 5,
+                                  source_address=(BALANCER_IP, 0)) as sock:
+        started = time.monotonic()
+        sock.sendall(BAD_HEADERS["truncated-v2"])
+        assert sock.recv(4096) == b""
+        assert DEADLINE - 0.5 < time.monotonic() - started < DEADLINE + 2  # the client-hello deadline
+    server.wait_for(r"tunnel-connection-refused .*reason=\"?proxy-header-invalid: intake-deadline")
     assert value(metrics_port, "runewarp_tunnel_connection_events_total",
-                 event="refused", reason="proxy-header-invalid") == 1
+                 event="refused", reason="proxy-header-invalid") == 2
     time.sleep(1)  # ten checks
-    assert server.count(rf"peer={BALANCER_IP}") == 1, server.log()  # the bad header only
+    assert server.count(rf"peer={BALANCER_IP}") == 2, server.log()  # the two bad headers only
     assert server.count(r" (WARN|ERROR|INFO)  tunnel-connection-refused|Traceback") == 0, server.log()
 
 
