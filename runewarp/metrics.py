@@ -23,14 +23,16 @@ VISITOR_OUTCOMES = (
     "routed", "unknown-hostname", "not-tls", "malformed-hello", "no-sni", "invalid-sni",
     "intake-deadline", "intake-too-large", "closed-early", "admission-full", "shed",
     "no-tunnel-connection", "server-hostname-other-alpn", "active-streams-full",
-    "stream-open-failed", "acme-challenge", "tunnel-connection", "socket-error", "aborted")
+    "stream-open-failed", "acme-challenge", "tunnel-connection", "socket-error",
+    "proxy-header-invalid", "proxy-health-check", "aborted")
 # An intake rejection's reason (errors.IntakeRejected) as a Visitor outcome.
 INTAKE_OUTCOMES = {
     "not-tls": "not-tls", "not-client-hello": "not-tls", "malformed": "malformed-hello",
     "unexpected-record": "malformed-hello", "multiple-sni": "malformed-hello",
     "too-large": "intake-too-large", "too-many-records": "intake-too-large",
     "intake-deadline": "intake-deadline", "closed-before-client-hello": "closed-early",
-    "no-sni": "no-sni", "invalid-sni": "invalid-sni", "shed": "shed"}
+    "no-sni": "no-sni", "invalid-sni": "invalid-sni", "shed": "shed",
+    "proxy-header-invalid": "proxy-header-invalid"}
 # The Client's stream outcomes; those before NO_SERVICE_OUTCOMES' end have no Service yet.
 NO_SERVICE_OUTCOMES = ("no-service", "handler-pool-full", "header-invalid", "hello-invalid",
                        "intake-deadline", "aborted")
@@ -46,7 +48,8 @@ TUNNEL_EVENT_REASONS = {
                "unauthorized-after-reload", "server-stopping", "other"),
     "refused": ("certificate-missing", "admission-full", "handshake-deadline", "tls-error",
                 "unauthorized-client-identity", "closed-during-handshake", "shed", "no-tunnel",
-                "pool-full", "no-control-hello", "bad-control-hello", "stopping"),
+                "pool-full", "no-control-hello", "bad-control-hello", "stopping",
+                "proxy-header-invalid"),
 }
 TUNNEL_REASONS = tuple(r for reasons in TUNNEL_EVENT_REASONS.values() for r in reasons)
 # A Tunnel connection's close reason (TunnelSession.close_reason) by its leading words.

@@ -103,6 +103,7 @@ class ServerConfig:
     hostname: str
     public_bind_addresses: tuple[tuple[str, int], ...] = (default("server.public-bind-address"),)
     tunnel_bind_address: tuple[str, int] | None = None
+    trusted_proxies: tuple[str, ...] = default("server.trusted-proxies")
     cert_dir: Path
     acme: AcmeConfig | None = None
     graceful_shutdown_duration: float = default("server.graceful-shutdown-duration")

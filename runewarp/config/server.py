@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from runewarp.proto.proxyheader import networks
 from runewarp.proto.routes import RoutingConflict
 
 from . import shared
@@ -30,6 +31,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     if tunnel_bind_address is not None and tunnel_bind_address in public_bind_addresses and tunnel_bind_address[1]:
         public_key = "public-bind-addresses" if "public-bind-addresses" in server else "public-bind-address"
         raise ctx.error(join(p, "tunnel-bind-address"), f"must differ from {public_key} (omit it to share)")
+    trusted_proxies = _trusted_proxies(ctx, server)
 
     cert_dir = ctx.path(server, p, "cert-dir")
     acme = shared.acme(ctx, server, p, "cert-dir", cert_dir)
@@ -42,6 +44,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         hostname=hostname,
         public_bind_addresses=public_bind_addresses,
         tunnel_bind_address=tunnel_bind_address,
+        trusted_proxies=trusted_proxies,
         cert_dir=cert_dir or default_server_cert_dir(ctx.env),
         acme=acme,
         graceful_shutdown_duration=grace,
@@ -84,6 +87,23 @@ def _public_bind_addresses(ctx: Context, server: dict) -> tuple[tuple[str, int],
             raise ctx.error(join(key, i), f"{value!r} is already listed at {seen[address]}")
         seen[address] = join(key, i)
     return tuple(seen)
+
+
+def _trusted_proxies(ctx: Context, server: dict) -> tuple[str, ...]:
+    """`trusted-proxies`: the load balancers allowed to send a PROXY header (may be empty)."""
+    key = join("server", "trusted-proxies")
+    value = server.get("trusted-proxies", [])
+    if not isinstance(value, list):
+        raise ctx.error(key, f"expected an array of CIDRs, got {type_name(value)}")
+    result = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ctx.error(join(key, i), f"expected a CIDR string, got {type_name(item)}")
+        try:
+            result.append(str(networks((item,))[0]))  # canonical: 10.0.0.5/32, ::1/128
+        except ValueError as exc:
+            raise ctx.error(join(key, i), str(exc)) from None
+    return tuple(result)
 
 
 def _public_ports(ctx: Context, entry: dict, tp: str, listening: set[int]) -> tuple[int, ...] | None:

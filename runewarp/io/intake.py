@@ -1,5 +1,8 @@
 """Intake: read a connection until one complete ClientHello is buffered, under a deadline.
 
+On the Server, a connection from a `trusted-proxies` peer first carries a PROXY
+header (`read_proxy_header`); header and ClientHello share the one deadline.
+
 Shared by the Server (on Visitor sockets) and the Client (on mux streams, after
 the PROXY header): same parser, same 16 KiB and 32-record caps.  The Server's
 deadline is `[server.timeouts] client-hello`; the Client's is INTAKE_DEADLINE,
@@ -15,6 +18,7 @@ import gevent
 
 from ..errors import IntakeRejected as IntakeRejected  # re-exported: raised here
 from ..proto import clienthello
+from ..proto.proxyheader import Done, ProxyHeaderReader, trusted
 from ..proto.hostname import HostnameError, normalize
 
 INTAKE_DEADLINE = 5.0
@@ -36,6 +40,46 @@ class Intake:
         keep a copy of its ClientHello (memory, and it is never stored anyway)."""
         self.buffered = None
         self.hello = None
+
+
+class ProxyHeaderRejected(IntakeRejected):
+    """A trusted peer's opening bytes are not a valid PROXY header; `detail` says why."""
+
+    def __init__(self, detail):
+        super().__init__("proxy-header-invalid")
+        self.detail = detail
+
+
+def read_proxy_header(read):
+    """Call `read()` until a PROXY v1/v2 header is complete: (header, the bytes after it).
+
+    Raises ProxyHeaderRejected for bytes that cannot be one, and
+    IntakeRejected("closed-before-client-hello") on EOF first (a balancer's plain
+    TCP check).  The caller holds the intake deadline.
+    """
+    reader = ProxyHeaderReader()
+    while True:
+        data = read()
+        if not data:
+            raise IntakeRejected("closed-before-client-hello")
+        outcome = reader.feed(data)
+        if isinstance(outcome, Done):
+            return outcome.header, outcome.rest
+        if outcome is not None:
+            raise ProxyHeaderRejected(outcome.reason)
+
+
+def real_peer(read, address, trusted_proxies):
+    """Whom a connection speaks for, and the bytes read past its PROXY header:
+    (address, rest), or None for a LOCAL header (the balancer's health check).
+    A peer outside `trusted_proxies` speaks for itself and nothing is read; v1
+    UNKNOWN and the v2 UNSPEC family keep the balancer's address."""
+    if not trusted(address[0], trusted_proxies):
+        return address, b""
+    header, rest = read_proxy_header(read)
+    if header.local:
+        return None
+    return header.source or address, rest
 
 
 def read_client_hello(read, initial=b""):

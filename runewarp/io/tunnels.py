@@ -13,12 +13,13 @@ from OpenSSL import SSL
 
 from .. import __version__
 from ..metrics import close_reason
-from ..errors import MaterialError, StreamAborted, TLSClosed
+from ..errors import IntakeRejected, MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
 from ..proto.placement import Placement
 from ..tls import identity_from_pyopenssl, refused_identity
 from ..proto.address import format_address
+from .intake import intake_deadline, real_peer
 from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
@@ -73,7 +74,16 @@ class TunnelConnections:
     def _handle_tunnel_listener(self, sock, address):
         self.tunnels.add(gevent.getcurrent())
         try:
-            self._tunnel_connection(sock, address, b"")
+            try:
+                with intake_deadline(self.config.timeouts.client_hello):
+                    peer = real_peer(lambda: sock.recv(16 * 1024), address, self.config.trusted_proxies)
+            except (IntakeRejected, OSError) as exc:
+                self.log.debug("tunnel-connection-refused", peer=format_address(address),
+                               reason=f"proxy-header-invalid: {getattr(exc, 'detail', exc)}")
+                self._refused("proxy-header-invalid")
+                return
+            if peer is not None:  # None: the balancer's health check, closed quietly
+                self._tunnel_connection(sock, *peer)  # behind a balancer: the Client it names
         finally:
             sock.close()
 

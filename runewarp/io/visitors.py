@@ -15,7 +15,7 @@ from ..metrics import INTAKE_OUTCOMES
 from ..proto import proxyv2
 from ..proto.address import format_address
 from ..tls import ALPN_ACME, ALPN_TUNNEL
-from .intake import intake
+from .intake import intake_deadline, read_client_hello, real_peer
 from .splice import SocketEnd, StreamEnd
 
 ENVELOPE_DEADLINE = 5.0
@@ -30,22 +30,30 @@ class VisitorPath:
         try:
             accepted = time.monotonic()
             table = self.intake_slots  # a reload may replace it: release into this one
-            slot = self._admit(table, "intake", sock, address)
-            if slot is None:
-                outcome = "admission-full"
-                return
-            self.saturation.recovered("intake-full")
-            self.saturation.recovered("source-full")
 
             def read():
                 data = sock.recv(16 * 1024)
-                slot.progress(len(data))
+                if slot is not None:
+                    slot.progress(len(data))
                 return data
 
-            try:
-                taken = intake(read, self.config.timeouts.client_hello)
-            finally:
-                table.release(slot)
+            with intake_deadline(self.config.timeouts.client_hello):  # PROXY header and hello
+                peer = real_peer(read, address, self.config.trusted_proxies)
+                if peer is None:
+                    outcome = "proxy-health-check"
+                    return
+                address, rest = peer  # behind a trusted balancer: the Visitor it names
+                slot = self._admit(table, "intake", sock, address)
+                if slot is None:
+                    outcome = "admission-full"
+                    return
+                self.saturation.recovered("intake-full")
+                self.saturation.recovered("source-full")
+                slot.progress(len(rest))
+                try:
+                    taken = read_client_hello(read, rest)
+                finally:
+                    table.release(slot)
             if slot.shed:  # its hello was already buffered when it was shed: still shed
                 raise IntakeRejected("shed")
             self.metrics.intake_seconds.observe(time.monotonic() - accepted)
@@ -59,7 +67,9 @@ class VisitorPath:
         except IntakeRejected as exc:
             reason = "shed" if slot is not None and slot.shed else exc.reason
             outcome = INTAKE_OUTCOMES.get(reason, "malformed-hello")
-            self.log.debug("visitor-rejected", visitor=format_address(address), reason=reason)
+            detail = getattr(exc, "detail", None)
+            self.log.debug("visitor-rejected", visitor=format_address(address),
+                           reason=f"{reason}: {detail}" if detail else reason)
         except OSError as exc:
             outcome = "socket-error"
             self.log.debug("visitor-rejected", visitor=format_address(address),

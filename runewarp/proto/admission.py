@@ -14,6 +14,11 @@ table useful under that pressure, as HAProxy and nginx do:
   attacker, never a peer that is progressing);
 - every slot is released exactly once.
 
+Behind a load balancer (`[server] trusted-proxies`) the source is the address
+its PROXY header names, so the caller admits once that header is complete:
+before, the only known address is the balancer's, which would fill its own
+per-source bucket.  The intake deadline bounds the unslotted header read.
+
 Sans-I/O: the caller owns the connections.  `admit()` returns the slots it
 shed, and the caller closes their connections.
 """

@@ -1,4 +1,4 @@
-"""PROXY protocol codec: v2 both ways with TLVs, v1 (the text line) encode only.
+"""PROXY protocol codec: v2 and v1 (the text line) both ways, v2 with TLVs.
 
 Backends behind a tunnel see every connection coming from the agent; the
 PROXY header is how they learn the real client address.  Two headers use it:
@@ -9,7 +9,8 @@ Server's header is ever forwarded as is.  This is the single implementation,
 so encoder and decoder cannot drift; the file keeps its name for the v2 it
 started with.  The decoder is incremental like the other proto parsers: it
 never guesses from a partial header and rejects a wrong prefix as early as
-possible.
+possible.  proto/proxyheader.py reads either version off a connection from a
+trusted load balancer with these decoders.
 """
 
 import ipaddress
@@ -25,6 +26,7 @@ __all__ = [
     "VisitorTLS",
     "backend_header",
     "decode",
+    "decode_v1",
     "encode",
     "encode_v1",
     "ssl_tlv",
@@ -35,6 +37,9 @@ __all__ = [
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MAX_HEADER = 16 * 1024
 """Most bytes (fixed part included) a v2 header may occupy."""
+V1_PREFIX = b"PROXY "
+V1_MAX = 107
+"""Most bytes of a v1 line, CRLF included: the spec's bound (TCP6 needs 104; UNKNOWN may pad)."""
 
 VERSION = 0x2
 CMD_LOCAL = 0x0
@@ -84,6 +89,7 @@ class ProxyHeader:
     source: Address | None
     destination: Address | None
     protocol: str = "tcp"
+    local: bool = False  # the LOCAL command: the proxy's own connection (a health check)
 
 
 @dataclass(frozen=True)
@@ -239,7 +245,7 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
         return None
 
     if command == CMD_LOCAL or family == _AF_UNSPEC:
-        return ProxyHeader(None, None, protocol), total
+        return ProxyHeader(None, None, protocol, local=command == CMD_LOCAL), total
     block = bytes(view[_FIXED : _FIXED + size_needed])
     make = ipaddress.IPv4Address if addr_size == 4 else ipaddress.IPv6Address
     src = make(block[:addr_size])
@@ -251,6 +257,52 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
         protocol,
     )
     return header, total
+
+
+def decode_v1(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | None:
+    """Decode the v1 line at the start of `buf`, like `decode`: (header, length), None
+    while more is needed, ProxyHeaderError as soon as the bytes cannot be a valid line.
+
+    Strict, as the spec asks of a receiver: single spaces, canonical addresses of the
+    announced family, decimal ports without leading zeros, CRLF within V1_MAX bytes.
+    `PROXY UNKNOWN` (anything may follow it) carries no addresses.
+    """
+    data = bytes(buf[:V1_MAX])
+    if data[: len(V1_PREFIX)] != V1_PREFIX[: len(data)]:
+        raise ProxyHeaderError("not a PROXY v1 header (bad prefix)")
+    end = data.find(b"\r\n")
+    if end == -1:
+        if b"\n" in data or (len(data) > 1 and b"\r" in data[:-1]):
+            raise ProxyHeaderError("v1 line not ended by CRLF")
+        if len(data) >= V1_MAX:
+            raise ProxyHeaderError(f"v1 line longer than {V1_MAX} bytes")
+        if not all(32 <= b < 127 or b == 13 for b in data):
+            raise ProxyHeaderError("v1 line has a control or non-ASCII byte")
+        return None
+    line = data[:end]
+    if not all(32 <= b < 127 for b in line):
+        raise ProxyHeaderError("v1 line has a control or non-ASCII byte")
+    fields = line.decode("ascii").split(" ")
+    if len(fields) >= 2 and fields[1] == "UNKNOWN":
+        return ProxyHeader(None, None), end + 2
+    if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
+        raise ProxyHeaderError("v1 line is not PROXY TCP4|TCP6 SRC DST SPORT DPORT")
+    _, family, src, dst, sport, dport = fields
+    make = ipaddress.IPv4Address if family == "TCP4" else ipaddress.IPv6Address
+    try:
+        if "%" in src + dst:  # a zone is not an address on the wire
+            raise ValueError
+        addresses = [make(text) for text in (src, dst)]
+    except ValueError:
+        raise ProxyHeaderError(f"v1 addresses are not both {family}") from None
+    ports = [_port_text(text) for text in (sport, dport)]
+    return ProxyHeader((_text(addresses[0]), ports[0]), (_text(addresses[1]), ports[1])), end + 2
+
+
+def _port_text(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or (len(text) > 1 and text[0] == "0") or int(text) > 0xFFFF:
+        raise ProxyHeaderError(f"v1 port {text!r} is not a decimal in 0..65535")
+    return int(text)
 
 
 def _addresses(

@@ -620,6 +620,8 @@ COVERED = {
         "test_a_bind_failure_keeps_the_old_listener_and_fails_the_reload"),
     "server.tunnel-bind-address": _ids(
         "test_reload.py", "test_a_dedicated_tunnel_listener_added_by_a_reload_takes_the_tunnel_connections"),
+    "server.trusted-proxies": _ids(
+        "test_load_balancer.py", "test_trusted_proxies_reloaded_applies_to_the_next_connection"),
     "server.cert-dir": _ids(HERE, "test_server_cert_dir_moved_serves_the_new_certificate"),
     "server.graceful-shutdown-duration": _ids(
         "test_reload.py", "test_graceful_shutdown_duration_applies_to_the_next_stop"),

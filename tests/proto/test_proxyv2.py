@@ -138,9 +138,9 @@ def test_trailing_bytes_not_consumed():
 
 def test_local_command():
     data = header(0x20, 0x00, b"")
-    assert decode(data + b"rest") == (ProxyHeader(None, None, "unspec"), 16)
+    assert decode(data + b"rest") == (ProxyHeader(None, None, "unspec", local=True), 16)
     local_with_addresses = header(0x20, 0x11, GOLDEN_V4[16:])
-    assert decode(local_with_addresses) == (ProxyHeader(None, None, "tcp"), 28)
+    assert decode(local_with_addresses) == (ProxyHeader(None, None, "tcp", local=True), 28)
 
 
 def test_proxy_command_with_unspec_family_has_no_addresses():
