@@ -131,6 +131,7 @@ XDIST_GROUPS = {
     "e2e/test_ha.py": "timing",
     "e2e/test_handover.py": "timing",
     "e2e/test_lifecycle.py": "timing",
+    "e2e/test_load_balancer.py": "timing",
     "e2e/test_metrics.py": "timing",
     "e2e/test_reload.py": "timing",
     "e2e/test_reload_keys.py": "timing",
