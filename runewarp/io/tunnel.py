@@ -60,9 +60,12 @@ class TunnelSession:
 
     @property
     def accepting(self):
-        s = self.session
-        return not (self.closed.is_set() or s.go_away_sent or s.go_away_received
-                    or self._write_failed)
+        """New streams may be opened here: alive, and the peer has not sent go away.
+
+        Our own go away does not count (the mux rule, docs/protocol.md): a draining
+        Server still places the Visitors it had accepted on its Tunnel connections.
+        """
+        return not (self.closed.is_set() or self.session.go_away_received or self._write_failed)
 
     def open_stream(self):
         stream_id = self.session.open_stream()
