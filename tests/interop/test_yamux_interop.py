@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from runewarp.errors import LocalProtocolError
 from runewarp.proto.mux.events import (
     DataReceived,
     PingAcknowledged,
