@@ -155,3 +155,13 @@ def test_a_draining_server_still_routes_a_visitor_it_accepted_before_the_term(
         assert recv_exactly(sock, 13) == b"still flowing"
     assert server.popen.wait(timeout=15) == 0
     server.wait_for(f"visitor-routed .*public-hostname={ECHO}")
+
+
+def test_an_identity_no_tunnel_lists_is_named_with_tunnels_none(deployment, backends):
+    only_a, _ = backends
+    listed = deployment.identity("client-a")
+    stray = deployment.identity("client-x")
+    server = start_server(deployment, listed)
+    deployment.start_client("client-x", [([A], only_a.address)], wait=False)
+    server.wait_for(f"tunnel-connection-refused .*client-identity={stray} tunnels=none "
+                    "reason=unauthorized-client-identity")
