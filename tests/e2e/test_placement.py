@@ -12,9 +12,12 @@ import time
 import pytest
 
 from runewarp.proto import clienthello
+from runewarp.proto.mux import TYPE_GO_AWAY, DataReceived, StreamReset
 
 from ..conftest import free_port, run_cli
 from .helpers import ECHO, Backend, curl, recv_exactly
+from .peers import APP, FakeServer, mux_frames
+from .test_bad_peers import ENVELOPE, real_client_hello
 from .test_metrics import value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -165,3 +168,41 @@ def test_an_identity_no_tunnel_lists_is_named_with_tunnels_none(deployment, back
     deployment.start_client("client-x", [([A], only_a.address)], wait=False)
     server.wait_for(f"tunnel-connection-refused .*client-identity={stray} tunnels=none "
                     "reason=unauthorized-client-identity")
+
+
+@pytest.mark.xfail(strict=True, reason="needs Client.drain to wait for go_away_settled "
+                   "(io/client.py, not this branch's file: see the placement report)")
+def test_a_stopping_client_serves_a_stream_the_server_opened_before_reading_its_go_away(
+        deployment, backend):
+    """The exact crossing: the Client's go away is on the wire, unread by the (fake) Server,
+    when the Server opens a stream; the stopping Client serves it within its drain."""
+    server = FakeServer(deployment, backend)
+    try:
+        end = server.accept()
+        end.say_welcome()
+        server.client.wait_for("tunnel-connection-established")
+        server.client.signal(signal.SIGTERM)
+        held = bytearray()  # read off the wire, not yet fed to our Session
+        end.tls.settimeout(10)
+        while not any(frame.type == TYPE_GO_AWAY for frame in mux_frames(bytes(held))):
+            data = end.tls.recv(65536)
+            assert data, "the Client closed without a go away"
+            held += data
+        _visitor, _incoming, outgoing = real_client_hello(APP, backend.ca)
+        stream = end.open_stream(ENVELOPE + outgoing.read())
+        for event in end.session.receive_data(bytes(held), time.monotonic()):
+            if isinstance(event, DataReceived):
+                end.received[event.stream_id] += event.data
+                end.session.consumed(event.stream_id, len(event.data))
+            elif isinstance(event, StreamReset):
+                end.reset.add(event.stream_id)
+        end.flush()
+        assert end.session.go_away_received
+        end.pump_until(lambda: len(end.received[stream]) >= 6 or stream in end.reset or end.closed)
+        assert stream not in end.reset and not end.closed, server.client.log()
+        answer = bytes(end.received[stream])
+        assert answer[0] == 0x16 and answer[5] == 0x02, answer[:8]  # the backend's ServerHello
+        server.client.wait_for(f"stream-routed .*public-hostname={APP}")
+        assert server.client.popen.wait(timeout=15) == 0
+    finally:
+        server.close()
