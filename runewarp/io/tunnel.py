@@ -49,6 +49,7 @@ class TunnelSession:
         self.peer_going_away = Event()
         self.go_away_reason = None  # the code of the peer's go away, once it sent one
         self.go_away_settled = Event()  # our go away was read: no stream it crossed is missing
+        self.control = None  # the Client's control stream once its hello went out (re-announce)
         self.close_reason = None
         self.close_error = None
         self.read_error = None  # what the peer's bytes said last (a TLS alert), whoever failed first

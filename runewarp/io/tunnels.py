@@ -13,7 +13,7 @@ from OpenSSL import SSL
 
 from .. import __version__
 from ..metrics import close_reason
-from ..errors import MaterialError, StreamAborted, TLSClosed
+from ..errors import ControlError, MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
 from ..proto.placement import Placement, Served
@@ -21,7 +21,7 @@ from ..tls import identity_from_pyopenssl, refused_identity
 from ..proto.address import format_address
 from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
-from .tunnelstream import drain_control, read_control_messages
+from .tunnelstream import read_control_messages
 from .upkeep import utcnow
 
 
@@ -48,6 +48,10 @@ class TunnelPool:
 
     def join(self, member):
         self.members.append(member)
+        self.changed()
+
+    def changed(self):
+        """A member joined or serves more: wake the Visitors in member-wait to look again."""
         joined, self.joined = self.joined, Event()
         joined.set()
 
@@ -265,7 +269,7 @@ class TunnelConnections:
                           client_version=hello.version, pool_size=len(pool.members))
             if self.stopping:  # joined during a drain: replace it at once, elsewhere
                 session.go_away()
-            gevent.spawn(drain_control, stream, decoder, self.log)
+            gevent.spawn(self._follow_control, stream, decoder, pool, member, messages[1:])
             session.wait()
         finally:
             session.closed.unlink(on_closed)
@@ -278,6 +282,33 @@ class TunnelConnections:
                               client_identity=identity, client_instance=member.instance,
                               reason=session.close_reason, streams_placed=member.streams_placed,
                               pool_size=len(pool.members))
+
+    def _follow_control(self, stream, decoder, pool, member, messages):
+        """Read the control stream after the hello.  A later hello (its Client reloaded its
+        Services) replaces the hostnames the member serves; other types are ignored (forward
+        compatible); a malformed line resets the control stream."""
+        try:
+            while True:
+                for message in messages:
+                    if message.get("type") == "hello":
+                        self._update_member(pool, member, control.parse_hello(message))
+                messages = read_control_messages(stream, decoder)
+        except StreamAborted:
+            return
+        except ControlError as exc:
+            self.log.info("control-stream-reset", reason=str(exc))
+            stream.reset()
+
+    def _update_member(self, pool, member, hello):
+        member.served = Served(hello.hostnames, hello.catch_all)
+        self.log.info("tunnel-member-updated", tunnel=pool.name, peer=member.peer,
+                      client_identity=member.identity[:12], client_instance=member.instance,
+                      hostnames=",".join(sorted(member.served.names)) or None,
+                      catch_all=hello.catch_all or None)
+        route = self.snapshot.tunnel_for_identity(member.identity)
+        if route is not None and route.name == pool.name:
+            self._warn_drift(route, hello, member.identity, member.peer)
+        pool.changed()
 
     def _warn_drift(self, route, hello, identity, peer):
         """One warning per connect naming the member, when its hostnames differ from the

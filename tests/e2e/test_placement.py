@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello
+from runewarp.proto import clienthello, control
 from runewarp.proto.mux import TYPE_GO_AWAY, DataReceived, StreamReset
 
 from ..conftest import free_port, run_cli
 from .helpers import ECHO, Backend, curl, recv_exactly
-from .peers import APP, FakeServer, mux_frames
+from .peers import APP, FakeClientEnd, FakeServer, mux_frames, tunnel_tls
 from .test_bad_peers import ENVELOPE, real_client_hello
 from .test_metrics import value
 
@@ -206,3 +206,26 @@ def test_a_stopping_client_serves_a_stream_the_server_opened_before_reading_its_
         assert server.client.popen.wait(timeout=15) == 0
     finally:
         server.close()
+
+
+def test_a_later_hello_replaces_the_hostnames_a_member_serves(deployment):
+    """A Client that reloaded its Services says so with a later hello on its control
+    stream: a Visitor waiting for B is placed on it once that hello lists B."""
+    identity = deployment.identity("client-a")
+    server = start_server(deployment, identity, limits="member-wait = 8")
+    end = FakeClientEnd(tunnel_tls(deployment.public_port, deployment.ca_file,
+                                   deployment.dir / "client-a"))
+    end.join(hostnames=[A])
+    server.wait_for("tunnel-connection-established")
+    hello = clienthello.build(B)
+    with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as visitor:
+        visitor.sendall(hello)
+        time.sleep(0.5)  # waiting: the member serves A only
+        assert not [sid for sid in end.received if sid % 2 == 0]
+        end.send(1, control.encode(control.hello("0-fake", "fake", [A, B], False)))
+        server.wait_for(f"tunnel-member-updated tunnel=apps .*client-instance=fake "
+                        f"hostnames={A},{B}")
+        end.pump_until(lambda: any(sid % 2 == 0 and bytes(data).endswith(hello)
+                                   for sid, data in end.received.items()))
+    assert server.count("hostname-mirroring-drift") == 1  # the first hello's, not the update's
+    end.tls.close()
