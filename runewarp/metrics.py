@@ -22,9 +22,9 @@ from .proto.address import format_address
 VISITOR_OUTCOMES = (
     "routed", "unknown-hostname", "not-tls", "malformed-hello", "no-sni", "invalid-sni",
     "intake-deadline", "intake-too-large", "closed-early", "admission-full", "shed",
-    "no-tunnel-connection", "server-hostname-other-alpn", "active-streams-full",
-    "stream-open-failed", "acme-challenge", "tunnel-connection", "socket-error",
-    "proxy-header-invalid", "proxy-health-check", "aborted")
+    "no-tunnel-connection", "no-serving-member", "server-hostname-other-alpn",
+    "active-streams-full", "stream-open-failed", "acme-challenge", "tunnel-connection",
+    "socket-error", "proxy-header-invalid", "proxy-health-check", "aborted")
 # An intake rejection's reason (errors.IntakeRejected) as a Visitor outcome.
 INTAKE_OUTCOMES = {
     "not-tls": "not-tls", "not-client-hello": "not-tls", "malformed": "malformed-hello",

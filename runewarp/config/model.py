@@ -36,6 +36,7 @@ class Limits:
     stream_idle_timeout: float = _limit("stream-idle-timeout")
     stream_half_closed_timeout: float = _limit("stream-half-closed-timeout")
     stream_first_byte_timeout: float = _limit("stream-first-byte-timeout")
+    member_wait: float = _limit("member-wait")
 
     def tunnel_share(self, tunnels: int) -> int:
         """Most streams one Tunnel may hold, so one tenant can exhaust only itself."""

@@ -133,6 +133,9 @@ _SERVER_LIMITS = (
            "half with several)", shown="all of active-streams"),
     _limit("pool-connections", 256, "Tunnel connections in one Tunnel pool"),
     _limit("stream-first-byte-timeout", 30.0, "seconds from routing until the Client side answers", reload=RELOAD),
+    Key("limits.member-wait", "seconds", 5.0, "seconds >= 0 (0: off)",
+        "seconds a Visitor waits for a Tunnel connection that serves its hostname (at most client-hello)",
+        reload=NEW_CONNECTIONS),
     *_STREAM_LIMITS,
 )
 

@@ -253,7 +253,8 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
             members = [{"client_identity": m.identity, "instance": m.instance, "peer": m.peer,
                         "connected_since": rfc3339(m.connected_since),
                         "active_streams": max(0, m.session.active_streams - 1),  # not control
-                        "ping_rtt_seconds": m.session.ping_rtt}
+                        "ping_rtt_seconds": m.session.ping_rtt,
+                        "hostnames": sorted(m.served.names), "catch_all": m.served.catch_all}
                        for m in (pool.members if pool else ())]
             tunnels.append({"name": route.name, "public_hostnames": sorted(route.public_hostnames),
                             "active_streams": pool.active_streams if pool else 0,

@@ -18,6 +18,9 @@ from .tunnelstream import OUTBOUND_HIGH_WATER, MuxStream
 
 READ_SIZE = 256 * 1024
 WRITE_FAILURE_GRACE = 1.0
+# The ping that follows our go away.  Keepalive pings count up from 0 every 20 s or
+# more: they reach this value after 2,700 years.
+GO_AWAY_PING = 0xFFFFFFFF
 
 
 def _refuse_stream(_session, stream):
@@ -45,6 +48,8 @@ class TunnelSession:
         self.closed = Event()
         self.peer_going_away = Event()
         self.go_away_reason = None  # the code of the peer's go away, once it sent one
+        self.go_away_settled = Event()  # our go away was read: no stream it crossed is missing
+        self.control = None  # the Client's control stream once its hello went out (re-announce)
         self.close_reason = None
         self.close_error = None
         self.read_error = None  # what the peer's bytes said last (a TLS alert), whoever failed first
@@ -60,9 +65,12 @@ class TunnelSession:
 
     @property
     def accepting(self):
-        s = self.session
-        return not (self.closed.is_set() or s.go_away_sent or s.go_away_received
-                    or self._write_failed)
+        """New streams may be opened here: alive, and the peer has not sent go away.
+
+        Our own go away does not count (the mux rule, docs/protocol.md): a draining
+        Server still places the Visitors it had accepted on its Tunnel connections.
+        """
+        return not (self.closed.is_set() or self.session.go_away_received or self._write_failed)
 
     def open_stream(self):
         stream_id = self.session.open_stream()
@@ -72,8 +80,12 @@ class TunnelSession:
         return stream
 
     def go_away(self):
-        if not self.closed.is_set():
+        """Ask the peer for no new streams, then ping: the peer reads the ping after the go
+        away and answers it after every stream it opened before, so once the echo is back
+        (`go_away_settled`) no stream that crossed our go away is still on its way."""
+        if not self.closed.is_set() and not self.session.go_away_sent:
             self.session.go_away(mux.GOAWAY_NORMAL)
+            self.session.ping(GO_AWAY_PING)
             self._wake_writer()
 
     def start(self):
@@ -89,6 +101,7 @@ class TunnelSession:
         self.close_reason = reason
         self.close_error = error
         self.closed.set()
+        self.go_away_settled.set()
         self.session.close()  # every stream's window growth goes back to the shared budget
         for stream in list(self.streams.values()):
             stream._on_reset("tunnel connection closed")
@@ -195,7 +208,11 @@ class TunnelSession:
                 self.go_away_reason = event.reason
             self.peer_going_away.set()
             self.log.debug("tunnel-go-away-received", reason=event.reason)
-        # PingAcknowledged (the session measured ping_rtt) and StreamAcknowledged need no action.
+        elif isinstance(event, mux.PingAcknowledged):
+            if event.value == GO_AWAY_PING and self.session.go_away_sent:
+                self.go_away_settled.set()
+        # A keepalive's PingAcknowledged (the session measured ping_rtt) and
+        # StreamAcknowledged need no action.
 
     @property
     def ping_rtt(self):

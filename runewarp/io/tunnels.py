@@ -8,32 +8,33 @@ listener as a ClientHello for the Server hostname with ALPN runewarp/1.
 import time
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from OpenSSL import SSL
 
 from .. import __version__
 from ..metrics import close_reason
-from ..errors import IntakeRejected, MaterialError, StreamAborted, TLSClosed
+from ..errors import ControlError, IntakeRejected, MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
-from ..proto.placement import Placement
+from ..proto.placement import Placement, Served
 from ..tls import identity_from_pyopenssl, refused_identity
 from ..proto.address import format_address
 from .intake import intake_deadline, real_peer
 from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
-from .tunnelstream import drain_control, read_control_messages
+from .tunnelstream import read_control_messages
 from .upkeep import utcnow
 
 
 class TunnelMember:
-    """One live Tunnel connection in a Tunnel pool."""
+    """One live Tunnel connection in a Tunnel pool; `served`: the hostnames its hello lists."""
 
-    def __init__(self, session, identity, instance, peer):
+    def __init__(self, session, identity, instance, peer, served):
         self.session = session
         self.identity = identity
         self.instance = instance
         self.peer = peer
+        self.served = served
         self.streams_placed = 0
         self.connected_since = utcnow()
 
@@ -44,10 +45,27 @@ class TunnelPool:
         self.members = []
         self.placement = Placement()
         self.active_streams = 0  # routed streams of this Tunnel, held to its share
+        self.joined = Event()  # set (and replaced) when a member joins: wakes member-wait
 
-    def place(self):
-        live = [m for m in self.members if m.session.accepting]
-        return self.placement.choose(live, lambda m: m.session.active_streams)
+    def join(self, member):
+        self.members.append(member)
+        self.changed()
+
+    def changed(self):
+        """A member joined or serves more: wake the Visitors in member-wait to look again."""
+        joined, self.joined = self.joined, Event()
+        joined.set()
+
+    def place(self, hostname):
+        """A live member that serves `hostname`, or None."""
+        serving = [m for m in self.members if m.session.accepting and hostname in m.served]
+        return self.placement.choose(serving, lambda m: m.session.active_streams)
+
+    def unplaced(self):
+        """Why `place` found nobody: the Visitor outcome."""
+        if any(m.session.accepting for m in self.members):
+            return "no-serving-member"
+        return "no-tunnel-connection"
 
 
 class TunnelConnections:
@@ -61,6 +79,37 @@ class TunnelConnections:
     def _authorize(self, identity):
         return self.snapshot.tunnel_for_identity(identity) is not None
 
+
+    def _wait_for_member(self, pool, hostname, sock, address, size):
+        """member-wait: (a member of `pool` serving `hostname`, else None; the outcome then).
+
+        A Visitor waits for a member to join (a Client restarting, or reconnecting after
+        a Server hand-over) at most `member-wait`, never beyond `client-hello`.  It holds
+        an intake slot meanwhile, so waiters count against intake-connections and
+        intake-per-source like Visitors still reading, and a flood of them is shed or
+        refused the same way.  Woken by each join, never polling.
+        """
+        wait = min(self.config.limits.member_wait, self.config.timeouts.client_hello)
+        if wait <= 0:
+            return None, pool.unplaced()
+        table = self.intake_slots  # a reload may replace it: release into this one
+        slot = self._admit(table, "intake", sock, address)
+        if slot is None:
+            return None, "admission-full"
+        slot.progress(size)  # a complete hello: shed after any peer still trickling one
+        deadline = time.monotonic() + wait
+        try:
+            member = None
+            while member is None and not slot.shed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not pool.joined.wait(left):
+                    break
+                member = pool.place(hostname)
+        finally:
+            table.release(slot)
+        if slot.shed:
+            return None, "shed"
+        return member, None if member else pool.unplaced()
 
     def _reauthorize(self, old_pools, snapshot):
         """After a reload: close the Tunnel connections `snapshot` no longer authorizes."""
@@ -126,7 +175,8 @@ class TunnelConnections:
             identity = refused_identity(context, tls.conn)
             reason = "unauthorized-client-identity" if identity else f"tls-error: {exc}"
             self.auth_failures.warn(address[0], time.monotonic(), peer=peer,
-                                    client_identity=identity, reason=reason)
+                                    client_identity=identity, tunnels="none" if identity else None,
+                                    reason=reason)
             self._refused("unauthorized-client-identity" if identity else "tls-error")
             return
         except (TLSClosed, OSError) as exc:
@@ -219,16 +269,17 @@ class TunnelConnections:
                               reason=f"closed after its hello: {exc}")
                 self._refused("closed-during-handshake")
                 return
-            self._warn_drift(route, hello, identity)
-            member = TunnelMember(session, identity, hello.instance, peer)
-            pool.members.append(member)
+            self._warn_drift(route, hello, identity, peer)
+            member = TunnelMember(session, identity, hello.instance, peer,
+                                  Served(hello.hostnames, hello.catch_all))
+            pool.join(member)
             self.metrics.tunnel_event["established", "none"].inc()
             self.log.info("tunnel-connection-established", tunnel=route.name, peer=peer,
                           client_identity=identity, client_instance=member.instance,
                           client_version=hello.version, pool_size=len(pool.members))
             if self.stopping:  # joined during a drain: replace it at once, elsewhere
                 session.go_away()
-            gevent.spawn(drain_control, stream, decoder, self.log)
+            gevent.spawn(self._follow_control, stream, decoder, pool, member, messages[1:])
             session.wait()
         finally:
             session.closed.unlink(on_closed)
@@ -242,12 +293,40 @@ class TunnelConnections:
                               reason=session.close_reason, streams_placed=member.streams_placed,
                               pool_size=len(pool.members))
 
-    def _warn_drift(self, route, hello, identity):
+    def _follow_control(self, stream, decoder, pool, member, messages):
+        """Read the control stream after the hello.  A later hello (its Client reloaded its
+        Services) replaces the hostnames the member serves; other types are ignored (forward
+        compatible); a malformed line resets the control stream."""
+        try:
+            while True:
+                for message in messages:
+                    if message.get("type") == "hello":
+                        self._update_member(pool, member, control.parse_hello(message))
+                messages = read_control_messages(stream, decoder)
+        except StreamAborted:
+            return
+        except ControlError as exc:
+            self.log.info("control-stream-reset", reason=str(exc))
+            stream.reset()
+
+    def _update_member(self, pool, member, hello):
+        member.served = Served(hello.hostnames, hello.catch_all)
+        self.log.info("tunnel-member-updated", tunnel=pool.name, peer=member.peer,
+                      client_identity=member.identity[:12], client_instance=member.instance,
+                      hostnames=",".join(sorted(member.served.names)) or None,
+                      catch_all=hello.catch_all or None)
+        route = self.snapshot.tunnel_for_identity(member.identity)
+        if route is not None and route.name == pool.name:
+            self._warn_drift(route, hello, member.identity, member.peer)
+        pool.changed()
+
+    def _warn_drift(self, route, hello, identity, peer):
+        """One warning per connect naming the member, when its hostnames differ from the
+        Tunnel's: placement never gives it a Visitor for an unserved one."""
         unserved, unowned = control.hostname_drift(route.public_hostnames, hello.hostnames,
                                                    hello.catch_all)
-        if unserved:
-            self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
-                          unserved_hostnames=",".join(unserved))
-        if unowned:
-            self.log.warn("hostname-mirroring-drift", tunnel=route.name, client_identity=identity,
-                          unowned_hostnames=",".join(unowned))
+        if unserved or unowned:
+            self.log.warn("hostname-mirroring-drift", tunnel=route.name,
+                          client_identity=identity[:12], client_instance=hello.instance, peer=peer,
+                          unserved_hostnames=",".join(unserved) or None,
+                          unowned_hostnames=",".join(unowned) or None)

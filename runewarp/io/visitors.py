@@ -110,13 +110,14 @@ class VisitorPath:
                            public_hostname=hostname, reason="unknown-hostname")
             return "unknown-hostname"
         pattern, route = found  # the configured name or wildcard labels the metrics
-        pool = self.pools.get(route.name)
-        member = pool.place() if pool else None
+        pool = self.pools[route.name]  # one snapshot: its Tunnels have pools
+        member = pool.place(hostname)
+        if member is None:
+            member, outcome = self._wait_for_member(pool, hostname, sock, address, taken.size)
         if member is None:
             self.log.debug("visitor-rejected", visitor=format_address(address),
-                           public_hostname=hostname, tunnel=route.name,
-                           reason="no-tunnel-connection")
-            return "no-tunnel-connection"
+                           public_hostname=hostname, tunnel=route.name, reason=outcome)
+            return outcome
         limits = self.config.limits
         if self.active_streams >= limits.active_streams:
             self.saturation.warn("active-streams", time.monotonic())

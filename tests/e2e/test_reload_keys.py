@@ -652,6 +652,8 @@ COVERED = {
         HERE, "test_active_streams_per_tunnel_applies_to_the_next_stream"),
     "server.limits.pool-connections": _ids(HERE, "test_pool_connections_applies_to_the_next_tunnel_connection"),
     "server.limits.stream-first-byte-timeout": _ids(HERE, f"{TIMER}[server-stream-first-byte-timeout]"),
+    "server.limits.member-wait": _ids(
+        "test_placement.py", "test_member_wait_bounds_the_wait_and_a_reload_applies_it_to_the_next_visitor"),
     "server.limits.active-streams": _ids(
         "test_reload.py", "test_server_active_streams_and_idle_timeout_lowered_apply"),
     "server.limits.stream-idle-timeout": _ids(

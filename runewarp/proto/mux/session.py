@@ -137,8 +137,8 @@ class Session:
     def open_stream(self) -> int:
         if self.closed:
             raise LocalProtocolError("session is closed")
-        if self.go_away_sent or self.go_away_received:
-            raise LocalProtocolError("go away exchanged: no new streams")
+        if self.go_away_received:
+            raise LocalProtocolError("the peer sent go away: no new streams")
         stream_id = self._next_id
         if stream_id > MAX_STREAM_ID:
             raise LocalProtocolError("stream ids exhausted")
@@ -215,7 +215,13 @@ class Session:
             self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, 0, stream_id, delta))
 
     def go_away(self, reason: int = 0) -> None:
-        """Refuse new streams from now on; existing streams may finish.  Idempotent."""
+        """Ask the peer to open no new streams; existing streams may finish.  Idempotent.
+
+        As in HashiCorp's yamux, only the receiver of a go away stops opening
+        streams: this side still may.  Unlike HashiCorp's, this side also still
+        accepts the peer's SYNs: the peer sent them before it read the go away,
+        and refusing them would fail work it started in good faith.
+        """
         if self.go_away_sent or self.closed:
             return
         self.go_away_sent = True
@@ -348,8 +354,6 @@ class Session:
         stream = self._streams.get(stream_id)
         if flags & FLAG_SYN:
             stream = self._accept(stream, stream_id, events)
-            if stream is None:
-                return
         elif stream is None:
             self._stray(type_, flags, stream_id)
             return
@@ -379,8 +383,8 @@ class Session:
             if stream.local_closed:
                 self._drop(stream_id)
 
-    def _accept(self, existing: StreamState | None, stream_id: int, events: list) -> StreamState | None:
-        """Validate a SYN and create the stream, ACKing it at once; None if refused."""
+    def _accept(self, existing: StreamState | None, stream_id: int, events: list) -> StreamState:
+        """Validate a SYN and create the stream, ACKing it at once (after our go away too)."""
         if existing is not None:
             raise RemoteProtocolError(f"duplicate SYN for stream {stream_id}")
         if stream_id == 0 or stream_id & 1 != self._peer_parity:
@@ -389,9 +393,6 @@ class Session:
             raise RemoteProtocolError(
                 f"SYN for stream {stream_id} after stream {self._last_peer_id}")
         self._last_peer_id = stream_id
-        if self.go_away_sent:
-            self._reply(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
-            return None
         self._streams[stream_id] = stream = self._windows.new_stream(ours=False)
         # ACK immediately (as HashiCorp's AcceptStream does) with any window
         # beyond the protocol's initial one, so data we send later never needs
