@@ -15,6 +15,7 @@ from gevent.pool import Pool
 
 from .. import __version__
 from ..config import keep_running, restart_only
+from ..errors import StreamAborted
 from ..acme import AcmeCertificates
 from ..logs import RateLimitedWarning
 from ..metrics import ClientMetrics, service_label
@@ -40,6 +41,9 @@ from .watch import FileWatch
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("client")
+# A stopping Client waits at most this long for the Server to read its go away (one round
+# trip; a connection that has stopped answering must not hold the stop).
+GO_AWAY_SETTLE = 2.0
 
 
 class Client(ClientStreams):
@@ -99,12 +103,16 @@ class Client(ClientStreams):
     def drain(self, timeout):
         """Wait for stream handlers and established streams, at most `timeout` seconds.
 
-        First one go-away round trip: the Server may have opened streams before it read
-        our go away, and they are served like any other (io/streams.py refuses none).
+        First for each go away to settle (the echo of the ping that follows it): the Server
+        may have opened streams before it read our go away, and they are served like any
+        other (io/streams.py refuses none).  A connection that no longer answers holds the
+        stop for at most GO_AWAY_SETTLE.
         """
-        settle = min(timeout, go_away_settle(self.sessions))
-        gevent.sleep(settle)
-        return drain(self.handlers, self.splices, timeout - settle)
+        deadline = time.monotonic() + timeout
+        settling = [s.go_away_settled for s in list(self.sessions) if not s.closed.is_set()]
+        if settling:
+            gevent.wait(settling, timeout=min(timeout, GO_AWAY_SETTLE))
+        return drain(self.handlers, self.splices, max(0.0, deadline - time.monotonic()))
 
     def unfinished_streams(self):
         """Streams a close would cut now: spliced ones and those still in a handler."""
@@ -129,7 +137,10 @@ class Client(ClientStreams):
         for key in changed:
             self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         self.identity = identity
+        announced = (self.services.hostnames, self.services.catch_all is not None)
         self.services = ServiceTable(config.services)
+        if (self.services.hostnames, self.services.catch_all is not None) != announced:
+            self._announce()
         self.metrics.set_services(config.services)
         self.metrics.forget_certificates("public", set(config.terminate_hostnames))
         self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme,
@@ -217,7 +228,17 @@ class Client(ClientStreams):
                       client_identity=self.identity, **recovered)
         self._check_mirroring(link, tunnel.welcome)
         gevent.spawn(drain_control, tunnel.stream, tunnel.decoder, self.log)
+        tunnel.session.control = tunnel.stream
         return tunnel.session
+
+    def _announce(self):
+        """Services changed by a reload: a later hello on every control stream, since the
+        Server places Visitors only by the hostnames a hello lists (docs/protocol.md)."""
+        line = control.encode(control.hello(__version__, self.instance, self.services.hostnames,
+                                            self.services.catch_all is not None))
+        for session in list(self.sessions):
+            if session.control is not None:
+                gevent.spawn(_send_quietly, session.control, line)
 
     def _check_mirroring(self, link, welcome):
         """One warning per connect when the Tunnel's Public hostnames (the welcome's, from a
@@ -233,19 +254,11 @@ class Client(ClientStreams):
                           unowned_hostnames=",".join(unowned) or None)
 
 
-GO_AWAY_SETTLE = 0.5  # seconds a stopping Client waits for late streams when no ping has measured the round trip
-
-
-def go_away_settle(sessions):
-    """Two round trips of the slowest live connection (its last keepalive ping), or
-    GO_AWAY_SETTLE before any ping: long enough for a stream the Server opened before it
-    read our go away to arrive."""
-    rtts = [s.ping_rtt for s in sessions if not s.closed.is_set()]
-    if not rtts:
-        return 0.0
-    if None in rtts:
-        return GO_AWAY_SETTLE
-    return min(GO_AWAY_SETTLE, 2 * max(rtts) + 0.05)
+def _send_quietly(stream, data):
+    try:
+        stream.sendall(data)
+    except StreamAborted:
+        pass  # the connection is closing: its replacement sends a fresh hello
 
 
 def reconnect_windows():

@@ -184,8 +184,6 @@ class Replay:
         return getattr(self.tls, name)
 
 
-@pytest.mark.xfail(strict=True, reason="needs Client.drain to wait for go_away_settled "
-                   "(io/client.py, not this branch's file: see the placement report)")
 def test_a_stopping_client_serves_a_stream_the_server_opened_before_reading_its_go_away(
         deployment, backend):
     """The exact crossing: the Client's go away is on the wire, unread by the (fake) Server,

@@ -209,8 +209,6 @@ def test_a_go_away_is_replaced_at_once_then_backoff_applies(deployment, echo_bac
         fake.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the mux change of helper placement (issue 15): "
-                   "the side that sent go away still accepts the streams its peer opens")
 def test_a_stopping_client_serves_a_stream_opened_before_the_server_saw_its_go_away(
         deployment, echo_backend):
     fake = FakeServer(deployment, echo_backend, hostname=ECHO)
