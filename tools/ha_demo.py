@@ -14,9 +14,6 @@ scenario: rolling hand-over of node1 then node2 (SIGUSR2), graceful restart of e
 in turn, SIGHUP reload of both nodes — zero failed Visitor requests expected — then
 `kill -9` of node1: only its in-flight requests may fail, and requests started after
 HAProxy's check interval all succeed.  tests/e2e/test_ha.py runs the same with less load.
-
-FEATURES holds one switch per part of issue 15 that is not on main yet; a step that needs
-a missing part is left out (and said so in the summary), never faked.
 """
 
 import argparse
@@ -26,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from signal import SIGHUP, SIGKILL, SIGTERM, SIGUSR2
 
@@ -51,33 +48,6 @@ CHECK_INTER_MS, CHECK_FALL = 500, 2
 CHECK_WINDOW = CHECK_INTER_MS * CHECK_FALL / 1000 + 0.5  # seconds until HAProxy stops sending
 
 
-@dataclass(frozen=True)
-class Features:
-    """Parts of issue 15 this scenario uses; flip each once its branch is merged."""
-
-    handover: bool = False         # kill -USR2 rolling hand-over, pid-file rewritten (helper "handover")
-    trusted_proxies: bool = False  # HAProxy send-proxy-v2 + [server] trusted-proxies (helper "edge")
-    dns_round_robin: bool = False  # server-address = one name, two A records (helper "client")
-    # A stopping Client still serves the streams the Server opened in the last round trip,
-    # and a Visitor waits member-wait for a pool member (helper "placement").  Without it a
-    # Client's SIGTERM fails the requests in flight at that instant (1-9 at 300/s on main).
-    placement: bool = False
-
-
-def features_from(text):
-    """Features from "handover,trusted-proxies,dns-round-robin,placement" (any subset)."""
-    names = {name.strip().replace("-", "_") for name in text.split(",") if name.strip()}
-    unknown = names - set(Features.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"{FEATURES_ENV}: unknown feature(s) {sorted(unknown)}")
-    return Features(**{name: True for name in names})
-
-
-# RUNEWARP_HA_FEATURES=... turns parts on for a trial run before the defaults change.
-FEATURES_ENV = "RUNEWARP_HA_FEATURES"
-FEATURES = features_from(os.environ[FEATURES_ENV]) if FEATURES_ENV in os.environ else Features()
-
-
 @dataclass
 class Plan:
     """How hard and how long: `rate` requests/s over `loadgens` processes."""
@@ -88,13 +58,11 @@ class Plan:
     duration: float = 60.0  # the load's whole run, kill -9 phase included
     settle: float = 1.0     # seconds of load between two steps
     after_kill: float = 5.0
-    features: Features = field(default_factory=lambda: FEATURES)
 
 
-def haproxy_config(features=FEATURES):
+def haproxy_config():
     """HAProxy in TCP mode in front of both nodes' public port (docs/deployment.md shows it)."""
     addr = {name: str(netns.SUBNET.network_address + n) for name, n in HOSTS.items()}
-    proxy = " send-proxy-v2" if features.trusted_proxies else ""
     return f"""global
     log stderr format raw local0
     maxconn 4096
@@ -117,32 +85,27 @@ frontend visitors
 backend runewarp
     balance roundrobin
     option httpchk GET /readyz
-    default-server check port {METRICS_PORT} inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise 2{proxy}
+    default-server check port {METRICS_PORT} inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise 2 send-proxy-v2
     server node1 {addr['node1']}:{PUBLIC_PORT}
     server node2 {addr['node2']}:{PUBLIC_PORT}
 """
 
 
-def server_config(identity, features, haproxy_address):
+def server_config(identity, haproxy_address):
     settings = {"hostname": SERVER_HOSTNAME, "public-bind-address": f"0.0.0.0:{PUBLIC_PORT}",
                 "cert-dir": "server-cert", "graceful-shutdown-duration": 5,
-                "pid-file": "server.pid", "access-log": False}
-    if features.trusted_proxies:
-        settings["trusted-proxies"] = [f"{haproxy_address}/32"]
+                "pid-file": "server.pid", "access-log": False,
+                "trusted-proxies": [f"{haproxy_address}/32"]}
     return harness.config_text("server", settings, [
         {"name": "app", "public-hostnames": [APP], "client-identities": [identity]}],
         log_level="info", extra=f'[server.metrics]\nbind-address = "0.0.0.0:{METRICS_PORT}"')
 
 
-def client_config(features, node_addresses):
-    if features.dns_round_robin:
-        where = {"server-address": f"{SERVER_HOSTNAME}:{PUBLIC_PORT}",
-                 "connections-per-server": 1, "resolve-interval": 5}
-    else:  # main: one entry per node, the Server hostname as TLS name
-        where = {"server-address": [f"{a}:{PUBLIC_PORT}" for a in node_addresses],
-                 "server-name": SERVER_HOSTNAME}
+def client_config():
+    """One name with two A records (/etc/netns/<client>/hosts): a connection to each node."""
     return harness.config_text("client", {
-        **where, "server-trust": "ca-file", "server-ca-file": "server-ca.crt",
+        "server-address": f"{SERVER_HOSTNAME}:{PUBLIC_PORT}", "connections-per-server": 1,
+        "resolve-interval": 5, "server-trust": "ca-file", "server-ca-file": "server-ca.crt",
         "identity-dir": "identity", "graceful-shutdown-duration": 5, "access-log": False,
     }, [{"public-hostnames": [APP], "backend-address": f"127.0.0.1:{BACKEND_PORT}",
          "proxy-protocol": "v2"}], log_level="info")
@@ -187,11 +150,10 @@ class Scenario:
     def __init__(self, workdir, plan, log=print):
         self.dir = Path(workdir)
         self.plan = plan
-        self.features = plan.features
         self.log = log
         self.procs = []  # harness.Process, stopped newest first
         self.nodes, self.clients = {}, {}
-        self.steps, self.skipped = [], []
+        self.steps = []
         self.net = netns.Network("rwha")
 
     # -- set-up --
@@ -206,14 +168,14 @@ class Scenario:
         identity = cli("client", "identity", "init", "--dir", material / "identity").strip()
         cli("client", "public-cert", "init", "--hostname", APP, "--dir", material / "public-cert")
         self.ca = material / "public-cert" / "public-ca.crt"
-        server_toml = server_config(identity, self.features, self.net.address("haproxy"))
+        server_toml = server_config(identity, self.net.address("haproxy"))
         for name in NODES:
             folder = self.dir / name
             shutil.copytree(material / "server-cert", folder / "server-cert", symlinks=True)
             (folder / "server.toml").write_text(server_toml)
             self.start_node(name)
         self.start_haproxy()
-        client_toml = client_config(self.features, node_addresses)
+        client_toml = client_config()
         public = material / "public-cert" / public_cert_folder(APP)
         for name in CLIENTS:
             folder = self.dir / name
@@ -243,7 +205,7 @@ class Scenario:
 
     def start_haproxy(self):
         conf = self.dir / "haproxy.cfg"
-        conf.write_text(haproxy_config(self.features))
+        conf.write_text(haproxy_config())
         self.haproxy = self.spawn("haproxy", [HAPROXY, "-db", "-f", conf], "haproxy")
         harness.wait_listening(self.haproxy, [PUBLIC_PORT])
 
@@ -320,16 +282,10 @@ class Scenario:
         plan = self.plan
         self.start_load()
         time.sleep(plan.settle * 2)
-        if self.features.handover:
-            for name in NODES:
-                self.step(f"hand-over {name} (kill -USR2)", lambda n=name: self.handover(n))
-        else:
-            self.skipped.append("hand-over (SIGUSR2): Features.handover is off")
-        if self.features.placement:
-            for name in CLIENTS:
-                self.step(f"graceful restart {name}", lambda n=name: self.restart_client(n))
-        else:
-            self.skipped.append("graceful Client restarts: Features.placement is off")
+        for name in NODES:
+            self.step(f"hand-over {name} (kill -USR2)", lambda n=name: self.handover(n))
+        for name in CLIENTS:
+            self.step(f"graceful restart {name}", lambda n=name: self.restart_client(n))
         self.step("reload node1 and node2 (kill -HUP)", self.reload_nodes)
         rest = plan.duration - plan.after_kill - (time.time() - self.load_started)
         time.sleep(max(0.0, rest))
@@ -344,10 +300,9 @@ class Scenario:
             self.marked_down = None
         self.log(f"  HAProxy marked node1 down after {self.marked_down}s")
         time.sleep(max(0.0, plan.after_kill - (time.time() - self.killed_at)))
-        expected = self.net.address("visitor" if self.features.trusted_proxies else "haproxy")
+        expected = self.net.address("visitor")
         summary = results.summarize(self.stop_load(), self.killed_at, CHECK_WINDOW, expected,
                                     self.steps, self.marked_down)
-        summary.update(skipped=self.skipped, features=self.features.__dict__)
         return summary
 
     def close(self):

@@ -85,5 +85,4 @@ def report(summary):
              f"{summary['served_after_check_window']} served after the window",
              f"Visitor address at the backends: {summary['visitor_addresses']}; "
              f"backends: {summary['backends']}"]
-    lines += [f"skipped: {s}" for s in summary.get("skipped", ())]
     return "\n".join(lines)

@@ -3,8 +3,8 @@ under Visitor load, all in network namespaces: tools/ha_demo.py with less load t
 `make ha-demo` (which runs it for 60 s at several hundred requests per second).
 
 Zero failed Visitor requests through hand-overs, Client restarts and reloads; after
-`kill -9` of a node only its in-flight requests may fail.  Steps that need parts of
-issue 15 not merged yet are switched by tools/ha_demo.FEATURES.
+`kill -9` of a node only its in-flight requests may fail; the backends see the load
+generator's address through HAProxy's and the Client's PROXY headers.
 """
 
 import re
@@ -51,5 +51,4 @@ def test_namespaces_are_removed_by_name_also_after_a_failure():
 
 def test_the_deployment_guide_shows_the_haproxy_config_the_scenario_runs():
     text = (ROOT / "docs" / "deployment.md").read_text()
-    features = ha_demo.Features(trusted_proxies=True)
-    assert f"```\n{ha_demo.haproxy_config(features)}```" in text
+    assert f"```\n{ha_demo.haproxy_config()}```" in text
