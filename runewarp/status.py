@@ -40,13 +40,23 @@ def _server(doc):
               len(t.get("members") or []), t.get("active_streams")) for t in tunnels],
             empty="(no Tunnels)"),
         "Pool members\n" + table(
-            ("TUNNEL", "CLIENT IDENTITY", "INSTANCE", "PEER", "CONNECTED SINCE",
+            ("TUNNEL", "CLIENT IDENTITY", "INSTANCE", "PEER", "SERVES", "CONNECTED SINCE",
              "ACTIVE STREAMS", "PING RTT"),
             [(t.get("name"), _prefix(m.get("client_identity")), m.get("instance"), m.get("peer"),
-              m.get("connected_since"), m.get("active_streams"), rtt(m.get("ping_rtt_seconds")))
+              _serves(m), m.get("connected_since"), m.get("active_streams"),
+              rtt(m.get("ping_rtt_seconds")))
              for t, m in members],
             empty="(no Tunnel connections)"),
     ]
+
+
+def _serves(member):
+    """The hostnames a pool member's hello lists, so replicas with different Services show
+    side by side; None for a document without them (an older Server)."""
+    names = list(member.get("hostnames") or [])
+    if member.get("catch_all"):
+        names.append("(Catch-all)")
+    return ", ".join(names) if "hostnames" in member or "catch_all" in member else None
 
 
 def _client(doc):

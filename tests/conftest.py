@@ -132,6 +132,7 @@ XDIST_GROUPS = {
     "e2e/test_handover.py": "timing",
     "e2e/test_lifecycle.py": "timing",
     "e2e/test_load_balancer.py": "timing",
+    "e2e/test_placement.py": "timing",
     "e2e/test_metrics.py": "timing",
     "e2e/test_reload.py": "timing",
     "e2e/test_reload_keys.py": "timing",

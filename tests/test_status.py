@@ -24,7 +24,12 @@ SERVER = {
          "active_streams": 3,
          "members": [{"client_identity": IDENTITY, "instance": "8d94c8545fb5",
                       "peer": "203.0.113.7:40122", "connected_since": "2026-09-20T23:10:05Z",
-                      "active_streams": 3, "ping_rtt_seconds": 0.0021}]},
+                      "active_streams": 3, "ping_rtt_seconds": 0.0021,
+                      "hostnames": ["app.example.com"], "catch_all": False},
+                     {"client_identity": IDENTITY, "instance": "0c1d2e3f4a5b",
+                      "peer": "203.0.113.8:40500", "connected_since": "2026-09-20T23:11:00Z",
+                      "active_streams": 0, "ping_rtt_seconds": None,
+                      "hostnames": ["api.example.com"], "catch_all": True}]},
         {"name": "empty", "public_hostnames": ["idle.example.com"], "active_streams": 0,
          "members": []},
     ],
@@ -67,11 +72,12 @@ def row(text, first):
 def test_server_document_as_tables():
     text = status.render(SERVER, NOW)
     assert text.startswith("Runewarp server 0.1.0: ready, up 2h 3m\nConfig: /etc/runewarp/server.toml")
-    assert row(text, "apps") == ["apps", "app.example.com, api.example.com", "1", "3"]
+    assert row(text, "apps") == ["apps", "app.example.com, api.example.com", "2", "3"]
     assert row(text, "empty") == ["empty", "idle.example.com", "0", "0"]
     members = text.split("Pool members\n")[1]
     assert row(members, "apps") == ["apps", IDENTITY[:12], "8d94c8545fb5", "203.0.113.7:40122",
-                                    "2026-09-20T23:10:05Z", "3", "2.1 ms"]
+                                    "app.example.com", "2026-09-20T23:10:05Z", "3", "2.1 ms"]
+    assert "api.example.com, (Catch-all)" in members.splitlines()[2]  # replicas side by side
     assert row(text, "server") == ["server", "tunnel.example.com", "2026-10-01T00:00:00Z", "9"]
     assert IDENTITY not in text  # the prefix is enough to tell members apart
 
