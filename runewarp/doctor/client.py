@@ -91,16 +91,29 @@ def _public_leaf(public_dir, hostname, c):
 
 
 def _server(cfg, address, identity):
-    """resolve, tcp, tls, identity and mirroring lines for one Server address."""
+    """resolve, then tcp, tls, identity and mirroring lines for every address of one
+    Server address entry: the Client keeps a Tunnel connection to each of them."""
     label, name = format_address(address), cfg.tls_name(address)
     host, port = address
-    if literal_family(host) is None:
-        try:
-            yield ok(f"resolve {label}", ", ".join(addresses(host, port)))
-        except PROBE_ERRORS as exc:
-            yield fail(f"resolve {label}", f"does not resolve: {describe(exc)}",
-                       f"check client.server-address and the DNS record of {host}")
-            return
+    if literal_family(host) is not None:
+        yield from _server_address(cfg, address, label, name, identity)
+        return
+    try:
+        found = addresses(host, port)
+    except PROBE_ERRORS as exc:
+        yield fail(f"resolve {label}", f"does not resolve: {describe(exc)}",
+                   f"check client.server-address and the DNS record of {host}")
+        return
+    yield ok(f"resolve {label}", ", ".join(found))
+    for ip in found:
+        each = label if len(found) == 1 else f"{label} ({format_address((ip, port))})"
+        yield from _server_address(cfg, (ip, port), each, name, identity)
+
+
+def _server_address(cfg, address, label, name, identity):
+    """tcp, tls, identity and mirroring lines for one resolved Server address; `name` is
+    the TLS name the Client checks (server-name, else the entry's hostname)."""
+    port = address[1]
     try:
         with Deadline(PROBE_TIMEOUT):
             sock = dial.connect(address)

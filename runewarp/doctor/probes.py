@@ -15,7 +15,7 @@ import urllib.request
 import gevent
 from cryptography import x509
 
-from ..io.net import dial, resolve_override
+from ..io.net import dial, resolve_all
 
 PROBE_TIMEOUT = 3.0  # TCP, TLS, DNS: a healthy peer on any network answers well within it
 HTTP_TIMEOUT = 10.0
@@ -42,10 +42,10 @@ class Deadline:
 
 
 def addresses(host, port=None):
-    """The addresses `host` resolves to (RUNEWARP_RESOLVE honoured, as by the runtime)."""
+    """Every address `host` resolves to, as the Client resolves it (io/net.py
+    `resolve_all`: RUNEWARP_RESOLVE honoured, all A and AAAA records)."""
     with Deadline(PROBE_TIMEOUT):
-        infos = socket.getaddrinfo(resolve_override(host), port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
+        return resolve_all(host, port)
 
 
 def is_local(address):

@@ -338,3 +338,23 @@ def test_both_roles_need_the_role_named(deployment):
         "client) on the command line"]
     status, results = doctor("server", "-c", both)
     assert status == 0 and "certificate-files tunnel.example.com" in results
+
+
+def test_every_address_of_a_server_name_is_probed(pair):
+    """The Client keeps a Tunnel connection to every address its server-address resolves
+    to, so the doctor probes each: here one answers and one has no Server."""
+    deployment, _path, backend, _identity = pair
+    port = deployment.public_port
+    path = deployment.dir / "by-name.toml"
+    path.write_text(harness.config_text("client", {
+        "server-address": f"{SERVER_HOSTNAME}:{port}", "server-trust": "ca-file",
+        "server-ca-file": "server-cert/server-ca.crt", "identity-dir": "client-a",
+    }, [{"public-hostnames": [APP], "backend-address": backend.address}]))
+    env = dict(os.environ, **{harness.RESOLVE_ENV: f"{SERVER_HOSTNAME}=127.0.0.1|127.0.0.9"})
+    status, results = doctor("client", "-c", path, env=env)
+    entry = f"{SERVER_HOSTNAME}:{port}"
+    assert results[f"resolve {entry}"]["detail"] == "127.0.0.1, 127.0.0.9"
+    good, dead = f"{entry} (127.0.0.1:{port})", f"{entry} (127.0.0.9:{port})"
+    assert status == 1 and failing(results) == {f"tcp {dead}": "fail"}, results
+    assert {f"tcp {good}", f"tls {good}", f"identity {good}", f"mirroring {good}"} <= set(results)
+    assert SERVER_HOSTNAME in results[f"tls {good}"]["detail"]  # the entry's name, not the IP
