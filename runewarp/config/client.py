@@ -82,7 +82,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         server_addresses=server_addresses,
         server_name=server_name,
         connections_per_server=ctx.setting(client, p, "connections-per-server"),
-        resolve_interval=shared._positive(ctx, client, p, "resolve-interval"),
+        resolve_interval=shared.positive(ctx, client, p, "resolve-interval"),
         server_trust=trust,
         server_ca_file=ca_file,
         identity_dir=identity_dir,

@@ -68,7 +68,7 @@ def metrics(ctx: Context, parent: dict, role: str) -> MetricsConfig | None:
     prefix = ctx.setting(table, p, "statsd-prefix")
     if not _STATSD_PREFIX.fullmatch(prefix):
         raise ctx.error(join(p, "statsd-prefix"), f"{prefix!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-    interval = _positive(ctx, table, p, "statsd-interval")
+    interval = positive(ctx, table, p, "statsd-interval")
     return MetricsConfig(
         bind_address=bind_address(ctx, join(p, "bind-address"), bind) if bind else None,
         statsd_address=backend_address(ctx, join(p, "statsd-address"), statsd) if statsd else None,
@@ -77,7 +77,7 @@ def metrics(ctx: Context, parent: dict, role: str) -> MetricsConfig | None:
     )
 
 
-def _positive(ctx: Context, table: dict, prefix: str, key: str) -> float:
+def positive(ctx: Context, table: dict, prefix: str, key: str) -> float:
     """A `seconds` key that must be more than 0 (a timer of 0 would fire at once)."""
     value = ctx.setting(table, prefix, key)
     if value <= 0:
@@ -93,7 +93,7 @@ def timeouts(ctx: Context, parent: dict, role: str) -> ServerTimeouts | ClientTi
     p = join(role, "timeouts")
     table = ctx.table(parent, role, "timeouts") or {}
     ctx.check_keys(table, p)
-    values = {key: _positive(ctx, table, p, key) for key in schema.names(p)}
+    values = {key: positive(ctx, table, p, key) for key in schema.names(p)}
     if values["dead-peer"] <= values["keepalive-interval"]:
         raise ctx.error(join(p, "dead-peer"), f"must be more than keepalive-interval "
                         f"({values['keepalive-interval']:g} s); got {values['dead-peer']:g}")
