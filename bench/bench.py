@@ -63,7 +63,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -295,35 +294,23 @@ def write_nginx_conf(prefix, listen, files, material):
     worker_connections / worker_rlimit_nofile leave room for the 10,000-stream test."""
     prefix.mkdir()
     conf = prefix / "nginx.conf"
-    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     locations = "".join(f"        location = {path} {{ alias {file}; }}\n"
                         for path, file in files.items())
-    conf.write_text(textwrap.dedent(f"""\
-        daemon off;
-        master_process on;
-        worker_processes 1;
-        worker_rlimit_nofile {nofile_limit()};
-        pid {prefix}/nginx.pid;
-        error_log stderr warn;
-        events {{ worker_connections {min(nofile_limit() - 64, max(8192, STREAMS_CONNS + 4096))}; }}
-        http {{
-            access_log off;
-            default_type application/octet-stream;
-            client_body_temp_path {temp['client_body']};
-            proxy_temp_path {temp['proxy']};
-            fastcgi_temp_path {temp['fastcgi']};
-            uwsgi_temp_path {temp['uwsgi']};
-            scgi_temp_path {temp['scgi']};
-            client_header_timeout 300s;
-            keepalive_timeout 300s;
-            server {{
-                listen {listen} ssl;
-                server_name {HOST};
-                ssl_certificate {material['public_cert']};
-                ssl_certificate_key {material['public_key']};
-                ssl_protocols TLSv1.3;
-                location = / {{ return 200 "ok\\n"; }}
-        """) + locations + "    }\n}\n")
+    conf.write_text(harness.nginx_config(prefix, f"""\
+    access_log off;
+    default_type application/octet-stream;
+    client_header_timeout 300s;
+    keepalive_timeout 300s;
+    server {{
+        listen {listen} ssl;
+        server_name {HOST};
+        ssl_certificate {material['public_cert']};
+        ssl_certificate_key {material['public_key']};
+        ssl_protocols TLSv1.3;
+        location = / {{ return 200 "ok\\n"; }}
+{locations}    }}
+""", connections=min(nofile_limit() - 64, max(8192, STREAMS_CONNS + 4096)), error_log="stderr warn",
+        main=f"master_process on;\nworker_processes 1;\nworker_rlimit_nofile {nofile_limit()};"))
     return conf
 
 

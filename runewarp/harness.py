@@ -264,3 +264,14 @@ def wait_listening(proc, ports, timeout=15):
             return
         time.sleep(0.05)
     raise NoMatch(f"{proc.name} is not listening on {sorted(ports)}:\n{proc.log()}")
+
+
+def nginx_config(folder, http, *, connections=64, error_log="stderr warn", main=""):
+    """An nginx.conf for a backend run by a test, the bench or a demo: in the foreground,
+    every path (pid, temp folders) under `folder`, so it needs no root and leaves nothing
+    behind; `http` is the inside of the http block, `main` extra top-level directives."""
+    temp = "".join(f"    {name}_temp_path {folder}/{name};\n"
+                   for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"daemon off;\n{main or 'master_process off;'}\npid {folder}/nginx.pid;\n"
+            f"error_log {error_log};\nevents {{ worker_connections {connections}; }}\n"
+            f"http {{\n{temp}{http}}}\n")

@@ -114,26 +114,14 @@ def client_config():
 def nginx_config(folder, name, cert, key):
     """A TLS backend that takes the PROXY header and answers with the Visitor address it
     carried and its own name."""
-    return f"""daemon off;
-master_process off;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    access_log off;
+    return harness.nginx_config(folder, f"""    access_log off;
     server {{
         listen 127.0.0.1:{BACKEND_PORT} ssl proxy_protocol;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{ return 200 "$proxy_protocol_addr {name}\\n"; }}
     }}
-}}
-"""
+""", connections=4096, error_log=f"{folder}/error.log warn")
 
 
 def cli(*args):

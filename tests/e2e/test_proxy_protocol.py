@@ -54,24 +54,12 @@ def nginx_conf(folder, certs, ports):
         location / {{ return 200 "$proxy_protocol_addr:$proxy_protocol_port\\n"; }}
     }}""")
     conf = folder / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
+    conf.write_text(harness.nginx_config(folder, f"""\
     log_format pp 'pp-logged port=$server_port src=$proxy_protocol_addr:$proxy_protocol_port '
                   'dst=$proxy_protocol_server_addr:$proxy_protocol_server_port';
     access_log /dev/stderr pp;
 {''.join(servers)}
-}}
-""")
+""", error_log=f"{folder}/error.log info"))
     return conf
 
 

@@ -17,19 +17,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
                                  reason="needs nginx")]
 H2 = "h2.example.com"  # alpn = ["h2", "http/1.1"], backend: nginx h2c (only h2 Visitors here)
 H1 = "h1.example.com"  # alpn omitted (["http/1.1"]), backend: nginx HTTP/1.1
-NGINX_CONF = """\
-daemon off;
-master_process off;
-pid {dir}/nginx.pid;
-error_log stderr;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  server {{ listen 127.0.0.1:{h2c} http2; return 200 "backend saw $server_protocol\\n"; }}
-  server {{ listen 127.0.0.1:{h1}; return 200 "backend saw $server_protocol\\n"; }}
-}}
+NGINX_SERVERS = """\
+    access_log off;
+    server {{ listen 127.0.0.1:{h2c} http2; return 200 "backend saw $server_protocol\\n"; }}
+    server {{ listen 127.0.0.1:{h1}; return 200 "backend saw $server_protocol\\n"; }}
 """
 
 
@@ -39,7 +30,8 @@ def start_nginx(folder, processes):
     folder.mkdir()
     h2c, h1 = free_port(), free_port()
     conf = folder / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=folder, h2c=h2c, h1=h1))
+    conf.write_text(harness.nginx_config(folder, NGINX_SERVERS.format(h2c=h2c, h1=h1),
+                                         error_log="stderr"))
     proc = harness.Process([NGINX, "-p", folder, "-c", conf, "-e", "stderr"], name="nginx")
     processes.append(proc)
     wait_listening(proc, [h2c, h1])
