@@ -19,8 +19,14 @@ Usage:
   runewarp server cert init [--hostname H] [--dir D] [-c FILE]
   runewarp server cert renew [--dir D] [-c FILE]
   runewarp server cert rotate-ca [--hostname H] [--dir D] [-c FILE]
+  runewarp server cert rotate-ca (--stage | --commit | --abort) [--hostname H] [--dir D] [-c FILE]
 
-Every form prints the path of the Server CA bundle Clients must trust.
+Every form prints the path of the Server CA bundle Clients must trust.  rotate-ca
+alone is a hard cut: every Client fails until it trusts the new server-ca.crt.
+With no gap: --stage makes the next CA and its certificate (the Server keeps the
+current one) and prints server-ca-bundle.crt (both CAs) for the Clients'
+server-ca-file; --commit, once every Client trusts it, switches the Server to the
+staged certificate at its next Tunnel handshake; --abort drops the staged CA.
 
 Options:
   --hostname H             The Server hostname (default: server.hostname of the config).
@@ -33,8 +39,13 @@ CLIENT_IDENTITY = f"""Create, renew, replace or print the Client identity.
 
 Usage:
   runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
+  runewarp client identity rotate (--stage | --commit | --abort) [--dir D] [-c FILE]
 
 Every form prints the identity (64 hex characters) to list in the Server's Tunnel.
+rotate alone is a hard cut: the Client is refused until the Server lists the new
+identity.  With no gap: rotate --stage makes the next key and prints its identity
+(the running Client dials with it too, and moves to it once a Server accepts it);
+rotate --commit makes it current and removes the old key; rotate --abort drops it.
 
 Options:
 {DIR}
@@ -132,6 +143,20 @@ def server_cert(args):
             print(f"Server certificate material already complete in {cert_dir}", file=sys.stderr)
     elif args["renew"]:
         result = material.renew_server_cert(cert_dir, hostname=hostname)
+    elif args["--stage"]:
+        staged, bundle = material.stage_server_ca(cert_dir, hostname=hostname)
+        print(f"staged a new Server CA and certificate ({staged.cert_path}); the Server keeps "
+              f"serving the current one. Make {bundle} every Client's server-ca-file, then run "
+              "'runewarp server cert rotate-ca --commit'", file=sys.stderr)
+        print(bundle)
+        return 0
+    elif args["--commit"]:
+        material.commit_server_ca(cert_dir)
+        print("the staged Server certificate is current: new Tunnel connections get it",
+              file=sys.stderr)
+    elif args["--abort"]:
+        material.abort_server_ca(cert_dir)
+        print("the staged Server CA is dropped; the current one stays", file=sys.stderr)
     else:
         result = material.rotate_server_ca(cert_dir, hostname=hostname)
         print("warning: new Server CA created; every Client must now trust the new "
@@ -154,6 +179,18 @@ def client_identity(args):
             print(f"Client identity already exists in {identity_dir}", file=sys.stderr)
     elif args["renew"]:
         result = material.renew_identity(identity_dir)
+    elif args["--stage"]:
+        result = material.stage_identity(identity_dir)
+        print("staged the next Client identity; list it in the Server's Tunnel "
+              "(client-identities) beside the current one and reload the Server: the running "
+              "Client moves to it by itself. Then 'runewarp client identity rotate --commit'",
+              file=sys.stderr)
+    elif args["--commit"]:
+        print(material.commit_identity(identity_dir))
+        return 0
+    elif args["--abort"]:
+        print(material.abort_identity(identity_dir))
+        return 0
     else:
         result = material.rotate_identity(identity_dir)
         print("warning: the Client identity changed; list the new identity in the Server's "

@@ -7,15 +7,17 @@ the Public hostnames' and the Visitor CA's folders.  This module is the API the 
 
 from ..errors import MaterialError
 from .identity import (CLIENT_CERT, CLIENT_IDENTITY, CLIENT_KEY, IDENTITY_MAX_AGE_DAYS, IdentityResult,
-                       identity_needs_renewal, init_identity, load_identity_paths, renew_identity,
-                       rotate_identity, show_identity)
+                       abort_identity, commit_identity, identity_needs_renewal, init_identity,
+                       load_identity_paths, renew_identity, rotate_identity, show_identity,
+                       stage_identity, staged_identity)
 from .public import (PUBLIC_CA_CERT, PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, PublicCertsResult, PublicLeaf,
                      client_key_files, init_public_certs, load_public_cert_paths, public_cert_folder,
                      public_cert_renewable,
                      renew_public_certs, rotate_public_ca)
-from .server import (SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CERT, SERVER_KEY, InitResult, ServerCertResult,
-                     init_server_cert, load_server_cert_paths, renew_server_cert, rotate_server_ca,
-                     server_cert_paths, server_cert_renewable, server_key_files)
+from .server import (SERVER_CA_BUNDLE, SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CERT, SERVER_KEY, InitResult,
+                     ServerCertResult, abort_server_ca, commit_server_ca, init_server_cert,
+                     load_server_cert_paths, renew_server_cert, rotate_server_ca, server_cert_paths,
+                     server_cert_renewable, server_key_files, stage_server_ca)
 from .visitor import (MAX_VISITOR_CERT_DAYS, VISITOR_CA_CERT, VISITOR_CERT_DAYS, VisitorCA, VisitorCert,
                       init_visitor_ca, issue_visitor_cert, visitor_cert_name)
 from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, pin
@@ -35,6 +37,8 @@ __all__ = [
     "load_server_cert_paths", "make_self_signed", "pin", "public_cert_folder", "public_cert_renewable",
     "renew_identity", "renew_public_certs", "renew_server_cert", "rotate_identity", "rotate_public_ca",
     "rotate_server_ca", "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",
+    "SERVER_CA_BUNDLE", "abort_identity", "abort_server_ca", "commit_identity", "commit_server_ca",
+    "stage_identity", "stage_server_ca", "staged_identity",
     "MAX_VISITOR_CERT_DAYS", "VISITOR_CA_CERT", "VISITOR_CERT_DAYS", "VisitorCA", "VisitorCert",
     "init_visitor_ca", "issue_visitor_cert", "visitor_cert_name",
 ]

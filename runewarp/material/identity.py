@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import MaterialError
+from .staging import abort, commit, refuse_if_staged, stage, staged_path, staged_view
 from .store import View, update
 from .x509 import (_cert_pem, _key_pem, _make_client_cert, _new_key, _now, _read, client_identity,
                    identity_of_certificate, read_cert, read_key, read_pair)
@@ -95,9 +96,54 @@ def renew_identity(identity_dir: Path, now: _dt.datetime | None = None) -> Ident
 
 
 def rotate_identity(identity_dir: Path, now: _dt.datetime | None = None) -> IdentityResult:
-    """New key and certificate: a new identity the server must be told about."""
+    """New key and certificate: a new identity the server must be told about (a hard cut)."""
     identity_dir = Path(identity_dir)
-    return update(identity_dir, lambda view: _issue(identity_dir, _new_key(), _now(now)), _FILES)
+
+    def build(view):
+        refuse_if_staged(view)
+        return _issue(identity_dir, _new_key(), _now(now))
+
+    return update(identity_dir, build, _FILES)
+
+
+def stage_identity(identity_dir: Path, now: _dt.datetime | None = None) -> IdentityResult:
+    """The next key and certificate in the staged slot; the current identity stays in force.
+
+    The running Client sees the slot (watch-config or reload) and dials with it too."""
+    identity_dir = Path(identity_dir)
+
+    def build(view):
+        read_key(view, CLIENT_KEY, _IDENTITY_INIT_HINT)  # a current identity to rotate from
+        files, result = _issue(identity_dir, _new_key(), _now(now))
+        return files, {}, result
+
+    result = stage(identity_dir, build, _FILES)
+    return replace(result, cert_path=staged_path(identity_dir, CLIENT_CERT),
+                   key_path=staged_path(identity_dir, CLIENT_KEY))
+
+
+def staged_identity(identity_dir: Path) -> IdentityResult | None:
+    """The staged identity and the stable names of its files, or None when nothing is staged."""
+    view = staged_view(identity_dir)
+    if view is None:
+        return None
+    cert, _ = read_pair(view, CLIENT_CERT, CLIENT_KEY)
+    return replace(_identity_result(identity_dir, cert, created=False),
+                   cert_path=staged_path(identity_dir, CLIENT_CERT),
+                   key_path=staged_path(identity_dir, CLIENT_KEY))
+
+
+def commit_identity(identity_dir: Path) -> str:
+    """The staged identity becomes current; the previous key is removed.  The new identity."""
+    staged = staged_identity(identity_dir)
+    commit(identity_dir)  # MaterialError when nothing is staged
+    return staged.identity
+
+
+def abort_identity(identity_dir: Path) -> str:
+    """Drop the staged identity; the current one stays.  The current identity."""
+    abort(identity_dir)
+    return show_identity(identity_dir)
 
 
 def show_identity(identity_dir: Path) -> str:

@@ -10,6 +10,7 @@ from cryptography import x509
 
 from ..errors import MaterialError
 from ..proto.hostname import normalize
+from .staging import abort, commit, refuse_if_staged, stage, staged_path
 from .store import View, update
 from .x509 import (SERVER_CA_CN, _cert_pem, _check_issued, _key_pem, _make_ca, _make_leaf, _now, _san_names,
                    read_cert, read_pair)
@@ -18,6 +19,7 @@ SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
 SERVER_CA_CERT = "server-ca.crt"
 SERVER_CA_KEY = "state/server-ca.key"
+SERVER_CA_BUNDLE = "server-ca-bundle.crt"  # what Clients trust across a staged CA rotation
 _FILES = [SERVER_CA_KEY, SERVER_CA_CERT, SERVER_KEY, SERVER_CERT]
 
 _SERVER_INIT_HINT = "run 'runewarp server cert init'"
@@ -130,10 +132,55 @@ def renew_server_cert(cert_dir: Path, *, hostname: str | None = None,
 
 def rotate_server_ca(cert_dir: Path, hostname: str | None = None,
                      now: _dt.datetime | None = None) -> ServerCertResult:
-    """New CA and leaf; also the way out of partial or lost material."""
+    """New CA and leaf (a hard cut); also the way out of partial or lost material.  A
+    bundle left by an earlier staged rotation is rewritten to the new CA alone."""
     cert_dir = Path(cert_dir)
-    return update(cert_dir, lambda view: _issue(cert_dir, _existing_hostname(view, hostname),
-                                                 _now(now), ca=None), _FILES)
+
+    def build(view):
+        refuse_if_staged(view)
+        files, result = _issue(cert_dir, _existing_hostname(view, hostname), _now(now), ca=None)
+        if view.exists(SERVER_CA_BUNDLE):
+            files[SERVER_CA_BUNDLE] = files[SERVER_CA_CERT]
+        return files, result
+
+    return update(cert_dir, build, _FILES)
+
+
+def stage_server_ca(cert_dir: Path, hostname: str | None = None,
+                    now: _dt.datetime | None = None) -> tuple[ServerCertResult, Path]:
+    """The next CA and a leaf it signed, staged; the Server keeps serving the current leaf.
+
+    Also writes server-ca-bundle.crt (the current CA, then the next one) to the
+    current set, for Clients to trust before the commit.  The staged result (its
+    paths through ``next/``) and the bundle's path."""
+    cert_dir = Path(cert_dir)
+
+    def build(view):
+        host = _existing_hostname(view, hostname)
+        current_ca = read_cert(view, SERVER_CA_CERT, _SERVER_INIT_HINT)
+        files, result = _issue(cert_dir, host, _now(now), ca=None)
+        bundle = _cert_pem(current_ca) + files[SERVER_CA_CERT]
+        files[SERVER_CA_BUNDLE] = bundle
+        return files, {SERVER_CA_BUNDLE: bundle}, result
+
+    result = stage(cert_dir, build, _FILES)
+    staged = ServerCertResult(result.hostname, staged_path(cert_dir, SERVER_CERT),
+                              staged_path(cert_dir, SERVER_KEY), staged_path(cert_dir, SERVER_CA_CERT),
+                              result.not_after, result.serial)
+    return staged, cert_dir / SERVER_CA_BUNDLE
+
+
+def commit_server_ca(cert_dir: Path) -> None:
+    """The staged CA and leaf become current: the next Tunnel handshake presents the leaf."""
+    commit(Path(cert_dir))
+
+
+def abort_server_ca(cert_dir: Path) -> None:
+    """Drop the staged CA and leaf; the bundle goes back to the current CA alone."""
+    cert_dir = Path(cert_dir)
+    abort(cert_dir)
+    update(cert_dir, lambda view: ({SERVER_CA_BUNDLE: view.path(SERVER_CA_CERT).read_bytes()}
+                                   if view.exists(SERVER_CA_BUNDLE) else {}, None), _FILES)
 
 
 def server_cert_renewable(cert_dir: Path) -> bool:

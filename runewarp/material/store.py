@@ -19,6 +19,9 @@ of earlier releases still load, including one with the journal
 update migrates such a folder (a version holding exactly what the flat files
 hold, then the files replaced by links, then the update itself).
 
+A rotation without a gap first stages the next set: a whole version that the
+``next`` symlink names beside ``current`` (staging.py).
+
 Each update keeps the previous version as a rollback point; older ones are removed
 once they are `PRUNE_AFTER` seconds old, so a reader that resolved ``current``
 just before two quick updates still finds its files.
@@ -44,6 +47,7 @@ CERT_MODE = 0o644
 DIR_MODE = 0o700
 
 CURRENT = "current"
+NEXT = "next"
 PRUNE_AFTER = 60.0
 _VERSION = re.compile(r"v[1-9][0-9]*")
 _LINK = re.compile(r"(?:\.\./)*" + CURRENT + r"/(.+)")
@@ -182,9 +186,10 @@ def _mode(rel: str) -> int:
     return KEY_MODE if rel.endswith(".key") else CERT_MODE
 
 
-def _current(root: Path) -> str | None:
-    """The version ``current`` names; None for a folder in the flat layout."""
-    link = root / CURRENT
+def _current(root: Path, slot: str = CURRENT) -> str | None:
+    """The version ``current`` (or `slot`) names; None for a folder in the flat layout
+    (for ``next``: nothing staged)."""
+    link = root / slot
     try:
         target = os.readlink(link)
     except (FileNotFoundError, NotADirectoryError):
@@ -226,6 +231,7 @@ class View:
         self.root = Path(root)
         self.version = _current(self.root)
         self.journal = _journal(self.root)
+        self.staged = _current(self.root, NEXT)
 
     def linked(self, rel: str) -> bool:
         return self.version is not None and _readlink(self.root / rel) == _link_text(rel)
@@ -330,21 +336,31 @@ def _prune(root: Path, keep: set) -> None:
                     shutil.rmtree(path)
 
 
+def next_version(root: Path) -> str:
+    """The name of the version folder to write next."""
+    numbers = [int(n[1:]) for n in os.listdir(root) if _VERSION.fullmatch(n)]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def _set_link(root: Path, slot: str, version: str) -> None:
+    """Point ``current`` (or ``next``) at `version` in one rename."""
+    tmp = root / f".{slot}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(version, tmp)
+    os.replace(tmp, root / slot)
+    _fsync_dir(root)
+
+
 def _switch(root: Path, view: View, content: dict[str, bytes]) -> View:
     """Write `content` as the next version and make it current in one rename."""
-    numbers = [int(n[1:]) for n in os.listdir(root) if _VERSION.fullmatch(n)]
-    version = f"v{max(numbers, default=0) + 1}"
+    version = next_version(root)
     _write_version(root, root / version, content)
     for rel in content:  # a new name's link exists before its file does: it appears with the switch
         if not os.path.lexists(root / rel):
             _link(root, rel)
-    tmp = root / f".{CURRENT}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(version, tmp)
-    os.replace(tmp, root / CURRENT)
-    _fsync_dir(root)
-    _prune(root, {version, view.version})
+    _set_link(root, CURRENT, version)
+    _prune(root, {version, view.version, view.staged})
     return View(root)
 
 
@@ -381,19 +397,25 @@ def update(root: Path, build, flat=()):
         with _folder_lock(root):
             view = View(root)
             files, result = build(view)
-            if not files:
-                return result
-            names = view.files(flat(view) if callable(flat) else flat)
-            unlinked = [n for n in names if not view.linked(n)]
-            if unlinked or view.journal:
-                view = _switch(root, view, {n: _read_source(view.path(n)) for n in names})
-                for rel in unlinked:
-                    _link(root, rel)
-                _forget_journal(root, names)
-                view = View(root)
-            content = {n: _read_source(view.path(n)) for n in view.files() if n not in files}
-            _switch(root, view, content | files)
+            if files:
+                install(root, view, files, flat)
             return result
     except OSError as e:
         raise MaterialError(f"{root}: cannot write material: {e.strerror or e}") from e
+
+
+def install(root: Path, view: View, files: dict, flat=()) -> View:
+    """`update`'s install step, for callers holding the folder's lock: `files` and every
+    other file of `view`'s version become the current version (a flat folder migrated first)."""
+    names = view.files(flat(view) if callable(flat) else flat)
+    unlinked = [n for n in names if not view.linked(n)]
+    if unlinked or view.journal:
+        view = _switch(root, view, {n: _read_source(view.path(n)) for n in names})
+        for rel in unlinked:
+            _link(root, rel)
+        _forget_journal(root, names)
+        view = View(root)
+    content = {n: _read_source(view.path(n)) for n in view.files() if n not in files}
+    return _switch(root, view, content | files)
+
 
