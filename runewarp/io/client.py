@@ -19,8 +19,9 @@ from ..errors import StreamAborted
 from ..acme import AcmeCertificates
 from ..logs import RateLimitedWarning
 from ..metrics import ClientMetrics, service_label
+from ..errors import MaterialError
 from ..material import (CLIENT_CERT, CLIENT_KEY, PUBLIC_CERT, PUBLIC_KEY, identity_needs_renewal,
-                        public_cert_folder, renew_identity, show_identity)
+                        public_cert_folder, renew_identity, show_identity, staged_identity)
 from ..proto import control
 from ..proto.backoff import WINDOWS, parse_windows
 from ..proto.mux import WindowBudget
@@ -78,6 +79,7 @@ class Client(ClientStreams):
     def start(self):
         self.monitor.bind()  # a taken metrics address fails the start before anything runs
         self.identity = show_identity(self.config.identity_dir)  # fail fast without material
+        self.staged = self._staged_identity(self.config.identity_dir)
         # Before any Visitor can arrive: renew due Public hostname certificates the Client
         # issued itself, and name the terminate hostnames that have none.  Then every hour.
         self.public_certs.upkeep(self.config.terminate_hostnames, announce=True)
@@ -137,6 +139,7 @@ class Client(ClientStreams):
         for key in changed:
             self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         self.identity = identity
+        self.staged = self._staged_identity(config.identity_dir)
         announced = (self.services.hostnames, self.services.catch_all is not None)
         self.services = ServiceTable(config.services)
         if (self.services.hostnames, self.services.catch_all is not None) != announced:
@@ -158,7 +161,8 @@ class Client(ClientStreams):
         """watch-config: the config file, the Server CA bundle, the identity and the manual
         Public hostname certificates (their folders too: an update switches `current`)."""
         cfg = self.config
-        files = [cfg.identity_dir / CLIENT_CERT, cfg.identity_dir / CLIENT_KEY]
+        files = [cfg.identity_dir / CLIENT_CERT, cfg.identity_dir / CLIENT_KEY,
+                 cfg.identity_dir / "next" / CLIENT_CERT, cfg.identity_dir / "next" / CLIENT_KEY]
         folders = [cfg.identity_dir]
         if cfg.server_trust == "ca-file":
             files.append(cfg.server_ca_file)
@@ -177,14 +181,16 @@ class Client(ClientStreams):
     def status(self):
         now = time.monotonic()
         servers = [{"address": link.server, "resolved_address": link.resolved,
-                    "connection": link.key.index, "state": link.state,
+                    "connection": "staged" if link.staged else link.key.index,
+                    "state": link.state,
                     "connected_since": rfc3339(link.connected_since),
                     "last_error": link.last_error,
                     "next_retry_seconds": (round(max(0.0, link.retry_at - now), 3)
                                            if link.state == "waiting" else None),
                     "active_streams": (max(0, link.session.active_streams - 1)  # not control
-                                       if link.session is not None else 0)}
-                   for _key, link in sorted(self.server_links.links.items())]
+                                       if link.session is not None else 0),
+                    "client_identity": (link.identity or self).identity}
+                   for link in self.server_links.all()]
         servers += [{"address": format_address(entry), "resolved_address": None, "connection": None,
                      "state": "unresolved", "connected_since": None, "last_error": reason,
                      "next_retry_seconds": None, "active_streams": 0}
@@ -197,13 +203,31 @@ class Client(ClientStreams):
         return {"servers": servers, "services": services,
                 "certificates": certificate_entries(self.metrics)}
 
-    def _tls_context(self):
+    def _staged_identity(self, identity_dir):
+        """The staged identity (`client identity rotate --stage`), logged when it changes;
+        None when nothing is staged or it cannot be read (the current one serves on)."""
+        try:
+            staged = staged_identity(identity_dir)
+        except MaterialError as exc:
+            self.log.warn("client-identity-staged-unusable", reason=str(exc))
+            return None
+        before = getattr(self, "staged", None)
+        if staged is not None and (before is None or before.identity != staged.identity):
+            self.log.info("client-identity-staged", client_identity=staged.identity,
+                          current_identity=self.identity)
+        return staged
+
+    def _tls_context(self, staged=None):
+        """The Tunnel TLS context with the current identity, or with `staged` (its paths)."""
         cfg = self.config
-        if identity_needs_renewal(cfg.identity_dir):
-            renew_identity(cfg.identity_dir)
-            self.log.info("client-identity-renewed", client_identity=self.identity)
-        return client_tunnel_context(cfg.identity_dir / "client.crt", cfg.identity_dir /
-                                     "client.key", cfg.server_trust, cfg.server_ca_file)
+        if staged is not None:
+            cert, key = staged.cert_path, staged.key_path
+        else:
+            if identity_needs_renewal(cfg.identity_dir):
+                renew_identity(cfg.identity_dir)
+                self.log.info("client-identity-renewed", client_identity=self.identity)
+            cert, key = cfg.identity_dir / CLIENT_CERT, cfg.identity_dir / CLIENT_KEY
+        return client_tunnel_context(cert, key, cfg.server_trust, cfg.server_ca_file)
 
     def _connect(self, link, failures=0, down_since=None):
         """One attempt of worker `link` (io/serverlinks.py): TLS, mux, control hello and
@@ -214,7 +238,8 @@ class Client(ClientStreams):
         hello = control.hello(__version__, self.instance, self.services.hostnames,
                               self.services.catch_all is not None)
         timeouts = self.config.timeouts  # as this attempt starts: a reload applies to the next
-        tunnel = dial(link.key.address, self._tls_context(), self.config.tls_name(link.key.entry),
+        tunnel = dial(link.key.address, self._tls_context(link.identity),
+                      self.config.tls_name(link.key.entry),
                       hello, timeouts.tunnel_handshake, on_stream=self._on_stream, log=self.log,
                       window_budget=self.window_budget, name=link.server,
                       keepalive_interval=timeouts.keepalive_interval,
@@ -225,7 +250,7 @@ class Client(ClientStreams):
                              outage=time.monotonic() - down_since)
         self.log.info("tunnel-connection-established", **link.fields(),
                       tunnel=tunnel.welcome.tunnel, server_version=tunnel.welcome.version,
-                      client_identity=self.identity, **recovered)
+                      client_identity=(link.identity or self).identity, **recovered)
         self._check_mirroring(link, tunnel.welcome)
         gevent.spawn(drain_control, tunnel.stream, tunnel.decoder, self.log)
         tunnel.session.control = tunnel.stream

@@ -6,6 +6,13 @@ again every `resolve-interval` seconds and on reload; proto/serverset.py says wh
 workers to add and which to drain.  A drained worker dials no more and sends its live
 connection a go away; the connection closes once its streams end, or after
 `graceful-shutdown-duration`.
+
+While a Client identity is staged (`client identity rotate --stage`), each resolved
+address also gets one staged worker, which dials with the staged identity and tries
+again with backoff while the Server refuses it.  Once a Server address accepts it,
+that address's workers replace their connections: each sends its old connection a go
+away (it drains) and dials again at once with the staged identity, while the staged
+connection serves.  No moment without a Tunnel connection.
 """
 
 import random
@@ -20,7 +27,7 @@ from ..proto import control
 from ..proto.address import format_address
 from ..proto.backoff import Backoff
 from ..proto.mux import GOAWAY_NORMAL
-from ..proto.serverset import plan
+from ..proto.serverset import Link, plan
 from .net import describe, resolve_all
 from .upkeep import utcnow
 
@@ -41,12 +48,15 @@ class ServerLink:
         self.retry_at = None  # monotonic
         self.session = None
         self.retired = Event()
+        self.replace = Event()  # the staged identity was accepted: move this worker to it
+        self.identity = None  # the staged IdentityResult this worker dials with, None: current
+        self.staged = key.index is None  # the staged worker of its address
         self.greenlet = None
 
     def fields(self):
         """The log fields that name this worker."""
         return dict(server_address=self.server, resolved_address=self.resolved,
-                    connection=self.key.index)
+                    connection="staged" if self.staged else self.key.index)
 
 
 class ServerLinks:
@@ -57,6 +67,8 @@ class ServerLinks:
         self.client = client
         self.windows = windows
         self.links = {}  # Link -> ServerLink, draining ones included until their worker ends
+        self.staged = {}  # (entry, address) -> the staged-identity ServerLink of that address
+        self.promoted = set()  # (entry, address) whose Server accepted the staged identity
         self.unresolved = {}  # entry -> why its last resolution failed (one warning per outage)
         self.timer = None
 
@@ -72,7 +84,11 @@ class ServerLinks:
         self.timer = gevent.spawn(self._resolve_loop, now=True)
 
     def established(self):
-        return any(link.state == "established" for link in self.links.values())
+        return any(link.state == "established" for link in self.all())
+
+    def all(self):
+        """Every worker, the staged ones last."""
+        return [*(link for _, link in sorted(self.links.items())), *self.staged.values()]
 
     def refresh(self):
         """Resolve every entry now; start the workers of new addresses, drain vanished ones."""
@@ -91,6 +107,46 @@ class ServerLinks:
         for key in add:
             link = self.links[key] = ServerLink(key)
             link.greenlet = gevent.spawn(self._worker, link)
+        self._stage({(k.entry, k.address) for k in running | set(add) if k not in drain})
+
+    def _stage(self, addresses):
+        """One staged worker per address while an identity is staged; none otherwise."""
+        staged = self.client.staged
+        if staged is None or staged.identity == self.client.identity:
+            addresses = set()
+            self.promoted.clear()
+        for where, link in list(self.staged.items()):
+            if staged is None or where not in addresses or \
+                    link.identity.identity != staged.identity:
+                link.retired.set()
+                del self.staged[where]
+        for entry, address in addresses - set(self.staged):
+            link = self.staged[entry, address] = ServerLink(Link(entry, address, None))
+            link.identity = staged
+            link.greenlet = gevent.spawn(self._worker, link)
+
+    def identity_for(self, link):
+        """The staged identity for a staged worker and for one whose address accepted it;
+        None (the current identity) otherwise."""
+        staged = self.client.staged
+        if staged is not None and (link.staged or (link.key.entry, link.key.address)
+                                   in self.promoted):
+            return staged
+        return None
+
+    def _accepted(self, link):
+        """The staged connection of `link`'s address is up: its workers move to the staged
+        identity (io/client.py logs it)."""
+        where = (link.key.entry, link.key.address)
+        if where in self.promoted:
+            return
+        self.promoted.add(where)
+        self.client.log.info("client-identity-staged-accepted", **link.fields(),
+                             client_identity=link.identity.identity,
+                             replacing=sum(1 for k in self.links if (k.entry, k.address) == where))
+        for key, other in self.links.items():
+            if (key.entry, key.address) == where:
+                other.replace.set()
 
     def _resolve(self, entry):
         """The addresses of `entry`; None when resolving failed (logged once per outage)."""
@@ -128,7 +184,7 @@ class ServerLinks:
         return interval
 
     def stop(self):
-        gevent.killall([g for g in [self.timer, *(link.greenlet for link in self.links.values())]
+        gevent.killall([g for g in [self.timer, *(link.greenlet for link in self.all())]
                         if g is not None], block=False)
 
     # -- one worker --
@@ -148,15 +204,25 @@ class ServerLinks:
         while not (client.stopping.is_set() or link.retired.is_set()):
             link.state = "connecting"
             went_away = False
+            link.identity = self.identity_for(link)
+            link.replace.clear()
             try:
                 session = client._connect(link, failures, down_since)
             except Unauthorized:
                 failures += 1
                 link.last_error = "unauthorized client identity"
-                log.error("tunnel-connection-unauthorized", **link.fields(),
-                          client_identity=client.identity, attempt=failures,
-                          reason=f"unauthorized client identity {client.identity}: the "
-                                 "Server's Tunnels do not list it")
+                identity = (link.identity or client).identity
+                if link.staged:  # expected until the operator lists it: not an error yet
+                    log.info("tunnel-connection-staged-refused", **link.fields(),
+                             client_identity=identity, attempt=failures,
+                             reason=f"staged client identity {identity} not listed by the "
+                                    "Server yet (expected while staged; the current identity "
+                                    "keeps serving)")
+                else:
+                    log.error("tunnel-connection-unauthorized", **link.fields(),
+                              client_identity=identity, attempt=failures,
+                              reason=f"unauthorized client identity {identity}: the "
+                                     "Server's Tunnels do not list it")
             except MaterialError as exc:
                 failures += 1
                 link.last_error = str(exc)
@@ -180,13 +246,24 @@ class ServerLinks:
                 client.sessions.add(session)
                 link.state, link.session, link.connected_since = "established", session, utcnow()
                 state.inc()
+                if link.staged:
+                    self._accepted(link)
+                elif link.identity is None and (link.key.entry, link.key.address) in self.promoted:
+                    link.replace.set()  # accepted while this one was dialing
                 gevent.wait([session.closed, session.peer_going_away, client.stopping,
-                             link.retired], count=1)
+                             link.retired, link.replace], count=1)
                 if client.stopping.is_set():
                     break  # the Client's own drain (io/client.py) owns the session now
                 state.dec()
                 link.session, link.connected_since = None, None
                 down_since = time.monotonic()
+                if link.replace.is_set() and not (session.closed.is_set() or
+                                                  link.retired.is_set()):
+                    log.info("tunnel-connection-replaced", **link.fields(),
+                             reason="the staged client identity was accepted")
+                    session.go_away()
+                    gevent.spawn(self._retire, session, client.config.graceful_shutdown_duration)
+                    continue  # dial again at once: the staged connection serves meanwhile
                 # A Server stopping or handing over says go away (normal) before it closes.
                 went_away = session.go_away_reason == GOAWAY_NORMAL
                 if link.retired.is_set() and not session.closed.is_set():
