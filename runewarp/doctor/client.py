@@ -67,12 +67,16 @@ def _trust(cfg):
         yield ok("server-trust", "the system CA store checks the Server certificate")
         return True
     try:
-        ca = material.load_certificate(cfg.server_ca_file)
+        cas = material.load_certificates(cfg.server_ca_file)
     except MaterialError as exc:
         yield fail("server-trust", str(exc), f"copy the Server's server-ca.crt (in its cert-dir) "
                                              f"to {cfg.server_ca_file}")
         return False
-    yield ok("server-trust", f"only {cfg.server_ca_file} ({ca.subject.rfc4514_string()})")
+    # A bundle (server-ca-bundle.crt of a staged CA rotation) trusts each of its CAs.
+    names = "; ".join(f"{ca.subject.rfc4514_string()} until {ca.not_valid_after_utc:%Y-%m-%d}"
+                      for ca in cas)
+    counted = f"{len(cas)} CAs: " if len(cas) > 1 else ""
+    yield ok("server-trust", f"only {cfg.server_ca_file} ({counted}{names})")
     return True
 
 

@@ -23,7 +23,7 @@ from .visitor import (MAX_VISITOR_CERT_DAYS, VISITOR_CA_CERT, VISITOR_CERT_DAYS,
 from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, pin
 from .x509 import (CA_DAYS, LEAF_DAYS, certificate_serial, client_identity, identity_of_certificate,
                    identity_of_certificate_der, key_permission_problem, key_permission_problems, leaf_not_after,
-                   load_certificate, make_self_signed)
+                   load_certificate, load_certificates, make_self_signed)
 
 __all__ = [
     "CA_DAYS", "CERT_MODE", "CLIENT_CERT", "CLIENT_IDENTITY", "CLIENT_KEY", "DIR_MODE",
@@ -33,7 +33,7 @@ __all__ = [
     "atomic_write", "certificate_serial", "client_identity", "client_key_files", "ensure_dir",
     "identity_needs_renewal", "identity_of_certificate", "identity_of_certificate_der", "init_identity",
     "init_public_certs", "init_server_cert", "key_permission_problem", "key_permission_problems",
-    "leaf_not_after", "load_certificate", "load_identity_paths", "load_public_cert_paths",
+    "leaf_not_after", "load_certificate", "load_certificates", "load_identity_paths", "load_public_cert_paths",
     "load_server_cert_paths", "make_self_signed", "pin", "public_cert_folder", "public_cert_renewable",
     "renew_identity", "renew_public_certs", "renew_server_cert", "rotate_identity", "rotate_public_ca",
     "rotate_server_ca", "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",

@@ -101,13 +101,18 @@ def _read(path: Path, hint: str | None = None, shown: Path | None = None) -> byt
         raise MaterialError(f"{shown}: cannot read: {e.strerror or e}") from e
 
 
-def _load_cert(path: Path, hint: str | None = None, shown: Path | None = None) -> x509.Certificate:
-    """First certificate of a PEM file (the leaf of a chain file)."""
+def _load_certs(path: Path, hint: str | None = None, shown: Path | None = None) -> list[x509.Certificate]:
+    """Every certificate of a PEM file, in file order (a chain, or a bundle of CAs)."""
     data = _read(path, hint, shown)
     try:
-        return x509.load_pem_x509_certificates(data)[0]
+        return x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise MaterialError(f"{shown or path}: not a valid PEM certificate: {e}") from e
+
+
+def _load_cert(path: Path, hint: str | None = None, shown: Path | None = None) -> x509.Certificate:
+    """First certificate of a PEM file (the leaf of a chain file)."""
+    return _load_certs(path, hint, shown)[0]
 
 
 def _load_key(path: Path, hint: str | None = None, shown: Path | None = None) -> ec.EllipticCurvePrivateKey:
@@ -282,6 +287,11 @@ def read_ca(view, cert_rel: str, key_rel: str, what: str, fix: str):
 def load_certificate(cert_path: Path) -> x509.Certificate:
     """The first certificate of a PEM file (the leaf of a chain file)."""
     return _load_cert(Path(cert_path))
+
+
+def load_certificates(cert_path: Path) -> list[x509.Certificate]:
+    """Every certificate of a PEM file: a CA bundle (server-ca-file) may hold several."""
+    return _load_certs(Path(cert_path))
 
 
 

@@ -120,7 +120,7 @@ class Rotation:
         return sorted(m["client_identity"] for m in self.status("server")["tunnels"][0]["members"])
 
     def cli(self, *args, check=True):
-        return run_cli(*args, check=check)
+        return run_cli(*args, check=check, env=self.deployment.env)
 
 
 def wait_until(predicate, timeout=20, what="condition"):
@@ -205,6 +205,9 @@ def test_server_ca_rotation_under_load_has_no_failed_visitor(deployment, backend
         text = node.client_path.read_text()
         node.client_path.write_text(text.replace('"server-cert/server-ca.crt"', f'"{bundle}"'))
         node.client.wait_for("client-reloaded", start=mark)
+        doctor = node.cli("doctor", "client", "-c", node.client_path, check=False)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert f"only {bundle} (2 CAs: " in doctor.stdout, doctor.stdout
         node.cli("server", "cert", "rotate-ca", "--commit", "--dir", cert_dir)
         handshake_leaf(deployment.public_port, bundle).verify_directly_issued_by(next_ca)
         # The Client dials one more Tunnel connection: it verifies the new leaf by the bundle.
@@ -220,3 +223,38 @@ def test_server_ca_rotation_under_load_has_no_failed_visitor(deployment, backend
     load.check(at_least=40)
     assert node.gaps == [], node.gaps[:5]
     assert not node.client.count("CERTIFICATE_VERIFY_FAILED|tunnel-connection-failed")
+
+
+def test_abort_of_either_rotation_leaves_the_running_state_unchanged(deployment, backend):
+    node = Rotation(deployment, backend)
+    cert_dir = deployment.cert_dir
+    leaf = (cert_dir / "server.crt").read_bytes()
+    before = node.established()
+    load = Load(deployment.public_port, backend.ca)
+    try:
+        time.sleep(1)
+        node.cli("client", "identity", "rotate", "--stage", "--dir", node.identity_dir)
+        node.client.wait_for("tunnel-connection-staged-refused")
+        node.cli("server", "cert", "rotate-ca", "--stage", "--dir", cert_dir)
+        mark = len(node.client.lines)
+        assert node.cli("client", "identity", "rotate", "--abort", "--dir",
+                        node.identity_dir).stdout.strip() == node.identity
+        node.cli("server", "cert", "rotate-ca", "--abort", "--dir", cert_dir)
+        node.client.wait_for("client-reloaded", start=mark)
+        time.sleep(1.5)  # past a retry of the staged worker, had it survived
+        tried = node.client.count("tunnel-connection-staged-refused")
+        time.sleep(1.5)
+        assert node.client.count("tunnel-connection-staged-refused") == tried
+        handshake_leaf(deployment.public_port, cert_dir / "server-ca.crt")
+    finally:
+        load.stop()
+        node.stop_watching()
+    load.check(at_least=40)
+    assert node.gaps == [], node.gaps[:5]
+    assert (cert_dir / "server.crt").read_bytes() == leaf
+    assert material.show_identity(node.identity_dir) == node.identity
+    assert node.members() == [node.identity]
+    after = node.established()
+    assert [(s["connected_since"], s["client_identity"]) for s in after] == \
+        [(s["connected_since"], s["client_identity"]) for s in before]
+    assert not node.client.count("tunnel-connection-(lost|replaced|draining)")
