@@ -72,6 +72,7 @@ class Client(ClientStreams):
         self.splices = Splices(SpliceTimeouts.from_limits(config.limits))
         self.saturation = RateLimitedWarning(log, "client-saturated")
         self.sessions = set()
+        self.staged = None  # the staged identity (material.IdentityResult) while one is staged
         self.stopping = Event()
         self.on_file_change = lambda path: None  # the lifecycle's, for watch-config
         self.file_watch = FileWatch(lambda path: self.on_file_change(path))
@@ -211,8 +212,7 @@ class Client(ClientStreams):
         except MaterialError as exc:
             self.log.warn("client-identity-staged-unusable", reason=str(exc))
             return None
-        before = getattr(self, "staged", None)
-        if staged is not None and (before is None or before.identity != staged.identity):
+        if staged is not None and (self.staged is None or self.staged.identity != staged.identity):
             self.log.info("client-identity-staged", client_identity=staged.identity,
                           current_identity=self.identity)
         return staged

@@ -126,13 +126,16 @@ class ServerLinks:
             link.greenlet = gevent.spawn(self._worker, link)
 
     def identity_for(self, link):
-        """The staged identity for a staged worker and for one whose address accepted it;
-        None (the current identity) otherwise."""
+        """The staged identity for a worker whose address accepted it; None (the current
+        identity) otherwise.  A staged worker keeps the identity it was started with."""
         staged = self.client.staged
-        if staged is not None and (link.staged or (link.key.entry, link.key.address)
-                                   in self.promoted):
+        if staged is not None and (link.key.entry, link.key.address) in self.promoted:
             return staged
         return None
+
+    def _still_staged(self, link):
+        staged = self.client.staged
+        return staged is not None and staged.identity == link.identity.identity
 
     def _accepted(self, link):
         """The staged connection of `link`'s address is up: its workers move to the staged
@@ -204,7 +207,10 @@ class ServerLinks:
         while not (client.stopping.is_set() or link.retired.is_set()):
             link.state = "connecting"
             went_away = False
-            link.identity = self.identity_for(link)
+            if link.staged and not self._still_staged(link):
+                break  # unstaged by a reload whose refresh has not run yet
+            if not link.staged:
+                link.identity = self.identity_for(link)
             link.replace.clear()
             try:
                 session = client._connect(link, failures, down_since)

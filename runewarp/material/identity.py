@@ -136,7 +136,7 @@ def staged_identity(identity_dir: Path) -> IdentityResult | None:
 def commit_identity(identity_dir: Path) -> str:
     """The staged identity becomes current; the previous key is removed.  The new identity."""
     staged = staged_identity(identity_dir)
-    commit(identity_dir)  # MaterialError when nothing is staged
+    commit(identity_dir, keep_previous=False)  # MaterialError when nothing is staged
     return staged.identity
 
 

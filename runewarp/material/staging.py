@@ -3,9 +3,8 @@
 A rotation without a gap first writes the whole next set as a version folder that
 the ``next`` symlink names (`stage`); ``current`` stays in force, and a reader that
 wants the staged set reads ``next/<name>``.  `commit` makes that version
-``current`` with one ``rename`` and removes the previous one (its key included);
-`abort` drops the staged version.  Same folder, same versions, same lock as every
-update (store.py): no second layout.
+``current`` with one ``rename``; `abort` drops it.  Same folder, same versions,
+same lock as every update (store.py): no second layout.
 """
 
 from __future__ import annotations
@@ -91,8 +90,10 @@ def _staged_or_fail(root: Path, verb: str) -> View:
     return view
 
 
-def commit(root: Path) -> None:
-    """Make the staged set current in one rename and remove the previous set."""
+def commit(root: Path, keep_previous: bool = True) -> None:
+    """Make the staged set current in one rename.  The previous set stays as a rollback
+    point, pruned like an update's (store.PRUNE_AFTER), or goes at once without
+    `keep_previous` (a rotated-away key should not linger)."""
     root = Path(root)
     with _writing(root):
         view = _staged_or_fail(root, "commit")
@@ -101,9 +102,9 @@ def commit(root: Path) -> None:
                 _link(root, rel)
         _set_link(root, "current", view.staged)
         os.unlink(root / NEXT)
-        if view.version is not None:
+        if view.version is not None and not keep_previous:
             shutil.rmtree(root / view.version, ignore_errors=True)
-        _prune(root, {view.staged})
+        _prune(root, {view.staged, view.version})
 
 
 def abort(root: Path) -> None:
