@@ -5,8 +5,10 @@ Server → Client → TLS backend the whole time, and not one of them may fail.
 (b) Server CA: stage, publish the bundle to the Client, commit; new handshakes show the
     new issuer.
 (c) --abort of either leaves the running state as it was.
+Bad steps (--commit with nothing staged, --stage twice) are in tests/test_material_staging.py.
 """
 
+import contextlib
 import json
 import re
 import signal
@@ -23,43 +25,39 @@ from runewarp import material
 from ..conftest import SERVER_HOSTNAME, Proc, free_port, run_cli
 from .helpers import body_of, get, tls_visit
 from .peers import APP
+from .test_handover import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-class Load:
-    """Visitors at about `rate` per second on a few threads, each body checked."""
+class Visitor:
+    """One Visitor through Server → Client → TLS backend, its body checked, then a pause:
+    test_handover.Load's three threads make about 20 Visitors a second."""
 
-    def __init__(self, port, ca, rate=20, threads=2):
-        self.port, self.ca, self.pause = port, ca, threads / rate
-        self.done = threading.Event()
-        self.served, self.failures = 0, []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for thread in self.threads:
-            thread.start()
+    def __init__(self, port, ca, pause=0.15):
+        self.port, self.ca, self.pause = port, ca, pause
 
-    def _run(self):
-        while not self.done.is_set():
-            try:
-                _, response = tls_visit(self.port, APP, self.ca, get("/", APP), timeout=10)
-                assert body_of(response) == b"backend=app\n", response[:200]
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
-                with self.lock:
-                    self.failures.append(repr(exc))
-            else:
-                with self.lock:
-                    self.served += 1
-            self.done.wait(self.pause)
+    def visit(self):
+        _, response = tls_visit(self.port, APP, self.ca, get("/", APP), timeout=10)
+        assert body_of(response) == b"backend=app\n", response[:200]
+        time.sleep(self.pause)
 
-    def stop(self):
-        self.done.set()
-        for thread in self.threads:
-            thread.join(15)
 
-    def check(self, at_least):
-        assert self.failures == [], self.failures[:5]
-        assert self.served >= at_least, self.served
+@contextlib.contextmanager
+def under_load(node):
+    """Visitors the whole time; on a clean exit: none failed, and the Client never was
+    without an established Tunnel connection."""
+    load = Load(Visitor(node.deployment.public_port, node.backend.ca))
+    try:
+        time.sleep(1)
+        yield load
+        time.sleep(1)
+    finally:
+        load.stop()
+        node.stop_watching()
+    assert load.failures == [], load.failures[:5]
+    assert load.served >= 40, load.served
+    assert node.gaps == [], node.gaps[:5]
 
 
 class Rotation:
@@ -135,9 +133,7 @@ def wait_until(predicate, timeout=20, what="condition"):
 def test_identity_rotation_under_load_has_no_failed_visitor_and_no_gap(deployment, backend):
     node = Rotation(deployment, backend)
     old = node.identity
-    load = Load(deployment.public_port, backend.ca)
-    try:
-        time.sleep(1)
+    with under_load(node):
         new = node.cli("client", "identity", "rotate", "--stage", "--dir",
                        node.identity_dir).stdout.strip()
         assert re.fullmatch(r"[0-9a-f]{64}", new) and new != old
@@ -165,12 +161,6 @@ def test_identity_rotation_under_load_has_no_failed_visitor_and_no_gap(deploymen
         wait_until(lambda: node.members() == [new], what="the staged connection drained")
         assert material.show_identity(node.identity_dir) == new
         assert not (node.identity_dir / "next").exists()
-        time.sleep(1)
-    finally:
-        load.stop()
-        node.stop_watching()
-    load.check(at_least=40)
-    assert node.gaps == [], node.gaps[:5]
     assert all(s["client_identity"] == new for s in node.established())
     assert not node.client.count("tunnel-connection-lost")
 
@@ -191,9 +181,7 @@ def test_server_ca_rotation_under_load_has_no_failed_visitor(deployment, backend
     node = Rotation(deployment, backend)
     cert_dir = deployment.cert_dir
     old_ca = material.load_certificate(cert_dir / "server-ca.crt")
-    load = Load(deployment.public_port, backend.ca)
-    try:
-        time.sleep(1)
+    with under_load(node):
         bundle = node.cli("server", "cert", "rotate-ca", "--stage", "--dir",
                           cert_dir).stdout.strip()
         assert bundle == str(cert_dir / "server-ca-bundle.crt")
@@ -216,12 +204,6 @@ def test_server_ca_rotation_under_load_has_no_failed_visitor(deployment, backend
         node.client_path.write_text(text.replace("[client]\n", "[client]\nconnections-per-server = 2\n", 1))
         node.client.wait_for("tunnel-connection-established .*connection=1", start=mark)
         wait_until(lambda: len(node.established()) == 2, what="two Tunnel connections")
-        time.sleep(1)
-    finally:
-        load.stop()
-        node.stop_watching()
-    load.check(at_least=40)
-    assert node.gaps == [], node.gaps[:5]
     assert not node.client.count("CERTIFICATE_VERIFY_FAILED|tunnel-connection-failed")
 
 
@@ -230,9 +212,7 @@ def test_abort_of_either_rotation_leaves_the_running_state_unchanged(deployment,
     cert_dir = deployment.cert_dir
     leaf = (cert_dir / "server.crt").read_bytes()
     before = node.established()
-    load = Load(deployment.public_port, backend.ca)
-    try:
-        time.sleep(1)
+    with under_load(node):
         node.cli("client", "identity", "rotate", "--stage", "--dir", node.identity_dir)
         node.client.wait_for("tunnel-connection-staged-refused")
         node.cli("server", "cert", "rotate-ca", "--stage", "--dir", cert_dir)
@@ -246,11 +226,6 @@ def test_abort_of_either_rotation_leaves_the_running_state_unchanged(deployment,
         time.sleep(1.5)
         assert node.client.count("tunnel-connection-staged-refused") == tried
         handshake_leaf(deployment.public_port, cert_dir / "server-ca.crt")
-    finally:
-        load.stop()
-        node.stop_watching()
-    load.check(at_least=40)
-    assert node.gaps == [], node.gaps[:5]
     assert (cert_dir / "server.crt").read_bytes() == leaf
     assert material.show_identity(node.identity_dir) == node.identity
     assert node.members() == [node.identity]
