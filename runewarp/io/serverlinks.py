@@ -69,6 +69,7 @@ class ServerLinks:
         self.links = {}  # Link -> ServerLink, draining ones included until their worker ends
         self.staged = {}  # (entry, address) -> the staged-identity ServerLink of that address
         self.promoted = set()  # (entry, address) whose Server accepted the staged identity
+        self.unstaged = set()  # staged workers retired by a commit or abort, until they end
         self.unresolved = {}  # entry -> why its last resolution failed (one warning per outage)
         self.timer = None
 
@@ -119,7 +120,7 @@ class ServerLinks:
             if staged is None or where not in addresses or \
                     link.identity.identity != staged.identity:
                 link.retired.set()
-                del self.staged[where]
+                self.unstaged.add(self.staged.pop(where))
         for entry, address in addresses - set(self.staged):
             link = self.staged[entry, address] = ServerLink(Link(entry, address, None))
             link.identity = staged
@@ -187,7 +188,8 @@ class ServerLinks:
         return interval
 
     def stop(self):
-        gevent.killall([g for g in [self.timer, *(link.greenlet for link in self.all())]
+        links = [*self.all(), *self.unstaged]
+        gevent.killall([g for g in [self.timer, *(link.greenlet for link in links)]
                         if g is not None], block=False)
 
     # -- one worker --
@@ -197,6 +199,7 @@ class ServerLinks:
         finally:
             if self.links.get(link.key) is link and link.retired.is_set():
                 del self.links[link.key]
+            self.unstaged.discard(link)
 
     def _run(self, link):
         client, log = self.client, self.client.log
