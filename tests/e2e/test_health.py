@@ -243,10 +243,11 @@ def test_with_no_healthy_member_visitors_are_dropped_quickly_and_counted(
 
 
 class NotTLS(TCPBackend):
-    """Accepts TCP, then closes without a byte: a TCP check passes, a TLS one fails."""
+    """Accepts TCP and reads, never answering: a TCP check passes, a TLS one times out."""
 
     def serve(self, conn):
-        pass
+        while conn.recv(4096):
+            pass
 
 
 def test_active_checks_flip_unhealthy_and_back_within_two_intervals(deployment, backends,
@@ -315,7 +316,9 @@ def test_a_reload_applies_unhealthy_after_and_health_check(deployment, backends,
     client_config(deployment, "client-a", one, check='{ interval = 1, timeout = 0.5, kind = "tcp" }')
     mark = reload_by_signal(client, "client-reloaded")
     one.stop()
+    stopped = time.monotonic()
     client.wait_for("service-unhealthy .*reason=.tcp check", start=mark, timeout=5)
+    assert time.monotonic() - stopped < 2.0  # interval = 1, not the default 5
     one.start()
     client.wait_for("service-healthy", start=mark, timeout=5)
     # kind = "tls" from a reload: a backend that accepts TCP but speaks no TLS fails it.
@@ -330,6 +333,40 @@ def test_a_reload_applies_unhealthy_after_and_health_check(deployment, backends,
         client_config(deployment, "client-a", not_tls,
                       check='{ interval = 1, timeout = 0.5, kind = "tls" }')
         mark = reload_by_signal(client, "client-reloaded")
-        client.wait_for("service-unhealthy .*reason=.tls check", start=mark, timeout=5)
+        client.wait_for("service-unhealthy .*reason=.tls check: deadline exceeded", start=mark,
+                        timeout=5)
     finally:
         not_tls.close()
+
+
+def test_a_new_tunnel_connection_and_a_later_hello_carry_the_unhealthy_services(
+        deployment, backends, material):
+    """The Server's view of a member starts from its hello: right after a welcome, and after
+    a later hello (a reload changed the Services), the Client says what is unhealthy."""
+    one, two = backends
+    identity = deployment.identity("client-a")
+    server = deployment.start_server([("apps", [A, "b.example.com"], [identity])],
+                                     extra="[server.limits]\nmember-wait = 0")
+    path = client_config(deployment, "client-a", one, "unhealthy-after = 1")
+    client = start_client(deployment, path)
+    one.stop()
+    assert visit(deployment.public_port, material.ca).backend is None
+    server.wait_for(f"tunnel-member-health .*unhealthy={A}")
+    # A second Tunnel connection (connections-per-server, by a reload) learns it at once.
+    client_config(deployment, "client-a", one, "unhealthy-after = 1\nconnections-per-server = 2")
+    reload_by_signal(client, "client-reloaded")
+    server.wait_count("tunnel-connection-established", 2)
+    server.wait_count(f"tunnel-member-health .*unhealthy={A}", 2)
+    # A reload that adds a Service sends a later hello, which resets the member's health on
+    # the Server; the service-health right behind it restores it.
+    text = path.read_text() + (f'\n[[client.services]]\npublic-hostnames = ["b.example.com"]\n'
+                               f'backend-address = "{two.address}"\n')
+    path.write_text(text)
+    mark = len(server.lines)
+    reload_by_signal(client, "client-reloaded")
+    server.wait_count("tunnel-member-updated", 2)
+    server.wait_count(f"tunnel-member-health .*unhealthy={A}", 4)
+    assert server.count(f"tunnel-member-health .*unhealthy={A}") == 4, server.log()
+    assert all("unhealthy=" in line for line in server.lines[mark:]
+               if "tunnel-member-health" in line)
+    assert visit(deployment.public_port, material.ca).backend is None  # A: still no one healthy
