@@ -117,6 +117,8 @@ class Health:
         """Send each Tunnel connection what changed since it was last told; `session`: only
         that one (it just connected, or with `fresh` just sent a hello: it knows nothing)."""
         now = self.unhealthy_now()
+        for gone in [s for s in self.reported if s.closed.is_set()]:
+            del self.reported[gone]
         if fresh:
             self.reported[session] = NOTHING_REPORTED
         for target in [session] if session is not None else list(self.reported):
@@ -174,6 +176,8 @@ class Health:
             return f"{check.kind if check else 'tcp'} check: deadline exceeded"
         except (OSError, ssl.SSLError) as exc:
             return f"{check.kind if check else 'tcp'} check: {describe(exc)}"
+        except Exception as exc:  # noqa: BLE001 - a backend's bytes never end the checker
+            return f"{check.kind if check else 'tcp'} check: unexpected {describe(exc)}"
         return None
 
     def _handshake(self, sock, hostname):
