@@ -22,7 +22,7 @@ from .proto.address import format_address
 VISITOR_OUTCOMES = (
     "routed", "unknown-hostname", "not-tls", "malformed-hello", "no-sni", "invalid-sni",
     "intake-deadline", "intake-too-large", "closed-early", "admission-full", "shed",
-    "no-tunnel-connection", "no-serving-member", "server-hostname-other-alpn",
+    "no-tunnel-connection", "no-serving-member", "no-healthy-member", "server-hostname-other-alpn",
     "active-streams-full", "stream-open-failed", "acme-challenge", "tunnel-connection",
     "socket-error", "proxy-header-invalid", "proxy-health-check", "aborted")
 # An intake rejection's reason (errors.IntakeRejected) as a Visitor outcome.
@@ -205,6 +205,10 @@ class ClientMetrics(_Metrics):
         self._connect = Histogram("runewarp_backend_connect_seconds",
                                   "Time to connect to a Local backend.", ["service"],
                                   buckets=_LATENCY_BUCKETS, registry=r)
+        self._healthy = Gauge("runewarp_service_healthy", "1 while this Client counts the "
+                              "Service healthy, 0 while the Server is told to skip it.",
+                              ["service"], registry=r)
+        self.service_healthy = lambda backend: True  # the Client's health (io/health.py)
         self.services = {}  # backend_address -> _ServiceSeries
         self.set_services(services)
 
@@ -218,6 +222,7 @@ class ClientMetrics(_Metrics):
                     self._streams.remove(label, outcome)
                 self._active.remove(label)
                 self._connect.remove(label)
+                self._healthy.remove(label)
                 del self.services[backend]
         for backend, label in new.items():
             if backend in self.services:
@@ -228,6 +233,8 @@ class ClientMetrics(_Metrics):
             series.connect_seconds = self._connect.labels(label)
             series.active = 0
             self._active.labels(label).set_function(lambda s=series: s.active)
+            self._healthy.labels(label).set_function(
+                lambda b=backend: 1 if self.service_healthy(b) else 0)
 
 
 def service_label(service):

@@ -41,10 +41,10 @@ def _server(doc):
             empty="(no Tunnels)"),
         "Pool members\n" + table(
             ("TUNNEL", "CLIENT IDENTITY", "INSTANCE", "PEER", "SERVES", "CONNECTED SINCE",
-             "ACTIVE STREAMS", "PING RTT"),
+             "ACTIVE STREAMS", "PING RTT", "UNHEALTHY"),
             [(t.get("name"), _prefix(m.get("client_identity")), m.get("instance"), m.get("peer"),
               _serves(m), m.get("connected_since"), m.get("active_streams"),
-              rtt(m.get("ping_rtt_seconds")))
+              rtt(m.get("ping_rtt_seconds")), _unhealthy(m))
              for t, m in members],
             empty="(no Tunnel connections)"),
     ]
@@ -59,6 +59,24 @@ def _serves(member):
     return ", ".join(names) if "hostnames" in member or "catch_all" in member else None
 
 
+def _unhealthy(member):
+    """What keeps Visitors off a pool member: the hostnames its Client reported unhealthy,
+    an overdue keepalive ping; None for a document without the fields (an older Server)."""
+    names = list(member.get("unhealthy_hostnames") or [])
+    if member.get("catch_all_unhealthy"):
+        names.append("(Catch-all)")
+    if member.get("ping_overdue"):
+        names.append("(ping overdue)")
+    return ", ".join(names) if names else None
+
+
+def _health(service):
+    """`healthy`/`unhealthy`, and the active check's kind when there is one."""
+    state = service.get("health")
+    check = service.get("health_check")
+    return f"{state} ({check} check)" if state and check else state
+
+
 def _client(doc):
     return [
         "Server connections\n" + table(
@@ -70,9 +88,10 @@ def _client(doc):
              for s in doc.get("servers") or []],
             empty="(no Server addresses)"),
         "Services\n" + table(
-            ("PUBLIC HOSTNAMES", "LOCAL BACKEND", "TLS MODE", "ACTIVE STREAMS"),
+            ("PUBLIC HOSTNAMES", "LOCAL BACKEND", "TLS MODE", "ACTIVE STREAMS", "HEALTH"),
             [(", ".join(s.get("public_hostnames") or []) or "(Catch-all)", s.get("backend"),
-              s.get("tls_mode"), s.get("active_streams")) for s in doc.get("services") or []],
+              s.get("tls_mode"), s.get("active_streams"), _health(s))
+             for s in doc.get("services") or []],
             empty="(no Services)"),
     ]
 

@@ -11,7 +11,7 @@ from . import shared
 from runewarp.proto.hostname import is_wildcard
 
 from .addresses import backend_address, normalize_hostname, server_address, unique_hostnames
-from .model import ClientConfig, ServiceConfig
+from .model import ClientConfig, HealthCheck, ServiceConfig
 from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
 from .reader import COMMAND_LINE, Context, join, type_name
 from .schema import SERVER_TRUSTS
@@ -83,6 +83,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         server_name=server_name,
         connections_per_server=ctx.setting(client, p, "connections-per-server"),
         resolve_interval=shared.positive(ctx, client, p, "resolve-interval"),
+        unhealthy_after=ctx.setting(client, p, "unhealthy-after"),
         server_trust=trust,
         server_ca_file=ca_file,
         identity_dir=identity_dir,
@@ -201,8 +202,30 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
         proxy_protocol = ctx.setting(entry, sp, "proxy-protocol")
         services.append(ServiceConfig(public_hostnames, address, tls_mode, proxy_protocol,
                                       _alpn(ctx, entry, sp, tls_mode),
-                                      _visitor_ca_file(ctx, entry, sp, tls_mode)))
+                                      _visitor_ca_file(ctx, entry, sp, tls_mode),
+                                      _health_check(ctx, entry, sp, tls_mode)))
     return tuple(services)
+
+
+def _health_check(ctx: Context, entry: dict, sp: str, tls_mode: str) -> HealthCheck | None:
+    """`health-check = { interval, timeout, kind }` (None without it): a check that could
+    outlast its interval would overlap the next one; a terminate Service's backend speaks
+    no TLS to hand-shake with."""
+    table = ctx.table(entry, sp, "health-check")
+    if table is None:
+        return None
+    p = join(sp, "health-check")
+    ctx.check_keys(table, p)
+    interval = shared.positive(ctx, table, p, "interval")
+    timeout = shared.positive(ctx, table, p, "timeout")
+    if timeout > interval:
+        raise ctx.error(join(p, "timeout"), f"must be at most interval ({interval:g} s); "
+                                            f"got {timeout:g}")
+    kind = ctx.setting(table, p, "kind")
+    if kind == "tls" and tls_mode == "terminate":
+        raise ctx.error(join(p, "kind"), '"tls" only with tls-mode = "passthrough" (a terminate '
+                                         "Service's Local backend speaks plaintext); use \"tcp\"")
+    return HealthCheck(interval, timeout, kind)
 
 
 # ALPN names a Service may not list: the Client answers acme-tls/1 validations itself (RFC 8737),

@@ -131,6 +131,15 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A Service's active check of its Local backend (`health-check`)."""
+
+    interval: float = default("client.services[].health-check.interval")
+    timeout: float = default("client.services[].health-check.timeout")
+    kind: str = default("client.services[].health-check.kind")
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """One `[[client.services]]` entry; no hostnames means Catch-all."""
 
@@ -140,6 +149,7 @@ class ServiceConfig:
     proxy_protocol: str | None = None  # "v1" or "v2": the header the Local backend reads first
     alpn: tuple[str, ...] | None = None  # terminate only; None there means the key table's default
     visitor_ca_file: Path | None = None  # terminate only: Visitors need a certificate from this CA
+    health_check: HealthCheck | None = None  # None: passive health only
 
     def __post_init__(self):
         if self.alpn is None and self.tls_mode == "terminate":
@@ -159,6 +169,7 @@ class ClientConfig:
     server_name: str | None = None  # None: the host of each server address
     connections_per_server: int = default("client.connections-per-server")
     resolve_interval: float = default("client.resolve-interval")
+    unhealthy_after: int = default("client.unhealthy-after")
     server_trust: str = default("client.server-trust")
     server_ca_file: Path | None = None
     identity_dir: Path

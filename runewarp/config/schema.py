@@ -15,6 +15,7 @@ LOG_FORMATS = ("text", "json")
 TLS_MODES = ("passthrough", "terminate")
 PROXY_PROTOCOLS = ("v1", "v2")
 SERVER_TRUSTS = ("system", "ca-file")
+HEALTH_CHECK_KINDS = ("tcp", "tls")
 DEFAULT_SERVER_PORT = 443
 MIB = 1024 * 1024
 # What a reload does with a changed key (docs/configuration.md, "What a reload changes").
@@ -207,6 +208,18 @@ KEYS: tuple[Key, ...] = (
     Key("client.resolve-interval", "seconds", 60.0, "seconds > 0",
         "how often each server-address hostname is resolved again: a new address gets its "
         "Tunnel connections, a vanished one is drained"),
+    Key("client.unhealthy-after", "integer", 3, "an integer >= 1",
+        "consecutive Local backend connect failures after which a Service is unhealthy on this "
+        "Client (the Server then places none of its streams here)", bounds=(1, None)),
+    Key("client.services[].health-check", "table", None, "see the health-check keys",
+        "an active check of the Local backend", shown="unset (passive only)"),
+    Key("client.services[].health-check.interval", "seconds", 5.0, "seconds > 0",
+        "seconds between two checks"),
+    Key("client.services[].health-check.timeout", "seconds", 2.0, "seconds > 0, at most interval",
+        "how long one check may take"),
+    Key("client.services[].health-check.kind", "string", "tcp", "tcp or tls",
+        "a TCP connect, or a TLS handshake with the Service's first hostname as SNI",
+        choices=HEALTH_CHECK_KINDS),
     Key("client.server-trust", "string", "system", "system or ca-file", "which CAs the Server certificate needs",
         choices=SERVER_TRUSTS, reload=NEW_CONNECTIONS),
     Key("client.server-ca-file", "path", None, "only with server-trust = ca-file; readable",

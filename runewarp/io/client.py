@@ -30,6 +30,7 @@ from ..tls import client_tunnel_context
 from .challenge import ChallengeResponder
 from .serverlinks import ServerLinks
 from .dial import dial
+from .health import Health
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
 from .splice import Splices, drain
@@ -57,6 +58,8 @@ class Client(ClientStreams):
                                      config.services)
         self.monitor = Monitor(config.metrics, "client", self, self.metrics, log)
         self.server_links = ServerLinks(self, reconnect_windows())
+        self.health = Health(self)
+        self.metrics.service_healthy = self.health.healthy
         self.acme = self.challenges = None
         if config.acme is not None:
             self.acme = AcmeCertificates(config.acme, config.terminate_hostnames, log, "client",
@@ -89,6 +92,7 @@ class Client(ClientStreams):
             self.log, "public-certificate-renewal-failed", stopped=self.stopping.is_set).start()
         if self.acme is not None:
             self.acme.start()
+        self.health.configure(self.config)
         self.server_links.start()
         self.monitor.start()
         self._follow_files()
@@ -129,6 +133,7 @@ class Client(ClientStreams):
         for session in list(self.sessions):
             session.close("client shutting down")
         self.server_links.stop()  # no timed wait: the process exits right after
+        self.health.stop()
         self.file_watch.close()
         if self.acme is not None:
             self.acme.stop()
@@ -143,8 +148,6 @@ class Client(ClientStreams):
         self.staged = self._staged_identity(config.identity_dir)
         announced = (self.services.hostnames, self.services.catch_all is not None)
         self.services = ServiceTable(config.services)
-        if (self.services.hostnames, self.services.catch_all is not None) != announced:
-            self._announce()
         self.metrics.set_services(config.services)
         self.metrics.forget_certificates("public", set(config.terminate_hostnames))
         self.public_certs = PublicCertificates(config.public_cert_dir, self.log, self.acme,
@@ -153,6 +156,11 @@ class Client(ClientStreams):
         self.public_certs.upkeep(config.terminate_hostnames, announce=True)
         self.splices.sweeper.timeouts = SpliceTimeouts.from_limits(config.limits)
         self.config = config
+        self.health.configure(config)
+        if (self.services.hostnames, self.services.catch_all is not None) != announced:
+            self._announce()
+        else:
+            self.health.report()  # a Service moved to another backend, or was removed
         self.log.configure(config.log_level, config.log_format)
         self._follow_files()
         self.server_links.reload()  # connections-per-server and resolve-interval
@@ -199,7 +207,10 @@ class Client(ClientStreams):
                     if not any(key.entry == entry for key in self.server_links.links)]
         services = [{"public_hostnames": sorted(s.public_hostnames),
                      "backend": service_label(s), "tls_mode": s.tls_mode,
-                     "active_streams": self.metrics.services[s.backend_address].active}
+                     "active_streams": self.metrics.services[s.backend_address].active,
+                     "health": "healthy" if self.health.healthy(s.backend_address)
+                     else "unhealthy",
+                     "health_check": s.health_check.kind if s.health_check else None}
                     for s in self.config.services]
         return {"servers": servers, "services": services,
                 "certificates": certificate_entries(self.metrics)}
@@ -254,16 +265,22 @@ class Client(ClientStreams):
         self._check_mirroring(link, tunnel.welcome)
         gevent.spawn(drain_control, tunnel.stream, tunnel.decoder, self.log)
         tunnel.session.control = tunnel.stream
+        self.health.report(tunnel.session)  # right after the welcome: what is unhealthy now
         return tunnel.session
 
     def _announce(self):
         """Services changed by a reload: a later hello on every control stream, since the
-        Server places Visitors only by the hostnames a hello lists (docs/protocol.md)."""
+        Server places Visitors only by the hostnames a hello lists (docs/protocol.md).  The
+        hello resets the member's health on the Server: the health that follows restores it."""
         line = control.encode(control.hello(__version__, self.instance, self.services.hostnames,
                                             self.services.catch_all is not None))
         for session in list(self.sessions):
             if session.control is not None:
-                gevent.spawn(_send_quietly, session.control, line)
+                gevent.spawn(self._hello_again, session, line)
+
+    def _hello_again(self, session, line):
+        if _send_quietly(session.control, line):
+            self.health.report(session, fresh=True)
 
     def _check_mirroring(self, link, welcome):
         """One warning per connect when the Tunnel's Public hostnames (the welcome's, from a
@@ -280,10 +297,12 @@ class Client(ClientStreams):
 
 
 def _send_quietly(stream, data):
+    """Whether `data` went out; a closing connection's replacement sends a fresh hello."""
     try:
         stream.sendall(data)
     except StreamAborted:
-        pass  # the connection is closing: its replacement sends a fresh hello
+        return False
+    return True
 
 
 def reconnect_windows():

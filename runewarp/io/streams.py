@@ -21,7 +21,7 @@ from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
 class ClientStreams:
     """The stream handler half of the Client (mixed into io.client.Client): it reads
     `config`, `services`, `handlers`, `splices`, `saturation`, `acme`, `public_certs`,
-    `metrics` and `log` from the Client.  Each Visitor stream counts one outcome."""
+    `metrics`, `health` and `log` from the Client.  Each Visitor stream counts one outcome."""
 
     def _on_stream(self, session, stream):
         if stream.id % 2 == 1:
@@ -82,7 +82,9 @@ class ClientStreams:
             self.log.warn("backend-connect-failed", public_hostname=hostname,
                           backend_address=format_address(service.backend_address),
                           reason=describe(exc))
+            self.health.connect_failed(service, describe(exc))
             return None
+        self.health.connect_succeeded(service)
         series.connect_seconds.observe(time.monotonic() - started)
         set_nodelay(sock)
         set_keepalive(sock)  # a backend host that vanished is noticed, and its stream freed

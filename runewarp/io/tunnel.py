@@ -21,6 +21,9 @@ WRITE_FAILURE_GRACE = 1.0
 # The ping that follows our go away.  Keepalive pings count up from 0 every 20 s or
 # more: they reach this value after 2,700 years.
 GO_AWAY_PING = 0xFFFFFFFF
+# Seconds a keepalive ping may go unanswered before the connection takes no new streams
+# (`ping_overdue`): far above any round trip, far below dead-peer.
+PING_OVERDUE = 3.0
 
 
 def _refuse_stream(_session, stream):
@@ -42,6 +45,8 @@ class TunnelSession:
                                    now=clock())
         self.max_frame_size = max_frame_size
         self.idle_timeout = idle_timeout
+        self.keepalive_interval = keepalive_interval
+        self.last_read = clock()  # when the peer's bytes last arrived
         self.on_stream = on_stream
         self.log = log
         self.streams = {}
@@ -166,7 +171,8 @@ class TunnelSession:
                     return
                 # One level check per read: below trace, the frames cost nothing extra.
                 on_frame = self._trace_received if log.enabled("trace") else None
-                for event in session.receive_data(data, self.clock(), on_frame):
+                self.last_read = now = self.clock()
+                for event in session.receive_data(data, now, on_frame):
                     self._dispatch(event)
                 if session.outbound_pending:
                     self._wake_writer()
@@ -218,6 +224,14 @@ class TunnelSession:
     def ping_rtt(self):
         """Seconds from the last keepalive ping to its ack; None before the first."""
         return self.session.ping_rtt
+
+    @property
+    def ping_overdue(self):
+        """Nothing from the peer for keepalive-interval + PING_OVERDUE: the keepalive ping
+        sent since has gone unanswered for at least PING_OVERDUE seconds (any byte, not
+        only the echo, proves the peer alive: an echo queued behind a busy stream's data
+        is late, not missing)."""
+        return self.clock() - self.last_read > self.keepalive_interval + PING_OVERDUE
 
     def _flush_quietly(self):
         """Best effort to deliver the go away the session queued; never raises.

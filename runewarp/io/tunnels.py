@@ -12,6 +12,7 @@ from gevent.event import AsyncResult, Event
 from OpenSSL import SSL
 
 from .. import __version__
+from ..logs import RateLimitedWarning
 from ..metrics import close_reason
 from ..errors import ControlError, IntakeRejected, MaterialError, StreamAborted, TLSClosed
 from ..proto import control
@@ -24,6 +25,10 @@ from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import read_control_messages
 from .upkeep import utcnow
+
+# While the only members serving a hostname are ping-overdue, member-wait looks again this
+# often: a late echo wakes nobody (unlike a join or a Client's service-health).
+OVERDUE_RECHECK = 0.5
 
 
 class TunnelMember:
@@ -46,26 +51,51 @@ class TunnelPool:
         self.placement = Placement()
         self.active_streams = 0  # routed streams of this Tunnel, held to its share
         self.joined = Event()  # set (and replaced) when a member joins: wakes member-wait
+        self.unhealthy_drops = None  # RateLimitedWarning, made on the first drop
 
     def join(self, member):
         self.members.append(member)
         self.changed()
 
     def changed(self):
-        """A member joined or serves more: wake the Visitors in member-wait to look again."""
+        """A member joined, serves more or became healthy: wake the Visitors in member-wait
+        to look again."""
         joined, self.joined = self.joined, Event()
         joined.set()
 
-    def place(self, hostname):
-        """A live member that serves `hostname`, or None."""
-        serving = [m for m in self.members if m.session.accepting and hostname in m.served]
-        return self.placement.choose(serving, lambda m: m.session.active_streams)
+    def _serving(self, hostname, exclude):
+        return [m for m in self.members
+                if m.session.accepting and hostname in m.served and m not in exclude]
 
-    def unplaced(self):
+    def place(self, hostname, exclude=()):
+        """A live, healthy member that serves `hostname` and is not in `exclude` (members
+        already tried), or None.  Healthy: its Client has not reported the hostname's
+        Service unhealthy, and its keepalive ping is not overdue (io/tunnel.py)."""
+        healthy = [m for m in self._serving(hostname, exclude)
+                   if m.served.healthy_for(hostname) and not m.session.ping_overdue]
+        return self.placement.choose(healthy, lambda m: m.session.active_streams,
+                                     lambda m: m.session.ping_rtt)
+
+    def unplaced(self, hostname, exclude=()):
         """Why `place` found nobody: the Visitor outcome."""
+        if self._serving(hostname, exclude):
+            return "no-healthy-member"
         if any(m.session.accepting for m in self.members):
             return "no-serving-member"
         return "no-tunnel-connection"
+
+    def overdue_only(self, hostname):
+        """Some member serving `hostname` is held back only by an overdue ping."""
+        return any(m.session.ping_overdue and m.served.healthy_for(hostname)
+                   for m in self._serving(hostname, ()))
+
+    def warn_unhealthy(self, log, hostname):
+        """One warning per Tunnel per 10 s while Visitors are dropped for want of a healthy
+        member (the scope is the Tunnel, never the Visitor's name)."""
+        if self.unhealthy_drops is None:
+            self.unhealthy_drops = RateLimitedWarning(log, "no-healthy-member")
+        self.unhealthy_drops.warn(self.name, time.monotonic(), tunnel=self.name,
+                                  public_hostname=hostname)
 
 
 class TunnelConnections:
@@ -84,14 +114,16 @@ class TunnelConnections:
         """member-wait: (a member of `pool` serving `hostname`, else None; the outcome then).
 
         A Visitor waits for a member to join (a Client restarting, or reconnecting after
-        a Server hand-over) at most `member-wait`, never beyond `client-hello`.  It holds
+        a Server hand-over) or to become healthy again (its Client's service-health, a
+        late keepalive echo) at most `member-wait`, never beyond `client-hello`.  It holds
         an intake slot meanwhile, so waiters count against intake-connections and
         intake-per-source like Visitors still reading, and a flood of them is shed or
-        refused the same way.  Woken by each join, never polling.
+        refused the same way.  Woken by each join and each recovery; only while a member
+        is held back by an overdue ping does it look again every OVERDUE_RECHECK.
         """
         wait = min(self.config.limits.member_wait, self.config.timeouts.client_hello)
         if wait <= 0:
-            return None, pool.unplaced()
+            return None, self._unplaced(pool, hostname)
         table = self.intake_slots  # a reload may replace it: release into this one
         slot = self._admit(table, "intake", sock, address)
         if slot is None:
@@ -102,14 +134,24 @@ class TunnelConnections:
             member = None
             while member is None and not slot.shed:
                 left = deadline - time.monotonic()
-                if left <= 0 or not pool.joined.wait(left):
+                if left <= 0:
+                    break
+                if pool.overdue_only(hostname):
+                    pool.joined.wait(min(left, OVERDUE_RECHECK))
+                elif not pool.joined.wait(left):
                     break
                 member = pool.place(hostname)
         finally:
             table.release(slot)
         if slot.shed:
             return None, "shed"
-        return member, None if member else pool.unplaced()
+        return member, None if member else self._unplaced(pool, hostname)
+
+    def _unplaced(self, pool, hostname):
+        outcome = pool.unplaced(hostname)
+        if outcome == "no-healthy-member":
+            pool.warn_unhealthy(self.log, hostname)
+        return outcome
 
     def _reauthorize(self, old_pools, snapshot):
         """After a reload: close the Tunnel connections `snapshot` no longer authorizes."""
@@ -295,13 +337,17 @@ class TunnelConnections:
 
     def _follow_control(self, stream, decoder, pool, member, messages):
         """Read the control stream after the hello.  A later hello (its Client reloaded its
-        Services) replaces the hostnames the member serves; other types are ignored (forward
-        compatible); a malformed line resets the control stream."""
+        Services) replaces the hostnames the member serves, a service-health which of them
+        are unhealthy; other types are ignored (forward compatible); a malformed line
+        resets the control stream."""
         try:
             while True:
                 for message in messages:
-                    if message.get("type") == "hello":
+                    kind = message.get("type")
+                    if kind == "hello":
                         self._update_member(pool, member, control.parse_hello(message))
+                    elif kind == "service-health":
+                        self._member_health(pool, member, control.parse_service_health(message))
                 messages = read_control_messages(stream, decoder)
         except StreamAborted:
             return
@@ -319,6 +365,19 @@ class TunnelConnections:
         if route is not None and route.name == pool.name:
             self._warn_drift(route, hello, member.identity, member.peer)
         pool.changed()
+
+    def _member_health(self, pool, member, change):
+        served = member.served
+        before = (served.unhealthy, served.catch_all_unhealthy)
+        served.apply(change)
+        if (served.unhealthy, served.catch_all_unhealthy) == before:
+            return
+        self.log.info("tunnel-member-health", tunnel=pool.name, peer=member.peer,
+                      client_identity=member.identity[:12], client_instance=member.instance,
+                      unhealthy=",".join(sorted(served.unhealthy)) or None,
+                      catch_all_unhealthy=served.catch_all_unhealthy or None)
+        if before[0] - served.unhealthy or before[1] > served.catch_all_unhealthy:
+            pool.changed()  # healthier: Visitors in member-wait may take it now
 
     def _warn_drift(self, route, hello, identity, peer):
         """One warning per connect naming the member, when its hostnames differ from the

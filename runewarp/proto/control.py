@@ -38,6 +38,16 @@ def hello(version, instance, hostnames, catch_all):
             "hostnames": list(hostnames), "catch_all": catch_all}
 
 
+def service_health(unhealthy=(), healthy=(), catch_all=None):
+    """The Services whose health changed, by their hostnames; `catch_all`: "unhealthy" or
+    "healthy" when the Catch-all Service changed (None leaves the field out)."""
+    message = {"type": "service-health", "unhealthy": sorted(unhealthy),
+               "healthy": sorted(healthy)}
+    if catch_all is not None:
+        message["catch_all"] = catch_all
+    return message
+
+
 def welcome(tunnel, version, public_hostnames=None):
     """`public_hostnames`: the Tunnel's, sent sorted; None leaves the field out, as a
     Server from before the field did."""
@@ -157,6 +167,19 @@ class Welcome:
     public_hostnames: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class ServiceHealthChange:
+    """A Client's `service-health`: hostnames whose Service became unhealthy or healthy;
+    `catch_all_unhealthy` is None (unchanged), True (became unhealthy) or False (healthy)."""
+
+    unhealthy: tuple[str, ...]
+    healthy: tuple[str, ...]
+    catch_all_unhealthy: bool | None = None
+
+
+HEALTH_STATES = ("unhealthy", "healthy")
+
+
 def _expect_type(message, expected):
     if not isinstance(message, dict) or message.get("type") != expected:
         got = message.get("type") if isinstance(message, dict) else type(message).__name__
@@ -205,6 +228,18 @@ def parse_hello(message: dict) -> Hello:
         raise ControlError(f"hello: field 'catch_all' must be true or false, "
                            f"got {type(catch_all).__name__}")
     return Hello(version, instance, hostnames, catch_all)
+
+
+def parse_service_health(message: dict) -> ServiceHealthChange:
+    """Check a decoded service-health; ControlError names the first field that is wrong."""
+    _expect_type(message, "service-health")
+    catch_all = message.get("catch_all")
+    if catch_all is not None and catch_all not in HEALTH_STATES:
+        raise ControlError("service-health: field 'catch_all' must be \"unhealthy\" or "
+                           "\"healthy\"")
+    return ServiceHealthChange(_hostnames(message, "service-health", "unhealthy"),
+                               _hostnames(message, "service-health", "healthy"),
+                               None if catch_all is None else catch_all == "unhealthy")
 
 
 def parse_welcome(message: dict) -> Welcome:

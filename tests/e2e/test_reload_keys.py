@@ -703,6 +703,11 @@ COVERED = {
     "client.services[].alpn": _ids("test_terminate_alpn.py", "test_a_reload_applies_alpn_to_the_next_handshake"),
     "client.services[].visitor-ca-file": _ids("test_visitor_certificates.py",
                                               "test_a_reload_that_adds_the_key_applies_to_the_next_handshake"),
+    "client.unhealthy-after": _ids("test_health.py", "test_a_reload_applies_unhealthy_after_and_health_check"),
+    "client.services[].health-check": _ids("test_health.py", "test_a_reload_applies_unhealthy_after_and_health_check"),
+    "client.services[].health-check.interval": _ids("test_health.py", "test_a_reload_applies_unhealthy_after_and_health_check"),
+    "client.services[].health-check.timeout": _ids("test_health.py", "test_a_reload_applies_unhealthy_after_and_health_check"),
+    "client.services[].health-check.kind": _ids("test_health.py", "test_a_reload_applies_unhealthy_after_and_health_check"),
 }
 
 
