@@ -130,6 +130,7 @@ XDIST_GROUPS = {
     "e2e/test_bad_peers.py": "timing",
     "e2e/test_ha.py": "timing",
     "e2e/test_handover.py": "timing",
+    "e2e/test_health.py": "timing",
     "e2e/test_lifecycle.py": "timing",
     "e2e/test_load_balancer.py": "timing",
     "e2e/test_placement.py": "timing",

@@ -84,11 +84,13 @@ tls-mode = "terminate"
 [[client.services]]
 public-hostnames = ["b.example.com"]
 backend-address = "[::1]:8443"
+health-check = { interval = 3, timeout = 1.5, kind = "tls" }
 """
 
 CLIENT_TERMINATE = """
 [client]
 server-address = "tunnel.example.com:4443"
+unhealthy-after = 5
 [[client.services]]
 public-hostnames = ["a.example.com"]
 backend-address = "127.0.0.1:8080"

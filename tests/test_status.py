@@ -76,7 +76,7 @@ def test_server_document_as_tables():
     assert row(text, "empty") == ["empty", "idle.example.com", "0", "0"]
     members = text.split("Pool members\n")[1]
     assert row(members, "apps") == ["apps", IDENTITY[:12], "8d94c8545fb5", "203.0.113.7:40122",
-                                    "app.example.com", "2026-09-20T23:10:05Z", "3", "2.1 ms"]
+                                    "app.example.com", "2026-09-20T23:10:05Z", "3", "2.1 ms", "-"]
     assert "api.example.com, (Catch-all)" in members.splitlines()[2]  # replicas side by side
     assert row(text, "server") == ["server", "tunnel.example.com", "2026-10-01T00:00:00Z", "9"]
     assert IDENTITY not in text  # the prefix is enough to tell members apart
@@ -92,8 +92,8 @@ def test_client_document_as_tables():
     assert row(text, "backup.example.com:443") == [
         "backup.example.com:443", "-", "-", "waiting", "-", "0", "connection refused\\x1b[2J",
         "1.5s"]
-    assert row(text, "app.example.com") == ["app.example.com", "127.0.0.1:8443", "passthrough", "2"]
-    assert row(text, "(Catch-all)") == ["(Catch-all)", "127.0.0.1:9000", "terminate", "0"]
+    assert row(text, "app.example.com") == ["app.example.com", "127.0.0.1:8443", "passthrough", "2", "-"]
+    assert row(text, "(Catch-all)") == ["(Catch-all)", "127.0.0.1:9000", "terminate", "0", "-"]
     assert row(text, "public") == ["public", "admin.example.com", "2026-09-01T00:00:00Z", "EXPIRED"]
     assert "\x1b" not in text
 

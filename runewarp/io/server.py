@@ -254,7 +254,10 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
                         "connected_since": rfc3339(m.connected_since),
                         "active_streams": max(0, m.session.active_streams - 1),  # not control
                         "ping_rtt_seconds": m.session.ping_rtt,
-                        "hostnames": sorted(m.served.names), "catch_all": m.served.catch_all}
+                        "hostnames": sorted(m.served.names), "catch_all": m.served.catch_all,
+                        "unhealthy_hostnames": sorted(m.served.unhealthy),
+                        "catch_all_unhealthy": m.served.catch_all_unhealthy,
+                        "ping_overdue": m.session.ping_overdue}
                        for m in (pool.members if pool else ())]
             tunnels.append({"name": route.name, "public_hostnames": sorted(route.public_hostnames),
                             "active_streams": pool.active_streams if pool else 0,

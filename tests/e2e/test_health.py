@@ -3,6 +3,7 @@ its own TLS Local backend, under a continuous bounded Visitor load (stdlib TLS V
 that check the body).  Passive detection, probing back, fail closed when no member is
 healthy, active checks, a stopped (SIGSTOP) member, and reloads of the health keys."""
 
+import json
 import shutil
 import signal
 import socket
@@ -255,7 +256,8 @@ def test_active_checks_flip_unhealthy_and_back_within_two_intervals(deployment, 
     one, _ = backends
     metrics = free_port()
     identity = deployment.identity("client-a")
-    server = deployment.start_server([("apps", [A], [identity])])
+    server = deployment.start_server([("apps", [A], [identity])],
+                                     extra=metrics_table("server", free_port()))
     path = client_config(deployment, "client-a", one, tables=metrics_table("client", metrics),
                          check='{ interval = 1, timeout = 0.5, kind = "tls" }')
     client = start_client(deployment, path)
@@ -268,6 +270,10 @@ def test_active_checks_flip_unhealthy_and_back_within_two_intervals(deployment, 
     assert time.monotonic() - stopped < 2.0
     server.wait_for(f"tunnel-member-health .*unhealthy={A}")
     assert value(metrics, gauge[0], **gauge[1]) == 0
+    document = json.loads(run_cli("server", "status", "-c", deployment.dir / "server.toml",
+                                  "--json").stdout)
+    (member,) = document["tunnels"][0]["members"]
+    assert (member["unhealthy_hostnames"], member["ping_overdue"]) == ([A], False)
     status = run_cli("client", "status", "-c", path)
     assert "unhealthy" in status.stdout, status.stdout
     one.start()

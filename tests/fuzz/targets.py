@@ -85,7 +85,8 @@ def control_target(data):
     try:
         for chunk in (data[:cut], data[cut:]):
             for message in decoder.feed(chunk):
-                for parse in (control.parse_hello, control.parse_welcome):
+                for parse in (control.parse_hello, control.parse_welcome,
+                              control.parse_service_health):
                     try:
                         parse(message)
                     except control.ControlError:
@@ -113,6 +114,7 @@ def _mux_frames():
 def _control_lines():
     return [control.encode(control.hello("1.0", "abc", ["a.example.com"], False)),
             control.encode(control.welcome("apps", "1.0")),
+            b'{"type":"service-health","unhealthy":["a.example.com"],"healthy":[]}\n',
             b'{"type":"x","a":[[[{"b":"\\u00e9"}]]]}\n']
 
 
