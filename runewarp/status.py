@@ -80,11 +80,11 @@ def _health(service):
 def _client(doc):
     return [
         "Server connections\n" + table(
-            ("SERVER ADDRESS", "RESOLVED ADDRESS", "CONN", "STATE", "SINCE", "ACTIVE STREAMS",
-             "LAST ERROR", "NEXT RETRY"),
-            [(s.get("address"), s.get("resolved_address"), s.get("connection"), s.get("state"),
-              s.get("connected_since"), s.get("active_streams"), s.get("last_error"),
-              _seconds(s.get("next_retry_seconds")))
+            ("SERVER ADDRESS", "RESOLVED ADDRESS", "CONN", "IDENTITY", "STATE", "SINCE",
+             "ACTIVE STREAMS", "LAST ERROR", "NEXT RETRY"),
+            [(s.get("address"), s.get("resolved_address"), s.get("connection"),
+              _prefix(s.get("client_identity")), s.get("state"), s.get("connected_since"),
+              s.get("active_streams"), s.get("last_error"), _seconds(s.get("next_retry_seconds")))
              for s in doc.get("servers") or []],
             empty="(no Server addresses)"),
         "Services\n" + table(
