@@ -56,9 +56,10 @@ class TunnelPool:
         joined, self.joined = self.joined, Event()
         joined.set()
 
-    def place(self, hostname):
-        """A live member that serves `hostname`, or None."""
-        serving = [m for m in self.members if m.session.accepting and hostname in m.served]
+    def place(self, hostname, exclude=()):
+        """A live member that serves `hostname`, not one of `exclude` (tried already), or None."""
+        serving = [m for m in self.members
+                   if m.session.accepting and hostname in m.served and m not in exclude]
         return self.placement.choose(serving, lambda m: m.session.active_streams)
 
     def unplaced(self):
