@@ -1,0 +1,197 @@
+"""Retry before the first byte, with real Server and Client processes: a Visitor placed on a
+member whose Local backend is down is placed again on another and its bytes replayed; a
+stream that already answered, or whose backend got bytes, is never replayed."""
+
+import shutil
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from runewarp.proto import clienthello
+
+from ..conftest import free_port
+from .helpers import ECHO, Backend, TCPBackend, curl, recv_exactly
+from .test_metrics import value
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+A = "a.example.com"
+RETRIES = "runewarp_visitor_retries_total"
+ROUTED = "runewarp_visitor_connections_total"
+
+
+def setup(deployment, services_a, services_b, limits=""):
+    """A Server (metrics on) and two Client instances of one Tunnel: (server, metrics port,
+    client a, client b).  `services_*`: each instance's (hostnames, backend) Services."""
+    identity = deployment.identity("client-a")
+    metrics = free_port()
+    server = deployment.start_server(
+        [("apps", [A, ECHO], [identity])],
+        extra=f'[server.limits]\n{limits}\n[server.metrics]\nbind-address = "127.0.0.1:{metrics}"')
+    first = deployment.start_client("client-a", services_a)
+    shutil.copytree(deployment.dir / "client-a", deployment.dir / "client-b", symlinks=True)
+    second = deployment.start_client("client-b", services_b)
+    server.wait_count("tunnel-connection-established", 2)
+    return server, metrics, first, second
+
+
+def load(deployment, ca, seconds=10.0, workers=4, rate=30.0):
+    """curl Visitors for `seconds` at about `rate` a second, each checking the body: the
+    failures (empty when every one was served)."""
+    deadline = time.monotonic() + seconds
+    interval = workers / rate
+    failures, count = [], [0]
+    lock = threading.Lock()
+
+    def worker():
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            result = curl(deployment.public_port, A, ca, timeout=10)
+            with lock:
+                count[0] += 1
+                if result.stdout != b"backend=good\n":
+                    failures.append((result.returncode, result.stderr))
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
+    return count[0], failures
+
+
+@pytest.fixture
+def good(tmp_path):
+    started = Backend(tmp_path, "good", [A])
+    yield started
+    started.stop()
+
+
+def test_every_visitor_that_lands_on_the_member_with_its_backend_down_is_served_by_the_other(
+        deployment, good):
+    down = f"127.0.0.1:{free_port()}"  # nothing listens: the Client's connect is refused
+    server, metrics, bad, _ = setup(deployment, [([A], down)], [([A], good.address)])
+    visitors, failures = load(deployment, good.ca)
+    assert visitors >= 150 and failures == [], failures[:3]
+    retried = value(metrics, RETRIES, result="retried")
+    # Placement alternates: about half the Visitors met the bad member first.
+    assert retried >= visitors // 4, (retried, visitors)
+    assert bad.count("backend-connect-failed") == retried
+    assert not value(metrics, RETRIES, result="given-up")
+    assert value(metrics, ROUTED, outcome="routed") == visitors
+    server.wait_for(r"visitor-retry .*public-hostname=a\.example\.com tunnel=apps "
+                    r"client-instance=\w+ stream=\d+ reason=failed-before-backend-data "
+                    r"retry-on=\w+")
+
+
+def test_without_retries_the_visitors_on_the_bad_member_fail(deployment, good):
+    down = f"127.0.0.1:{free_port()}"
+    _, metrics, _, _ = setup(deployment, [([A], down)], [([A], good.address)], "retries = 0")
+    visitors, failures = load(deployment, good.ca, seconds=3)
+    assert len(failures) >= visitors // 4, (len(failures), visitors)
+    assert not value(metrics, RETRIES, result="retried")
+
+
+def test_with_every_backend_down_visitors_are_dropped_at_once_and_counted(deployment, good):
+    down = [([A], f"127.0.0.1:{free_port()}")]
+    _, metrics, _, _ = setup(deployment, down, [([A], f"127.0.0.1:{free_port()}")])
+    for _ in range(6):
+        started = time.monotonic()
+        result = curl(deployment.public_port, A, good.ca, timeout=10)
+        assert result.returncode != 0 and time.monotonic() - started < 2.0, result
+    # Each Visitor tried one member, was placed on the other, then nobody was left.
+    assert value(metrics, RETRIES, result="retried") == 6
+    assert value(metrics, RETRIES, result="given-up") == 6
+
+
+class CountingBackend(TCPBackend):
+    """Reads the ClientHello, then answers one byte and closes (or resets without a byte)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.connections = 0
+        super().__init__()
+
+    def serve(self, conn):
+        self.connections += 1
+        conn.recv(65536)
+        if self.answer:
+            conn.sendall(b"!")
+        else:  # RST: the Client's splice fails and resets the stream, unmarked
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize("answer", [True, False], ids=["one-byte-then-close", "reset-no-byte"])
+def test_a_stream_whose_backend_got_the_bytes_is_never_replayed(deployment, answer):
+    backend = CountingBackend(answer)
+    try:
+        _, metrics, _, _ = setup(deployment, [([ECHO], backend.address)],
+                                 [([ECHO], backend.address)])
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
+                sock.sendall(clienthello.build(ECHO))
+                got = b""
+                while chunk := _recv(sock):
+                    got += chunk
+                assert got == (b"!" if answer else b"")
+        time.sleep(0.5)
+        assert backend.connections == 8
+        assert not value(metrics, RETRIES, result="retried")
+    finally:
+        backend.close()
+
+
+def _recv(sock):
+    try:
+        return sock.recv(65536)
+    except ConnectionResetError:
+        return b""
+
+
+class LateEchoBackend(TCPBackend):
+    """Reads for `delay` seconds before its first byte back, then echoes all it read."""
+
+    delay = 0.6
+
+    def serve(self, conn):
+        got = b""
+        conn.settimeout(self.delay)
+        try:
+            while data := conn.recv(65536):
+                got += data
+        except TimeoutError:
+            pass
+        conn.sendall(got)
+
+
+def test_bytes_sent_while_waiting_for_the_answer_are_forwarded_and_a_large_amount_ends_retry(
+        deployment):
+    """Bytes after the ClientHello are forwarded in order before the first byte back; beyond
+    retry-buffer the Visitor is no longer held (the bad member then fails it)."""
+    late = LateEchoBackend()
+    down = f"127.0.0.1:{free_port()}"
+    try:
+        _, metrics, bad, _ = setup(deployment, [([ECHO], down)], [([ECHO], late.address)],
+                                   "retry-buffer = 1024")
+        hello = clienthello.build(ECHO)
+        for _ in range(4):  # within retry-buffer: whichever member comes first, it is served
+            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
+                sock.sendall(hello)
+                time.sleep(0.2)
+                sock.sendall(b"x" * 100)
+                assert recv_exactly(sock, len(hello) + 100) == hello + b"x" * 100
+        retried = value(metrics, RETRIES, result="retried") or 0
+        assert retried >= 1 and bad.count("backend-connect-failed") == retried
+        failed = 0
+        for _ in range(8):  # the hello and 2 KiB in one write: over retry-buffer at once
+            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
+                sock.sendall(hello + b"y" * 2048)
+                got = b""
+                while chunk := _recv(sock):
+                    got += chunk
+                failed += got == b""
+        assert failed >= 1 and value(metrics, RETRIES, result="retried") == retried
+    finally:
+        late.close()
