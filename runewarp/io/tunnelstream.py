@@ -104,9 +104,14 @@ class MuxStream:
         return None
 
     @property
+    def answered(self):
+        """Bytes or the end came from the peer (a reset may follow them)."""
+        return bool(self._chunks) or self.eof
+
+    @property
     def readable(self):
         """try_recv() would return something now (bytes, the end, or the reset)."""
-        return bool(self._chunks) or self.eof or self.reset_reason is not None
+        return self.answered or self.reset_reason is not None
 
     def when_readable(self, callback):
         """Call `callback()` once when try_recv() would return something (None: cancel).

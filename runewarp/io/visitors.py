@@ -133,10 +133,12 @@ class VisitorPath:
         spliced = False
         try:
             header = proxyv2.encode(address[:2], local)
-            held = Held(header + taken.buffered, taken.size, taken.hello.consumed == taken.size,
+            envelope = header + taken.buffered
+            held = Held(envelope, taken.size, taken.hello.consumed == taken.size,
                         limits.retry_buffer)
             taken.release()
-            stream = self._open(member, held, hostname, route.name)
+            stream = self._open(member, (envelope,), hostname, route.name)
+            del envelope  # held, or not at all
             retries = Retries(limits.retries, accepted + self.config.timeouts.client_hello)
             while stream is not None and retries.possible(held, time.monotonic()):
                 why = self._first_answer(sock, stream, held, retries.deadline)
@@ -153,7 +155,7 @@ class VisitorPath:
                     break
                 self.metrics.visitor_retries["retried"].inc()
                 member = placed
-                stream = self._open(member, held, hostname, route.name)
+                stream = self._open(member, held.chunks, hostname, route.name)
             held.drop()
             if stream is None:
                 return "stream-open-failed"
@@ -188,9 +190,9 @@ class VisitorPath:
                 self.active_streams -= 1
                 pool.active_streams -= 1
 
-    def _open(self, member, held, hostname, tunnel):
-        """Open a stream on `member` and write the `held` bytes within ENVELOPE_DEADLINE;
-        the stream, or None when that failed."""
+    def _open(self, member, chunks, hostname, tunnel):
+        """Open a stream on `member` and write `chunks` (the envelope, or the bytes held for
+        a retry) within ENVELOPE_DEADLINE; the stream, or None when that failed."""
         try:
             stream = member.session.open_stream()
         except ProtocolError:
@@ -200,7 +202,7 @@ class VisitorPath:
         member.streams_placed += 1
         try:
             with gevent.Timeout(ENVELOPE_DEADLINE):
-                for chunk in held.chunks:
+                for chunk in chunks:
                     stream.sendall(chunk)
         except (gevent.Timeout, StreamAborted):
             stream.reset()
@@ -220,10 +222,10 @@ class VisitorPath:
         stream.when_readable(wake.set)
         try:
             while True:
+                if stream.answered:  # even with a reset behind the bytes: never replayed
+                    return None
                 if stream.reset_reason is not None:
                     return retry_reason(stream.reset_code, held.hello_only)
-                if stream.readable:
-                    return None
                 left = deadline - time.monotonic()
                 if left <= 0 or not wake.wait(left):
                     return None

@@ -107,7 +107,8 @@ def test_with_every_backend_down_visitors_are_dropped_at_once_and_counted(deploy
 
 
 class CountingBackend(TCPBackend):
-    """Reads the ClientHello, then answers one byte and closes (or resets without a byte)."""
+    """Reads the ClientHello, then resets the connection, after one byte or none: the
+    Client's splice fails and resets the stream, unmarked."""
 
     def __init__(self, answer):
         self.answer = answer
@@ -119,11 +120,10 @@ class CountingBackend(TCPBackend):
         conn.recv(65536)
         if self.answer:
             conn.sendall(b"!")
-        else:  # RST: the Client's splice fails and resets the stream, unmarked
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-@pytest.mark.parametrize("answer", [True, False], ids=["one-byte-then-close", "reset-no-byte"])
+@pytest.mark.parametrize("answer", [True, False], ids=["one-byte-then-reset", "reset-no-byte"])
 def test_a_stream_whose_backend_got_the_bytes_is_never_replayed(deployment, answer):
     backend = CountingBackend(answer)
     try:
@@ -135,7 +135,7 @@ def test_a_stream_whose_backend_got_the_bytes_is_never_replayed(deployment, answ
                 got = b""
                 while chunk := _recv(sock):
                     got += chunk
-                assert got == (b"!" if answer else b"")
+                assert got in ((b"!", b"") if answer else (b"",))  # the reset may overtake it
         time.sleep(0.5)
         assert backend.connections == 8
         assert not value(metrics, RETRIES, result="retried")
@@ -191,6 +191,7 @@ def test_bytes_sent_while_waiting_for_the_answer_are_forwarded_and_a_large_amoun
                 got = b""
                 while chunk := _recv(sock):
                     got += chunk
+                assert got in (b"", hello + b"y" * 2048)
                 failed += got == b""
         assert failed >= 1 and value(metrics, RETRIES, result="retried") == retried
     finally:
