@@ -3,6 +3,7 @@ member whose Local backend is down is placed again on another and its bytes repl
 stream that already answered, or whose backend got bytes, is never replayed."""
 
 import shutil
+import signal
 import socket
 import struct
 import threading
@@ -27,15 +28,20 @@ def setup(deployment, services_a, services_b, limits=""):
     """A Server (metrics on) and two Client instances of one Tunnel: (server, metrics port,
     client a, client b).  `services_*`: each instance's (hostnames, backend) Services."""
     identity = deployment.identity("client-a")
+    (deployment.dir / "client-a.identity").write_text(identity)  # for a reload's new config
     metrics = free_port()
-    server = deployment.start_server(
-        [("apps", [A, ECHO], [identity])],
-        extra=f'[server.limits]\n{limits}\n[server.metrics]\nbind-address = "127.0.0.1:{metrics}"')
+    server = deployment.start_server(*server_config(identity, metrics, limits))
     first = deployment.start_client("client-a", services_a)
     shutil.copytree(deployment.dir / "client-a", deployment.dir / "client-b", symlinks=True)
     second = deployment.start_client("client-b", services_b)
     server.wait_count("tunnel-connection-established", 2)
     return server, metrics, first, second
+
+
+def server_config(identity, metrics, limits):
+    """The Server's Tunnels and extra config (start_server's and server_config's arguments)."""
+    return ([("apps", [A, ECHO], [identity])],
+            f'[server.limits]\n{limits}\n[server.metrics]\nbind-address = "127.0.0.1:{metrics}"')
 
 
 def load(deployment, ca, seconds=10.0, workers=4, rate=30.0):
@@ -194,5 +200,40 @@ def test_bytes_sent_while_waiting_for_the_answer_are_forwarded_and_a_large_amoun
                 assert got in (b"", hello + b"y" * 2048)
                 failed += got == b""
         assert failed >= 1 and value(metrics, RETRIES, result="retried") == retried
+    finally:
+        late.close()
+
+
+def test_retries_and_retry_buffer_reloaded_apply_to_the_next_visitors(deployment):
+    late = LateEchoBackend()
+    late.delay = 0.2
+    down = f"127.0.0.1:{free_port()}"
+    hello = clienthello.build(ECHO)
+
+    def visits():
+        """Eight Visitors sending their hello and 2 KiB at once: how many were not served."""
+        failed = 0
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
+                sock.sendall(hello + b"y" * 2048)
+                got = b""
+                while chunk := _recv(sock):
+                    got += chunk
+                assert got in (b"", hello + b"y" * 2048)
+                failed += got == b""
+        return failed
+
+    try:
+        server, metrics, _, _ = setup(deployment, [([ECHO], down)], [([ECHO], late.address)],
+                                      "retries = 0")
+        assert visits() >= 1
+        for limits, failing in (("retries = 2\nretry-buffer = 1024", True), ("retries = 2", False)):
+            identity = (deployment.dir / "client-a.identity").read_text()
+            deployment.server_config(*server_config(identity, metrics, limits))
+            mark = len(server.lines)
+            server.signal(signal.SIGHUP)
+            server.wait_for("server-reloaded", start=mark)
+            assert (visits() >= 1) is failing, limits  # 2 KiB fits the default retry-buffer
+        assert value(metrics, RETRIES, result="retried") >= 1
     finally:
         late.close()
