@@ -125,10 +125,8 @@ class Context:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(path, f"expected an integer, got {type_name(value)}")
         low, high = bounds
-        if value < min(low, 1):  # a key whose bounds allow 0 (retries)
-            raise self.error(path, f"must be at least {low}; got {value}")
-        if value < 1 <= low:
-            raise self.error(path, f"must be at least 1; got {value}")
+        if value < min(low, 1):  # 1, or 0 for a key whose bounds allow it (retries)
+            raise self.error(path, f"must be at least {min(low, 1)}; got {value}")
         if high is not None and value > high:
             raise self.error(path, f"must be at most {high}; got {value}")
         if value < low:
