@@ -237,3 +237,45 @@ def test_retries_and_retry_buffer_reloaded_apply_to_the_next_visitors(deployment
         assert value(metrics, RETRIES, result="retried") >= 1
     finally:
         late.close()
+
+
+class SilentBackend(TCPBackend):
+    """Reads and never answers: the stream waits for its first byte."""
+
+    def serve(self, conn):
+        while conn.recv(65536):
+            pass
+
+
+@pytest.mark.parametrize("extra", [b"", b"early data"], ids=["hello-only", "hello-and-more"])
+def test_a_member_that_dies_before_the_answer_is_retried_only_after_a_hello_alone(
+        deployment, good, extra):
+    """The Client holding the stream is killed: the Server retries a Visitor that sent its
+    ClientHello alone on the other member; one that sent more is closed (its bytes may have
+    reached the backend)."""
+    silent = SilentBackend()
+    try:
+        identity = deployment.identity("client-a")
+        metrics = free_port()
+        server = deployment.start_server(
+            [("apps", [A], [identity])],
+            extra=f'[server.timeouts]\nclient-hello = 20\n[server.metrics]\n'
+                  f'bind-address = "127.0.0.1:{metrics}"')
+        doomed = deployment.start_client("client-a", [([A], silent.address)])
+        with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=20) as sock:
+            sock.sendall(clienthello.build(A) + extra)
+            doomed.wait_for("stream-routed")  # the silent backend holds the stream
+            shutil.copytree(deployment.dir / "client-a", deployment.dir / "client-b", symlinks=True)
+            deployment.start_client("client-b", [([A], good.address)])
+            server.wait_count("tunnel-connection-established", 2)
+            doomed.signal(signal.SIGKILL)
+            got = _recv(sock)
+        if extra:
+            assert got == b""
+            assert not value(metrics, RETRIES, result="retried")
+        else:
+            assert got  # the good backend's TLS answer
+            assert value(metrics, RETRIES, result="retried") == 1
+            server.wait_for("visitor-retry .*reason=tunnel-connection-closed")
+    finally:
+        silent.close()
