@@ -136,12 +136,8 @@ def test_a_stream_whose_backend_got_the_bytes_is_never_replayed(deployment, answ
         _, metrics, _, _ = setup(deployment, [([ECHO], backend.address)],
                                  [([ECHO], backend.address)])
         for _ in range(8):
-            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
-                sock.sendall(clienthello.build(ECHO))
-                got = b""
-                while chunk := _recv(sock):
-                    got += chunk
-                assert got in ((b"!", b"") if answer else (b"",))  # the reset may overtake it
+            got = exchange(deployment, clienthello.build(ECHO))
+            assert got in ((b"!", b"") if answer else (b"",))  # the reset may overtake it
         time.sleep(0.5)
         assert backend.connections == 8
         assert not value(metrics, RETRIES, result="retried")
@@ -154,6 +150,27 @@ def _recv(sock):
         return sock.recv(65536)
     except ConnectionResetError:
         return b""
+
+
+def exchange(deployment, data):
+    """A Visitor that sends `data` in one write: all it receives until the end."""
+    with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
+        sock.sendall(data)
+        got = b""
+        while chunk := _recv(sock):
+            got += chunk
+        return got
+
+
+def unserved(deployment, data, visitors=8):
+    """How many of `visitors` Visitors sending `data` were closed unserved; the others must
+    get it echoed (by a LateEchoBackend)."""
+    failed = 0
+    for _ in range(visitors):
+        got = exchange(deployment, data)
+        assert got in (b"", data)
+        failed += got == b""
+    return failed
 
 
 class LateEchoBackend(TCPBackend):
@@ -190,15 +207,7 @@ def test_bytes_sent_while_waiting_for_the_answer_are_forwarded_and_a_large_amoun
                 assert recv_exactly(sock, len(hello) + 100) == hello + b"x" * 100
         retried = value(metrics, RETRIES, result="retried") or 0
         assert retried >= 1 and bad.count("backend-connect-failed") == retried
-        failed = 0
-        for _ in range(8):  # the hello and 2 KiB in one write: over retry-buffer at once
-            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
-                sock.sendall(hello + b"y" * 2048)
-                got = b""
-                while chunk := _recv(sock):
-                    got += chunk
-                assert got in (b"", hello + b"y" * 2048)
-                failed += got == b""
+        failed = unserved(deployment, hello + b"y" * 2048)  # over retry-buffer at once
         assert failed >= 1 and value(metrics, RETRIES, result="retried") == retried
     finally:
         late.close()
@@ -208,32 +217,19 @@ def test_retries_and_retry_buffer_reloaded_apply_to_the_next_visitors(deployment
     late = LateEchoBackend()
     late.delay = 0.2
     down = f"127.0.0.1:{free_port()}"
-    hello = clienthello.build(ECHO)
-
-    def visits():
-        """Eight Visitors sending their hello and 2 KiB at once: how many were not served."""
-        failed = 0
-        for _ in range(8):
-            with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
-                sock.sendall(hello + b"y" * 2048)
-                got = b""
-                while chunk := _recv(sock):
-                    got += chunk
-                assert got in (b"", hello + b"y" * 2048)
-                failed += got == b""
-        return failed
+    sent = clienthello.build(ECHO) + b"y" * 2048
 
     try:
         server, metrics, _, _ = setup(deployment, [([ECHO], down)], [([ECHO], late.address)],
                                       "retries = 0")
-        assert visits() >= 1
+        assert unserved(deployment, sent) >= 1
         for limits, failing in (("retries = 2\nretry-buffer = 1024", True), ("retries = 2", False)):
             identity = (deployment.dir / "client-a.identity").read_text()
             deployment.server_config(*server_config(identity, metrics, limits))
             mark = len(server.lines)
             server.signal(signal.SIGHUP)
             server.wait_for("server-reloaded", start=mark)
-            assert (visits() >= 1) is failing, limits  # 2 KiB fits the default retry-buffer
+            assert (unserved(deployment, sent) >= 1) is failing, limits  # 2 KiB fits the default retry-buffer
         assert value(metrics, RETRIES, result="retried") >= 1
     finally:
         late.close()
