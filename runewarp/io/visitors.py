@@ -225,6 +225,8 @@ class VisitorPath:
                 if stream.answered:  # even with a reset behind the bytes: never replayed
                     return None
                 if stream.reset_reason is not None:
+                    if held.chunks is None:  # outgrew retry-buffer just before the reset
+                        return None
                     return retry_reason(stream.reset_code, held.hello_only)
                 left = deadline - time.monotonic()
                 if left <= 0 or not wake.wait(left):
