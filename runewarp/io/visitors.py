@@ -139,6 +139,12 @@ class VisitorPath:
             taken.release()
             stream = self._open(member, (envelope,), hostname, route.name)
             del envelope  # held, or not at all
+            if stream is None:
+                return "stream-open-failed"
+            started = time.monotonic()
+            self.log.debug("visitor-routed", visitor=format_address(address),
+                           public_hostname=hostname, tunnel=route.name,
+                           client_instance=member.instance, stream=stream.id)
             retries = Retries(limits.retries, accepted + self.config.timeouts.client_hello)
             while stream is not None and retries.possible(held, time.monotonic()):
                 why = self._first_answer(sock, stream, held, retries.deadline)
@@ -159,10 +165,6 @@ class VisitorPath:
             held.drop()
             if stream is None:
                 return "stream-open-failed"
-            self.log.debug("visitor-routed", visitor=format_address(address),
-                           public_hostname=hostname, tunnel=route.name,
-                           client_instance=member.instance, stream=stream.id)
-            started = time.monotonic()
             uploaded = held.size  # the Visitor's bytes sent before the splice
             series = self.metrics.tunnels[route.name]
             series.routed[pattern].inc()
