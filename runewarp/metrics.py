@@ -58,6 +58,7 @@ _CLOSE_REASONS = (("peer closed", "peer-closed"), ("no frame received", "idle-ti
                   ("write failed", "transport-error"),
                   ("identity no longer authorized", "unauthorized-after-reload"),
                   ("server shutting down", "server-stopping"))
+RETRY_RESULTS = ("retried", "given-up")  # runewarp_visitor_retries_total (docs/protocol.md)
 RELOAD_RESULTS = ("success", "failure")
 CERTIFICATE_KINDS = ("server", "public")
 DIRECTIONS = ("to-client", "to-visitor")
@@ -133,6 +134,10 @@ class ServerMetrics(_Metrics):
                              for e, reasons in TUNNEL_EVENT_REASONS.items() for reason in reasons}
         self.visitor_ech = Counter("runewarp_visitor_ech", "Visitor ClientHellos with an "
                                    "encrypted_client_hello extension (real or GREASE).", registry=r)
+        retries = Counter("runewarp_visitor_retries", "Streams reset retryably before their "
+                          "first byte back: placed on another member, or given up.", ["result"],
+                          registry=r)
+        self.visitor_retries = {x: retries.labels(x) for x in RETRY_RESULTS}
         self.intake_seconds = Histogram("runewarp_visitor_intake_seconds",
                                         "Accept to a complete ClientHello.",
                                         buckets=_LATENCY_BUCKETS, registry=r)

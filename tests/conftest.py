@@ -137,6 +137,7 @@ XDIST_GROUPS = {
     "e2e/test_metrics.py": "timing",
     "e2e/test_reload.py": "timing",
     "e2e/test_reload_keys.py": "timing",
+    "e2e/test_retry.py": "timing",
     "e2e/test_rotation.py": "timing",
     "io/test_watch.py": "timing",
     "e2e/test_passthrough.py::test_stalled_backend": "timing",

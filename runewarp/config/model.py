@@ -37,6 +37,8 @@ class Limits:
     stream_half_closed_timeout: float = _limit("stream-half-closed-timeout")
     stream_first_byte_timeout: float = _limit("stream-first-byte-timeout")
     member_wait: float = _limit("member-wait")
+    retries: int = _limit("retries")
+    retry_buffer: int = _limit("retry-buffer")
 
     def tunnel_share(self, tunnels: int) -> int:
         """Most streams one Tunnel may hold, so one tenant can exhaust only itself."""

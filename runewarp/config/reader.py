@@ -124,9 +124,9 @@ class Context:
         path = join(prefix, key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(path, f"expected an integer, got {type_name(value)}")
-        if value < 1:
-            raise self.error(path, f"must be at least 1; got {value}")
         low, high = bounds
+        if value < min(low, 1):  # 1, or 0 for a key whose bounds allow it (retries)
+            raise self.error(path, f"must be at least {min(low, 1)}; got {value}")
         if high is not None and value > high:
             raise self.error(path, f"must be at most {high}; got {value}")
         if value < low:

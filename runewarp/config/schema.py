@@ -137,6 +137,12 @@ _SERVER_LIMITS = (
     Key("limits.member-wait", "seconds", 5.0, "seconds >= 0 (0: off)",
         "seconds a Visitor waits for a Tunnel connection that serves its hostname (at most client-hello)",
         reload=NEW_CONNECTIONS),
+    Key("limits.retries", "integer", 2, "an integer 0-5 (0: off)",
+        "times a Visitor whose stream failed before any backend byte is placed on another member",
+        bounds=(0, 5), reload=NEW_CONNECTIONS),
+    Key("limits.retry-buffer", "integer", 64 * 1024, "an integer 1024-131072 (bytes)",
+        "Visitor bytes held for a retry until the first byte comes back; beyond it, no retry",
+        bounds=(1024, 128 * 1024), reload=NEW_CONNECTIONS),
     *_STREAM_LIMITS,
 )
 

@@ -1,7 +1,9 @@
 """The Client's streams: PROXY header → ClientHello → Service → Local backend → splice.
 
 Each stream the Server opens gets one handler from a bounded pool; passthrough
-forwards the buffered bytes, terminate completes the Visitor's TLS first.
+forwards the buffered bytes, terminate completes the Visitor's TLS first.  A stream
+refused before any byte reached a Local backend is reset with RESET_BEFORE_BACKEND,
+which lets the Server retry it on another member (docs/protocol.md).
 """
 
 import time
@@ -10,6 +12,7 @@ import gevent
 
 from ..errors import IntakeRejected, StreamAborted, TLSClosed
 from ..proto import proxyv2
+from ..proto.mux import RESET_BEFORE_BACKEND  # the Server may place these on another member
 from ..tls import ALPN_ACME, visitor_certificate_refused
 from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from ..proto.address import format_address
@@ -33,7 +36,7 @@ class ClientStreams:
             self.saturation.warn("active-streams", time.monotonic(),
                                  limit=self.config.limits.active_streams)
             self.metrics.unserved["handler-pool-full"].inc()
-            stream.reset()
+            stream.reset(RESET_BEFORE_BACKEND)
             return
         self.handlers.spawn(self._serve_stream, stream)
 
@@ -51,7 +54,7 @@ class ClientStreams:
                 outcome = "no-service"
                 self.log.debug("stream-rejected", public_hostname=taken.hostname,
                                reason="no-service")
-                stream.reset()
+                stream.reset(RESET_BEFORE_BACKEND)
                 return
             series = self.metrics.services[service.backend_address]
             outcomes = series.outcome
@@ -94,7 +97,7 @@ class ClientStreams:
         """Connect the backend and splice; the stream's outcome."""
         sock = self._connect_backend(service, series, taken.hostname)
         if sock is None:
-            stream.reset()
+            stream.reset(RESET_BEFORE_BACKEND)
             return "backend-connect-failed"
         first = taken.buffered  # the ClientHello, after any PROXY header: one send for both
         if service.proxy_protocol is not None:
@@ -142,7 +145,7 @@ class ClientStreams:
             return "visitor-certificate-refused" if refused else "terminate-handshake-failed"
         sock = self._connect_backend(service, series, taken.hostname)
         if sock is None:
-            stream.reset()
+            stream.reset(RESET_BEFORE_BACKEND)
             return "backend-connect-failed"
         if service.proxy_protocol is not None:  # before the first plaintext byte
             failed = self._write_first(stream, sock, service, taken.hostname, proxyv2.backend_header(

@@ -14,6 +14,7 @@ from gevent.event import Event
 
 from ..errors import ProtocolError
 from ..proto import mux
+from ..proto.retry import CONNECTION_CLOSED
 from .tunnelstream import OUTBOUND_HIGH_WATER, MuxStream
 
 READ_SIZE = 256 * 1024
@@ -109,7 +110,7 @@ class TunnelSession:
         self.go_away_settled.set()
         self.session.close()  # every stream's window growth goes back to the shared budget
         for stream in list(self.streams.values()):
-            stream._on_reset("tunnel connection closed")
+            stream._on_reset("tunnel connection closed", CONNECTION_CLOSED)
         self.streams.clear()
         self._drained.set()
         self._writer_wake.set()
@@ -204,7 +205,7 @@ class TunnelSession:
         elif isinstance(event, mux.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
-                stream._on_reset("reset by peer")
+                stream._on_reset("reset by peer", event.code)
         elif isinstance(event, mux.WindowUpdated):
             stream = self.streams.get(event.stream_id)
             if stream is not None:

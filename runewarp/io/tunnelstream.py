@@ -31,6 +31,7 @@ class MuxStream:
         self._writable = Event()
         self.eof = False
         self.reset_reason = None
+        self.reset_code = 0  # the peer's reset code (mux.RESET_*): RESET_BEFORE_BACKEND, retryable
         # Called once with the reason when the stream is reset: a splice whose reading
         # side already ended has no pump waiting here, and must still learn of it.
         self.on_reset = None
@@ -44,10 +45,11 @@ class MuxStream:
         self.eof = True
         self._became_readable()
 
-    def _on_reset(self, reason):
+    def _on_reset(self, reason, code=0):
         hook = None
         if self.reset_reason is None:
             self.reset_reason = reason
+            self.reset_code = code
             hook, self.on_reset = self.on_reset, None
         self._became_readable()
         self._writable.set()
@@ -101,12 +103,22 @@ class MuxStream:
             return b""
         return None
 
+    @property
+    def answered(self):
+        """Bytes or the end came from the peer (a reset may follow them)."""
+        return bool(self._chunks) or self.eof
+
+    @property
+    def readable(self):
+        """try_recv() would return something now (bytes, the end, or the reset)."""
+        return self.answered or self.reset_reason is not None
+
     def when_readable(self, callback):
         """Call `callback()` once when try_recv() would return something (None: cancel).
 
         It runs in the Tunnel reader greenlet, so it must not block.
         """
-        if callback is not None and (self._chunks or self.eof or self.reset_reason is not None):
+        if callback is not None and self.readable:
             callback()
         else:
             self._notify = callback
@@ -150,12 +162,13 @@ class MuxStream:
             self.tunnel._wake_writer()
             self.tunnel._maybe_forget(self.id)
 
-    def reset(self):
-        """Abort both directions: the peer gets RST, and our own greenlet waiting on the
-        other direction wakes up with StreamAborted instead of waiting forever."""
+    def reset(self, code=0):
+        """Abort both directions: the peer gets RST carrying `code` (mux.RESET_*), and our own
+        greenlet waiting on the other direction wakes up with StreamAborted instead of
+        waiting forever."""
         if self.reset_reason is None:
             self._on_reset("reset locally")
-            self.tunnel.session.reset_stream(self.id)
+            self.tunnel.session.reset_stream(self.id, code)
             self.tunnel._wake_writer()
         self.tunnel._forget(self.id)
 

@@ -9,14 +9,16 @@ for the Server hostname is split by ALPN: Tunnel connection, ACME, or refused.
 import time
 
 import gevent
+from gevent.event import Event
 
 from ..errors import IntakeRejected, ProtocolError, StreamAborted
 from ..metrics import INTAKE_OUTCOMES
 from ..proto import proxyv2
 from ..proto.address import format_address
+from ..proto.retry import Held, Retries, retry_reason
 from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .intake import intake_deadline, read_client_hello, real_peer
-from .splice import SocketEnd, StreamEnd
+from .splice import CHUNK, SocketEnd, StreamEnd
 
 ENVELOPE_DEADLINE = 5.0
 
@@ -62,7 +64,7 @@ class VisitorPath:
             if taken.hostname == self.snapshot.server_hostname:
                 outcome = self._server_hostname_connection(sock, address, taken)
                 return
-            outcome = self._route_visitor(sock, address, taken)
+            outcome = self._route_visitor(sock, address, taken, accepted)
             spliced = outcome == "routed"
         except IntakeRejected as exc:
             reason = "shed" if slot is not None and slot.shed else exc.reason
@@ -100,7 +102,7 @@ class VisitorPath:
                            else "tunnel-connections-use-the-tunnel-listener")
         return "server-hostname-other-alpn"
 
-    def _route_visitor(self, sock, address, taken):
+    def _route_visitor(self, sock, address, taken, accepted):
         """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
         hostname = taken.hostname
         local = sock.getsockname()[:2]  # the public listener's address: its port routes too
@@ -130,30 +132,40 @@ class VisitorPath:
         pool.active_streams += 1
         spliced = False
         try:
-            try:
-                stream = member.session.open_stream()
-            except ProtocolError:
-                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
-                               reason="tunnel-connection-going-away")
-                return "stream-open-failed"
-            member.streams_placed += 1
             header = proxyv2.encode(address[:2], local)
             envelope = header + taken.buffered
+            held = Held(envelope, taken.size, taken.hello.consumed == taken.size,
+                        limits.retry_buffer)
             taken.release()
-            try:
-                with gevent.Timeout(ENVELOPE_DEADLINE):
-                    stream.sendall(envelope)
-                del envelope
-            except (gevent.Timeout, StreamAborted):
-                stream.reset()
-                self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=route.name,
-                               reason="stream-open-failed")
+            stream = self._open(member, (envelope,), hostname, route.name)
+            del envelope  # held, or not at all
+            if stream is None:
                 return "stream-open-failed"
+            started = time.monotonic()
             self.log.debug("visitor-routed", visitor=format_address(address),
                            public_hostname=hostname, tunnel=route.name,
                            client_instance=member.instance, stream=stream.id)
-            started = time.monotonic()
-            uploaded = taken.size
+            retries = Retries(limits.retries, accepted + self.config.timeouts.client_hello)
+            while stream is not None and retries.possible(held, time.monotonic()):
+                why = self._first_answer(sock, stream, held, retries.deadline)
+                if why is None:
+                    break
+                tried = retries.failed(member)
+                placed = pool.place(hostname, exclude=tried)
+                self.log.debug("visitor-retry", visitor=format_address(address),
+                               public_hostname=hostname, tunnel=route.name,
+                               client_instance=member.instance, stream=stream.id, reason=why,
+                               retry_on=placed.instance if placed else "none")
+                if placed is None:
+                    self.metrics.visitor_retries["given-up"].inc()
+                    break
+                self.metrics.visitor_retries["retried"].inc()
+                member = placed
+                stream = self._open(member, held.chunks, hostname, route.name)
+            held.drop()
+            if stream is None:
+                return "stream-open-failed"
+            uploaded = held.size  # the Visitor's bytes sent before the splice
             series = self.metrics.tunnels[route.name]
             series.routed[pattern].inc()
 
@@ -180,3 +192,66 @@ class VisitorPath:
                 self.active_streams -= 1
                 pool.active_streams -= 1
 
+    def _open(self, member, chunks, hostname, tunnel):
+        """Open a stream on `member` and write `chunks` (the envelope, or the bytes held for
+        a retry) within ENVELOPE_DEADLINE; the stream, or None when that failed."""
+        try:
+            stream = member.session.open_stream()
+        except ProtocolError:
+            self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=tunnel,
+                           reason="tunnel-connection-going-away")
+            return None
+        member.streams_placed += 1
+        try:
+            with gevent.Timeout(ENVELOPE_DEADLINE):
+                for chunk in chunks:
+                    stream.sendall(chunk)
+        except (gevent.Timeout, StreamAborted):
+            stream.reset()
+            self.log.debug("visitor-rejected", public_hostname=hostname, tunnel=tunnel,
+                           reason="stream-open-failed")
+            return None
+        return stream
+
+    def _first_answer(self, sock, stream, held, deadline):
+        """Wait for the first byte from the Client side, sending the Visitor's bytes on (and
+        holding them) meanwhile.  Why the stream may be placed again, or None: it answered
+        (or ended), the Visitor ended, the bytes outgrew `held`, or the deadline passed; the
+        splice takes it from there.  Only a chunk the Visitor sends here costs Python work."""
+        wake = Event()
+        watcher = sock.hub.loop.io(sock.fileno(), 1)
+        watcher.start(wake.set)
+        stream.when_readable(wake.set)
+        try:
+            while True:
+                if stream.answered:  # even with a reset behind the bytes: never replayed
+                    return None
+                if stream.reset_reason is not None:
+                    if held.chunks is None:  # outgrew retry-buffer just before the reset
+                        return None
+                    return retry_reason(stream.reset_code, held.hello_only)
+                left = deadline - time.monotonic()
+                if left <= 0 or not wake.wait(left):
+                    return None
+                wake.clear()
+                if stream.readable:
+                    continue
+                try:
+                    data = sock._sock.recv(CHUNK)
+                except BlockingIOError:
+                    continue
+                except (AttributeError, OSError):  # AttributeError: gevent closed it meanwhile
+                    return None
+                if not data:
+                    return None  # the splice reads the end again and forwards it
+                keep = held.add(data)
+                try:
+                    stream.sendall(data)
+                except StreamAborted:
+                    continue  # reset meanwhile: judged at the top
+                if not keep:
+                    return None
+        finally:
+            watcher.stop()
+            watcher.close()
+            stream.when_readable(None)

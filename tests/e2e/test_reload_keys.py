@@ -654,6 +654,10 @@ COVERED = {
     "server.limits.stream-first-byte-timeout": _ids(HERE, f"{TIMER}[server-stream-first-byte-timeout]"),
     "server.limits.member-wait": _ids(
         "test_placement.py", "test_member_wait_bounds_the_wait_and_a_reload_applies_it_to_the_next_visitor"),
+    "server.limits.retries": _ids(
+        "test_retry.py", "test_retries_and_retry_buffer_reloaded_apply_to_the_next_visitors"),
+    "server.limits.retry-buffer": _ids(
+        "test_retry.py", "test_retries_and_retry_buffer_reloaded_apply_to_the_next_visitors"),
     "server.limits.active-streams": _ids(
         "test_reload.py", "test_server_active_streams_and_idle_timeout_lowered_apply"),
     "server.limits.stream-idle-timeout": _ids(

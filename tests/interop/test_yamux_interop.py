@@ -27,6 +27,7 @@ from runewarp.proto.mux.events import (
     StreamOpened,
     StreamReset,
 )
+from runewarp.proto.mux.frames import RESET_BEFORE_BACKEND
 from runewarp.proto.mux.session import Role, Session
 
 PEER_SRC = Path(__file__).resolve().parent / "peer" / "main.go"
@@ -313,3 +314,26 @@ def test_go_away(peer_bin, tmp_path, role):
     for sid, (_, digest, length, _) in exchange.mine.items():
         assert (length, digest.hexdigest()) == (size, hashlib.sha256(payload(sid, size)).hexdigest())
     assert "ok-goaway remote end is not accepting connections" in ln.lines
+
+
+@pytest.mark.timeout(120)
+def test_a_reset_code_is_harmless_to_hashicorp_yamux(peer_bin, tmp_path):
+    """As a Runewarp Client does, we reset streams Go opened with RESET_BEFORE_BACKEND in the
+    RST's length: Go sees a plain reset, and the streams it opens next work as ever."""
+    size, resets = 300 * 1024, 3
+    with link(peer_bin, tmp_path, Role.CLIENT, "-expect-reset", resets, "-open", 2,
+              "-size", size) as ln:
+        exchange = Exchange(ln.session, 0, size)
+        reset = []
+        while not (len(reset) == resets and exchange.complete(2) and ln.peer_done):
+            for event in ln.pump():
+                if isinstance(event, StreamOpened) and len(reset) < resets:
+                    ln.session.reset_stream(event.stream_id, RESET_BEFORE_BACKEND)
+                    reset.append(event.stream_id)
+                else:
+                    exchange.handle(event)
+            exchange.send()
+        ln.finish()
+    assert [f"ok-reset {sid}" for sid in reset] == [line for line in ln.lines
+                                                    if line.startswith("ok-reset")]
+    assert sum(line.startswith("ok-open") for line in ln.lines) == 2

@@ -39,9 +39,11 @@ class StreamEnded(Event):
 
 @dataclass(frozen=True, slots=True)
 class StreamReset(Event):
-    """The peer sent RST: the stream is gone in both directions."""
+    """The peer sent RST: the stream is gone in both directions.  `code` is the reset
+    code an RST window update carries (RESET_PLAIN from a peer that sends none)."""
 
     stream_id: int
+    code: int = 0
 
 
 @dataclass(frozen=True, slots=True)

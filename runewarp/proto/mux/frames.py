@@ -33,6 +33,11 @@ GOAWAY_NORMAL = 0
 GOAWAY_PROTOCOL_ERROR = 1
 GOAWAY_INTERNAL_ERROR = 2
 
+# The length of an RST window update: a reset code (the libp2p yamux extension's use of
+# it; HashiCorp's yamux sends 0 and adds whatever arrives to a send window it then drops).
+RESET_PLAIN = 0
+RESET_BEFORE_BACKEND = 1  # nothing reached a Local backend: the Server may place it again
+
 HEADER = struct.Struct(">BBHII")
 HEADER_SIZE = HEADER.size
 

@@ -20,8 +20,8 @@ from .budget import WindowBudget
 from .events import (ConnectionDead, DataReceived, Event, GoAwayReceived, PingAcknowledged,
                      StreamAcknowledged, StreamEnded, StreamOpened, StreamReset, WindowUpdated)
 from .frames import (FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, GOAWAY_INTERNAL_ERROR, GOAWAY_PROTOCOL_ERROR,
-                     HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_PAYLOAD, MAX_STREAM_ID, TYPE_DATA, TYPE_GO_AWAY,
-                     TYPE_PING, TYPE_WINDOW_UPDATE, VERSION, FrameDecoder)
+                     HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_PAYLOAD, MAX_STREAM_ID, RESET_PLAIN, TYPE_DATA,
+                     TYPE_GO_AWAY, TYPE_PING, TYPE_WINDOW_UPDATE, VERSION, FrameDecoder)
 from .keepalive import Keepalive
 from .outbound import Outbound
 from .window import ReceiveWindows, StreamState
@@ -191,12 +191,15 @@ class Session:
         if stream.remote_closed:
             self._drop(stream_id)
 
-    def reset_stream(self, stream_id: int) -> None:
-        """Abort the stream with RST and forget it; no-op if gone."""
+    def reset_stream(self, stream_id: int, code: int = RESET_PLAIN) -> None:
+        """Abort the stream with RST (its window update carries `code`) and forget it;
+        no-op if gone."""
+        if not 0 <= code <= 0xFFFFFFFF:
+            raise ValueError("reset code must fit in 32 bits")
         if stream_id not in self._streams:
             return
         self._drop(stream_id)
-        self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+        self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, code))
 
     def _drop(self, stream_id: int) -> None:
         """Forget the stream; every stream leaves through here or close(), returning its growth."""
@@ -369,6 +372,10 @@ class Session:
                 stream.recv_credit -= length
                 stream.buffered += length
                 events.append(DataReceived(stream_id, payload))
+        elif flags & FLAG_RST:  # an RST window update's length is its reset code, not credit
+            self._drop(stream_id)
+            events.append(StreamReset(stream_id, length))
+            return
         elif length:
             stream.send_credit += length
             if not stream.local_closed:

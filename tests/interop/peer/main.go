@@ -96,6 +96,8 @@ func main() {
 	size := flag.Int("size", 1<<20, "bytes to send on each stream we open")
 	accept := flag.Int("accept", 0, "streams opened by the Python side to echo")
 	ping := flag.Bool("ping", false, "ping the Python side once")
+	expectReset := flag.Int("expect-reset", 0,
+		"streams to open first, each of which the Python side must reset (with a reset code)")
 	expectGoAway := flag.Bool("expect-goaway", false,
 		"after the echoes, require Open to fail because the Python side sent go away")
 	timeout := flag.Duration("timeout", 60*time.Second, "exit 1 after this long")
@@ -122,6 +124,17 @@ func main() {
 		fail("yamux %s: %v", *mode, err)
 	}
 
+	for i := 0; i < *expectReset; i++ {
+		stream, err := session.OpenStream()
+		if err != nil {
+			fail("open: %v", err)
+		}
+		if _, err := stream.Read(make([]byte, 1)); err != yamux.ErrConnectionReset {
+			fail("stream %d: read: got %v, want %v", stream.StreamID(), err, yamux.ErrConnectionReset)
+		}
+		stream.Close()
+		fmt.Printf("ok-reset %d\n", stream.StreamID())
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < *open; i++ {
 		stream, err := session.OpenStream()
