@@ -98,13 +98,14 @@ class Deployment:
         self.public_port = int(match.group(1))
         return proc
 
-    def client_config(self, name, services, port=None, public_cert_dir=None):
-        """`services`: (hostnames, backend) or (hostnames, backend, tls_mode) tuples."""
+    def client_config(self, name, services, port=None, public_cert_dir=None, settings=None):
+        """`services`: (hostnames, backend) or (hostnames, backend, tls_mode) tuples;
+        `settings`: more [client] keys."""
         text = harness.config_text("client", {
             "server-address": f"{SERVER_HOSTNAME}:{port or self.public_port}",
             "server-trust": "ca-file", "server-ca-file": "server-cert/server-ca.crt",
             "identity-dir": name, "graceful-shutdown-duration": 3,
-            "public-cert-dir": public_cert_dir,
+            "public-cert-dir": public_cert_dir, **(settings or {}),
         }, [{"public-hostnames": hostnames or None, "backend-address": backend,
              "tls-mode": mode[0] if mode else None} for hostnames, backend, *mode in services],
             log_level="debug")
@@ -112,8 +113,8 @@ class Deployment:
         path.write_text(text)
         return path
 
-    def start_client(self, name, services, wait=True):
-        path = self.client_config(name, services)
+    def start_client(self, name, services, wait=True, settings=None):
+        path = self.client_config(name, services, settings=settings)
         proc = Proc(["client", "-c", path], env=self.env)
         self.processes.append(proc)
         if wait:

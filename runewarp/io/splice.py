@@ -319,8 +319,9 @@ class Splices:
     def __len__(self):
         return len(self.live)
 
-    def start(self, a, b, on_done):
-        """Start splicing `a` and `b`; the splice owns both ends from now on."""
+    def start(self, a, b, on_done, age=0.0):
+        """Start splicing `a` and `b`; the splice owns both ends from now on.  `age`: seconds
+        since the stream was opened, which the first-byte timeout counts from."""
         def done(result):
             self.live.discard(splice)
             if not self.live:
@@ -330,7 +331,7 @@ class Splices:
         splice = Splice(a, b, done)
         self.live.add(splice)
         self._idle.clear()
-        self.sweeper.watch(splice)
+        self.sweeper.watch(splice, age)
         splice.start()
         return splice
 

@@ -58,9 +58,11 @@ class Sweeper:
         self.ticks = 0
         self._greenlet = None
 
-    def watch(self, splice):
-        """A splice joined `live`: its age counts from now; run if there is anything to judge."""
-        splice.born = self.ticks
+    def watch(self, splice, age=0.0):
+        """A splice joined `live`, `age` seconds after its stream was opened (a Visitor that
+        waited for a first byte before its splice): its age counts from then; run if there is
+        anything to judge."""
+        splice.born = self.ticks - int(age / self.tick)
         if self.timeouts is not None and self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
 

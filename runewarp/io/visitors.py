@@ -145,7 +145,12 @@ class VisitorPath:
             self.log.debug("visitor-routed", visitor=format_address(address),
                            public_hostname=hostname, tunnel=route.name,
                            client_instance=member.instance, stream=stream.id)
-            retries = Retries(limits.retries, accepted + self.config.timeouts.client_hello)
+            # Retry within the intake deadline, and never past the first-byte timeout, which
+            # counts from this first placement whatever the retries did.
+            deadline = accepted + self.config.timeouts.client_hello
+            if limits.stream_first_byte_timeout:
+                deadline = min(deadline, started + limits.stream_first_byte_timeout)
+            retries = Retries(limits.retries, deadline)
             while stream is not None and retries.possible(held, time.monotonic()):
                 why = self._first_answer(sock, stream, held, retries.deadline)
                 if why is None:
@@ -184,7 +189,8 @@ class VisitorPath:
                                  duration=time.monotonic() - started,
                                  reason=result.error or "done")
 
-            self.splices.start(SocketEnd(sock), StreamEnd(stream), closed)
+            self.splices.start(SocketEnd(sock), StreamEnd(stream), closed,
+                               age=time.monotonic() - started)
             spliced = True
             return "routed"
         finally:

@@ -24,16 +24,23 @@ RETRIES = "runewarp_visitor_retries_total"
 ROUTED = "runewarp_visitor_connections_total"
 
 
-def setup(deployment, services_a, services_b, limits=""):
+# Passive health would take a member whose backend is down out of placement after three
+# failures (tests/e2e/test_health.py); here it is off, so every Visitor placed on that member
+# exercises the retry.  test_retry_and_health_together runs both, as shipped.
+NO_HEALTH = {"unhealthy-after": 1_000_000}
+
+
+def setup(deployment, services_a, services_b, limits="", health=False):
     """A Server (metrics on) and two Client instances of one Tunnel: (server, metrics port,
     client a, client b).  `services_*`: each instance's (hostnames, backend) Services."""
     identity = deployment.identity("client-a")
     (deployment.dir / "client-a.identity").write_text(identity)  # for a reload's new config
     metrics = free_port()
     server = deployment.start_server(*server_config(identity, metrics, limits))
-    first = deployment.start_client("client-a", services_a)
+    settings = None if health else NO_HEALTH
+    first = deployment.start_client("client-a", services_a, settings=settings)
     shutil.copytree(deployment.dir / "client-a", deployment.dir / "client-b", symlinks=True)
-    second = deployment.start_client("client-b", services_b)
+    second = deployment.start_client("client-b", services_b, settings=settings)
     server.wait_count("tunnel-connection-established", 2)
     return server, metrics, first, second
 
@@ -90,6 +97,20 @@ def test_every_visitor_that_lands_on_the_member_with_its_backend_down_is_served_
     server.wait_for(r"visitor-retry .*public-hostname=a\.example\.com tunnel=apps "
                     r"client-instance=\w+ stream=\d+ reason=failed-before-backend-data "
                     r"retry-on=\w+")
+
+
+def test_retry_and_health_together_fail_no_visitor_from_the_very_first(deployment, good):
+    """As shipped: the first Visitors on the member whose backend is down are retried on the
+    other, then passive health takes that member out of placement; no Visitor fails."""
+    down = f"127.0.0.1:{free_port()}"
+    server, metrics, bad, _ = setup(deployment, [([A], down)], [([A], good.address)],
+                                    health=True)
+    visitors, failures = load(deployment, good.ca, seconds=6)
+    assert visitors >= 90 and failures == [], failures[:3]
+    bad.wait_for("service-unhealthy", timeout=5)
+    retried = value(metrics, RETRIES, result="retried")
+    assert 1 <= retried <= 3 + 2, retried  # unhealthy-after = 3, plus streams in flight
+    assert bad.count("backend-connect-failed") == retried
 
 
 def test_without_retries_the_visitors_on_the_bad_member_fail(deployment, good):
