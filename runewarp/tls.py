@@ -204,6 +204,16 @@ def ssl_reason(exc):
     return "; ".join(_openssl_reasons(exc)) or getattr(exc, "strerror", None) or str(exc)
 
 
+def any_certificate_context():
+    """A client context that completes a handshake with any certificate: for probes that
+    read a Local backend's names (doctor) or only need the handshake to finish (a TLS
+    health check), never for a connection that carries data."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def terminate_context(cert_path=None, key_path=None):
     """Context for a Visitor's handshake in terminate mode; without a certificate every
     handshake fails (fail closed: never fall back to passthrough).

@@ -12,7 +12,8 @@ from runewarp import certcheck, material
 from runewarp.config import ServiceConfig
 from runewarp.doctor.client import _public_leaf, mirroring
 from runewarp.doctor.material import certificate
-from runewarp.doctor.server import exact_under_wildcard, sample_name
+from runewarp.doctor.server import exact_under_wildcard
+from runewarp.proto.hostname import sample_name
 from runewarp.proto.hostname import HostnameError
 from runewarp.io.terminate import PublicCertificates
 from runewarp.logs import Logger

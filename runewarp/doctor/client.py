@@ -21,7 +21,8 @@ from ..tls import client_tunnel_context
 from .checks import fail, ok, warn
 from .material import Leaf, certificate, key_files
 from .probes import PROBE_TIMEOUT, Deadline, ProbeTimeout, addresses, backend_certificate, tcp
-from .server import acme, exact_under_wildcard, sample_name
+from ..proto.hostname import sample_name
+from .server import acme, exact_under_wildcard
 
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 PROBE_ERRORS = (OSError, ProbeTimeout, gevent.Timeout)  # ssl.SSLError is an OSError

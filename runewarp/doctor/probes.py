@@ -16,6 +16,7 @@ import gevent
 from cryptography import x509
 
 from ..io.net import dial, resolve_all
+from ..tls import any_certificate_context
 
 PROBE_TIMEOUT = 3.0  # TCP, TLS, DNS: a healthy peer on any network answers well within it
 HTTP_TIMEOUT = 10.0
@@ -72,14 +73,6 @@ def tcp(address):
     sock.close()
 
 
-def _names_only_context():
-    """Any certificate is accepted: the probe reads the names, it does not judge the CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def backend_certificate(address, hostname, first=b""):
     """The certificate a TLS backend presents for SNI `hostname`; `first` goes before the
     ClientHello (the PROXY header a backend with proxy-protocol requires)."""
@@ -87,7 +80,7 @@ def backend_certificate(address, hostname, first=b""):
         sock = dial(address)
         try:
             sock.sendall(first)
-            with _names_only_context().wrap_socket(sock, server_hostname=hostname) as tls:
+            with any_certificate_context().wrap_socket(sock, server_hostname=hostname) as tls:
                 der = tls.getpeercert(binary_form=True)
         finally:
             sock.close()

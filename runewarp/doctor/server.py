@@ -5,7 +5,7 @@ import shlex
 from functools import partial
 
 from .. import material
-from ..proto.hostname import WILDCARD, is_wildcard, wildcard_over
+from ..proto.hostname import is_wildcard, sample_name, wildcard_over
 from ..io.net import describe
 from .checks import fail, ok, warn
 from .material import Leaf, certificate, key_files
@@ -58,11 +58,6 @@ def exact_under_wildcard(owners):
             yield ok(f"wildcard-overlap {name}",
                      f"note: {pattern} of {other} covers {name} too; an exact name wins over a "
                      f"wildcard, so {owner} takes it")
-
-
-def sample_name(hostname):
-    """A name to probe for `hostname`: itself, or one label under a wildcard."""
-    return f"wildcard-probe.{hostname[len(WILDCARD):]}" if is_wildcard(hostname) else hostname
 
 
 def _resolves(hostname, server):

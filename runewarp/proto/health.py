@@ -13,7 +13,7 @@ event that caused them, else None.  Time only enters through the `now` arguments
   one, the check runs every `interval` whatever the state and is the probe.
 """
 
-from .hostname import WILDCARD, is_wildcard
+from .hostname import sample_name
 
 UNHEALTHY = "unhealthy"
 HEALTHY = "healthy"
@@ -73,8 +73,7 @@ def probe_name(hostnames):
     wildcard (as `runewarp doctor` probes); None for the Catch-all Service."""
     if not hostnames:
         return None
-    first = hostnames[0]
-    return f"wildcard-probe.{first[len(WILDCARD):]}" if is_wildcard(first) else first
+    return sample_name(hostnames[0])
 
 
 def reported_change(before, now):

@@ -118,6 +118,12 @@ def wildcard_over(hostname: str) -> str | None:
     return WILDCARD + base
 
 
+def sample_name(pattern: str) -> str:
+    """A hostname `pattern` takes, to probe it with (DNS, SNI): itself, or one label under
+    a wildcard."""
+    return f"wildcard-probe.{pattern[len(WILDCARD):]}" if is_wildcard(pattern) else pattern
+
+
 def covers(pattern: str, hostname: str) -> bool:
     """The normalized `pattern` (a hostname or a wildcard) takes the normalized `hostname`."""
     return pattern == hostname or (is_wildcard(pattern) and wildcard_over(hostname) == pattern)
