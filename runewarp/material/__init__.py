@@ -20,7 +20,8 @@ from .server import (SERVER_CA_BUNDLE, SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CER
                      server_cert_renewable, server_key_files, stage_server_ca)
 from .visitor import (MAX_VISITOR_CERT_DAYS, VISITOR_CA_CERT, VISITOR_CERT_DAYS, VisitorCA, VisitorCert,
                       init_visitor_ca, issue_visitor_cert, visitor_cert_name)
-from .store import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir, pin
+from .files import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir
+from .store import pin
 from .x509 import (CA_DAYS, LEAF_DAYS, certificate_serial, client_identity, identity_of_certificate,
                    identity_of_certificate_der, key_permission_problem, key_permission_problems, leaf_not_after,
                    load_certificate, load_certificates, make_self_signed)

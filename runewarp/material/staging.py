@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import MaterialError
-from .store import (NEXT, View, _folder_lock, _link, _prune, _read_source, _set_link,
-                    _write_version, install, next_version)
+from .files import folder_lock
+from .store import (NEXT, View, install, link, next_version, prune, read_source, set_link,
+                    write_version)
 
 
 class StagedView(View):
@@ -44,7 +45,7 @@ def staged_path(root: Path, rel: str) -> Path:
 @contextlib.contextmanager
 def _writing(root: Path):
     try:
-        with _folder_lock(root):
+        with folder_lock(root):
             yield
     except OSError as e:
         raise MaterialError(f"{root}: cannot write material: {e.strerror or e}") from e
@@ -75,10 +76,10 @@ def stage(root: Path, build, flat=()):
         staged, current, result = build(view)
         if current:
             view = install(root, view, current, flat)
-        content = {n: _read_source(view.path(n)) for n in view.files() if n not in staged}
+        content = {n: read_source(view.path(n)) for n in view.files() if n not in staged}
         version = next_version(root)
-        _write_version(root, root / version, content | staged)
-        _set_link(root, NEXT, version)
+        write_version(root, root / version, content | staged)
+        set_link(root, NEXT, version)
         return result
 
 
@@ -99,12 +100,12 @@ def commit(root: Path, keep_previous: bool = True) -> None:
         view = _staged_or_fail(root, "commit")
         for rel in staged_view(root).files():  # a name only the staged set has: its link first
             if not os.path.lexists(root / rel):
-                _link(root, rel)
-        _set_link(root, "current", view.staged)
+                link(root, rel)
+        set_link(root, "current", view.staged)
         os.unlink(root / NEXT)
         if view.version is not None and not keep_previous:
             shutil.rmtree(root / view.version, ignore_errors=True)
-        _prune(root, {view.staged, view.version})
+        prune(root, {view.staged, view.version})
 
 
 def abort(root: Path) -> None:

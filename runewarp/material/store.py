@@ -30,21 +30,17 @@ just before two quick updates still finds its files.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import MaterialError
-
-KEY_MODE = 0o600
-CERT_MODE = 0o644
-DIR_MODE = 0o700
+from .files import (CERT_MODE, DIR_MODE, KEY_MODE, ensure_dir,
+                    folder_lock, fsync_dir)
 
 CURRENT = "current"
 NEXT = "next"
@@ -53,108 +49,6 @@ _VERSION = re.compile(r"v[1-9][0-9]*")
 _LINK = re.compile(r"(?:\.\./)*" + CURRENT + r"/(.+)")
 _JOURNAL = ".pending-commit"  # the journal of the flat layout: read, never written
 _STAGED_SUFFIX = ".new"
-
-
-# --------------------------------------------------------------------------
-# Durable file primitives
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist directory entries (renames, new files) across power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_dir(path: Path, mode: int = DIR_MODE) -> None:
-    """Create `path` and missing parents with `mode` exactly (umask ignored).
-
-    Existing folders are left as they are: they belong to the user.
-    """
-    path = Path(path)
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=mode)
-        except FileExistsError:
-            continue
-        os.chmod(d, mode)
-        _fsync_dir(d.parent)
-    if not path.is_dir():
-        raise MaterialError(f"{path}: exists but is not a folder")
-
-
-def atomic_write(path: Path, data: bytes, mode: int = CERT_MODE) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never half.
-
-    The temporary file is created 0600 (mkstemp), so key bytes are never
-    exposed, and gets `mode` only once it is complete.
-    """
-    path = Path(path)
-    ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-LOCK_WAIT = 30.0
-"""Seconds to wait for another process's update of the same folder (it takes milliseconds)."""
-
-
-def _wait_for_lock(fd: int, root: Path) -> None:
-    """Poll a non-blocking flock: a blocking one would stall the daemon's whole event
-    loop (time.sleep is cooperative under gevent), and a lost holder fails in bounded time."""
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise MaterialError(f"{root}: still locked by another update after "
-                                    f"{LOCK_WAIT:g} s") from None
-            time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def _folder_lock(root: Path):
-    """Hold an exclusive flock on the folder `root` (not a file in it, so nothing is
-    created and read-only callers can take it too).  Never nested: a second open of
-    the same folder would wait for the first, even in the same process."""
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        fd = None  # the operation itself reports what is wrong with the folder
-    try:
-        if fd is not None:
-            _wait_for_lock(fd, root)
-        yield
-    finally:
-        if fd is not None:
-            # Unlocked explicitly: gevent's os.close defers closing a folder's fd to
-            # the next loop iteration, and the lock would live until then.
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------
@@ -281,12 +175,12 @@ def pin(*paths) -> tuple[Path, ...]:
     return tuple(pinned)
 
 
-def _read_source(path: Path) -> bytes:
+def read_source(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
 
-def _write_version(root: Path, folder: Path, content: dict[str, bytes]) -> None:
+def write_version(root: Path, folder: Path, content: dict[str, bytes]) -> None:
     """Write `content` (relative name → bytes) as the new folder `folder`, fsynced.
 
     Folders mirror the modes of their top-level counterparts (the version folder
@@ -309,11 +203,11 @@ def _write_version(root: Path, folder: Path, content: dict[str, bytes]) -> None:
             os.fchmod(f.fileno(), _mode(rel))
             os.fsync(f.fileno())
     for d in reversed(made):
-        _fsync_dir(d)
-    _fsync_dir(root)
+        fsync_dir(d)
+    fsync_dir(root)
 
 
-def _link(root: Path, rel: str) -> None:
+def link(root: Path, rel: str) -> None:
     """Make the top-level name `rel` the link through ``current``, in one rename."""
     top = root / rel
     ensure_dir(top.parent)
@@ -322,10 +216,10 @@ def _link(root: Path, rel: str) -> None:
         os.unlink(tmp)
     os.symlink(_link_text(rel), tmp)
     os.replace(tmp, top)
-    _fsync_dir(top.parent)
+    fsync_dir(top.parent)
 
 
-def _prune(root: Path, keep: set) -> None:
+def prune(root: Path, keep: set) -> None:
     """Remove versions other than `keep` once they are old enough (see PRUNE_AFTER)."""
     limit = time.time() - PRUNE_AFTER
     for name in os.listdir(root):
@@ -342,25 +236,25 @@ def next_version(root: Path) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
-def _set_link(root: Path, slot: str, version: str) -> None:
+def set_link(root: Path, slot: str, version: str) -> None:
     """Point ``current`` (or ``next``) at `version` in one rename."""
     tmp = root / f".{slot}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     os.symlink(version, tmp)
     os.replace(tmp, root / slot)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _switch(root: Path, view: View, content: dict[str, bytes]) -> View:
     """Write `content` as the next version and make it current in one rename."""
     version = next_version(root)
-    _write_version(root, root / version, content)
+    write_version(root, root / version, content)
     for rel in content:  # a new name's link exists before its file does: it appears with the switch
         if not os.path.lexists(root / rel):
-            _link(root, rel)
-    _set_link(root, CURRENT, version)
-    _prune(root, {version, view.version, view.staged})
+            link(root, rel)
+    set_link(root, CURRENT, version)
+    prune(root, {version, view.version, view.staged})
     return View(root)
 
 
@@ -375,7 +269,7 @@ def _forget_journal(root: Path, names) -> None:
                 os.unlink(p)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(root / _JOURNAL)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def update(root: Path, build, flat=()):
@@ -394,7 +288,7 @@ def update(root: Path, build, flat=()):
     root = Path(root)
     try:
         ensure_dir(root)
-        with _folder_lock(root):
+        with folder_lock(root):
             view = View(root)
             files, result = build(view)
             if files:
@@ -410,12 +304,12 @@ def install(root: Path, view: View, files: dict, flat=()) -> View:
     names = view.files(flat(view) if callable(flat) else flat)
     unlinked = [n for n in names if not view.linked(n)]
     if unlinked or view.journal:
-        view = _switch(root, view, {n: _read_source(view.path(n)) for n in names})
+        view = _switch(root, view, {n: read_source(view.path(n)) for n in names})
         for rel in unlinked:
-            _link(root, rel)
+            link(root, rel)
         _forget_journal(root, names)
         view = View(root)
-    content = {n: _read_source(view.path(n)) for n in view.files() if n not in files}
+    content = {n: read_source(view.path(n)) for n in view.files() if n not in files}
     return _switch(root, view, content | files)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MaterialError
-from .store import CERT_MODE, KEY_MODE, View, atomic_write, ensure_dir, update
+from .files import CERT_MODE, KEY_MODE, atomic_write, ensure_dir
+from .store import View, update
 from .x509 import _cert_pem, _key_pem, _make_ca, _make_client_cert, _new_key, _now, read_ca
 
 VISITOR_CA_CERT = "visitor-ca.crt"

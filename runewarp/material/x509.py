@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ..errors import MaterialError
 from ..proto.hostname import normalize
 from ..proto.identity import identity_of_spki
-from .store import CERT_MODE, KEY_MODE, atomic_write
+from .files import CERT_MODE, KEY_MODE, atomic_write
 
 CA_DAYS = 3650
 LEAF_DAYS = 90
