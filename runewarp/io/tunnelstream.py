@@ -116,9 +116,10 @@ class MuxStream:
     def when_readable(self, callback):
         """Call `callback()` once when try_recv() would return something (None: cancel).
 
-        It runs in the Tunnel reader greenlet, so it must not block.
+        It runs in the Tunnel reader greenlet, so it must not block.  The splice parks here
+        for every chunk: `readable` is spelled out, not called (two property calls).
         """
-        if callback is not None and self.readable:
+        if callback is not None and (self._chunks or self.eof or self.reset_reason is not None):
             callback()
         else:
             self._notify = callback
