@@ -65,14 +65,18 @@ def test_client_server_address_without_backend_address(sandbox, capsys):
                                                "needs a value"),
     (["server", "cert", "init", "extra"], "invalid arguments for 'runewarp server cert': "
                                           "init extra"),
+    # A flag the usage patterns name (not the Options section) is known: two that exclude
+    # each other are invalid arguments, not an unknown option.
+    (["client", "identity", "rotate", "--stage", "--commit"],
+     "invalid arguments for 'runewarp client identity': rotate --stage --commit"),
 ], ids=["unknown-command", "no-command", "unknown-option", "unknown-option-with-value",
-        "missing-verb", "missing-option-value", "extra-argument"])
+        "missing-verb", "missing-option-value", "extra-argument", "exclusive-flags"])
 def test_usage_error(sandbox, capsys, argv, line):
     """One error line and where the help is; never docopt's usage dump."""
     assert cli.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    words = [w for w in argv[:3] if not w.startswith("-") and w not in ("init", "extra")]
+    words = [w for w in argv[:3] if not w.startswith("-") and w not in ("init", "extra", "rotate")]
     help_command = "runewarp --help" if line.startswith(("unknown command", "no command")) \
         else f"runewarp {' '.join(words)} --help"
     assert err.splitlines() == [f"error: {line}", f"see '{help_command}'"]

@@ -61,8 +61,11 @@ def find_command(argv):
 
 
 def _options(doc):
-    """{option name: takes a value} of a usage doc's Options section."""
+    """{option name: takes a value} of a usage doc's Options section, and the flags its
+    usage patterns name without listing them there (`(--stage | --commit | --abort)`)."""
     known = {"-h": False, "--help": False}
+    usage = doc.split("Options:", 1)[0]
+    known.update(dict.fromkeys(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)(?![\w=-])", usage), False))
     for line in doc.split("Options:", 1)[-1].splitlines():
         if not line.lstrip().startswith("-"):
             continue
