@@ -156,6 +156,11 @@ class TLVBackend(TCPBackend):
         except Exception as exc:  # noqa: BLE001 - reported to the test
             self.reports.put(exc)
         conn.sendall(b"read")
+        # End with FIN, never RST: closing with the Visitor's bytes still unread (they may
+        # arrive just after the header) would reset the connection, and "read" with it.
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(4096):
+            pass
 
     @staticmethod
     def read_header(conn):
