@@ -372,17 +372,13 @@ class Session:
                 stream.recv_credit -= length
                 stream.buffered += length
                 events.append(DataReceived(stream_id, payload))
-        elif flags & FLAG_RST:  # an RST window update's length is its reset code, not credit
-            self._drop(stream_id)
-            events.append(StreamReset(stream_id, length))
-            return
-        elif length:
+        elif length and not flags & FLAG_RST:  # an RST window update's length is its code
             stream.send_credit += length
             if not stream.local_closed:
                 events.append(WindowUpdated(stream_id, stream.send_credit))
         if flags & FLAG_RST:
             self._drop(stream_id)
-            events.append(StreamReset(stream_id))
+            events.append(StreamReset(stream_id, RESET_PLAIN if type_ == TYPE_DATA else length))
         elif flags & FLAG_FIN and not stream.remote_closed:
             stream.remote_closed = True
             self._windows.peer_finished(stream)
