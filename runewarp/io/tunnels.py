@@ -6,6 +6,7 @@ listener as a ClientHello for the Server hostname with ALPN runewarp/1.
 """
 
 import time
+from functools import partial
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -14,7 +15,7 @@ from OpenSSL import SSL
 from .. import __version__
 from ..logs import RateLimitedWarning
 from ..metrics import close_reason
-from ..errors import ControlError, IntakeRejected, MaterialError, StreamAborted, TLSClosed
+from ..errors import IntakeRejected, MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
 from ..proto.placement import Placement, Served
@@ -23,7 +24,7 @@ from ..proto.address import format_address
 from .intake import intake_deadline, real_peer
 from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
-from .tunnelstream import read_control_messages
+from .tunnelstream import drain_control, read_control_messages
 from .upkeep import utcnow
 
 # While the only members serving a hostname are ping-overdue, member-wait looks again this
@@ -321,7 +322,8 @@ class TunnelConnections:
                           client_version=hello.version, pool_size=len(pool.members))
             if self.stopping:  # joined during a drain: replace it at once, elsewhere
                 session.go_away()
-            gevent.spawn(self._follow_control, stream, decoder, pool, member, messages[1:])
+            gevent.spawn(drain_control, stream, decoder, self.log,
+                         partial(self._control_message, pool, member), messages[1:])
             session.wait()
         finally:
             session.closed.unlink(on_closed)
@@ -335,25 +337,15 @@ class TunnelConnections:
                               reason=session.close_reason, streams_placed=member.streams_placed,
                               pool_size=len(pool.members))
 
-    def _follow_control(self, stream, decoder, pool, member, messages):
-        """Read the control stream after the hello.  A later hello (its Client reloaded its
-        Services) replaces the hostnames the member serves, a service-health which of them
-        are unhealthy; other types are ignored (forward compatible); a malformed line
-        resets the control stream."""
-        try:
-            while True:
-                for message in messages:
-                    kind = message.get("type")
-                    if kind == "hello":
-                        self._update_member(pool, member, control.parse_hello(message))
-                    elif kind == "service-health":
-                        self._member_health(pool, member, control.parse_service_health(message))
-                messages = read_control_messages(stream, decoder)
-        except StreamAborted:
-            return
-        except ControlError as exc:
-            self.log.info("control-stream-reset", reason=str(exc))
-            stream.reset()
+    def _control_message(self, pool, member, message):
+        """A message on the control stream after the hello: a later hello (its Client
+        reloaded its Services) replaces the hostnames the member serves, a service-health
+        which of them are unhealthy (io/tunnelstream.py drain_control reads them)."""
+        kind = message.get("type")
+        if kind == "hello":
+            self._update_member(pool, member, control.parse_hello(message))
+        elif kind == "service-health":
+            self._member_health(pool, member, control.parse_service_health(message))
 
     def _update_member(self, pool, member, hello):
         member.served = Served(hello.hostnames, hello.catch_all)

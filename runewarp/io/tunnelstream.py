@@ -191,13 +191,18 @@ def read_control_messages(stream, decoder):
             return messages
 
 
-def drain_control(stream, decoder, log=None):
-    """Keep reading the control stream after the hello: later message types are ignored
-    (forward compatible); a malformed line resets the control stream, and nothing a
+def drain_control(stream, decoder, log=None, handle=None, pending=()):
+    """Keep reading the control stream after the hello: each message goes to `handle`
+    (the Server's later hello and service-health), messages of other types are ignored
+    (forward compatible), and a malformed line (ControlError, also from `handle`) resets
+    the control stream.  `pending`: messages already read with the hello.  Nothing a
     peer sends escapes this greenlet."""
     try:
         while True:
-            read_control_messages(stream, decoder)
+            if handle is not None:
+                for message in pending:
+                    handle(message)
+            pending = read_control_messages(stream, decoder)
     except StreamAborted:
         return
     except ControlError as exc:
