@@ -18,7 +18,7 @@ from ..proto.address import format_address
 from ..proto.retry import Held, Retries, retry_reason
 from ..tls import ALPN_ACME, ALPN_TUNNEL
 from .intake import intake_deadline, read_client_hello, real_peer
-from .splice import CHUNK, SocketEnd, StreamEnd
+from .splice import SocketEnd, StreamEnd
 
 ENVELOPE_DEADLINE = 5.0
 
@@ -151,8 +151,9 @@ class VisitorPath:
             if limits.stream_first_byte_timeout:
                 deadline = min(deadline, started + limits.stream_first_byte_timeout)
             retries = Retries(limits.retries, deadline)
+            visitor = SocketEnd(sock)  # the wait below reads it as the splice will
             while stream is not None and retries.possible(held, time.monotonic()):
-                why = self._first_answer(sock, stream, held, retries.deadline)
+                why = self._first_answer(visitor, stream, held, retries.deadline)
                 if why is None:
                     break
                 tried = retries.failed(member)
@@ -189,7 +190,7 @@ class VisitorPath:
                                  duration=time.monotonic() - started,
                                  reason=result.error or "done")
 
-            self.splices.start(SocketEnd(sock), StreamEnd(stream), closed,
+            self.splices.start(visitor, StreamEnd(stream), closed,
                                age=time.monotonic() - started)
             spliced = True
             return "routed"
@@ -219,14 +220,13 @@ class VisitorPath:
             return None
         return stream
 
-    def _first_answer(self, sock, stream, held, deadline):
+    def _first_answer(self, visitor, stream, held, deadline):
         """Wait for the first byte from the Client side, sending the Visitor's bytes on (and
-        holding them) meanwhile.  Why the stream may be placed again, or None: it answered
-        (or ended), the Visitor ended, the bytes outgrew `held`, or the deadline passed; the
-        splice takes it from there.  Only a chunk the Visitor sends here costs Python work."""
+        holding them) meanwhile; `visitor` is the SocketEnd the splice takes over.  Why the
+        stream may be placed again, or None: it answered (or ended), the Visitor ended, the
+        bytes outgrew `held`, or the deadline passed; the splice takes it from there.  Only
+        a chunk the Visitor sends here costs Python work."""
         wake = Event()
-        watcher = sock.hub.loop.io(sock.fileno(), 1)
-        watcher.start(wake.set)
         stream.when_readable(wake.set)
         try:
             while True:
@@ -237,17 +237,18 @@ class VisitorPath:
                         return None
                     return retry_reason(stream.reset_code, held.hello_only)
                 left = deadline - time.monotonic()
+                visitor.when_readable(wake.set)
                 if left <= 0 or not wake.wait(left):
                     return None
                 wake.clear()
                 if stream.readable:
                     continue
                 try:
-                    data = sock._sock.recv(CHUNK)
-                except BlockingIOError:
-                    continue
-                except (AttributeError, OSError):  # AttributeError: gevent closed it meanwhile
+                    data = visitor.try_recv()
+                except OSError:
                     return None
+                if data is None:
+                    continue
                 if not data:
                     return None  # the splice reads the end again and forwards it
                 keep = held.add(data)
@@ -258,6 +259,5 @@ class VisitorPath:
                 if not keep:
                     return None
         finally:
-            watcher.stop()
-            watcher.close()
+            visitor.cancel_readable()
             stream.when_readable(None)
