@@ -246,8 +246,7 @@ class Client(ClientStreams):
 
         `failures` and `down_since` (monotonic) describe the outage this attempt ends.
         """
-        hello = control.hello(__version__, self.instance, self.services.hostnames,
-                              self.services.catch_all is not None)
+        hello = self._hello()
         timeouts = self.config.timeouts  # as this attempt starts: a reload applies to the next
         tunnel = dial(link.key.address, self._tls_context(link.identity),
                       self.config.tls_name(link.key.entry),
@@ -268,12 +267,16 @@ class Client(ClientStreams):
         self.health.report(tunnel.session)  # right after the welcome: what is unhealthy now
         return tunnel.session
 
+    def _hello(self):
+        """The control hello: this instance and the hostnames its Services serve."""
+        return control.hello(__version__, self.instance, self.services.hostnames,
+                             self.services.catch_all is not None)
+
     def _announce(self):
         """Services changed by a reload: a later hello on every control stream, since the
         Server places Visitors only by the hostnames a hello lists (docs/protocol.md).  The
         hello resets the member's health on the Server: the health that follows restores it."""
-        line = control.encode(control.hello(__version__, self.instance, self.services.hostnames,
-                                            self.services.catch_all is not None))
+        line = control.encode(self._hello())
         for session in list(self.sessions):
             if session.control is not None:
                 gevent.spawn(self._hello_again, session, line)
