@@ -144,6 +144,7 @@ XDIST_GROUPS = {
     "e2e/test_passthrough.py::test_stalled_backend": "timing",
     "e2e/test_passthrough.py::test_bad_visitors": "timing",
     "e2e/test_timeouts.py": "timing",
+    "e2e/test_quic.py::test_500_flows": "timing",
     "io/test_splice_timeouts.py": "timing",
     "io/test_tunnel_io.py": "timing",
     # `make install` and the wheel and venv builds run in the one source tree (build/,
