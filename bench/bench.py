@@ -30,12 +30,17 @@ Proxy: plain TCP through `runewarp proxy --listen` + Server + Client with a term
 Service, against direct TCP to the same backend: bulk MB/s (BENCH_PROXY_MB, 256) and
 connection setup (connect to first byte), see bench/proxybench.py.
 
+QUIC: UDP datagrams through the Server's public QUIC socket (`public-quic = true`) and the
+Client (`quic-backend-address`) to a UDP echo backend, against the echo backend directly;
+each flow opens with a real sealed Initial: datagrams per second, round-trip p50/p99 and
+CPU per datagram, see bench/quicbench.py (BENCH_QUIC_SECONDS, 3 s per rate run).
+
 Knobs (environment): BENCH_BULK_MB (single-stream download, default 512),
 BENCH_CONC_MB (per stream in the 8-stream test, default BULK_MB/4),
 BENCH_REPEATS (3), BENCH_RATE_SECONDS (10), BENCH_IDLE_CONNS (1000),
 BENCH_STREAMS_CONNS (10000), BENCH_RTT_MB (256), BENCH_RTT_SECONDS (15),
 BENCH_RTT_REPEATS (2).  BENCH_ONLY=idle,bulk,... runs only those phases (seq, idle,
-bulk, rate, streams, rtt, proxy) and prints their raw figures instead of the table, for
+bulk, rate, streams, rtt, proxy, quic) and prints their raw figures instead of the table, for
 quick A/B runs while working on one figure.
 
 Results: a table on stdout (with the targets of issue 6 beside the figures) and
@@ -69,6 +74,7 @@ from pathlib import Path
 from runewarp import harness
 
 import proxybench
+import quicbench
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -356,15 +362,19 @@ def start_backend(tmp, material):
 
 
 def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backend_ip="127.0.0.1",
-                   server_ns=None, client_ns=None, tag="", runewarp=None, terminate=False):
+                   server_ns=None, client_ns=None, tag="", runewarp=None, terminate=False,
+                   quic_backend=None):
     """One Server (public + tunnel on one port) and one Client, log-level info, on loopback
     (or: the Server in network namespace `server_ns`, the Client in `client_ns`).
     `runewarp` is the command that runs Runewarp (bench/ab.py passes another revision's).
-    `terminate`: the Client terminates HOST's TLS (its public-cert) for a plain backend."""
+    `terminate`: the Client terminates HOST's TLS (its public-cert) for a plain backend.
+    `quic_backend`: the Server opens its public UDP socket and the Service sends QUIC
+    flows to this UDP address."""
     server_toml = tmp / f"server{tag}.toml"
     server_toml.write_text(harness.config_text("server", {
         "hostname": SERVER_HOSTNAME, "public-bind-address": f"{server_ip}:0",
         "cert-dir": tmp / "server-cert", "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
+        "public-quic": True if quic_backend else None,
     }, [{"name": "bench", "public-hostnames": [HOST], "client-identities": [material["identity"]]}],
         log_level="info"))
     env = harness.resolve_env(SERVER_HOSTNAME, server_ip)
@@ -379,7 +389,7 @@ def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backen
         "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
         "public-cert-dir": tmp / "public-cert" if terminate else None,
     }, [{"public-hostnames": [HOST], "backend-address": f"{backend_ip}:{backend_port}",
-         "tls-mode": "terminate" if terminate else None}],
+         "tls-mode": "terminate" if terminate else None, "quic-backend-address": quic_backend}],
         log_level="info"))
     client = harness.start_client(client_toml, env, timeout=30, runewarp=runewarp,
                                   prefix=netns_prefix(client_ns), name=f"runewarp-client{tag}",
@@ -530,6 +540,32 @@ def proxy_bench(tmp, material):
         return proxybench.measure({"direct": port, "runewarp": local})
     finally:
         for proc in (proxy, client, server, source):
+            proc.stop(timeout=10)
+
+
+def quic_bench(tmp, material):
+    """UDP datagrams through the Server's public QUIC socket and the Client to a UDP echo
+    backend vs to the echo backend directly (bench/quicbench.py)."""
+    echo = harness.Process([sys.executable, "-m", "tests.h3peers", "udp-echo"], cwd=ROOT,
+                           name="udp-echo", stdout=subprocess.PIPE, new_session=True)
+    STARTED.append(echo)
+    echo_port = int(echo.popen.stdout.readline())
+    # The Service's TCP backend-address is never dialled here: nothing listens on it.
+    server, client, public_port = start_runewarp(tmp, material, free_port(), tag="-quic",
+                                                 quic_backend=f"127.0.0.1:{echo_port}")
+    try:
+        out = quicbench.measure({"direct": (echo_port, [echo.pid]),
+                                 "runewarp": (public_port, [server.pid, client.pid])},
+                                HOST, cpu_seconds)
+        for name, res in out.items():
+            res["p50_ms"], res["p99_ms"] = pct(res["latencies_ms"], 50), pct(res["latencies_ms"], 99)
+            print(f"  quic round trip {name:8}: p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms"
+                  f"  lost {res['lost']}; CPU {res['cpu_us_per_datagram']:.1f} us per datagram",
+                  flush=True)
+        out["logs"] = {p.name: log_issues(p)[:10] for p in (server, client) if log_issues(p)}
+        return out
+    finally:
+        for proc in (client, server, echo):
             proc.stop(timeout=10)
 
 
@@ -1010,6 +1046,16 @@ def build_rows(res):
             ("TCP via runewarp proxy, conn setup p50 ms", px[d]["latencies_ms"], px[w]["latencies_ms"],
              "{:.2f}", "", None),
         ]
+    qc = res.get("quic") or {}
+    if all(n in qc for n in (d, w)):
+        rows += [
+            (f"QUIC datagrams/s, {quicbench.QUIC_FLOWS} flows x {quicbench.QUIC_WINDOW} in flight",
+             qc[d]["rates"], qc[w]["rates"], "{:.0f}", "", None),
+            ("  datagram round trip p50, ms", qc[d]["p50_ms"], qc[w]["p50_ms"], "{:.3f}", "", None),
+            ("  datagram round trip p99, ms", qc[d]["p99_ms"], qc[w]["p99_ms"], "{:.3f}", "", None),
+            ("  CPU us per datagram (*)", qc[d]["cpu_us_per_datagram"],
+             qc[w]["cpu_us_per_datagram"], "{:.1f}", "", None),
+        ]
     rt = res["rtt"]
     label = f"1 stream over {2 * RTT_ONE_WAY_MS} ms RTT link, MB/s"
     if "runewarp" in rt and rt["runewarp"]["mb_s"]:
@@ -1046,6 +1092,13 @@ def print_table(rows, res):
           f" concurrent streams: one run; {2 * RTT_ONE_WAY_MS} ms RTT: {RTT_REPEATS} repeats.")
     print("(*) DIRECT = the backend's processes; RUNEWARP = Server + Client only (backend"
           " excluded): the ratio compares Runewarp's own cost with the backend's.")
+    qc = res.get("quic") or {}
+    if "runewarp" in qc:
+        d, w = qc["direct"], qc["runewarp"]
+        print(f"QUIC: added datagram round trip p50 +{w['p50_ms'] - d['p50_ms']:.3f} ms, p99"
+              f" +{w['p99_ms'] - d['p99_ms']:.3f} ms ({quicbench.QUIC_ROUND_TRIPS} sequential"
+              f" {quicbench.PAYLOAD}-byte datagrams on one flow); every flow opens with a sealed"
+              " Initial; CPU per datagram counts each direction (DIRECT: the echo backend).")
     st = res["streams"]
     if "runewarp" in st:
         rw = st["runewarp"]
@@ -1192,6 +1245,11 @@ def main():
             "proxy", f"plain TCP through runewarp proxy ({proxybench.PROXY_MB} MiB x"
                      f"{proxybench.PROXY_REPEATS}, {proxybench.PROXY_SETUPS} setups) ...",
             lambda: proxy_bench(tmp, material))
+        results["quic"] = phase(
+            "quic", f"QUIC datagrams ({quicbench.QUIC_FLOWS} flows x {quicbench.QUIC_WINDOW} in "
+                    f"flight, {quicbench.QUIC_SECONDS:g} s x{quicbench.QUIC_REPEATS}; "
+                    f"{quicbench.QUIC_ROUND_TRIPS} round trips) ...",
+            lambda: quic_bench(tmp, material))
         results["foreign_load"] = monitor.phases
         if ONLY:
             print(json.dumps(summary_of(results), indent=1, default=str))
@@ -1217,6 +1275,8 @@ def main():
     for seq in results["seq"].values():   # keep the JSON small: pooled percentiles, not samples
         seq["p50_pooled"], seq["p99_pooled"] = pct(seq["latencies_ms"], 50), pct(seq["latencies_ms"], 99)
         del seq["latencies_ms"]
+    for quic in (results.get("quic") or {}).values():
+        quic.pop("latencies_ms", None)
     for rate in results["rate"].values():
         rate["p50_pooled"], rate["p99_pooled"] = pct(rate["latencies_ms"], 50), pct(rate["latencies_ms"], 99)
         del rate["latencies_ms"]
@@ -1257,6 +1317,9 @@ def report_problems(results, server, client, backend_proc):
         rtt = results["rtt"].get(name)
         if rtt and rtt["errors"]:
             found["rtt"] = rtt["errors"]
+        quic = (results.get("quic") or {}).get(name)
+        if quic and (quic["lost"] or quic["refills"]):
+            found["quic"] = {"round trips lost": quic["lost"], "rate refills": quic["refills"]}
         idle = results["idle"][name]
         if idle["errors"] or idle["opened"] < IDLE_CONNS or idle["sample_alive"] < idle["sample_size"]:
             found["idle"] = {"errors": idle["errors"], "opened": idle["opened"],
@@ -1267,6 +1330,8 @@ def report_problems(results, server, client, backend_proc):
         lines = log_issues(proc)
         if lines:
             problems[f"{proc.name} log"] = {"count": len(lines), "first": lines[:10]}
+    for name, lines in (results.get("quic") or {}).get("logs", {}).items():
+        problems[f"{name} log"] = {"first": lines}
     for name, lines in results["rtt"].get("logs", {}).items():
         problems[f"{name} log"] = {"first": lines}
     for key in ("failed", "skipped"):
