@@ -37,8 +37,8 @@ def with_quic_backends(path, backends):
     for line in path.read_text().splitlines():
         lines.append(line)
         key, _, value = line.partition(" = ")
-        if key == "backend-address" and value.strip('"') in backends:
-            lines.append(f'quic-backend-address = "{backends[value.strip(chr(34))]}"')
+        if key == "backend-address" and (address := value.strip('"')) in backends:
+            lines.append(f'quic-backend-address = "{backends[address]}"')
     path.write_text("\n".join(lines) + "\n")
 
 
