@@ -23,7 +23,13 @@ from runewarp.proto.quic import (
     first_header,
     seal_initial,
 )
-from runewarp.proto.quickeys import InitialKeys, client_initial_secret, protect, unprotect
+from runewarp.proto.quickeys import (
+    InitialKeys,
+    client_initial_secret,
+    decode_packet_number,
+    protect,
+    unprotect,
+)
 from runewarp.proto.quicwire import encode_varint, parse_packet, read_varint
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -251,6 +257,8 @@ def test_fatal_outcomes_of_decrypted_content():
     assert fatal_reason(crypto_frame(MAX_CRYPTO, b"x")) == "too-large"
     assert fatal_reason(crypto_frame(0, message[:100]), max_crypto=99) == "too-large"
     assert fatal_reason(crypto_frame(0, message + b"\x00")) == "malformed"  # past the message
+    assert fatal_reason(crypto_frame(0, message[:9]) + crypto_frame(len(message), b"x")) == "malformed"
+    assert fatal_reason(crypto_frame(len(message), b"x") + crypto_frame(0, message[:9])) == "malformed"
     assert fatal_reason(crypto_frame(0, message[:50]) + crypto_frame(10, b"z" * 5)) == "malformed"
     assert fatal_reason(b"\x08\x00\x00") == "malformed"  # STREAM is not allowed in an Initial
     assert fatal_reason(b"\x1d\x00\x00\x00") == "malformed"  # the application CONNECTION_CLOSE
@@ -348,3 +356,10 @@ def test_varints_round_trip():
     assert read_varint(bytes.fromhex("7bbd"), 0)[0] == 15293
     with pytest.raises(ValueError):
         encode_varint(2**62)
+
+
+def test_packet_numbers_decode_against_the_largest_seen():
+    assert decode_packet_number(0xA82F30EA, 0x9B32, 16) == 0xA82F9B32  # RFC 9000 A.3
+    assert decode_packet_number(-1, 0, 8) == 0
+    assert decode_packet_number(254, 0x01, 8) == 257
+    assert decode_packet_number(300, 0xFF, 8) == 255
