@@ -83,7 +83,7 @@ class InitialReader:
         except QuicDropped as exc:
             if exc.fatal:
                 self._error = (exc.reason, exc.detail)
-                self._crypto = None
+                self._crypto = self._keys = None  # a finished reader holds nothing
             raise
 
     def _feed(self, datagram: bytes) -> ClientHello | None:
@@ -103,7 +103,7 @@ class InitialReader:
         except ClientHelloError as exc:
             reason = "not-client-hello" if exc.reason == "not-client-hello" else "malformed"
             raise QuicDropped(reason, str(exc), fatal=True) from None
-        self._crypto = None
+        self._crypto = self._keys = None
         return self._hello
 
     def _open(self, datagram: bytes) -> tuple[bytes, InitialKeys, int, list[bytes]]:
