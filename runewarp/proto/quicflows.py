@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .clienthello import ClientHello
-from .quic import InitialReader, QuicDropped, first_header
+from .quic import VERSION_1, VERSION_2, InitialReader, QuicDropped, first_header
 
 __all__ = [
     "MAX_CIDS",
@@ -49,6 +49,7 @@ MAX_HELD_BYTES = 32 * 1024
 MAX_CIDS = 4
 """Server connection IDs remembered per flow (a QUIC server sends one in its long headers)."""
 
+VERSIONS = (VERSION_1, VERSION_2)
 PENDING = "pending"
 OPEN = "open"
 
@@ -137,6 +138,8 @@ class FlowTable:
 
     def receive(self, peer, datagram: bytes, now: float):
         """A datagram from the Visitor at `peer`: Forward, Held, Routable or Dropped."""
+        if not datagram:
+            return Dropped("malformed")  # never framed: an empty frame is a protocol error
         flow = self.flows.get(peer)
         if flow is not None:
             if flow.state is OPEN:
@@ -149,6 +152,8 @@ class FlowTable:
             return Dropped(exc.reason)
         if header is None:
             return self._migrated(peer, datagram, now)
+        if header.version not in VERSIONS:
+            return Dropped("unsupported-version")
         if not header.initial:
             return Dropped("not-initial")
         if len(self.pending) >= self.max_pending:
@@ -166,6 +171,8 @@ class FlowTable:
                 return Dropped(exc.reason)  # not this flow's: the flow is unharmed
             if header is None:
                 return Dropped("short-header")  # no 1-RTT before the handshake
+            if header.version not in VERSIONS:
+                return Dropped("unsupported-version")
         if len(flow.held) >= self.max_held or flow.held_bytes + len(datagram) > self.max_held_bytes:
             return self._end_pending(flow, "too-large")
         hello = None

@@ -63,6 +63,7 @@ def test_initial_then_hello_routes_with_every_held_datagram_in_order():
     assert not flows.pending and flows.open_flows == 1
     later = flows.receive(VISITOR, b"\x40anything", 0.3)
     assert later == Forward(event.flow, b"\x40anything")
+    assert flows.receive(VISITOR, b"", 0.4) == Dropped("malformed")
 
 
 def test_unknown_address_drops_short_headers_other_long_headers_and_garbage():
@@ -71,6 +72,9 @@ def test_unknown_address_drops_short_headers_other_long_headers_and_garbage():
     assert flows.receive(VISITOR, long_header(2), 0) == Dropped("not-initial")
     assert flows.receive(VISITOR, long_header(1), 0) == Dropped("not-initial")
     assert flows.receive(VISITOR, b"\xc0\x00", 0) == Dropped("malformed")
+    assert flows.receive(VISITOR, b"", 0) == Dropped("malformed")
+    assert flows.receive(VISITOR, initial(version=0x1A2A3A4A), 0) == Dropped("unsupported-version")
+    assert flows.receive(VISITOR, initial(version=0), 0) == Dropped("unsupported-version")
     assert not flows.flows
 
 
