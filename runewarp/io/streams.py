@@ -17,11 +17,12 @@ from ..tls import ALPN_ACME, visitor_certificate_refused
 from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from ..proto.address import format_address
 from .net import describe, dial, set_keepalive, set_nodelay
+from .quicbackend import ClientQuic
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
 
 
-class ClientStreams:
+class ClientStreams(ClientQuic):
     """The stream handler half of the Client (mixed into io.client.Client): it reads
     `config`, `services`, `handlers`, `splices`, `saturation`, `acme`, `public_certs`,
     `metrics`, `health` and `log` from the Client.  Each Visitor stream counts one outcome."""
@@ -47,6 +48,9 @@ class ClientStreams:
         try:
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
+                if header.protocol == "udp":  # a QUIC flow: io/quicbackend.py
+                    outcomes, outcome = self._serve_quic(stream, header, rest)
+                    return
                 taken = read_client_hello(lambda: stream.recv_consumed(), rest)
                 del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)

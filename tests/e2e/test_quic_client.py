@@ -1,0 +1,288 @@
+"""The Client's QUIC flows (io/quicbackend.py) against a scripted Server: the real Client
+on its real mTLS Tunnel connection to a `FakeServer`, which opens QUIC flow streams (the
+PROXY v2 header with transport DGRAM, then framed datagrams) as the real Server does, to
+real UDP Local backends on 127.0.0.1 (docs/quic.md, "The Client side")."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from runewarp.proto import clienthello, proxyv2
+from runewarp.proto.datagrams import DatagramDecoder, frame
+from runewarp.proto.mux import RESET_BEFORE_BACKEND, StreamReset
+from runewarp.proto.quic import VERSION_1, VERSION_2, crypto_frame, seal_initial
+
+from ..conftest import free_port
+from .helpers import reload_by_signal
+from .peers import APP, FakeServer, assert_running_without_traceback
+from .test_metrics import eventually, value
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+NO_QUIC = "noquic.example.com"  # a passthrough Service without quic-backend-address
+TERMINATE = "term.example.com"  # a terminate Service (which can have none)
+DEAD = "dead.example.com"  # quic-backend-address where nothing listens
+WILD = "*.wild.example.com"
+VISITOR, PUBLIC = ("203.0.113.7", 50123), ("192.0.2.1", 443)
+DCID, SCID = bytes.fromhex("8394c8f03e515708"), bytes.fromhex("c0ffee00")
+
+
+class UDPEcho:
+    """A UDP Local backend on a thread: keeps every datagram in arrival order with its sender,
+    and answers each with b"re:" + the datagram."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.received = []  # (sender, datagram)
+        self.cond = threading.Condition()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                datagram, sender = self.sock.recvfrom(65535)
+                self.sock.sendto(b"re:" + datagram, sender)
+            except OSError:
+                return
+            with self.cond:
+                self.received.append((sender, datagram))
+                self.cond.notify_all()
+
+    def wait(self, count, timeout=10):
+        """The first `count` (sender, datagram) pairs; fails past `timeout`."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.received) >= count, timeout), self.received
+            return list(self.received[:count])
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_backend():
+    backend = UDPEcho()
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def fake(deployment, echo_backend, udp_backend):
+    """The real Client with Services APP (TCP echo + UDP echo), NO_QUIC, TERMINATE, DEAD and
+    WILD, connected to a FakeServer: (FakeServer, its end of the Tunnel connection, the
+    Client's metrics port)."""
+    metrics_port = free_port()
+    extra = f"""quic-backend-address = "{udp_backend.address}"
+
+[[client.services]]
+public-hostnames = ["{NO_QUIC}"]
+backend-address = "{echo_backend.address}"
+
+[[client.services]]
+public-hostnames = ["{TERMINATE}"]
+backend-address = "127.0.0.1:9"
+tls-mode = "terminate"
+
+[[client.services]]
+public-hostnames = ["{DEAD}"]
+backend-address = "127.0.0.1:9"
+quic-backend-address = "127.0.0.1:{free_udp_port()}"
+
+[[client.services]]
+public-hostnames = ["{WILD}"]
+backend-address = "127.0.0.1:9"
+quic-backend-address = "{udp_backend.address}"
+
+[client.metrics]
+bind-address = "127.0.0.1:{metrics_port}"
+"""
+    server = FakeServer(deployment, echo_backend, hostname=APP, client_extra=extra)
+    end = server.accept()
+    end.say_welcome()
+    server.client.wait_for("tunnel-connection-established")
+    yield server, end, metrics_port
+    server.close()
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def initials(hostname, parts=1, order=None, version=VERSION_1):
+    """A ClientHello for `hostname` (ALPN h3) in CRYPTO frames over `parts` client Initials,
+    sent in `order` (indexes; default: in order)."""
+    message = clienthello.build(hostname, ("h3",), random=os.urandom(64))[5:]  # no record header
+    size = -(-len(message) // parts)
+    packets = [seal_initial(version, DCID, SCID, number, [crypto_frame(offset, message[offset:offset + size])])
+               for number, offset in enumerate(range(0, len(message), size))]
+    return [packets[i] for i in (order or range(len(packets)))]
+
+
+def open_flow(end, datagrams=(), raw=b""):
+    """A QUIC flow stream as the Server opens one: the header, the framed datagrams, `raw`."""
+    return end.open_stream(proxyv2.encode(VISITOR, PUBLIC, "udp")
+                           + b"".join(frame(d) for d in datagrams) + raw)
+
+
+def send_datagrams(end, stream_id, datagrams):
+    end.send(stream_id, b"".join(frame(d) for d in datagrams))
+
+
+def replies(end, stream_id):
+    return DatagramDecoder().feed(bytes(end.received[stream_id]))
+
+
+def reset_code(end, stream_id):
+    end.pump_until(lambda: stream_id in end.reset)
+    return next(e.code for e in end.events if isinstance(e, StreamReset) and e.stream_id == stream_id)
+
+
+def tcp_stream_still_works(end):
+    """A passthrough TCP stream on the same Tunnel connection: the echo returns the hello."""
+    hello = clienthello.build(APP, ("http/1.1",))
+    stream_id = end.open_stream(proxyv2.encode(VISITOR, PUBLIC) + hello)
+    end.pump_until(lambda: len(end.received[stream_id]) >= len(hello))
+    assert bytes(end.received[stream_id]) == hello
+
+
+def corrupt(packet):
+    """`packet` with its last byte flipped: its AEAD tag fails, so the reader drops it."""
+    return packet[:-1] + bytes([packet[-1] ^ 0xFF])
+
+
+def test_a_flow_reaches_the_backend_in_order_and_the_replies_come_back_framed(fake, udp_backend,
+                                                                              echo_backend):
+    server, end, metrics_port = fake
+    hello = initials(APP, parts=3, order=[2, 0, 1])
+    held = [hello[0], corrupt(hello[1]), hello[1], hello[2]]  # the corrupt one is the Visitor's too
+    flow = open_flow(end, held)
+    assert [d for _, d in udp_backend.wait(4)] == held  # all of them, in order
+    later = [b"\x40short-header-1", b"\x40short-header-2"]
+    send_datagrams(end, flow, later)
+    received = udp_backend.wait(6)
+    assert [d for _, d in received] == held + later
+    assert len({sender for sender, _ in received}) == 1  # one socket per flow
+    end.pump_until(lambda: len(replies(end, flow)) == 6)
+    assert replies(end, flow) == [b"re:" + d for d in held + later]
+    server.client.wait_for(f"stream-routed .*public-hostname={APP}.*visitor=203.0.113.7:50123"
+                           f".*backend-address={udp_backend.address}.*transport=quic")
+    assert flow not in end.reset
+    tcp_stream_still_works(end)
+    assert eventually(lambda: value(metrics_port, "runewarp_client_quic_datagrams_total",
+                                    direction="to_backend") == 6)
+    assert eventually(lambda: value(metrics_port, "runewarp_client_quic_datagrams_total",
+                                    direction="to_server") == 6)
+    assert value(metrics_port, "runewarp_client_streams_total", service=echo_backend.address,
+                 outcome="quic-relayed") == 1
+    # A second flow, QUIC v2, to a hostname under the wildcard: its own socket.
+    other = open_flow(end, initials("a.wild.example.com", version=VERSION_2))
+    received = udp_backend.wait(7)
+    assert received[6][0] != received[0][0]
+    end.pump_until(lambda: len(replies(end, other)) == 1)
+    assert_running_without_traceback(server.client)
+
+
+@pytest.mark.parametrize("hostname, outcome, service", [
+    ("unknown.example.com", "no-service", ""),
+    (NO_QUIC, "no-quic-backend", None),
+    (TERMINATE, "no-quic-backend", "127.0.0.1:9"),
+])
+def test_a_flow_without_a_quic_backend_is_reset_before_backend(fake, udp_backend, hostname, outcome,
+                                                             service):
+    server, end, metrics_port = fake
+    flow = open_flow(end, initials(hostname, parts=2))
+    assert reset_code(end, flow) == RESET_BEFORE_BACKEND
+    server.client.wait_for(f"stream-rejected .*public-hostname={hostname}.*reason={outcome}")
+    if service is not None:
+        assert eventually(lambda: value(metrics_port, "runewarp_client_streams_total",
+                                        service=service, outcome=outcome) == 1)
+    assert udp_backend.received == []
+    tcp_stream_still_works(end)
+    assert_running_without_traceback(server.client)
+
+
+def test_a_backend_port_with_nothing_listening_ends_the_flow(fake):
+    server, end, _ = fake
+    flow = open_flow(end, initials(DEAD))
+    assert reset_code(end, flow) == 0
+    server.client.wait_for(f"stream-closed .*public-hostname={DEAD}.*transport=quic.*reason=backend-refused")
+    tcp_stream_still_works(end)
+    assert_running_without_traceback(server.client)
+
+
+@pytest.mark.parametrize("case", ["zero-length-frame", "too-many-datagrams", "garbage-then-end"])
+def test_bad_flows_are_reset_and_other_streams_go_on(fake, udp_backend, case):
+    server, end, _ = fake
+    good = open_flow(end, initials(APP))
+    udp_backend.wait(1)
+    if case == "zero-length-frame":
+        bad = open_flow(end, initials(APP, parts=2)[:1], raw=b"\x00\x00")
+    elif case == "too-many-datagrams":  # none of them decrypts: the flow may hold only so many
+        first, second = initials(APP, parts=2)
+        bad = open_flow(end, [first] + [corrupt(second)] * 40)
+    else:
+        bad = open_flow(end, [os.urandom(60), corrupt(initials(APP)[0])])
+        end.session.end_stream(bad)
+        end.flush()
+    assert reset_code(end, bad) == 0
+    server.client.wait_for("stream-rejected ")
+    send_datagrams(end, good, [b"\x40after"])
+    end.pump_until(lambda: len(replies(end, good)) == 2)
+    assert good not in end.reset
+    assert [d for _, d in udp_backend.received][1:] == [b"\x40after"]  # nothing of the bad flow
+    tcp_stream_still_works(end)
+    assert_running_without_traceback(server.client)
+
+
+def test_a_zero_length_frame_after_the_hello_resets_the_flow(fake, udp_backend):
+    server, end, _ = fake
+    flow = open_flow(end, initials(APP))
+    udp_backend.wait(1)
+    end.send(flow, b"\x00\x00")
+    assert reset_code(end, flow) == 0
+    server.client.wait_for('stream-closed .*transport=quic.*reason="framing-error')
+    assert_running_without_traceback(server.client)
+
+
+def test_an_end_from_the_server_closes_the_flow_and_its_socket(fake, udp_backend):
+    server, end, _ = fake
+    flow = open_flow(end, initials(APP))
+    sender, _ = udp_backend.wait(1)[0]
+    end.session.end_stream(flow)
+    end.flush()
+    server.client.wait_for("stream-closed .*transport=quic.*reason=server-ended")
+    assert_socket_closed(sender)
+
+
+def assert_socket_closed(address):
+    """Nothing is bound at `address` any more: a datagram to it comes back refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.settimeout(5)
+        probe.connect(address)
+        probe.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError):
+            probe.recv(100)
+
+
+def test_quic_idle_timeout_reloaded_ends_the_next_flows_and_closes_their_sockets(fake, udp_backend):
+    server, end, _ = fake
+    before = open_flow(end, initials(APP))  # started with the default, 30 s
+    udp_backend.wait(1)
+    path = server.client.args[2]
+    path.write_text(path.read_text().replace("[client]\n", "[client]\nquic-idle-timeout = 1\n", 1))
+    reload_by_signal(server.client, "client-reloaded")
+    after = open_flow(end, initials(APP))
+    sender, _ = udp_backend.wait(2)[1]
+    assert reset_code(end, after) == 0
+    server.client.wait_for("stream-closed .*transport=quic.*reason=idle-timeout")
+    assert_socket_closed(sender)
+    assert before not in end.reset  # 30 s from its start: far off
+    send_datagrams(end, before, [b"\x40still-here"])
+    end.pump_until(lambda: len(replies(end, before)) == 2)
+    assert_running_without_traceback(server.client)
