@@ -286,3 +286,26 @@ def test_quic_idle_timeout_reloaded_ends_the_next_flows_and_closes_their_sockets
     send_datagrams(end, before, [b"\x40still-here"])
     end.pump_until(lambda: len(replies(end, before)) == 2)
     assert_running_without_traceback(server.client)
+
+
+def test_quic_backend_address_reloaded_applies_to_the_next_flow(fake, udp_backend):
+    server, end, _ = fake
+    refused = open_flow(end, initials(NO_QUIC))
+    assert reset_code(end, refused) == RESET_BEFORE_BACKEND
+    path = server.client.args[2]
+    text = path.read_text()
+    path.write_text(text.replace(f'public-hostnames = ["{NO_QUIC}"]\n',
+                                 f'public-hostnames = ["{NO_QUIC}"]\n'
+                                 f'quic-backend-address = "{udp_backend.address}"\n', 1))
+    reload_by_signal(server.client, "client-reloaded")
+    relayed = open_flow(end, initials(NO_QUIC))
+    udp_backend.wait(1)
+    end.pump_until(lambda: len(replies(end, relayed)) == 1)
+    assert relayed not in end.reset
+    path.write_text(text)  # and removed again: the next flow is refused, the running one goes on
+    reload_by_signal(server.client, "client-reloaded")
+    again = open_flow(end, initials(NO_QUIC))
+    assert reset_code(end, again) == RESET_BEFORE_BACKEND
+    send_datagrams(end, relayed, [b"\x40still-here"])
+    end.pump_until(lambda: len(replies(end, relayed)) == 2)
+    assert_running_without_traceback(server.client)
