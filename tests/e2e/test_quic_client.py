@@ -3,19 +3,27 @@ on its real mTLS Tunnel connection to a `FakeServer`, which opens QUIC flow stre
 PROXY v2 header with transport DGRAM, then framed datagrams) as the real Server does, to
 real UDP Local backends on 127.0.0.1 (docs/quic.md, "The Client side")."""
 
+import asyncio
 import os
 import socket
 import threading
 import time
 
 import pytest
+from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import HandshakeCompleted
 
+from runewarp.material import public_cert_folder
 from runewarp.proto import clienthello, proxyv2
 from runewarp.proto.datagrams import DatagramDecoder, frame
 from runewarp.proto.mux import RESET_BEFORE_BACKEND, StreamReset
 from runewarp.proto.quic import VERSION_1, VERSION_2, crypto_frame, seal_initial
 
-from ..conftest import free_port
+from ..conftest import cli_material, free_port
 from .helpers import reload_by_signal
 from .peers import APP, FakeServer, assert_running_without_traceback
 from .test_metrics import eventually, value
@@ -216,8 +224,13 @@ def test_a_backend_port_with_nothing_listening_ends_the_flow(fake):
     assert_running_without_traceback(server.client)
 
 
-@pytest.mark.parametrize("case", ["zero-length-frame", "too-many-datagrams", "garbage-then-end"])
-def test_bad_flows_are_reset_and_other_streams_go_on(fake, udp_backend, case):
+@pytest.mark.parametrize("case, reason", [
+    ("zero-length-frame", "malformed"),
+    ("too-many-datagrams", "too-large"),
+    ("too-many-initials", "too-many-packets"),
+    ("garbage-then-end", "closed-before-client-hello"),
+])
+def test_bad_flows_are_reset_and_other_streams_go_on(fake, udp_backend, case, reason):
     server, end, _ = fake
     good = open_flow(end, initials(APP))
     udp_backend.wait(1)
@@ -226,12 +239,14 @@ def test_bad_flows_are_reset_and_other_streams_go_on(fake, udp_backend, case):
     elif case == "too-many-datagrams":  # none of them decrypts: the flow may hold only so many
         first, second = initials(APP, parts=2)
         bad = open_flow(end, [first] + [corrupt(second)] * 40)
+    elif case == "too-many-initials":  # the same half of a ClientHello, again and again
+        bad = open_flow(end, initials(APP, parts=2)[:1] * 17)
     else:
         bad = open_flow(end, [os.urandom(60), corrupt(initials(APP)[0])])
         end.session.end_stream(bad)
         end.flush()
     assert reset_code(end, bad) == 0
-    server.client.wait_for("stream-rejected ")
+    server.client.wait_for(f"stream-rejected reason={reason}")
     send_datagrams(end, good, [b"\x40after"])
     end.pump_until(lambda: len(replies(end, good)) == 2)
     assert good not in end.reset
@@ -309,3 +324,100 @@ def test_quic_backend_address_reloaded_applies_to_the_next_flow(fake, udp_backen
     send_datagrams(end, relayed, [b"\x40still-here"])
     end.pump_until(lambda: len(replies(end, relayed)) == 2)
     assert_running_without_traceback(server.client)
+
+
+class H3Backend:
+    """aioquic's HTTP/3 server as a QUIC Local backend, on its own thread and event loop,
+    with a certificate for `hostname` from `runewarp client public-cert init`; every request
+    gets 200 and `body`."""
+
+    def __init__(self, folder, hostname, body):
+        cli_material(folder, "client", "public-cert", "init", "--hostname", hostname)
+        self.ca = folder / "public-ca.crt"
+        config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+        cert = folder / public_cert_folder(hostname)
+        config.load_cert_chain(cert / "public.crt", cert / "public.key")
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(serve(
+            "127.0.0.1", 0, configuration=config,
+            create_protocol=lambda *a, **kw: _H3Responder(*a, body=body, **kw)))
+        self.address = f"127.0.0.1:{self.server._transport.get_extra_info('sockname')[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        def stop():
+            self.server.close()
+            self.loop.stop()
+        self.loop.call_soon_threadsafe(stop)
+        self.thread.join(5)
+
+
+class _H3Responder(QuicConnectionProtocol):
+    def __init__(self, *args, body, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.body = body
+        self.h3 = H3Connection(self._quic)
+
+    def quic_event_received(self, event):
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived) and h3_event.stream_ended:
+                self.h3.send_headers(h3_event.stream_id, [(b":status", b"200"),
+                                                          (b"content-length", str(len(self.body)).encode())])
+                self.h3.send_data(h3_event.stream_id, self.body, end_stream=True)
+        self.transmit()
+
+
+def test_an_http3_exchange_with_an_aioquic_backend_through_the_client(deployment, echo_backend, tmp_path):
+    """A real QUIC handshake and HTTP/3 request, the Visitor's side driven over the flow stream."""
+    body = os.urandom(200_000)
+    backend = H3Backend(tmp_path / "h3", APP, body)
+    server = FakeServer(deployment, echo_backend, hostname=APP,
+                        client_extra=f'quic-backend-address = "{backend.address}"\n')
+    try:
+        end = server.accept()
+        end.say_welcome()
+        config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=APP)
+        config.load_verify_locations(str(backend.ca))  # the backend's certificate, checked
+        quic = QuicConnection(configuration=config)
+        h3 = H3Connection(quic)
+        quic.connect(PUBLIC, now=time.time())
+        flow = open_flow(end, [d for d, _ in quic.datagrams_to_send(now=time.time())])
+        decoder, seen, request, status, received, done = DatagramDecoder(), 0, None, None, b"", False
+        deadline = time.monotonic() + 30
+        while not done:
+            assert time.monotonic() < deadline, "no HTTP/3 response"
+            try:
+                end.pump_until(lambda: len(end.received[flow]) > seen or flow in end.reset, timeout=0.2)
+            except AssertionError:
+                assert not end.closed
+            assert flow not in end.reset
+            data = bytes(end.received[flow][seen:])
+            seen += len(data)
+            for datagram in decoder.feed(data):
+                quic.receive_datagram(datagram, PUBLIC, now=time.time())
+            timer = quic.get_timer()
+            if timer is not None and timer <= time.time():
+                quic.handle_timer(now=time.time())
+            while (event := quic.next_event()) is not None:
+                if isinstance(event, HandshakeCompleted):
+                    request = quic.get_next_available_stream_id()
+                    h3.send_headers(request, [(b":method", b"GET"), (b":scheme", b"https"),
+                                              (b":authority", APP.encode()), (b":path", b"/")],
+                                    end_stream=True)
+                for h3_event in h3.handle_event(event):
+                    if isinstance(h3_event, HeadersReceived):
+                        status = dict(h3_event.headers)[b":status"]
+                    elif isinstance(h3_event, DataReceived):
+                        received += h3_event.data
+                        done = h3_event.stream_ended
+            outgoing = [d for d, _ in quic.datagrams_to_send(now=time.time())]
+            if outgoing:
+                send_datagrams(end, flow, outgoing)
+        assert status == b"200"
+        assert received == body
+        server.client.wait_for(f"stream-routed .*public-hostname={APP}.*transport=quic")
+        assert_running_without_traceback(server.client)
+    finally:
+        server.close()
+        backend.close()
