@@ -168,30 +168,31 @@ def test_a_flow_reaches_the_backend_in_order_and_the_replies_come_back_framed(fa
                                                                               echo_backend):
     server, end, metrics_port = fake
     hello = initials(APP, parts=3, order=[2, 0, 1])
-    held = [hello[0], corrupt(hello[1]), hello[1], hello[2]]  # the corrupt one is the Visitor's too
+    # The corrupt Initial is the Visitor's too, and so is what follows the ClientHello.
+    held = [hello[0], corrupt(hello[1]), hello[1], hello[2], b"\x40short-header-0"]
     flow = open_flow(end, held)
-    assert [d for _, d in udp_backend.wait(4)] == held  # all of them, in order
+    assert [d for _, d in udp_backend.wait(5)] == held  # all of them, in order
     later = [b"\x40short-header-1", b"\x40short-header-2"]
     send_datagrams(end, flow, later)
-    received = udp_backend.wait(6)
+    received = udp_backend.wait(7)
     assert [d for _, d in received] == held + later
     assert len({sender for sender, _ in received}) == 1  # one socket per flow
-    end.pump_until(lambda: len(replies(end, flow)) == 6)
+    end.pump_until(lambda: len(replies(end, flow)) == 7)
     assert replies(end, flow) == [b"re:" + d for d in held + later]
     server.client.wait_for(f"stream-routed .*public-hostname={APP}.*visitor=203.0.113.7:50123"
                            f".*backend-address={udp_backend.address}.*transport=quic")
     assert flow not in end.reset
     tcp_stream_still_works(end)
     assert eventually(lambda: value(metrics_port, "runewarp_client_quic_datagrams_total",
-                                    direction="to_backend") == 6)
+                                    direction="to_backend") == 7)
     assert eventually(lambda: value(metrics_port, "runewarp_client_quic_datagrams_total",
-                                    direction="to_server") == 6)
+                                    direction="to_server") == 7)
     assert value(metrics_port, "runewarp_client_streams_total", service=echo_backend.address,
                  outcome="quic-relayed") == 1
     # A second flow, QUIC v2, to a hostname under the wildcard: its own socket.
     other = open_flow(end, initials("a.wild.example.com", version=VERSION_2))
-    received = udp_backend.wait(7)
-    assert received[6][0] != received[0][0]
+    received = udp_backend.wait(8)
+    assert received[7][0] != received[0][0]
     end.pump_until(lambda: len(replies(end, other)) == 1)
     assert_running_without_traceback(server.client)
 
@@ -421,3 +422,59 @@ def test_an_http3_exchange_with_an_aioquic_backend_through_the_client(deployment
     finally:
         server.close()
         backend.close()
+
+
+class FloodBackend(UDPEcho):
+    """UDPEcho, but b"flood" makes it send FLOOD numbered 1000-byte datagrams, then, once the
+    Client has surely read them all, b"final"; `flooded` is set after that."""
+
+    def __init__(self):
+        self.flooded = threading.Event()
+        super().__init__()
+
+    def _serve(self):
+        while True:
+            try:
+                datagram, sender = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            if datagram != b"\x40flood":
+                self.sock.sendto(b"re:" + datagram, sender)
+                continue
+            for number in range(FLOOD):
+                self.sock.sendto(number.to_bytes(4) + bytes(996), sender)
+                if number % 50 == 0:
+                    time.sleep(0.001)  # paced: the kernel never drops, only the Client may
+            time.sleep(0.3)
+            self.sock.sendto(b"final", sender)
+            self.flooded.set()
+
+
+FLOOD = 2000
+
+
+def test_a_slow_tunnel_connection_drops_the_oldest_datagrams_toward_the_server(fake, udp_backend):
+    """The scripted Server reads nothing while the backend floods: the stream's window fills,
+    the flow's queue drops its oldest datagrams, and the newest (b"final") still arrives."""
+    server, end, metrics_port = fake
+    flood = FloodBackend()
+    try:
+        path = server.client.args[2]
+        path.write_text(path.read_text().replace(udp_backend.address, flood.address))
+        reload_by_signal(server.client, "client-reloaded")
+        flow = open_flow(end, initials(APP) + [b"\x40flood"])
+        assert flood.flooded.wait(30)
+        time.sleep(0.3)  # for the Client to take b"final" from its socket
+        end.pump_until(lambda: b"final" in replies(end, flow), timeout=20)
+        got = replies(end, flow)
+        assert got[-1] == b"final"
+        numbers = [int.from_bytes(d[:4]) for d in got if len(d) == 1000]
+        assert numbers == sorted(set(numbers))  # in order, none twice
+        assert len(numbers) < FLOOD
+        dropped = value(metrics_port, "runewarp_client_quic_dropped_datagrams_total", direction="to_server")
+        assert 0 < dropped <= FLOOD - len(numbers)  # (the rest, if any, the kernel dropped)
+        assert flow not in end.reset
+        tcp_stream_still_works(end)
+        assert_running_without_traceback(server.client)
+    finally:
+        flood.close()
