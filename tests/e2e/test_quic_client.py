@@ -389,7 +389,8 @@ def test_an_http3_exchange_with_an_aioquic_backend_through_the_client(deployment
         while not done:
             assert time.monotonic() < deadline, "no HTTP/3 response"
             try:
-                end.pump_until(lambda: len(end.received[flow]) > seen or flow in end.reset, timeout=0.2)
+                end.pump_until(lambda seen=seen: len(end.received[flow]) > seen or flow in end.reset,
+                               timeout=0.2)
             except AssertionError:
                 assert not end.closed
             assert flow not in end.reset
