@@ -17,7 +17,7 @@ from ..tls import ALPN_ACME, visitor_certificate_refused
 from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from ..proto.address import format_address
 from .net import describe, dial, set_keepalive, set_nodelay
-from .quicbackend import ClientQuic
+from .quicbackend import ClientQuic, read_quic_hello
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
 
@@ -48,10 +48,9 @@ class ClientStreams(ClientQuic):
         try:
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
-                if header.protocol == "udp":  # a QUIC flow: io/quicbackend.py
-                    outcomes, outcome = self._serve_quic(stream, header, rest)
-                    return
-                taken = read_client_hello(lambda: stream.recv_consumed(), rest)
+                quic = header.protocol == "udp"  # a QUIC flow: io/quicbackend.py
+                taken = (read_quic_hello if quic else read_client_hello)(
+                    lambda: stream.recv_consumed(), rest)
                 del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)
             if service is None:
@@ -62,7 +61,9 @@ class ClientStreams(ClientQuic):
                 return
             series = self.metrics.services[service.backend_address]
             outcomes = series.outcome
-            if service.tls_mode == "terminate":
+            if quic:
+                outcome = self._quic(stream, service, series, taken, header)
+            elif service.tls_mode == "terminate":
                 outcome = self._terminate(stream, service, series, taken, header)
             else:
                 outcome = self._passthrough(stream, service, series, taken, header)

@@ -34,6 +34,7 @@ NO_QUIC = "noquic.example.com"  # a passthrough Service without quic-backend-add
 TERMINATE = "term.example.com"  # a terminate Service (which can have none)
 DEAD = "dead.example.com"  # quic-backend-address where nothing listens
 WILD = "*.wild.example.com"
+UNRESOLVED = "unresolved.example.com"  # quic-backend-address a name that does not resolve
 VISITOR, PUBLIC = ("203.0.113.7", 50123), ("192.0.2.1", 443)
 DCID, SCID = bytes.fromhex("8394c8f03e515708"), bytes.fromhex("c0ffee00")
 
@@ -54,12 +55,12 @@ class UDPEcho:
         while True:
             try:
                 datagram, sender = self.sock.recvfrom(65535)
+                with self.cond:  # kept before the answer: whoever sees the answer sees it
+                    self.received.append((sender, datagram))
+                    self.cond.notify_all()
                 self.sock.sendto(b"re:" + datagram, sender)
             except OSError:
                 return
-            with self.cond:
-                self.received.append((sender, datagram))
-                self.cond.notify_all()
 
     def wait(self, count, timeout=10):
         """The first `count` (sender, datagram) pairs; fails past `timeout`."""
@@ -99,6 +100,11 @@ tls-mode = "terminate"
 public-hostnames = ["{DEAD}"]
 backend-address = "127.0.0.1:9"
 quic-backend-address = "127.0.0.1:{free_udp_port()}"
+
+[[client.services]]
+public-hostnames = ["{UNRESOLVED}"]
+backend-address = "127.0.0.1:10"
+quic-backend-address = "nowhere.invalid:443"
 
 [[client.services]]
 public-hostnames = ["{WILD}"]
@@ -212,6 +218,18 @@ def test_a_flow_without_a_quic_backend_is_reset_before_backend(fake, udp_backend
         assert eventually(lambda: value(metrics_port, "runewarp_client_streams_total",
                                         service=service, outcome=outcome) == 1)
     assert udp_backend.received == []
+    tcp_stream_still_works(end)
+    assert_running_without_traceback(server.client)
+
+
+def test_a_quic_backend_that_does_not_resolve_is_reset_before_backend(fake):
+    server, end, metrics_port = fake
+    flow = open_flow(end, initials(UNRESOLVED))
+    assert reset_code(end, flow) == RESET_BEFORE_BACKEND
+    server.client.wait_for(f"backend-connect-failed public-hostname={UNRESOLVED} transport=quic "
+                           "backend-address=nowhere.invalid:443")
+    assert eventually(lambda: value(metrics_port, "runewarp_client_streams_total",
+                                    service="127.0.0.1:10", outcome="backend-connect-failed") == 1)
     tcp_stream_still_works(end)
     assert_running_without_traceback(server.client)
 
