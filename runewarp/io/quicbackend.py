@@ -32,42 +32,35 @@ MAX_HELD_BYTES = 64 * 1024
 
 
 class ClientQuic:
-    """The QUIC half of the stream handlers (mixed into io.streams.ClientStreams); it reads
-    `config`, `services`, `handlers`, `metrics` and `log` from the Client."""
+    """The QUIC half of the stream handlers (mixed into io.streams.ClientStreams), which reads
+    the flow's ClientHello with read_quic_hello and chooses its Service as for TCP; it reads
+    `config`, `handlers`, `metrics` and `log` from the Client."""
 
-    def _serve_quic(self, stream, header, rest):
-        """Serve a flow whose PROXY header was just read, under the caller's intake deadline:
-        the ClientHello, the Service, the backend socket; the relay then runs in a handler of
-        its own.  (the outcome counters, the outcome)."""
-        hello, held, decoder = read_quic_hello(stream.recv_consumed, rest)
-        hostname = hello_hostname(hello)
-        service = self.services.select(hostname)
-        if service is None:
-            return self._refuse_quic(stream, self.metrics.unserved, "no-service", hostname)
-        series = self.metrics.services[service.backend_address]
+    def _quic(self, stream, service, series, taken, header):
+        """Open the Service's QUIC backend socket and start the relay in a handler of its
+        own; the stream's outcome.  `taken` is read_quic_hello's, the Service chosen by its
+        hostname as for TCP."""
         if service.quic_backend_address is None:
-            return self._refuse_quic(stream, series.outcome, "no-quic-backend", hostname)
+            self.log.debug("stream-rejected", public_hostname=taken.hostname, transport="quic",
+                           reason="no-quic-backend")
+            stream.reset(RESET_BEFORE_BACKEND)
+            return "no-quic-backend"
         backend = format_address(service.quic_backend_address)
         try:
-            # Its own deadline raises TimeoutError, so the caller's intake deadline passes by.
             with gevent.Timeout(self.config.timeouts.backend_connect,
                                 TimeoutError("no address within backend-connect")):
                 sock = dial_udp(service.quic_backend_address)
         except OSError as exc:
-            self.log.warn("backend-connect-failed", public_hostname=hostname, transport="quic",
+            self.log.warn("backend-connect-failed", public_hostname=taken.hostname, transport="quic",
                           backend_address=backend, reason=describe(exc))
-            return self._refuse_quic(stream, series.outcome, "backend-connect-failed", hostname)
+            stream.reset(RESET_BEFORE_BACKEND)
+            return "backend-connect-failed"
         visitor = format_address(header.source) if header.source else None
-        self.log.debug("stream-routed", public_hostname=hostname, visitor=visitor,
+        self.log.debug("stream-routed", public_hostname=taken.hostname, visitor=visitor,
                        backend_address=backend, transport="quic")
-        flow = QuicFlow(stream, sock, decoder, self.config.quic_idle_timeout, self.metrics)
-        self.handlers.spawn(self._relay_quic, flow, held, series, hostname, visitor)
-        return series.outcome, "quic-relayed"
-
-    def _refuse_quic(self, stream, outcomes, outcome, hostname):
-        self.log.debug("stream-rejected", public_hostname=hostname, transport="quic", reason=outcome)
-        stream.reset(RESET_BEFORE_BACKEND)
-        return outcomes, outcome
+        flow = QuicFlow(stream, sock, taken.decoder, self.config.quic_idle_timeout, self.metrics)
+        self.handlers.spawn(self._relay_quic, flow, taken.held, series, taken.hostname, visitor)
+        return "quic-relayed"
 
     def _relay_quic(self, flow, held, series, hostname, visitor):
         series.active += 1
@@ -84,9 +77,22 @@ class ClientQuic:
                          duration=time.monotonic() - started, reason=flow.reason)
 
 
+class QuicIntake:
+    """A flow's ClientHello, its normalized hostname, every datagram read so far in order
+    (`held`, for the Local backend), and the decoder holding any partial frame after them."""
+
+    __slots__ = ("hello", "hostname", "held", "decoder")
+
+    def __init__(self, hello, held, decoder):
+        self.hello = hello
+        self.hostname = hello_hostname(hello)
+        self.held = held
+        self.decoder = decoder
+
+
 def read_quic_hello(recv, rest=b""):
-    """Call `recv()` until the client Initials hold a whole ClientHello: (the ClientHello,
-    every datagram read so far in order, the decoder holding any partial frame after them).
+    """read_client_hello for a QUIC flow stream: call `recv()` until the client Initials in
+    its framed datagrams hold a whole ClientHello; a QuicIntake.
 
     Datagrams the reader drops without ending the flow (one that does not decrypt) are held
     all the same: they are the Visitor's, and only the Local backend can judge them.
@@ -113,7 +119,7 @@ def read_quic_hello(recv, rest=b""):
                     if exc.fatal:
                         raise IntakeRejected(exc.reason) from None
         if hello is not None:
-            return hello, held, decoder
+            return QuicIntake(hello, held, decoder)
         data = recv()
         if not data:
             raise IntakeRejected("closed-before-client-hello")
