@@ -92,7 +92,7 @@ class QuicIntake:
                     except OSError as exc:
                         raise BindError(KEY, listener.address[:2], exc) from None
                 else:
-                    sock.setblocking(False)
+                    sock.settimeout(None)  # a socket unit's may be non-blocking
                 self.endpoints.append(Endpoint(sock, unit_owned, self.server.config.quic_idle_timeout))
         except BaseException:
             self.close()
@@ -139,8 +139,11 @@ class QuicIntake:
         while True:
             try:
                 datagram, peer = sock.recvfrom(RECV_SIZE)
-            except OSError:
-                continue  # an ICMP error reported on the socket: not ours to act on
+            except OSError as exc:  # not expected on an unconnected socket: never spin on it
+                self.server.log.debug("quic-read-failed", address=format_address(endpoint.address),
+                                      reason=str(exc))
+                gevent.sleep(0.1)
+                continue
             event = table.receive(peer[:2], datagram, time.monotonic())
             if type(event) is Forward:
                 handle = event.flow.handle
