@@ -108,6 +108,15 @@ class QuicIntake:
         """(socket, name, unit_owned) for a hand-over."""
         return [(e.sock, "quic", e.unit_owned) for e in self.endpoints]
 
+    def status(self):
+        """/status's QUIC entry."""
+        return {"addresses": [format_address(e.address) for e in self.endpoints],
+                "flows": self.active(), "pending_flows": sum(len(e.table.pending) for e in self.endpoints)}
+
+    def moved_away(self, public):
+        """The public listeners' addresses `public` are no longer those of the UDP sockets."""
+        return bool(self.endpoints) and {a[:2] for a in public} != {e.address for e in self.endpoints}
+
     def reload(self, config):
         """New flows take the new idle timeout; flows already open keep theirs."""
         for endpoint in self.endpoints:

@@ -7,6 +7,7 @@ here the test holds the Client's end of every stream, so it sees the PROXY v2 he
 each framed datagram exactly as the Server wrote them.
 """
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from runewarp.proto.quic import VERSION_1, VERSION_2, crypto_frame, seal_initial
 from ..conftest import free_port
 from .helpers import recv_exactly, reload_by_signal
 from .peers import APP, FakeClientEnd, assert_running_without_traceback, tunnel_tls
-from .test_metrics import eventually, metrics_table, value
+from .test_metrics import eventually, http, metrics_table, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 OTHER = "other.example.com"  # routed by the Server, served by no member
@@ -67,8 +68,8 @@ class Tunnel(FakeClientEnd):
     """The scripted Client: the Server's streams, their PROXY headers and datagrams.
     Credit is returned for every stream except those in `held` (a stalled Local backend)."""
 
-    def __init__(self, deployment, hostnames=(APP,)):
-        super().__init__(tunnel_tls(deployment.public_port, deployment.ca_file,
+    def __init__(self, deployment, hostnames=(APP,), port=None):
+        super().__init__(tunnel_tls(port or deployment.public_port, deployment.ca_file,
                                     deployment.dir / "client-a"))
         self.held = set()
         self.unconsumed = {}
@@ -197,6 +198,8 @@ def test_bad_datagrams_are_dropped_and_counted_and_v2_routes(deployment):
     assert tunnel.streams == [tunnel.streams[0]]  # only the v2 flow reached the Client
     assert eventually(lambda: value(metrics, "runewarp_quic_flows_active") == 1)
     assert value(metrics, "runewarp_quic_datagrams_total", direction="to_client") == 2
+    quic = json.loads(http(metrics, "/status")[1])["quic"]
+    assert quic == {"addresses": [f"127.0.0.1:{deployment.public_port}"], "flows": 1, "pending_flows": 0}
     assert_running_without_traceback(server)
 
 
@@ -317,3 +320,27 @@ def test_a_handover_passes_the_udp_socket_to_the_new_process(deployment):
         assert header.source == visitor.address
     finally:
         os.kill(new, signal.SIGTERM)
+
+
+def test_a_stop_stops_reading_udp_and_resets_the_open_flows(deployment):
+    server = quic_server(deployment)
+    tunnel = Tunnel(deployment)
+    visitor = Visitor(deployment.public_port)
+    visitor.send(*client_hello_initials(APP))
+    tunnel.flow(tunnel.next_stream(), 1)
+    server.signal(signal.SIGTERM)
+    assert server.popen.wait(timeout=30) == 0
+    server.wait_for("quic-flow-closed .*reason=server-stopping")
+    assert "Traceback" not in server.log()
+
+
+def test_a_reload_that_moves_the_public_listener_keeps_the_udp_socket_and_says_so(deployment):
+    server = quic_server(deployment)
+    config, moved = deployment.dir / "server.toml", free_port()
+    config.write_text(config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{moved}"'))
+    reload_by_signal(server, "server-reloaded")
+    server.wait_for("reload-needs-restart key=public-quic")
+    tunnel = Tunnel(deployment, port=moved)
+    visitor = Visitor(deployment.public_port)  # the UDP socket of the start still serves
+    visitor.send(*client_hello_initials(APP))
+    assert tunnel.flow(tunnel.next_stream(), 1)[0].source == visitor.address
