@@ -144,7 +144,7 @@ class QuicIntake:
 
     # -- the UDP reader --
     def _read(self, endpoint):
-        sock, table, metrics = endpoint.sock, endpoint.table, self.server.metrics
+        sock = endpoint.sock
         while True:
             try:
                 datagram, peer = sock.recvfrom(RECV_SIZE)
@@ -153,22 +153,29 @@ class QuicIntake:
                                       reason=str(exc))
                 gevent.sleep(0.1)
                 continue
-            event = table.receive(peer[:2], datagram, time.monotonic())
-            if type(event) is Forward:
-                handle = event.flow.handle
-                dropped = handle.queue.push(datagram)
-                if dropped:
-                    metrics.quic_dropped["queue-overflow"].inc(dropped)
-                handle.wake.set()
-                if event.migrated:
-                    self.server.log.debug("quic-flow-migrated", visitor=format_address(peer),
-                                          public_hostname=handle.hostname)
-            elif type(event) is Held:
-                continue
-            elif type(event) is Routable:
-                self._route(endpoint, event)
-            else:
-                self._dropped(event, peer)
+            try:
+                self._dispatch(endpoint, peer, datagram)
+            except Exception as exc:  # noqa: BLE001 - a bug must not end every QUIC flow's intake
+                self.server.log.error("quic-datagram-failed", visitor=format_address(peer),
+                                      reason=f"{type(exc).__name__}: {exc}")
+
+    def _dispatch(self, endpoint, peer, datagram):
+        """One datagram from `peer` through the flow table, and what its event asks."""
+        event = endpoint.table.receive(peer[:2], datagram, time.monotonic())
+        kind = type(event)
+        if kind is Forward:
+            handle = event.flow.handle
+            dropped = handle.queue.push(datagram)
+            if dropped:
+                self.server.metrics.quic_dropped["queue-overflow"].inc(dropped)
+            handle.wake.set()
+            if event.migrated:
+                self.server.log.debug("quic-flow-migrated", visitor=format_address(peer),
+                                      public_hostname=handle.hostname)
+        elif kind is Routable:
+            self._route(endpoint, event)
+        elif kind is not Held:
+            self._dropped(event, peer)
 
     def _dropped(self, event: Dropped, peer):
         server = self.server

@@ -344,3 +344,27 @@ def test_a_reload_that_moves_the_public_listener_keeps_the_udp_socket_and_says_s
     visitor = Visitor(deployment.public_port)  # the UDP socket of the start still serves
     visitor.send(*client_hello_initials(APP))
     assert tunnel.flow(tunnel.next_stream(), 1)[0].source == visitor.address
+
+
+def test_a_visitor_that_moves_keeps_its_flow_by_the_server_connection_id(deployment):
+    server = quic_server(deployment)
+    tunnel = Tunnel(deployment)
+    visitor = Visitor(deployment.public_port)
+    visitor.send(*client_hello_initials(APP))
+    stream = tunnel.next_stream()
+    tunnel.flow(stream, 1)
+    server_cid = os.urandom(8)
+    handshake = bytes([0xE0]) + VERSION_1.to_bytes(4) + b"\x08" + b"\x51" * 8 + b"\x08" + server_cid + bytes(60)
+    tunnel.send(stream, frame(handshake))  # the QUIC server's long header names its CID
+    assert visitor.receive() == handshake
+    moved = Visitor(deployment.public_port)  # a NAT rebinding: a new address and port
+    moved.send(b"\x41" + server_cid + b"after the move")
+    assert tunnel.flow(stream, 2)[1][1] == b"\x41" + server_cid + b"after the move"
+    tunnel.send(stream, frame(b"\x41to the new address"))
+    assert moved.receive() == b"\x41to the new address"
+    stranger = Visitor(deployment.public_port)
+    stranger.send(b"\x41" + os.urandom(8) + b"unknown connection id")
+    moved.send(b"\x41" + server_cid + b"still here")
+    assert tunnel.flow(stream, 3)[1][2] == b"\x41" + server_cid + b"still here"
+    assert tunnel.streams == [stream]
+    server.wait_for("quic-flow-migrated")
