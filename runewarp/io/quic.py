@@ -45,7 +45,7 @@ class QuicFlow:
     """A routed flow: its stream, queue and counters (the table's Flow.handle)."""
 
     __slots__ = ("flow", "endpoint", "hostname", "tunnel", "pool", "member", "queue", "wake",
-                 "stream", "ended", "started", "up", "down", "receiver")
+                 "stream", "ended", "started", "up", "down")
 
     def __init__(self, flow, endpoint, hostname, tunnel, pool, member):
         self.flow = flow
@@ -60,7 +60,6 @@ class QuicFlow:
         self.ended = None  # why, once ended
         self.started = time.monotonic()
         self.up = self.down = 0  # datagrams to the Client side, to the Visitor
-        self.receiver = None
 
 
 class QuicIntake:
@@ -96,6 +95,7 @@ class QuicIntake:
                 self.endpoints.append(Endpoint(sock, unit_owned, self.server.config.quic_idle_timeout))
         except BaseException:
             self.close()
+            self.endpoints = []
             raise
 
     def start(self):
@@ -242,7 +242,7 @@ class QuicIntake:
         server.log.debug("quic-flow-routed", visitor=format_address(flow.peer),
                          public_hostname=handle.hostname, tunnel=handle.tunnel,
                          client_instance=handle.member.instance, stream=stream.id)
-        handle.receiver = self.flows.spawn(self._receive, handle)
+        self.flows.spawn(self._receive, handle)
         try:
             while handle.ended is None:
                 handle.wake.wait()
