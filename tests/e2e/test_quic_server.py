@@ -262,6 +262,12 @@ def test_a_full_queue_drops_the_oldest_and_never_blocks_another_flow(deployment)
     tunnel.flow(fast, 1)
     tunnel.send(fast, frame(b"\xc0for the other flow"))
     assert other.receive() == b"\xc0for the other flow"
+    with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as tcp:
+        tcp.sendall(clienthello.build(APP))  # a TCP Visitor on the same Tunnel connection
+        tcp_stream = tunnel.next_stream(2)
+        tunnel.pump_until(lambda: len(tunnel.received[tcp_stream]) > 16)
+        tunnel.send(tcp_stream, b"tcp answer")
+        assert recv_exactly(tcp, 10) == b"tcp answer"
     last = b"LAST" + bytes(100)
     stalled.send(last)
     time.sleep(0.5)  # reading it is the Server's business; the assertion below waits for it
