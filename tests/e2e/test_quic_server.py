@@ -374,3 +374,30 @@ def test_a_visitor_that_moves_keeps_its_flow_by_the_server_connection_id(deploym
     assert tunnel.flow(stream, 3)[1][2] == b"\x41" + server_cid + b"still here"
     assert tunnel.streams == [stream]
     server.wait_for("quic-flow-migrated")
+
+
+def test_pending_flows_are_bounded_and_expire(deployment):
+    metrics = free_port()
+    server = quic_server(deployment, metrics_port=metrics)
+    tunnel = Tunnel(deployment)
+    visitors = [Visitor(deployment.public_port) for _ in range(260)]
+    try:
+        for n, visitor in enumerate(visitors):  # the first half of a ClientHello each: pending
+            visitor.send(client_hello_initials(APP, pieces=2, pad=1500)[0])
+            if n % 32 == 31:
+                time.sleep(0.01)  # the kernel's UDP buffer is small; the Server reads meanwhile
+
+        def dropped(reason):
+            return value(metrics, "runewarp_quic_dropped_total", reason=reason) or 0
+
+        assert eventually(lambda: dropped("pending-full") == 4)
+        server.wait_for("server-saturated scope=quic-pending-full")
+        assert eventually(lambda: dropped("pending-expired") == 256)
+        assert value(metrics, "runewarp_quic_flows_total", outcome="pending-expired") == 256
+        visitors[0].send(*client_hello_initials(APP))  # room again
+        assert tunnel.flow(tunnel.next_stream(), 1)[0].source == visitors[0].address
+        assert tunnel.streams == [tunnel.streams[0]]
+    finally:
+        for visitor in visitors:
+            visitor.close()
+    assert_running_without_traceback(server)
