@@ -109,12 +109,12 @@ def bind(address, backlog=1024, v6only=False):
 
 def bind_datagram(address, v6only=False):
     """A UDP socket bound to `address` (the public QUIC socket, io/quic.py); `v6only` as in
-    `bind`.  Large kernel buffers absorb a burst while the reader greenlet waits its turn."""
+    `bind`.  Large kernel buffers absorb a burst while the reader greenlet waits its turn.
+    No SO_REUSEADDR: on UDP it would let another socket bind the same port beside ours."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6 and v6only:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _grow_buffers(sock)
@@ -122,8 +122,7 @@ def bind_datagram(address, v6only=False):
     except OSError:
         sock.close()
         raise
-    sock.setblocking(False)
-    return sock
+    return sock  # blocking as gevent emulates it: recvfrom parks only its greenlet
 
 
 def _grow_buffers(sock, size=4 * 1024 * 1024):

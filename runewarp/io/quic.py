@@ -45,7 +45,7 @@ class QuicFlow:
     """A routed flow: its stream, queue and counters (the table's Flow.handle)."""
 
     __slots__ = ("flow", "endpoint", "hostname", "tunnel", "pool", "member", "queue", "wake",
-                 "stream", "ended", "started", "up", "down", "receiver")
+                 "stream", "ended", "started", "up", "down")
 
     def __init__(self, flow, endpoint, hostname, tunnel, pool, member):
         self.flow = flow
@@ -60,7 +60,6 @@ class QuicFlow:
         self.ended = None  # why, once ended
         self.started = time.monotonic()
         self.up = self.down = 0  # datagrams to the Client side, to the Visitor
-        self.receiver = None
 
 
 class QuicIntake:
@@ -92,10 +91,11 @@ class QuicIntake:
                     except OSError as exc:
                         raise BindError(KEY, listener.address[:2], exc) from None
                 else:
-                    sock.setblocking(False)
+                    sock.settimeout(None)  # a socket unit's may be non-blocking
                 self.endpoints.append(Endpoint(sock, unit_owned, self.server.config.quic_idle_timeout))
         except BaseException:
             self.close()
+            self.endpoints = []
             raise
 
     def start(self):
@@ -107,6 +107,15 @@ class QuicIntake:
     def sockets(self):
         """(socket, name, unit_owned) for a hand-over."""
         return [(e.sock, "quic", e.unit_owned) for e in self.endpoints]
+
+    def status(self):
+        """/status's QUIC entry."""
+        return {"addresses": [format_address(e.address) for e in self.endpoints],
+                "flows": self.active(), "pending_flows": sum(len(e.table.pending) for e in self.endpoints)}
+
+    def moved_away(self, public):
+        """The public listeners' addresses `public` are no longer those of the UDP sockets."""
+        return bool(self.endpoints) and {a[:2] for a in public} != {e.address for e in self.endpoints}
 
     def reload(self, config):
         """New flows take the new idle timeout; flows already open keep theirs."""
@@ -135,28 +144,38 @@ class QuicIntake:
 
     # -- the UDP reader --
     def _read(self, endpoint):
-        sock, table, metrics = endpoint.sock, endpoint.table, self.server.metrics
+        sock = endpoint.sock
         while True:
             try:
                 datagram, peer = sock.recvfrom(RECV_SIZE)
-            except OSError:
-                continue  # an ICMP error reported on the socket: not ours to act on
-            event = table.receive(peer[:2], datagram, time.monotonic())
-            if type(event) is Forward:
-                handle = event.flow.handle
-                dropped = handle.queue.push(datagram)
-                if dropped:
-                    metrics.quic_dropped["queue-overflow"].inc(dropped)
-                handle.wake.set()
-                if event.migrated:
-                    self.server.log.debug("quic-flow-migrated", visitor=format_address(peer),
-                                          public_hostname=handle.hostname)
-            elif type(event) is Held:
+            except OSError as exc:  # not expected on an unconnected socket: never spin on it
+                self.server.log.debug("quic-read-failed", address=format_address(endpoint.address),
+                                      reason=str(exc))
+                gevent.sleep(0.1)
                 continue
-            elif type(event) is Routable:
-                self._route(endpoint, event)
-            else:
-                self._dropped(event, peer)
+            try:
+                self._dispatch(endpoint, peer, datagram)
+            except Exception as exc:  # noqa: BLE001 - a bug must not end every QUIC flow's intake
+                self.server.log.error("quic-datagram-failed", visitor=format_address(peer),
+                                      reason=f"{type(exc).__name__}: {exc}")
+
+    def _dispatch(self, endpoint, peer, datagram):
+        """One datagram from `peer` through the flow table, and what its event asks."""
+        event = endpoint.table.receive(peer[:2], datagram, time.monotonic())
+        kind = type(event)
+        if kind is Forward:
+            handle = event.flow.handle
+            dropped = handle.queue.push(datagram)
+            if dropped:
+                self.server.metrics.quic_dropped["queue-overflow"].inc(dropped)
+            handle.wake.set()
+            if event.migrated:
+                self.server.log.debug("quic-flow-migrated", visitor=format_address(peer),
+                                      public_hostname=handle.hostname)
+        elif kind is Routable:
+            self._route(endpoint, event)
+        elif kind is not Held:
+            self._dropped(event, peer)
 
     def _dropped(self, event: Dropped, peer):
         server = self.server
@@ -223,7 +242,7 @@ class QuicIntake:
         server.log.debug("quic-flow-routed", visitor=format_address(flow.peer),
                          public_hostname=handle.hostname, tunnel=handle.tunnel,
                          client_instance=handle.member.instance, stream=stream.id)
-        handle.receiver = self.flows.spawn(self._receive, handle)
+        self.flows.spawn(self._receive, handle)
         try:
             while handle.ended is None:
                 handle.wake.wait()

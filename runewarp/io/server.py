@@ -205,6 +205,9 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self.metrics.set_tunnels(snapshot.tunnels)
         self._reauthorize(old_pools, snapshot)
         self.listeners = swap(self.listeners, moved, self.log)
+        if self.quic.moved_away([li.address for li in self.listeners if kind(li.name) == "public"]):
+            self.log.warn("reload-needs-restart", key="public-quic",
+                          reason="the UDP sockets stay on the public addresses of the start")
         sizes = pool_sizes(config)
         for listener in self.listeners:
             listener.resize(sizes[kind(listener.name)])
@@ -273,7 +276,10 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
             tunnels.append({"name": route.name, "public_hostnames": sorted(route.public_hostnames),
                             "active_streams": pool.active_streams if pool else 0,
                             "members": members})
-        return {"tunnels": tunnels, "certificates": certificate_entries(self.metrics)}
+        document = {"tunnels": tunnels, "certificates": certificate_entries(self.metrics)}
+        if self.quic.endpoints:
+            document["quic"] = self.quic.status()
+        return document
 
     # -- admission, shared by Visitors (io/visitors.py) and Tunnel handshakes (io/tunnels.py) --
     def _admit(self, table, kind, sock, address):

@@ -211,3 +211,25 @@ def test_any_datagrams_keep_the_table_bounded_and_consistent(steps):
         assert all(flows.flows.get(f.peer) is f for f in flows.by_cid.values())
         assert sum(flows.cid_lengths.values()) == len(flows.by_cid)
     assert delivered == sent
+
+
+def test_the_real_reader_routes_a_clienthello_spread_over_initials_out_of_order():
+    import os
+
+    from runewarp.proto import clienthello
+    from runewarp.proto.quic import crypto_frame, seal_initial
+
+    message = clienthello.build("app.example.com", ("h3",), random=os.urandom(64),
+                                extra_extensions=(0xFFAA).to_bytes(2) + (2000).to_bytes(2) + bytes(2000))[5:]
+    dcid, half = os.urandom(8), len(message) // 2
+    first = seal_initial(VERSION_1, dcid, b"", 0, crypto_frame(0, message[:half]))
+    second = seal_initial(VERSION_1, dcid, b"", 1, crypto_frame(half, message[half:]))
+    flows = FlowTable(30.0)
+    assert isinstance(flows.receive(VISITOR, second, 0), Held)
+    assert flows.receive(VISITOR, b"\x40" + dcid, 0) == Dropped("short-header")  # not held
+    tampered = bytearray(first)
+    tampered[-1] ^= 1
+    assert flows.receive(VISITOR, bytes(tampered), 0) == Dropped("undecryptable")
+    event = flows.receive(VISITOR, first, 0)
+    assert isinstance(event, Routable) and event.datagrams == (second, first)
+    assert event.hello.server_name == "app.example.com" and event.hello.alpn_protocols == ("h3",)
