@@ -185,6 +185,7 @@ class QuicFlow:
         workers = []
         try:
             self._send(held)
+            held.clear()  # the flow's first datagrams are not kept for its lifetime
             workers = [gevent.spawn(self._guard, work) for work in
                        (self._stream_to_backend, self._backend_to_queue, self._queue_to_stream)]
             while not self.done.is_set():
