@@ -73,7 +73,7 @@ QUIC_FLOW_OUTCOMES = ("routed", "unknown-hostname", "no-sni", "invalid-sni", "no
 QUIC_DIRECTIONS = ("to_client", "to_visitor")
 CERTIFICATE_KINDS = ("server", "public")
 DIRECTIONS = ("to-client", "to-visitor")
-QUIC_DIRECTIONS = ("to_backend", "to_server")  # the Client's QUIC datagram counters
+CLIENT_QUIC_DIRECTIONS = ("to_backend", "to_server")  # the Client's QUIC datagram counters
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -244,11 +244,11 @@ class ClientMetrics(_Metrics):
         self.service_healthy = lambda backend: True  # the Client's health (io/health.py)
         datagrams = Counter("runewarp_client_quic_datagrams", "QUIC datagrams relayed, to the "
                             "Local backend or back to the Server.", ["direction"], registry=r)
-        self.quic_datagrams = {d: datagrams.labels(d) for d in QUIC_DIRECTIONS}
+        self.quic_datagrams = {d: datagrams.labels(d) for d in CLIENT_QUIC_DIRECTIONS}
         dropped = Counter("runewarp_client_quic_dropped_datagrams", "QUIC datagrams dropped: "
                           "the oldest of a full queue to the Server, or one the Local backend's "
                           "socket would not send.", ["direction"], registry=r)
-        self.quic_dropped = {d: dropped.labels(d) for d in QUIC_DIRECTIONS}
+        self.quic_dropped = {d: dropped.labels(d) for d in CLIENT_QUIC_DIRECTIONS}
         self.services = {}  # backend_address -> _ServiceSeries
         self.set_services(services)
 

@@ -95,6 +95,16 @@ def grew(before, after):
     return {key: after[key] - before.get(key, 0) for key in after if after[key] > before.get(key, 0)}
 
 
+def through(q, address, path, hostname=H3, **options):
+    """`fetch` via `address`; a failure comes with the last lines of both logs."""
+    try:
+        return fetch(address, hostname, q.ca, path, **options)
+    except (ConnectionError, TimeoutError) as exc:
+        logs = "".join(f"\n--- {proc.name}:\n" + "\n".join(proc.lines[-40:])
+                       for proc in (q.server, q.client))
+        raise AssertionError(f"HTTP/3 GET {path} failed: {exc!r}{logs}") from exc
+
+
 def assert_fetched(got, size, q, version=quic.VERSION_1):
     assert (got.status, got.backend, got.length) == (200, "h3-backend", size), got
     assert got.sha256 == sha256(pattern(size))
@@ -147,7 +157,7 @@ def test_the_peers_work_directly(tmp_path):
 def test_http3_get_through_runewarp_is_byte_identical_with_the_backend_certificate(quic_deployment):
     q = quic_deployment
     size = 5 * 1024 * 1024 + 7
-    assert_fetched(fetch(q.udp, H3, q.ca, f"/size/{size}", timeout=90), size, q)
+    assert_fetched(through(q, q.udp, f"/size/{size}", timeout=90), size, q)
     assert flows(q.metrics).get("routed", 0) >= 1
     assert curl(q.port, H3, q.ca).stdout == b"backend=h3\n"
     assert_running_without_traceback(q.server, q.client)
@@ -157,12 +167,12 @@ def test_http3_get_through_runewarp_is_byte_identical_with_the_backend_certifica
 def test_multi_packet_reordered_and_duplicated_client_hellos(quic_deployment, version):
     q = quic_deployment
     number = VERSIONS[version]
-    assert_fetched(fetch(q.udp, H3, q.ca, "/size/1000", version=number), 1000, q, number)
-    assert_fetched(fetch(q.udp, H3, q.ca, "/size/2000", version=number, big_hello=True),
+    assert_fetched(through(q, q.udp, "/size/1000", version=number), 1000, q, number)
+    assert_fetched(through(q, q.udp, "/size/2000", version=number, big_hello=True),
                    2000, q, number)
     shim = Shim(q.udp)
     try:
-        got = fetch(shim.address, H3, q.ca, "/size/3000", version=number, big_hello=True)
+        got = through(q, shim.address, "/size/3000", version=number, big_hello=True)
     finally:
         shim.close()
     assert_fetched(got, 3000, q, number)
@@ -209,7 +219,7 @@ def test_unroutable_and_bad_datagrams_are_dropped_counted_and_never_answered(qui
     with pytest.raises(TimeoutError):
         fetch(q.udp, "nobody.example.com", q.ca, timeout=3)
     assert curl(q.port, H3, q.ca).stdout == b"backend=h3\n"
-    assert_fetched(fetch(q.udp, H3, q.ca, "/size/5000"), 5000, q)
+    assert_fetched(through(q, q.udp, "/size/5000"), 5000, q)
     assert_running_without_traceback(q.server, q.client)
 
 
