@@ -167,6 +167,7 @@ def test_http3_get_through_runewarp_is_byte_identical_with_the_backend_certifica
 def test_multi_packet_reordered_and_duplicated_client_hellos(quic_deployment, version):
     q = quic_deployment
     number = VERSIONS[version]
+    before = dropped(q.metrics)
     assert_fetched(through(q, q.udp, "/size/1000", version=number), 1000, q, number)
     assert_fetched(through(q, q.udp, "/size/2000", version=number, big_hello=True),
                    2000, q, number)
@@ -182,6 +183,8 @@ def test_multi_packet_reordered_and_duplicated_client_hellos(quic_deployment, ve
     assert reader.feed(shim.received[0]) is None
     assert reader.feed(shim.received[1]).server_name == H3
     assert flows(q.metrics).get("routed", 0) >= 3
+    # Routed at the first try: no Initial was dropped and left for the client to resend.
+    assert grew(before, dropped(q.metrics)) == {}
     assert_running_without_traceback(q.server, q.client)
 
 
@@ -296,15 +299,43 @@ def test_500_flows_and_a_garbage_flood_keep_memory_bounded_and_tcp_working(quic_
             stop.set()
             thread.join(30)
         rss["flood"] = {name: rss_kib(pid) for name, pid in pids.items()}
-        counted = sum(grew(before, dropped(q.metrics)).values())
+        counted = grew(before, dropped(q.metrics))
     finally:
         for sock in socks:
             sock.close()
-    print(f"\nRSS KiB {rss}; flood datagrams counted as dropped: {counted} of {FLOOD}; "
+    print(f"\nRSS KiB {rss}; dropped during the flood of {FLOOD}: {counted}; "
           f"curl Visitors during the flood: {len(results)}")
     assert results and all(r == b"backend=h3\n" for r in results), results
-    assert counted >= FLOOD // 3, "too little of the flood reached the Server to judge"
+    assert sum(counted.values()) >= FLOOD // 3, "too little of the flood reached the Server"
     for name in pids:
         assert rss["flows"][name] - rss["start"][name] < FLOWS_CEILING_KIB, rss
         assert rss["flood"][name] - rss["flows"][name] < FLOOD_CEILING_KIB, rss
     assert_running_without_traceback(q.server, q.client)
+
+
+@pytest.mark.xfail(strict=True, reason="io/quic + proto/quicflows: an undecryptable first "
+                   "Initial takes a pending-flow slot for 3 s, so a flood from fresh source "
+                   "ports keeps the pending table full (reported to the lead)")
+def test_an_http3_visitor_gets_through_a_flood_of_undecryptable_initials(quic_deployment):
+    """Undecryptable Initials from ever new source ports cost the Server a decryption
+    each, never a pending flow that would keep a real Visitor out."""
+    q = quic_deployment
+    stop, sent = threading.Event(), []
+
+    def garbage():
+        rng = random.Random(7)
+        while not stop.is_set():
+            flood(q.udp, 1000, rng)
+            sent.append(1000)
+
+    thread = threading.Thread(target=garbage, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    try:
+        time.sleep(1)  # the flood is on before the Visitor comes
+        assert_fetched(through(q, q.udp, "/size/4000", timeout=20), 4000, q)
+    finally:
+        stop.set()
+        thread.join(30)
+        print(f"\nflood: {sum(sent) / (time.monotonic() - started):.0f} datagrams/s; "
+              f"dropped: {grew({}, dropped(q.metrics))}")
