@@ -38,7 +38,7 @@ NO_SERVICE_OUTCOMES = ("no-service", "handler-pool-full", "header-invalid", "hel
                        "intake-deadline", "aborted")
 SERVICE_OUTCOMES = ("served", "backend-connect-failed", "backend-write-failed",
                     "terminate-handshake-failed", "visitor-certificate-refused", "acme-challenge",
-                    "aborted")
+                    "quic-relayed", "no-quic-backend", "aborted")
 CLIENT_STREAM_OUTCOMES = tuple(dict.fromkeys(NO_SERVICE_OUTCOMES + SERVICE_OUTCOMES))
 NO_SERVICE = ""  # the `service` label of a stream refused before a Service was chosen
 TUNNEL_EVENTS = ("established", "closed", "refused")
@@ -62,6 +62,7 @@ RETRY_RESULTS = ("retried", "given-up")  # runewarp_visitor_retries_total (docs/
 RELOAD_RESULTS = ("success", "failure")
 CERTIFICATE_KINDS = ("server", "public")
 DIRECTIONS = ("to-client", "to-visitor")
+QUIC_DIRECTIONS = ("to_backend", "to_server")  # the Client's QUIC datagram counters
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -214,6 +215,13 @@ class ClientMetrics(_Metrics):
                               "Service healthy, 0 while the Server is told to skip it.",
                               ["service"], registry=r)
         self.service_healthy = lambda backend: True  # the Client's health (io/health.py)
+        datagrams = Counter("runewarp_client_quic_datagrams", "QUIC datagrams relayed, to the "
+                            "Local backend or back to the Server.", ["direction"], registry=r)
+        self.quic_datagrams = {d: datagrams.labels(d) for d in QUIC_DIRECTIONS}
+        dropped = Counter("runewarp_client_quic_dropped_datagrams", "QUIC datagrams dropped: "
+                          "the oldest of a full queue to the Server, or one the Local backend's "
+                          "socket would not send.", ["direction"], registry=r)
+        self.quic_dropped = {d: dropped.labels(d) for d in QUIC_DIRECTIONS}
         self.services = {}  # backend_address -> _ServiceSeries
         self.set_services(services)
 

@@ -84,6 +84,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         connections_per_server=ctx.setting(client, p, "connections-per-server"),
         resolve_interval=shared.positive(ctx, client, p, "resolve-interval"),
         unhealthy_after=ctx.setting(client, p, "unhealthy-after"),
+        quic_idle_timeout=shared.positive(ctx, client, p, "quic-idle-timeout"),
         server_trust=trust,
         server_ca_file=ca_file,
         identity_dir=identity_dir,
@@ -203,8 +204,22 @@ def _parse_services(ctx: Context, client: dict) -> tuple[ServiceConfig, ...]:
         services.append(ServiceConfig(public_hostnames, address, tls_mode, proxy_protocol,
                                       _alpn(ctx, entry, sp, tls_mode),
                                       _visitor_ca_file(ctx, entry, sp, tls_mode),
-                                      _health_check(ctx, entry, sp, tls_mode)))
+                                      _health_check(ctx, entry, sp, tls_mode),
+                                      _quic_backend_address(ctx, entry, sp, tls_mode)))
     return tuple(services)
+
+
+def _quic_backend_address(ctx: Context, entry: dict, sp: str, tls_mode: str) -> tuple[str, int] | None:
+    """Where the Service's QUIC flows go (None: it takes none).  QUIC carries its TLS inside
+    the QUIC handshake, which the Client relays and never completes: nothing to terminate."""
+    value = ctx.setting(entry, sp, "quic-backend-address")
+    if value is None:
+        return None
+    key = join(sp, "quic-backend-address")
+    if tls_mode == "terminate":
+        raise ctx.error(key, 'not with tls-mode = "terminate" (the Client relays QUIC to the Local '
+                             "backend, which completes the Visitor's handshake itself)")
+    return backend_address(ctx, key, value)
 
 
 def _health_check(ctx: Context, entry: dict, sp: str, tls_mode: str) -> HealthCheck | None:

@@ -152,6 +152,7 @@ class ServiceConfig:
     alpn: tuple[str, ...] | None = None  # terminate only; None there means the key table's default
     visitor_ca_file: Path | None = None  # terminate only: Visitors need a certificate from this CA
     health_check: HealthCheck | None = None  # None: passive health only
+    quic_backend_address: tuple[str, int] | None = None  # None: the Service takes no QUIC
 
     def __post_init__(self):
         if self.alpn is None and self.tls_mode == "terminate":
@@ -172,6 +173,7 @@ class ClientConfig:
     connections_per_server: int = default("client.connections-per-server")
     resolve_interval: float = default("client.resolve-interval")
     unhealthy_after: int = default("client.unhealthy-after")
+    quic_idle_timeout: float = default("client.quic-idle-timeout")
     server_trust: str = default("client.server-trust")
     server_ca_file: Path | None = None
     identity_dir: Path

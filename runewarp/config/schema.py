@@ -217,6 +217,9 @@ KEYS: tuple[Key, ...] = (
     Key("client.unhealthy-after", "integer", 3, "an integer >= 1",
         "consecutive Local backend connect failures after which a Service is unhealthy on this "
         "Client (the Server then places none of its streams here)", bounds=(1, None)),
+    Key("client.quic-idle-timeout", "seconds", 30.0, "seconds > 0",
+        "seconds without a datagram either way after which a QUIC flow ends and its Local backend "
+        "socket is closed", reload=NEW_CONNECTIONS),
     Key("client.services[].health-check", "table", None, "see the health-check keys",
         "an active check of the Local backend", shown="unset (passive only)"),
     Key("client.services[].health-check.interval", "seconds", 5.0, "seconds > 0",
@@ -245,6 +248,9 @@ KEYS: tuple[Key, ...] = (
         "the Local backend"),
     Key("client.services[].tls-mode", "string", "passthrough", "passthrough or terminate",
         "who terminates the Visitor's TLS", choices=TLS_MODES),
+    Key("client.services[].quic-backend-address", "address", None, "host:port, port 1-65535; not with "
+        "tls-mode = terminate", "the Local backend's UDP address for QUIC (HTTP/3) flows",
+        shown="unset (no QUIC)"),
     Key("client.services[].proxy-protocol", "string", None, "v1 or v2",
         "a PROXY protocol header with the Visitor's address, written to the Local backend first",
         shown="unset (off)", choices=PROXY_PROTOCOLS),

@@ -17,11 +17,12 @@ from ..tls import ALPN_ACME, visitor_certificate_refused
 from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
 from ..proto.address import format_address
 from .net import describe, dial, set_keepalive, set_nodelay
+from .quicbackend import ClientQuic, read_quic_hello
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
 
 
-class ClientStreams:
+class ClientStreams(ClientQuic):
     """The stream handler half of the Client (mixed into io.client.Client): it reads
     `config`, `services`, `handlers`, `splices`, `saturation`, `acme`, `public_certs`,
     `metrics`, `health` and `log` from the Client.  Each Visitor stream counts one outcome."""
@@ -47,7 +48,9 @@ class ClientStreams:
         try:
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
-                taken = read_client_hello(lambda: stream.recv_consumed(), rest)
+                quic = header.protocol == "udp"  # a QUIC flow: io/quicbackend.py
+                taken = (read_quic_hello if quic else read_client_hello)(
+                    lambda: stream.recv_consumed(), rest)
                 del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)
             if service is None:
@@ -58,7 +61,9 @@ class ClientStreams:
                 return
             series = self.metrics.services[service.backend_address]
             outcomes = series.outcome
-            if service.tls_mode == "terminate":
+            if quic:
+                outcome = self._quic(stream, service, series, taken, header)
+            elif service.tls_mode == "terminate":
                 outcome = self._terminate(stream, service, series, taken, header)
             else:
                 outcome = self._passthrough(stream, service, series, taken, header)

@@ -700,6 +700,10 @@ COVERED = {
     "client.services[].backend-address": _ids(HERE, SERVICES),
     "client.services[].tls-mode": _ids(HERE, TLS_MODE),
     "client.services[].proxy-protocol": _ids(HERE, "test_client_proxy_protocol_applies_to_the_next_stream"),
+    "client.services[].quic-backend-address": _ids(
+        "test_quic_client.py", "test_quic_backend_address_reloaded_applies_to_the_next_flow"),
+    "client.quic-idle-timeout": _ids(
+        "test_quic_client.py", "test_quic_idle_timeout_reloaded_ends_the_next_flows_and_closes_their_sockets"),
     "server.public-bind-addresses": _ids("test_public_ports.py",
                                          "test_a_reload_adds_and_removes_public_ports_and_keeps_the_rest"),
     "server.tunnels[].public-ports": _ids("test_public_ports.py",
