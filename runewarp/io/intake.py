@@ -105,13 +105,18 @@ def read_client_hello(read, initial=b""):
         data = read()
         if not data:
             raise IntakeRejected("closed-before-client-hello")
+    return Intake(hello, hello_hostname(hello), bytes(buf))
+
+
+def hello_hostname(hello):
+    """The ClientHello's normalized SNI, the one rule for TCP and QUIC intake; IntakeRejected
+    ("no-sni", "invalid-sni") without a usable one."""
     if hello.server_name is None:
         raise IntakeRejected("no-sni")
     try:
-        hostname = normalize(hello.server_name)
+        return normalize(hello.server_name)
     except HostnameError:
         raise IntakeRejected("invalid-sni") from None
-    return Intake(hello, hostname, bytes(buf))
 
 
 @contextlib.contextmanager

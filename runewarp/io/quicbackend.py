@@ -20,9 +20,9 @@ from gevent.event import Event
 from ..errors import IntakeRejected, StreamAborted
 from ..proto.address import format_address
 from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame
-from ..proto.hostname import HostnameError, normalize
 from ..proto.mux import RESET_BEFORE_BACKEND  # the Server may place these on another member
 from ..proto.quic import MAX_INITIALS, InitialReader, QuicDropped
+from .intake import hello_hostname
 from .net import describe, literal_family
 
 # What a flow may hold before its ClientHello is complete: its Initials (MAX_INITIALS at most),
@@ -123,16 +123,6 @@ def read_quic_hello(recv, rest=b""):
         data = recv()
         if not data:
             raise IntakeRejected("closed-before-client-hello")
-
-
-def hello_hostname(hello):
-    """The ClientHello's normalized SNI, as TCP intake reads it; IntakeRejected without one."""
-    if hello.server_name is None:
-        raise IntakeRejected("no-sni")
-    try:
-        return normalize(hello.server_name)
-    except HostnameError:
-        raise IntakeRejected("invalid-sni") from None
 
 
 def dial_udp(address):
