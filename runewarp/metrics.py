@@ -60,9 +60,20 @@ _CLOSE_REASONS = (("peer closed", "peer-closed"), ("no frame received", "idle-ti
                   ("server shutting down", "server-stopping"))
 RETRY_RESULTS = ("retried", "given-up")  # runewarp_visitor_retries_total (docs/protocol.md)
 RELOAD_RESULTS = ("success", "failure")
+# runewarp_quic_dropped_total's reasons: the flow table's (proto/quic.py QuicDropped,
+# proto/quicflows.py) and the routing refusals of io/quic.py.
+QUIC_DROP_REASONS = (
+    "short-header", "unsupported-version", "not-initial", "undecryptable", "malformed", "too-large",
+    "too-many-packets", "not-client-hello", "pending-full", "pending-expired", "unknown-hostname",
+    "no-sni", "invalid-sni", "no-member", "active-streams-full", "stream-open-failed",
+    "queue-overflow")
+# runewarp_quic_flows_total's outcomes: each flow counts once, when it is routed or refused.
+QUIC_FLOW_OUTCOMES = ("routed", "unknown-hostname", "no-sni", "invalid-sni", "no-member",
+                      "active-streams-full", "stream-open-failed", "rejected", "pending-expired")
+QUIC_DIRECTIONS = ("to_client", "to_visitor")
 CERTIFICATE_KINDS = ("server", "public")
 DIRECTIONS = ("to-client", "to-visitor")
-QUIC_DIRECTIONS = ("to_backend", "to_server")  # the Client's QUIC datagram counters
+CLIENT_QUIC_DIRECTIONS = ("to_backend", "to_server")  # the Client's QUIC datagram counters
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -142,9 +153,25 @@ class ServerMetrics(_Metrics):
         self.intake_seconds = Histogram("runewarp_visitor_intake_seconds",
                                         "Accept to a complete ClientHello.",
                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self._quic_series(r)
         self._pools = pools
         self.tunnels = {}
         self.set_tunnels(tunnels)
+        self.quic_flows_active = lambda: 0  # the Server's QUIC intake sets its own reader
+
+    def _quic_series(self, r):
+        """The QUIC intake's counters (io/quic.py), every child up front."""
+        datagrams = Counter("runewarp_quic_datagrams", "QUIC datagrams relayed.", ["direction"],
+                            registry=r)
+        self.quic_datagrams = {d: datagrams.labels(d) for d in QUIC_DIRECTIONS}
+        dropped = Counter("runewarp_quic_dropped", "QUIC datagrams dropped, by reason.", ["reason"],
+                          registry=r)
+        self.quic_dropped = {x: dropped.labels(x) for x in QUIC_DROP_REASONS}
+        flows = Counter("runewarp_quic_flows", "QUIC flows by routing outcome.", ["outcome"],
+                        registry=r)
+        self.quic_flows = {x: flows.labels(x) for x in QUIC_FLOW_OUTCOMES}
+        Gauge("runewarp_quic_flows_active", "QUIC flows now open (routed).", registry=r
+              ).set_function(lambda: self.quic_flows_active())
 
     def set_tunnels(self, tunnels):
         """Create the series of new Tunnels and hostnames; remove those of removed ones."""
@@ -217,11 +244,11 @@ class ClientMetrics(_Metrics):
         self.service_healthy = lambda backend: True  # the Client's health (io/health.py)
         datagrams = Counter("runewarp_client_quic_datagrams", "QUIC datagrams relayed, to the "
                             "Local backend or back to the Server.", ["direction"], registry=r)
-        self.quic_datagrams = {d: datagrams.labels(d) for d in QUIC_DIRECTIONS}
+        self.quic_datagrams = {d: datagrams.labels(d) for d in CLIENT_QUIC_DIRECTIONS}
         dropped = Counter("runewarp_client_quic_dropped_datagrams", "QUIC datagrams dropped: "
                           "the oldest of a full queue to the Server, or one the Local backend's "
                           "socket would not send.", ["direction"], registry=r)
-        self.quic_dropped = {d: dropped.labels(d) for d in QUIC_DIRECTIONS}
+        self.quic_dropped = {d: dropped.labels(d) for d in CLIENT_QUIC_DIRECTIONS}
         self.services = {}  # backend_address -> _ServiceSeries
         self.set_services(services)
 

@@ -86,7 +86,7 @@ def test_the_reload_table_says_for_every_key_what_the_key_table_says():
 def test_a_reload_keeps_exactly_the_restart_keys():
     """The runtimes' RESTART_ONLY come from the key table: a restart key of a table that is
     itself restart-only is kept with its table."""
-    assert restart_only("server") == ("hostname", "pid_file", "log_file", "strict_permissions",
+    assert restart_only("server") == ("hostname", "public_quic", "pid_file", "log_file", "strict_permissions",
                                       "acme", "metrics", "limits.stream_buffer_budget")
     assert restart_only("client") == ("pid_file", "log_file", "strict_permissions", "acme",
                                       "metrics", "server_addresses", "limits.stream_buffer_budget")

@@ -108,6 +108,8 @@ class ServerConfig:
     tunnel_bind_address: tuple[str, int] | None = None
     trusted_proxies: tuple[str, ...] = default("server.trusted-proxies")
     cert_dir: Path
+    public_quic: bool = default("server.public-quic")
+    quic_idle_timeout: float = default("server.quic-idle-timeout")
     acme: AcmeConfig | None = None
     graceful_shutdown_duration: float = default("server.graceful-shutdown-duration")
     strict_permissions: bool = default("server.strict-permissions")

@@ -16,6 +16,7 @@ from .schema import default
 _IDENTITY = re.compile(r"[0-9a-f]{64}")
 _IDENTITY_ANY_CASE = re.compile(r"[0-9a-fA-F]{64}")
 _TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+QUIC_IDLE_BOUNDS = (1.0, 3600.0)  # below a QUIC endpoint's own idle timeout ends flows early
 
 
 def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
@@ -34,6 +35,10 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     trusted_proxies = _trusted_proxies(ctx, server)
 
     cert_dir = ctx.path(server, p, "cert-dir")
+    quic_idle_timeout = ctx.setting(server, p, "quic-idle-timeout")
+    if not QUIC_IDLE_BOUNDS[0] <= quic_idle_timeout <= QUIC_IDLE_BOUNDS[1]:
+        raise ctx.error(join(p, "quic-idle-timeout"), "must be between {:g} and {:g} seconds; got {:g}".format(
+            *QUIC_IDLE_BOUNDS, quic_idle_timeout))
     acme = shared.acme(ctx, server, p, "cert-dir", cert_dir)
 
     grace = ctx.setting(server, p, "graceful-shutdown-duration")
@@ -46,6 +51,8 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         tunnel_bind_address=tunnel_bind_address,
         trusted_proxies=trusted_proxies,
         cert_dir=cert_dir or default_server_cert_dir(ctx.env),
+        public_quic=ctx.setting(server, p, "public-quic"),
+        quic_idle_timeout=quic_idle_timeout,
         acme=acme,
         graceful_shutdown_duration=grace,
         strict_permissions=ctx.setting(server, p, "strict-permissions"),

@@ -1,4 +1,5 @@
-"""Bound TCP listeners served by gevent StreamServer with a bounded greenlet pool.
+"""Bound TCP listeners served by gevent StreamServer with a bounded greenlet pool, and
+the public UDP sockets of QUIC (`bind_datagram`).
 
 TCP_NODELAY and keepalive are set once on the listening socket: on Linux every
 accepted socket inherits them, which spares two to five system calls per
@@ -106,6 +107,33 @@ def bind(address, backlog=1024, v6only=False):
     return prepare(sock)
 
 
+def bind_datagram(address, v6only=False):
+    """A UDP socket bound to `address` (the public QUIC socket, io/quic.py); `v6only` as in
+    `bind`.  Large kernel buffers absorb a burst while the reader greenlet waits its turn.
+    No SO_REUSEADDR: on UDP it would let another socket bind the same port beside ours."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6 and v6only:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _grow_buffers(sock)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock  # blocking as gevent emulates it: recvfrom parks only its greenlet
+
+
+def _grow_buffers(sock, size=4 * 1024 * 1024):
+    """Ask for `size`-byte receive and send buffers (the kernel caps them at rmem_max)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass
+
+
 def prepare(sock):
     """A listening socket ready to serve: TCP_NODELAY and keepalive, non-blocking."""
     set_nodelay(sock)  # inherited by accepted sockets
@@ -126,6 +154,10 @@ def _address_key(address):
     return ip, port
 
 
+def _bound_udp(sock):
+    return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_DGRAM
+
+
 def _listening_tcp(sock):
     return bool(sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
             and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
@@ -141,11 +173,13 @@ class InheritedSockets:
         self.unit_owned = {id(entry[0]) for entry in self.unclaimed
                            if len(entry) < 3 or entry[2]}
 
-    def claim(self, address):
-        """The inherited listening TCP socket bound to `address`, or None."""
+    def claim(self, address, datagram=False):
+        """The inherited listening TCP socket bound to `address` (`datagram`: the UDP
+        socket), or None."""
+        usable = _bound_udp if datagram else _listening_tcp
         for entry in self.unclaimed:
             sock = entry[0]
-            if _listening_tcp(sock) and _address_key(sock.getsockname()) == _address_key(address):
+            if usable(sock) and _address_key(sock.getsockname()) == _address_key(address):
                 self.unclaimed.remove(entry)
                 return sock
         return None
@@ -164,7 +198,7 @@ class InheritedSockets:
             return closed
         sock, name = self.unclaimed[0][:2]
         label = f"fd {sock.fileno()}" + (f" ({name})" if name else "")
-        if _listening_tcp(sock):
+        if _listening_tcp(sock) or _bound_udp(sock):
             what = f"inherited socket {label} on {format_address(sock.getsockname())}"
         else:
             what = f"inherited socket {label} (not a listening TCP socket)"

@@ -34,6 +34,7 @@ from .sweeper import SpliceTimeouts
 from .tunnels import TunnelConnections, TunnelPool
 from .upkeep import Periodic, check_seconds, utcnow
 from .visitors import VisitorPath
+from .quic import QuicIntake
 from .watch import FileWatch
 from ..material import server_cert_paths
 
@@ -77,6 +78,7 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self._apply_limits(config.limits)
         self.tunnels = Group()
         self.listeners = []
+        self.quic = QuicIntake(self)
         self.on_file_change = lambda path: None  # the lifecycle's, for watch-config
         self.file_watch = FileWatch(lambda path: self.on_file_change(path))
         self.stopping = False
@@ -99,16 +101,19 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         addresses = bind_addresses(cfg)
         self.listeners = [self._listener(cfg, name, address, inherited)
                           for name, address in addresses.items() if address is not None]
+        public = [li for li in self.listeners if kind(li.name) == "public"]
+        if cfg.public_quic:
+            self.quic.bind(public, inherited, several=len(cfg.public_bind_addresses) > 1)
         for address in inherited.refuse_unclaimed(by_key(cfg, addresses)):
             self.log.info("listener-closed", address=address,
                           reason="the config no longer names the address it handed over")
         for listener in self.listeners:
             listener.start()
+        self.quic.start()
         self.monitor.start()
         self._follow_files()
         if self.acme is None:
             self.certificate_upkeep.start()  # certbot renews ACME certificates
-        public = [li for li in self.listeners if kind(li.name) == "public"]
         tunnel = [li for li in self.listeners if li.name == "tunnel"]
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
                       public_bind_address=format_address(public[0].address),
@@ -116,13 +121,16 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
                       if len(public) > 1 else None,
                       tunnel_bind_address=format_address(tunnel[0].address) if tunnel else "shared",
                       inherited=",".join(li.name for li in self.listeners if li.inherited) or None,
+                      public_quic=",".join(format_address(e.address) for e in self.quic.endpoints)
+                      or None,
                       tunnels=len(self.snapshot.tunnels), version=__version__)
 
     def handover_sockets(self):
         """Every listening socket for a hand-over's new process (runewarp/handover.py), as
-        (socket, name, unit_owned): the public and Tunnel listeners and the metrics listener,
-        which it could not bind."""
-        sockets = [(li.sock, li.name, li.unit_owned) for li in self.listeners]
+        (socket, name, unit_owned): the public and Tunnel listeners, the public QUIC sockets
+        (their flows do not survive: the new process reads the next datagrams) and the
+        metrics listener, which it could not bind."""
+        sockets = [(li.sock, li.name, li.unit_owned) for li in self.listeners] + self.quic.sockets()
         if self.monitor.sock is not None:
             sockets.append((self.monitor.sock, "metrics", self.monitor.unit_owned))
         return sockets
@@ -134,6 +142,7 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self.file_watch.close()
         for listener in self.listeners:
             listener.stop()
+        self.quic.stop_reading()
         if handed_over:
             self.monitor.stop()
         for pool in self.pools.values():
@@ -154,6 +163,7 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self.visitors.kill(block=False)
         self.splices.abort_all("server shutting down")
         self.splices.close()
+        self.quic.close()
         for pool in self.pools.values():
             for member in list(pool.members):
                 member.session.close("server shutting down")
@@ -187,6 +197,7 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         moved = self._bind_moved(config)
         if config.limits != self.config.limits:
             self._apply_limits(config.limits)
+        self.quic.reload(config)
         self.config = config
         self.snapshot = snapshot
         self.certificate = certificate
@@ -194,6 +205,9 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self.metrics.set_tunnels(snapshot.tunnels)
         self._reauthorize(old_pools, snapshot)
         self.listeners = swap(self.listeners, moved, self.log)
+        if self.quic.moved_away([li.address for li in self.listeners if kind(li.name) == "public"]):
+            self.log.warn("reload-needs-restart", key="public-quic",
+                          reason="the UDP sockets stay on the public addresses of the start")
         sizes = pool_sizes(config)
         for listener in self.listeners:
             listener.resize(sizes[kind(listener.name)])
@@ -262,7 +276,10 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
             tunnels.append({"name": route.name, "public_hostnames": sorted(route.public_hostnames),
                             "active_streams": pool.active_streams if pool else 0,
                             "members": members})
-        return {"tunnels": tunnels, "certificates": certificate_entries(self.metrics)}
+        document = {"tunnels": tunnels, "certificates": certificate_entries(self.metrics)}
+        if self.quic.endpoints:
+            document["quic"] = self.quic.status()
+        return document
 
     # -- admission, shared by Visitors (io/visitors.py) and Tunnel handshakes (io/tunnels.py) --
     def _admit(self, table, kind, sock, address):

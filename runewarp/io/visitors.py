@@ -121,15 +121,8 @@ class VisitorPath:
                            public_hostname=hostname, tunnel=route.name, reason=outcome)
             return outcome
         limits = self.config.limits
-        if self.active_streams >= limits.active_streams:
-            self.saturation.warn("active-streams", time.monotonic())
+        if not self._take_stream(pool, route.name):
             return "active-streams-full"
-        if pool.active_streams >= limits.tunnel_share(len(self.pools)):
-            self.saturation.warn(f"active-streams-per-tunnel:{route.name}", time.monotonic(),
-                                 tunnel=route.name)
-            return "active-streams-full"
-        self.active_streams += 1
-        pool.active_streams += 1
         spliced = False
         try:
             header = proxyv2.encode(address[:2], local)
@@ -198,6 +191,21 @@ class VisitorPath:
             if not spliced:
                 self.active_streams -= 1
                 pool.active_streams -= 1
+
+    def _take_stream(self, pool, tunnel):
+        """Count one more active stream on `pool` (a Visitor or a QUIC flow, io/quic.py)
+        if the limits allow it; False, with a rate-limited warning, when they do not."""
+        limits = self.config.limits
+        if self.active_streams >= limits.active_streams:
+            self.saturation.warn("active-streams", time.monotonic())
+            return False
+        if pool.active_streams >= limits.tunnel_share(len(self.pools)):
+            self.saturation.warn(f"active-streams-per-tunnel:{tunnel}", time.monotonic(),
+                                 tunnel=tunnel)
+            return False
+        self.active_streams += 1
+        pool.active_streams += 1
+        return True
 
     def _open(self, member, chunks, hostname, tunnel):
         """Open a stream on `member` and write `chunks` (the envelope, or the bytes held for

@@ -623,6 +623,8 @@ COVERED = {
     "server.trusted-proxies": _ids(
         "test_load_balancer.py", "test_trusted_proxies_reloaded_applies_to_the_next_connection"),
     "server.cert-dir": _ids(HERE, "test_server_cert_dir_moved_serves_the_new_certificate"),
+    "server.quic-idle-timeout": _ids(
+        "test_quic_server.py", "test_an_idle_flow_is_reset_with_the_timeout_it_started_with"),
     "server.graceful-shutdown-duration": _ids(
         "test_reload.py", "test_graceful_shutdown_duration_applies_to_the_next_stop"),
     "client.graceful-shutdown-duration": _ids(
