@@ -160,7 +160,12 @@ class FlowTable:
             return Dropped("pending-full")
         flow = Flow(peer, self.new_reader(), now, now + self.pending_deadline, self.idle_timeout)
         self.flows[peer] = self.pending[peer] = flow
-        return self._pending_datagram(flow, datagram, header)
+        outcome = self._pending_datagram(flow, datagram, header)
+        if flow.state is PENDING and not flow.held:
+            # Its reader took nothing (it did not decrypt): no slot for it, or a flood of such
+            # datagrams from ever new ports would keep the pending table full for its deadline.
+            self.forget(flow)
+        return outcome
 
     def _pending_datagram(self, flow, datagram, header=None):
         """Feed an Initial to the flow's reader; hold it, and any other long-header packet."""

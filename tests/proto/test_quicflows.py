@@ -88,6 +88,16 @@ def test_a_fatal_drop_ends_the_pending_flow_and_a_harmless_one_keeps_it():
     assert not flows.flows and not flows.pending
 
 
+def test_an_initial_its_reader_cannot_read_takes_no_pending_slot():
+    """A flood of undecryptable Initials from ever new ports must not fill the pending table."""
+    flows = table(max_pending=2)
+    for port in range(10):
+        assert flows.receive(("192.0.2.1", port), initial(b"N"), 0.0) == Dropped("undecryptable")
+    assert not flows.flows and not flows.pending
+    assert isinstance(flows.receive(VISITOR, initial(b"1"), 0.0), Held)
+    assert isinstance(flows.receive(VISITOR, initial(b"H"), 0.0), Routable)
+
+
 def test_pending_flows_are_bounded_and_expire():
     flows = table(max_pending=2, pending_deadline=3.0)
     assert isinstance(flows.receive(("192.0.2.1", 1), initial(), 0.0), Held)
