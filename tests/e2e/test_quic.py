@@ -313,9 +313,6 @@ def test_500_flows_and_a_garbage_flood_keep_memory_bounded_and_tcp_working(quic_
     assert_running_without_traceback(q.server, q.client)
 
 
-@pytest.mark.xfail(strict=True, reason="io/quic + proto/quicflows: an undecryptable first "
-                   "Initial takes a pending-flow slot for 3 s, so a flood from fresh source "
-                   "ports keeps the pending table full (reported to the lead)")
 def test_an_http3_visitor_gets_through_a_flood_of_undecryptable_initials(quic_deployment):
     """Undecryptable Initials from ever new source ports cost the Server a decryption
     each, never a pending flow that would keep a real Visitor out."""
