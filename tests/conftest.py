@@ -145,6 +145,7 @@ XDIST_GROUPS = {
     "e2e/test_passthrough.py::test_bad_visitors": "timing",
     "e2e/test_timeouts.py": "timing",
     "e2e/test_quic.py::test_500_flows": "timing",
+    "e2e/test_quic.py::test_an_http3_visitor_gets_through_a_flood": "timing",
     "io/test_splice_timeouts.py": "timing",
     "io/test_tunnel_io.py": "timing",
     # `make install` and the wheel and venv builds run in the one source tree (build/,
