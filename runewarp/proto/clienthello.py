@@ -30,6 +30,7 @@ __all__ = [
     "ClientHelloParser",
     "build",
     "parse",
+    "parse_handshake",
 ]
 
 MAX_CLIENTHELLO = 16 * 1024
@@ -215,6 +216,25 @@ def parse(buf: bytes | bytearray | memoryview, *, max_records: int | None = None
     the whole buffer again after each read is quadratic.
     """
     return ClientHelloParser(max_records=max_records).feed(buf)
+
+
+def parse_handshake(message: bytes | bytearray | memoryview) -> ClientHello:
+    """Parse a whole ClientHello handshake message that came without TLS records.
+
+    QUIC carries the handshake in CRYPTO frames (RFC 9001 §4), so the Initial reader
+    hands over the bare message: type, 3-byte length, body.  `consumed` is the message
+    length.  Raises ClientHelloError as the record parser does.
+    """
+    message = bytes(message)
+    if len(message) < _HANDSHAKE_HEADER:
+        raise ClientHelloError("malformed", f"handshake message of {len(message)} bytes")
+    if message[0] != HANDSHAKE_CLIENT_HELLO:
+        raise ClientHelloError("not-client-hello", f"handshake type {message[0]}")
+    length = int.from_bytes(message[1:_HANDSHAKE_HEADER])
+    if length != len(message) - _HANDSHAKE_HEADER:
+        raise ClientHelloError("malformed", f"handshake length {length} for a "
+                               f"{len(message) - _HANDSHAKE_HEADER}-byte body")
+    return _parse_body(message[_HANDSHAKE_HEADER:], consumed=len(message))
 
 
 class _Reader:

@@ -11,11 +11,13 @@ decoder's own contract (e.g. consuming more bytes than it was given), is a findi
 from pathlib import Path
 
 from runewarp.errors import RemoteProtocolError
-from runewarp.proto import clienthello, control, proxyv2
+from runewarp.proto import clienthello, control, proxyv2, quic
 from runewarp.proto.mux import frames
 from runewarp.proto.mux.session import Role, Session
+from runewarp.proto.quicwire import REASONS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "proto" / "fixtures"
+QUIC_DCID = bytes(range(8))
 
 
 def _split(data):
@@ -95,6 +97,34 @@ def control_target(data):
         pass
 
 
+def quic_initial_target(data):
+    """The input as datagrams of one flow (whole, then its two halves), and as the frames
+    of two sealed Initials, so the fuzzer reaches frame parsing and CRYPTO reassembly."""
+    try:
+        quic.first_header(data)
+    except quic.QuicDropped as exc:
+        assert (exc.reason, exc.fatal) == ("malformed", False)
+    cut = _split(data)
+    _feed_quic((data, data[:cut], data[cut:]))
+    _feed_quic([quic.seal_initial(quic.VERSION_1, QUIC_DCID, b"", n, frames)
+                for n, frames in enumerate((data[:cut], data[cut:]))])
+
+
+def _feed_quic(datagrams):
+    reader = quic.InitialReader()
+    for datagram in datagrams:
+        before = (reader.version, reader.dcid, reader.packets)
+        try:
+            hello = reader.feed(datagram)
+        except quic.QuicDropped as exc:
+            assert exc.reason in REASONS
+            assert exc.fatal or (reader.version, reader.dcid, reader.packets) == before
+            continue
+        if hello is not None:
+            assert 0 < hello.consumed <= quic.MAX_CRYPTO
+            assert reader.packets <= quic.MAX_INITIALS
+
+
 def _hello_records():
     return [path.read_bytes() for path in sorted(FIXTURES.glob("*.bin"))]
 
@@ -103,6 +133,17 @@ def _proxy_headers():
     return [proxyv2.encode(("192.0.2.1", 1234), ("198.51.100.2", 443)),
             proxyv2.encode(("2001:db8::1", 1), ("::ffff:192.0.2.1", 443)),
             proxyv2.encode(("192.0.2.1", 1), ("192.0.2.2", 2), "udp")]
+
+
+def _quic_initials():
+    """Datagrams (v1 coalesced, v2), and plain frames for the sealed half of the target."""
+    message = clienthello.build("app.example.com", ["h3"])[5:]
+    frames = [quic.crypto_frame(0, message[:60]), b"\x01", quic.crypto_frame(60, message[60:])]
+    head = quic.seal_initial(quic.VERSION_1, QUIC_DCID, b"\x01" * 4, 0, frames[0], pad_to=0)
+    tail = quic.seal_initial(quic.VERSION_1, QUIC_DCID, b"\x01" * 4, 1, frames[1:], pad_to=1200 - len(head))
+    return [head + tail,
+            quic.seal_initial(quic.VERSION_2, QUIC_DCID, b"", 7, quic.crypto_frame(0, message), pn_length=2),
+            b"".join(frames)]
 
 
 def _mux_frames():
@@ -124,4 +165,5 @@ TARGETS = {
     "mux-frames": (mux_frames_target, _mux_frames),
     "mux-session": (mux_session_target, _mux_frames),
     "control": (control_target, _control_lines),
+    "quic-initial": (quic_initial_target, _quic_initials),
 }
