@@ -16,7 +16,6 @@ from runewarp.material import public_cert_folder
 from runewarp.proto import quic
 
 from ..backend import pattern
-
 from ..conftest import Proc, cli_material, free_port
 from ..h3peers import (H3Backend, Shim, UdpEcho, cert_sha256, fetch, initial_garbage,
                        sealed_initial)
