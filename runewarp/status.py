@@ -47,7 +47,16 @@ def _server(doc):
               rtt(m.get("ping_rtt_seconds")), _unhealthy(m))
              for t, m in members],
             empty="(no Tunnel connections)"),
-    ]
+    ] + _quic(doc.get("quic"))
+
+
+def _quic(quic):
+    """The public QUIC sockets and their flows; nothing with `public-quic` off."""
+    if not isinstance(quic, dict):
+        return []
+    return ["QUIC\n" + table(("UDP ADDRESS", "FLOWS", "PENDING FLOWS"),
+                             [(", ".join(quic.get("addresses") or []), quic.get("flows"),
+                               quic.get("pending_flows"))], empty="")]
 
 
 def _serves(member):

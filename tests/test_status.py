@@ -82,6 +82,14 @@ def test_server_document_as_tables():
     assert IDENTITY not in text  # the prefix is enough to tell members apart
 
 
+def test_server_quic_sockets_and_flows_show_only_with_public_quic():
+    assert "QUIC" not in status.render(SERVER, NOW)
+    text = status.render({**SERVER, "quic": {"addresses": ["0.0.0.0:443", "[::]:443"],
+                                             "flows": 12, "pending_flows": 1}}, NOW)
+    assert row(text.split("QUIC\n")[1], "0.0.0.0:443, [::]:443") == [
+        "0.0.0.0:443, [::]:443", "12", "1"]
+
+
 def test_client_document_as_tables():
     text = status.render(CLIENT, NOW)
     assert text.startswith("Runewarp client 0.1.0: NOT READY, up 42s\n")
