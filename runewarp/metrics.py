@@ -70,10 +70,10 @@ QUIC_DROP_REASONS = (
 # runewarp_quic_flows_total's outcomes: each flow counts once, when it is routed or refused.
 QUIC_FLOW_OUTCOMES = ("routed", "unknown-hostname", "no-sni", "invalid-sni", "no-member",
                       "active-streams-full", "stream-open-failed", "rejected", "pending-expired")
-QUIC_DIRECTIONS = ("to_client", "to_visitor")
+QUIC_DIRECTIONS = ("to-client", "to-visitor")
 CERTIFICATE_KINDS = ("server", "public")
 DIRECTIONS = ("to-client", "to-visitor")
-CLIENT_QUIC_DIRECTIONS = ("to_backend", "to_server")  # the Client's QUIC datagram counters
+CLIENT_QUIC_DIRECTIONS = ("to-backend", "to-server")  # the Client's QUIC datagram counters
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 

@@ -264,28 +264,49 @@ class Shim:
 
 
 class UdpEcho:
-    """A UDP echo backend on 127.0.0.1 in a thread: every datagram goes back to its sender."""
+    """A UDP Local backend on 127.0.0.1 in a thread: every datagram goes back to its sender
+    (after `prefix`), and is kept with its sender in arrival order (`received`, up to `keep`)."""
 
-    def __init__(self):
+    def __init__(self, prefix=b"", keep=10_000):
+        self.prefix = prefix
+        self.keep = keep
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
         self.count = 0
         self.peers = set()
+        self.received = []  # (sender, datagram), the first `keep`
+        self.cond = threading.Condition()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
         while True:
             try:
                 data, peer = self.sock.recvfrom(65536)
-                self.sock.sendto(data, peer)
             except OSError:
                 if self.sock.fileno() < 0:
                     return
                 continue
-            self.count += 1
-            self.peers.add(peer)
+            with self.cond:  # kept before the answer: whoever sees the answer sees it
+                self.count += 1
+                self.peers.add(peer)
+                if len(self.received) < self.keep:
+                    self.received.append((peer, data))
+                self.cond.notify_all()
+            self.answer(data, peer)
+
+    def answer(self, data, peer):
+        try:
+            self.sock.sendto(self.prefix + data, peer)
+        except OSError:
+            pass
+
+    def wait(self, count, timeout=10):
+        """The first `count` (sender, datagram) pairs; fails past `timeout`."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.received) >= count, timeout), self.received
+            return list(self.received[:count])
 
     def close(self):
         self.sock.close()

@@ -223,7 +223,7 @@ class QuicIntake:
     def _send(self, handle):
         """Open the stream, then move the queue into it until the flow ends."""
         server, flow = self.server, handle.flow
-        to_client = server.metrics.quic_datagrams["to_client"]
+        to_client = server.metrics.quic_datagrams["to-client"]
         header = proxyv2.encode(flow.peer, handle.endpoint.address, "udp")
         batch = handle.queue.take()
         first = header + b"".join([frame(d) for d in batch])
@@ -260,7 +260,7 @@ class QuicIntake:
         """The Client side's datagrams, to the Visitor from the public socket."""
         stream, endpoint = handle.stream, handle.endpoint
         sock, table = endpoint.sock, endpoint.table
-        to_visitor = self.server.metrics.quic_datagrams["to_visitor"]
+        to_visitor = self.server.metrics.quic_datagrams["to-visitor"]
         decoder = DatagramDecoder()
         reason = "ended-by-client"
         try:

@@ -158,10 +158,10 @@ class QuicFlow:
         self.sock = sock
         self.decoder = decoder
         self.idle_timeout = idle_timeout
-        self.to_backend = metrics.quic_datagrams["to_backend"]
-        self.to_server = metrics.quic_datagrams["to_server"]
-        self.dropped_to_backend = metrics.quic_dropped["to_backend"]
-        self.dropped_to_server = metrics.quic_dropped["to_server"]
+        self.to_backend = metrics.quic_datagrams["to-backend"]
+        self.to_server = metrics.quic_datagrams["to-server"]
+        self.dropped_to_backend = metrics.quic_dropped["to-backend"]
+        self.dropped_to_server = metrics.quic_dropped["to-server"]
         self.queue = DatagramQueue()
         self.queued = Event()
         self.done = Event()

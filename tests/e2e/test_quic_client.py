@@ -3,14 +3,12 @@ on its real mTLS Tunnel connection to a `FakeServer`, which opens QUIC flow stre
 PROXY v2 header with transport DGRAM, then framed datagrams) as the real Server does, to
 real UDP Local backends on 127.0.0.1 (docs/quic.md, "The Client side")."""
 
-import asyncio
 import os
 import socket
 import threading
 import time
 
 import pytest
-from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
@@ -27,6 +25,8 @@ from ..conftest import cli_material, free_port
 from .helpers import reload_by_signal
 from .peers import APP, FakeServer, assert_running_without_traceback
 from .test_metrics import eventually, value
+from ..backend import pattern as body
+from ..h3peers import H3Backend, UdpEcho
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -39,42 +39,9 @@ VISITOR, PUBLIC = ("203.0.113.7", 50123), ("192.0.2.1", 443)
 DCID, SCID = bytes.fromhex("8394c8f03e515708"), bytes.fromhex("c0ffee00")
 
 
-class UDPEcho:
-    """A UDP Local backend on a thread: keeps every datagram in arrival order with its sender,
-    and answers each with b"re:" + the datagram."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.received = []  # (sender, datagram)
-        self.cond = threading.Condition()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                datagram, sender = self.sock.recvfrom(65535)
-                with self.cond:  # kept before the answer: whoever sees the answer sees it
-                    self.received.append((sender, datagram))
-                    self.cond.notify_all()
-                self.sock.sendto(b"re:" + datagram, sender)
-            except OSError:
-                return
-
-    def wait(self, count, timeout=10):
-        """The first `count` (sender, datagram) pairs; fails past `timeout`."""
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.received) >= count, timeout), self.received
-            return list(self.received[:count])
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.fixture
 def udp_backend():
-    backend = UDPEcho()
+    backend = UdpEcho(prefix=b"re:")
     yield backend
     backend.close()
 
@@ -190,9 +157,9 @@ def test_a_flow_reaches_the_backend_in_order_and_the_replies_come_back_framed(fa
     assert flow not in end.reset
     tcp_stream_still_works(end)
     assert eventually(lambda: value(metrics_port, "runewarp_client_quic_datagrams_total",
-                                    direction="to_backend") == 7)
+                                    direction="to-backend") == 7)
     assert eventually(lambda: value(metrics_port, "runewarp_client_quic_datagrams_total",
-                                    direction="to_server") == 7)
+                                    direction="to-server") == 7)
     assert value(metrics_port, "runewarp_client_streams_total", service=echo_backend.address,
                  outcome="quic-relayed") == 1
     # A second flow, QUIC v2, to a hostname under the wildcard: its own socket.
@@ -345,59 +312,20 @@ def test_quic_backend_address_reloaded_applies_to_the_next_flow(fake, udp_backen
     assert_running_without_traceback(server.client)
 
 
-class H3Backend:
-    """aioquic's HTTP/3 server as a QUIC Local backend, on its own thread and event loop,
-    with a certificate for `hostname` from `runewarp client public-cert init`; every request
-    gets 200 and `body`."""
-
-    def __init__(self, folder, hostname, body):
-        cli_material(folder, "client", "public-cert", "init", "--hostname", hostname)
-        self.ca = folder / "public-ca.crt"
-        config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
-        cert = folder / public_cert_folder(hostname)
-        config.load_cert_chain(cert / "public.crt", cert / "public.key")
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(serve(
-            "127.0.0.1", 0, configuration=config,
-            create_protocol=lambda *a, **kw: _H3Responder(*a, body=body, **kw)))
-        self.address = f"127.0.0.1:{self.server._transport.get_extra_info('sockname')[1]}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        def stop():
-            self.server.close()
-            self.loop.stop()
-        self.loop.call_soon_threadsafe(stop)
-        self.thread.join(5)
-
-
-class _H3Responder(QuicConnectionProtocol):
-    def __init__(self, *args, body, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.body = body
-        self.h3 = H3Connection(self._quic)
-
-    def quic_event_received(self, event):
-        for h3_event in self.h3.handle_event(event):
-            if isinstance(h3_event, HeadersReceived) and h3_event.stream_ended:
-                self.h3.send_headers(h3_event.stream_id, [(b":status", b"200"),
-                                                          (b"content-length", str(len(self.body)).encode())])
-                self.h3.send_data(h3_event.stream_id, self.body, end_stream=True)
-        self.transmit()
-
-
 def test_an_http3_exchange_with_an_aioquic_backend_through_the_client(deployment, echo_backend, tmp_path):
     """A real QUIC handshake and HTTP/3 request, the Visitor's side driven over the flow stream."""
-    body = os.urandom(200_000)
-    backend = H3Backend(tmp_path / "h3", APP, body)
+    size = 200_000
+    folder = tmp_path / "h3"
+    cli_material(folder, "client", "public-cert", "init", "--hostname", APP)
+    cert = folder / public_cert_folder(APP)
+    backend = H3Backend(cert / "public.crt", cert / "public.key")
     server = FakeServer(deployment, echo_backend, hostname=APP,
                         client_extra=f'quic-backend-address = "{backend.address}"\n')
     try:
         end = server.accept()
         end.say_welcome()
         config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=APP)
-        config.load_verify_locations(str(backend.ca))  # the backend's certificate, checked
+        config.load_verify_locations(str(folder / "public-ca.crt"))  # the backend's, checked
         quic = QuicConnection(configuration=config)
         h3 = H3Connection(quic)
         quic.connect(PUBLIC, now=time.time())
@@ -423,7 +351,8 @@ def test_an_http3_exchange_with_an_aioquic_backend_through_the_client(deployment
                 if isinstance(event, HandshakeCompleted):
                     request = quic.get_next_available_stream_id()
                     h3.send_headers(request, [(b":method", b"GET"), (b":scheme", b"https"),
-                                              (b":authority", APP.encode()), (b":path", b"/")],
+                                              (b":authority", APP.encode()),
+                                              (b":path", f"/size/{size}".encode())],
                                     end_stream=True)
                 for h3_event in h3.handle_event(event):
                     if isinstance(h3_event, HeadersReceived):
@@ -435,38 +364,32 @@ def test_an_http3_exchange_with_an_aioquic_backend_through_the_client(deployment
             if outgoing:
                 send_datagrams(end, flow, outgoing)
         assert status == b"200"
-        assert received == body
+        assert received == body(size)
         server.client.wait_for(f"stream-routed .*public-hostname={APP}.*transport=quic")
         assert_running_without_traceback(server.client)
     finally:
         server.close()
-        backend.close()
+        backend.stop()
 
 
-class FloodBackend(UDPEcho):
-    """UDPEcho, but b"flood" makes it send FLOOD numbered 1000-byte datagrams, then, once the
+class FloodBackend(UdpEcho):
+    """UdpEcho, but b"flood" makes it send FLOOD numbered 1000-byte datagrams, then, once the
     Client has surely read them all, b"final"; `flooded` is set after that."""
 
     def __init__(self):
         self.flooded = threading.Event()
-        super().__init__()
+        super().__init__(prefix=b"re:")
 
-    def _serve(self):
-        while True:
-            try:
-                datagram, sender = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            if datagram != b"\x40flood":
-                self.sock.sendto(b"re:" + datagram, sender)
-                continue
-            for number in range(FLOOD):
-                self.sock.sendto(number.to_bytes(4) + bytes(996), sender)
-                if number % 50 == 0:
-                    time.sleep(0.001)  # paced: the kernel never drops, only the Client may
-            time.sleep(0.3)
-            self.sock.sendto(b"final", sender)
-            self.flooded.set()
+    def answer(self, data, peer):
+        if data != b"\x40flood":
+            return super().answer(data, peer)
+        for number in range(FLOOD):
+            self.sock.sendto(number.to_bytes(4) + bytes(996), peer)
+            if number % 50 == 0:
+                time.sleep(0.001)  # paced: the kernel never drops, only the Client may
+        time.sleep(0.3)
+        self.sock.sendto(b"final", peer)
+        self.flooded.set()
 
 
 FLOOD = 2000
@@ -490,7 +413,7 @@ def test_a_slow_tunnel_connection_drops_the_oldest_datagrams_toward_the_server(f
         numbers = [int.from_bytes(d[:4]) for d in got if len(d) == 1000]
         assert numbers == sorted(set(numbers))  # in order, none twice
         assert len(numbers) < FLOOD
-        dropped = value(metrics_port, "runewarp_client_quic_dropped_datagrams_total", direction="to_server")
+        dropped = value(metrics_port, "runewarp_client_quic_dropped_datagrams_total", direction="to-server")
         assert 0 < dropped <= FLOOD - len(numbers)  # (the rest, if any, the kernel dropped)
         assert flow not in end.reset
         tcp_stream_still_works(end)

@@ -197,7 +197,7 @@ def test_bad_datagrams_are_dropped_and_counted_and_v2_routes(deployment):
     assert header.source == v2.address and len(datagrams) == 2
     assert tunnel.streams == [tunnel.streams[0]]  # only the v2 flow reached the Client
     assert eventually(lambda: value(metrics, "runewarp_quic_flows_active") == 1)
-    assert value(metrics, "runewarp_quic_datagrams_total", direction="to_client") == 2
+    assert value(metrics, "runewarp_quic_datagrams_total", direction="to-client") == 2
     quic = json.loads(http(metrics, "/status")[1])["quic"]
     assert quic == {"addresses": [f"127.0.0.1:{deployment.public_port}"], "flows": 1, "pending_flows": 0}
     assert_running_without_traceback(server)
