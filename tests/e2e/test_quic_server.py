@@ -11,10 +11,12 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 
 import pytest
 
+from runewarp import harness
 from runewarp.proto import clienthello, proxyv2
 from runewarp.proto.datagrams import DatagramDecoder, frame
 from runewarp.proto.mux import DataReceived, StreamOpened, StreamReset
@@ -401,3 +403,40 @@ def test_pending_flows_are_bounded_and_expire(deployment):
         for visitor in visitors:
             visitor.close()
     assert_running_without_traceback(server)
+
+
+# What systemd does for a socket unit with ListenStream= and ListenDatagram= on one port:
+# fds 3 and 4, LISTEN_FDS/LISTEN_FDNAMES, LISTEN_PID of the process it execs.
+ACTIVATE_BOTH = """
+import os, socket, sys
+port = int(sys.argv[1])
+tcp = socket.socket(); tcp.bind(("127.0.0.1", port)); tcp.listen(64)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("127.0.0.1", port))
+fds = [os.dup(tcp.fileno()), os.dup(udp.fileno())]  # above 4: dup2 cannot be a no-op
+for fd, target in zip(fds, (3, 4)):
+    os.dup2(fd, target)
+os.environ.update(LISTEN_FDS="2", LISTEN_FDNAMES="public:quic", LISTEN_PID=str(os.getpid()))
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_a_socket_activated_server_serves_the_passed_udp_socket(deployment):
+    """A socket unit with `ListenDatagram=` beside `ListenStream=` (docs/quic.md): the Server
+    takes the passed UDP socket instead of binding one."""
+    from ..conftest import ROOT, runewarp_cmd
+    port = free_port()
+    identity = deployment.identity("client-a")
+    path = deployment.server_config([("apps", [APP], [identity])], extra="public-quic = true")
+    path.write_text(path.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+    cmd = runewarp_cmd("server", "-c", path)
+    server = harness.Process([sys.executable, "-c", ACTIVATE_BOTH, str(port), *cmd],
+                             env=deployment.env, cwd=ROOT, name="socket-activated server")
+    deployment.processes.append(server)
+    server.wait_for(f"server-ready .*public-quic=127.0.0.1:{port}")
+    deployment.public_port = port
+    tunnel = Tunnel(deployment)
+    visitor = Visitor(port)
+    visitor.send(*client_hello_initials(APP))
+    header, _ = tunnel.flow(tunnel.next_stream(), 1)
+    assert header.source == visitor.address and header.protocol == "udp"
+    assert "inherited" in server.log() and "address already in use" not in server.log()
