@@ -66,7 +66,7 @@ QUIC_DROP_REASONS = (
     "short-header", "unsupported-version", "not-initial", "undecryptable", "malformed", "too-large",
     "too-many-packets", "not-client-hello", "pending-full", "pending-expired", "unknown-hostname",
     "no-sni", "invalid-sni", "no-member", "active-streams-full", "stream-open-failed",
-    "queue-overflow")
+    "queue-overflow", "other-connection")
 # runewarp_quic_flows_total's outcomes: each flow counts once, when it is routed or refused.
 QUIC_FLOW_OUTCOMES = ("routed", "unknown-hostname", "no-sni", "invalid-sni", "no-member",
                       "active-streams-full", "stream-open-failed", "rejected", "pending-expired")

@@ -21,7 +21,7 @@ from gevent.pool import Group
 from ..errors import StreamAborted
 from ..proto import proxyv2
 from ..proto.address import format_address
-from ..proto.datagrams import DatagramDecoder, DatagramFramingError, DatagramQueue, frame
+from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame
 from ..proto.hostname import HostnameError, normalize
 from ..proto.quicflows import Dropped, FlowTable, Forward, Held, Routable
 from .listener import BindError, bind_datagram
@@ -45,7 +45,7 @@ class QuicFlow:
     """A routed flow: its stream, queue and counters (the table's Flow.handle)."""
 
     __slots__ = ("flow", "endpoint", "hostname", "tunnel", "pool", "member", "queue", "wake",
-                 "stream", "ended", "started", "up", "down")
+                 "stream", "ended", "started", "up", "down", "sender")
 
     def __init__(self, flow, endpoint, hostname, tunnel, pool, member):
         self.flow = flow
@@ -54,7 +54,8 @@ class QuicFlow:
         self.tunnel = tunnel
         self.pool = pool
         self.member = member
-        self.queue = DatagramQueue()
+        self.queue = DatagramQueue(max_datagrams=32, max_bytes=MAX_DATAGRAM)
+        self.sender = None  # the greenlet of _send, once spawned
         self.wake = Event()
         self.stream = None
         self.ended = None  # why, once ended
@@ -211,13 +212,16 @@ class QuicIntake:
         if member is None:
             return self._refuse(endpoint, flow, "no-member", public_hostname=hostname,
                                 tunnel=route.name)
-        if not server._take_stream(pool, route.name):
+        # A valid Initial costs nothing to forge from any source address: QUIC flows take at
+        # most half of active-streams, so spoofed ones can never starve TCP Visitors.
+        if (self.active() > max(1, server.config.limits.active_streams // 2)  # this one included
+                or not server._take_stream(pool, route.name)):
             return self._refuse(endpoint, flow, "active-streams-full", public_hostname=hostname,
                                 tunnel=route.name)
         handle = flow.handle = QuicFlow(flow, endpoint, hostname, route.name, pool, member)
         for datagram in event.datagrams:
             handle.queue.push(datagram)
-        self.flows.spawn(self._send, handle)
+        handle.sender = self.flows.spawn(self._send, handle)
 
     # -- a flow's two greenlets --
     def _send(self, handle):
@@ -266,8 +270,8 @@ class QuicIntake:
         try:
             while True:
                 data = stream.recv()
-                if not data:
-                    break
+                if not data or handle.ended is not None:
+                    break  # an ended flow sends nothing more and teaches the table nothing
                 for datagram in decoder.feed(data):
                     table.learn(handle.flow, datagram, time.monotonic())
                     try:
@@ -300,6 +304,9 @@ class QuicIntake:
                 stream.end()
             else:
                 stream.reset(0)
+        sender = handle.sender
+        if stream is not None and sender is not None and sender is not gevent.getcurrent():
+            sender.kill(block=False)  # it may wait on a window no stream will ever open
         level = "info" if server.config.access_log else "debug"
         if stream is not None and server.log.enabled(level):
             server.log.log(level, "quic-flow-closed", public_hostname=handle.hostname,

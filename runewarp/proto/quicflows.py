@@ -47,6 +47,8 @@ MAX_HELD = 16
 MAX_HELD_BYTES = 32 * 1024
 """Bytes a pending flow holds: 16 full-size (1500-byte path) datagrams and then some."""
 MAX_CIDS = 4
+MIN_CID = 8
+"""Shortest server connection ID followed for migration (a shorter one is too easy to hit)."""
 """Server connection IDs remembered per flow (a QUIC server sends one in its long headers)."""
 
 VERSIONS = (VERSION_1, VERSION_2)
@@ -58,7 +60,7 @@ class Flow:
     """One Visitor's flow: `peer` is its current address, `state` PENDING or OPEN."""
 
     __slots__ = ("peer", "state", "reader", "held", "held_bytes", "deadline", "idle_timeout",
-                 "last", "cids", "handle")
+                 "last", "cids", "handle", "version", "dcid")
 
     def __init__(self, peer, reader, now, deadline, idle_timeout):
         self.peer = peer
@@ -71,6 +73,8 @@ class Flow:
         self.last = now  # the last datagram either way
         self.cids: list[bytes] = []
         self.handle = None  # the I/O layer's
+        self.version = None  # the QUIC version and the client's first DCID, once OPEN
+        self.dcid = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,8 @@ class FlowTable:
         flow = self.flows.get(peer)
         if flow is not None:
             if flow.state is OPEN:
+                if datagram[0] & 0x80 and self._other_connection(flow, datagram):
+                    return Dropped("other-connection")
                 flow.last = now
                 return Forward(flow, datagram)
             return self._pending_datagram(flow, datagram)
@@ -193,6 +199,7 @@ class FlowTable:
         if hello is None:
             return Held(flow)
         del self.pending[flow.peer]
+        flow.version, flow.dcid = flow.reader.version, flow.reader.dcid
         held, flow.held, flow.held_bytes, flow.reader = tuple(flow.held), [], 0, None
         flow.state = OPEN
         return Routable(flow, hello, held)
@@ -205,7 +212,7 @@ class FlowTable:
         """A short header from an unknown address: its flow if the DCID is a known server CID."""
         for length in self.cid_lengths:
             flow = self.by_cid.get(bytes(datagram[1:1 + length]))
-            if flow is not None and len(datagram) > length:
+            if flow is not None and len(datagram) > length and self.flows.get(flow.peer) is flow:
                 del self.flows[flow.peer]
                 flow.peer = peer
                 self.flows[peer] = flow
@@ -216,6 +223,8 @@ class FlowTable:
     def learn(self, flow: Flow, datagram: bytes, now: float) -> None:
         """A datagram the Client side sent to the Visitor of `flow`: it counts as activity,
         and a long header's Source Connection ID is a server CID a migrated Visitor uses."""
+        if self.flows.get(flow.peer) is not flow:
+            return  # it ended: nothing of it may be learned after `forget`
         flow.last = now
         if not datagram or not datagram[0] & 0x80 or flow.state is not OPEN:
             return
@@ -224,11 +233,25 @@ class FlowTable:
         except QuicDropped:
             return
         scid = header.scid
-        if not scid or scid in flow.cids or len(flow.cids) >= MAX_CIDS or scid in self.by_cid:
+        # Only CIDs of the flow's own version and of the length a server may choose for a
+        # client to echo (8..20 bytes): a short or odd-version "CID" from a Client would match
+        # the first bytes of other Visitors' short headers and pull their migrations in.
+        if (header.version != flow.version or not MIN_CID <= len(scid) <= 20
+                or scid in flow.cids or len(flow.cids) >= MAX_CIDS or scid in self.by_cid):
             return
         flow.cids.append(scid)
         self.by_cid[scid] = flow
         self.cid_lengths[len(scid)] = self.cid_lengths.get(len(scid), 0) + 1
+
+    def _other_connection(self, flow, datagram) -> bool:
+        """A client Initial for another QUIC connection from the same address (a client that
+        reuses its port): never the open flow's, which may belong to another Tunnel."""
+        try:
+            header = first_header(datagram)
+        except QuicDropped:
+            return False
+        return (header is not None and header.initial and header.dcid != flow.dcid
+                and header.dcid not in flow.cids)
 
     def forget(self, flow: Flow) -> None:
         """Remove `flow` and its CIDs (it ended, or routing refused it)."""

@@ -440,3 +440,24 @@ def test_a_socket_activated_server_serves_the_passed_udp_socket(deployment):
     header, _ = tunnel.flow(tunnel.next_stream(), 1)
     assert header.source == visitor.address and header.protocol == "udp"
     assert "inherited" in server.log() and "address already in use" not in server.log()
+
+
+def test_quic_flows_take_at_most_half_of_active_streams_so_tcp_visitors_still_get_in(deployment):
+    """A valid Initial is free to forge from any address: QUIC alone cannot fill active-streams."""
+    server = quic_server(deployment, extra="[server.limits]\nactive-streams = 4\n")
+    tunnel = Tunnel(deployment)
+    visitors = [Visitor(deployment.public_port) for _ in range(3)]
+    for n, visitor in enumerate(visitors[:2]):
+        visitor.send(*client_hello_initials(APP))
+        tunnel.next_stream(n)
+    visitors[2].send(*client_hello_initials(APP))
+    server.wait_for("quic-flow-dropped .*reason=active-streams-full")
+    tcp = socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10)
+    try:
+        tcp.sendall(clienthello.build(APP))
+        tcp_stream = tunnel.next_stream(2)  # the third stream: the TCP Visitor's
+        tunnel.pump_until(lambda: len(tunnel.received[tcp_stream]) > 16)
+        assert proxyv2.decode(bytes(tunnel.received[tcp_stream]))[0].protocol == "tcp"
+    finally:
+        tcp.close()
+    assert_running_without_traceback(server)

@@ -20,6 +20,9 @@ VISITOR = ("192.0.2.1", 4433)
 class FakeReader:
     """An InitialReader whose answer is the datagram's last byte: H hello, F fatal, N harmless."""
 
+    version = VERSION_1
+    dcid = b"\xaa" * 8  # long_header's default
+
     def feed(self, datagram):
         mark = datagram[-1:]
         if mark == b"H":
@@ -243,3 +246,33 @@ def test_the_real_reader_routes_a_clienthello_spread_over_initials_out_of_order(
     event = flows.receive(VISITOR, first, 0)
     assert isinstance(event, Routable) and event.datagrams == (second, first)
     assert event.hello.server_name == "app.example.com" and event.hello.alpn_protocols == ("h3",)
+
+
+def test_an_initial_for_another_connection_from_the_same_address_never_joins_the_open_flow():
+    """A client reusing its port for a second connection (maybe to another Tunnel's hostname)."""
+    flows = table()
+    flow = open_flow(flows)
+    assert flows.receive(VISITOR, initial(b"1", dcid=b"\xcc" * 8), 1.0) == Dropped("other-connection")
+    assert isinstance(flows.receive(VISITOR, initial(b"1"), 1.0), Forward)  # its own DCID
+    flows.learn(flow, long_header(2, scid=SERVER_CID), 1.0)
+    assert isinstance(flows.receive(VISITOR, initial(b"1", dcid=SERVER_CID), 1.0), Forward)
+
+
+def test_only_cids_of_the_flows_version_and_a_server_length_are_learned():
+    flows = table()
+    flow = open_flow(flows)
+    flows.learn(flow, long_header(2, scid=b"\x41"), 0.0)  # 1 byte: would match any 0x41...
+    flows.learn(flow, long_header(2, scid=SERVER_CID, version=0x1A2A3A4A), 0.0)
+    assert flow.cids == [] and not flows.by_cid
+    assert flows.receive(("192.0.2.9", 1), short_header(b"\x41" * 8), 0.0) == Dropped("short-header")
+
+
+def test_nothing_is_learned_for_a_flow_that_ended():
+    flows = table()
+    flow = open_flow(flows)
+    flows.forget(flow)
+    flows.learn(flow, long_header(2, scid=SERVER_CID), 0.0)  # a late reply of the ended flow
+    assert not flows.by_cid and not flows.cid_lengths
+    again = open_flow(flows)  # the same Visitor connects again
+    assert flows.receive(("192.0.2.9", 1), short_header(SERVER_CID), 0.0) == Dropped("short-header")
+    assert flows.flows[VISITOR] is again
