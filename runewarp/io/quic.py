@@ -18,12 +18,12 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 
-from ..errors import StreamAborted
+from ..errors import IntakeRejected, StreamAborted
 from ..proto import proxyv2
 from ..proto.address import format_address
 from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame
-from ..proto.hostname import HostnameError, normalize
 from ..proto.quicflows import Dropped, FlowTable, Forward, Held, Routable
+from .intake import hello_hostname
 from .listener import BindError, bind_datagram
 
 KEY = "server.public-quic"
@@ -198,11 +198,9 @@ class QuicIntake:
         """Route, place and count a flow whose ClientHello is complete; never waits."""
         server, flow = self.server, event.flow
         try:
-            if event.hello.server_name is None:
-                return self._refuse(endpoint, flow, "no-sni")
-            hostname = normalize(event.hello.server_name)
-        except HostnameError:
-            return self._refuse(endpoint, flow, "invalid-sni")
+            hostname = hello_hostname(event.hello)  # the one SNI rule, as for TCP Visitors
+        except IntakeRejected as exc:
+            return self._refuse(endpoint, flow, exc.reason)  # no-sni, invalid-sni
         found = server.snapshot.route(hostname, endpoint.address[1])
         if found is None:
             return self._refuse(endpoint, flow, "unknown-hostname", public_hostname=hostname)

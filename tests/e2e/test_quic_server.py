@@ -461,3 +461,15 @@ def test_quic_flows_take_at_most_half_of_active_streams_so_tcp_visitors_still_ge
     finally:
         tcp.close()
     assert_running_without_traceback(server)
+
+
+def test_initials_without_a_usable_sni_are_refused_by_the_tcp_rule(deployment):
+    metrics = free_port()
+    server = quic_server(deployment, metrics_port=metrics)
+    Tunnel(deployment)
+    Visitor(deployment.public_port).send(*client_hello_initials(None))
+    Visitor(deployment.public_port).send(*client_hello_initials("bad_name.example.com"))
+    for outcome in ("no-sni", "invalid-sni"):
+        assert eventually(lambda outcome=outcome: value(
+            metrics, "runewarp_quic_flows_total", outcome=outcome) == 1), outcome
+    assert_running_without_traceback(server)
