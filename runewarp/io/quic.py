@@ -21,7 +21,7 @@ from gevent.pool import Group
 from ..errors import IntakeRejected, StreamAborted
 from ..proto import proxyv2
 from ..proto.address import format_address
-from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame
+from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame_all
 from ..proto.quicflows import Dropped, FlowTable, Forward, Held, Routable
 from .intake import hello_hostname
 from .listener import BindError, bind_datagram
@@ -228,7 +228,7 @@ class QuicIntake:
         to_client = server.metrics.quic_datagrams["to-client"]
         header = proxyv2.encode(flow.peer, handle.endpoint.address, "udp")
         batch = handle.queue.take()
-        first = header + b"".join([frame(d) for d in batch])
+        first = header + frame_all(batch)
         stream = server._open(handle.member, (first,), handle.hostname, handle.tunnel)
         if stream is None:
             server.metrics.quic_dropped["stream-open-failed"].inc()
@@ -251,7 +251,7 @@ class QuicIntake:
                 handle.wake.clear()
                 batch = handle.queue.take()
                 if batch:
-                    stream.sendall(b"".join([frame(d) for d in batch]))
+                    stream.sendall(frame_all(batch))
                     handle.up += len(batch)
                     to_client.inc(len(batch))
         except StreamAborted:

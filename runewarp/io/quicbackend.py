@@ -19,7 +19,7 @@ from gevent.event import Event
 
 from ..errors import IntakeRejected, StreamAborted
 from ..proto.address import format_address
-from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame
+from ..proto.datagrams import MAX_DATAGRAM, DatagramDecoder, DatagramFramingError, DatagramQueue, frame_all
 from ..proto.mux import RESET_BEFORE_BACKEND  # the Server may place these on another member
 from ..proto.quic import MAX_INITIALS, InitialReader, QuicDropped
 from .intake import hello_hostname
@@ -267,7 +267,7 @@ class QuicFlow:
                 queued.clear()
                 queued.wait()
                 continue
-            data = b"".join([frame(d) for d in batch])
+            data = frame_all(batch)
             stream.sendall(data)  # waits for the stream's window while the queue drops
             self.datagrams_down += len(batch)
             self.bytes_down += len(data) - 2 * len(batch)

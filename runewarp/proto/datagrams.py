@@ -21,6 +21,7 @@ __all__ = [
     "DatagramFramingError",
     "DatagramQueue",
     "frame",
+    "frame_all",
 ]
 
 MAX_DATAGRAM = 0xFFFF
@@ -37,6 +38,11 @@ def frame(datagram: bytes | bytearray | memoryview) -> bytes:
     if not 0 < size <= MAX_DATAGRAM:
         raise DatagramFramingError(f"datagram of {size} bytes cannot be framed")
     return size.to_bytes(2) + bytes(datagram)
+
+
+def frame_all(datagrams) -> bytes:
+    """The datagrams framed back to back: one write for a whole batch."""
+    return b"".join([frame(d) for d in datagrams])
 
 
 class DatagramDecoder:

@@ -4,14 +4,15 @@ import pytest
 from hypothesis import given, strategies as st
 
 from runewarp.proto.datagrams import (MAX_DATAGRAM, DatagramDecoder, DatagramFramingError,
-                                      DatagramQueue, frame)
+                                      DatagramQueue, frame, frame_all)
 
 datagrams = st.lists(st.binary(min_size=1, max_size=1500), max_size=20)
 
 
 @given(datagrams, st.lists(st.integers(min_value=1, max_value=4000), max_size=50))
 def test_decoder_returns_the_datagrams_however_the_stream_is_cut(sent, cuts):
-    stream = b"".join(frame(d) for d in sent)
+    stream = frame_all(sent)
+    assert stream == b"".join(frame(d) for d in sent)
     decoder = DatagramDecoder()
     received = []
     pos = 0
