@@ -326,8 +326,10 @@ def echo_forever():
 def sealed_initial(hostname, dcid=None, version=None):
     """A client Initial (1,200 bytes) whose CRYPTO frame is a whole ClientHello for
     `hostname`: what a Visitor's first datagram looks like to the Server."""
-    from runewarp.proto import clienthello, quic
-    hello = clienthello.build(hostname, ["h3"], random=os.urandom(64))[5:]  # no record header
+    from runewarp.proto import quic
+
+    from tests import clienthellos
+    hello = clienthellos.build(hostname, ["h3"], random=os.urandom(64))[5:]  # no record header
     return quic.seal_initial(quic.VERSION_1 if version is None else version,
                              dcid or os.urandom(8), os.urandom(8), 0, [quic.crypto_frame(0, hello)])
 

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..conftest import SERVER_HOSTNAME
 from ..e2e.peers import APP, FakeClientEnd, read_until_closed
@@ -73,7 +73,7 @@ def visits_meanwhile(edge, stop, times):
 def test_trickled_hellos_are_closed_at_the_record_cap(edge):
     e = edge()
     baseline = fd_count(e.server)
-    hello = clienthello.build(APP, ("http/1.1",), record_size=1)
+    hello = clienthellos.build(APP, ("http/1.1",), record_size=1)
     socks = [connect_from(source, e.port) for source in attackers(10) for _ in range(20)]
     ports = {s.getsockname()[1] for s in socks}
     stop, times = threading.Event(), []
@@ -120,7 +120,7 @@ def hello_with_sni_list(names):
     entries = b"".join(b"\x00" + len(n).to_bytes(2) + n.encode() for n in names)
     data = len(entries).to_bytes(2) + entries
     extension = (0).to_bytes(2) + len(data).to_bytes(2) + data
-    return clienthello.build(None, ("http/1.1",), extra_extensions=extension)
+    return clienthellos.build(None, ("http/1.1",), extra_extensions=extension)
 
 
 @pytest.mark.timeout(40)
@@ -191,7 +191,7 @@ def stalled_tunnel_hello():
     """A Tunnel ClientHello the Server answers with its whole flight, then waits on."""
     share = (0x001D).to_bytes(2) + (32).to_bytes(2) + os.urandom(32)  # x25519, any point
     key_share = (51).to_bytes(2) + (len(share) + 2).to_bytes(2) + len(share).to_bytes(2) + share
-    return clienthello.build(SERVER_HOSTNAME, ("runewarp/1",), extra_extensions=key_share)
+    return clienthellos.build(SERVER_HOSTNAME, ("runewarp/1",), extra_extensions=key_share)
 
 
 @pytest.mark.timeout(60)

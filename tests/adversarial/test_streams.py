@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..e2e.peers import APP, read_until_closed
 from .conftest import BulkBackend, SilentBackend, fd_count, rss_mib, wait_until
@@ -49,7 +49,7 @@ def bulk():
 
 def visitor(port, hostname):
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(clienthello.build(hostname, ("http/1.1",)))
+    sock.sendall(clienthellos.build(hostname, ("http/1.1",)))
     return sock
 
 

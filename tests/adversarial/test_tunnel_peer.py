@@ -29,7 +29,8 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello, control
+from runewarp.proto import control
+from tests import clienthellos
 from runewarp.proto.mux import (FLAG_SYN, GOAWAY_PROTOCOL_ERROR, TYPE_DATA, TYPE_PING,
                                 DataReceived, GoAwayReceived, encode_header)
 
@@ -154,7 +155,7 @@ def test_one_tunnel_cannot_take_every_active_stream(edge):
     try:
         for _ in range(45):
             sock = socket.create_connection(("127.0.0.1", e.port), timeout=5)
-            sock.sendall(clienthello.build(ROGUE, ("http/1.1",)))
+            sock.sendall(clienthellos.build(ROGUE, ("http/1.1",)))
             socks.append(sock)
         # The rogue Tunnel gets its share (half of 40 with two Tunnels); the rest is closed.
         def refused():

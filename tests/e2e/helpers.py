@@ -16,7 +16,8 @@ from pathlib import Path
 from cryptography import x509
 
 from runewarp.material import public_cert_folder
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 
 from ..conftest import ROOT, SERVER_HOSTNAME, cli_material
 
@@ -203,7 +204,7 @@ def recv_exactly(sock, n):
 def echo_visitor(port, host="127.0.0.1", hostname=ECHO):
     """A passthrough Visitor whose bytes the echo backend returns: the ClientHello first."""
     sock = socket.create_connection((host, port), timeout=10)
-    hello = clienthello.build(hostname)
+    hello = clienthellos.build(hostname)
     sock.sendall(hello)
     assert recv_exactly(sock, len(hello)) == hello
     return sock

@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 from runewarp.proto.mux import (FLAG_RST, FLAG_SYN, GOAWAY_PROTOCOL_ERROR, TYPE_DATA,
                                 TYPE_GO_AWAY, TYPE_WINDOW_UPDATE, encode_header)
 
@@ -224,12 +225,12 @@ def test_client_resets_bad_streams_and_keeps_its_tunnel_connection(fake_server, 
     # 1. A bad PROXY v2 header (version 3): that stream is reset, nothing else.
     bad_header = bytearray(ENVELOPE)
     bad_header[12] = 0x31
-    bad = end.open_stream(bytes(bad_header) + clienthello.build(APP, ("http/1.1",)))
+    bad = end.open_stream(bytes(bad_header) + clienthellos.build(APP, ("http/1.1",)))
     end.pump_until(lambda: bad in end.reset)
     client.wait_for("stream-rejected .*bad-proxy-header")
 
     # 2. A good envelope, but a hostname no Service serves: reset.
-    unknown = end.open_stream(ENVELOPE + clienthello.build("unknown.example.com", ("h2",)))
+    unknown = end.open_stream(ENVELOPE + clienthellos.build("unknown.example.com", ("h2",)))
     end.pump_until(lambda: unknown in end.reset)
     client.wait_for("stream-rejected .*public-hostname=unknown.example.com.*reason=no-service")
     assert not end.closed and not end.session.closed

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..proto.test_clienthello_ech import ech_ext, grease_ech
 from .helpers import ECHO, recv_exactly, round_trip
@@ -20,13 +20,13 @@ def test_an_ech_hello_goes_to_the_tunnel_of_its_outer_sni_and_is_counted(deploym
     _, _, server_port, _ = deploy(deployment, echo_backend)
     assert value(server_port, "runewarp_visitor_ech_total") == 0
     drawn = os.urandom(64)
-    hello = clienthello.build(ECHO, ["h2"], extra_extensions=grease_ech(drawn), random=drawn)
+    hello = clienthellos.build(ECHO, ["h2"], extra_extensions=grease_ech(drawn), random=drawn)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
         sock.sendall(hello)
         assert recv_exactly(sock, len(hello)) == hello  # the extension reaches the backend untouched
         round_trip(sock, b"inner traffic", 10)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
-        sock.sendall(clienthello.build("other.example.com", extra_extensions=ech_ext()))  # an outer SNI of no Tunnel
+        sock.sendall(clienthellos.build("other.example.com", extra_extensions=ech_ext()))  # an outer SNI of no Tunnel
         sock.settimeout(10)
         assert sock.recv(1) == b""
 
@@ -41,7 +41,7 @@ def test_an_ech_hello_goes_to_the_tunnel_of_its_outer_sni_and_is_counted(deploym
 
 def test_a_hello_without_ech_is_not_counted(deployment, echo_backend):
     _, _, server_port, _ = deploy(deployment, echo_backend)
-    hello = clienthello.build(ECHO)
+    hello = clienthellos.build(ECHO)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
         sock.sendall(hello)
         assert recv_exactly(sock, len(hello)) == hello

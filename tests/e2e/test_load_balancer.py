@@ -18,7 +18,8 @@ import time
 import pytest
 
 from runewarp import harness
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 
 from ..conftest import SERVER_HOSTNAME, Deployment, Proc, cli_material, free_port
 from .helpers import ECHO, Backend, TLVBackend, curl, recv_exactly, reload_by_signal, wait_listening
@@ -192,7 +193,7 @@ def slowloris(sock):
 
 BAD_HEADERS = {
     "garbage": b"\x00garbage\r\n" * 4,
-    "tls-without-header": clienthello.build(SITE),
+    "tls-without-header": clienthellos.build(SITE),
     "truncated-v2": proxyv2.encode((CLAIMED, 1), ("127.0.0.1", 443))[:20],
     "v1-too-long": b"PROXY UNKNOWN " + b"x" * 200 + b"\r\n",
     "v1-bad-address": b"PROXY TCP4 1.2.3 127.0.0.1 1 443\r\n",
@@ -248,7 +249,7 @@ def test_a_header_from_an_untrusted_source_is_not_honoured(balanced):
     with socket.create_connection(("127.0.0.1", balanced["public"]), timeout=10,
                                   source_address=(UNTRUSTED_IP, 0)) as sock:
         local_port = sock.getsockname()[1]
-        sock.sendall(header + clienthello.build(SITE))
+        sock.sendall(header + clienthellos.build(SITE))
         assert sock.recv(4096) == b""
     server.wait_for(rf"visitor-rejected .*visitor={UNTRUSTED_IP}:{local_port} .*reason=\"?not-tls", start=mark)
     assert CLAIMED not in server.log()
@@ -308,7 +309,7 @@ def test_trusted_proxies_reloaded_applies_to_the_next_connection(deployment, ech
     deployment.start_client("client-a", [([ECHO], echo_backend.address)])
     server.wait_for("tunnel-connection-established")
     opening = proxyv2.encode((CLAIMED, 40000), ("127.0.0.1", deployment.public_port))
-    hello = clienthello.build(ECHO)
+    hello = clienthellos.build(ECHO)
 
     def connect():
         return socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10,

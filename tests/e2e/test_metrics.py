@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..conftest import Proc, free_port, run_cli
 from .helpers import ECHO, echo_visitor, round_trip
@@ -77,7 +77,7 @@ def visit(port, payload=b"ping" * 100):
     sock = echo_visitor(port)
     with sock:
         round_trip(sock, payload, 10)
-    hello = len(clienthello.build(ECHO))
+    hello = len(clienthellos.build(ECHO))
     return hello + len(payload), hello + len(payload)
 
 
@@ -191,7 +191,7 @@ def test_a_flood_of_unknown_hostnames_adds_no_series(deployment, echo_backend):
     def flood(first, count):
         for i in range(first, first + count):
             with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as s:
-                s.sendall(clienthello.build(f"unknown-{i}.example.org"))
+                s.sendall(clienthellos.build(f"unknown-{i}.example.org"))
                 s.settimeout(10)
                 try:
                     while s.recv(4096):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..conftest import SERVER_HOSTNAME, Proc
 from .helpers import (Backend, body_of, cert_sha256_pem, curl, get, rss_kib, sha256,
@@ -93,14 +93,14 @@ def test_bad_visitors_are_dropped_and_others_keep_working(single):
 
     junk = b"\x16\x03\x01\x40\x00\x01\x00\x50\x00" + os.urandom(20 * 1024)
     cases = {
-        "unknown-hostname": clienthello.build("nobody.example.com", ("http/1.1",)),
-        "no-sni": clienthello.build(None, ("http/1.1",)),
+        "unknown-hostname": clienthellos.build("nobody.example.com", ("http/1.1",)),
+        "no-sni": clienthellos.build(None, ("http/1.1",)),
         "not-tls": b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
         "junk": junk,
-        "server-hostname-without-tunnel-alpn": clienthello.build(SERVER_HOSTNAME, ("h2",)),
+        "server-hostname-without-tunnel-alpn": clienthellos.build(SERVER_HOSTNAME, ("h2",)),
     }
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        drip = pool.submit(closed_quickly, clienthello.build(APP), True)
+        drip = pool.submit(closed_quickly, clienthellos.build(APP), True)
         results = {name: pool.submit(closed_quickly, payload) for name, payload in cases.items()}
         assert curl(port, APP, backend.ca).stdout == b"backend=app\n"
         for name, future in results.items():

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello, control
+from runewarp.proto import control
+from tests import clienthellos
 from runewarp.proto.mux import TYPE_GO_AWAY
 
 from ..conftest import free_port, run_cli
@@ -146,7 +147,7 @@ def test_a_draining_server_still_routes_a_visitor_it_accepted_before_the_term(
     identity = deployment.identity("client-a")
     server = deployment.start_server([("apps", [ECHO], [identity])])
     deployment.start_client("client-a", [([ECHO], echo_backend.address)])
-    hello = clienthello.build(ECHO)
+    hello = clienthellos.build(ECHO)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
         sock.sendall(hello[:20])
         time.sleep(0.3)  # the Server has read the first part
@@ -223,7 +224,7 @@ def test_a_later_hello_replaces_the_hostnames_a_member_serves(deployment):
                                    deployment.dir / "client-a"))
     end.join(hostnames=[A])
     server.wait_for("tunnel-connection-established")
-    hello = clienthello.build(B)
+    hello = clienthellos.build(B)
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as visitor:
         visitor.sendall(hello)
         time.sleep(0.5)  # waiting: the member serves A only

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from runewarp import harness
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 
 from ..conftest import SERVER_HOSTNAME, Proc, free_port
 from . import test_passthrough
@@ -80,7 +81,7 @@ def test_the_proxy_header_to_the_client_names_the_port_the_visitor_dialed(deploy
     for port in (p2, p1):
         before = set(end.received)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(clienthello.build(APP))
+            sock.sendall(clienthellos.build(APP))
             end.pump_until(lambda before=before: _new_header(end, before) is not None)
             header = _new_header(end, before)
             assert header.destination == ("127.0.0.1", port)

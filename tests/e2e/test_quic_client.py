@@ -16,7 +16,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import HandshakeCompleted
 
 from runewarp.material import public_cert_folder
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 from runewarp.proto.datagrams import DatagramDecoder, frame
 from runewarp.proto.mux import RESET_BEFORE_BACKEND, StreamReset
 from runewarp.proto.quic import VERSION_1, VERSION_2, crypto_frame, seal_initial
@@ -98,7 +99,7 @@ def free_udp_port():
 def initials(hostname, parts=1, order=None, version=VERSION_1):
     """A ClientHello for `hostname` (ALPN h3) in CRYPTO frames over `parts` client Initials,
     sent in `order` (indexes; default: in order)."""
-    message = clienthello.build(hostname, ("h3",), random=os.urandom(64))[5:]  # no record header
+    message = clienthellos.build(hostname, ("h3",), random=os.urandom(64))[5:]  # no record header
     size = -(-len(message) // parts)
     packets = [seal_initial(version, DCID, SCID, number, [crypto_frame(offset, message[offset:offset + size])])
                for number, offset in enumerate(range(0, len(message), size))]
@@ -126,7 +127,7 @@ def reset_code(end, stream_id):
 
 def tcp_stream_still_works(end):
     """A passthrough TCP stream on the same Tunnel connection: the echo returns the hello."""
-    hello = clienthello.build(APP, ("http/1.1",))
+    hello = clienthellos.build(APP, ("http/1.1",))
     stream_id = end.open_stream(proxyv2.encode(VISITOR, PUBLIC) + hello)
     end.pump_until(lambda: len(end.received[stream_id]) >= len(hello))
     assert bytes(end.received[stream_id]) == hello

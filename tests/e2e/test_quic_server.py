@@ -17,7 +17,8 @@ import time
 import pytest
 
 from runewarp import harness
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 from runewarp.proto.datagrams import DatagramDecoder, frame
 from runewarp.proto.mux import DataReceived, StreamOpened, StreamReset
 from runewarp.proto.quic import VERSION_1, VERSION_2, crypto_frame, seal_initial
@@ -36,7 +37,7 @@ def client_hello_initials(hostname, pieces=1, version=VERSION_1, dcid=None, pad=
     `pieces` packets (a `pad`-byte unknown extension makes it large, as post-quantum key
     shares do)."""
     extra = (0xFFAA).to_bytes(2) + pad.to_bytes(2) + bytes(pad) if pad else b""
-    message = clienthello.build(hostname, ("h3",), extra_extensions=extra, random=os.urandom(64))[5:]
+    message = clienthellos.build(hostname, ("h3",), extra_extensions=extra, random=os.urandom(64))[5:]
     dcid = dcid or os.urandom(8)
     step = -(-len(message) // pieces)
     return [seal_initial(version, dcid, b"\x51" * 8, n, crypto_frame(n * step, message[n * step:(n + 1) * step]))
@@ -156,7 +157,7 @@ def test_a_flow_carries_its_initials_and_datagrams_both_ways_beside_tcp_visitors
     assert tunnel.flow(stream, len(sent) + 3)[1][len(sent):] == later
     # A TCP Visitor through the same Tunnel connection meanwhile.
     tcp = socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10)
-    tcp.sendall(clienthello.build(APP))
+    tcp.sendall(clienthellos.build(APP))
     tcp_stream = tunnel.next_stream(1)
     tunnel.pump_until(lambda: len(tunnel.received[tcp_stream]) > 16)
     assert proxyv2.decode(bytes(tunnel.received[tcp_stream]))[0].protocol == "tcp"
@@ -265,7 +266,7 @@ def test_a_full_queue_drops_the_oldest_and_never_blocks_another_flow(deployment)
     tunnel.send(fast, frame(b"\xc0for the other flow"))
     assert other.receive() == b"\xc0for the other flow"
     with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as tcp:
-        tcp.sendall(clienthello.build(APP))  # a TCP Visitor on the same Tunnel connection
+        tcp.sendall(clienthellos.build(APP))  # a TCP Visitor on the same Tunnel connection
         tcp_stream = tunnel.next_stream(2)
         tunnel.pump_until(lambda: len(tunnel.received[tcp_stream]) > 16)
         tunnel.send(tcp_stream, b"tcp answer")
@@ -454,7 +455,7 @@ def test_quic_flows_take_at_most_half_of_active_streams_so_tcp_visitors_still_ge
     server.wait_for("quic-flow-dropped .*reason=active-streams-full")
     tcp = socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10)
     try:
-        tcp.sendall(clienthello.build(APP))
+        tcp.sendall(clienthellos.build(APP))
         tcp_stream = tunnel.next_stream(2)  # the third stream: the TCP Visitor's
         tunnel.pump_until(lambda: len(tunnel.received[tcp_stream]) > 16)
         assert proxyv2.decode(bytes(tunnel.received[tcp_stream]))[0].protocol == "tcp"

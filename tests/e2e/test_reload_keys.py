@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from runewarp.config import schema
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..conftest import SERVER_HOSTNAME, Proc, free_port, run_cli
 from .helpers import (ECHO, TCPBackend, closed_by_peer, curl, echo_visitor, recv_exactly, reload_by_signal,
@@ -240,7 +240,7 @@ def test_splice_timer_reaches_a_stream_spliced_before_the_reload(deployment, ech
     server, client, tunnels = pair(deployment, echo_backend, odd_backends)
     port = deployment.public_port
     if hostname == SILENT:
-        visitor = connect(port, hello=clienthello.build(SILENT))
+        visitor = connect(port, hello=clienthellos.build(SILENT))
         server.wait_for(f"visitor-routed .*public-hostname={SILENT}")
     else:
         visitor = echo_visitor(port, hostname=hostname)
@@ -419,7 +419,7 @@ def test_client_backend_connect_applies_to_the_next_stream(deployment):
         server.wait_for("tunnel-connection-established")
         write_client(path, base=base, tables="[client.timeouts]\nbackend-connect = 1")
         mark = reload_by_signal(client, "client-reloaded")
-        with connect(deployment.public_port, hello=clienthello.build(ECHO)) as visitor:
+        with connect(deployment.public_port, hello=clienthellos.build(ECHO)) as visitor:
             assert closed_by_peer(visitor, 8) < 8  # 1 s, not the 30 s it started with
         client.wait_for(f"backend-connect-failed .*backend-address={hole.address}", start=mark)
     finally:
@@ -462,7 +462,7 @@ def test_client_proxy_protocol_applies_to_the_next_stream(deployment, echo_backe
     path.write_text(path.read_text().replace(backend, f'{backend}\nproxy-protocol = "v1"', 1))
     reload_by_signal(client, "client-reloaded")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        hello = clienthello.build(ECHO)
+        hello = clienthellos.build(ECHO)
         sock.sendall(hello)
         line = recv_line(sock)
         assert line.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), line

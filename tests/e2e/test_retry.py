@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..conftest import free_port
 from .helpers import ECHO, Backend, TCPBackend, curl, recv_exactly
@@ -157,7 +157,7 @@ def test_a_stream_whose_backend_got_the_bytes_is_never_replayed(deployment, answ
         _, metrics, _, _ = setup(deployment, [([ECHO], backend.address)],
                                  [([ECHO], backend.address)])
         for _ in range(8):
-            got = exchange(deployment, clienthello.build(ECHO))
+            got = exchange(deployment, clienthellos.build(ECHO))
             assert got in ((b"!", b"") if answer else (b"",))  # the reset may overtake it
         time.sleep(0.5)
         assert backend.connections == 8
@@ -219,7 +219,7 @@ def test_bytes_sent_while_waiting_for_the_answer_are_forwarded_and_a_large_amoun
     try:
         _, metrics, bad, _ = setup(deployment, [([ECHO], down)], [([ECHO], late.address)],
                                    "retry-buffer = 1024")
-        hello = clienthello.build(ECHO)
+        hello = clienthellos.build(ECHO)
         for _ in range(4):  # within retry-buffer: whichever member comes first, it is served
             with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as sock:
                 sock.sendall(hello)
@@ -238,7 +238,7 @@ def test_retries_and_retry_buffer_reloaded_apply_to_the_next_visitors(deployment
     late = LateEchoBackend()
     late.delay = 0.2
     down = f"127.0.0.1:{free_port()}"
-    sent = clienthello.build(ECHO) + b"y" * 2048
+    sent = clienthellos.build(ECHO) + b"y" * 2048
 
     try:
         server, metrics, _, _ = setup(deployment, [([ECHO], down)], [([ECHO], late.address)],
@@ -280,7 +280,7 @@ def test_a_member_that_dies_before_the_answer_is_retried_only_after_a_hello_alon
                   f'bind-address = "127.0.0.1:{metrics}"')
         doomed = deployment.start_client("client-a", [([A], silent.address)])
         with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=20) as sock:
-            sock.sendall(clienthello.build(A) + extra)
+            sock.sendall(clienthellos.build(A) + extra)
             doomed.wait_for("stream-routed")  # the silent backend holds the stream
             shutil.copytree(deployment.dir / "client-a", deployment.dir / "client-b", symlinks=True)
             deployment.start_client("client-b", [([A], good.address)])

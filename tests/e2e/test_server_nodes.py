@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from runewarp.proto import clienthello, proxyv2
+from runewarp.proto import proxyv2
+from tests import clienthellos
 
 from ..conftest import SERVER_HOSTNAME, Proc, free_port, run_cli
 from .helpers import ECHO, echo_visitor, reload_by_signal, round_trip
@@ -218,7 +219,7 @@ def test_a_stopping_client_serves_a_stream_opened_before_the_server_saw_its_go_a
         client.signal(signal.SIGTERM)
         client.wait_for("shutdown-started")
         # This Server has not read the go away yet: it places a Visitor on the connection.
-        hello = clienthello.build(ECHO)
+        hello = clienthellos.build(ECHO)
         stream = end.open_stream(ENVELOPE + hello)
         end.pump_until(lambda: len(end.received[stream]) >= len(hello) or stream in end.reset)
         assert stream not in end.reset

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from runewarp import harness
-from runewarp.proto import clienthello
+from tests import clienthellos
 
 from ..conftest import Proc, free_port
 from .helpers import ECHO, closed_by_peer, echo_visitor, round_trip
@@ -82,7 +82,7 @@ def test_backend_connect_ends_the_stream_to_a_black_hole_backend(deployment):
             f.write("\n[client.timeouts]\nbackend-connect = 1\n")
         client = _start_client(deployment, path)
         with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as visitor:
-            visitor.sendall(clienthello.build(ECHO))
+            visitor.sendall(clienthellos.build(ECHO))
             assert closed_by_peer(visitor, 4) < 4  # 1 s, not the 5 s default
         client.wait_for(f"backend-connect-failed .*backend-address={hole.address} "
                         ".*reason=\"?deadline exceeded", timeout=5)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runewarp.errors import RemoteProtocolError
 from runewarp.proto import clienthello, control, proxyv2, quic
+from tests import clienthellos
 from runewarp.proto.mux import frames
 from runewarp.proto.mux.session import Role, Session
 from runewarp.proto.quicwire import REASONS
@@ -137,7 +138,7 @@ def _proxy_headers():
 
 def _quic_initials():
     """Datagrams (v1 coalesced, v2), and plain frames for the sealed half of the target."""
-    message = clienthello.build("app.example.com", ["h3"])[5:]
+    message = clienthellos.build("app.example.com", ["h3"])[5:]
     frames = [quic.crypto_frame(0, message[:60]), b"\x01", quic.crypto_frame(60, message[60:])]
     head = quic.seal_initial(quic.VERSION_1, QUIC_DCID, b"\x01" * 4, 0, frames[0], pad_to=0)
     tail = quic.seal_initial(quic.VERSION_1, QUIC_DCID, b"\x01" * 4, 1, frames[1:], pad_to=1200 - len(head))

@@ -11,9 +11,9 @@ from runewarp.proto.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloParser,
-    build,
     parse,
 )
+from tests.clienthellos import build
 
 FIXTURE_DIR = pathlib.Path(__file__).parent / "fixtures"
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runewarp.proto.clienthello import EXT_ECH, ClientHello, build, parse
+from runewarp.proto.clienthello import EXT_ECH, ClientHello, parse
+from tests.clienthellos import build
 
 from .test_clienthello import (
     CHANGE_CIPHER_SPEC,

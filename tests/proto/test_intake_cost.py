@@ -14,7 +14,7 @@ import pytest
 from runewarp.io import intake as intake_module
 from runewarp.io.intake import IntakeRejected, read_client_hello
 from runewarp.proto import clienthello
-from runewarp.proto.clienthello import build
+from tests.clienthellos import build
 
 COUNTED = {Path(clienthello.__file__).resolve(), Path(intake_module.__file__).resolve()}
 UNCAPPED = 10**6  # lift the record cap, so 1-byte records reach the reassembly code

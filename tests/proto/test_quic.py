@@ -10,6 +10,7 @@ import pytest
 
 from runewarp.errors import RemoteProtocolError
 from runewarp.proto import clienthello, quickeys
+from tests import clienthellos
 from runewarp.proto.clienthello import ClientHelloError, parse_handshake
 from runewarp.proto.quic import (
     MAX_CRYPTO,
@@ -48,10 +49,10 @@ RFC9369_A2 = rfc_packet("rfc9369_a2_client_initial.hex")
 
 def hello_message(server_name="app.example.com", alpn=("h3",), size=None):
     """A ClientHello handshake message (no record header), padded to `size` bytes."""
-    message = clienthello.build(server_name, alpn)[5:]
+    message = clienthellos.build(server_name, alpn)[5:]
     if size is not None:
         pad = size - len(message) - 4
-        message = clienthello.build(server_name, alpn, extra_extensions=b"\x00\x15" + pad.to_bytes(2)
+        message = clienthellos.build(server_name, alpn, extra_extensions=b"\x00\x15" + pad.to_bytes(2)
                                     + bytes(pad))[5:]
         assert len(message) == size
     return message
@@ -265,7 +266,7 @@ def test_fatal_outcomes_of_decrypted_content():
     assert fatal_reason(b"\x06\x00\x40\x50abc") == "malformed"  # CRYPTO past the packet
     assert fatal_reason(b"\x02\x00\x00\x80\x10\x00\x00\x00") == "malformed"  # ACK ranges past it
     assert fatal_reason(b"\x06\xc0\x00") == "malformed"  # truncated varint
-    bad_sni = clienthello.build(None, extra_extensions=b"\x00\x00\x00\x03\x00\x01\x00")[5:]
+    bad_sni = clienthellos.build(None, extra_extensions=b"\x00\x00\x00\x03\x00\x01\x00")[5:]
     assert fatal_reason(crypto_frame(0, bad_sni)) == "malformed"
 
 

@@ -229,10 +229,10 @@ def test_any_datagrams_keep_the_table_bounded_and_consistent(steps):
 def test_the_real_reader_routes_a_clienthello_spread_over_initials_out_of_order():
     import os
 
-    from runewarp.proto import clienthello
+    from tests import clienthellos
     from runewarp.proto.quic import crypto_frame, seal_initial
 
-    message = clienthello.build("app.example.com", ("h3",), random=os.urandom(64),
+    message = clienthellos.build("app.example.com", ("h3",), random=os.urandom(64),
                                 extra_extensions=(0xFFAA).to_bytes(2) + (2000).to_bytes(2) + bytes(2000))[5:]
     dcid, half = os.urandom(8), len(message) // 2
     first = seal_initial(VERSION_1, dcid, b"", 0, crypto_frame(0, message[:half]))
