@@ -40,8 +40,11 @@ CLIENT_IDENTITY = f"""Create, renew, replace or print the Client identity.
 Usage:
   runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
   runewarp client identity rotate (--stage | --commit | --abort) [--dir D] [-c FILE]
+  runewarp client identity csr [--dir D] [-c FILE]
 
-Every form prints the identity (64 hex characters) to list in the Server's Tunnel.
+Every form but csr prints the identity (64 hex characters) to list in the Server's Tunnel;
+csr prints a PEM certificate signing request signed by the identity key, for a control
+plane to issue the [client.managed] cert-file from ('runewarp ca issue --csr').
 rotate alone is a hard cut: the Client is refused until the Server lists the new
 identity.  With no gap: rotate --stage makes the next key and prints its identity
 (the running Client dials with it too, and moves to it once a Server accepts it);
@@ -172,6 +175,9 @@ def client_identity(args):
                           configuration.default_client_identity_dir())
     if args["show"]:
         print(material.show_identity(identity_dir))
+        return 0
+    if args["csr"]:
+        sys.stdout.write(material.identity_csr(identity_dir).decode())
         return 0
     if args["init"]:
         result = material.init_identity(identity_dir)

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from runewarp.proto.identity import is_identity
 from runewarp.proto.proxyheader import networks
 from runewarp.proto.routes import RoutingConflict
 
@@ -13,7 +14,6 @@ from .paths import default_server_cert_dir
 from .reader import Context, join, type_name
 from .schema import default
 
-_IDENTITY = re.compile(r"[0-9a-f]{64}")
 _IDENTITY_ANY_CASE = re.compile(r"[0-9a-fA-F]{64}")
 _TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 QUIC_IDLE_BOUNDS = (1.0, 3600.0)  # below a QUIC endpoint's own idle timeout ends flows early
@@ -197,7 +197,7 @@ def _tunnel_identities(ctx: Context, entry: dict, tp: str, seen: dict[str, str])
         items = [(join(join(tp, "client-identities"), j), v) for j, v in enumerate(raw)]
     result = []
     for key, value in items:
-        if not _IDENTITY.fullmatch(value):
+        if not is_identity(value):
             if _IDENTITY_ANY_CASE.fullmatch(value):
                 raise ctx.error(key, "a Client identity is written in lowercase hex; use lowercase")
             raise ctx.error(

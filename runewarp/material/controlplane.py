@@ -1,0 +1,122 @@
+"""Managed Client authentication material: the control-plane CA, the short-lived Client
+certificates it issues for durable Client identity keys, and the CSR a Client hands a
+control plane (docs/managed.md).
+
+The certificate attests a key the Client already has: the issuer never sees or makes a
+private key, and checks that the key it certifies is the identity it was asked for."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from ..errors import MaterialError
+from ..proto.identity import identities_in_uris, identity_uri
+from .authority import Authority, CAFolder
+from .store import View
+from .x509 import (CLIENT_CN, _cert_pem, _load_certs, _make_client_cert, _name, _now, _read,
+                   client_identity, read_key)
+
+CONTROL_PLANE_CA_CERT = "control-plane-ca.crt"
+CONTROL_PLANE_CA_KEY = "state/control-plane-ca.key"
+CONTROL_PLANE_CA = Authority(CONTROL_PLANE_CA_CERT, CONTROL_PLANE_CA_KEY, "Runewarp Control-plane CA",
+                             "control-plane CA", "runewarp ca init")
+DEFAULT_TTL = 3600  # seconds
+MAX_TTL = 24 * 3600  # short-lived: an identity removed from a Tunnel stays out, a leaked one expires
+
+
+def init_control_plane_ca(ca_dir: Path, now: _dt.datetime | None = None) -> CAFolder:
+    """Ensure the control-plane CA in `ca_dir`; an existing one is kept."""
+    return CONTROL_PLANE_CA.init(ca_dir, now)
+
+
+def public_key_of_pem(data: bytes, shown) -> object:
+    """The public key of a PEM `PUBLIC KEY` file."""
+    try:
+        return serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise MaterialError(f"{shown}: not a PEM public key: {e}") from None
+
+
+def public_key_of_csr(data: bytes, shown) -> object:
+    """The public key of a PEM CSR whose signature holds (its sender has the private key)."""
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as e:
+        raise MaterialError(f"{shown}: not a PEM certificate signing request: {e}") from None
+    if not csr.is_signature_valid:
+        raise MaterialError(f"{shown}: the CSR's signature does not verify with its own key")
+    return csr.public_key()
+
+
+def issue_managed_cert(ca_dir: Path, identity: str, public_key, ttl: int = DEFAULT_TTL,
+                       now: _dt.datetime | None = None) -> bytes:
+    """A PEM client certificate from the control-plane CA in `ca_dir` for `public_key`, valid
+    `ttl` seconds (1-MAX_TTL) from `now` (and 5 minutes before it, for clock skew), naming
+    `identity` in a URI SAN; MaterialError unless the key's identity is `identity`."""
+    if not 1 <= ttl <= MAX_TTL:
+        raise MaterialError(f"a managed certificate lives 1 s to {MAX_TTL} s; got {ttl}")
+    check_attests(public_key, identity)
+    ca = CONTROL_PLANE_CA.require(ca_dir)
+    return _cert_pem(_make_client_cert(public_key, _now(now), CLIENT_CN, ca,
+                                       lifetime=_dt.timedelta(seconds=ttl),
+                                       uris=(identity_uri(identity),)))
+
+
+def check_attests(public_key, identity: str) -> None:
+    """MaterialError unless `public_key` is the key of Client identity `identity`."""
+    actual = client_identity(public_key)
+    if actual != identity:
+        raise MaterialError(f"the key's Client identity is {actual}, not {identity}: refusing to "
+                            "certify it for another identity")
+
+
+def identity_csr(identity_dir: Path) -> bytes:
+    """A PEM CSR signed by the Client identity key, its identity in a URI SAN."""
+    key = read_key(View(Path(identity_dir)), "client.key", "run 'runewarp client identity init'")
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity_uri(client_identity(key)))])
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(_name(CLIENT_CN))
+           .add_extension(san, critical=False).sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class ManagedCert:
+    """The Client's cert-file as read before a dial: what it certifies and until when."""
+
+    path: Path
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+
+
+def check_managed_cert(cert_file: Path, key) -> ManagedCert:
+    """The cert-file the Client presents with its identity `key`: MaterialError when it does
+    not load, certifies another key, or names another identity in its URI SAN."""
+    cert = _load_certs(Path(cert_file))[0]
+    wanted, got = client_identity(key), client_identity(cert.public_key())
+    if got != wanted:
+        raise MaterialError(f"{cert_file} certifies the key of Client identity {got}, not this "
+                            f"Client's identity key ({wanted}); have the control plane issue it "
+                            "for 'runewarp client identity csr'")
+    if any(named != wanted for named in uri_identities(cert)):
+        raise MaterialError(f"{cert_file} names another Client identity in its URI SAN")
+    return ManagedCert(Path(cert_file), cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def uri_identities(cert: x509.Certificate) -> list[str]:
+    """The identities a certificate's `runewarp:identity:` URI SANs name."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return identities_in_uris(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def read_public_input(path: Path, csr: bool):
+    """The public key of the file `ca issue` was given (--csr or --public-key)."""
+    data = _read(Path(path))
+    return public_key_of_csr(data, path) if csr else public_key_of_pem(data, path)
