@@ -109,6 +109,12 @@ def check_before_start(role, cfg, server=None):
             check_material(lambda: server.certificate.current(), cfg.source)
         return
     check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
+    if cfg.managed is not None:  # current or not: the Client starts, and waits for a renewal
+        try:
+            material.check_managed_cert(cfg.managed.cert_file, cfg.identity_dir)
+        except MaterialError as exc:
+            raise ConfigError(str(exc), file=cfg.source or "command line",
+                              key="client.managed.cert-file") from None
     if cfg.server_trust == "ca-file" and not os.access(cfg.server_ca_file, os.R_OK):
         raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
                           "Server's server-ca.crt there or set server-ca-file",

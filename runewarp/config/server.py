@@ -9,7 +9,7 @@ from runewarp.proto.routes import RoutingConflict
 
 from . import shared
 from .addresses import bind_address, normalize_hostname, unique_hostnames
-from .model import ServerConfig, TunnelConfig
+from .model import ManagedServerConfig, ServerConfig, TunnelConfig
 from .paths import default_server_cert_dir
 from .reader import Context, join, type_name
 from .schema import default
@@ -64,6 +64,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         timeouts=shared.timeouts(ctx, server, p),
         access_log=ctx.setting(server, p, "access-log"),
         watch_config=ctx.setting(server, p, "watch-config"),
+        managed=_managed(ctx, server),
         log_level=log_level,
         log_format=log_format,
         source=source,
@@ -73,6 +74,18 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     except RoutingConflict as e:
         raise ctx.error(join(p, "tunnels"), str(e)) from None
     return config
+
+
+def _managed(ctx: Context, server: dict) -> ManagedServerConfig | None:
+    """`[server.managed]` (None without the table: self-hosted trust, exactly as before)."""
+    table = ctx.table(server, "server", "managed")
+    if table is None:
+        return None
+    p = "server.managed"
+    ctx.check_keys(table, p)
+    ca_file = ctx.setting(table, p, "client-ca-file")
+    return ManagedServerConfig(shared.ca_file(ctx, ca_file, join(p, "client-ca-file"), "runewarp ca init"),
+                               ctx.setting(table, p, "accept-self-signed"))
 
 
 def _public_bind_addresses(ctx: Context, server: dict) -> tuple[tuple[str, int], ...]:

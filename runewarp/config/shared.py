@@ -1,7 +1,10 @@
 """What both roles read alike: the top level, `[<role>.acme]`, `[<role>.limits]`,
 `[<role>.metrics]` and `[<role>.timeouts]`."""
 
+from pathlib import Path
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from . import schema
 import re
@@ -98,3 +101,27 @@ def timeouts(ctx: Context, parent: dict, role: str) -> ServerTimeouts | ClientTi
         raise ctx.error(join(p, "dead-peer"), f"must be more than keepalive-interval "
                         f"({values['keepalive-interval']:g} s); got {values['dead-peer']:g}")
     return _TIMEOUTS[role](**{key.replace("-", "_"): value for key, value in values.items()})
+
+
+def ca_file(ctx: Context, path: Path, key: str, made_by: str) -> Path:
+    """A CA bundle a config names (`visitor-ca-file`, `client-ca-file`), checked now so a
+    typo fails the start or the reload instead of every handshake."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ctx.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        certificates = []
+    if not any(_is_ca(c) for c in certificates):
+        raise ctx.error(key, f"{path} holds no PEM CA certificate (make one with {made_by})")
+    return path
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False

@@ -11,7 +11,7 @@ from .authority import CAFolder
 from .controlplane import (CONTROL_PLANE_CA_CERT, DEFAULT_TTL, MAX_TTL, ManagedCert, check_attests,
                            check_managed_cert,
                            identity_csr, init_control_plane_ca, issue_managed_cert, read_public_input,
-                           uri_identities)
+                           uri_identities, chain_refusal, is_self_signed)
 from .identity import (CLIENT_CERT, CLIENT_IDENTITY, CLIENT_KEY, IDENTITY_MAX_AGE_DAYS, IdentityResult,
                        abort_identity, commit_identity, identity_needs_renewal, init_identity,
                        load_identity_paths, renew_identity, rotate_identity, show_identity,
@@ -50,4 +50,5 @@ __all__ = [
     "init_visitor_ca", "issue_visitor_cert", "visitor_cert_name",
     "CAFolder", "CONTROL_PLANE_CA_CERT", "DEFAULT_TTL", "MAX_TTL", "ManagedCert", "check_attests", "check_managed_cert",
     "identity_csr", "init_control_plane_ca", "issue_managed_cert", "read_public_input", "uri_identities",
+    "chain_refusal", "is_self_signed",
 ]

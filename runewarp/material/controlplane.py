@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
 from ..errors import MaterialError
@@ -93,17 +94,19 @@ class ManagedCert:
     not_after: _dt.datetime
 
 
-def check_managed_cert(cert_file: Path, key) -> ManagedCert:
-    """The cert-file the Client presents with its identity `key`: MaterialError when it does
-    not load, certifies another key, or names another identity in its URI SAN."""
+def check_managed_cert(cert_file: Path, identity_dir: Path) -> ManagedCert:
+    """The cert-file the Client presents with the identity key of `identity_dir`: MaterialError
+    when it does not load, certifies another key, or names another identity in its URI SAN.
+    Whether it is current is the Server's to judge (the Client only says so)."""
+    key = read_key(View(Path(identity_dir)), "client.key", "run 'runewarp client identity init'")
     cert = _load_certs(Path(cert_file))[0]
     wanted, got = client_identity(key), client_identity(cert.public_key())
     if got != wanted:
         raise MaterialError(f"{cert_file} certifies the key of Client identity {got}, not this "
                             f"Client's identity key ({wanted}); have the control plane issue it "
-                            "for 'runewarp client identity csr'")
+                            "from 'runewarp client identity csr'")
     if any(named != wanted for named in uri_identities(cert)):
-        raise MaterialError(f"{cert_file} names another Client identity in its URI SAN")
+        raise MaterialError(f"{cert_file} names another Client identity in its URI SAN than its key's")
     return ManagedCert(Path(cert_file), cert.not_valid_before_utc, cert.not_valid_after_utc)
 
 
@@ -120,3 +123,33 @@ def read_public_input(path: Path, csr: bool):
     """The public key of the file `ca issue` was given (--csr or --public-key)."""
     data = _read(Path(path))
     return public_key_of_csr(data, path) if csr else public_key_of_pem(data, path)
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Signed by its own key: a self-hosted identity certificate, not one a CA issued."""
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+# Why a Server refused a managed certificate, by what OpenSSL found wrong with its chain: the
+# log and metric reason (docs/managed.md).  Anything else is "managed-certificate-invalid".
+CHAIN_REFUSALS = {"expired": "managed-certificate-expired",
+                  "not-yet-valid": "managed-certificate-not-yet-valid",
+                  "unknown-ca": "not-issued-by-control-plane-ca"}
+
+
+def chain_refusal(problem: str, cert: x509.Certificate) -> tuple[str, str]:
+    """(reason, detail) for a chain OpenSSL refused with `problem` (its kind, or its words)."""
+    reason = CHAIN_REFUSALS.get(problem, "managed-certificate-invalid")
+    if problem == "expired":
+        return reason, f"expired at {cert.not_valid_after_utc.isoformat()}"
+    if problem == "not-yet-valid":
+        return reason, f"valid only from {cert.not_valid_before_utc.isoformat()}"
+    if problem == "unknown-ca":
+        return reason, f"issued by {cert.issuer.rfc4514_string()}, not the client-ca-file's CA"
+    return reason, problem
