@@ -9,7 +9,7 @@ from .. import material
 from ..config.paths import default_control_plane_ca_dir
 from ..errors import ConfigError, MaterialError
 from ..proto.identity import is_identity
-from .common import HELP
+from .common import HELP, own_folder, print_ca
 
 _DIR = "  --dir D                  Control-plane CA folder (default: $XDG_DATA_HOME/runewarp/ca)."
 
@@ -59,15 +59,11 @@ def parse_duration(text):
 
 
 def _ca_dir(args):
-    return Path(args["--dir"]).expanduser().resolve() if args["--dir"] else default_control_plane_ca_dir()
+    return own_folder(args, default_control_plane_ca_dir())
 
 
 def ca_init(args):
-    result = material.init_control_plane_ca(_ca_dir(args))
-    if not result.created:
-        print(f"control-plane CA already exists in {result.cert_path.parent}", file=sys.stderr)
-    print(result.cert_path)
-    return 0
+    return print_ca(material.init_control_plane_ca(_ca_dir(args)), "control-plane CA")
 
 
 def ca_issue(args):

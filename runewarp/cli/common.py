@@ -72,6 +72,19 @@ def folder(args, path, key, default):
     return configuration.peek(path, key) or default
 
 
+def own_folder(args, default):
+    """--dir, else the XDG default: for the commands that read no config (the small CAs)."""
+    return Path(args["--dir"]).expanduser().resolve() if args["--dir"] else default
+
+
+def print_ca(result, what):
+    """What `... ca init` prints: the CA certificate's path (a kept CA said on stderr)."""
+    if not result.created:
+        print(f"{what} already exists in {result.cert_path.parent}", file=sys.stderr)
+    print(result.cert_path)
+    return 0
+
+
 def check_key_permissions(paths, cfg, role):
     """Warn about a private key others can read; with strict-permissions, refuse to start."""
     for problem in material.key_permission_problems(paths):

@@ -11,7 +11,7 @@ from ..config.paths import default_client_visitor_ca_dir
 from ..errors import ConfigError, MaterialError
 from ..logs import log
 from ..proto.hostname import HostnameError, normalize
-from .common import CONFIG, DIR, HELP, folder, load, selected_config
+from .common import CONFIG, DIR, HELP, folder, load, own_folder, print_ca, selected_config
 
 SERVER_CERT = f"""Create, renew or replace the Server certificate and its CA.
 
@@ -226,15 +226,11 @@ def client_public_cert(args):
 
 
 def _visitor_ca_dir(args):
-    return Path(args["--dir"]).expanduser().resolve() if args["--dir"] else default_client_visitor_ca_dir()
+    return own_folder(args, default_client_visitor_ca_dir())
 
 
 def client_visitor_ca(args):
-    result = material.init_visitor_ca(_visitor_ca_dir(args))
-    if not result.created:
-        print(f"Visitor CA already exists in {result.cert_path.parent}", file=sys.stderr)
-    print(result.cert_path)
-    return 0
+    return print_ca(material.init_visitor_ca(_visitor_ca_dir(args)), "Visitor CA")
 
 
 def client_visitor_cert(args):

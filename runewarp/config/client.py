@@ -110,11 +110,9 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
 def _managed(ctx: Context, client: dict) -> ManagedClientConfig | None:
     """`[client.managed]`: a readable PEM certificate; whether it certifies the identity key is
     the start's material check (cli/common.py), whether it is current the Server's."""
-    table = ctx.table(client, "client", "managed")
+    table, p = shared.subtable(ctx, client, "client", "managed")
     if table is None:
         return None
-    p = "client.managed"
-    ctx.check_keys(table, p)
     path = ctx.setting(table, p, "cert-file")
     key = join(p, "cert-file")
     try:

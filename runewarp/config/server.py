@@ -78,11 +78,9 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
 
 def _managed(ctx: Context, server: dict) -> ManagedServerConfig | None:
     """`[server.managed]` (None without the table: self-hosted trust, exactly as before)."""
-    table = ctx.table(server, "server", "managed")
+    table, p = shared.subtable(ctx, server, "server", "managed")
     if table is None:
         return None
-    p = "server.managed"
-    ctx.check_keys(table, p)
     ca_file = ctx.setting(table, p, "client-ca-file")
     return ManagedServerConfig(shared.ca_file(ctx, ca_file, join(p, "client-ca-file"), "runewarp ca init"),
                                ctx.setting(table, p, "accept-self-signed"))

@@ -59,13 +59,19 @@ def limits(ctx: Context, parent: dict, prefix: str) -> Limits:
 _STATSD_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def subtable(ctx: Context, parent: dict, role: str, name: str) -> tuple[dict | None, str]:
+    """`[<role>.<name>]` with its keys checked (None without it), and its key path."""
+    table, p = ctx.table(parent, role, name), join(role, name)
+    if table is not None:
+        ctx.check_keys(table, p)
+    return table, p
+
+
 def metrics(ctx: Context, parent: dict, role: str) -> MetricsConfig | None:
     """`[<role>.metrics]` (None without the table)."""
-    table = ctx.table(parent, role, "metrics")
+    table, p = subtable(ctx, parent, role, "metrics")
     if table is None:
         return None
-    p = join(role, "metrics")
-    ctx.check_keys(table, p)
     bind = ctx.string(table, p, "bind-address")
     statsd = ctx.string(table, p, "statsd-address")
     prefix = ctx.setting(table, p, "statsd-prefix")
