@@ -164,3 +164,25 @@ def handshake_alert(deployment, cert_file):
             except TimeoutError:
                 return None
     raise AssertionError("the Server closed the accepted connection at once")
+
+
+def test_a_rotated_ca_file_applies_to_the_next_handshake_and_established_ones_stay(
+        deployment, plane, backend):
+    trusted = deployment.dir / "trusted-ca.crt"
+    trusted.write_bytes((deployment.dir / "ca" / "control-plane-ca.crt").read_bytes())
+    config = managed_server(deployment, plane)
+    config.write_text(config.read_text().replace(str(deployment.dir / "ca" / "control-plane-ca.crt"),
+                                                 str(trusted)))
+    start_server(deployment, config)
+    ours, _ = issue(deployment, plane, "from-ca.crt")
+    other, _ = issue(deployment, plane, "from-ca2.crt", ca="ca2")
+    start_client(deployment, client_config(deployment, backend, ours))
+    assert handshake_alert(deployment, other) == "TLSV1_ALERT_UNKNOWN_CA"
+
+    # The control plane rotates the CA file in place: no reload, no restart.
+    partial = deployment.dir / ".trusted-ca.tmp"
+    partial.write_bytes((deployment.dir / "ca2" / "control-plane-ca.crt").read_bytes())
+    os.replace(partial, trusted)
+    assert handshake_alert(deployment, ours) == "TLSV1_ALERT_UNKNOWN_CA"
+    assert handshake_alert(deployment, other) is None
+    visit(deployment, backend)  # the established Tunnel connection was judged at its handshake
