@@ -22,7 +22,6 @@ checks each one still exists, and that no other module adds one).
 
 import os
 import ssl
-from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -30,7 +29,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
 from .errors import MaterialError
-from .material.controlplane import chain_refusal, is_self_signed, uri_identities
+from .material.controlplane import judge
 from .material.x509 import identity_of_certificate
 
 ALPN_TUNNEL = b"runewarp/1"
@@ -82,22 +81,13 @@ def _address(pointer):
     return int(_ffi.cast("uintptr_t", pointer))
 
 
-class Refusal(NamedTuple):
-    """Why the verify callback refused a Tunnel connection's certificate: the log and metric
-    `reason`, the Client identity of its key (None when unparsable) and a detail."""
-
-    identity: str | None
-    reason: str
-    detail: str | None = None
-
-
 def tunnel_refusal(context, connection):
     """The Refusal the verify callback recorded for this connection, if any (and forget it)."""
     return context._runewarp_refused.pop(_address(connection._ssl), None)
 
 
-# What OpenSSL found wrong with a managed certificate's chain, as controlplane.chain_refusal
-# names it; its alert tells the Client the same (certificate_expired, unknown_ca, ...).
+# What OpenSSL found wrong with a managed certificate's chain, as controlplane.judge names it;
+# its alert tells the Client the same (certificate_expired, unknown_ca, ...).
 _CHAIN_PROBLEMS = {_lib.X509_V_ERR_CERT_HAS_EXPIRED: "expired",
                    _lib.X509_V_ERR_CERT_NOT_YET_VALID: "not-yet-valid",
                    **dict.fromkeys((_lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
@@ -107,31 +97,10 @@ _CHAIN_PROBLEMS = {_lib.X509_V_ERR_CERT_HAS_EXPIRED: "expired",
                                     _lib.X509_V_ERR_CERT_SIGNATURE_FAILURE), "unknown-ca")}
 
 
-def _judge(leaf, preverify_ok, error, depth, authorize, managed):
-    """(OpenSSL error to leave, Refusal) for one verify callback call; (X509_V_OK, None) lets
-    the handshake go on.  Without `managed` (self-hosted), or for a self-signed certificate
-    `managed.accept_self_signed` admits, only the key counts: issuer and dates are not checked.
-    A managed certificate must also pass OpenSSL's chain check against client-ca-file."""
-    if leaf is None:
-        return _REFUSED, Refusal(None, "tls-error", "an unparsable certificate")
-    identity = identity_of_certificate(leaf)
-    self_hosted = managed is None or is_self_signed(leaf)
-    if self_hosted and managed is not None and not managed.accept_self_signed:
-        return _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, Refusal(
-            identity, "self-signed-not-accepted", "a self-signed identity certificate; the Server "
-            "needs one from its control-plane CA ([server.managed] accept-self-signed = false)")
-    if not self_hosted and not preverify_ok:
-        problem = _CHAIN_PROBLEMS.get(error) or \
-            _ffi.string(_lib.X509_verify_cert_error_string(error)).decode()
-        return error, Refusal(identity, *chain_refusal(problem, leaf))
-    if depth != 0:
-        return _lib.X509_V_OK, None
-    if not self_hosted and any(named != identity for named in uri_identities(leaf)):
-        return _REFUSED, Refusal(identity, "managed-identity-mismatch",
-                                 "its URI SAN names another Client identity than its key")
-    if authorize(identity):
-        return _lib.X509_V_OK, None
-    return _REFUSED, Refusal(identity, "unauthorized-client-identity")
+# What each verdict of controlplane.judge leaves as the verification error ("chain": OpenSSL's
+# own, whose alert names the problem): the Client reads it as the TLS alert.
+_VERDICT_ERRORS = {"accept": _lib.X509_V_OK, "reject": _REFUSED,
+                   "self-signed": _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT}
 
 
 def server_tunnel_context(cert_path, key_path, authorize, managed=None):
@@ -140,7 +109,7 @@ def server_tunnel_context(cert_path, key_path, authorize, managed=None):
     `authorize(identity) -> bool` is consulted during the handshake, so an
     unknown identity never completes a Tunnel connection.  With `managed`
     (config.ManagedServerConfig) the certificate must also chain to its
-    client_ca_file and be valid now (`_judge`).
+    client_ca_file and be valid now (`controlplane.judge`).
     """
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
@@ -170,9 +139,12 @@ def server_tunnel_context(cert_path, key_path, authorize, managed=None):
             leaf = _store_leaf(store_ctx)
         except Exception:  # noqa: BLE001 - any unparsable certificate is refused
             leaf = None
-        error, refusal = _judge(leaf, preverify_ok, _lib.X509_STORE_CTX_get_error(store_ctx),
-                                _lib.X509_STORE_CTX_get_error_depth(store_ctx), authorize, managed)
-        _lib.X509_STORE_CTX_set_error(store_ctx, error)
+        error = _lib.X509_STORE_CTX_get_error(store_ctx)
+        problem = None if preverify_ok else (_CHAIN_PROBLEMS.get(error) or _ffi.string(
+            _lib.X509_verify_cert_error_string(error)).decode())
+        verdict, refusal = judge(leaf, problem, _lib.X509_STORE_CTX_get_error_depth(store_ctx) == 0,
+                                 authorize, managed)
+        _lib.X509_STORE_CTX_set_error(store_ctx, _VERDICT_ERRORS.get(verdict, error))
         if refusal is None:
             return 1
         ssl_ptr = _lib.X509_STORE_CTX_get_ex_data(store_ctx,

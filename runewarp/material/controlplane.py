@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from cryptography import x509
@@ -20,7 +21,7 @@ from ..proto.identity import identities_in_uris, identity_uri
 from .authority import Authority, CAFolder
 from .store import View
 from .x509 import (CLIENT_CN, _cert_pem, _load_certs, _make_client_cert, _name, _now, _read,
-                   client_identity, read_key)
+                   client_identity, identity_of_certificate, read_key)
 
 CONTROL_PLANE_CA_CERT = "control-plane-ca.crt"
 CONTROL_PLANE_CA_KEY = "state/control-plane-ca.key"
@@ -153,3 +154,41 @@ def chain_refusal(problem: str, cert: x509.Certificate) -> tuple[str, str]:
     if problem == "unknown-ca":
         return reason, f"issued by {cert.issuer.rfc4514_string()}, not the client-ca-file's CA"
     return reason, problem
+
+
+class Refusal(NamedTuple):
+    """Why a Server refused a Tunnel connection's certificate: the log and metric `reason`, the
+    Client identity of its key (None when unparsable) and a detail."""
+
+    identity: str | None
+    reason: str
+    detail: str | None = None
+
+
+def judge(leaf, problem, at_leaf, authorize, managed) -> tuple[str, Refusal | None]:
+    """The Server's verdict on one call of its Tunnel verify callback: ("accept", None) lets the
+    handshake go on; "chain" (OpenSSL's own error and alert), "self-signed" (unknown_ca) and
+    "reject" (bad_certificate) refuse it, with the Refusal.
+
+    `leaf` is the peer's certificate (None: unparsable), `problem` what OpenSSL found wrong with
+    the chain at this call (None: nothing; "expired", "not-yet-valid", "unknown-ca" or its
+    words), `at_leaf` whether the call is about the leaf, `authorize(identity)` the Tunnels'
+    pinning, `managed` the [server.managed] config or None.  Without `managed` (self-hosted),
+    or for a self-signed certificate `accept_self_signed` admits, only the key counts."""
+    if leaf is None:
+        return "reject", Refusal(None, "tls-error", "an unparsable certificate")
+    identity = identity_of_certificate(leaf)
+    self_hosted = managed is None or is_self_signed(leaf)
+    if self_hosted and managed is not None and not managed.accept_self_signed:
+        return "self-signed", Refusal(identity, "self-signed-not-accepted", "a self-signed identity "
+                                      "certificate; the Server needs one from its control-plane CA")
+    if not self_hosted and problem is not None:
+        return "chain", Refusal(identity, *chain_refusal(problem, leaf))
+    if not at_leaf:
+        return "accept", None
+    if not self_hosted and any(named != identity for named in uri_identities(leaf)):
+        return "reject", Refusal(identity, "managed-identity-mismatch",
+                                 "its URI SAN names another Client identity than its key")
+    if authorize(identity):
+        return "accept", None
+    return "reject", Refusal(identity, "unauthorized-client-identity")
