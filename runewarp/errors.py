@@ -81,3 +81,12 @@ class TLSClosed(TransportError):
 class Unauthorized(TransportError):
     """The Server refused our Client identity."""
 
+
+class CertificateRefused(Unauthorized):
+    """The Server refused the certificate itself (managed mode): `alert` is what its TLS alert
+    said, "expired", "unknown-ca" or "unsupported" (docs/managed.md)."""
+
+    def __init__(self, alert):
+        super().__init__(alert)
+        self.alert = alert
+

@@ -49,7 +49,9 @@ TUNNEL_EVENT_REASONS = {
     "refused": ("certificate-missing", "admission-full", "handshake-deadline", "tls-error",
                 "unauthorized-client-identity", "closed-during-handshake", "shed", "no-tunnel",
                 "pool-full", "no-control-hello", "bad-control-hello", "stopping",
-                "proxy-header-invalid"),
+                "proxy-header-invalid", "self-signed-not-accepted", "managed-certificate-expired",
+                "managed-certificate-not-yet-valid", "not-issued-by-control-plane-ca",
+                "managed-certificate-invalid", "managed-identity-mismatch"),
 }
 TUNNEL_REASONS = tuple(r for reasons in TUNNEL_EVENT_REASONS.values() for r in reasons)
 # A Tunnel connection's close reason (TunnelSession.close_reason) by its leading words.

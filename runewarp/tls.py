@@ -29,7 +29,8 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi, lib as _lib
 
 from .errors import MaterialError
-from .proto.identity import identity_of_spki
+from .material.controlplane import judge
+from .material.x509 import identity_of_certificate
 
 ALPN_TUNNEL = b"runewarp/1"
 ALPN_ACME = b"acme-tls/1"
@@ -50,35 +51,65 @@ def is_unauthorized_alert(error):
     return bool(reason) and reason.endswith(UNAUTHORIZED_ALERTS)
 
 
+# The alerts a Server sends for a certificate it refuses in managed mode (OpenSSL's reason codes).
+_CERTIFICATE_ALERTS = {"ALERT_CERTIFICATE_EXPIRED": "expired", "ALERT_UNKNOWN_CA": "unknown-ca",
+                       "ALERT_UNSUPPORTED_CERTIFICATE": "unsupported"}
+
+
+def certificate_alert(error):
+    """"expired", "unknown-ca" or "unsupported" when `error` is the TLS alert a Server sends to
+    refuse our certificate itself, not its identity (managed mode); else None."""
+    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+    return next((kind for suffix, kind in _CERTIFICATE_ALERTS.items()
+                 if reason and reason.endswith(suffix)), None)
+
+
 def identity_from_pyopenssl(cert):
     """Client identity of a pyOpenSSL X509 certificate."""
-    spki = cert.to_cryptography().public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return identity_of_spki(spki)
+    return identity_of_certificate(cert.to_cryptography())
 
 
-def _store_leaf_identity(store_ctx):
-    raw = _lib.X509_STORE_CTX_get_current_cert(store_ctx)
+def _store_leaf(store_ctx):
+    """The certificate being verified (the peer's leaf), as a `cryptography` certificate."""
+    raw = _lib.X509_STORE_CTX_get0_cert(store_ctx)
     if raw == _ffi.NULL:
         return None
-    cert = crypto.X509._from_raw_x509_ptr(_lib.X509_dup(raw))
-    return identity_from_pyopenssl(cert)
+    return crypto.X509._from_raw_x509_ptr(_lib.X509_dup(raw)).to_cryptography()
 
 
 def _address(pointer):
     return int(_ffi.cast("uintptr_t", pointer))
 
 
-def refused_identity(context, connection):
-    """The Client identity the verify callback refused on this connection, if any."""
+def tunnel_refusal(context, connection):
+    """The Refusal the verify callback recorded for this connection, if any (and forget it)."""
     return context._runewarp_refused.pop(_address(connection._ssl), None)
 
 
-def server_tunnel_context(cert_path, key_path, authorize):
+# What OpenSSL found wrong with a managed certificate's chain, as controlplane.judge names it;
+# its alert tells the Client the same (certificate_expired, unknown_ca, ...).
+_CHAIN_PROBLEMS = {_lib.X509_V_ERR_CERT_HAS_EXPIRED: "expired",
+                   _lib.X509_V_ERR_CERT_NOT_YET_VALID: "not-yet-valid",
+                   **dict.fromkeys((_lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+                                    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+                                    _lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+                                    _lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+                                    _lib.X509_V_ERR_CERT_SIGNATURE_FAILURE), "unknown-ca")}
+
+
+# What each verdict of controlplane.judge leaves as the verification error ("chain": OpenSSL's
+# own, whose alert names the problem): the Client reads it as the TLS alert.
+_VERDICT_ERRORS = {"accept": _lib.X509_V_OK, "reject": _REFUSED,
+                   "self-signed": _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT}
+
+
+def server_tunnel_context(cert_path, key_path, authorize, managed=None):
     """Context for Tunnel connections: TLS 1.3, ALPN runewarp/1, pinned identities.
 
     `authorize(identity) -> bool` is consulted during the handshake, so an
-    unknown identity never completes a Tunnel connection.
+    unknown identity never completes a Tunnel connection.  With `managed`
+    (config.ManagedServerConfig) the certificate must also chain to its
+    client_ca_file and be valid now (`controlplane.judge`).
     """
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
@@ -90,6 +121,12 @@ def server_tunnel_context(cert_path, key_path, authorize):
         ctx.check_privatekey()
     except (SSL.Error, OSError) as exc:
         raise MaterialError(f"cannot load Server certificate {cert_path}: {exc}") from exc
+    if managed is not None:
+        try:
+            ctx.load_verify_locations(str(managed.client_ca_file))
+        except (SSL.Error, OSError) as exc:
+            raise MaterialError(f"cannot load the control-plane CA {managed.client_ca_file}: "
+                                f"{ssl_reason(exc)}") from exc
 
     def select_alpn(_conn, offered):
         return ALPN_TUNNEL if ALPN_TUNNEL in offered else SSL.NO_OVERLAPPING_PROTOCOLS
@@ -97,20 +134,22 @@ def server_tunnel_context(cert_path, key_path, authorize):
     ctx.set_alpn_select_callback(select_alpn)
 
     @_ffi.callback("int(int, X509_STORE_CTX *)")
-    def verify(_preverify_ok, store_ctx):
-        if _lib.X509_STORE_CTX_get_error_depth(store_ctx) != 0:
-            return 1
+    def verify(preverify_ok, store_ctx):
         try:
-            identity = _store_leaf_identity(store_ctx)
+            leaf = _store_leaf(store_ctx)
         except Exception:  # noqa: BLE001 - any unparsable certificate is refused
-            identity = None
-        if identity is not None and authorize(identity):
-            _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_OK)
+            leaf = None
+        error = _lib.X509_STORE_CTX_get_error(store_ctx)
+        problem = None if preverify_ok else (_CHAIN_PROBLEMS.get(error) or _ffi.string(
+            _lib.X509_verify_cert_error_string(error)).decode())
+        verdict, refusal = judge(leaf, problem, _lib.X509_STORE_CTX_get_error_depth(store_ctx) == 0,
+                                 authorize, managed)
+        _lib.X509_STORE_CTX_set_error(store_ctx, _VERDICT_ERRORS.get(verdict, error))
+        if refusal is None:
             return 1
         ssl_ptr = _lib.X509_STORE_CTX_get_ex_data(store_ctx,
                                                   _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
-        refused[_address(ssl_ptr)] = identity
-        _lib.X509_STORE_CTX_set_error(store_ctx, _REFUSED)
+        refused[_address(ssl_ptr)] = refusal
         return 0
 
     refused = {}

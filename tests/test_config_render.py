@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
+from runewarp import material
 from runewarp.config import load_client_config, load_server_config, render as render_module, schema
 from runewarp.config.render import NotShown, SHOWN_BY, render, toml_string
 
@@ -104,6 +105,14 @@ server-address = "tunnel.example.com"
 backend-address = "127.0.0.1:8443"
 """
 
+def managed(role, tmp_path):
+    """A Server or Client with its managed table, on a real control-plane CA."""
+    ca = material.init_control_plane_ca(tmp_path / "ca").cert_path
+    if role == "server":
+        return SERVER_ODD_PATH + f'[server.managed]\nclient-ca-file = "{ca}"\naccept-self-signed = true\n'
+    return CLIENT_CATCH_ALL + f'[client.managed]\ncert-file = "{ca}"\n'
+
+
 CASES = {
     "conf/server.toml": ("server", lambda tmp: template("server.toml", tmp)),
     "conf/client.toml": ("client", lambda tmp: template("client.toml", tmp)),
@@ -112,6 +121,8 @@ CASES = {
     "client-acme": ("client", lambda tmp: CLIENT_ACME),
     "client-terminate": ("client", lambda tmp: CLIENT_TERMINATE),
     "client-catch-all": ("client", lambda tmp: CLIENT_CATCH_ALL),
+    "server-managed": ("server", lambda tmp: managed("server", tmp)),
+    "client-managed": ("client", lambda tmp: managed("client", tmp)),
 }
 
 

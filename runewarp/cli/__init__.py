@@ -16,14 +16,14 @@ from .. import __version__, config as configuration
 from ..errors import ConfigError, MaterialError
 from ..io.listener import BindError
 from ..systemd import ActivationError
-from . import background, config, demo, doctor, material, proxy, run, status
+from . import background, ca, config, demo, doctor, material, proxy, run, status
 from .common import fail
 
-GROUPS = ("server", "client", "config", "doctor", "proxy", "demo")
+GROUPS = ("server", "client", "ca", "config", "doctor", "proxy", "demo")
 # In help order: grouped by first word, each group in the order its module lists it.
 COMMANDS = tuple(sorted((*run.COMMANDS, *material.COMMANDS, *status.COMMANDS,
                          *background.COMMANDS, *config.COMMANDS, *doctor.COMMANDS,
-                         *proxy.COMMANDS, *demo.COMMANDS),
+                         *proxy.COMMANDS, *demo.COMMANDS, *ca.COMMANDS),
                         key=lambda command: GROUPS.index(command[0][0])))
 
 OVERVIEW = """Runewarp — publish TLS services from behind NAT; the public edge never sees plaintext.

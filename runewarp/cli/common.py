@@ -72,6 +72,19 @@ def folder(args, path, key, default):
     return configuration.peek(path, key) or default
 
 
+def own_folder(args, default):
+    """--dir, else the XDG default: for the commands that read no config (the small CAs)."""
+    return Path(args["--dir"]).expanduser().resolve() if args["--dir"] else default
+
+
+def print_ca(result, what):
+    """What `... ca init` prints: the CA certificate's path (a kept CA said on stderr)."""
+    if not result.created:
+        print(f"{what} already exists in {result.cert_path.parent}", file=sys.stderr)
+    print(result.cert_path)
+    return 0
+
+
 def check_key_permissions(paths, cfg, role):
     """Warn about a private key others can read; with strict-permissions, refuse to start."""
     for problem in material.key_permission_problems(paths):
@@ -109,6 +122,12 @@ def check_before_start(role, cfg, server=None):
             check_material(lambda: server.certificate.current(), cfg.source)
         return
     check_material(lambda: material.show_identity(cfg.identity_dir), cfg.source)
+    if cfg.managed is not None:  # current or not: the Client starts, and waits for a renewal
+        try:
+            material.check_managed_cert(cfg.managed.cert_file, cfg.identity_dir)
+        except MaterialError as exc:
+            raise ConfigError(str(exc), file=cfg.source or "command line",
+                              key="client.managed.cert-file") from None
     if cfg.server_trust == "ca-file" and not os.access(cfg.server_ca_file, os.R_OK):
         raise ConfigError(f"cannot read the Server CA bundle {cfg.server_ca_file}; copy the "
                           "Server's server-ca.crt there or set server-ca-file",

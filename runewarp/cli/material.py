@@ -11,7 +11,7 @@ from ..config.paths import default_client_visitor_ca_dir
 from ..errors import ConfigError, MaterialError
 from ..logs import log
 from ..proto.hostname import HostnameError, normalize
-from .common import CONFIG, DIR, HELP, folder, load, selected_config
+from .common import CONFIG, DIR, HELP, folder, load, own_folder, print_ca, selected_config
 
 SERVER_CERT = f"""Create, renew or replace the Server certificate and its CA.
 
@@ -40,8 +40,11 @@ CLIENT_IDENTITY = f"""Create, renew, replace or print the Client identity.
 Usage:
   runewarp client identity (init | renew | rotate | show) [--dir D] [-c FILE]
   runewarp client identity rotate (--stage | --commit | --abort) [--dir D] [-c FILE]
+  runewarp client identity csr [--dir D] [-c FILE]
 
-Every form prints the identity (64 hex characters) to list in the Server's Tunnel.
+Every form but csr prints the identity (64 hex characters) to list in the Server's Tunnel;
+csr prints a PEM certificate signing request signed by the identity key, for a control
+plane to issue the [client.managed] cert-file from ('runewarp ca issue --csr').
 rotate alone is a hard cut: the Client is refused until the Server lists the new
 identity.  With no gap: rotate --stage makes the next key and prints its identity
 (the running Client dials with it too, and moves to it once a Server accepts it);
@@ -173,6 +176,9 @@ def client_identity(args):
     if args["show"]:
         print(material.show_identity(identity_dir))
         return 0
+    if args["csr"]:
+        sys.stdout.write(material.identity_csr(identity_dir).decode())
+        return 0
     if args["init"]:
         result = material.init_identity(identity_dir)
         if not result.created:
@@ -220,15 +226,11 @@ def client_public_cert(args):
 
 
 def _visitor_ca_dir(args):
-    return Path(args["--dir"]).expanduser().resolve() if args["--dir"] else default_client_visitor_ca_dir()
+    return own_folder(args, default_client_visitor_ca_dir())
 
 
 def client_visitor_ca(args):
-    result = material.init_visitor_ca(_visitor_ca_dir(args))
-    if not result.created:
-        print(f"Visitor CA already exists in {result.cert_path.parent}", file=sys.stderr)
-    print(result.cert_path)
-    return 0
+    return print_ca(material.init_visitor_ca(_visitor_ca_dir(args)), "Visitor CA")
 
 
 def client_visitor_cert(args):

@@ -11,7 +11,7 @@ from . import shared
 from runewarp.proto.hostname import is_wildcard
 
 from .addresses import backend_address, normalize_hostname, server_address, unique_hostnames
-from .model import ClientConfig, HealthCheck, ServiceConfig
+from .model import ClientConfig, HealthCheck, ManagedClientConfig, ServiceConfig
 from .paths import default_client_identity_dir, default_client_public_cert_dir, default_server_ca_file
 from .reader import COMMAND_LINE, Context, join, type_name
 from .schema import SERVER_TRUSTS
@@ -96,6 +96,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         timeouts=shared.timeouts(ctx, client, p),
         access_log=ctx.setting(client, p, "access-log"),
         watch_config=ctx.setting(client, p, "watch-config"),
+        managed=_managed(ctx, client),
         log_level=log_level,
         log_format=log_format,
         graceful_shutdown_duration=grace,
@@ -104,6 +105,25 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         log_file=ctx.setting(client, p, "log-file"),
         source=source,
     )
+
+
+def _managed(ctx: Context, client: dict) -> ManagedClientConfig | None:
+    """`[client.managed]`: a readable PEM certificate; whether it certifies the identity key is
+    the start's material check (cli/common.py), whether it is current the Server's."""
+    table, p = shared.subtable(ctx, client, "client", "managed")
+    if table is None:
+        return None
+    path = ctx.setting(table, p, "cert-file")
+    key = join(p, "cert-file")
+    try:
+        with open(path, "rb") as f:
+            x509.load_pem_x509_certificate(f.read())
+    except OSError as e:
+        raise ctx.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise ctx.error(key, f"{path} holds no PEM certificate (the control plane issues it: "
+                             "runewarp ca issue)") from None
+    return ManagedClientConfig(path)
 
 
 def _client_server_addresses(ctx: Context, client: dict, cli: Overrides,
@@ -286,26 +306,7 @@ def _visitor_ca_file(ctx: Context, entry: dict, sp: str, tls_mode: str) -> Path 
     if path is None:
         return None
     _terminate_only(ctx, key, tls_mode, "completes the Visitor's handshake")
-    try:
-        with open(path, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise ctx.error(key, f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        certificates = []
-    if not any(_is_ca(c) for c in certificates):
-        raise ctx.error(key, f"{path} holds no PEM CA certificate (make one with "
-                             "runewarp client visitor-ca init)")
-    return path
-
-
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
+    return shared.ca_file(ctx, path, key, "runewarp client visitor-ca init")
 
 
 def _no_acme_wildcards(ctx: Context, services: tuple[ServiceConfig, ...]) -> None:

@@ -90,6 +90,22 @@ class ClientTimeouts:
 
 
 @dataclass(frozen=True)
+class ManagedServerConfig:
+    """`[server.managed]`: Tunnel connections need a certificate from `client_ca_file`
+    (self-signed ones too, with `accept_self_signed`); docs/managed.md."""
+
+    client_ca_file: Path
+    accept_self_signed: bool = default("server.managed.accept-self-signed")
+
+
+@dataclass(frozen=True)
+class ManagedClientConfig:
+    """`[client.managed]`: the control-plane-issued certificate presented with the identity key."""
+
+    cert_file: Path
+
+
+@dataclass(frozen=True)
 class TunnelConfig:
     """One `[[server.tunnels]]` entry, hostnames normalized."""
 
@@ -121,6 +137,7 @@ class ServerConfig:
     timeouts: ServerTimeouts = ServerTimeouts()
     access_log: bool = default("server.access-log")
     watch_config: bool = default("server.watch-config")
+    managed: ManagedServerConfig | None = None
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     source: Path | None = None
@@ -187,6 +204,7 @@ class ClientConfig:
     timeouts: ClientTimeouts = ClientTimeouts()
     access_log: bool = default("client.access-log")
     watch_config: bool = default("client.watch-config")
+    managed: ManagedClientConfig | None = None
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")

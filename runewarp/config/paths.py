@@ -50,6 +50,10 @@ def default_client_visitor_ca_dir(env: Mapping[str, str] = os.environ) -> Path:
     return xdg_data_home(env) / "runewarp" / "client" / "visitor-ca"
 
 
+def default_control_plane_ca_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return xdg_data_home(env) / "runewarp" / "ca"
+
+
 def default_server_ca_file(env: Mapping[str, str] = os.environ) -> Path:
     return xdg_data_home(env) / "runewarp" / "client" / "server-ca.crt"
 

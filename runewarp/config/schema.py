@@ -116,6 +116,21 @@ def _limit(name: str, default: int | float, doc: str, *, bounds: tuple[int, int 
                reload=reload)
 
 
+def _managed_server() -> tuple[Key, ...]:
+    """`[server.managed]`: Tunnel connections need a certificate from a control-plane CA."""
+    return (
+        Key("server.managed", "table", None, "see the managed keys", "managed Client authentication "
+            "(docs/managed.md)", shown="unset (self-signed identities, expiry not checked)",
+            reload=NEW_CONNECTIONS),
+        Key("server.managed.client-ca-file", "path", REQUIRED, "a readable PEM file with at least one "
+            "CA certificate", "the control-plane CA a Client certificate must chain to; read again "
+            "by the next Tunnel handshake once it changed", reload=NEW_CONNECTIONS),
+        Key("server.managed.accept-self-signed", "boolean", False, "true or false",
+            "also accept self-signed identity certificates, as without the table (migration)",
+            reload=NEW_CONNECTIONS),
+    )
+
+
 _STREAM_LIMITS = (
     _limit("active-streams", 16384, "routed Visitor streams"),
     _limit("stream-buffer-budget", 64 * MIB, "flow-control window bytes beyond the first 256 KiB per stream",
@@ -195,6 +210,7 @@ KEYS: tuple[Key, ...] = (
     *_acme("server"),
     *_metrics("server"),
     *_timeouts("server"),
+    *_managed_server(),
     Key("server.tunnels[].name", "string", None, "1-63 of A-Z a-z 0-9 . _ -, unique", "labels logs and pools",
         shown="tunnel-<n>"),
     Key("server.tunnels[].public-hostnames", "strings", REQUIRED, "valid hostnames or *.wildcards, each in one "
@@ -246,6 +262,12 @@ KEYS: tuple[Key, ...] = (
     *_acme("client"),
     *_metrics("client"),
     *_timeouts("client"),
+    Key("client.managed", "table", None, "see the managed keys", "present a control-plane-issued "
+        "certificate (docs/managed.md)", shown="unset (the self-signed identity certificate)",
+        reload=NEW_CONNECTIONS),
+    Key("client.managed.cert-file", "path", REQUIRED, "a readable PEM certificate of the identity key",
+        "the short-lived certificate a control plane issued for the Client identity; read again "
+        "before each dial once it changed", reload=NEW_CONNECTIONS),
     Key("client.services[].public-hostnames", "strings", None, "valid hostnames or *.wildcards, each in one "
         "Service; omitted only by a sole Catch-all Service", "the Public hostnames this Service takes", shown="—"),
     Key("client.services[].backend-address", "address", REQUIRED, "host:port, port 1-65535",

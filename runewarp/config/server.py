@@ -3,17 +3,17 @@
 import re
 from pathlib import Path
 
+from runewarp.proto.identity import is_identity
 from runewarp.proto.proxyheader import networks
 from runewarp.proto.routes import RoutingConflict
 
 from . import shared
 from .addresses import bind_address, normalize_hostname, unique_hostnames
-from .model import ServerConfig, TunnelConfig
+from .model import ManagedServerConfig, ServerConfig, TunnelConfig
 from .paths import default_server_cert_dir
 from .reader import Context, join, type_name
 from .schema import default
 
-_IDENTITY = re.compile(r"[0-9a-f]{64}")
 _IDENTITY_ANY_CASE = re.compile(r"[0-9a-fA-F]{64}")
 _TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 QUIC_IDLE_BOUNDS = (1.0, 3600.0)  # below a QUIC endpoint's own idle timeout ends flows early
@@ -64,6 +64,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         timeouts=shared.timeouts(ctx, server, p),
         access_log=ctx.setting(server, p, "access-log"),
         watch_config=ctx.setting(server, p, "watch-config"),
+        managed=_managed(ctx, server),
         log_level=log_level,
         log_format=log_format,
         source=source,
@@ -73,6 +74,16 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     except RoutingConflict as e:
         raise ctx.error(join(p, "tunnels"), str(e)) from None
     return config
+
+
+def _managed(ctx: Context, server: dict) -> ManagedServerConfig | None:
+    """`[server.managed]` (None without the table: self-hosted trust, exactly as before)."""
+    table, p = shared.subtable(ctx, server, "server", "managed")
+    if table is None:
+        return None
+    ca_file = ctx.setting(table, p, "client-ca-file")
+    return ManagedServerConfig(shared.ca_file(ctx, ca_file, join(p, "client-ca-file"), "runewarp ca init"),
+                               ctx.setting(table, p, "accept-self-signed"))
 
 
 def _public_bind_addresses(ctx: Context, server: dict) -> tuple[tuple[str, int], ...]:
@@ -197,7 +208,7 @@ def _tunnel_identities(ctx: Context, entry: dict, tp: str, seen: dict[str, str])
         items = [(join(join(tp, "client-identities"), j), v) for j, v in enumerate(raw)]
     result = []
     for key, value in items:
-        if not _IDENTITY.fullmatch(value):
+        if not is_identity(value):
             if _IDENTITY_ANY_CASE.fullmatch(value):
                 raise ctx.error(key, "a Client identity is written in lowercase hex; use lowercase")
             raise ctx.error(

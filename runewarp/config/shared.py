@@ -1,7 +1,10 @@
 """What both roles read alike: the top level, `[<role>.acme]`, `[<role>.limits]`,
 `[<role>.metrics]` and `[<role>.timeouts]`."""
 
+from pathlib import Path
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from . import schema
 import re
@@ -56,13 +59,19 @@ def limits(ctx: Context, parent: dict, prefix: str) -> Limits:
 _STATSD_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def subtable(ctx: Context, parent: dict, role: str, name: str) -> tuple[dict | None, str]:
+    """`[<role>.<name>]` with its keys checked (None without it), and its key path."""
+    table, p = ctx.table(parent, role, name), join(role, name)
+    if table is not None:
+        ctx.check_keys(table, p)
+    return table, p
+
+
 def metrics(ctx: Context, parent: dict, role: str) -> MetricsConfig | None:
     """`[<role>.metrics]` (None without the table)."""
-    table = ctx.table(parent, role, "metrics")
+    table, p = subtable(ctx, parent, role, "metrics")
     if table is None:
         return None
-    p = join(role, "metrics")
-    ctx.check_keys(table, p)
     bind = ctx.string(table, p, "bind-address")
     statsd = ctx.string(table, p, "statsd-address")
     prefix = ctx.setting(table, p, "statsd-prefix")
@@ -98,3 +107,27 @@ def timeouts(ctx: Context, parent: dict, role: str) -> ServerTimeouts | ClientTi
         raise ctx.error(join(p, "dead-peer"), f"must be more than keepalive-interval "
                         f"({values['keepalive-interval']:g} s); got {values['dead-peer']:g}")
     return _TIMEOUTS[role](**{key.replace("-", "_"): value for key, value in values.items()})
+
+
+def ca_file(ctx: Context, path: Path, key: str, made_by: str) -> Path:
+    """A CA bundle a config names (`visitor-ca-file`, `client-ca-file`), checked now so a
+    typo fails the start or the reload instead of every handshake."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ctx.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        certificates = []
+    if not any(_is_ca(c) for c in certificates):
+        raise ctx.error(key, f"{path} holds no PEM CA certificate (make one with {made_by})")
+    return path
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False

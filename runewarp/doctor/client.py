@@ -10,7 +10,7 @@ from functools import partial
 import gevent
 
 from .. import __version__, certcheck, material
-from ..errors import MaterialError, ProtocolError, Unauthorized
+from ..errors import CertificateRefused, MaterialError, ProtocolError, Unauthorized
 from ..io import dial
 from ..io.net import describe, literal_family
 from ..logs import Logger
@@ -129,8 +129,9 @@ def _server_address(cfg, address, label, name, identity):
         return
     yield ok(f"tcp {label}", "accepts TCP")
     try:
-        context = client_tunnel_context(*material.load_identity_paths(cfg.identity_dir),
-                                        cfg.server_trust, cfg.server_ca_file)
+        cert, key = material.load_identity_paths(cfg.identity_dir)
+        cert = cfg.managed.cert_file if cfg.managed is not None else cert  # what the Client presents
+        context = client_tunnel_context(cert, key, cfg.server_trust, cfg.server_ca_file)
         with Deadline(PROBE_TIMEOUT):
             tls = dial.start_tls(sock, context, name)  # closes sock when it fails
     except (*PROBE_ERRORS, ProtocolError, MaterialError) as exc:
@@ -173,6 +174,10 @@ def _welcome(cfg, label, tls, identity):
     try:
         tunnel = dial.hello_welcome(tls, hello, PROBE_TIMEOUT, on_stream=_refuse,
                                     log=Logger("off"), name=label)
+    except CertificateRefused as exc:
+        yield fail(check, f"the Server refused the certificate itself (alert {exc.alert})",
+                   "see docs/managed.md: [client.managed] cert-file, its expiry and its CA")
+        return
     except Unauthorized:
         yield fail(check, f"the Server refused the Client identity {identity}: no Tunnel lists it",
                    f'add client-identity = "{identity}" to this Client\'s [[server.tunnels]] '

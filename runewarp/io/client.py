@@ -31,6 +31,7 @@ from .challenge import ChallengeResponder
 from .serverlinks import ServerLinks
 from .dial import dial
 from .health import Health
+from .managed import ManagedCertificate
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address
 from .splice import Splices, drain
@@ -58,6 +59,7 @@ class Client(ClientStreams):
                                      config.services)
         self.monitor = Monitor(config.metrics, "client", self, self.metrics, log)
         self.server_links = ServerLinks(self, reconnect_windows())
+        self.managed = ManagedCertificate(self)  # used while config.managed is set
         self.health = Health(self)
         self.metrics.service_healthy = self.health.healthy
         self.acme = self.challenges = None
@@ -175,6 +177,8 @@ class Client(ClientStreams):
         folders = [cfg.identity_dir]
         if cfg.server_trust == "ca-file":
             files.append(cfg.server_ca_file)
+        if cfg.managed is not None:
+            files.append(cfg.managed.cert_file)
         if cfg.acme is None and cfg.public_cert_dir is not None:
             files += [cfg.public_cert_dir / public_cert_folder(host) / name
                       for host in cfg.terminate_hostnames
@@ -229,10 +233,13 @@ class Client(ClientStreams):
         return staged
 
     def _tls_context(self, staged=None):
-        """The Tunnel TLS context with the current identity, or with `staged` (its paths)."""
+        """The Tunnel TLS context with the current identity (its managed certificate with
+        [client.managed]), or with `staged` (its paths)."""
         cfg = self.config
         if staged is not None:
             cert, key = staged.cert_path, staged.key_path
+        elif cfg.managed is not None:  # no self-signed renewal: no Server sees that certificate
+            return self.managed.context()
         else:
             if identity_needs_renewal(cfg.identity_dir):
                 renew_identity(cfg.identity_dir)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import gevent
 
-from ..errors import ProtocolError, StreamAborted, Unauthorized
+from ..errors import CertificateRefused, ProtocolError, StreamAborted, Unauthorized
 from ..proto import control
 from ..proto.mux import Role
-from ..tls import ALPN_TUNNEL, is_unauthorized_alert
+from ..tls import ALPN_TUNNEL, certificate_alert, is_unauthorized_alert
 from .net import resolve_override, set_keepalive, set_nodelay
 from .tlsconn import ClientTLSConnection
 from .tunnel import TunnelSession
@@ -57,8 +57,9 @@ def start_tls(sock, context, server_name):
 
 def hello_welcome(tls, hello, deadline, **session_options):
     """Start the mux session on `tls`, send `hello` on stream 1, wait up to `deadline` s for
-    the welcome.  Unauthorized when the Server refused the Client identity (its TLS alert
-    arrives only now: TLS 1.3 checks the client certificate after the handshake)."""
+    the welcome.  Unauthorized when the Server refused the Client identity, CertificateRefused
+    when it refused the certificate (its TLS alert arrives only now: TLS 1.3 checks the client
+    certificate after the handshake)."""
     session = TunnelSession(tls, Role.CLIENT, **session_options)
     session.start()
     try:
@@ -72,6 +73,8 @@ def hello_welcome(tls, hello, deadline, **session_options):
         error = session.read_error or session.close_error
         if is_unauthorized_alert(error):
             raise Unauthorized() from error
+        if certificate_alert(error):
+            raise CertificateRefused(certificate_alert(error)) from error
         raise (error or exc) from None
     except BaseException:
         session.close()  # anything else (a bug, a kill): never leave a live session behind

@@ -27,21 +27,28 @@ class ServerCertificateChecks:
         command that makes the files.  The pair is opened through one version of
         the material folder (`pin`), so a renewal switching it in between cannot
         give a mismatched key and certificate."""
+        managed = config.managed
+        # A rotated control-plane CA file changes the stamp too: the next handshake trusts it.
+        extra = () if managed is None else (managed.client_ca_file,)
         if self.acme is None:
             return ContextCache(
-                lambda _key: server_cert_paths(config.cert_dir),
+                lambda _key: (*server_cert_paths(config.cert_dir), *extra),
                 lambda _key, _paths: server_tunnel_context(*pin(*self._checked_paths(config)),
-                                                           self._authorize))
+                                                           self._authorize, managed))
 
         def build(_key, paths):
             if paths is None:
                 raise MaterialError(f"no ACME certificate for {config.hostname} yet")
-            context = server_tunnel_context(*paths, self._authorize)
+            context = server_tunnel_context(*paths[:2], self._authorize, managed)
             self.metrics.certificate("server", config.hostname,
                                      load_certificate(paths[0]).not_valid_after_utc)
             return context
 
-        return ContextCache(lambda _key: self.acme.paths(config.hostname), build)
+        def locate(_key):
+            paths = self.acme.paths(config.hostname)
+            return None if paths is None else (*paths, *extra)
+
+        return ContextCache(locate, build)
 
     # -- the manual Server certificate: renewed by the Server when it holds the CA --
     def check_certificate(self):
@@ -138,7 +145,7 @@ def check_usable(config, now):
     verdict = certcheck.decide(leaf, now, renewable=renewable, hostname=config.hostname)
     if verdict in (certcheck.WRONG_HOSTNAME, certcheck.REFUSE):
         raise _refusal(config, verdict, cert_path, leaf, now, renewable)
-    server_tunnel_context(*pin(cert_path, key_path), lambda _identity: False)
+    server_tunnel_context(*pin(cert_path, key_path), lambda _identity: False, config.managed)
 
 
 def _refusal(config, verdict, cert_path, leaf, now, renewable):

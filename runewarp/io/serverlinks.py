@@ -22,7 +22,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from ..errors import MaterialError, ProtocolError, StreamAborted, Unauthorized
+from ..errors import CertificateRefused, MaterialError, ProtocolError, StreamAborted, Unauthorized
 from ..proto import control
 from ..proto.address import format_address
 from ..proto.backoff import Backoff
@@ -217,6 +217,12 @@ class ServerLinks:
             link.replace.clear()
             try:
                 session = client._connect(link, failures, down_since)
+            except CertificateRefused as exc:
+                failures += 1
+                link.last_error = client.managed.refused(exc.alert)
+                log.error("tunnel-connection-certificate-refused", **link.fields(), attempt=failures,
+                          client_identity=(link.identity or client).identity, alert=exc.alert,
+                          reason=link.last_error)
             except Unauthorized:
                 failures += 1
                 link.last_error = "unauthorized client identity"

@@ -19,7 +19,7 @@ from ..errors import IntakeRejected, MaterialError, StreamAborted, TLSClosed
 from ..proto import control
 from ..proto.mux import Role
 from ..proto.placement import Placement, Served
-from ..tls import identity_from_pyopenssl, refused_identity
+from ..tls import identity_from_pyopenssl, tunnel_refusal
 from ..proto.address import format_address
 from .intake import intake_deadline, real_peer
 from .tlsconn import ServerTLSConnection
@@ -215,12 +215,14 @@ class TunnelConnections:
             self._refused("handshake-deadline")
             return
         except SSL.Error as exc:
-            identity = refused_identity(context, tls.conn)
-            reason = "unauthorized-client-identity" if identity else f"tls-error: {exc}"
+            refusal = tunnel_refusal(context, tls.conn)  # None: not the certificate's fault
+            unlisted = refusal is not None and refusal.reason == "unauthorized-client-identity"
             self.auth_failures.warn(address[0], time.monotonic(), peer=peer,
-                                    client_identity=identity, tunnels="none" if identity else None,
-                                    reason=reason)
-            self._refused("unauthorized-client-identity" if identity else "tls-error")
+                                    client_identity=refusal and refusal.identity,
+                                    tunnels="none" if unlisted else None,
+                                    reason=refusal.reason if refusal else f"tls-error: {exc}",
+                                    detail=refusal and refusal.detail)
+            self._refused(refusal.reason if refusal else "tls-error")
             return
         except (TLSClosed, OSError) as exc:
             self.log.info("tunnel-connection-refused", peer=peer,
@@ -229,7 +231,7 @@ class TunnelConnections:
             return
         finally:
             table.release(slot)
-            refused_identity(context, tls.conn)  # never leave an entry behind
+            tunnel_refusal(context, tls.conn)  # never leave an entry behind
         if slot.shed:  # finished from bytes already buffered when it was shed
             self.log.info("tunnel-connection-refused", peer=peer, reason="shed")
             self._refused("shed")

@@ -1,11 +1,17 @@
 """Certificate and key material: creation, renewal, rotation and loading.
 
 `store` writes folders crash-safely, `x509` makes and reads keys and certificates,
-and `server`, `identity`, `public` and `visitor` own the Server's, the Client identity's,
-the Public hostnames' and the Visitor CA's folders.  This module is the API the rest of the package uses.
+and `server`, `identity`, `public`, `visitor` and `controlplane` own the Server's, the Client
+identity's, the Public hostnames', the Visitor CA's and the control-plane CA's folders
+(`authority` is what the two small CAs share).  This module is the API the rest of the package uses.
 """
 
 from ..errors import MaterialError
+from .authority import CAFolder
+from .controlplane import (CONTROL_PLANE_CA_CERT, DEFAULT_TTL, MAX_TTL, ManagedCert, check_attests,
+                           check_managed_cert,
+                           identity_csr, init_control_plane_ca, issue_managed_cert, read_public_input,
+                           uri_identities, chain_refusal, is_self_signed)
 from .identity import (CLIENT_CERT, CLIENT_IDENTITY, CLIENT_KEY, IDENTITY_MAX_AGE_DAYS, IdentityResult,
                        abort_identity, commit_identity, identity_needs_renewal, init_identity,
                        load_identity_paths, renew_identity, rotate_identity, show_identity,
@@ -18,7 +24,7 @@ from .server import (SERVER_CA_BUNDLE, SERVER_CA_CERT, SERVER_CA_KEY, SERVER_CER
                      ServerCertResult, abort_server_ca, commit_server_ca, init_server_cert,
                      load_server_cert_paths, renew_server_cert, rotate_server_ca, server_cert_paths,
                      server_cert_renewable, server_key_files, stage_server_ca)
-from .visitor import (MAX_VISITOR_CERT_DAYS, VISITOR_CA_CERT, VISITOR_CERT_DAYS, VisitorCA, VisitorCert,
+from .visitor import (MAX_VISITOR_CERT_DAYS, VISITOR_CA_CERT, VISITOR_CERT_DAYS, VisitorCert,
                       init_visitor_ca, issue_visitor_cert, visitor_cert_name)
 from .files import CERT_MODE, DIR_MODE, KEY_MODE, LOCK_WAIT, atomic_write, ensure_dir
 from .store import pin
@@ -40,6 +46,9 @@ __all__ = [
     "rotate_server_ca", "server_cert_paths", "server_cert_renewable", "server_key_files", "show_identity",
     "SERVER_CA_BUNDLE", "abort_identity", "abort_server_ca", "commit_identity", "commit_server_ca",
     "stage_identity", "stage_server_ca", "staged_identity",
-    "MAX_VISITOR_CERT_DAYS", "VISITOR_CA_CERT", "VISITOR_CERT_DAYS", "VisitorCA", "VisitorCert",
+    "MAX_VISITOR_CERT_DAYS", "VISITOR_CA_CERT", "VISITOR_CERT_DAYS", "VisitorCert",
     "init_visitor_ca", "issue_visitor_cert", "visitor_cert_name",
+    "CAFolder", "CONTROL_PLANE_CA_CERT", "DEFAULT_TTL", "MAX_TTL", "ManagedCert", "check_attests", "check_managed_cert",
+    "identity_csr", "init_control_plane_ca", "issue_managed_cert", "read_public_input", "uri_identities",
+    "chain_refusal", "is_self_signed",
 ]

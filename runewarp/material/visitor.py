@@ -14,23 +14,17 @@ from pathlib import Path
 
 from ..errors import MaterialError
 from .files import CERT_MODE, KEY_MODE, atomic_write, ensure_dir
-from .store import View, update
-from .x509 import _cert_pem, _key_pem, _make_ca, _make_client_cert, _new_key, _now, read_ca
+from .authority import Authority, CAFolder
+from .x509 import _cert_pem, _key_pem, _make_client_cert, _new_key, _now
 
 VISITOR_CA_CERT = "visitor-ca.crt"
 VISITOR_CA_KEY = "state/visitor-ca.key"
 VISITOR_CA_CN = "Runewarp Visitor CA"
 VISITOR_CERT_DAYS = 365
 MAX_VISITOR_CERT_DAYS = 3650
+VISITOR_CA = Authority(VISITOR_CA_CERT, VISITOR_CA_KEY, VISITOR_CA_CN, "Visitor CA",
+                       "runewarp client visitor-ca init")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-@dataclass(frozen=True)
-class VisitorCA:
-    """The Visitor CA certificate (what visitor-ca-file names) and whether it is new."""
-
-    cert_path: Path
-    created: bool
 
 
 @dataclass(frozen=True)
@@ -42,24 +36,9 @@ class VisitorCert:
     not_after: _dt.datetime
 
 
-def _load_ca(view: View):
-    """The Visitor CA, None if absent."""
-    return read_ca(view, VISITOR_CA_CERT, VISITOR_CA_KEY, "Visitor CA",
-                   "remove the folder and run 'runewarp client visitor-ca init' again")
-
-
-def init_visitor_ca(ca_dir: Path, now: _dt.datetime | None = None) -> VisitorCA:
+def init_visitor_ca(ca_dir: Path, now: _dt.datetime | None = None) -> CAFolder:
     """Ensure the Visitor CA in `ca_dir`; an existing one is kept."""
-    ca_dir = Path(ca_dir)
-
-    def build(view):
-        if _load_ca(view) is not None:
-            return {}, VisitorCA(ca_dir / VISITOR_CA_CERT, False)
-        cert, key = _make_ca(VISITOR_CA_CN, _now(now))
-        return {VISITOR_CA_KEY: _key_pem(key), VISITOR_CA_CERT: _cert_pem(cert)}, \
-            VisitorCA(ca_dir / VISITOR_CA_CERT, True)
-
-    return update(ca_dir, build, (VISITOR_CA_KEY, VISITOR_CA_CERT))
+    return VISITOR_CA.init(ca_dir, now)
 
 
 def visitor_cert_name(name: str) -> str:
@@ -76,10 +55,7 @@ def issue_visitor_cert(ca_dir: Path, name: str, out_dir: Path, days: int = VISIT
     `days` (1-MAX_VISITOR_CERT_DAYS), written as NAME.crt and NAME.key (0600) in `out_dir`;
     an existing pair there is replaced."""
     name = visitor_cert_name(name)
-    view = View(Path(ca_dir))
-    ca = _load_ca(view)
-    if ca is None:
-        raise MaterialError(f"{view.shown(VISITOR_CA_CERT)}: missing; run 'runewarp client visitor-ca init' first")
+    ca = VISITOR_CA.require(ca_dir)
     key = _new_key()
     cert = _make_client_cert(key, _now(now), name, ca, days)
     out_dir = Path(out_dir)

@@ -246,23 +246,27 @@ def _make_leaf(
     return builder.sign(signer, hashes.SHA256()), key
 
 
-def _make_client_cert(key: ec.EllipticCurvePrivateKey, now: _dt.datetime, cn: str = CLIENT_CN,
-                      ca=None, days: int = LEAF_DAYS) -> x509.Certificate:
-    """Client-auth leaf: self-signed (the Client identity), or signed by `ca` (certificate,
-    key) for a Visitor certificate."""
-    pub = key.public_key()
+def _make_client_cert(key, now: _dt.datetime, cn: str = CLIENT_CN, ca=None, days: int = LEAF_DAYS,
+                      lifetime: _dt.timedelta | None = None, uris: tuple[str, ...] = ()) -> x509.Certificate:
+    """Client-auth leaf: self-signed (the Client identity; `key` is then the private key), or
+    signed by `ca` (certificate, key) for the public or private `key`: a Visitor certificate,
+    a managed Client certificate (`lifetime` instead of `days`, its identity in `uris`)."""
+    pub = key.public_key() if hasattr(key, "public_key") else key
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .public_key(pub)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _dt.timedelta(days=days))
+        .not_valid_after(now + (lifetime or _dt.timedelta(days=days)))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_digital_signature_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
     )
+    if uris:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(uri) for uri in uris]), critical=False)
     if ca is None:
         return builder.issuer_name(_name(cn)).sign(key, hashes.SHA256())
     ca_cert, ca_key = ca

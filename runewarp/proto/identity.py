@@ -10,3 +10,23 @@ import hashlib
 
 def identity_of_spki(spki_der: bytes) -> str:
     return hashlib.sha256(spki_der).hexdigest()
+
+
+# A managed Client certificate names the identity it attests in a URI SAN, so a reader of
+# the certificate alone (openssl x509 -text, an audit log) sees which Client it is for.
+IDENTITY_URI_PREFIX = "runewarp:identity:"
+
+
+def identity_uri(identity: str) -> str:
+    return IDENTITY_URI_PREFIX + identity
+
+
+def identities_in_uris(uris) -> list[str]:
+    """The identities the `runewarp:identity:` URIs among `uris` name (lowercased)."""
+    return [uri[len(IDENTITY_URI_PREFIX):].lower() for uri in uris
+            if uri.lower().startswith(IDENTITY_URI_PREFIX)]
+
+
+def is_identity(text: str) -> bool:
+    """64 lowercase hex characters: how a Client identity is written."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
