@@ -44,8 +44,8 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     acme = shared.acme(ctx, server, p, "cert-dir", cert_dir)
 
     grace = ctx.setting(server, p, "graceful-shutdown-duration")
-    api_table = "api" in server and "tunnels" not in server  # the API may add every Tunnel
-    tunnels = () if api_table else _parse_tunnels(ctx, server, hostname, {port for _, port in public_bind_addresses})
+    api_only = "api" in server and "tunnels" not in server  # the API may add every Tunnel
+    tunnels = () if api_only else _parse_tunnels(ctx, server, hostname, {port for _, port in public_bind_addresses})
     limits = shared.limits(ctx, server, p)
     metrics = shared.metrics(ctx, server, p)
     taken = {join(p, "public-bind-address"): a for a in public_bind_addresses}

@@ -155,16 +155,17 @@ class ApiListener:
                 raise RequestRefused(413, f"the body is larger than {MAX_BODY} bytes")
             record = parse_record(body, name)
         header = environ.get("HTTP_IF_MATCH")
-        done, before = self.changes.spawn(_outcome, self.server.change_api_tunnel, name, record,
-                                          lambda current: if_match(header, current)).get()
+        done, outcome = self.changes.spawn(_outcome, self.server.change_api_tunnel, name, record,
+                                           lambda current: if_match(header, current)).get()
         if not done:
-            raise before
+            raise outcome
+        before, record = outcome
         self.log.info("api-tunnel-changed", method=method, tunnel=name, caller=environ["runewarp.caller"],
                       created=record is not None and before is None)
         if record is None:
             return respond(start_response, _status(204), b"")
         return respond_json(start_response, _status(201 if before is None else 200),
-                            self._document(name), [("ETag", etag(record))])
+                            tunnel_document(name, record, "api"), [("ETag", etag(record))])
 
     # -- the Tunnels as the API shows them --
     def _names(self):

@@ -66,7 +66,8 @@ class ApiTunnels:
     def change_api_tunnel(self, name, record, if_match):
         """PUT (`record`) or DELETE (None) the API Tunnel `name`, in this order: validate,
         store (compare-and-set against the record stored as this node last saw it), apply.
-        The record stored before (None: absent); RequestRefused for the API's
+        (The record stored before or None, the record stored now, hostnames normalized, or
+        None); RequestRefused for the API's
         404/409/412/422/503 answers.  A stored Tunnel the file's rules left out at start can
         be deleted (or replaced by one they accept)."""
         with self.config_lock:
@@ -85,6 +86,10 @@ class ApiTunnels:
                 merged = with_api_tunnels(self.file_config, table, self.api_label)
             except ConfigError as exc:
                 raise RequestRefused(422, str(exc)) from None
+            if record is not None:  # stored as it routes: app.example.com, not App.Example.COM.
+                tunnel = next(t for t in merged.tunnels if t.name == name)
+                record = table[name] = {"public-hostnames": list(tunnel.public_hostnames),
+                                        "client-identities": list(tunnel.client_identities)}
             self._store_change(name, record, current)
             try:
                 if merged != self.config:  # a PUT of the same Tunnel changes no routing
@@ -96,7 +101,7 @@ class ApiTunnels:
             self.api_stored = {k: v for k, v in self.api_stored.items() if k != name}
             if record is not None:
                 self.api_stored[name] = record
-            return current
+            return current, record
 
     def _store_change(self, name, record, current):
         try:
