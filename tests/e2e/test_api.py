@@ -277,3 +277,13 @@ def test_an_unreadable_state_file_starts_without_api_tunnels_and_writes_answer_5
     assert status == 503 and "unavailable" in body["error"]
     assert state.read_text() == "{not a table"
     assert api.call("GET", "/v1/tunnels/web")[0] == 404
+
+
+def test_a_server_without_file_tunnels_serves_what_the_api_adds(deployment, backend):
+    app_id = deployment.identity("app")
+    server, api = start(deployment, [])
+    server.wait_for("server-ready .*tunnels=0")
+    assert api.call("GET", "/v1/tunnels")[2] == {"tunnels": []}
+    assert api.call("PUT", "/v1/tunnels/app", tunnel([APP], [app_id]))[0] == 201
+    deployment.start_client("app", [([APP], backend.address)])
+    assert curl(deployment.public_port, APP, backend.ca).returncode == 0
