@@ -287,3 +287,24 @@ def test_a_server_without_file_tunnels_serves_what_the_api_adds(deployment, back
     assert api.call("PUT", "/v1/tunnels/app", tunnel([APP], [app_id]))[0] == 201
     deployment.start_client("app", [([APP], backend.address)])
     assert curl(deployment.public_port, APP, backend.ca).returncode == 0
+
+
+def served_certificate(api):
+    """The serial of the certificate the API presents (openssl s_client with the caller's)."""
+    done = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{api.port}", "-servername",
+                           SERVER_HOSTNAME, "-CAfile", str(api.ca_file), "-cert", str(api.cert), "-key",
+                           str(api.key), "-verify_return_error"],
+                          input="", capture_output=True, text=True, timeout=20)
+    assert "Verify return code: 0 (ok)" in done.stdout, done.stdout + done.stderr
+    shown = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=done.stdout,
+                           capture_output=True, text=True, timeout=20)
+    return shown.stdout.strip()
+
+
+def test_a_renewed_server_certificate_is_presented_from_the_next_connection(deployment):
+    server, api = start(deployment, [("static", [STATIC], [deployment.identity("static")])])
+    before = served_certificate(api)
+    run_cli("server", "cert", "renew", "--dir", deployment.cert_dir)
+    after = served_certificate(api)
+    assert after.startswith("serial=") and after != before
+    assert api.call("GET", "/v1/tunnels")[0] == 200
