@@ -20,7 +20,7 @@ PROTO_FORBIDDEN = {"socket", "ssl", "gevent", "time", "select", "selectors", "as
                    "io", "datetime"}
 
 BASE = {"runewarp", "errors"}  # the package itself (its __version__) and the exception tree
-CORE = BASE | {"proto", "logs", "systemd", "config", "material", "tls", "certcheck", "metrics"}
+CORE = BASE | {"proto", "logs", "systemd", "config", "material", "tls", "contextcache", "certcheck", "metrics"}
 EVERYTHING = None
 LAYERS = {
     "runewarp": set(),
@@ -32,6 +32,7 @@ LAYERS = {
     "config": CORE,
     "material": CORE,
     "tls": CORE,
+    "contextcache": set(),  # stdlib only: stats files, calls the builder it is given
     "certcheck": CORE,
     "metrics": CORE,
     "status": set(),  # pure: the /status document as text

@@ -12,7 +12,7 @@ import pytest
 from runewarp import material as m
 from runewarp.errors import MaterialError
 from runewarp.material import store
-from runewarp.tls import file_stamp
+from runewarp.contextcache import file_stamp
 
 from .test_material import assert_server_consistent, mode, openssl_identity, snapshot
 

@@ -10,7 +10,8 @@ from runewarp import material
 from runewarp.errors import MaterialError
 from runewarp.io.terminate import PublicCertificates
 from runewarp.logs import Logger
-from runewarp.tls import ContextCache, file_stamp, terminate_context
+from runewarp.contextcache import ContextCache, file_stamp
+from runewarp.tls import terminate_context
 
 from .test_dependencies import discovered_private_attributes, discovered_private_modules
 

@@ -22,7 +22,8 @@ from ..errors import MaterialError
 from ..proto.address import format_address
 from ..proto.apitunnels import RequestRefused, etag, if_match, parse_record, route, tunnel_document
 from ..proto.openapi import DOCUMENT
-from ..tls import ContextCache, api_server_context
+from ..contextcache import ContextCache
+from ..tls import api_server_context
 from .httpserve import MAX_CONNECTIONS, BoundedHandler, read_body, respond, respond_json
 from .listener import side_listener
 

@@ -14,7 +14,8 @@ import gevent
 from OpenSSL import SSL, crypto
 
 from ..acme import challenge_file
-from ..tls import ContextCache, challenge_context
+from ..contextcache import ContextCache
+from ..tls import challenge_context
 from .tlsconn import ServerTLSConnection, TLSClosed
 
 CHALLENGE_DEADLINE = 10.0

@@ -6,7 +6,8 @@ The Server judges the certificate; the Client reads its dates only to say what i
 and dials with an expired one anyway (its clock may be the wrong one)."""
 
 from ..material import CLIENT_KEY, check_managed_cert
-from ..tls import ContextCache, client_tunnel_context
+from ..contextcache import ContextCache
+from ..tls import client_tunnel_context
 from .monitor import rfc3339
 from .upkeep import utcnow
 

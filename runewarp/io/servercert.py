@@ -12,7 +12,8 @@ from ..certcheck import CertificateRefused
 from ..errors import MaterialError
 from ..material import (SERVER_CA_KEY, load_certificate, load_server_cert_paths, pin,
                         renew_server_cert, server_cert_paths, server_cert_renewable)
-from ..tls import ContextCache, server_tunnel_context
+from ..contextcache import ContextCache
+from ..tls import server_tunnel_context
 
 
 class ServerCertificateChecks:

@@ -24,7 +24,8 @@ from ..material import (PUBLIC_CA_KEY, PUBLIC_CERT, PUBLIC_KEY, load_certificate
                         load_public_cert_paths, public_cert_folder, public_cert_renewable,
                         renew_public_certs)
 from ..proto.hostname import wildcard_over
-from ..tls import (ContextCache, offer_alpn, require_visitor_certificate, terminate_context,
+from ..contextcache import ContextCache
+from ..tls import (offer_alpn, require_visitor_certificate, terminate_context,
                    visitor_certificate_name)
 from .splice import StreamEnd
 from .tlsconn import ServerTLSConnection
