@@ -1,0 +1,135 @@
+"""A real etcd (Debian `etcd-server`) for the fleet tests, on 127.0.0.1.
+
+`Etcd(folder)` starts one single-member etcd on free client and peer ports with its data dir
+under `folder`, and returns once `/health` says true.  `stop()` ends it by PID (the tests'
+outage); `start()` brings it back on the same ports and data dir, so what was written before
+the outage is still there.  The tests that need it are skipped, saying why, only when the
+`etcd` binary is missing.
+
+Run as `python -m tests.etcd follow URL PREFIX STATE_FILE`, it is a monkey-patched Server-like
+process around one EtcdStore: it follows the prefix and logs each table it is given
+(`follower-table`, JSON log lines) and a `hub-alive` tick each 0.5 s, so a test sees both the
+watch and that the watch never blocks the event loop.
+"""
+
+import json
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from runewarp import harness
+
+from .conftest import ROOT, free_port
+
+ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+needs_etcd = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (Debian etcd-server; "
+                                                      ".ci/run installs it)")
+START_DEADLINE = 20.0
+
+
+class Etcd:
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        cmd = [ETCD, "--name", "test", "--data-dir", self.folder / "data",
+               "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", f"test={peer}", "--log-level", "warn", "--logger", "zap"]
+        self.proc = harness.Process(cmd, name="etcd")
+        deadline = time.monotonic() + START_DEADLINE
+        while not self.healthy():
+            if self.proc.popen.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise harness.NoMatch(f"etcd did not become healthy:\n{self.proc.log()}")
+            time.sleep(0.1)
+
+    def healthy(self):
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                return json.load(response).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    server = Etcd(tmp_path / "etcd")
+    yield server
+    server.stop()
+
+
+def api_config(state_file, endpoints, prefix="/runewarp/tunnels/"):
+    """The `[server.api]` of a Server whose API Tunnels are in etcd at `endpoints`."""
+    return SimpleNamespace(bind_address=None, client_ca_file=None, state_file=Path(state_file),
+                           etcd_endpoints=tuple(endpoints), etcd_prefix=prefix, etcd_ca_file=None,
+                           etcd_cert_file=None, etcd_key_file=None)
+
+
+def follower(url, prefix, state_file):
+    """The `follow` process below, once it logged its first table (the load)."""
+    proc = harness.Process([sys.executable, "-m", "tests.etcd", "follow", url, prefix, state_file],
+                           cwd=ROOT, name="etcd-follower")
+    try:
+        proc.wait_for("follower-loaded", timeout=20)
+    except harness.NoMatch:
+        proc.kill()
+        raise
+    return proc
+
+
+def follower_tables(proc):
+    """Every table the follower was given, oldest first."""
+    return [json.loads(json.loads(line)["table"]) for line in proc.log().splitlines()
+            if '"follower-table"' in line]
+
+
+def wait_table(proc, table, timeout=10):
+    """Until the last table the follower was given is `table`; NoMatch after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (follower_tables(proc) and follower_tables(proc)[-1] == table):
+        if time.monotonic() > deadline or proc.popen.poll() is not None:
+            raise harness.NoMatch(f"the follower never had {table}:\n{proc.log()}")
+        time.sleep(0.05)
+
+
+def _follow(url, prefix, state_file):
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+
+    from runewarp.io.etcdstore import EtcdStore
+    from runewarp.logs import Logger
+
+    log = Logger(fmt="json", stream=sys.stderr)
+    store = EtcdStore(api_config(state_file, [url], prefix), log)
+    table = store.load()
+    log.info("follower-loaded", table=json.dumps(table, sort_keys=True))
+    store.follow(lambda table: log.info("follower-table", table=json.dumps(table, sort_keys=True)))
+    while True:
+        log.info("hub-alive")
+        gevent.sleep(0.5)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
+        _follow(*sys.argv[2:])
+    else:
+        raise SystemExit("usage: python -m tests.etcd follow URL PREFIX STATE_FILE")
