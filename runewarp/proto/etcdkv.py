@@ -33,10 +33,9 @@ def key(prefix, name):
 
 
 def range_end(prefix):
-    """The end of the key range of every key starting with `prefix` (etcd's prefix rule)."""
+    """The end of the key range of every key starting with `prefix` (etcd's prefix rule; the
+    last byte of UTF-8 text is never 0xff, so it can always be incremented)."""
     data = bytearray(prefix.encode())
-    while data and data[-1] == 0xFF:
-        data.pop()
     if not data:
         return _b64(b"\0")  # every key
     data[-1] += 1
