@@ -14,6 +14,7 @@ watch and that the watch never blocks the event loop.
 
 import json
 import shutil
+import ssl
 import sys
 import time
 import urllib.request
@@ -24,7 +25,7 @@ import pytest
 
 from runewarp import harness
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, cli_material, free_port, run_cli
 
 ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
 needs_etcd = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (Debian etcd-server; "
@@ -33,20 +34,30 @@ START_DEADLINE = 20.0
 
 
 class Etcd:
-    def __init__(self, folder):
+    """`tls` (from `tls_material`): HTTPS at https://localhost:PORT.  Client certificates are
+    not required: etcd 3.4's gateway dials etcd itself with etcd's own server certificate,
+    which with --client-cert-auth must also be a client certificate (clientAuth) from the
+    trusted CA, and our CLI makes no such certificate."""
+
+    def __init__(self, folder, tls=None):
         self.folder = Path(folder)
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.tls = tls
+        self.url = (f"https://localhost:{self.client_port}" if tls
+                    else f"http://127.0.0.1:{self.client_port}")
         self.proc = None
         self.start()
 
     def start(self):
         peer = f"http://127.0.0.1:{self.peer_port}"
+        listen = self.url.replace("localhost", "127.0.0.1")
         cmd = [ETCD, "--name", "test", "--data-dir", self.folder / "data",
-               "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+               "--listen-client-urls", listen, "--advertise-client-urls", self.url,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                "--initial-cluster", f"test={peer}", "--log-level", "warn", "--logger", "zap"]
+        if self.tls:
+            cmd += ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
         self.proc = harness.Process(cmd, name="etcd")
         deadline = time.monotonic() + START_DEADLINE
         while not self.healthy():
@@ -56,8 +67,10 @@ class Etcd:
             time.sleep(0.1)
 
     def healthy(self):
+        context = ssl.create_default_context(cafile=self.tls.ca) if self.tls else None
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+            with urllib.request.urlopen(self.url + "/health", timeout=1,
+                                        context=context) as response:
                 return json.load(response).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -68,6 +81,21 @@ class Etcd:
             self.proc = None
 
 
+def tls_material(folder):
+    """etcd's certificate for `localhost` (a Server certificate made by our CLI, `ca` its CA)
+    and a client pair (a Visitor certificate): the CLI's material, used as etcd's."""
+    folder = Path(folder)
+    cli_material(folder / "cert", "server", "cert", "init", "--hostname", "localhost")
+    cli_material(folder / "clients", "client", "visitor-ca", "init")
+    run_cli("client", "visitor-cert", "issue", "--name", "runewarp-node", "--dir",
+            folder / "clients", "--out-dir", folder)
+    return SimpleNamespace(cert=folder / "cert/server.crt", key=folder / "cert/server.key",
+                           ca=folder / "cert/server-ca.crt",
+                           client_ca=folder / "clients/visitor-ca.crt",
+                           client_cert=folder / "runewarp-node.crt",
+                           client_key=folder / "runewarp-node.key")
+
+
 @pytest.fixture
 def etcd(tmp_path):
     server = Etcd(tmp_path / "etcd")
@@ -75,11 +103,13 @@ def etcd(tmp_path):
     server.stop()
 
 
-def api_config(state_file, endpoints, prefix="/runewarp/tunnels/"):
-    """The `[server.api]` of a Server whose API Tunnels are in etcd at `endpoints`."""
+def api_config(state_file, endpoints, prefix="/runewarp/tunnels/", tls=None):
+    """The `[server.api]` of a Server whose API Tunnels are in etcd at `endpoints` (`tls`:
+    from `tls_material`)."""
     return SimpleNamespace(bind_address=None, client_ca_file=None, state_file=Path(state_file),
-                           etcd_endpoints=tuple(endpoints), etcd_prefix=prefix, etcd_ca_file=None,
-                           etcd_cert_file=None, etcd_key_file=None)
+                           etcd_endpoints=tuple(endpoints), etcd_prefix=prefix,
+                           etcd_ca_file=tls and tls.ca, etcd_cert_file=tls and tls.client_cert,
+                           etcd_key_file=tls and tls.client_key)
 
 
 def follower(url, prefix, state_file):

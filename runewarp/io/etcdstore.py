@@ -43,18 +43,24 @@ _UNREACHABLE = (etcd_errors.Etcd3Exception, requests.RequestException, OSError, 
 
 
 def _client(url, api_config):
+    """The client of one endpoint.  Its session ignores the environment (`trust_env`):
+    requests would otherwise send etcd's traffic to an HTTP(S)_PROXY and let a
+    REQUESTS_CA_BUNDLE replace `etcd-ca-file` (requests issue 3829)."""
+    session = requests.Session()
+    session.trust_env = False
+    if api_config.etcd_ca_file:
+        session.verify = str(api_config.etcd_ca_file)
+    if api_config.etcd_cert_file:
+        session.cert = (str(api_config.etcd_cert_file), str(api_config.etcd_key_file))
     parts = urlsplit(url)
-    tls = {"ca_cert": api_config.etcd_ca_file, "cert_cert": api_config.etcd_cert_file,
-           "cert_key": api_config.etcd_key_file}
     return Etcd3Client(host=parts.hostname, port=parts.port or 2379, protocol=parts.scheme,
-                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-                       **{name: str(path) for name, path in tls.items() if path})
+                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), session=session)
 
 
 def _reason(exc):
     """A short reason: the OS error under requests' wrapping when there is one."""
     text = getattr(exc, "detail_text", None) or str(exc) or type(exc).__name__
-    found = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
+    found = re.search(r"\[(?:Errno -?\d+|SSL: \w+)\] ([^'\"()]+)", text)
     return found.group(1).strip() if found else text[:200]
 
 

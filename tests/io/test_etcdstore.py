@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,9 +42,9 @@ def raw_put(etcd, key, value):
     gateway(etcd, "kv/put", {"key": _b64(key), "value": _b64(value)})
 
 
-def store_for(tmp_path, *urls, name="node"):
+def store_for(tmp_path, *urls, name="node", tls=None):
     stream = io.StringIO()
-    store = EtcdStore(api_config(tmp_path / f"{name}-state.json", urls, PREFIX),
+    store = EtcdStore(api_config(tmp_path / f"{name}-state.json", urls, PREFIX, tls),
                       Logger(fmt="json", stream=stream))
     return store, stream
 
@@ -120,6 +121,25 @@ def test_etcd_down_writes_fail_at_once_a_load_uses_the_cache_and_etcd_back_works
     etcd.start()
     store.put("api", API)
     assert never_loaded.load() == {"web": WEB, "api": API}
+
+
+def test_etcd_over_tls_is_verified_with_etcd_ca_file_and_never_a_ca_of_the_environment(
+        tmp_path, monkeypatch):
+    tls = etcd_helper.tls_material(tmp_path / "tls")
+    server = etcd_helper.Etcd(tmp_path / "etcd", tls=tls)
+    try:
+        # requests would let this bundle replace etcd-ca-file (requests issue 3829)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.client_ca))
+        store, _ = store_for(tmp_path, server.url, tls=tls)
+        store.put("web", WEB)
+        assert store.load() == {"web": WEB}
+        untrusting, _ = store_for(tmp_path, server.url, name="untrusting",
+                                  tls=SimpleNamespace(ca=tls.client_ca, client_cert=tls.client_cert,
+                                                      client_key=tls.client_key))
+        with pytest.raises(StoreUnavailable, match="certificate verify failed"):
+            untrusting.load()
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(90)
