@@ -63,6 +63,7 @@ def test_records_are_canonical_json_under_the_prefix_and_every_node_reads_them(t
     kvs = gateway(etcd, "kv/range", {"key": _b64(PREFIX + "web")})["kvs"]
     assert base64.b64decode(kvs[0]["value"]) == canonical(WEB)
     assert b.load() == {"web": WEB, "api": API}
+    assert [client.api_path for client in b._clients] == ["/v3/"]  # etcd3gw's pick for 3.4
     b.delete("web")
     assert a.load() == {"api": API}
 
