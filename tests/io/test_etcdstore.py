@@ -6,6 +6,7 @@ the watch resumed once etcd is back."""
 import base64
 import io
 import json
+import signal
 import urllib.request
 from types import SimpleNamespace
 
@@ -122,6 +123,19 @@ def test_etcd_down_writes_fail_at_once_a_load_uses_the_cache_and_etcd_back_works
     etcd.start()
     store.put("api", API)
     assert never_loaded.load() == {"web": WEB, "api": API}
+
+
+def test_a_hung_etcd_is_a_store_unavailable_at_the_deadline_never_a_hang(tmp_path, etcd):
+    store, _ = store_for(tmp_path, etcd.url)
+    store.put("web", WEB)
+    etcd.proc.signal(signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
+    try:
+        with pytest.raises(StoreUnavailable, match="timed out"):
+            store.put("api", API)
+    finally:
+        etcd.proc.signal(signal.SIGCONT)
+    store.put("api", API)
+    assert store.load() == {"web": WEB, "api": API}
 
 
 def test_etcd_over_tls_is_verified_with_etcd_ca_file_and_never_a_ca_of_the_environment(
