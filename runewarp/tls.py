@@ -391,3 +391,24 @@ def read_records(conn, buffer, size, feed):
             return b""
         conn._raise_ssl_error(engine, n)
     return _ffi.buffer(buffer, total)[:]
+
+
+def api_server_context(cert_path, key_path, client_ca_file):
+    """Context of the configuration API's listener (io/api.py): the Server certificate, TLS
+    1.2+, HTTP/1.1, and a client certificate chained to `client_ca_file` required (mutual
+    TLS; no anonymous access).  The stdlib suffices here: the caller is judged by its CA,
+    not by its key, and gevent's WSGI server reads from a cooperative `ssl` socket."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_TICKET  # no resumption that would outlive a replaced CA file
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+    except (ssl.SSLError, OSError) as exc:
+        raise MaterialError(f"cannot load Server certificate {cert_path}: {exc}") from exc
+    try:
+        ctx.load_verify_locations(cafile=str(client_ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise MaterialError(f"cannot load the API client CA {client_ca_file}: {exc}") from exc
+    return ctx

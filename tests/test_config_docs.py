@@ -87,7 +87,7 @@ def test_a_reload_keeps_exactly_the_restart_keys():
     """The runtimes' RESTART_ONLY come from the key table: a restart key of a table that is
     itself restart-only is kept with its table."""
     assert restart_only("server") == ("hostname", "public_quic", "pid_file", "log_file", "strict_permissions",
-                                      "acme", "metrics", "limits.stream_buffer_budget")
+                                      "acme", "metrics", "api", "limits.stream_buffer_budget")
     assert restart_only("client") == ("pid_file", "log_file", "strict_permissions", "acme",
                                       "metrics", "server_addresses", "limits.stream_buffer_budget")
     running = ServerConfig(hostname="a.example.com", cert_dir=Path("/c"), tunnels=(),

@@ -66,6 +66,27 @@ public-hostnames = ["a.example.com"]
 client-identity = "{IDENTITY_A}"
 """
 
+
+
+def server_api(tmp):
+    """[server.api] with every key, its files made (they must be readable)."""
+    for name in ("api-ca.pem", "etcd-ca.pem", "etcd.crt", "etcd.key"):
+        (tmp / name).write_text("placeholder\n")
+    return f"""
+[server]
+hostname = "tunnel.example.com"
+[server.api]
+bind-address = "127.0.0.1:9470"
+client-ca-file = "{tmp / 'api-ca.pem'}"
+state-file = "api/tunnels.json"
+etcd-endpoints = ["http://127.0.0.1:2379", "https://[::1]:2379"]
+etcd-prefix = "/fleet/tunnels/"
+etcd-ca-file = "{tmp / 'etcd-ca.pem'}"
+etcd-cert-file = "{tmp / 'etcd.crt'}"
+etcd-key-file = "{tmp / 'etcd.key'}"
+"""
+
+
 CLIENT_ACME = """
 [client]
 server-address = ["tunnel.example.com", "Tunnel2.example.com:4443", "tunnel3.example.com.:4444"]
@@ -109,6 +130,7 @@ CASES = {
     "conf/client.toml": ("client", lambda tmp: template("client.toml", tmp)),
     "server-acme": ("server", lambda tmp: SERVER_ACME),
     "server-odd-path": ("server", lambda tmp: SERVER_ODD_PATH),
+    "server-api": ("server", server_api),
     "client-acme": ("client", lambda tmp: CLIENT_ACME),
     "client-terminate": ("client", lambda tmp: CLIENT_TERMINATE),
     "client-catch-all": ("client", lambda tmp: CLIENT_CATCH_ALL),

@@ -100,6 +100,21 @@ class TunnelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """`[server.api]`: the configuration API's listener (None: none) and where API Tunnels are
+    kept: `state_file`, or etcd when `etcd_endpoints` is not empty."""
+
+    bind_address: tuple[str, int] | None = None
+    client_ca_file: Path | None = None
+    state_file: Path
+    etcd_endpoints: tuple[str, ...] = default("server.api.etcd-endpoints")
+    etcd_prefix: str = default("server.api.etcd-prefix")
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Everything `runewarp server` needs; `source` is the file it came from."""
 
@@ -119,6 +134,7 @@ class ServerConfig:
     limits: Limits = Limits()
     metrics: MetricsConfig | None = None
     timeouts: ServerTimeouts = ServerTimeouts()
+    api: ApiConfig | None = None
     access_log: bool = default("server.access-log")
     watch_config: bool = default("server.watch-config")
     log_level: str = default("log-level")

@@ -112,3 +112,35 @@ def toml_string(text: str) -> str:
     """A TOML basic string: quotes, backslashes and control characters escaped."""
     return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
                          for c in text) + '"'
+
+
+def document(role: str, config: Any) -> dict:
+    """The effective config as JSON values, keyed as in the file (the API's GET /v1/config):
+    the same walk of the key table as `render`, so a new key shows up here too."""
+    top = [k for k in _children(None) if k.path not in ("server", "client")]
+    return {**{k.path: _json(k, _value(config, k)) for k in top}, role: _json_table(config, role)}
+
+
+def _json_table(obj: Any, prefix: str) -> dict:
+    table = {}
+    for key in _children(prefix):
+        value = _value(obj, key)
+        if getattr(obj, _NOT_WITH.get(key.path, ""), None) is not None:
+            value = None  # not in effect beside its table
+        if key.type == "table":
+            table[_name(key)] = None if value is None else _json_table(value, key.path)
+        elif key.type == "array of tables":
+            table[_name(key)] = [_json_table(entry, f"{key.path}[]") for entry in value or ()]
+        else:
+            table[_name(key)] = _json(key, value)
+    return table
+
+
+def _json(key: schema.Key, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if key.type in ("address", "addresses") and len(value) == 2 and isinstance(value[1], int):
+        return format_address(value)
+    return [_json(key, item) for item in value]

@@ -86,6 +86,30 @@ def _metrics(role: str) -> tuple[Key, ...]:
     )
 
 
+def _api() -> tuple[Key, ...]:
+    """`[server.api]`: the Server configuration API (docs/api.md); every key needs a restart."""
+    p = "server.api"
+    return tuple(replace(key, reload=RESTART) for key in (
+        Key(f"{p}.bind-address", "address", None, "literal IP:port; differs from every public, Tunnel "
+            "and metrics bind address", "the API's HTTPS listener (mutual TLS)", shown="unset (no listener)"),
+        Key(f"{p}.client-ca-file", "path", None, "required with bind-address; a readable PEM CA bundle",
+            "the CA whose client certificates may call the API", shown="—"),
+        Key(f"{p}.state-file", "path", None, "a file path; its folder is created",
+            "where API Tunnels are kept (without etcd-endpoints)",
+            shown="$XDG_STATE_HOME/runewarp/server/api-tunnels.json"),
+        Key(f"{p}.etcd-endpoints", "strings", (), "http:// or https:// URLs, each once",
+            "keep API Tunnels in this etcd cluster instead of state-file", shown="[] (the state file)"),
+        Key(f"{p}.etcd-prefix", "string", "/runewarp/tunnels/", "starts and ends with /",
+            "the etcd key prefix of the API Tunnels"),
+        Key(f"{p}.etcd-ca-file", "path", None, "a readable PEM CA bundle",
+            "the CA of etcd's https:// endpoints", shown="the system store"),
+        Key(f"{p}.etcd-cert-file", "path", None, "a readable PEM certificate; with etcd-key-file",
+            "the client certificate etcd asks for", shown="unset (none)"),
+        Key(f"{p}.etcd-key-file", "path", None, "a readable PEM private key; with etcd-cert-file",
+            "the key of etcd-cert-file", shown="unset (none)"),
+    ))
+
+
 def _timeouts(role: str) -> tuple[Key, ...]:
     """`[<role>.timeouts]`: the connection timers an operator may tune (docs/timeouts.md)."""
     p, server = f"{role}.timeouts", role == "server"
@@ -190,7 +214,10 @@ KEYS: tuple[Key, ...] = (
            "one info line per Visitor connection (Server) or stream (Client) when it ends"),
     *_both("watch-config", "boolean", False, "true or false",
            "reload when the config file or a file it names changes"),
-    Key("server.tunnels", "array of tables", REQUIRED, "at least one", "the Tunnels"),
+    Key("server.tunnels", "array of tables", REQUIRED, "at least one (none with [server.api])", "the Tunnels"),
+    Key("server.api", "table", None, "see the api keys", "the Server configuration API", shown="unset (off)",
+        reload=RESTART),
+    *_api(),
     *(replace(k, path=f"server.{k.path}") for k in _SERVER_LIMITS),
     *_acme("server"),
     *_metrics("server"),

@@ -1,5 +1,6 @@
 """The [server] side: bind addresses, Tunnels, Client identities, limits, ACME."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from runewarp.proto.proxyheader import networks
 from runewarp.proto.routes import RoutingConflict
 
 from . import shared
+from .api import parse_api
 from .addresses import bind_address, normalize_hostname, unique_hostnames
 from .model import ServerConfig, TunnelConfig
 from .paths import default_server_cert_dir
@@ -42,8 +44,13 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     acme = shared.acme(ctx, server, p, "cert-dir", cert_dir)
 
     grace = ctx.setting(server, p, "graceful-shutdown-duration")
-    tunnels = _parse_tunnels(ctx, server, hostname, {port for _, port in public_bind_addresses})
+    api_table = "api" in server and "tunnels" not in server  # the API may add every Tunnel
+    tunnels = () if api_table else _parse_tunnels(ctx, server, hostname, {port for _, port in public_bind_addresses})
     limits = shared.limits(ctx, server, p)
+    metrics = shared.metrics(ctx, server, p)
+    taken = {join(p, "public-bind-address"): a for a in public_bind_addresses}
+    taken[join(p, "tunnel-bind-address")] = tunnel_bind_address
+    taken[join(p, "metrics.bind-address")] = metrics and metrics.bind_address
 
     config = ServerConfig(
         hostname=hostname,
@@ -60,8 +67,9 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         log_file=ctx.setting(server, p, "log-file"),
         tunnels=tunnels,
         limits=limits,
-        metrics=shared.metrics(ctx, server, p),
+        metrics=metrics,
         timeouts=shared.timeouts(ctx, server, p),
+        api=parse_api(ctx, server, taken),
         access_log=ctx.setting(server, p, "access-log"),
         watch_config=ctx.setting(server, p, "watch-config"),
         log_level=log_level,
@@ -134,39 +142,102 @@ def _public_ports(ctx: Context, entry: dict, tp: str, listening: set[int]) -> tu
     return tuple(ports)
 
 
-def _parse_tunnels(ctx: Context, server: dict, server_hostname: str,
-                   listening: set[int]) -> tuple[TunnelConfig, ...]:
-    names: dict[str, str] = {}
-    hostnames: dict[str, list[tuple[str, tuple[int, ...] | None]]] = {}  # -> (key, ports) of each Tunnel
-    identities: dict[str, str] = {}
-    tunnels = []
-    for i, (tp, entry) in enumerate(ctx.array_of_tables(server, "server", "tunnels")):
+class _Tunnels:
+    """The Tunnels read so far, with where each name, hostname and identity was listed: the
+    file's `[[server.tunnels]]` and then the API Tunnels go through the same checks."""
 
-        name = ctx.string(entry, tp, "name")
-        name_key = join(tp, "name")
-        if name is None:
-            name = f"tunnel-{i + 1}"
-            if name in names:
-                raise ctx.error(name_key, f"default name {name!r} is already used by {names[name]}; set a name")
-        elif not _TUNNEL_NAME.fullmatch(name):
-            raise ctx.error(
-                name_key, f"{name!r}: use 1-63 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
-            )
-        elif name in names:
-            raise ctx.error(name_key, f"{name!r} is already the name of {names[name]}")
-        names[name] = tp
+    def __init__(self, server_hostname: str, listening: set[int]):
+        self.server_hostname = server_hostname
+        self.listening = listening
+        self.names: dict[str, str] = {}
+        self.hostnames: dict[str, list[tuple[str, tuple[int, ...] | None]]] = {}  # -> (key, ports) of each
+        self.identities: dict[str, str] = {}
+        self.tunnels: list[TunnelConfig] = []
 
-        public_ports = _public_ports(ctx, entry, tp, listening)
+    def add(self, ctx: Context, tp: str, entry: dict, name: str) -> TunnelConfig:
+        public_ports = _public_ports(ctx, entry, tp, self.listening)
         raw_hosts = ctx.string_list(entry, tp, "public-hostnames")
         if raw_hosts is None:
             raise ctx.error(join(tp, "public-hostnames"), "required key is missing")
         own: dict[str, str] = {}
-        public_hostnames = unique_hostnames(ctx, join(tp, "public-hostnames"), raw_hosts, own, server_hostname)
+        public_hostnames = unique_hostnames(ctx, join(tp, "public-hostnames"), raw_hosts, own,
+                                            self.server_hostname)
         for host, key in own.items():
-            _not_shared(ctx, key, host, public_ports, hostnames.setdefault(host, []))
-        client_identities = _tunnel_identities(ctx, entry, tp, identities)
-        tunnels.append(TunnelConfig(name, public_hostnames, tuple(client_identities), public_ports))
-    return tuple(tunnels)
+            _not_shared(ctx, key, host, public_ports, self.hostnames.setdefault(host, []))
+        client_identities = _tunnel_identities(ctx, entry, tp, self.identities)
+        tunnel = TunnelConfig(name, public_hostnames, tuple(client_identities), public_ports)
+        self.names[name] = tp
+        self.tunnels.append(tunnel)
+        return tunnel
+
+    @classmethod
+    def of(cls, config: ServerConfig) -> "_Tunnels":
+        """The file's Tunnels of a loaded `config`, each at its key path."""
+        seen = cls(config.hostname, {port for _, port in config.public_bind_addresses})
+        for i, tunnel in enumerate(config.tunnels):
+            tp = join(join("server", "tunnels"), i)
+            seen.names[tunnel.name] = tp
+            for j, host in enumerate(tunnel.public_hostnames):
+                seen.hostnames.setdefault(host, []).append((join(join(tp, "public-hostnames"), j),
+                                                            tunnel.public_ports))
+            for j, identity in enumerate(tunnel.client_identities):
+                seen.identities[identity] = join(join(tp, "client-identities"), j)
+            seen.tunnels.append(tunnel)
+        return seen
+
+
+def _parse_tunnels(ctx: Context, server: dict, server_hostname: str,
+                   listening: set[int]) -> tuple[TunnelConfig, ...]:
+    seen = _Tunnels(server_hostname, listening)
+    for i, (tp, entry) in enumerate(ctx.array_of_tables(server, "server", "tunnels")):
+        name = ctx.string(entry, tp, "name")
+        name_key = join(tp, "name")
+        if name is None:
+            name = f"tunnel-{i + 1}"
+            if name in seen.names:
+                raise ctx.error(name_key, f"default name {name!r} is already used by {seen.names[name]}; set a name")
+        else:
+            _check_name(ctx, name_key, name, seen.names)
+        seen.add(ctx, tp, entry, name)
+    return tuple(seen.tunnels)
+
+
+def _check_name(ctx: Context, key: str, name: str, names: dict[str, str]) -> None:
+    if not _TUNNEL_NAME.fullmatch(name):
+        raise ctx.error(key, f"{name!r}: use 1-63 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
+    if name in names:
+        raise ctx.error(key, f"{name!r} is already the name of {names[name]}")
+
+
+API_TUNNELS = "api-tunnels"  # the key path of an API Tunnel: api-tunnels.NAME.public-hostnames[0]
+
+
+def with_api_tunnels(config: ServerConfig, table: dict[str, dict], label: str) -> ServerConfig:
+    """`config` (the file's) with the API Tunnels of `table` (name -> record, in name order)
+    after its own, checked by the file's rules: a broken one raises the one-line ConfigError
+    the config check prints, with `label` (where API Tunnels are kept) as the file and
+    `api-tunnels.NAME...` as the key."""
+    ctx = Context(label, Path("/"), {})
+    seen = _Tunnels.of(config)
+    for name in sorted(table):
+        tp = join(API_TUNNELS, name)
+        _check_name(ctx, tp, name, seen.names)
+        entry = table[name]
+        if not isinstance(entry, dict):
+            raise ctx.error(tp, f"expected a table, got {type_name(entry)}")
+        unknown = sorted(set(entry) - {"public-hostnames", "client-identities"})
+        if unknown:
+            raise ctx.error(join(tp, unknown[0]), "unknown key; an API Tunnel has public-hostnames and "
+                                                  "client-identities")
+        if "client-identities" not in entry:
+            raise ctx.error(join(tp, "client-identities"), "required key is missing")
+        seen.add(ctx, tp, entry, name)
+    merged = dataclasses.replace(config, tunnels=tuple(seen.tunnels))
+    try:
+        merged.routing_snapshot()
+    except RoutingConflict as e:
+        raise ctx.error(API_TUNNELS, str(e)) from None
+    return merged
 
 
 def _not_shared(ctx: Context, key: str, host: str, ports: tuple[int, ...] | None,

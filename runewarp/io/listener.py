@@ -220,6 +220,18 @@ class _HandlerOwnedServer(StreamServer):
             raise
 
 
+def side_listener(address, inherited, key):
+    """(listening socket, unit_owned) of a side listener (metrics, the configuration API):
+    a hand-over's or socket unit's from `inherited` (InheritedSockets or None), else bound
+    now; BindError naming the config `key` and the address."""
+    passed = inherited.claim(address) if inherited is not None else None
+    try:
+        sock = prepare(passed) if passed is not None else bind(address, backlog=64)
+    except OSError as exc:
+        raise BindError(key, address, exc) from None
+    return sock, passed is not None and id(passed) in inherited.unit_owned
+
+
 class BindError(TransportError, OSError):
     """A listener that could not bind, told by its config key and address (one error line)."""
 

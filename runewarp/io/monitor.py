@@ -5,11 +5,8 @@ Routes: GET /metrics (prometheus-client's exposition of the role's registry),
 503 otherwise and from the start of a graceful shutdown), /status (JSON, from
 the role's `status()`); 404 for any other path, 405 for any other method.
 
-gevent's WSGI server parses HTTP; the bounds are ours, so the listener cannot be
-used to exhaust the process: at most MAX_CONNECTIONS handlers at once, each
-connection closed after one response or READ_DEADLINE seconds, whichever is
-first, no request body, and at most MAX_REQUEST_BYTES read from a connection
-(request line and headers).
+gevent's WSGI server parses HTTP within the bounds of io/httpserve.py (one request
+per connection, a deadline, a byte cap, a bounded pool); no request body.
 
 StatsD (`metrics.statsd-address`): every `statsd-interval` seconds the same
 counters (as deltas since the last push) and gauges go out over UDP, named
@@ -21,25 +18,22 @@ retried; a datagram the kernel refuses is dropped by the library.  Neither
 ever touches traffic.
 """
 
-import io
 import json
 import time
 
 import gevent
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from statsd import StatsClient
 
 from .. import __version__, certcheck
 from ..logs import RateLimitedWarning
 from ..metrics import StatsdDeltas
-from .listener import BindError, bind, prepare
+from .httpserve import MAX_CONNECTIONS, BoundedHandler, respond
+from .listener import side_listener
 from ..proto.address import format_address
 
-MAX_CONNECTIONS = 16
-READ_DEADLINE = 5.0
-MAX_REQUEST_BYTES = 16 * 1024
 STATSD_WARN_INTERVAL = 60.0
 
 
@@ -53,50 +47,6 @@ def certificate_entries(metrics):
     return [{"kind": kind, "hostname": hostname, "not_after": rfc3339(not_after),
              "not_after_seconds": int(not_after.timestamp())}
             for (kind, hostname), not_after in sorted(metrics.certificates.items())]
-
-
-class RequestTooLarge(ValueError):
-    """More than MAX_REQUEST_BYTES before the headers ended (pywsgi answers 400)."""
-
-
-class _CappedReader(io.RawIOBase):
-    """The connection's bytes, at most `budget` of them; then RequestTooLarge."""
-
-    def __init__(self, sock, budget):
-        self.sock = sock
-        self.budget = budget
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        if self.budget <= 0:
-            raise RequestTooLarge("request headers too large")
-        view = memoryview(buffer)[:self.budget]
-        n = self.sock.recv_into(view)
-        self.budget -= n
-        return n
-
-
-class _BoundedHandler(WSGIHandler):
-    """One request per connection, within a deadline and a byte budget, never a body."""
-
-    def __init__(self, sock, address, server):
-        super().__init__(sock, address, server,
-                         rfile=io.BufferedReader(_CappedReader(sock, MAX_REQUEST_BYTES)))
-
-    def handle(self):
-        with gevent.Timeout(READ_DEADLINE, False):
-            super().handle()
-        if self.__dict__.get("socket") is not None:  # the deadline cut it short
-            self.socket.close()
-
-    def read_request(self, raw_requestline):
-        super().read_request(raw_requestline)
-        self.close_connection = True
-        if self.content_length or "transfer-encoding" in self.headers:
-            raise ValueError("a request body is not accepted")
-        return True
 
 
 class Monitor:
@@ -121,14 +71,8 @@ class Monitor:
         hand-over's); BindError (exit 1) naming the key and the address."""
         if self.config is None or self.config.bind_address is None or self.sock is not None:
             return
-        passed = inherited.claim(self.config.bind_address) if inherited is not None else None
-        self.unit_owned = passed is not None and id(passed) in inherited.unit_owned
-        try:
-            self.sock = prepare(passed) if passed is not None else \
-                bind(self.config.bind_address, backlog=64)
-        except OSError as exc:
-            raise BindError(f"{self.role}.metrics.bind-address", self.config.bind_address,
-                            exc) from None
+        self.sock, self.unit_owned = side_listener(self.config.bind_address, inherited,
+                                                   f"{self.role}.metrics.bind-address")
         self.address = self.sock.getsockname()
 
     def start(self):
@@ -137,7 +81,7 @@ class Monitor:
         self.bind()
         if self.sock is not None:
             self.server = WSGIServer(self.sock, self.app, spawn=Pool(MAX_CONNECTIONS),
-                                     handler_class=_BoundedHandler, log=None, error_log=None)
+                                     handler_class=BoundedHandler, log=None, error_log=None)
             self.server.start()
             self.log.info("metrics-listening", role=self.role,
                           metrics_bind_address=format_address(self.address))
@@ -155,28 +99,28 @@ class Monitor:
     # -- HTTP --
     def app(self, environ, start_response):
         if environ["REQUEST_METHOD"] != "GET":
-            return _respond(start_response, "405 Method Not Allowed", b"method not allowed\n",
+            return respond(start_response, "405 Method Not Allowed", b"method not allowed\n",
                             [("Allow", "GET")])
         route = _ROUTES.get(environ["PATH_INFO"])
         if route is None:
-            return _respond(start_response, "404 Not Found", b"not found\n")
+            return respond(start_response, "404 Not Found", b"not found\n")
         return route(self, start_response)
 
     def _metrics(self, start_response):
-        return _respond(start_response, "200 OK", generate_latest(self.metrics.registry),
+        return respond(start_response, "200 OK", generate_latest(self.metrics.registry),
                         content_type=CONTENT_TYPE_LATEST)
 
     def _healthz(self, start_response):
-        return _respond(start_response, "200 OK", b"ok\n")
+        return respond(start_response, "200 OK", b"ok\n")
 
     def _readyz(self, start_response):
         if self.runtime.ready():
-            return _respond(start_response, "200 OK", b"ready\n")
-        return _respond(start_response, "503 Service Unavailable", b"not ready\n")
+            return respond(start_response, "200 OK", b"ready\n")
+        return respond(start_response, "503 Service Unavailable", b"not ready\n")
 
     def _status(self, start_response):
         document = self.status()
-        return _respond(start_response, "200 OK", json.dumps(document).encode() + b"\n",
+        return respond(start_response, "200 OK", json.dumps(document).encode() + b"\n",
                         content_type="application/json")
 
     def status(self):
@@ -213,12 +157,6 @@ class Monitor:
                               statsd_address=format_address(cfg.statsd_address), reason=str(exc))
             else:
                 warnings.recovered("statsd")
-
-
-def _respond(start_response, status, body, headers=(), content_type="text/plain; charset=utf-8"):
-    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                            ("Cache-Control", "no-store"), *headers])
-    return [body]
 
 
 _ROUTES = {"/metrics": Monitor._metrics, "/healthz": Monitor._healthz,

@@ -23,6 +23,8 @@ from ..logs import RateLimitedWarning
 from ..errors import AdmissionRefused
 from ..proto.admission import Admission
 from ..proto.mux import WindowBudget
+from .api import ApiListener
+from .apitable import ApiTunnels
 from .challenge import ChallengeResponder
 from .listener import (BindError, InheritedSockets, Listener, bind_addresses, bind_moved,
                        by_key, config_key, kind, pool_sizes, swap)
@@ -47,7 +49,7 @@ _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
                    ("tunnel-handshakes", "source-full"): "tunnel-handshakes-per-source"}
 
 
-class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
+class Server(ApiTunnels, ServerCertificateChecks, TunnelConnections, VisitorPath):
     def __init__(self, config, log, clock=utcnow, certificate_check_seconds=None):
         """`clock()` gives the aware UTC time certificates are judged by; the manual
         Server certificate is checked every `certificate_check_seconds` (default:
@@ -84,12 +86,17 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self.stopping = False
         self.saturation = RateLimitedWarning(log, "server-saturated")
         self.auth_failures = RateLimitedWarning(log, "tunnel-connection-refused")
+        self._init_api_tunnels(config)
+        self.api = ApiListener(self, config.api, log) if config.api and config.api.bind_address else None
 
     # -- lifecycle --
     def start(self):
+        self._start_api_tunnels()  # stored API Tunnels route from the first Visitor on
         cfg = self.config
         inherited = InheritedSockets(systemd.listen_fds())  # a socket unit's or a hand-over's
         self.monitor.bind(inherited)  # a taken metrics address fails the start before serving
+        if self.api is not None:
+            self.api.bind(inherited)
         if self.acme is None:
             if not self._certificate_checked:
                 self.check_certificate()  # renew or refuse before serving anything
@@ -111,6 +118,9 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
             listener.start()
         self.quic.start()
         self.monitor.start()
+        if self.api is not None:
+            self.api.start()
+        self._follow_api_tunnels()
         self._follow_files()
         if self.acme is None:
             self.certificate_upkeep.start()  # certbot renews ACME certificates
@@ -133,6 +143,8 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         sockets = [(li.sock, li.name, li.unit_owned) for li in self.listeners] + self.quic.sockets()
         if self.monitor.sock is not None:
             sockets.append((self.monitor.sock, "metrics", self.monitor.unit_owned))
+        if self.api is not None and self.api.sock is not None:
+            sockets.append((self.api.sock, "api", self.api.unit_owned))
         return sockets
 
     def stop_accepting(self, handed_over=False):
@@ -142,6 +154,8 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         self.file_watch.close()
         for listener in self.listeners:
             listener.stop()
+        if self.api is not None:
+            self.api.stop()  # no change starts while the Server drains
         self.quic.stop_reading()
         if handed_over:
             self.monitor.stop()
@@ -172,18 +186,33 @@ class Server(ServerCertificateChecks, TunnelConnections, VisitorPath):
         if self.acme is not None:
             self.acme.stop()
         self.monitor.stop()
+        if self.api is not None:
+            self.api.stop()
+        self._close_api_tunnels()
 
-    def reload(self, config):
+    def _keep_running(self, config):
+        """`config` with the running values of what only a restart changes (warned)."""
+        config, changed = keep_running(config, self.config, RESTART_ONLY)
+        for key in changed:
+            self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
+        return config
+
+    def _adopt(self, config):
+        """Before the start serves: route by `config` (the file's plus the stored API Tunnels)."""
+        self.config = config
+        self.snapshot = config.routing_snapshot()
+        self.pools = {t.name: self.pools.get(t.name) or TunnelPool(t.name) for t in self.snapshot.tunnels}
+        self.metrics.set_tunnels(self.snapshot.tunnels)
+
+    def _swap(self, config):
         """Swap in a new snapshot, certificate, limits and listeners; Tunnel connections no
-        longer authorized close.
+        longer authorized close.  `reload` (io/apitable.py) calls it for a new file, an API
+        change for new API Tunnels, both under the config lock.
 
         Everything is built and checked before anything is swapped (a moved listener is
         bound before the old one closes), so a failed reload leaves the running
         configuration whole.
         """
-        config, changed = keep_running(config, self.config, RESTART_ONLY)
-        for key in changed:
-            self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         snapshot = config.routing_snapshot()
         certificate = self._certificate_for(config)
         if self.acme is None:

@@ -43,6 +43,13 @@ class ServerCertificateChecks:
 
         return ContextCache(lambda _key: self.acme.paths(config.hostname), build)
 
+    def certificate_files(self):
+        """(chain, key) of the Server certificate now, of one version; None before ACME got
+        one.  The configuration API (io/api.py) presents the same certificate."""
+        if self.acme is None:
+            return pin(*server_cert_paths(self.config.cert_dir))
+        return self.acme.paths(self.config.hostname)
+
     # -- the manual Server certificate: renewed by the Server when it holds the CA --
     def check_certificate(self):
         """At start: renew a due certificate the Server issued itself, warn about one it

@@ -9,7 +9,7 @@ import pytest
 from gevent import socket
 
 from runewarp.config.model import MetricsConfig
-from runewarp.io import monitor as monitor_module
+from runewarp.io.httpserve import BoundedHandler
 from runewarp.io.listener import BindError
 from runewarp.io.monitor import Monitor
 from runewarp.metrics import ServerMetrics
@@ -109,7 +109,7 @@ def test_bad_requests_get_an_error_or_a_close(served):
 
 def test_a_slow_sender_is_closed_by_the_deadline_while_others_are_served(served, monkeypatch):
     mon, _ = served
-    monkeypatch.setattr(monitor_module, "READ_DEADLINE", 1.0)
+    monkeypatch.setattr(BoundedHandler, "deadline", 1.0)
     slow = [socket.create_connection(mon.address) for _ in range(4)]
     for conn in slow:
         conn.sendall(b"GET /metr")  # and never the rest
