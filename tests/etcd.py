@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from runewarp import harness
+from runewarp.config.model import ApiConfig
 
 from .conftest import ROOT, cli_material, free_port, run_cli
 
@@ -105,11 +106,10 @@ def etcd(tmp_path):
 
 def api_config(state_file, endpoints, prefix="/runewarp/tunnels/", tls=None):
     """The `[server.api]` of a Server whose API Tunnels are in etcd at `endpoints` (`tls`:
-    from `tls_material`)."""
-    return SimpleNamespace(bind_address=None, client_ca_file=None, state_file=Path(state_file),
-                           etcd_endpoints=tuple(endpoints), etcd_prefix=prefix,
-                           etcd_ca_file=tls and tls.ca, etcd_cert_file=tls and tls.client_cert,
-                           etcd_key_file=tls and tls.client_key)
+    from `tls_material`, or any object with `ca`, `client_cert` and `client_key`)."""
+    return ApiConfig(state_file=Path(state_file), etcd_endpoints=tuple(endpoints),
+                     etcd_prefix=prefix, etcd_ca_file=tls and tls.ca,
+                     etcd_cert_file=tls and tls.client_cert, etcd_key_file=tls and tls.client_key)
 
 
 def follower(url, prefix, state_file):

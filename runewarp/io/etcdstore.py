@@ -16,7 +16,6 @@ The last table read is also written to `state-file` (the state file's format): a
 restarted while etcd is unreachable starts with it and says so (`api-store-cache-used`).
 """
 
-import json
 import random
 import re
 import time
@@ -30,8 +29,9 @@ from etcd3gw.client import Etcd3Client
 from ..errors import RemoteProtocolError
 from ..material import KEY_MODE, atomic_write
 from ..proto import etcdkv
+from ..proto.apitunnels import decode_table, encode_table
 from ..proto.backoff import Backoff
-from .tunnelstore import ANY, StoreConflict, StoreUnavailable
+from .tunnelstore import ANY, StoreConflict, StoreUnavailable, check_expected
 
 REQUEST_TIMEOUT = 3.0  # one store call, every endpoint tried: an API write answers 503 by then
 CONNECT_TIMEOUT = 1.0
@@ -158,13 +158,20 @@ class EtcdStore:
         self._written = max(self._written, etcdkv.revision(answer))
 
     def _conflict(self, name, expected, answer):
-        """Why a compare failed, from the record the failed transaction read back."""
+        """Why a compare failed, from the record the failed transaction read back (the
+        state file's words, tunnelstore.check_expected)."""
         kvs = answer.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
-        if not kvs:
-            return f"tunnel {name!r} does not exist"
-        if expected is None:
-            return f"tunnel {name!r} exists"
-        return f"tunnel {name!r} changed meanwhile"
+        current = None
+        if kvs:
+            try:
+                current = etcdkv.record_of(etcdkv.value(kvs[0]))
+            except ValueError:
+                current = "a value that is no record"
+        try:
+            check_expected(current, expected, name)
+        except StoreConflict as exc:
+            return str(exc)
+        return f"tunnel {name!r} is stored in another form; read it again"
 
     # -- the follower --
 
@@ -231,20 +238,17 @@ class EtcdStore:
 
     def _save(self, table):
         try:
-            atomic_write(self.state_file, json.dumps({"version": 1, "tunnels": table},
-                                                     sort_keys=True, indent=2).encode() + b"\n",
-                         mode=KEY_MODE)
+            atomic_write(self.state_file, encode_table(table), mode=KEY_MODE)
         except OSError as exc:
             self.log.warn("api-store-cache-failed", file=str(self.state_file),
                           reason=exc.strerror or str(exc))
 
     def _cached(self, exc):
         try:
-            document = json.loads(self.state_file.read_bytes())
-            table = dict(document["tunnels"])
+            table = decode_table(self.state_file.read_bytes())
         except FileNotFoundError:
             raise exc from None
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError) as error:
             raise StoreUnavailable(f"{exc}; the cache {self.state_file} is unusable: "
                                    f"{error}") from None
         self.log.warn("api-store-cache-used", store=self.label, file=str(self.state_file),

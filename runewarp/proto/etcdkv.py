@@ -1,7 +1,8 @@
 """The API Tunnel table as etcd keys, without I/O: the JSON bodies of etcd's HTTP gateway
 (v3 API: base64 keys and values, int64 numbers as strings) and the table read back from them.
 
-A Tunnel `name` is the key `<prefix><name>`; its value is the record's canonical JSON.  A
+A Tunnel `name` is the key `<prefix><name>`; its value is the record's canonical JSON
+(proto/apitunnels.py: equal records give equal bytes, so etcd can compare them).  A
 range over the prefix gives the whole table at one revision; a watch response gives the
 changes since.  A value that is no record (written by hand, say) is left out and reported, so
 one bad key never hides the rest of the table.
@@ -11,13 +12,7 @@ import base64
 import json
 
 from ..errors import RemoteProtocolError
-
-FIELDS = ("public-hostnames", "client-identities")
-
-
-def canonical(record):
-    """The one byte form of a record: equal records give equal bytes, so etcd can compare them."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+from .apitunnels import FIELDS, canonical
 
 
 def _b64(data):
@@ -103,6 +98,11 @@ def _name(prefix, kv):
     return name[len(prefix):]
 
 
+def value(kv):
+    """The stored bytes of one key of an etcd answer."""
+    return _unb64(kv.get("value"))
+
+
 def apply_kv(table, prefix, kv, deleted=False):
     """Set (or with `deleted` remove) one key of `table` in place; the problem with its value
     as (name, reason), or None."""
@@ -111,7 +111,7 @@ def apply_kv(table, prefix, kv, deleted=False):
     if deleted:
         return None
     try:
-        table[name] = record_of(_unb64(kv.get("value")))
+        table[name] = record_of(value(kv))
     except ValueError as exc:
         return name, str(exc)
     return None
