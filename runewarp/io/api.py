@@ -57,24 +57,24 @@ class _TlsServer(WSGIServer):
         self.log_ = log
 
     def handle(self, sock, address):
+        tls = None
         try:
             with gevent.Timeout(HANDSHAKE_DEADLINE) as timer:
                 tls = self.contexts.current().wrap_socket(sock, server_side=True)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
-            self._refused(sock, address, "no TLS handshake in time")
-            return
+            self._refused(address, "no TLS handshake in time")
         except (ssl.SSLError, OSError, MaterialError) as exc:
-            self._refused(sock, address, str(exc))
-            return
-        try:
+            self._refused(address, str(exc))
+        else:
             super().handle(tls, address)
         finally:
-            tls.close()
+            if tls is not None:
+                tls.close()
+            sock.close()
 
-    def _refused(self, sock, address, reason):
-        sock.close()
+    def _refused(self, address, reason):
         self.log_.debug("api-connection-refused", peer=format_address(address), reason=reason)
 
 
@@ -89,10 +89,13 @@ class ApiListener:
         self.unit_owned = False
         self.http = None
         self.changes = Pool(MAX_CONNECTIONS)
-        self.contexts = ContextCache(
-            lambda _key: (lambda paths: None if paths is None else (*paths, api_config.client_ca_file))(
-                server.certificate_files()),
-            self._build)
+        self.contexts = ContextCache(self._files, self._build)
+
+    def _files(self, _key):
+        """The Server certificate's files (None: none yet) and the client CA file: a change
+        to any of them rebuilds the context."""
+        paths = self.server.certificate_files()
+        return None if paths is None else (*paths, self.config.client_ca_file)
 
     def _build(self, _key, paths):
         if paths is None:

@@ -83,7 +83,8 @@ class ApiTunnels:
                 raise RequestRefused(422, str(exc)) from None
             self._store_change(name, record, current)
             try:
-                self._swap(merged)
+                if merged != self.config:  # a PUT of the same Tunnel changes no routing
+                    self._swap(merged)
             except RunewarpError as exc:  # e.g. the Server certificate is unreadable right now
                 self._store_change(name, current, record)  # put the stored table back
                 raise RequestRefused(503, f"the Server cannot apply a change now: {exc}") from None

@@ -8,7 +8,7 @@ two writers that raced each get a clean answer, never a lost update.
 
 import gevent.lock
 
-from ..errors import RunewarpError
+from ..errors import MaterialError, RunewarpError
 from ..material import KEY_MODE, atomic_write
 from ..proto.apitunnels import decode_table, encode_table
 
@@ -78,8 +78,8 @@ class StateFile:
                 table[name] = record
             try:
                 atomic_write(self.path, encode_table(table), mode=KEY_MODE)
-            except OSError as exc:
-                raise StoreUnavailable(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            except (OSError, MaterialError) as exc:
+                raise StoreUnavailable(f"cannot write {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
             self._table = table
 
     def follow(self, on_change):

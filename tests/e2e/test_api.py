@@ -20,13 +20,14 @@ STATIC = "static.example.com"
 class Api:
     """curl against the API of one Server: `call` gives (status, headers, JSON body or None)."""
 
-    def __init__(self, tmp_path, ca_file, port):
-        self.dir = tmp_path / "curl"
-        self.dir.mkdir(exist_ok=True)
+    def __init__(self, tmp_path, ca_file, port, name="curl"):
+        self.dir = tmp_path / name  # curl's files: one folder per concurrent caller
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.ca_file, self.port = ca_file, port
         self.cert, self.key = caller_certificate(tmp_path)
 
-    def run(self, method, path, body=None, headers=(), cert=True):
+    def run(self, method, path, body=None, headers=(), cert=True, wait=True):
+        """curl's CompletedProcess (stdout: the status code), or its Popen with `wait` False."""
         cmd = ["curl", "-sS", "--max-time", "15", "--cacert", str(self.ca_file), "--resolve",
                f"{SERVER_HOSTNAME}:{self.port}:127.0.0.1", "-X", method, "-D", str(self.dir / "h"),
                "-o", str(self.dir / "b"), "-w", "%{http_code}"]
@@ -37,8 +38,10 @@ class Api:
             cmd += ["-H", "Content-Type: application/json", "--data-binary", f"@{self.dir / 'in'}"]
         for header in headers:
             cmd += ["-H", header]
-        return subprocess.run([*cmd, f"https://{SERVER_HOSTNAME}:{self.port}{path}"],
-                              capture_output=True, text=True, timeout=30)
+        cmd.append(f"https://{SERVER_HOSTNAME}:{self.port}{path}")
+        if not wait:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
     def call(self, method, path, body=None, headers=()):
         done = self.run(method, path, body, headers)
@@ -200,3 +203,65 @@ def test_schemathesis_finds_no_server_error(deployment):
         capture_output=True, text=True, timeout=100, cwd=deployment.dir)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "Traceback" not in server.log()
+
+
+def test_a_caller_from_another_ca_is_refused_in_the_handshake(deployment, tmp_path):
+    server, api = start(deployment, [("static", [STATIC], [deployment.identity("static")])])
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    cli_material(stranger / "ca", "client", "visitor-ca", "init", copy_of="stranger")
+    run_cli("client", "visitor-cert", "issue", "--name", "operator", "--dir", stranger / "ca",
+            "--out-dir", stranger)
+    api.cert, api.key = stranger / "operator.crt", stranger / "operator.key"
+    refused = api.run("GET", "/v1/tunnels")
+    assert refused.returncode != 0 and refused.stdout == "000", refused
+    server.wait_for("api-connection-refused .*certificate")
+
+
+def test_concurrent_changes_are_serialised_and_if_match_lets_one_win(deployment):
+    static_id = deployment.identity("static")
+    server, api = start(deployment, [("static", [STATIC], [static_id])])
+    assert api.call("PUT", "/v1/tunnels/race", tunnel(["race.example.com"], ["1" * 64]))[0] == 201
+    etag = api.call("GET", "/v1/tunnels/race")[1]["etag"]
+    callers = []
+    for i in range(6):
+        racer, other = (Api(deployment.dir, deployment.ca_file, api.port, name=f"{kind}-{i}")
+                        for kind in ("racer", "other"))
+        callers.append(racer.run("PUT", "/v1/tunnels/race", tunnel([f"r{i}.example.com"], [f"{i + 2}" * 64]),
+                                 headers=[f"If-Match: {etag}"], wait=False))
+        callers.append(other.run("PUT", f"/v1/tunnels/t{i}", tunnel([f"t{i}.example.com"], ["abcdef"[i] * 64]),
+                                 wait=False))
+    codes = [proc.communicate(timeout=30)[0] for proc in callers]
+    assert sorted(codes[0::2]) == ["200"] + ["412"] * 5  # one writer of "race" wins, on its ETag
+    assert codes[1::2] == ["201"] * 6
+    names = [t["name"] for t in api.call("GET", "/v1/tunnels")[2]["tunnels"]]
+    assert names == ["static", "race", "t0", "t1", "t2", "t3", "t4", "t5"]
+    stored = json.loads((deployment.dir / "state" / "api-tunnels.json").read_text())["tunnels"]
+    assert sorted(stored) == names[1:]
+
+
+def test_a_reload_keeps_api_tunnels_and_refuses_a_file_that_conflicts(deployment):
+    static_id = deployment.identity("static")
+    server, api = start(deployment, [("static", [STATIC], [static_id])])
+    assert api.call("PUT", "/v1/tunnels/web", tunnel([APP], ["d" * 64]))[0] == 201
+    before = api.call("GET", "/v1/tunnels")[2]
+    path = deployment.dir / "server.toml"
+    path.write_text(path.read_text().replace(f'"{STATIC}"', f'"{STATIC}", "{APP}"'))
+    mark = len(server.lines)
+    server.signal(signal.SIGHUP)
+    server.wait_for(r"reload-failed reason=\".*: api-tunnels\.web\.public-hostnames\[0\]: 'app\.example\.com' "
+                    r"is already listed at server\.tunnels\[0\]\.public-hostnames\[1\]", start=mark)
+    assert api.call("GET", "/v1/tunnels")[2] == before
+
+
+def test_an_unreadable_state_file_starts_without_api_tunnels_and_writes_answer_503(deployment):
+    state = deployment.dir / "state" / "api-tunnels.json"
+    state.parent.mkdir()
+    state.write_text("{not a table")
+    server, api = start(deployment, [("static", [STATIC], [deployment.identity("static")])])
+    server.wait_for("api-tunnels-unavailable .*is not an API Tunnel table")
+    assert [t["name"] for t in api.call("GET", "/v1/tunnels")[2]["tunnels"]] == ["static"]
+    status, _, body = api.call("PUT", "/v1/tunnels/web", tunnel([APP], ["d" * 64]))
+    assert status == 503 and "unavailable" in body["error"]
+    assert state.read_text() == "{not a table"
+    assert api.call("GET", "/v1/tunnels/web")[0] == 404
