@@ -18,6 +18,7 @@ restarted while etcd is unreachable starts with it and says so (`api-store-cache
 
 import random
 import re
+import ssl
 import time
 from urllib.parse import urlsplit
 
@@ -45,11 +46,13 @@ _UNREACHABLE = (etcd_errors.Etcd3Exception, requests.RequestException, OSError, 
 def _client(url, api_config):
     """The client of one endpoint.  Its session ignores the environment (`trust_env`):
     requests would otherwise send etcd's traffic to an HTTP(S)_PROXY and let a
-    REQUESTS_CA_BUNDLE replace `etcd-ca-file` (requests issue 3829)."""
+    REQUESTS_CA_BUNDLE replace `etcd-ca-file` (requests issue 3829).  Without
+    `etcd-ca-file`, the system store verifies etcd, not the CA list requests ships."""
     session = requests.Session()
     session.trust_env = False
-    if api_config.etcd_ca_file:
-        session.verify = str(api_config.etcd_ca_file)
+    system = ssl.get_default_verify_paths()
+    trust = api_config.etcd_ca_file or system.cafile or system.capath
+    session.verify = str(trust) if trust else True
     if api_config.etcd_cert_file:
         session.cert = (str(api_config.etcd_cert_file), str(api_config.etcd_key_file))
     parts = urlsplit(url)
