@@ -208,7 +208,7 @@ class EtcdStore:
             for line in response.iter_lines(chunk_size=None):
                 change = etcdkv.read_watch(line, self.prefix, self._table) if line.strip() else None
                 if change:
-                    self._take(*change)
+                    self._take(*change, whole=False)
                     self._hand_on()
         except _UNREACHABLE as exc:
             self.log.debug("api-store-watch-ended", store=self.label, reason=_reason(exc))
@@ -216,12 +216,14 @@ class EtcdStore:
             if response is not None:
                 response.close()
 
-    def _take(self, table, revision, invalid):
+    def _take(self, table, revision, invalid, whole=True):
+        """Adopt a table read at `revision`; each value that is no record is logged once
+        (`whole`: a full read, which forgets the ones that are gone)."""
         for name, reason in invalid:
             if (name, reason) not in self._reported:
                 self.log.warn("api-store-invalid-record", store=self.label, tunnel=name,
                               reason=reason)
-        self._reported = set(invalid)
+        self._reported = set(invalid) if whole else self._reported | set(invalid)
         self._table, self._revision = table, revision
 
     def _hand_on(self):

@@ -10,8 +10,6 @@ import time
 
 import pytest
 
-from runewarp import harness
-
 from .. import etcd as etcd_helper
 from ..conftest import SERVER_HOSTNAME, Proc, free_port
 from ..etcd import needs_etcd
@@ -26,19 +24,20 @@ OTHER = "other.example.com"
 BOUND = 15  # seconds any change may take to show, far above the 2 s the fleet promises
 
 
-def start_node(deployment, name, etcd_url, static_id):
-    """One Server node: its own public port, API listener and cache file; the fleet's etcd."""
-    api_port = free_port()
+def start_node(deployment, name, etcd_url, static_id, port=None, api_port=None):
+    """One Server node: its own public port, API listener and cache file; the fleet's etcd.
+    (process, public port, Api); `port`, `api_port`: those of the node it restarts."""
+    port, api_port = port or free_port(), api_port or free_port()
     extra = (f'[server.api]\nbind-address = "127.0.0.1:{api_port}"\n'
              f'client-ca-file = "{api_ca_file(deployment.dir)}"\n'
              f'state-file = "state/{name}-api-tunnels.json"\n'
              f'etcd-endpoints = ["{etcd_url}"]\n')
-    path = deployment.server_config([("static", [STATIC], [static_id])], extra=extra)
-    path = path.rename(deployment.dir / f"server-{name}.toml")
+    text = deployment.server_config([("static", [STATIC], [static_id])], extra=extra).read_text()
+    path = deployment.dir / f"server-{name}.toml"
+    path.write_text(text.replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
     proc = Proc(["server", "-c", path], env=deployment.env)
     proc.name = f"runewarp server {name}"
     deployment.processes.append(proc)
-    port = int(proc.wait_for(harness.SERVER_READY.format(r"127\.0\.0\.1")).group(1))
     proc.wait_for("api-listening")
     return proc, port, Api(deployment.dir, deployment.ca_file, api_port)
 
@@ -84,6 +83,11 @@ def test_one_routing_table_for_two_nodes_through_an_etcd_outage(deployment, back
     status, _, body = api_b.call("PUT", "/v1/tunnels/other", tunnel([OTHER], [other_id]))
     assert status == 503 and "unavailable" in body["error"], body
     assert api_b.call("GET", "/v1/tunnels/other")[0] == 404
+    # Node B restarted during the outage routes the table it cached in its state-file.
+    node_b.stop()
+    node_b, _, _ = start_node(deployment, "b", etcd.url, static_id, port_b, api_b.port)
+    node_b.wait_for("api-store-cache-used .*tunnels=1")
+    eventually(lambda: routes(port_b, backend), "node B, restarted during the outage, routes")
 
     # etcd back: a write through node B works and reaches node A.
     etcd.start()
