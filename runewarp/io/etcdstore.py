@@ -163,7 +163,7 @@ class EtcdStore:
     def _conflict(self, name, expected, answer):
         """Why a compare failed, from the record the failed transaction read back (the
         state file's words, tunnelstore.check_expected)."""
-        kvs = answer.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
+        kvs = (answer.get("responses") or [{}])[0].get("response_range", {}).get("kvs", [])
         current = None
         if kvs:
             try:
