@@ -21,6 +21,7 @@ class ApiTunnels:
     def _init_api_tunnels(self, config):
         self.file_config = config
         self.api_table = {}  # name -> record: the API Tunnels routed now
+        self.api_stored = {}  # the store's table as last seen: also those the file's rules left out
         self.config_lock = gevent.lock.Semaphore()
         self.store = open_store(config.api, self.log) if config.api is not None else None
 
@@ -41,6 +42,7 @@ class ApiTunnels:
             self.log.warn("api-tunnels-unavailable", reason=str(exc), kept="no API Tunnels")
             table = {}
         config, self.api_table = self._fit(table)
+        self.api_stored = dict(table)
         self._adopt(config)
 
     def _follow_api_tunnels(self):
@@ -63,13 +65,15 @@ class ApiTunnels:
 
     def change_api_tunnel(self, name, record, if_match):
         """PUT (`record`) or DELETE (None) the API Tunnel `name`, in this order: validate,
-        store (compare-and-set against the record routed now), apply.  The record stored
-        before (None: absent); RequestRefused for the API's 404/409/412/422/503 answers."""
+        store (compare-and-set against the record stored as this node last saw it), apply.
+        The record stored before (None: absent); RequestRefused for the API's
+        404/409/412/422/503 answers.  A stored Tunnel the file's rules left out at start can
+        be deleted (or replaced by one they accept)."""
         with self.config_lock:
             if any(t.name == name for t in self.file_config.tunnels):
                 raise RequestRefused(409, f"tunnel {name!r} comes from the config file "
                                           f"{self.file_config.source}; change it there")
-            current = self.api_table.get(name)
+            current = self.api_stored.get(name)
             if record is None and current is None:
                 raise RequestRefused(404, f"no tunnel {name!r}")
             if not if_match(current):
@@ -89,6 +93,9 @@ class ApiTunnels:
                 self._store_change(name, current, record)  # put the stored table back
                 raise RequestRefused(503, f"the Server cannot apply a change now: {exc}") from None
             self.api_table = table
+            self.api_stored = {k: v for k, v in self.api_stored.items() if k != name}
+            if record is not None:
+                self.api_stored[name] = record
             return current
 
     def _store_change(self, name, record, current):
@@ -107,6 +114,7 @@ class ApiTunnels:
         API change.  The same table again (the echo of this node's own write) changes
         nothing."""
         with self.config_lock:
+            self.api_stored = dict(table)
             config, kept = self._fit(table)
             if config == self.config:
                 self.api_table = kept

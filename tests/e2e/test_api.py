@@ -240,18 +240,30 @@ def test_concurrent_changes_are_serialised_and_if_match_lets_one_win(deployment)
     assert sorted(stored) == names[1:]
 
 
-def test_a_reload_keeps_api_tunnels_and_refuses_a_file_that_conflicts(deployment):
+def test_a_file_that_conflicts_with_an_api_tunnel_fails_a_reload_and_leaves_it_out_at_start(deployment):
+    """A reload keeps the running table; a start routes the other API Tunnels, and the one
+    left out can still be deleted."""
     static_id = deployment.identity("static")
     server, api = start(deployment, [("static", [STATIC], [static_id])])
     assert api.call("PUT", "/v1/tunnels/web", tunnel([APP], ["d" * 64]))[0] == 201
+    assert api.call("PUT", "/v1/tunnels/other", tunnel(["other.example.com"], ["e" * 64]))[0] == 201
     before = api.call("GET", "/v1/tunnels")[2]
     path = deployment.dir / "server.toml"
     path.write_text(path.read_text().replace(f'"{STATIC}"', f'"{STATIC}", "{APP}"'))
     mark = len(server.lines)
     server.signal(signal.SIGHUP)
-    server.wait_for(r"reload-failed reason=\".*: api-tunnels\.web\.public-hostnames\[0\]: 'app\.example\.com' "
-                    r"is already listed at server\.tunnels\[0\]\.public-hostnames\[1\]", start=mark)
+    conflict = (r"api-tunnels\.web\.public-hostnames\[0\]: 'app\.example\.com' is already listed at "
+                r"server\.tunnels\[0\]\.public-hostnames\[1\]")
+    server.wait_for(r"reload-failed reason=\".*: " + conflict, start=mark)
     assert api.call("GET", "/v1/tunnels")[2] == before
+
+    server.stop()
+    server, api = start(deployment, [("static", [STATIC, APP], [static_id])], port=api.port)
+    server.wait_for("api-tunnel-refused tunnel=web reason=\".*: " + conflict)
+    assert [t["name"] for t in api.call("GET", "/v1/tunnels")[2]["tunnels"]] == ["static", "other"]
+    assert api.call("DELETE", "/v1/tunnels/web")[0] == 204
+    stored = json.loads((deployment.dir / "state" / "api-tunnels.json").read_text())["tunnels"]
+    assert list(stored) == ["other"]
 
 
 def test_an_unreadable_state_file_starts_without_api_tunnels_and_writes_answer_503(deployment):
