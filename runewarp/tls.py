@@ -68,9 +68,9 @@ def identity_from_pyopenssl(cert):
     return identity_of_certificate(cert.to_cryptography())
 
 
-def _store_leaf(store_ctx):
-    """The certificate being verified (the peer's leaf), as a `cryptography` certificate."""
-    raw = _lib.X509_STORE_CTX_get0_cert(store_ctx)
+def _store_certificate(raw):
+    """An X509 pointer of a verify callback's store (the peer's leaf: X509_STORE_CTX_get0_cert;
+    the one this call is about: _get_current_cert) as a `cryptography` certificate, or None."""
     if raw == _ffi.NULL:
         return None
     return crypto.X509._from_raw_x509_ptr(_lib.X509_dup(raw)).to_cryptography()
@@ -135,14 +135,19 @@ def server_tunnel_context(cert_path, key_path, authorize, managed=None):
     @_ffi.callback("int(int, X509_STORE_CTX *)")
     def verify(preverify_ok, store_ctx):
         try:
-            leaf = _store_leaf(store_ctx)
+            leaf = _store_certificate(_lib.X509_STORE_CTX_get0_cert(store_ctx))
         except Exception:  # noqa: BLE001 - any unparsable certificate is refused
             leaf = None
         error = _lib.X509_STORE_CTX_get_error(store_ctx)
         problem = None if preverify_ok else (_CHAIN_PROBLEMS.get(error) or _ffi.string(
             _lib.X509_verify_cert_error_string(error)).decode())
-        verdict, refusal = judge(leaf, problem, _lib.X509_STORE_CTX_get_error_depth(store_ctx) == 0,
-                                 authorize, managed)
+        at_leaf = _lib.X509_STORE_CTX_get_error_depth(store_ctx) == 0
+        try:
+            current = None if at_leaf else _store_certificate(
+                _lib.X509_STORE_CTX_get_current_cert(store_ctx))
+        except Exception:  # noqa: BLE001 - only the detail of a refusal would miss it
+            current = None
+        verdict, refusal = judge(leaf, problem, at_leaf, authorize, managed, current)
         _lib.X509_STORE_CTX_set_error(store_ctx, _VERDICT_ERRORS.get(verdict, error))
         if refusal is None:
             return 1

@@ -7,6 +7,8 @@ from runewarp.config import load_server_config
 from runewarp.config.server import with_api_tunnels
 from runewarp.errors import ConfigError
 
+from .conftest import cli_material, run_cli
+
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 HEAD = '[server]\nhostname = "tunnel.example.com"\npublic-bind-address = "0.0.0.0:443"\n'
 TUNNELS = f'\n[[server.tunnels]]\nname = "static"\npublic-hostnames = ["static.example.com"]\nclient-identity = "{A}"\n'
@@ -14,9 +16,11 @@ TUNNELS = f'\n[[server.tunnels]]\nname = "static"\npublic-hostnames = ["static.e
 
 @pytest.fixture
 def ca_file(tmp_path):
+    """A CA for API callers made by our CLI, beside the config file."""
+    cli_material(tmp_path / "api-ca", "client", "visitor-ca", "init")
     path = tmp_path / "etc" / "api-ca.crt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("a CA\n")
+    path.write_bytes((tmp_path / "api-ca" / "visitor-ca.crt").read_bytes())
     return path
 
 
@@ -106,3 +110,23 @@ def test_a_refused_api_tunnel_is_the_config_checks_line(write, env, table, error
     if error is not None:
         assert str(raised.value) == error
     assert str(raised.value).startswith("/s.json: api-tunnels.")
+
+
+def test_the_api_ca_must_be_a_ca_and_never_the_control_plane_ca(write, env, ca_file, tmp_path):
+    """A file that is no CA fails like a typo; the control-plane CA would make every managed
+    Client an API caller."""
+    (ca_file.parent / "not-a-ca.crt").write_text("a CA\n")
+    path = write(server('bind-address = "127.0.0.1:9470"', 'client-ca-file = "not-a-ca.crt"'))
+    with pytest.raises(ConfigError, match="holds no PEM CA certificate") as raised:
+        load_server_config(path, env=env)
+    assert raised.value.key == "server.api.client-ca-file"
+
+    run_cli("ca", "init", "--dir", tmp_path / "etc" / "cp")
+    managed = '\n[server.managed]\nclient-ca-file = "cp/control-plane-ca.crt"\n'
+    path = write(server('bind-address = "127.0.0.1:9470"', 'client-ca-file = "cp/control-plane-ca.crt"')
+                 + managed)
+    with pytest.raises(ConfigError, match="holds the control-plane CA") as raised:
+        load_server_config(path, env=env)
+    assert raised.value.key == "server.api.client-ca-file"
+    assert load_server_config(write(server('bind-address = "127.0.0.1:9470"',
+                                           'client-ca-file = "api-ca.crt"') + managed), env=env).api

@@ -13,6 +13,8 @@ from runewarp import material
 from runewarp.config import load_client_config, load_server_config, render as render_module, schema
 from runewarp.config.render import NotShown, SHOWN_BY, render, toml_string
 
+from .conftest import cli_material
+
 ROOT = Path(__file__).resolve().parent.parent
 IDENTITY_A = "a" * 64
 IDENTITY_B = "b" * 64
@@ -71,8 +73,10 @@ client-identity = "{IDENTITY_A}"
 
 def server_api(tmp):
     """[server.api] with every key, its files made (they must be readable)."""
-    for name in ("api-ca.pem", "etcd-ca.pem", "etcd.crt", "etcd.key"):
+    for name in ("etcd-ca.pem", "etcd.crt", "etcd.key"):
         (tmp / name).write_text("placeholder\n")
+    cli_material(tmp / "api-ca", "client", "visitor-ca", "init")
+    (tmp / "api-ca.pem").write_bytes((tmp / "api-ca" / "visitor-ca.crt").read_bytes())
     return f"""
 [server]
 hostname = "tunnel.example.com"

@@ -9,6 +9,7 @@ from .addresses import bind_address
 from .model import ApiConfig
 from .paths import xdg_state_home
 from .reader import Context, join
+from .shared import ca_file
 
 
 def default_state_file(env) -> Path:
@@ -29,7 +30,10 @@ def parse_api(ctx: Context, server: dict, taken: dict[str, tuple[str, int]]) -> 
         if address is not None and address[1] and address == other:
             raise ctx.error(join(p, "bind-address"), f"must differ from {other_key}; the API never "
                                                      "shares a listener")
-    client_ca = _readable(ctx, table, p, "client-ca-file")
+    client_ca = ctx.path(table, p, "client-ca-file")
+    if client_ca is not None:
+        client_ca = ca_file(ctx, client_ca, join(p, "client-ca-file"),
+                            "'runewarp client visitor-ca init', kept for the API alone")
     if address is not None and client_ca is None:
         raise ctx.error(join(p, "client-ca-file"), "required with bind-address: the CA whose client "
                                                    "certificates may call the API")

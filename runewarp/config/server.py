@@ -52,6 +52,11 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     taken[join(p, "tunnel-bind-address")] = tunnel_bind_address
     taken[join(p, "metrics.bind-address")] = metrics and metrics.bind_address
 
+    managed = _managed(ctx, server)
+    api = parse_api(ctx, server, taken)
+    if api is not None and managed is not None and api.client_ca_file is not None:
+        _not_the_control_plane_ca(ctx, api.client_ca_file, managed.client_ca_file)
+
     config = ServerConfig(
         hostname=hostname,
         public_bind_addresses=public_bind_addresses,
@@ -69,10 +74,10 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         limits=limits,
         metrics=metrics,
         timeouts=shared.timeouts(ctx, server, p),
-        api=parse_api(ctx, server, taken),
+        api=api,
         access_log=ctx.setting(server, p, "access-log"),
         watch_config=ctx.setting(server, p, "watch-config"),
-        managed=_managed(ctx, server),
+        managed=managed,
         log_level=log_level,
         log_format=log_format,
         source=source,
@@ -92,6 +97,15 @@ def _managed(ctx: Context, server: dict) -> ManagedServerConfig | None:
     ca_file = ctx.setting(table, p, "client-ca-file")
     return ManagedServerConfig(shared.ca_file(ctx, ca_file, join(p, "client-ca-file"), "runewarp ca init"),
                                ctx.setting(table, p, "accept-self-signed"))
+
+
+def _not_the_control_plane_ca(ctx: Context, api_ca: Path, managed_ca: Path) -> None:
+    """The API's callers and the Clients must not share a CA: with one, every Client the
+    control plane issued a certificate to could rewrite the routing table."""
+    if shared.certificates_of(api_ca) & shared.certificates_of(managed_ca):
+        raise ctx.error("server.api.client-ca-file", f"{api_ca} holds the control-plane CA of "
+                        "server.managed.client-ca-file: every managed Client could call the API; "
+                        "give the API a CA of its own")
 
 
 def _public_bind_addresses(ctx: Context, server: dict) -> tuple[tuple[str, int], ...]:

@@ -5,6 +5,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from . import schema
 import re
@@ -124,6 +125,15 @@ def ca_file(ctx: Context, path: Path, key: str, made_by: str) -> Path:
     if not any(_is_ca(c) for c in certificates):
         raise ctx.error(key, f"{path} holds no PEM CA certificate (make one with {made_by})")
     return path
+
+
+def certificates_of(path: Path) -> set[bytes]:
+    """The DER of each certificate in the PEM file `path` (an already checked CA file)."""
+    try:
+        return {c.public_bytes(serialization.Encoding.DER)
+                for c in x509.load_pem_x509_certificates(Path(path).read_bytes())}
+    except (OSError, ValueError):
+        return set()
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:

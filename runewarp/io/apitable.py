@@ -56,12 +56,22 @@ class ApiTunnels:
 
     def reload(self, config):
         """The file changed (SIGHUP, watch-config): the new file plus the same API Tunnels,
-        or a ConfigError naming the API Tunnel the new file conflicts with (nothing changes)."""
+        or a ConfigError naming the API Tunnel the new file conflicts with (nothing changes).
+        A stored Tunnel the old file's rules left out routes again once the new file admits it."""
         with self.config_lock:
             config = self._keep_running(config)
             merged = with_api_tunnels(config, self.api_table, self.api_label) if self.api_table else config
+            kept = dict(self.api_table)
+            for name in sorted(set(self.api_stored) - set(kept)):
+                try:
+                    merged = with_api_tunnels(config, {**kept, name: self.api_stored[name]}, self.api_label)
+                except ConfigError:
+                    continue
+                kept[name] = self.api_stored[name]
+                self.log.info("api-tunnel-admitted", tunnel=name, reason="the reloaded file allows it")
             self._swap(merged)
             self.file_config = config
+            self.api_table = kept
 
     def change_api_tunnel(self, name, record, if_match):
         """PUT (`record`) or DELETE (None) the API Tunnel `name`, in this order: validate,
@@ -95,13 +105,23 @@ class ApiTunnels:
                 if merged != self.config:  # a PUT of the same Tunnel changes no routing
                     self._swap(merged)
             except RunewarpError as exc:  # e.g. the Server certificate is unreadable right now
-                self._store_change(name, current, record)  # put the stored table back
+                self._put_back(name, current, record)
                 raise RequestRefused(503, f"the Server cannot apply a change now: {exc}") from None
             self.api_table = table
             self.api_stored = {k: v for k, v in self.api_stored.items() if k != name}
             if record is not None:
                 self.api_stored[name] = record
             return current, record
+
+    def _put_back(self, name, record, written):
+        """Undo a store write whose change could not be applied; when even that fails, the
+        store holds a change this node does not route: say so (a restart, or with etcd the
+        next table the watch brings, settles it)."""
+        try:
+            self._store_change(name, record, written)
+        except RequestRefused as exc:
+            self.log.error("api-store-diverged", tunnel=name, reason=exc.message,
+                           effect="the store keeps a change this node does not route")
 
     def _store_change(self, name, record, current):
         try:

@@ -59,6 +59,14 @@ class BoundedHandler(WSGIHandler):
         if self.__dict__.get("socket") is not None:  # the deadline cut it short
             self.socket.close()
 
+    def handle_error(self, t, v, tb):
+        """More bytes than the budget is the caller's error, not ours: no traceback, the
+        connection closes (pywsgi meets it discarding a body the answer already refused)."""
+        if isinstance(v, RequestTooLarge):
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
     def read_request(self, raw_requestline):
         super().read_request(raw_requestline)
         self.close_connection = True
@@ -68,11 +76,15 @@ class BoundedHandler(WSGIHandler):
 
 
 def read_body(environ, limit):
-    """The request body, or None when it is longer than `limit` bytes (read no further)."""
+    """The request body, or None when it is longer than `limit` bytes (read no further) or
+    more bytes than the connection's budget (chunk framing, long headers) came with it."""
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > limit:
         return None
-    body = environ["wsgi.input"].read(limit + 1)
+    try:
+        body = environ["wsgi.input"].read(limit + 1)
+    except RequestTooLarge:
+        return None
     return None if len(body) > limit else body
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
 from ..errors import MaterialError
@@ -132,7 +132,7 @@ def is_self_signed(cert: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
@@ -144,13 +144,15 @@ CHAIN_REFUSALS = {"expired": "managed-certificate-expired",
                   "unknown-ca": "not-issued-by-control-plane-ca"}
 
 
-def chain_refusal(problem: str, cert: x509.Certificate) -> tuple[str, str]:
-    """(reason, detail) for a chain OpenSSL refused with `problem` (its kind, or its words)."""
+def chain_refusal(problem: str, cert: x509.Certificate, at_leaf: bool = True) -> tuple[str, str]:
+    """(reason, detail) for a chain OpenSSL refused with `problem` (its kind, or its words) at
+    `cert`: the leaf, or (`at_leaf` False) the CA certificate above it."""
     reason = CHAIN_REFUSALS.get(problem, "managed-certificate-invalid")
+    whose = "" if at_leaf else f"the control-plane CA certificate {cert.subject.rfc4514_string()} "
     if problem == "expired":
-        return reason, f"expired at {cert.not_valid_after_utc.isoformat()}"
+        return reason, f"{whose}expired at {cert.not_valid_after_utc.isoformat()}"
     if problem == "not-yet-valid":
-        return reason, f"valid only from {cert.not_valid_before_utc.isoformat()}"
+        return reason, f"{whose}valid only from {cert.not_valid_before_utc.isoformat()}"
     if problem == "unknown-ca":
         return reason, f"issued by {cert.issuer.rfc4514_string()}, not the client-ca-file's CA"
     return reason, problem
@@ -165,7 +167,7 @@ class Refusal(NamedTuple):
     detail: str | None = None
 
 
-def judge(leaf, problem, at_leaf, authorize, managed) -> tuple[str, Refusal | None]:
+def judge(leaf, problem, at_leaf, authorize, managed, current=None) -> tuple[str, Refusal | None]:
     """The Server's verdict on one call of its Tunnel verify callback: ("accept", None) lets the
     handshake go on; "chain" (OpenSSL's own error and alert), "self-signed" (unknown_ca) and
     "reject" (bad_certificate) refuse it, with the Refusal.
@@ -174,16 +176,22 @@ def judge(leaf, problem, at_leaf, authorize, managed) -> tuple[str, Refusal | No
     the chain at this call (None: nothing; "expired", "not-yet-valid", "unknown-ca" or its
     words), `at_leaf` whether the call is about the leaf, `authorize(identity)` the Tunnels'
     pinning, `managed` the [server.managed] config or None.  Without `managed` (self-hosted),
-    or for a self-signed certificate `accept_self_signed` admits, only the key counts."""
+    or for a self-signed certificate `accept_self_signed` admits, only the key counts.
+    `current`: the certificate this call is about when it is not the leaf (a CA's expiry is
+    told as the CA's).  It runs before the peer proves it holds the key, so any certificate
+    it cannot read is refused, never an exception."""
     if leaf is None:
         return "reject", Refusal(None, "tls-error", "an unparsable certificate")
-    identity = identity_of_certificate(leaf)
+    try:
+        identity = identity_of_certificate(leaf)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "reject", Refusal(None, "tls-error", "a certificate whose key cannot be read")
     self_hosted = managed is None or is_self_signed(leaf)
     if self_hosted and managed is not None and not managed.accept_self_signed:
         return "self-signed", Refusal(identity, "self-signed-not-accepted", "a self-signed identity "
                                       "certificate; the Server needs one from its control-plane CA")
     if not self_hosted and problem is not None:
-        return "chain", Refusal(identity, *chain_refusal(problem, leaf))
+        return "chain", Refusal(identity, *chain_refusal(problem, current or leaf, current is None))
     if not at_leaf:
         return "accept", None
     if not self_hosted and any(named != identity for named in uri_identities(leaf)):

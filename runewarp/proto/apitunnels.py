@@ -53,6 +53,8 @@ def parse_record(body, name):
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestRefused(400, f"the body is not JSON: {exc}") from None
+    except RecursionError:  # `[[[[…` deeper than the parser goes: not a Tunnel either
+        raise RequestRefused(400, "the body is not JSON a Tunnel can be: nested too deep") from None
     if not isinstance(value, dict):
         raise RequestRefused(422, "the body must be a JSON object with public-hostnames and "
                                   "client-identities")

@@ -4,6 +4,8 @@ through an API Tunnel."""
 
 import json
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from .peers import APP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 STATIC = "static.example.com"
+LATER = "later.example.com"
 
 
 class Api:
@@ -42,6 +45,18 @@ class Api:
         if not wait:
             return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+    def raw(self, request):
+        """The status line and headers the API answers `request` (bytes, sent whole) with."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=15) as sock, \
+                ctx.wrap_socket(sock, server_hostname=SERVER_HOSTNAME) as tls:
+            try:
+                tls.sendall(request)
+            except OSError:
+                pass  # the API may answer and close before reading it all
+            return tls.recv(4096)
 
     def call(self, method, path, body=None, headers=()):
         done = self.run(method, path, body, headers)
@@ -166,6 +181,13 @@ def test_refusals_leave_the_table_unchanged(deployment):
                     headers=['If-Match: "stale"'])[0] == 412
     status, _, body = api.call("PUT", "/v1/tunnels/big", b"[" + b" " * 70000 + b"]")
     assert status == 413, body
+    status, _, body = api.call("PUT", "/v1/tunnels/deep", b"[" * 60000)
+    assert status == 400 and "nested too deep" in body["error"], body
+    # Chunk framing counts against the connection's byte budget: 20,000 one-byte chunks are
+    # 120,000 bytes on the wire for a 20,000-byte body.
+    chunked = (b"PUT /v1/tunnels/chunked HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"1\r\n \r\n" * 20000 + b"0\r\n\r\n")
+    assert api.raw(chunked).startswith(b"HTTP/1.1 413 "), "a chunked body over the budget"
     assert api.call("GET", "/v1/tunnels")[2] == before
 
     status, headers, body = api.call("POST", "/v1/tunnels")
@@ -177,7 +199,7 @@ def test_refusals_leave_the_table_unchanged(deployment):
     status, _, config = api.call("GET", "/v1/config")
     assert status == 200 and [t["name"] for t in config["server"]["tunnels"]] == ["static", "app"]
     assert config["server"]["api"]["bind-address"] == f"127.0.0.1:{api.port}"
-    assert "Traceback" not in server.log()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
 def test_schemathesis_finds_no_server_error(deployment):
@@ -241,12 +263,13 @@ def test_concurrent_changes_are_serialised_and_if_match_lets_one_win(deployment)
 
 
 def test_a_file_that_conflicts_with_an_api_tunnel_fails_a_reload_and_leaves_it_out_at_start(deployment):
-    """A reload keeps the running table; a start routes the other API Tunnels, and the one
-    left out can still be deleted."""
+    """A reload keeps the running table; a start routes the other API Tunnels, the one left
+    out can still be deleted, and one left out routes again once a reloaded file allows it."""
     static_id = deployment.identity("static")
     server, api = start(deployment, [("static", [STATIC], [static_id])])
     assert api.call("PUT", "/v1/tunnels/web", tunnel([APP], ["d" * 64]))[0] == 201
     assert api.call("PUT", "/v1/tunnels/other", tunnel(["other.example.com"], ["e" * 64]))[0] == 201
+    assert api.call("PUT", "/v1/tunnels/later", tunnel([LATER], ["f" * 64]))[0] == 201
     before = api.call("GET", "/v1/tunnels")[2]
     path = deployment.dir / "server.toml"
     path.write_text(path.read_text().replace(f'"{STATIC}"', f'"{STATIC}", "{APP}"'))
@@ -258,12 +281,20 @@ def test_a_file_that_conflicts_with_an_api_tunnel_fails_a_reload_and_leaves_it_o
     assert api.call("GET", "/v1/tunnels")[2] == before
 
     server.stop()
-    server, api = start(deployment, [("static", [STATIC, APP], [static_id])], port=api.port)
+    server, api = start(deployment, [("static", [STATIC, APP, LATER], [static_id])], port=api.port)
     server.wait_for("api-tunnel-refused tunnel=web reason=\".*: " + conflict)
+    server.wait_for("api-tunnel-refused tunnel=later ")
     assert [t["name"] for t in api.call("GET", "/v1/tunnels")[2]["tunnels"]] == ["static", "other"]
     assert api.call("DELETE", "/v1/tunnels/web")[0] == 204
     stored = json.loads((deployment.dir / "state" / "api-tunnels.json").read_text())["tunnels"]
-    assert list(stored) == ["other"]
+    assert sorted(stored) == ["later", "other"]
+
+    path.write_text(path.read_text().replace(f', "{LATER}"', ""))
+    mark = len(server.lines)
+    server.signal(signal.SIGHUP)
+    server.wait_for("api-tunnel-admitted tunnel=later", start=mark)
+    server.wait_for("server-reloaded", start=mark)
+    assert [t["name"] for t in api.call("GET", "/v1/tunnels")[2]["tunnels"]] == ["static", "later", "other"]
 
 
 def test_an_unreadable_state_file_starts_without_api_tunnels_and_writes_answer_503(deployment):
