@@ -15,7 +15,6 @@ from http import HTTPStatus
 import gevent
 from cryptography import x509
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIServer
 
 from ..config.render import document
 from ..errors import MaterialError
@@ -24,7 +23,7 @@ from ..proto.apitunnels import RequestRefused, etag, if_match, parse_record, rou
 from ..proto.openapi import DOCUMENT
 from ..contextcache import ContextCache
 from ..tls import api_server_context
-from .httpserve import MAX_CONNECTIONS, BoundedHandler, read_body, respond, respond_json
+from .httpserve import MAX_CONNECTIONS, BoundedHandler, BoundedServer, read_body, respond, respond_json
 from .listener import side_listener
 
 MAX_BODY = 64 * 1024
@@ -47,13 +46,12 @@ def _subject(der):
     return x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else "unknown"
 
 
-class _TlsServer(WSGIServer):
+class _TlsServer(BoundedServer):
     """pywsgi over TLS, each handshake with the context current now, so a renewed Server
     certificate (or a replaced client CA file) is used at once."""
 
     def __init__(self, sock, app, contexts, log):
-        super().__init__(sock, app, spawn=Pool(MAX_CONNECTIONS), handler_class=_ApiHandler,
-                         log=None, error_log=None)
+        super().__init__(sock, app, _ApiHandler)
         self.contexts = contexts
         self.log_ = log
 

@@ -11,11 +11,15 @@ import io
 import json
 
 import gevent
-from gevent.pywsgi import WSGIHandler
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 MAX_CONNECTIONS = 16
 READ_DEADLINE = 5.0
 MAX_REQUEST_BYTES = 16 * 1024
+LINGER = 2.0  # at most this long a closing connection reads what the caller still sends,
+LINGER_IDLE = 0.1  # as long as something arrives within this (a caller that stays silent
+LINGER_BYTES = 256 * 1024  # holds its pool slot no longer than LINGER_IDLE)
 
 
 class RequestTooLarge(ValueError):
@@ -97,3 +101,55 @@ def respond(start_response, status, body, headers=(), content_type="text/plain; 
 def respond_json(start_response, status, document, headers=()):
     return respond(start_response, status, json.dumps(document, indent=2).encode() + b"\n", headers,
                    content_type="application/json")
+
+
+class BoundedServer(WSGIServer):
+    """pywsgi with `handler_class` (a BoundedHandler) in a pool of MAX_CONNECTIONS, closing
+    each connection with a linger: a socket closed with bytes unread is reset, and the reset
+    can destroy the answer before the caller reads it (a body the answer refused, a request
+    pywsgi turned away before its body)."""
+
+    def __init__(self, sock, app, handler_class):
+        super().__init__(sock, app, spawn=Pool(MAX_CONNECTIONS), handler_class=handler_class,
+                         log=None, error_log=None)
+
+    def handle(self, sock, address):
+        try:
+            super().handle(_KeptOpen(sock), address)
+            linger(sock)
+        finally:
+            sock.close()
+
+
+class _KeptOpen:
+    """The connection as pywsgi's handler sees it: its close waits for BoundedServer's."""
+
+    _sock = None  # pywsgi's own one-shot drain is linger's job
+
+    def __init__(self, sock):
+        self._connection = sock
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def close(self):
+        pass
+
+
+def linger(sock):
+    """Read and drop what the caller still sends until it closes, goes quiet for LINGER_IDLE,
+    LINGER seconds pass or LINGER_BYTES arrived; it has the whole answer and `Connection:
+    close` already."""
+    left = LINGER_BYTES
+    with gevent.Timeout(LINGER, False):
+        try:
+            while left > 0:
+                with gevent.Timeout(LINGER_IDLE, False):
+                    data = sock.recv(min(left, 65536))
+                    if not data:
+                        return
+                    left -= len(data)
+                    continue
+                return  # quiet: nothing was left unread
+        except (OSError, ValueError):
+            pass

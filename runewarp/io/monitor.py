@@ -22,15 +22,13 @@ import json
 import time
 
 import gevent
-from gevent.pool import Pool
-from gevent.pywsgi import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from statsd import StatsClient
 
 from .. import __version__, certcheck
 from ..logs import RateLimitedWarning
 from ..metrics import StatsdDeltas
-from .httpserve import MAX_CONNECTIONS, BoundedHandler, respond
+from .httpserve import BoundedHandler, BoundedServer, respond
 from .listener import side_listener
 from ..proto.address import format_address
 
@@ -80,8 +78,7 @@ class Monitor:
             return
         self.bind()
         if self.sock is not None:
-            self.server = WSGIServer(self.sock, self.app, spawn=Pool(MAX_CONNECTIONS),
-                                     handler_class=BoundedHandler, log=None, error_log=None)
+            self.server = BoundedServer(self.sock, self.app, BoundedHandler)
             self.server.start()
             self.log.info("metrics-listening", role=self.role,
                           metrics_bind_address=format_address(self.address))
