@@ -152,7 +152,8 @@ def _follow(url, prefix, state_file):
     store = EtcdStore(api_config(state_file, [url], prefix), log)
     table = store.load()
     log.info("follower-loaded", table=json.dumps(table, sort_keys=True))
-    store.follow(lambda table: log.info("follower-table", table=json.dumps(table, sort_keys=True)))
+    store.follow(lambda table, is_current: log.info("follower-table",
+                                                    table=json.dumps(table, sort_keys=True)))
     while True:
         log.info("hub-alive")
         gevent.sleep(0.5)

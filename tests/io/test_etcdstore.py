@@ -80,6 +80,74 @@ def test_keys_outside_the_prefix_and_values_that_are_no_record_are_left_out(tmp_
     assert warning["tunnel"] == "hand-written" and "not JSON" in warning["reason"]
 
 
+def test_the_key_that_is_the_prefix_itself_is_an_invalid_record_never_an_outage(tmp_path, etcd):
+    raw_put(etcd, PREFIX, "")  # `etcdctl put /runewarp/tunnels/ ""`
+    raw_put(etcd, PREFIX + "web", canonical(WEB).decode())
+    store, stream = store_for(tmp_path, etcd.url)
+    assert store.load() == {"web": WEB}
+    [warning] = events(stream, "api-store-invalid-record")
+    assert warning["tunnel"] == "" and "prefix itself" in warning["reason"]
+    assert not events(stream, "api-store-cache-used")
+    store.put("api", API, expected=None)
+    assert store.load() == {"web": WEB, "api": API}
+
+
+def test_a_value_that_is_no_record_can_be_replaced_and_removed(tmp_path, etcd):
+    raw_put(etcd, PREFIX + "web", "not json")  # another writer, by hand
+    store, stream = store_for(tmp_path, etcd.url)
+    assert store.load() == {}
+    store.put("web", WEB, expected=None)  # what an API PUT of a Tunnel it does not list sends
+    assert store.load() == {"web": WEB}
+    raw_put(etcd, PREFIX + "web", '{"public-hostnames": []}')
+    assert store.load() == {}
+    store.delete("web", expected=None)
+    assert gateway(etcd, "kv/range", {"key": _b64(PREFIX + "web")}).get("kvs") is None
+    assert [e["by"] for e in events(stream, "api-store-invalid-record-replaced")] == ["put", "delete"]
+
+
+def test_a_record_in_another_json_form_is_replaced_by_compare_and_set(tmp_path, etcd):
+    raw_put(etcd, PREFIX + "web", json.dumps(WEB, indent=2))  # valid, not canonical
+    store, _ = store_for(tmp_path, etcd.url)
+    assert store.load() == {"web": WEB}
+    store.put("web", API, expected=WEB)
+    assert store.load() == {"web": API}
+    store.delete("web", expected=API)
+    assert store.load() == {}
+
+
+def test_a_change_by_another_writer_since_the_last_read_still_conflicts(tmp_path, etcd):
+    raw_put(etcd, PREFIX + "web", "not json")
+    a, _ = store_for(tmp_path, etcd.url, name="a")
+    b, _ = store_for(tmp_path, etcd.url, name="b")
+    assert a.load() == b.load() == {}
+    a.put("web", WEB, expected=None)
+    with pytest.raises(StoreConflict, match="'web' exists"):
+        b.put("web", API, expected=None)  # b still reads the invalid value it could replace
+    assert b.load() == {"web": WEB}
+    raw_put(etcd, PREFIX + "web", canonical(WEB).decode())  # the same record, written again
+    with pytest.raises(StoreConflict, match="'web' was written again meanwhile"):
+        b.put("web", API, expected=WEB)
+    assert a.load() == {"web": WEB}
+    a.put("web", API, expected=WEB)
+    with pytest.raises(StoreConflict, match="'web' changed meanwhile"):
+        b.delete("web", expected=WEB)
+    assert b.load() == {"web": API}
+
+
+def test_a_table_read_before_this_nodes_write_is_not_current_once_it_wrote(tmp_path, etcd):
+    store, _ = store_for(tmp_path, etcd.url)
+    store.load()
+    given = []
+    store._on_change = lambda table, is_current: given.append(is_current)
+    raw_put(etcd, PREFIX + "api", canonical(API).decode())
+    store._take(*store._call(store._read))
+    store._hand_on()  # the follower hands this table on; the callback waits for its lock ...
+    [is_current] = given
+    assert is_current()
+    store.put("web", WEB)  # ... while this node's own write lands
+    assert not is_current()
+
+
 def test_compare_and_set_refuses_a_write_based_on_a_stale_record(tmp_path, etcd):
     store, _ = store_for(tmp_path, etcd.url)
     store.put("web", WEB, expected=None)
