@@ -10,6 +10,11 @@ Run as `python -m tests.etcd follow URL PREFIX STATE_FILE`, it is a monkey-patch
 process around one EtcdStore: it follows the prefix and logs each table it is given
 (`follower-table`, JSON log lines) and a `hub-alive` tick each 0.5 s, so a test sees both the
 watch and that the watch never blocks the event loop.
+
+Run as `python -m tests.etcd put STATE_FILE NAME RECORD URL...`, it is a monkey-patched
+process that makes one `EtcdStore.put` and logs how it ended (`store-put-done`, or
+`store-put-failed` with the reason): a store call's deadline holds only where gevent's
+Timeout can interrupt a socket, as in the Server.
 """
 
 import json
@@ -139,6 +144,37 @@ def wait_table(proc, table, timeout=10):
         time.sleep(0.05)
 
 
+def put_in_process(state_file, name, record, *urls):
+    """The reason of the StoreUnavailable a monkey-patched `put` raised, or None once it
+    stored the record."""
+    proc = harness.Process([sys.executable, "-m", "tests.etcd", "put", state_file, name,
+                            json.dumps(record), *urls], cwd=ROOT, name="etcd-put")
+    try:
+        proc.wait_for('"store-put-(done|failed)"', timeout=20)
+    finally:
+        proc.kill()
+    line = next(json.loads(line) for line in proc.log().splitlines() if '"store-put-' in line)
+    return line.get("reason")
+
+
+def _put(state_file, name, record, *urls):
+    from gevent import monkey
+
+    monkey.patch_all()
+    from runewarp.io.etcdstore import EtcdStore
+    from runewarp.io.tunnelstore import StoreUnavailable
+    from runewarp.logs import Logger
+
+    log = Logger(fmt="json", stream=sys.stderr)
+    store = EtcdStore(api_config(state_file, urls), log)
+    try:
+        store.put(name, json.loads(record))
+    except StoreUnavailable as exc:
+        log.info("store-put-failed", reason=str(exc))
+    else:
+        log.info("store-put-done")
+
+
 def _follow(url, prefix, state_file):
     from gevent import monkey
 
@@ -162,5 +198,8 @@ def _follow(url, prefix, state_file):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         _follow(*sys.argv[2:])
+    elif sys.argv[1:2] == ["put"] and len(sys.argv) >= 6:
+        _put(*sys.argv[2:])
     else:
-        raise SystemExit("usage: python -m tests.etcd follow URL PREFIX STATE_FILE")
+        raise SystemExit("usage: python -m tests.etcd follow URL PREFIX STATE_FILE\n"
+                         "       python -m tests.etcd put STATE_FILE NAME RECORD URL...")

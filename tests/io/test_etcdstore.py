@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import signal
+import socket
 import urllib.request
 from types import SimpleNamespace
 
@@ -19,7 +20,8 @@ from runewarp.proto.etcdkv import canonical
 
 from ..conftest import free_port
 from .. import etcd as etcd_helper
-from ..etcd import api_config, follower, follower_tables, needs_etcd, wait_table
+from ..etcd import (api_config, follower, follower_tables, needs_etcd, put_in_process,
+                    wait_table)
 
 pytestmark = [needs_etcd, pytest.mark.timeout(60)]
 etcd = etcd_helper.etcd  # fixture
@@ -194,14 +196,23 @@ def test_etcd_down_writes_fail_at_once_a_load_uses_the_cache_and_etcd_back_works
 
 
 def test_a_hung_etcd_is_a_store_unavailable_at_the_deadline_never_a_hang(tmp_path, etcd):
+    """Two hung endpoints: each alone would answer requests' read timeout (2 s), both together
+    only the store's own deadline (3 s) ends the call.  Monkey-patched in its own process, as in
+    the Server, since only there can gevent's Timeout interrupt a socket."""
     store, _ = store_for(tmp_path, etcd.url)
     store.put("web", WEB)
+    silent = socket.socket()  # listens, so the kernel accepts; nobody ever reads
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
     etcd.proc.signal(signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
     try:
-        with pytest.raises(StoreUnavailable, match="timed out"):
-            store.put("api", API)
+        reason = put_in_process(tmp_path / "hung-state.json", "api", API, etcd.url,
+                                f"http://127.0.0.1:{silent.getsockname()[1]}")
     finally:
         etcd.proc.signal(signal.SIGCONT)
+        silent.close()
+    assert reason.startswith(f"etcd unreachable: {etcd.url}: ") and "Read timed out" in reason
+    assert reason.endswith("no answer within 3s")
     store.put("api", API)
     assert store.load() == {"web": WEB, "api": API}
 
