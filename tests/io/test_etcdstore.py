@@ -240,6 +240,7 @@ def test_etcd_over_tls_is_verified_with_etcd_ca_file_and_never_a_ca_of_the_envir
 def test_the_follower_gets_other_writers_changes_and_resumes_after_an_outage(tmp_path, etcd):
     writer, _ = store_for(tmp_path, etcd.url, name="writer")
     writer.put("web", WEB)
+    raw_put(etcd, PREFIX, "")  # no record, and no outage either
     node = follower(etcd.url, PREFIX, tmp_path / "follower-state.json")
     try:
         writer.put("api", API)
