@@ -17,6 +17,7 @@ process that makes one `EtcdStore.put` and logs how it ended (`store-put-done`, 
 Timeout can interrupt a socket, as in the Server.
 """
 
+import base64
 import json
 import shutil
 import ssl
@@ -107,6 +108,19 @@ def etcd(tmp_path):
     server = Etcd(tmp_path / "etcd")
     yield server
     server.stop()
+
+
+def gateway(etcd, path, body):
+    """A request to etcd's gateway made without Runewarp: the other writer, the raw reader."""
+    request = urllib.request.Request(f"{etcd.url}/v3/{path}", data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def raw_put(etcd, key, value):
+    """`etcdctl put KEY VALUE`: a value written by hand."""
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    gateway(etcd, "kv/put", {"key": b64(key), "value": b64(value)})
 
 
 def api_config(state_file, endpoints, prefix="/runewarp/tunnels/", tls=None):

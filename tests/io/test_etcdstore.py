@@ -8,7 +8,6 @@ import io
 import json
 import signal
 import socket
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -20,8 +19,8 @@ from runewarp.proto.etcdkv import canonical
 
 from ..conftest import free_port
 from .. import etcd as etcd_helper
-from ..etcd import (api_config, follower, follower_tables, needs_etcd, put_in_process,
-                    wait_table)
+from ..etcd import (api_config, follower, follower_tables, gateway, needs_etcd, put_in_process,
+                    raw_put, wait_table)
 
 pytestmark = [needs_etcd, pytest.mark.timeout(60)]
 etcd = etcd_helper.etcd  # fixture
@@ -32,17 +31,6 @@ API = {"public-hostnames": ["api.example.com"], "client-identities": ["cd" * 32]
 
 def _b64(text):
     return base64.b64encode(text.encode()).decode()
-
-
-def gateway(etcd, path, body):
-    """A request to etcd's gateway made without Runewarp: the other writer, the raw reader."""
-    request = urllib.request.Request(f"{etcd.url}/v3/{path}", data=json.dumps(body).encode())
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
-
-
-def raw_put(etcd, key, value):
-    gateway(etcd, "kv/put", {"key": _b64(key), "value": _b64(value)})
 
 
 def store_for(tmp_path, *urls, name="node", tls=None):
