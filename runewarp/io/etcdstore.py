@@ -172,11 +172,12 @@ class EtcdStore:
         if invalid:
             self.log.warn("api-store-invalid-record-replaced", store=self.label, tunnel=name,
                           by="put" if record is not None else "delete")
-        # Known at once (the watch echoes it later), so the next compare-and-set compares it.
-        self._table = {k: v for k, v in self._table.items() if k != name}
-        self._revisions = {k: v for k, v in self._revisions.items() if k != name}
-        if record is not None:
-            self._table[name], self._revisions[name] = record, revision
+        if self._revision < revision:  # else the watch brought this write (and maybe more)
+            # Known at once (the watch echoes it later): the next compare-and-set compares it.
+            self._table = {k: v for k, v in self._table.items() if k != name}
+            self._revisions = {k: v for k, v in self._revisions.items() if k != name}
+            if record is not None:
+                self._table[name], self._revisions[name] = record, revision
 
     def _conflict(self, name, expected, answer):
         """Why a compare failed, from the record the failed transaction read back (the
