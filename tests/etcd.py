@@ -10,8 +10,14 @@ Run as `python -m tests.etcd follow URL PREFIX STATE_FILE`, it is a monkey-patch
 process around one EtcdStore: it follows the prefix and logs each table it is given
 (`follower-table`, JSON log lines) and a `hub-alive` tick each 0.5 s, so a test sees both the
 watch and that the watch never blocks the event loop.
+
+Run as `python -m tests.etcd put STATE_FILE NAME RECORD URL...`, it is a monkey-patched
+process that makes one `EtcdStore.put` and logs how it ended (`store-put-done`, or
+`store-put-failed` with the reason): a store call's deadline holds only where gevent's
+Timeout can interrupt a socket, as in the Server.
 """
 
+import base64
 import json
 import shutil
 import ssl
@@ -104,6 +110,19 @@ def etcd(tmp_path):
     server.stop()
 
 
+def gateway(etcd, path, body):
+    """A request to etcd's gateway made without Runewarp: the other writer, the raw reader."""
+    request = urllib.request.Request(f"{etcd.url}/v3/{path}", data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def raw_put(etcd, key, value):
+    """`etcdctl put KEY VALUE`: a value written by hand."""
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    gateway(etcd, "kv/put", {"key": b64(key), "value": b64(value)})
+
+
 def api_config(state_file, endpoints, prefix="/runewarp/tunnels/", tls=None):
     """The `[server.api]` of a Server whose API Tunnels are in etcd at `endpoints` (`tls`:
     from `tls_material`, or any object with `ca`, `client_cert` and `client_key`)."""
@@ -139,6 +158,37 @@ def wait_table(proc, table, timeout=10):
         time.sleep(0.05)
 
 
+def put_in_process(state_file, name, record, *urls):
+    """The reason of the StoreUnavailable a monkey-patched `put` raised, or None once it
+    stored the record."""
+    proc = harness.Process([sys.executable, "-m", "tests.etcd", "put", state_file, name,
+                            json.dumps(record), *urls], cwd=ROOT, name="etcd-put")
+    try:
+        proc.wait_for('"store-put-(done|failed)"', timeout=20)
+    finally:
+        proc.kill()
+    line = next(json.loads(line) for line in proc.log().splitlines() if '"store-put-' in line)
+    return line.get("reason")
+
+
+def _put(state_file, name, record, *urls):
+    from gevent import monkey
+
+    monkey.patch_all()
+    from runewarp.io.etcdstore import EtcdStore
+    from runewarp.io.tunnelstore import StoreUnavailable
+    from runewarp.logs import Logger
+
+    log = Logger(fmt="json", stream=sys.stderr)
+    store = EtcdStore(api_config(state_file, urls), log)
+    try:
+        store.put(name, json.loads(record))
+    except StoreUnavailable as exc:
+        log.info("store-put-failed", reason=str(exc))
+    else:
+        log.info("store-put-done")
+
+
 def _follow(url, prefix, state_file):
     from gevent import monkey
 
@@ -152,7 +202,8 @@ def _follow(url, prefix, state_file):
     store = EtcdStore(api_config(state_file, [url], prefix), log)
     table = store.load()
     log.info("follower-loaded", table=json.dumps(table, sort_keys=True))
-    store.follow(lambda table: log.info("follower-table", table=json.dumps(table, sort_keys=True)))
+    store.follow(lambda table, is_current: log.info("follower-table",
+                                                    table=json.dumps(table, sort_keys=True)))
     while True:
         log.info("hub-alive")
         gevent.sleep(0.5)
@@ -161,5 +212,8 @@ def _follow(url, prefix, state_file):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["follow"] and len(sys.argv) == 5:
         _follow(*sys.argv[2:])
+    elif sys.argv[1:2] == ["put"] and len(sys.argv) >= 6:
+        _put(*sys.argv[2:])
     else:
-        raise SystemExit("usage: python -m tests.etcd follow URL PREFIX STATE_FILE")
+        raise SystemExit("usage: python -m tests.etcd follow URL PREFIX STATE_FILE\n"
+                         "       python -m tests.etcd put STATE_FILE NAME RECORD URL...")

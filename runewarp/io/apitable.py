@@ -134,11 +134,14 @@ class ApiTunnels:
         except StoreConflict as exc:
             raise RequestRefused(412, f"{exc}; read it again") from None
 
-    def follow_api_tunnels(self, table):
+    def follow_api_tunnels(self, table, is_current=lambda: True):
         """The store's table changed elsewhere (another node, through etcd): apply it like an
         API change.  The same table again (the echo of this node's own write) changes
-        nothing."""
+        nothing; one the store says is older than a change this node made while the table
+        waited for the lock (`is_current()` false) is dropped: a newer one follows."""
         with self.config_lock:
+            if not is_current():
+                return
             self.api_stored = dict(table)
             config, kept = self._fit(table)
             if config == self.config:

@@ -79,6 +79,7 @@ class EtcdStore:
         self._clients = [_client(url, api_config) for url in self.endpoints]
         self._current = 0  # the endpoint that answered last: tried first
         self._table = {}
+        self._revisions = {}  # name -> mod_revision as last read: what a compare-and-set compares
         self._revision = 0
         self._written = 0  # revision of this node's last write: no older table is handed on
         self._delivered = None
@@ -93,24 +94,27 @@ class EtcdStore:
         """The table in etcd; when etcd is unreachable, the cached one (StoreUnavailable
         without a cache: a node that never saw the table must not pretend it is empty)."""
         try:
-            table, revision, invalid = self._call(self._read)
+            table, revisions, revision, invalid = self._call(self._read)
         except StoreUnavailable as exc:
             return self._cached(exc)
-        self._take(table, revision, invalid)
+        self._take(table, revisions, revision, invalid)
         self._delivered = table
         self._save(table)
         return dict(table)
 
     def put(self, name, record, expected=ANY):
-        self._write(name, expected, etcdkv.put_txn(self.prefix, name, record,
-                                                   self._compares(name, expected)))
+        self._write(name, expected, record, etcdkv.put_txn(self.prefix, name, record,
+                                                           self._compares(name, expected)))
 
     def delete(self, name, expected=ANY):
-        self._write(name, expected, etcdkv.delete_txn(self.prefix, name,
-                                                      self._compares(name, expected)))
+        self._write(name, expected, None, etcdkv.delete_txn(self.prefix, name,
+                                                            self._compares(name, expected)))
 
     def follow(self, on_change):
-        """Call `on_change(table)` from a greenlet after each change of the table in etcd."""
+        """Call `on_change(table, is_current)` from a greenlet after each change of the table
+        in etcd.  `is_current()` says whether the table is still not older than this node's own
+        last write: the callback asks once it holds its lock, since a local write may land
+        while it waits for it."""
         self._on_change = on_change
         self._follower = gevent.spawn(self._follow)
 
@@ -147,22 +151,38 @@ class EtcdStore:
         return etcdkv.read_range(answer, self.prefix)
 
     def _compares(self, name, expected):
+        """`expected` against the record this node last read, then etcd's compare of the key's
+        mod_revision as read (nobody wrote it since).  A value that is no record counts as
+        absent, so a PUT can replace it and a DELETE remove it."""
         if expected is ANY:
             return ()
-        if expected is None:
+        check_expected(self._table.get(name), expected, name)
+        if name not in self._revisions:
             return (etcdkv.must_be_absent(self.prefix, name),)
-        return (etcdkv.must_equal(self.prefix, name, expected),)
+        return (etcdkv.must_be_at(self.prefix, name, self._revisions[name]),)
 
-    def _write(self, name, expected, txn):
+    def _write(self, name, expected, record, txn):
         txn["failure"] = [{"request_range": {"key": etcdkv.key(self.prefix, name)}}]
+        invalid = name in self._revisions and name not in self._table
         answer = self._call(lambda client: client.transaction(txn))
         if not answer.get("succeeded"):
             raise StoreConflict(self._conflict(name, expected, answer))
-        self._written = max(self._written, etcdkv.revision(answer))
+        revision = etcdkv.revision(answer)
+        self._written = max(self._written, revision)
+        if invalid:
+            self.log.warn("api-store-invalid-record-replaced", store=self.label, tunnel=name,
+                          by="put" if record is not None else "delete")
+        if self._revision < revision:  # else the watch brought this write (and maybe more)
+            # Known at once (the watch echoes it later): the next compare-and-set compares it.
+            self._table = {k: v for k, v in self._table.items() if k != name}
+            self._revisions = {k: v for k, v in self._revisions.items() if k != name}
+            if record is not None:
+                self._table[name], self._revisions[name] = record, revision
 
     def _conflict(self, name, expected, answer):
         """Why a compare failed, from the record the failed transaction read back (the
-        state file's words, tunnelstore.check_expected)."""
+        state file's words, tunnelstore.check_expected; a key written since this node read
+        it, even with the same record, fails too)."""
         kvs = (answer.get("responses") or [{}])[0].get("response_range", {}).get("kvs", [])
         current = None
         if kvs:
@@ -174,7 +194,7 @@ class EtcdStore:
             check_expected(current, expected, name)
         except StoreConflict as exc:
             return str(exc)
-        return f"tunnel {name!r} is stored in another form; read it again"
+        return f"tunnel {name!r} was written again meanwhile"
 
     # -- the follower --
 
@@ -206,7 +226,8 @@ class EtcdStore:
             if response.status_code != 200:
                 raise StoreUnavailable(f"etcd refused the watch: HTTP {response.status_code}")
             for line in response.iter_lines(chunk_size=None):
-                change = etcdkv.read_watch(line, self.prefix, self._table) if line.strip() else None
+                change = (etcdkv.read_watch(line, self.prefix, self._table, self._revisions)
+                          if line.strip() else None)
                 if change:
                     self._take(*change, whole=False)
                     self._hand_on()
@@ -216,28 +237,34 @@ class EtcdStore:
             if response is not None:
                 response.close()
 
-    def _take(self, table, revision, invalid, whole=True):
+    def _take(self, table, revisions, revision, invalid, whole=True):
         """Adopt a table read at `revision`; each value that is no record is logged once
-        (`whole`: a full read, which forgets the ones that are gone)."""
+        (`whole`: a full read, which forgets the ones that are gone).  A full read older than
+        this node's own last write (answered before it) is not adopted: the watch from the
+        older revision brings the same changes."""
         for name, reason in invalid:
             if (name, reason) not in self._reported:
                 self.log.warn("api-store-invalid-record", store=self.label, tunnel=name,
                               reason=reason)
         self._reported = set(invalid) if whole else self._reported | set(invalid)
-        self._table, self._revision = table, revision
+        if whole and revision < self._written:
+            return
+        self._table, self._revisions, self._revision = table, revisions, revision
 
     def _hand_on(self):
         """Give the follower's callback the table when it changed, unless it is older than
         this node's own last write (which the Server applied already)."""
-        table = self._table
-        if self._revision < self._written or table == self._delivered:
+        table, revision = self._table, self._revision
+        if revision < self._written or table == self._delivered:
             return
         self._delivered = table
         self._save(table)
         try:
-            self._on_change(dict(table))
+            self._on_change(dict(table), lambda: revision >= self._written)
         except Exception as exc:  # the follower must outlive a callback's bug
             self.log.error("api-store-apply-failed", store=self.label, reason=repr(exc))
+        if revision < self._written:  # refused as stale (or overtaken): not the delivered one
+            self._delivered = None
 
     # -- the cache in state-file --
 

@@ -2,10 +2,12 @@
 (v3 API: base64 keys and values, int64 numbers as strings) and the table read back from them.
 
 A Tunnel `name` is the key `<prefix><name>`; its value is the record's canonical JSON
-(proto/apitunnels.py: equal records give equal bytes, so etcd can compare them).  A
-range over the prefix gives the whole table at one revision; a watch response gives the
-changes since.  A value that is no record (written by hand, say) is left out and reported, so
-one bad key never hides the rest of the table.
+(proto/apitunnels.py).  A range over the prefix gives the whole table at one revision; a
+watch response gives the changes since.  Each key's `mod_revision` is kept beside the table:
+a compare-and-set compares it, not the value's bytes, so a record written by hand in another
+JSON form, or a value that is no record, can still be replaced.  A value that is no record
+(or the key that is the prefix itself, which names no Tunnel) is left out of the table and
+reported, so one bad key never hides the rest of the table.
 """
 
 import base64
@@ -51,9 +53,10 @@ def must_be_absent(prefix, name):
             "create_revision": "0"}
 
 
-def must_equal(prefix, name, record):
-    return {"key": key(prefix, name), "target": "VALUE", "result": "EQUAL",
-            "value": _b64(canonical(record))}
+def must_be_at(prefix, name, mod_revision):
+    """The key was last changed at `mod_revision` (as this node read it): nobody wrote it since."""
+    return {"key": key(prefix, name), "target": "MOD", "result": "EQUAL",
+            "mod_revision": str(mod_revision)}
 
 
 def put_txn(prefix, name, record, compares=()):
@@ -92,10 +95,19 @@ def record_of(value):
 
 
 def _name(prefix, kv):
+    """The Tunnel name of a key; "" for the prefix itself (a key a range over the prefix
+    returns, so etcd is right to send it: the caller reports it as no record)."""
     name = _unb64(kv.get("key")).decode("utf-8", "replace")
-    if not name.startswith(prefix) or name == prefix:
+    if not name.startswith(prefix):
         raise RemoteProtocolError(f"etcd returned key {name!r} outside the prefix {prefix!r}")
     return name[len(prefix):]
+
+
+def _mod_revision(kv):
+    try:
+        return int(kv["mod_revision"])
+    except (KeyError, TypeError, ValueError):
+        raise RemoteProtocolError("etcd returned a key without its mod_revision") from None
 
 
 def value(kv):
@@ -103,13 +115,18 @@ def value(kv):
     return _unb64(kv.get("value"))
 
 
-def apply_kv(table, prefix, kv, deleted=False):
-    """Set (or with `deleted` remove) one key of `table` in place; the problem with its value
-    as (name, reason), or None."""
+def apply_kv(table, revisions, prefix, kv, deleted=False):
+    """Set (or with `deleted` remove) one key of `table` and of `revisions` (name ->
+    mod_revision, kept for the keys left out too) in place; the problem with its value as
+    (name, reason), or None."""
     name = _name(prefix, kv)
     table.pop(name, None)
+    revisions.pop(name, None)
     if deleted:
         return None
+    revisions[name] = _mod_revision(kv)
+    if not name:
+        return name, "the key is the prefix itself, which names no Tunnel"
     try:
         table[name] = record_of(value(kv))
     except ValueError as exc:
@@ -118,18 +135,19 @@ def apply_kv(table, prefix, kv, deleted=False):
 
 
 def read_range(response, prefix):
-    """A range answer as (table, revision, [(name, reason) of the keys left out])."""
-    table, invalid = {}, []
+    """A range answer as (table, revisions, revision, [(name, reason) of the keys left out])."""
+    table, revisions, invalid = {}, {}, []
     for kv in response.get("kvs", ()):
-        problem = apply_kv(table, prefix, kv)
+        problem = apply_kv(table, revisions, prefix, kv)
         if problem:
             invalid.append(problem)
-    return table, revision(response), invalid
+    return table, revisions, revision(response), invalid
 
 
-def read_watch(line, prefix, table):
-    """One line of the watch stream applied to a copy of `table`: (table, revision, invalid),
-    or None for a line without changes (the watch's creation, a progress note).
+def read_watch(line, prefix, table, revisions):
+    """One line of the watch stream applied to copies of `table` and `revisions`: (table,
+    revisions, revision, invalid), or None for a line without changes (the watch's creation,
+    a progress note).
     RemoteProtocolError when the watch ended on etcd's side (canceled, compacted) or the line
     is not a watch answer: the caller reads the whole table again."""
     try:
@@ -143,9 +161,10 @@ def read_watch(line, prefix, table):
     events = result.get("events")
     if not events:
         return None
-    table, invalid = dict(table), []
+    table, revisions, invalid = dict(table), dict(revisions), []
     for event in events:
-        problem = apply_kv(table, prefix, event.get("kv", {}), event.get("type") == "DELETE")
+        problem = apply_kv(table, revisions, prefix, event.get("kv", {}),
+                           event.get("type") == "DELETE")
         if problem:
             invalid.append(problem)
-    return table, revision(result), invalid
+    return table, revisions, revision(result), invalid

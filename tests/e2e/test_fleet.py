@@ -6,13 +6,14 @@ keep routing and API writes answer 503; with etcd back, writes work again and re
 other node.  Every wait is bounded; none is a timing assertion.
 """
 
+import json
 import time
 
 import pytest
 
 from .. import etcd as etcd_helper
 from ..conftest import SERVER_HOSTNAME, Proc, free_port
-from ..etcd import needs_etcd
+from ..etcd import needs_etcd, raw_put
 from .helpers import curl
 from .peers import APP
 from .test_api import Api, api_ca_file, tunnel
@@ -53,6 +54,31 @@ def eventually(check, what, bound=BOUND):
 
 def routes(port, backend):
     return curl(port, APP, backend.ca, timeout=5).returncode == 0
+
+
+def test_values_written_by_hand_in_etcd_never_block_the_api(deployment, etcd):
+    """The prefix itself, a value that is no record and a record in another JSON form, all by
+    `etcdctl put`: the node loads the rest, and a PUT through its API replaces each."""
+    prefix = "/runewarp/tunnels/"
+    app = tunnel([APP], [deployment.identity("app")])
+    raw_put(etcd, prefix, "")
+    raw_put(etcd, prefix + "junk", "not json")
+    raw_put(etcd, prefix + "app", json.dumps(app, indent=2))
+    node, _, api = start_node(deployment, "a", etcd.url, deployment.identity("static"))
+    node.wait_for("api-store-invalid-record .*tunnel=junk")
+    status, headers, body = api.call("GET", "/v1/tunnels/app")
+    assert status == 200 and body["client-identities"] == app["client-identities"], body
+    changed = tunnel([APP, OTHER], app["client-identities"])
+    status, _, body = api.call("PUT", "/v1/tunnels/app", changed,
+                               headers=[f"If-Match: {headers['etag']}"])
+    assert status == 200, body
+    assert api.call("GET", "/v1/tunnels/junk")[0] == 404
+    junk = tunnel(["junk.example.com"], [deployment.identity("junk")])
+    status, _, body = api.call("PUT", "/v1/tunnels/junk", junk)
+    assert status == 201, body
+    node.wait_for("api-store-invalid-record-replaced .*tunnel=junk")
+    assert api.call("GET", "/v1/tunnels/junk")[0] == 200
+    assert node.count("api-store-unavailable") == node.count("Traceback") == 0
 
 
 def test_one_routing_table_for_two_nodes_through_an_etcd_outage(deployment, backend, etcd):

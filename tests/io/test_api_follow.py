@@ -2,6 +2,7 @@
 `follow_api_tunnels`) like an API change: validated by the file's rules, swapped by the
 reload, and the same table again (the echo of its own write) changes nothing."""
 
+import gevent
 import pytest
 
 from runewarp import material
@@ -63,3 +64,22 @@ def test_a_followed_table_is_applied_once_and_by_the_files_rules(server):
 
     server.follow_api_tunnels({})
     assert routed(server) == ["static"] and server.api_table == {}
+
+
+def test_a_table_older_than_a_local_change_made_while_it_waited_for_the_lock_is_dropped(
+        server, monkeypatch):
+    """The race of etcd's follower: a table read before this node's PUT reaches
+    `follow_api_tunnels` only after that PUT took and released the lock.  `is_current` is the
+    store's answer (EtcdStore: the table's revision is not older than its last write; here, no
+    write since the table was read)."""
+    web = {"public-hostnames": ["app.example.com"], "client-identities": [B]}
+    written, put = [], server.store.put
+    monkeypatch.setattr(server.store, "put", lambda *args, **kw: (put(*args, **kw), written.append(1)))
+    server.config_lock.acquire()
+    local = gevent.spawn(server.change_api_tunnel, "web", web, lambda current: True)
+    gevent.sleep(0)  # the API PUT waits for the lock first ...
+    stale = gevent.spawn(server.follow_api_tunnels, {}, lambda: not written)
+    gevent.sleep(0)  # ... then the follower, with the table from before it
+    server.config_lock.release()
+    gevent.joinall([local, stale], raise_error=True)
+    assert written and routed(server) == ["static", "web"] and server.api_stored == {"web": web}

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import signal
-import urllib.request
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +19,8 @@ from runewarp.proto.etcdkv import canonical
 
 from ..conftest import free_port
 from .. import etcd as etcd_helper
-from ..etcd import api_config, follower, follower_tables, needs_etcd, wait_table
+from ..etcd import (api_config, follower, follower_tables, gateway, needs_etcd, put_in_process,
+                    raw_put, wait_table)
 
 pytestmark = [needs_etcd, pytest.mark.timeout(60)]
 etcd = etcd_helper.etcd  # fixture
@@ -30,17 +31,6 @@ API = {"public-hostnames": ["api.example.com"], "client-identities": ["cd" * 32]
 
 def _b64(text):
     return base64.b64encode(text.encode()).decode()
-
-
-def gateway(etcd, path, body):
-    """A request to etcd's gateway made without Runewarp: the other writer, the raw reader."""
-    request = urllib.request.Request(f"{etcd.url}/v3/{path}", data=json.dumps(body).encode())
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
-
-
-def raw_put(etcd, key, value):
-    gateway(etcd, "kv/put", {"key": _b64(key), "value": _b64(value)})
 
 
 def store_for(tmp_path, *urls, name="node", tls=None):
@@ -78,6 +68,74 @@ def test_keys_outside_the_prefix_and_values_that_are_no_record_are_left_out(tmp_
     assert store.load() == {"web": WEB}
     [warning] = events(stream, "api-store-invalid-record")
     assert warning["tunnel"] == "hand-written" and "not JSON" in warning["reason"]
+
+
+def test_the_key_that_is_the_prefix_itself_is_an_invalid_record_never_an_outage(tmp_path, etcd):
+    raw_put(etcd, PREFIX, "")  # `etcdctl put /runewarp/tunnels/ ""`
+    raw_put(etcd, PREFIX + "web", canonical(WEB).decode())
+    store, stream = store_for(tmp_path, etcd.url)
+    assert store.load() == {"web": WEB}
+    [warning] = events(stream, "api-store-invalid-record")
+    assert warning["tunnel"] == "" and "prefix itself" in warning["reason"]
+    assert not events(stream, "api-store-cache-used")
+    store.put("api", API, expected=None)
+    assert store.load() == {"web": WEB, "api": API}
+
+
+def test_a_value_that_is_no_record_can_be_replaced_and_removed(tmp_path, etcd):
+    raw_put(etcd, PREFIX + "web", "not json")  # another writer, by hand
+    store, stream = store_for(tmp_path, etcd.url)
+    assert store.load() == {}
+    store.put("web", WEB, expected=None)  # what an API PUT of a Tunnel it does not list sends
+    assert store.load() == {"web": WEB}
+    raw_put(etcd, PREFIX + "web", '{"public-hostnames": []}')
+    assert store.load() == {}
+    store.delete("web", expected=None)
+    assert gateway(etcd, "kv/range", {"key": _b64(PREFIX + "web")}).get("kvs") is None
+    assert [e["by"] for e in events(stream, "api-store-invalid-record-replaced")] == ["put", "delete"]
+
+
+def test_a_record_in_another_json_form_is_replaced_by_compare_and_set(tmp_path, etcd):
+    raw_put(etcd, PREFIX + "web", json.dumps(WEB, indent=2))  # valid, not canonical
+    store, _ = store_for(tmp_path, etcd.url)
+    assert store.load() == {"web": WEB}
+    store.put("web", API, expected=WEB)
+    assert store.load() == {"web": API}
+    store.delete("web", expected=API)
+    assert store.load() == {}
+
+
+def test_a_change_by_another_writer_since_the_last_read_still_conflicts(tmp_path, etcd):
+    raw_put(etcd, PREFIX + "web", "not json")
+    a, _ = store_for(tmp_path, etcd.url, name="a")
+    b, _ = store_for(tmp_path, etcd.url, name="b")
+    assert a.load() == b.load() == {}
+    a.put("web", WEB, expected=None)
+    with pytest.raises(StoreConflict, match="'web' exists"):
+        b.put("web", API, expected=None)  # b still reads the invalid value it could replace
+    assert b.load() == {"web": WEB}
+    raw_put(etcd, PREFIX + "web", canonical(WEB).decode())  # the same record, written again
+    with pytest.raises(StoreConflict, match="'web' was written again meanwhile"):
+        b.put("web", API, expected=WEB)
+    assert a.load() == {"web": WEB}
+    a.put("web", API, expected=WEB)
+    with pytest.raises(StoreConflict, match="'web' changed meanwhile"):
+        b.delete("web", expected=WEB)
+    assert b.load() == {"web": API}
+
+
+def test_a_table_read_before_this_nodes_write_is_not_current_once_it_wrote(tmp_path, etcd):
+    store, _ = store_for(tmp_path, etcd.url)
+    store.load()
+    given = []
+    store._on_change = lambda table, is_current: given.append(is_current)
+    raw_put(etcd, PREFIX + "api", canonical(API).decode())
+    store._take(*store._call(store._read))
+    store._hand_on()  # the follower hands this table on; the callback waits for its lock ...
+    [is_current] = given
+    assert is_current()
+    store.put("web", WEB)  # ... while this node's own write lands
+    assert not is_current()
 
 
 def test_compare_and_set_refuses_a_write_based_on_a_stale_record(tmp_path, etcd):
@@ -126,14 +184,23 @@ def test_etcd_down_writes_fail_at_once_a_load_uses_the_cache_and_etcd_back_works
 
 
 def test_a_hung_etcd_is_a_store_unavailable_at_the_deadline_never_a_hang(tmp_path, etcd):
+    """Two hung endpoints: each alone would answer requests' read timeout (2 s), both together
+    only the store's own deadline (3 s) ends the call.  Monkey-patched in its own process, as in
+    the Server, since only there can gevent's Timeout interrupt a socket."""
     store, _ = store_for(tmp_path, etcd.url)
     store.put("web", WEB)
+    silent = socket.socket()  # listens, so the kernel accepts; nobody ever reads
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
     etcd.proc.signal(signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
     try:
-        with pytest.raises(StoreUnavailable, match="timed out"):
-            store.put("api", API)
+        reason = put_in_process(tmp_path / "hung-state.json", "api", API, etcd.url,
+                                f"http://127.0.0.1:{silent.getsockname()[1]}")
     finally:
         etcd.proc.signal(signal.SIGCONT)
+        silent.close()
+    assert reason.startswith(f"etcd unreachable: {etcd.url}: ") and "Read timed out" in reason
+    assert reason.endswith("no answer within 3s")
     store.put("api", API)
     assert store.load() == {"web": WEB, "api": API}
 
@@ -161,6 +228,7 @@ def test_etcd_over_tls_is_verified_with_etcd_ca_file_and_never_a_ca_of_the_envir
 def test_the_follower_gets_other_writers_changes_and_resumes_after_an_outage(tmp_path, etcd):
     writer, _ = store_for(tmp_path, etcd.url, name="writer")
     writer.put("web", WEB)
+    raw_put(etcd, PREFIX, "")  # no record, and no outage either
     node = follower(etcd.url, PREFIX, tmp_path / "follower-state.json")
     try:
         writer.put("api", API)
