@@ -124,12 +124,12 @@ class BoundedServer(WSGIServer):
 class _KeptOpen:
     """The connection as pywsgi's handler sees it: its close waits for BoundedServer's."""
 
-    _sock = None  # pywsgi's own one-shot drain is linger's job
-
     def __init__(self, sock):
         self._connection = sock
 
     def __getattr__(self, name):
+        if name == "_sock":  # pywsgi would drain and close the OS socket under it: linger's job
+            return None
         return getattr(self._connection, name)
 
     def close(self):

@@ -168,12 +168,13 @@ def test_slowloris_from_20_addresses_leaves_visitors_fast(edge, limits):
     socks = hold_slowloris(e.port, attackers(20), 220)
     try:
         opened = time.monotonic() - started
-        # While they are held (the 5 s intake deadline has not passed): fast Visitors.
+        # While they are held (the 5 s intake deadline has not passed), Visitors are served:
+        # one queued behind them would wait for that deadline.  No tighter bound: a loaded
+        # machine is slower, not wrong (docs/testing.md: no timing assertions).
         times = [e.visit() for _ in range(3)]
         held_for = time.monotonic() - started
-        assert held_for < 5, f"too slow to measure inside the intake deadline ({held_for:.1f}s)"
-        assert max(times) < 1.0, f"normal Visitors took {times} under slowloris " \
-                                 f"(4400 connections opened in {opened:.1f}s)"
+        assert held_for < 5, f"normal Visitors took {times} under slowloris, not served inside " \
+                             f"the intake deadline (4400 connections opened in {opened:.1f}s)"
         left = all_closed(socks, 12)
         assert not left, f"{len(left)} slowloris connections never closed"
     finally:
