@@ -16,6 +16,7 @@ from ..io.net import describe, literal_family
 from ..logs import Logger
 from ..proto import control, proxyv2
 from ..proto.address import format_address
+from ..proto.mux import RESET_BEFORE_BACKEND
 from ..proto.services import ServiceTable
 from ..tls import client_tunnel_context
 from .checks import fail, ok, warn
@@ -198,7 +199,9 @@ def _welcome(cfg, label, tls, identity):
 
 
 def _refuse(_session, stream):
-    stream.reset()
+    """A Visitor placed here before the go away arrived: it reached no backend, so the
+    Server may place it again on a real member (seen as a reset Visitor under load)."""
+    stream.reset(RESET_BEFORE_BACKEND)
 
 
 def mirroring(label, welcome, services):

@@ -10,6 +10,8 @@ import datetime as dt
 import json
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -358,3 +360,22 @@ def test_every_address_of_a_server_name_is_probed(pair):
     assert status == 1 and failing(results) == {f"tcp {dead}": "fail"}, results
     assert {f"tcp {good}", f"tls {good}", f"identity {good}", f"mirroring {good}"} <= set(results)
     assert SERVER_HOSTNAME in results[f"tls {good}"]["detail"]  # the entry's name, not the IP
+
+
+def test_a_visitor_placed_on_the_doctors_connection_may_be_placed_again(deployment, backend):
+    """The doctor's Tunnel connection is a pool member until its go away arrives; a Visitor
+    placed on it meanwhile reached no backend, so its refusal lets the Server place it again
+    (a Visitor reset under load otherwise).  Here the Visitor waits (member-wait) for the
+    doctor's connection, the only member, so it is placed there every time."""
+    identity = deployment.identity("client-a")
+    server = deployment.start_server([("apps", [APP], [identity])],
+                                     extra="[server.limits]\nmember-wait = 30")
+    path = client_config(deployment, "client-a", [([APP], backend.address)])
+    with ThreadPoolExecutor(1) as pool:
+        visit = pool.submit(curl, deployment.public_port, APP, backend.ca, timeout=30)
+        time.sleep(1.5)  # the Visitor's ClientHello is in; it waits for a member
+        status, results = doctor("client", "-c", path)
+        assert status == 0 and not failing(results), results
+        server.wait_for(r"visitor-retry .*tunnel=apps client-instance=doctor-\w+ stream=\d+ "
+                        r"reason=failed-before-backend-data retry-on=none")
+        visit.result()
