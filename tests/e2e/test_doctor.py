@@ -369,11 +369,13 @@ def test_a_visitor_placed_on_the_doctors_connection_may_be_placed_again(deployme
     doctor's connection, the only member, so it is placed there every time."""
     identity = deployment.identity("client-a")
     server = deployment.start_server([("apps", [APP], [identity])],
-                                     extra="[server.limits]\nmember-wait = 30")
+                                     extra="[server.limits]\nmember-wait = 30\n"
+                                           "[server.timeouts]\nclient-hello = 30")
     path = client_config(deployment, "client-a", [([APP], backend.address)])
     with ThreadPoolExecutor(1) as pool:
         visit = pool.submit(curl, deployment.public_port, APP, backend.ca, timeout=30)
-        time.sleep(1.5)  # the Visitor's ClientHello is in; it waits for a member
+        time.sleep(2)  # the Visitor's ClientHello is in; it waits (a loaded machine: the
+        # doctor may take seconds to start, hence the long client-hello)
         status, results = doctor("client", "-c", path)
         assert status == 0 and not failing(results), results
         server.wait_for(r"visitor-retry .*tunnel=apps client-instance=doctor-\w+ stream=\d+ "
