@@ -166,6 +166,7 @@ class TunnelConnections:
 
     def _handle_tunnel_listener(self, sock, address):
         self.tunnels.add(gevent.getcurrent())
+        self._worker_passes()  # io/visitors.py: a worker holding members reads passes
         try:
             try:
                 with intake_deadline(self.config.timeouts.client_hello):
