@@ -126,6 +126,13 @@ class VisitorPath:
             passes.start()
         return passes
 
+    def _close_worker_passes(self):
+        """Stop reading passes (the Server's close_all); a pass sent meanwhile is refused
+        and its sender places the Visitor itself."""
+        passes = self.__dict__.get("worker_passes")
+        if passes is not None:
+            passes.close()
+
     def _pass_on(self, sock, address, taken, accepted, hops):
         """Pass the Visitor to the next worker that takes it; whether one did."""
         passes = self._worker_passes()
