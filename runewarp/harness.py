@@ -38,13 +38,13 @@ class Process:
     """
 
     def __init__(self, cmd, *, env=None, cwd=None, name=None, stdout=subprocess.DEVNULL,
-                 new_session=False):
+                 new_session=False, pass_fds=()):
         self.name = name or Path(str(cmd[0])).name
         self.lines = []
         self._cond = threading.Condition()
         self.popen = subprocess.Popen([str(c) for c in cmd], stdout=stdout,
                                       stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                      start_new_session=new_session)
+                                      start_new_session=new_session, pass_fds=pass_fds)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

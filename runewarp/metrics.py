@@ -61,6 +61,8 @@ _CLOSE_REASONS = (("peer closed", "peer-closed"), ("no frame received", "idle-ti
                   ("identity no longer authorized", "unauthorized-after-reload"),
                   ("server shutting down", "server-stopping"))
 RETRY_RESULTS = ("retried", "given-up")  # runewarp_visitor_retries_total (docs/protocol.md)
+# runewarp_worker_passes_total: Visitor sockets passed between Server workers (io/workerpass.py)
+PASS_EVENTS = ("sent", "send-failed", "received", "dropped")
 RELOAD_RESULTS = ("success", "failure")
 # runewarp_quic_dropped_total's reasons: the flow table's (proto/quic.py QuicDropped,
 # proto/quicflows.py) and the routing refusals of io/quic.py.
@@ -152,6 +154,9 @@ class ServerMetrics(_Metrics):
                           "first byte back: placed on another member, or given up.", ["result"],
                           registry=r)
         self.visitor_retries = {x: retries.labels(x) for x in RETRY_RESULTS}
+        passes = Counter("runewarp_worker_passes", "Visitor sockets passed between Server "
+                         "workers (workers = N), by event.", ["event"], registry=r)
+        self.worker_passes = {e: passes.labels(e) for e in PASS_EVENTS}
         self.intake_seconds = Histogram("runewarp_visitor_intake_seconds",
                                         "Accept to a complete ClientHello.",
                                         buckets=_LATENCY_BUCKETS, registry=r)

@@ -89,9 +89,9 @@ def _health(service):
 def _client(doc):
     return [
         "Server connections\n" + table(
-            ("SERVER ADDRESS", "RESOLVED ADDRESS", "CONN", "IDENTITY", "STATE", "SINCE",
-             "ACTIVE STREAMS", "LAST ERROR", "NEXT RETRY"),
-            [(s.get("address"), s.get("resolved_address"), s.get("connection"),
+            ("SERVER ADDRESS", "RESOLVED ADDRESS", "CONN", "SERVER WORKER", "IDENTITY", "STATE",
+             "SINCE", "ACTIVE STREAMS", "LAST ERROR", "NEXT RETRY"),
+            [(s.get("address"), s.get("resolved_address"), s.get("connection"), _server_worker(s),
               _prefix(s.get("client_identity")), s.get("state"), s.get("connected_since"),
               s.get("active_streams"), s.get("last_error"), _seconds(s.get("next_retry_seconds")))
              for s in doc.get("servers") or []],
@@ -103,6 +103,13 @@ def _client(doc):
              for s in doc.get("services") or []],
             empty="(no Services)"),
     ]
+
+
+def _server_worker(row):
+    """`worker/workers` of the Server worker process holding the connection (its welcome,
+    docs/protocol.md "Server workers"); None while not established."""
+    worker, workers = row.get("server_worker"), row.get("server_workers")
+    return None if worker is None or workers is None else f"{worker}/{workers}"
 
 
 def _certificates(certificates, now):

@@ -38,9 +38,10 @@ def free_port():
 class Proc(harness.Process):
     """`runewarp ARGS` run from the repository root (see runewarp/harness.py)."""
 
-    def __init__(self, args, env=None):
+    def __init__(self, args, env=None, pass_fds=()):
         self.args = args
-        super().__init__(runewarp_cmd(*args), env=env, cwd=ROOT, name=f"runewarp {args[0]}")
+        super().__init__(runewarp_cmd(*args), env=env, cwd=ROOT, name=f"runewarp {args[0]}",
+                         pass_fds=pass_fds)
 
 
 _MATERIAL = {"root": None}  # made once per test process by the CLI, then copied

@@ -41,7 +41,8 @@ CLIENT = {
                       "not_after": "2026-09-01T00:00:00Z", "not_after_seconds": NOW - 86400}],
     "servers": [
         {"address": "tunnel.example.com:443", "resolved_address": "192.0.2.7:443",
-         "connection": 0, "client_identity": IDENTITY, "state": "established",
+         "connection": 0, "server_worker": 1, "server_workers": 2,
+         "client_identity": IDENTITY, "state": "established",
          "connected_since": "2026-09-21T10:00:00Z", "last_error": None,
          "next_retry_seconds": None, "active_streams": 2},
         {"address": "backup.example.com:443", "resolved_address": None, "connection": None,
@@ -95,10 +96,10 @@ def test_client_document_as_tables():
     assert text.startswith("Runewarp client 0.1.0: NOT READY, up 42s\n")
     assert "Config:" not in text
     assert row(text, "tunnel.example.com:443") == [
-        "tunnel.example.com:443", "192.0.2.7:443", "0", IDENTITY[:12], "established",
+        "tunnel.example.com:443", "192.0.2.7:443", "0", "1/2", IDENTITY[:12], "established",
         "2026-09-21T10:00:00Z", "2", "-", "-"]
     assert row(text, "backup.example.com:443") == [
-        "backup.example.com:443", "-", "-", "-", "waiting", "-", "0", "connection refused\\x1b[2J",
+        "backup.example.com:443", "-", "-", "-", "-", "waiting", "-", "0", "connection refused\\x1b[2J",
         "1.5s"]
     assert row(text, "app.example.com") == ["app.example.com", "127.0.0.1:8443", "passthrough", "2", "-"]
     assert row(text, "(Catch-all)") == ["(Catch-all)", "127.0.0.1:9000", "terminate", "0", "-"]

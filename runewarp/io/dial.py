@@ -79,6 +79,7 @@ def hello_welcome(tls, hello, deadline, **session_options):
     except BaseException:
         session.close()  # anything else (a bug, a kill): never leave a live session behind
         raise
+    session.welcome = welcome  # the Client's coverage of Server workers reads it
     return Established(session, stream, decoder, welcome)
 
 

@@ -13,6 +13,11 @@ again with backoff while the Server refuses it.  Once a Server address accepts i
 that address's workers replace their connections: each sends its old connection a go
 away (it drains) and dials again at once with the staged identity, while the staged
 connection serves.  No moment without a Tunnel connection.
+
+A Server with `workers = N` says in each welcome which of its worker processes holds
+the connection; each address then gets `connections-per-server` workers per Server
+worker, and a connection that lands on a Server worker already covered is closed and
+dialed again at once (proto/serverset.coverage), a bounded number of times.
 """
 
 import random
@@ -27,7 +32,7 @@ from ..proto import control
 from ..proto.address import format_address
 from ..proto.backoff import Backoff
 from ..proto.mux import GOAWAY_NORMAL
-from ..proto.serverset import Link, plan
+from ..proto.serverset import Link, coverage, plan
 from .net import describe, resolve_all
 from .upkeep import utcnow
 
@@ -51,6 +56,9 @@ class ServerLink:
         self.replace = Event()  # the staged identity was accepted: move this worker to it
         self.identity = None  # the staged IdentityResult this worker dials with, None: current
         self.staged = key.index is None  # the staged worker of its address
+        self.server_worker = None  # the welcome's `worker` while established (/status)
+        self.server_workers = None  # and its `workers`
+        self.incomplete_logged = False  # coverage gave up once: said once
         self.greenlet = None
 
     def fields(self):
@@ -71,6 +79,7 @@ class ServerLinks:
         self.promoted = set()  # (entry, address) whose Server accepted the staged identity
         self.unstaged = set()  # staged workers retired by a commit or abort, until they end
         self.unresolved = {}  # entry -> why its last resolution failed (one warning per outage)
+        self.workers = {}  # (entry, address) -> the Server's worker count, from its welcomes
         self.timer = None
 
     def start(self):
@@ -91,12 +100,15 @@ class ServerLinks:
         """Every worker, the staged ones last."""
         return [*(link for _, link in sorted(self.links.items())), *self.staged.values()]
 
-    def refresh(self):
-        """Resolve every entry now; start the workers of new addresses, drain vanished ones."""
+    def refresh(self, resolve=True):
+        """Resolve every entry now (`resolve`; else keep the current addresses, after a
+        welcome changed a Server's worker count); start the workers of new addresses and
+        Server workers, drain vanished ones."""
         config = self.client.config
-        resolved = {entry: self._resolve(entry) for entry in config.server_addresses}
+        resolved = {entry: self._resolve(entry) if resolve else None
+                    for entry in config.server_addresses}
         running = {key for key, link in self.links.items() if not link.retired.is_set()}
-        add, drain = plan(running, resolved, config.connections_per_server)
+        add, drain = plan(running, resolved, config.connections_per_server, self.workers)
         for key in drain:
             link = self.links[key]
             link.retired.set()
@@ -104,7 +116,7 @@ class ServerLinks:
             self.client.log.info("tunnel-connection-retired", **link.fields(),
                                  reason="address no longer resolved"
                                  if addresses and key.address[0] not in addresses
-                                 else "connections-per-server lowered")
+                                 else "connections-per-server lowered or fewer Server workers")
         for key in add:
             link = self.links[key] = ServerLink(key)
             link.greenlet = gevent.spawn(self._worker, link)
@@ -151,6 +163,32 @@ class ServerLinks:
         for key, other in self.links.items():
             if (key.entry, key.address) == where:
                 other.replace.set()
+
+    def _cover(self, link, session, tries):
+        """The coverage verdict for `link`'s new `session` (proto/serverset.coverage); a new
+        worker count at its address re-plans first."""
+        welcome = session.welcome
+        where = (link.key.entry, link.key.address)
+        if self.workers.get(where, 1) != welcome.workers:
+            self.workers[where] = welcome.workers
+            self.client.log.info("server-workers-changed", **link.fields(),
+                                 server_workers=welcome.workers)
+            self.refresh(resolve=False)
+        if link.staged:
+            return "keep"  # the staged identity's probe: one per address, wherever it lands
+        others = [(other.server_worker, other.server_workers)
+                  for key, other in self.links.items()
+                  if other is not link and (key.entry, key.address) == where
+                  and other.state == "established" and other.server_worker is not None]
+        verdict = coverage(welcome.worker, welcome.workers, others,
+                           self.client.config.connections_per_server, tries)
+        if verdict == "incomplete" and not link.incomplete_logged:
+            link.incomplete_logged = True
+            self.client.log.info("tunnel-connection-worker-coverage-incomplete", **link.fields(),
+                                 server_worker=welcome.worker, server_workers=welcome.workers,
+                                 tries=tries, effect="kept; the Server's workers pass Visitors "
+                                                     "on to the one holding this connection")
+        return verdict
 
     def _resolve(self, entry):
         """The addresses of `entry`; None when resolving failed (logged once per outage)."""
@@ -205,6 +243,7 @@ class ServerLinks:
         client, log = self.client, self.client.log
         backoff = Backoff(self.windows)
         failures = 0  # attempts that failed since the last established connection
+        surplus = 0  # connections in a row that landed on a Server worker already covered
         down_since = time.monotonic()  # no Tunnel connection on this worker since then
         state = client.metrics.state[link.server]
         while not (client.stopping.is_set() or link.retired.is_set()):
@@ -259,6 +298,16 @@ class ServerLinks:
                 failures = 0
                 backoff.established(time.monotonic())
                 client.sessions.add(session)
+                if self._cover(link, session, surplus) == "redial":
+                    surplus += 1
+                    log.debug("tunnel-connection-surplus", **link.fields(),
+                              server_worker=session.welcome.worker, tries=surplus)
+                    session.go_away()
+                    gevent.spawn(self._retire, session, client.config.graceful_shutdown_duration)
+                    continue  # dial again at once: another Server worker may take it
+                surplus = 0
+                link.server_worker = session.welcome.worker
+                link.server_workers = session.welcome.workers
                 link.state, link.session, link.connected_since = "established", session, utcnow()
                 state.inc()
                 if link.staged:
@@ -271,6 +320,7 @@ class ServerLinks:
                     break  # the Client's own drain (io/client.py) owns the session now
                 state.dec()
                 link.session, link.connected_since = None, None
+                link.server_worker = link.server_workers = None
                 down_since = time.monotonic()
                 if link.replace.is_set() and not (session.closed.is_set() or
                                                   link.retired.is_set()):

@@ -26,6 +26,7 @@ from .tlsconn import ServerTLSConnection
 from .tunnel import TunnelSession
 from .tunnelstream import drain_control, read_control_messages
 from .upkeep import utcnow
+from ..workers import this_worker
 
 # While the only members serving a hostname are ping-overdue, member-wait looks again this
 # often: a late echo wakes nobody (unlike a join or a Client's service-health).
@@ -165,6 +166,7 @@ class TunnelConnections:
 
     def _handle_tunnel_listener(self, sock, address):
         self.tunnels.add(gevent.getcurrent())
+        self._worker_passes()  # io/visitors.py: a worker holding members reads passes
         try:
             try:
                 with intake_deadline(self.config.timeouts.client_hello):
@@ -308,7 +310,8 @@ class TunnelConnections:
                 return
             try:
                 stream.sendall(control.encode(control.welcome(route.name, __version__,
-                                                              route.public_hostnames)))
+                                                              route.public_hostnames,
+                                                              this_worker())))
             except StreamAborted as exc:
                 self.log.info("tunnel-connection-refused", peer=peer, client_identity=identity,
                               reason=f"closed after its hello: {exc}")

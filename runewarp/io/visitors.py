@@ -4,6 +4,11 @@ Mixed into io.server.Server (as io/tunnels.py's Tunnel connections are): it read
 `config`, `snapshot`, `pools`, `metrics`, `splices`, `visitors`, `tunnels`,
 `challenges`, `saturation` and `log`, and counts `active_streams`.  A ClientHello
 for the Server hostname is split by ALPN: Tunnel connection, ACME, or refused.
+
+With `workers = N`, a worker with no member for a Visitor's hostname passes it to
+the next worker (io/workerpass.py) before member-wait; the last worker it can reach
+places it or refuses it as one process does.  The pass outcome is counted where the
+Visitor ends, so the workers' outcome counts add up to the Visitors.
 """
 
 import time
@@ -16,70 +21,140 @@ from ..metrics import INTAKE_OUTCOMES
 from ..proto import proxyv2
 from ..proto.address import format_address
 from ..proto.retry import Held, Retries, retry_reason
+from ..proto.workerpass import Pass, PassError, next_workers
 from ..tls import ALPN_ACME, ALPN_TUNNEL
+from ..workers import this_worker
 from .intake import intake_deadline, read_client_hello, real_peer
 from .splice import SocketEnd, StreamEnd
+from .workerpass import WorkerPasses
+
+PASSED = "passed"  # _route_visitor's outcome for a Visitor another worker now owns
 
 ENVELOPE_DEADLINE = 5.0
 
 
 class VisitorPath:
-    def _handle_public(self, sock, address):
+    def _handle_public(self, sock, address, passed=None):
+        """One Visitor accepted here, or `passed` here by another worker (a
+        proto/workerpass.Pass: its intake is done, `address` is its source)."""
         self.visitors.add(gevent.getcurrent())  # nodelay and keepalive: from the listener
+        self._worker_passes()
         spliced = False
-        slot = None
         outcome = "aborted"  # killed at shutdown, or a bug: every path counts one outcome
         try:
-            accepted = time.monotonic()
-            table = self.intake_slots  # a reload may replace it: release into this one
-
-            def read():
-                data = sock.recv(16 * 1024)
-                if slot is not None:
-                    slot.progress(len(data))
-                return data
-
-            with intake_deadline(self.config.timeouts.client_hello):  # PROXY header and hello
-                peer = real_peer(read, address, self.config.trusted_proxies)
-                if peer is None:
-                    outcome = "proxy-health-check"
+            if passed is None:
+                accepted, hops = time.monotonic(), 0
+                intake = self._intake(sock, address)
+                if isinstance(intake, str):
+                    outcome = intake
                     return
-                address, rest = peer  # behind a trusted balancer: the Visitor it names
-                slot = self._admit(table, "intake", sock, address)
-                if slot is None:
-                    outcome = "admission-full"
+                address, taken = intake
+                if taken.hostname == self.snapshot.server_hostname:
+                    outcome = self._server_hostname_connection(sock, address, taken)
                     return
-                self.saturation.recovered("intake-full")
-                self.saturation.recovered("source-full")
-                slot.progress(len(rest))
-                try:
-                    taken = read_client_hello(read, rest)
-                finally:
-                    table.release(slot)
-            if slot.shed:  # its hello was already buffered when it was shed: still shed
-                raise IntakeRejected("shed")
-            self.metrics.intake_seconds.observe(time.monotonic() - accepted)
-            if taken.hello.ech:  # routed by its outer SNI like any other (docs/ech.md)
-                self.metrics.visitor_ech.inc()
-            if taken.hostname == self.snapshot.server_hostname:
-                outcome = self._server_hostname_connection(sock, address, taken)
-                return
-            outcome = self._route_visitor(sock, address, taken, accepted)
+            else:
+                accepted, hops = passed.accepted, passed.hops
+                taken = read_client_hello(lambda: b"", passed.buffered)  # parsed by the sender
+            outcome = self._route_visitor(sock, address, taken, accepted, hops)
             spliced = outcome == "routed"
+            if outcome == PASSED:
+                outcome = None  # counted by the worker it was passed to
         except IntakeRejected as exc:
-            reason = "shed" if slot is not None and slot.shed else exc.reason
-            outcome = INTAKE_OUTCOMES.get(reason, "malformed-hello")
+            outcome = INTAKE_OUTCOMES.get(exc.reason, "malformed-hello")
             detail = getattr(exc, "detail", None)
             self.log.debug("visitor-rejected", visitor=format_address(address),
-                           reason=f"{reason}: {detail}" if detail else reason)
+                           reason=f"{exc.reason}: {detail}" if detail else exc.reason)
         except OSError as exc:
             outcome = "socket-error"
             self.log.debug("visitor-rejected", visitor=format_address(address),
                            reason=f"socket-error: {exc}")
         finally:
-            self.metrics.visitor[outcome].inc()
+            if outcome is not None:
+                self.metrics.visitor[outcome].inc()
             if not spliced:
                 sock.close()
+
+    def _intake(self, sock, address):
+        """PROXY header (from a trusted balancer) and ClientHello under the intake deadline:
+        (the Visitor's address, the Intake), or the Visitor's outcome when there is no
+        Visitor to route (a health check, admission refused); IntakeRejected otherwise."""
+        accepted = time.monotonic()
+        table = self.intake_slots  # a reload may replace it: release into this one
+        slot = None
+
+        def read():
+            data = sock.recv(16 * 1024)
+            if slot is not None:
+                slot.progress(len(data))
+            return data
+
+        with intake_deadline(self.config.timeouts.client_hello):  # PROXY header and hello
+            peer = real_peer(read, address, self.config.trusted_proxies)
+            if peer is None:
+                return "proxy-health-check"
+            address, rest = peer  # behind a trusted balancer: the Visitor it names
+            slot = self._admit(table, "intake", sock, address)
+            if slot is None:
+                return "admission-full"
+            self.saturation.recovered("intake-full")
+            self.saturation.recovered("source-full")
+            slot.progress(len(rest))
+            try:
+                taken = read_client_hello(read, rest)
+            except IntakeRejected:
+                if slot.shed:
+                    raise IntakeRejected("shed") from None
+                raise
+            finally:
+                table.release(slot)
+        if slot.shed:  # its hello was already buffered when it was shed: still shed
+            raise IntakeRejected("shed")
+        self.metrics.intake_seconds.observe(time.monotonic() - accepted)
+        if taken.hello.ech:  # routed by its outer SNI like any other (docs/ech.md)
+            self.metrics.visitor_ech.inc()
+        return address, taken
+
+    # -- workers = N: passing a Visitor to another worker --
+    def _worker_passes(self):
+        """This worker's pass socket (io/workerpass.py), bound on first use: before the first
+        connection this worker accepts, so a worker holding a Tunnel connection always
+        reads passes.  The Server's start may call it earlier (`Server.start`)."""
+        passes = self.__dict__.get("worker_passes")
+        if passes is None:
+            passes = self.worker_passes = WorkerPasses(this_worker(), self._passed_here,
+                                                       self.log, self.metrics.worker_passes)
+            passes.start()
+        return passes
+
+    def _close_worker_passes(self):
+        """Stop reading passes (the Server's close_all); a pass sent meanwhile is refused
+        and its sender places the Visitor itself."""
+        passes = self.__dict__.get("worker_passes")
+        if passes is not None:
+            passes.close()
+
+    def _pass_on(self, sock, address, taken, accepted, hops):
+        """Pass the Visitor to the next worker that takes it; whether one did."""
+        passes = self._worker_passes()
+        worker = passes.worker
+        for target, arriving in next_workers(worker.index, worker.count, hops):
+            try:
+                passed = Pass(address[:2], taken.buffered, accepted, arriving)
+                if passes.send(sock, passed, target):
+                    self.log.debug("visitor-passed", visitor=format_address(address),
+                                   public_hostname=taken.hostname, worker=target)
+                    return True
+            except PassError:
+                return False
+        return False
+
+    def _passed_here(self, sock, passed):
+        """A Visitor another worker passed: placed in its own greenlet, as if accepted here."""
+        if self.stopping:
+            sock.close()
+            self.metrics.visitor["no-tunnel-connection"].inc()
+            return
+        self.visitors.spawn(self._handle_public, sock, passed.source, passed)
 
     def _server_hostname_connection(self, sock, address, taken):
         """A connection to the Server hostname; its Visitor outcome."""
@@ -102,8 +177,9 @@ class VisitorPath:
                            else "tunnel-connections-use-the-tunnel-listener")
         return "server-hostname-other-alpn"
 
-    def _route_visitor(self, sock, address, taken, accepted):
-        """Route and place one Visitor; its outcome, "routed" once a splice owns its socket."""
+    def _route_visitor(self, sock, address, taken, accepted, hops=0):
+        """Route and place one Visitor; its outcome, "routed" once a splice owns its socket,
+        PASSED once another worker does.  `hops`: the passes that brought it here."""
         hostname = taken.hostname
         local = sock.getsockname()[:2]  # the public listener's address: its port routes too
         found = self.snapshot.route(hostname, local[1])
@@ -114,6 +190,8 @@ class VisitorPath:
         pattern, route = found  # the configured name or wildcard labels the metrics
         pool = self.pools[route.name]  # one snapshot: its Tunnels have pools
         member = pool.place(hostname)
+        if member is None and self._pass_on(sock, address, taken, accepted, hops):
+            return PASSED
         if member is None:
             member, outcome = self._wait_for_member(pool, hostname, sock, address, taken.size)
         if member is None:

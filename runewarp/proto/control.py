@@ -27,6 +27,7 @@ MAX_INSTANCE = 64
 MAX_TUNNEL = 253
 MAX_HOSTNAMES = 10_000
 MAX_HOSTNAME = 253
+MAX_WORKERS = 64  # a Server's `workers`, as its welcome may state it
 
 
 def encode(message: dict) -> bytes:
@@ -48,12 +49,16 @@ def service_health(unhealthy=(), healthy=(), catch_all=None):
     return message
 
 
-def welcome(tunnel, version, public_hostnames=None):
+def welcome(tunnel, version, public_hostnames=None, worker=(0, 1)):
     """`public_hostnames`: the Tunnel's, sent sorted; None leaves the field out, as a
-    Server from before the field did."""
+    Server from before the field did.  `worker`: (index, count) of the Server worker
+    process holding this connection; a single process (0, 1) leaves both fields out, so
+    the line is what it always was."""
     message = {"type": "welcome", "tunnel": tunnel, "version": version}
     if public_hostnames is not None:
         message["public_hostnames"] = sorted(public_hostnames)
+    if tuple(worker) != (0, 1):
+        message["worker"], message["workers"] = worker
     return message
 
 
@@ -165,6 +170,8 @@ class Welcome:
     tunnel: str
     version: str
     public_hostnames: tuple[str, ...] | None = None
+    worker: int = 0  # which of the Server's `workers` processes holds the connection
+    workers: int = 1  # absent (a single process, or a Server from before workers): 0 of 1
 
 
 @dataclass(frozen=True)
@@ -247,8 +254,27 @@ def parse_welcome(message: dict) -> Welcome:
     _expect_type(message, "welcome")
     hostnames = (_hostnames(message, "welcome", "public_hostnames")
                  if "public_hostnames" in message else None)
+    worker, workers = _worker(message)
     return Welcome(_string(message, "welcome", "tunnel", MAX_TUNNEL),
-                   _string(message, "welcome", "version", MAX_VERSION), hostnames)
+                   _string(message, "welcome", "version", MAX_VERSION), hostnames,
+                   worker, workers)
+
+
+def _worker(message):
+    """The welcome's (worker, workers): both present with 0 <= worker < workers <= 64, or
+    both absent (0, 1)."""
+    if "worker" not in message and "workers" not in message:
+        return 0, 1
+    worker = _field(message, "welcome", "worker")
+    workers = _field(message, "welcome", "workers")
+    for name, value in (("worker", worker), ("workers", workers)):
+        if type(value) is not int:  # bool is an int to isinstance
+            raise ControlError(f"welcome: field {name!r} must be an integer, "
+                               f"got {type(value).__name__}")
+    if not 0 <= worker < workers <= MAX_WORKERS:
+        raise ControlError(f"welcome: fields 'worker' and 'workers' must hold "
+                           f"0 <= worker < workers <= {MAX_WORKERS}, got {worker} and {workers}")
+    return worker, workers
 
 
 def hostname_drift(tunnel_hostnames, client_hostnames, catch_all):
