@@ -50,8 +50,8 @@ BENCH_REPEATS (3), BENCH_RATE_SECONDS (10), BENCH_IDLE_CONNS (1000),
 BENCH_STREAMS_CONNS (10000), BENCH_RTT_MB (256), BENCH_RTT_SECONDS (15),
 BENCH_RTT_REPEATS (2).  BENCH_ONLY=idle,bulk,... runs only those phases (seq, idle,
 bulk, rate, streams, rtt, proxy, quic, workers; `ssh` adds the ssh -R target to the listed
-ones among seq, idle, bulk and rate, and alone means all four) and prints their raw figures instead of the table, for
-quick A/B runs while working on one figure.
+ones among seq, idle, bulk and rate, and alone means all four) and prints their raw
+figures instead of the table, for quick A/B runs while working on one figure.
 
 Results: a table on stdout (with the targets of issue 20 beside the figures) and
 bench/results/latest.json.  All processes this script starts are stopped by PID in
