@@ -10,6 +10,7 @@ per label show whether both workers carried traffic.  A build without the key pr
 """
 
 import re
+import statistics
 import subprocess
 import urllib.request
 
@@ -102,19 +103,15 @@ def report(res):
         return [f"workers: {res['skipped']}"]
     if "failed" in res:
         return [f"workers: FAILED: {res['failed']}"]
-    one, two = res.get("workers=1"), res.get("workers=2")
+    one, two = res.get("workers=1"), res.get(f"workers={WORKERS}")
     if not (one and two):
         return []
-
-    def med(values):
-        ordered = sorted(values)
-        return ordered[len(ordered) // 2] if ordered else float("nan")
-
-    lines = ["workers = 2 against workers = 1 (same run, alternating):"]
+    lines = [f"workers = {WORKERS} against workers = 1 (same run, alternating):"]
     for label, key, fmt in (("bulk 8 streams aggregate, MB/s", "multi_mb_s", "{:.0f}"),
                             ("new conns/s, 50 in flight", "rates", "{:.0f}")):
-        a, b = med(one[key]), med(two[key])
-        lines.append(f"  {label:32} {fmt.format(a):>8} -> {fmt.format(b):>8}  ({b / a:.2f}x)")
+        a, b = statistics.median(one[key]), statistics.median(two[key])
+        lines.append(f"  {label:32} {fmt.format(a):>8} -> {fmt.format(b):>8}"
+                     + (f"  ({b / a:.2f}x)" if a else ""))
     for label, key, fmt in (("CPU s per GB, 8 streams", "cpu_s_per_gb_multi", "{:.2f}"),
                             ("CPU ms per conn", "cpu_ms_per_conn", "{:.3f}")):
         a, b = one[key], two[key]
