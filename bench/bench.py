@@ -973,14 +973,20 @@ def workers_bench(tmp, material, backend_port, one, ca):
         metrics_port = free_port()
         server, client, port = start_runewarp(tmp, material, backend_port, tag="-w2",
                                               workers=workersbench.WORKERS, metrics_port=metrics_port)
-        pids = [server.pid, *procfs.descendants(server.pid), client.pid,
-                *procfs.descendants(client.pid)]
-        two = {"port": port, "pids": pids}
-        return workersbench.measure(
+        server_workers = procfs.descendants(server.pid)
+        two = {"port": port, "pids": [server.pid, *server_workers, client.pid,
+                                      *procfs.descendants(client.pid)]}
+        cpu0 = {pid: cpu_seconds([pid]) for pid in server_workers}
+        out = workersbench.measure(
             {"workers=1": one, f"workers={workersbench.WORKERS}": two},
             lambda t: run_curls(t, ca, "/bulk8", STREAMS, CONC_MB * MIB),
             lambda t: loadgen(t, ca, RATE_PROCS, RATE_THREADS, duration=RATE_SECONDS),
             max(1, REPEATS - 1), metrics_port)
+        # A second witness beside /metrics: the CPU each Server worker process burned.
+        out["server_worker_cpu_s"] = {pid: round(cpu_seconds([pid]) - cpu0[pid], 2)
+                                      for pid in server_workers}
+        print(f"  CPU s per Server worker process (/proc): {out['server_worker_cpu_s']}", flush=True)
+        return out
     except Interrupted:
         raise
     except Exception as exc:   # this phase only: the rest of the results still count

@@ -123,5 +123,8 @@ def report(res):
                     or res.get("metrics_error", "none seen"))
                  + ("  (every worker carried traffic)" if res.get("every_worker_carried")
                     else "  -- NOT every worker carried traffic"))
+    if res.get("server_worker_cpu_s"):
+        lines.append("  CPU s per Server worker process (/proc): "
+                     + ", ".join(f"pid {pid}: {cpu:.2f}" for pid, cpu in res["server_worker_cpu_s"].items()))
     return lines
 
