@@ -30,6 +30,15 @@ Proxy: plain TCP through `runewarp proxy --listen` + Server + Client with a term
 Service, against direct TCP to the same backend: bulk MB/s (BENCH_PROXY_MB, 256) and
 connection setup (connect to first byte), see bench/proxybench.py.
 
+ssh -R: the same seq, idle, bulk and rate workloads through OpenSSH's reverse tunnel
+(`ssh -N -R` with aes128-gcm@openssh.com to an sshd of our own on loopback), alternating
+with DIRECT and RUNEWARP, as a third column with "beats ssh -R" per row, see bench/sshpeer.py;
+skipped with a note where sshd or ssh is missing.
+
+Workers: where the build accepts `workers` (`runewarp config check`), the 8-stream bulk and
+the connection rate with `workers = 2` against the pair above (one worker), and the Visitor
+connections each Server worker carried (its /metrics), see bench/workersbench.py.
+
 QUIC: UDP datagrams through the Server's public QUIC socket (`public-quic = true`) and the
 Client (`quic-backend-address`) to a UDP echo backend, against the echo backend directly;
 each flow opens with a real sealed Initial: datagrams per second, round-trip p50/p99 and
@@ -40,10 +49,11 @@ BENCH_CONC_MB (per stream in the 8-stream test, default BULK_MB/4),
 BENCH_REPEATS (3), BENCH_RATE_SECONDS (10), BENCH_IDLE_CONNS (1000),
 BENCH_STREAMS_CONNS (10000), BENCH_RTT_MB (256), BENCH_RTT_SECONDS (15),
 BENCH_RTT_REPEATS (2).  BENCH_ONLY=idle,bulk,... runs only those phases (seq, idle,
-bulk, rate, streams, rtt, proxy, quic) and prints their raw figures instead of the table, for
-quick A/B runs while working on one figure.
+bulk, rate, streams, rtt, proxy, quic, workers; `ssh` adds the ssh -R target to the listed
+ones among seq, idle, bulk and rate, and alone means all four) and prints their raw
+figures instead of the table, for quick A/B runs while working on one figure.
 
-Results: a table on stdout (with the targets of issue 6 beside the figures) and
+Results: a table on stdout (with the targets of issue 20 beside the figures) and
 bench/results/latest.json.  All processes this script starts are stopped by PID in
 `finally`, also on Ctrl-C / SIGTERM / SIGHUP.
 
@@ -55,7 +65,6 @@ side, and Runewarp competes with the load for CPU.
 import concurrent.futures
 from collections import Counter
 import json
-import math
 import os
 import platform
 import re
@@ -73,50 +82,22 @@ from pathlib import Path
 
 from runewarp import harness
 
+import procfs
 import proxybench
 import quicbench
+import sshpeer
+import workersbench
+from procfs import children, cpu_seconds, fd_count, rss_kib
+from settings import (ACCESS_LOG, BENCH, BULK_MB, CONC_MB, HOST, IDLE_CONNS, MIB, NOFILE, ONLY,
+                      PHASES, RATE_PROCS, RATE_SECONDS, RATE_THREADS, REPEATS,
+                      ROOT, RTT_A, RTT_B, RTT_BACKEND_PORT, RTT_MB,
+                      RTT_ONE_WAY_MS, RTT_REPEATS, RTT_SECONDS, RTT_SYSCTLS,
+                      SEQ_PER_REPEAT, SERVER_HOSTNAME, SSH_PHASES, STREAMS,
+                      STREAMS_CONNS, STREAMS_INFLIGHT, STREAMS_PROCS,
+                      STREAMS_SOURCES, TARGETS)
+from table import added_latency, beats, build_rows, med, pct, print_table, ratio
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-HOST = "bench.example.com"
-SERVER_HOSTNAME = "tunnel.example.com"
-MIB = 1024 * 1024
-
-BULK_MB = int(os.environ.get("BENCH_BULK_MB", "512"))
-CONC_MB = int(os.environ.get("BENCH_CONC_MB", str(max(1, BULK_MB // 4))))
-STREAMS = 8
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
-RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", "10"))
-RATE_PROCS, RATE_THREADS = 2, 25
-SEQ_PER_REPEAT = 100
-IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
-STREAMS_CONNS = int(os.environ.get("BENCH_STREAMS_CONNS", "10000"))
-STREAMS_PROCS, STREAMS_INFLIGHT, STREAMS_SOURCES = 2, 100, 64
-RTT_MB = int(os.environ.get("BENCH_RTT_MB", "256"))
-RTT_SECONDS = float(os.environ.get("BENCH_RTT_SECONDS", "15"))
-RTT_REPEATS = int(os.environ.get("BENCH_RTT_REPEATS", "2"))
-ONLY = [p for p in os.environ.get("BENCH_ONLY", "").split(",") if p]
-# BENCH_ACCESS_LOG=false writes `access-log = false` for both roles (the default, unset,
-# leaves the key out: the access log is on at info, as in production).
-ACCESS_LOG = {"false": False}.get(os.environ.get("BENCH_ACCESS_LOG", ""))
-RTT_ONE_WAY_MS = 25
-RTT_A, RTT_B = "10.203.0.1", "10.203.0.2"
-RTT_BACKEND_PORT = 8443
-# In the namespaces only (per-netns sysctls): room for a window of ~2 x BDP and more.
-# net.core.rmem_max/wmem_max are left alone: they are global (not per namespace) and only
-# cap explicit SO_RCVBUF/SO_SNDBUF, which neither Runewarp, nginx nor curl set.
-RTT_SYSCTLS = {"net.ipv4.tcp_rmem": "4096 131072 33554432",
-               "net.ipv4.tcp_wmem": "4096 16384 33554432"}
-NOFILE = 65536
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-# The targets of issue 6, shown beside the figures.
-TARGETS = {
-    "bulk1": "rw >= 0.50x direct", "bulk8": "rw >= rw 1 stream", "rate": "rw >= 0.70x direct",
-    "seq_p99": "added p99 <= 2 ms", "idle": "rw <= 30 KB (29.3 KiB)",
-    "cpu_gb": "rw <= 1.5 s/GB", "cpu_conn": "rw <= 0.600 ms",
-    "streams": f"{STREAMS_CONNS} open, 0 errors", "rtt": "rw >= 40 MB/s",
-}
+CLK_TCK = procfs.CLK_TCK
 
 STARTED = []          # every Popen we start, stopped in cleanup()
 EXTRA_PIDS = []       # (pid, cmdline prefix) of grandchildren we must not leave (nginx workers)
@@ -172,36 +153,6 @@ def delete_namespaces():
         proc = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"warning: ip netns del {name}: {proc.stderr.strip()}", file=sys.stderr)
-
-
-def children(pid):
-    """Direct children of `pid` (all its threads), from /proc."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
-def cpu_seconds(pids, kernel_only=False):
-    """utime + stime of the processes (all threads), from /proc/PID/stat; stime alone
-    with kernel_only (the system calls and the loopback TCP work done on their behalf)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (0 if kernel_only else int(fields[11])) + int(fields[12])
-    return total / CLK_TCK
 
 
 class LoadMonitor:
@@ -363,40 +314,59 @@ def start_backend(tmp, material):
 
 def start_runewarp(tmp, material, backend_port, *, server_ip="127.0.0.1", backend_ip="127.0.0.1",
                    server_ns=None, client_ns=None, tag="", runewarp=None, terminate=False,
-                   quic_backend=None):
+                   quic_backend=None, workers=None, metrics_port=None):
     """One Server (public + tunnel on one port) and one Client, log-level info, on loopback
     (or: the Server in network namespace `server_ns`, the Client in `client_ns`).
     `runewarp` is the command that runs Runewarp (bench/ab.py passes another revision's).
     `terminate`: the Client terminates HOST's TLS (its public-cert) for a plain backend.
     `quic_backend`: the Server opens its public UDP socket and the Service sends QUIC
-    flows to this UDP address."""
-    server_toml = tmp / f"server{tag}.toml"
-    server_toml.write_text(harness.config_text("server", {
-        "hostname": SERVER_HOSTNAME, "public-bind-address": f"{server_ip}:0",
-        "cert-dir": tmp / "server-cert", "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
-        "public-quic": True if quic_backend else None,
-    }, [{"name": "bench", "public-hostnames": [HOST], "client-identities": [material["identity"]]}],
-        log_level="info"))
+    flows to this UDP address.  `workers`: both roles run that many workers (the Server
+    waits for a Tunnel connection on each); `metrics_port`: the Server's metrics listener."""
+    server_toml = write_server_config(tmp, material, tag, server_ip=server_ip, workers=workers,
+                                      quic=bool(quic_backend), metrics_port=metrics_port)
     env = harness.resolve_env(SERVER_HOSTNAME, server_ip)
     server, port = harness.start_server(server_toml, env, bind_ip=server_ip, timeout=30,
                                         runewarp=runewarp, prefix=netns_prefix(server_ns),
                                         name=f"runewarp-server{tag}", new_session=True)
     STARTED.append(server)
-    client_toml = tmp / f"client{tag}.toml"
-    client_toml.write_text(harness.config_text("client", {
-        "server-address": f"{SERVER_HOSTNAME}:{port}", "server-trust": "ca-file",
-        "server-ca-file": material["server_ca"], "identity-dir": tmp / "client-identity",
-        "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
-        "public-cert-dir": tmp / "public-cert" if terminate else None,
-    }, [{"public-hostnames": [HOST], "backend-address": f"{backend_ip}:{backend_port}",
-         "tls-mode": "terminate" if terminate else None, "quic-backend-address": quic_backend}],
-        log_level="info"))
+    client_toml = write_client_config(tmp, material, tag, port, f"{backend_ip}:{backend_port}",
+                                      workers=workers, terminate=terminate,
+                                      quic_backend=quic_backend)
     client = harness.start_client(client_toml, env, timeout=30, runewarp=runewarp,
                                   prefix=netns_prefix(client_ns), name=f"runewarp-client{tag}",
                                   new_session=True)
     STARTED.append(client)
-    server.wait_for(harness.CLIENT_READY)
+    server.wait_count(harness.CLIENT_READY, workers or 1, timeout=30)
     return server, client, port
+
+
+def write_server_config(tmp, material, tag, *, server_ip="127.0.0.1", workers=None, quic=False,
+                        metrics_port=None):
+    """server{tag}.toml: public and Tunnel listener on one port 0, one Tunnel for HOST."""
+    path = tmp / f"server{tag}.toml"
+    path.write_text(harness.config_text("server", {
+        "hostname": SERVER_HOSTNAME, "public-bind-address": f"{server_ip}:0",
+        "cert-dir": tmp / "server-cert", "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
+        "public-quic": True if quic else None, "workers": workers,
+        "metrics.bind-address": f"127.0.0.1:{metrics_port}" if metrics_port else None,
+    }, [{"name": "bench", "public-hostnames": [HOST], "client-identities": [material["identity"]]}],
+        log_level="info"))
+    return path
+
+
+def write_client_config(tmp, material, tag, server_port, backend, *, workers=None, terminate=False,
+                        quic_backend=None):
+    """client{tag}.toml: one Service for HOST to `backend` through the Server's `server_port`."""
+    path = tmp / f"client{tag}.toml"
+    path.write_text(harness.config_text("client", {
+        "server-address": f"{SERVER_HOSTNAME}:{server_port}", "server-trust": "ca-file",
+        "server-ca-file": material["server_ca"], "identity-dir": tmp / "client-identity",
+        "graceful-shutdown-duration": 2, "access-log": ACCESS_LOG,
+        "public-cert-dir": tmp / "public-cert" if terminate else None, "workers": workers,
+    }, [{"public-hostnames": [HOST], "backend-address": backend,
+         "tls-mode": "terminate" if terminate else None, "quic-backend-address": quic_backend}],
+        log_level="info"))
+    return path
 
 
 def netns_prefix(ns):
@@ -635,16 +605,6 @@ def idle_memory(name, target, ca, count):
     return {"opened": len(conns), "rss_before_kib": before, "rss_idle_kib": after,
             "rss_after_close_kib": released, "kib_per_conn": per_conn,
             "sample_alive": alive, "sample_size": len(sample), "errors": errors}
-
-
-def fd_count(pids):
-    total = 0
-    for pid in pids:
-        try:
-            total += len(os.listdir(f"/proc/{pid}/fd"))
-        except OSError:
-            pass
-    return total
 
 
 def many_streams(name, target, ca, count, logs=()):
@@ -945,186 +905,6 @@ def rtt_bench(tmp, material, ca, nginx):
 
 # --- reporting ------------------------------------------------------------------------------
 
-def pct(values, p):
-    """Nearest-rank percentile; NaN for no data."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def cell(values, fmt="{:.1f}"):
-    if isinstance(values, str):
-        return values
-    if isinstance(values, (int, float)):
-        return fmt.format(values)
-    if not values:
-        return "-"
-    text = fmt.format(statistics.median(values))
-    if len(values) > 1:
-        text += f" [{fmt.format(min(values))}–{fmt.format(max(values))}]"
-    return text
-
-
-def med(values):
-    if isinstance(values, (str, int, float)):
-        return values
-    return statistics.median(values) if values else None
-
-
-def ratio(dv, rv):
-    d, r = med(dv), med(rv)
-    return r / d if isinstance(d, (int, float)) and isinstance(r, (int, float)) and d else None
-
-
-def added_latency(res):
-    s = res["seq"]
-    return (pct(s["runewarp"]["latencies_ms"], 50) - pct(s["direct"]["latencies_ms"], 50),
-            pct(s["runewarp"]["latencies_ms"], 99) - pct(s["direct"]["latencies_ms"], 99))
-
-
-def build_rows(res):
-    """(metric, direct values, runewarp values, format, target, met) for the table;
-    target is the text of issue 6's target (or ""), met True/False (or None: no target)."""
-    b, r, s, m = res["bulk"], res["rate"], res["seq"], res["idle"]
-    d, w = "direct", "runewarp"
-    gb_single = {n: b[n]["bytes_single"] / 1e9 for n in b}
-    gb_multi = {n: b[n]["bytes_multi"] / 1e9 for n in b}
-    cpu_gb1 = {n: b[n]["cpu_single"] / gb_single[n] for n in b}
-    cpu_gb8 = {n: b[n]["cpu_multi"] / gb_multi[n] for n in b}
-    sys_gb1 = {n: b[n]["sys_single"] / gb_single[n] for n in b}
-    cpu_conn = {n: 1000 * r[n]["cpu_s"] / max(1, r[n]["conns"]) for n in r}
-    _added50, added99 = added_latency(res)
-    rows = [
-        ("bulk 1 stream, MB/s", b[d]["single"], b[w]["single"], "{:.0f}",
-         TARGETS["bulk1"], (ratio(b[d]["single"], b[w]["single"]) or 0) >= 0.50),
-        (f"bulk {STREAMS} streams aggregate, MB/s", b[d]["multi"], b[w]["multi"], "{:.0f}",
-         TARGETS["bulk8"], med(b[w]["multi"]) >= med(b[w]["single"])),
-        (f"new conns/s, {RATE_PROCS * RATE_THREADS} in flight", r[d]["rates"], r[w]["rates"],
-         "{:.0f}", TARGETS["rate"], (ratio(r[d]["rates"], r[w]["rates"]) or 0) >= 0.70),
-        ("  latency p50 @50, ms", r[d]["p50s"], r[w]["p50s"], "{:.2f}", "", None),
-        ("  latency p99 @50, ms", r[d]["p99s"], r[w]["p99s"], "{:.2f}", "", None),
-        ("sequential conn p50, ms", s[d]["p50s"], s[w]["p50s"], "{:.2f}", "", None),
-        ("sequential conn p99, ms", s[d]["p99s"], s[w]["p99s"], "{:.2f}",
-         TARGETS["seq_p99"], added99 <= 2.0),
-        ("idle conn memory, KiB/conn (*)", m[d]["kib_per_conn"], m[w]["kib_per_conn"], "{:.1f}",
-         TARGETS["idle"], m[w]["kib_per_conn"] * 1024 <= 30000),
-        ("CPU s per GB, bulk 1 stream (*)", cpu_gb1[d], cpu_gb1[w], "{:.2f}",
-         TARGETS["cpu_gb"], cpu_gb1[w] <= 1.5),
-        ("  of which kernel (system) time", sys_gb1[d], sys_gb1[w], "{:.2f}", "", None),
-        (f"CPU s per GB, bulk {STREAMS} streams (*)", cpu_gb8[d], cpu_gb8[w], "{:.2f}",
-         TARGETS["cpu_gb"], cpu_gb8[w] <= 1.5),
-        ("CPU ms per conn, conn-rate test (*)", cpu_conn[d], cpu_conn[w], "{:.3f}",
-         TARGETS["cpu_conn"], cpu_conn[w] <= 0.600),
-    ]
-    st = res["streams"]
-    if all(n in st for n in (d, w)):
-        def opened(x):
-            return f"{x['opened']} / {x['errors_total']}"
-
-        def got(x):
-            return f"{x['get_ok']}/{x['opened']}"
-        rw = st[w]
-        rows += [
-            (f"{STREAMS_CONNS:,} concurrent streams: open / errors", opened(st[d]), opened(rw), "",
-             TARGETS["streams"] + ", 1 Tunnel conn",
-             rw["opened"] == STREAMS_CONNS and rw["errors_total"] == 0
-             and rw["new_tunnel_connections"] == 0),
-            ("  then 1 GET on each: ok", got(st[d]), got(rw), "", "", None),
-            ("  RSS with all open, MiB (*)", st[d]["rss_peak_kib"] / 1024, rw["rss_peak_kib"] / 1024,
-             "{:.0f}", "", None),
-            ("  time to open all, s", st[d]["open_s"], rw["open_s"], "{:.1f}", "", None),
-        ]
-    else:
-        rows.append((f"{STREAMS_CONNS:,} concurrent streams", "-", st.get("failed", "not run"), "",
-                     TARGETS["streams"], False))
-    px = res.get("proxy") or {}
-    if all(n in px for n in (d, w)):
-        rows += [
-            ("TCP via runewarp proxy, 1 stream MB/s", px[d]["mb_s"], px[w]["mb_s"], "{:.0f}", "",
-             None),
-            ("TCP via runewarp proxy, conn setup p50 ms", px[d]["latencies_ms"], px[w]["latencies_ms"],
-             "{:.2f}", "", None),
-        ]
-    qc = res.get("quic") or {}
-    if all(n in qc for n in (d, w)):
-        rows += [
-            (f"QUIC datagrams/s, {quicbench.QUIC_FLOWS} flows x {quicbench.QUIC_WINDOW} in flight",
-             qc[d]["rates"], qc[w]["rates"], "{:.0f}", "", None),
-            ("  datagram round trip p50, ms", qc[d]["p50_ms"], qc[w]["p50_ms"], "{:.3f}", "", None),
-            ("  datagram round trip p99, ms", qc[d]["p99_ms"], qc[w]["p99_ms"], "{:.3f}", "", None),
-            ("  CPU us per datagram (*)", qc[d]["cpu_us_per_datagram"],
-             qc[w]["cpu_us_per_datagram"], "{:.1f}", "", None),
-        ]
-    rt = res["rtt"]
-    label = f"1 stream over {2 * RTT_ONE_WAY_MS} ms RTT link, MB/s"
-    if "runewarp" in rt and rt["runewarp"]["mb_s"]:
-        rows.append((label + ("" if "netem_error" not in rt["link"] else " (+)"),
-                     rt[d]["mb_s"], rt[w]["mb_s"], "{:.1f}", TARGETS["rtt"],
-                     med(rt[w]["mb_s"]) >= 40 and not rt[w]["errors"]))
-    else:
-        rows.append((label, "-", "SKIPPED", "", TARGETS["rtt"], None))
-        rt.setdefault("why_not_measured", rt.get("skipped") or rt.get("failed") or "not run")
-    return rows
-
-
-def print_table(rows, res):
-    header = ("metric", f"DIRECT ({res['backend']['kind']})", "THROUGH RUNEWARP", "rw/direct",
-              "target (issue 6)", "met")
-    lines = [(name, cell(dv, fmt), cell(rv, fmt),
-              f"{ratio(dv, rv):.2f}x" if ratio(dv, rv) is not None else "-",
-              target, {True: "yes", False: "NO", None: "-" if not target else "?"}[met])
-             for name, dv, rv, fmt, target, met in rows]
-    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
-    sep = "  "
-    print()
-    print(sep.join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print(sep.join("-" * w for w in widths))
-    for line in lines:
-        print(sep.join([line[0].ljust(widths[0]),
-                        *(v.rjust(w) for v, w in zip(line[1:4], widths[1:4], strict=True)),
-                        *(v.ljust(w) for v, w in zip(line[4:], widths[4:], strict=True))]).rstrip())
-    added50, added99 = added_latency(res)
-    print(f"\nadded latency per new connection (sequential, {REPEATS * SEQ_PER_REPEAT} conns each,"
-          f" pooled): p50 +{added50:.2f} ms, p99 +{added99:.2f} ms")
-    print("median [min–max over repeats]; bulk/conn-rate/sequential: "
-          f"{REPEATS} repeats; idle memory: one run of {IDLE_CONNS} connections;"
-          f" concurrent streams: one run; {2 * RTT_ONE_WAY_MS} ms RTT: {RTT_REPEATS} repeats.")
-    print("(*) DIRECT = the backend's processes; RUNEWARP = Server + Client only (backend"
-          " excluded): the ratio compares Runewarp's own cost with the backend's.")
-    qc = res.get("quic") or {}
-    if "runewarp" in qc:
-        d, w = qc["direct"], qc["runewarp"]
-        print(f"QUIC: added datagram round trip p50 +{w['p50_ms'] - d['p50_ms']:.3f} ms, p99"
-              f" +{w['p99_ms'] - d['p99_ms']:.3f} ms ({quicbench.QUIC_ROUND_TRIPS} sequential"
-              f" {quicbench.PAYLOAD}-byte datagrams on one flow); every flow opens with a sealed"
-              " Initial; CPU per datagram counts each direction (DIRECT: the echo backend).")
-    st = res["streams"]
-    if "runewarp" in st:
-        rw = st["runewarp"]
-        print(f"concurrent streams: {STREAMS_PROCS} selector-based openers, <= {STREAMS_INFLIGHT}"
-              f" handshakes in flight each, Visitors from {STREAMS_SOURCES} loopback addresses;"
-              f" Server + Client held {rw['fds_open'] - rw['fds_before']:+d} file descriptors and"
-              f" {(rw['rss_open_kib'] - rw['rss_before_kib']) / max(1, rw['opened']):.1f} KiB"
-              f" per stream; Tunnel connections opened meanwhile: {rw['new_tunnel_connections']}.")
-    rt = res["rtt"]
-    if "link" in rt and "runewarp" in rt:
-        line = rt["link"].get("delayline_stats", {})
-        print(f"{2 * RTT_ONE_WAY_MS} ms RTT: {rt['link']['method']}; measured RTT"
-              f" {rt['rtt_ms_measured']:.1f} ms; {', '.join(f'{k}={v!r}' for k, v in RTT_SYSCTLS.items())}"
-              f" in both namespaces; one download per run, {RTT_MB} MiB or --max-time {RTT_SECONDS:g} s.")
-        if "netem_error" in rt["link"]:
-            print(f"(+) {rt['link']['netem_error']} -- frames late > 2 ms: {line.get('late_over_2ms')}"
-                  f" of {line.get('frames')}, worst {line.get('late_ms_max', 0):.1f} ms.")
-    elif "why_not_measured" in rt:
-        print(f"{2 * RTT_ONE_WAY_MS} ms RTT link not measured: {rt['why_not_measured']}")
-    busiest = max(res["foreign_load"].items(), key=lambda kv: kv[1]["foreign_cores"])
-    print(f"load generators, curl, backend and Runewarp share {os.cpu_count()} CPUs; other processes"
-          f" used up to {busiest[1]['foreign_cores']:.2f} cores (phase {busiest[0]})"
-          + (" -- numbers are NOISY" if busiest[1]["foreign_cores"] > 0.25 else "") + ".")
-    return added50, added99
-
-
 def log_issues(proc):
     """WARN/ERROR lines and tracebacks from a process's stderr (nginx: [warn]..[emerg])."""
     pattern = re.compile(r"\b(WARN|ERROR)\b|Traceback|\[(warn|error|crit|alert|emerg)\]")
@@ -1156,6 +936,68 @@ def nofile_limit():
     return NOFILE if soft == resource.RLIM_INFINITY else soft
 
 
+def wanted(phase):
+    """Whether this run measures `phase` (BENCH_ONLY lists phases; `ssh` adds the ssh -R
+    target to the listed workload phases, and alone means all of them)."""
+    if not ONLY or phase in ONLY or phase == "quiet":
+        return True
+    return phase in SSH_PHASES and ONLY == [sshpeer.NAME]
+
+
+def start_ssh(tmp, backend_port):
+    """The ssh -R target (sshpeer.py) or, where it cannot run, why not (printed)."""
+    why = sshpeer.unavailable()
+    if why:
+        print(f"ssh -R column skipped: {why}", flush=True)
+        return {"skipped": why}
+    target = sshpeer.start(tmp / "ssh", backend_port, free_port(), free_port(),
+                           lambda cmd, name: Proc(cmd, name=name))
+    EXTRA_PIDS.extend(target.pop("session_pids"))
+    print(f"ssh -R: {target['version']}, {target['cipher']}, Visitors on 127.0.0.1:{target['port']}"
+          f" (sshd and its session: pids {target['pids'][:-1]}, ssh: {target['pids'][-1]})", flush=True)
+    return target
+
+
+def workers_bench(tmp, material, backend_port, one, ca):
+    """`workers = 2` against the bench's own pair (`workers = 1`): 8-stream bulk and the
+    connection rate, alternating, and the Visitors each Server worker carried (its /metrics)."""
+    checks = {"server": write_server_config(tmp, material, "-check", workers=workersbench.WORKERS),
+              "client": write_client_config(tmp, material, "-check", 443, f"127.0.0.1:{backend_port}",
+                                            workers=workersbench.WORKERS)}
+    why = workersbench.unavailable(checks, ROOT)
+    if why:
+        print(f"  workers: {why}", flush=True)
+        return {"skipped": why}
+    first = len(STARTED)
+    try:
+        metrics_port = free_port()
+        server, client, port = start_runewarp(tmp, material, backend_port, tag="-w2",
+                                              workers=workersbench.WORKERS, metrics_port=metrics_port)
+        server_workers = procfs.descendants(server.pid)
+        two = {"port": port, "pids": [server.pid, *server_workers, client.pid,
+                                      *procfs.descendants(client.pid)]}
+        cpu0 = {pid: cpu_seconds([pid]) for pid in server_workers}
+        out = workersbench.measure(
+            {"workers=1": one, f"workers={workersbench.WORKERS}": two},
+            lambda t: run_curls(t, ca, "/bulk8", STREAMS, CONC_MB * MIB),
+            lambda t: loadgen(t, ca, RATE_PROCS, RATE_THREADS, duration=RATE_SECONDS),
+            max(1, REPEATS - 1), metrics_port)
+        # A second witness beside /metrics: the CPU each Server worker process burned.
+        out["server_worker_cpu_s"] = {pid: round(cpu_seconds([pid]) - cpu0[pid], 2)
+                                      for pid in server_workers}
+        print(f"  CPU s per Server worker process (/proc): {out['server_worker_cpu_s']}", flush=True)
+        return out
+    except Interrupted:
+        raise
+    except Exception as exc:   # this phase only: the rest of the results still count
+        print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+        return {"failed": f"{type(exc).__name__}: {exc}"}
+    finally:
+        procs = STARTED[first:]
+        del STARTED[first:]
+        stop_all(procs, [])
+
+
 def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -1176,7 +1018,7 @@ def main():
                           "rlimit_nofile": nofile},
                "env": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                        "kernel": platform.release(), "openssl": ssl.OPENSSL_VERSION},
-               "targets_issue_6": TARGETS}
+               "targets_issue_20": TARGETS}
     began = time.monotonic()
     try:
         material = make_material(tmp)
@@ -1194,9 +1036,16 @@ def main():
         }
         monitor = LoadMonitor()
         monitor.live_pids = backend["pids"] + [server.pid, client.pid]
+        ssh_procs = ()
+        if wanted("ssh"):
+            results["ssh"] = start_ssh(tmp, backend["port"])
+            ssh_procs = results["ssh"].pop("procs", ())
+            if "port" in results["ssh"]:
+                targets[sshpeer.NAME] = {k: results["ssh"][k] for k in ("port", "pids")}
+                monitor.live_pids += results["ssh"]["pids"]
 
         def phase(name, title, work):
-            if ONLY and name not in ONLY and name != "quiet":
+            if not wanted(name):
                 return {}
             print(title, flush=True)
             mark = monitor.start()
@@ -1220,7 +1069,8 @@ def main():
 
         def streams_work():
             out = {}
-            for name, target in targets.items():
+            for name in ("direct", "runewarp"):    # not ssh -R: issue 6's guard rail only
+                target = targets[name]
                 try:
                     out[name] = many_streams(name, target, ca, STREAMS_CONNS,
                                              logs=(server, client) if name == "runewarp" else ())
@@ -1250,18 +1100,28 @@ def main():
                     f"flight, {quicbench.QUIC_SECONDS:g} s x{quicbench.QUIC_REPEATS}; "
                     f"{quicbench.QUIC_ROUND_TRIPS} round trips) ...",
             lambda: quic_bench(tmp, material))
+        results["workers"] = phase(
+            "workers", f"workers = {workersbench.WORKERS} against workers = 1 ({STREAMS} streams,"
+                       f" {RATE_PROCS * RATE_THREADS} in flight) ...",
+            lambda: workers_bench(tmp, material, backend["port"], targets["runewarp"], ca))
         results["foreign_load"] = monitor.phases
         if ONLY:
             print(json.dumps(summary_of(results), indent=1, default=str))
             return
         rows = build_rows(results)
         added50, added99 = print_table(rows, results)
-        results["table"] = [{"metric": n, "direct": med(d), "runewarp": med(r),
-                             "direct_all": d, "runewarp_all": r, "ratio": ratio(d, r),
-                             "target_issue_6": t or None, "met": met}
-                            for n, d, r, _f, t, met in rows]
+        results["table"] = [
+            {"metric": line["metric"], **{n: med(v) for n, v in line["values"].items()},
+             **{f"{n}_all": v for n, v in line["values"].items()},
+             "ratio": ratio(line["values"].get("direct"), line["values"].get("runewarp")),
+             "ratio_ssh": ratio(line["values"].get("direct"), line["values"].get(sshpeer.NAME)),
+             "target_issue_20": line["target"] or None, "met": line["met"],
+             "beats_ssh": beats(line)} for line in rows]
         results["added_latency_ms"] = {"p50": added50, "p99": added99}
-        problems = report_problems(results, server, client, backend["proc"])
+        if sshpeer.NAME in results["seq"]:
+            ssh50, ssh99 = added_latency(results, sshpeer.NAME)
+            results["added_latency_ms"][sshpeer.NAME] = {"p50": ssh50, "p99": ssh99}
+        problems = report_problems(results, (server, client, backend["proc"]), ssh_procs)
         results["problems"] = problems
     finally:
         exit_codes = {}
@@ -1290,7 +1150,7 @@ def main():
 def summary_of(results):
     """The raw figures of a BENCH_ONLY run: what the table would be built from."""
     keep = {}
-    for phase in ONLY:
+    for phase in (p for p in PHASES if wanted(p)):
         for name, value in results.get(phase, {}).items():
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if k not in ("latencies_ms", "errors")
@@ -1299,11 +1159,12 @@ def summary_of(results):
     return keep
 
 
-def report_problems(results, server, client, backend_proc):
+def report_problems(results, procs, ssh_procs):
     """Everything that went wrong under load, side by side: errors seen by the load
-    generators and curls, and WARN/ERROR lines in the processes' own logs."""
+    generators and curls, and WARN/ERROR lines in the processes' own logs (sshd and ssh:
+    their error: and fatal: lines)."""
     problems = {}
-    for name in ("direct", "runewarp"):
+    for name in results["bulk"]:
         found = {}
         if results["bulk"][name]["errors"]:
             found["bulk"] = results["bulk"][name]["errors"][:10]
@@ -1326,8 +1187,12 @@ def report_problems(results, server, client, backend_proc):
                              "sample_alive": f"{idle['sample_alive']}/{idle['sample_size']}"}
         if found:
             problems[name] = found
-    for proc in (server, client, backend_proc):
+    for proc in procs:
         lines = log_issues(proc)
+        if lines:
+            problems[f"{proc.name} log"] = {"count": len(lines), "first": lines[:10]}
+    for proc in ssh_procs:
+        lines = [line for line in proc.lines if re.search(r"\b(error|fatal):", line)]
         if lines:
             problems[f"{proc.name} log"] = {"count": len(lines), "first": lines[:10]}
     for name, lines in (results.get("quic") or {}).get("logs", {}).items():
