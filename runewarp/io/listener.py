@@ -22,6 +22,7 @@ from ..errors import TransportError
 from ..systemd import ActivationError
 from ..proto.address import format_address
 from .net import set_keepalive, set_nodelay
+from ..workers import this_worker
 
 # The config key of each kind of listener.  Public listeners are named "public",
 # "public-2", … (one per public bind address); the Tunnel listener "tunnel".
@@ -228,7 +229,13 @@ class InheritedSockets:
 
 class _HandlerOwnedServer(StreamServer):
     """A StreamServer that leaves the accepted socket to the handler: a handler may hand
-    it to a splice that outlives the handler's greenlet, and closes it otherwise."""
+    it to a splice that outlives the handler's greenlet, and closes it otherwise.
+
+    Under a supervisor every worker waits on the same socket: accepting one connection
+    per wake-up leaves the next to whichever worker is idle, so a burst (a Client's
+    Tunnel connections, dialed at once) spreads over the workers."""
+
+    max_accept = 1 if this_worker().count > 1 else StreamServer.max_accept
 
     def do_handle(self, sock, address):
         try:

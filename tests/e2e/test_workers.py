@@ -41,6 +41,14 @@ def children(pid):
     return sorted(found)
 
 
+def wait_count(proc, event, count, start=0, timeout=20):
+    """Until `event` is in `count` of `proc`'s lines from `start` (one per worker)."""
+    deadline = time.monotonic() + timeout
+    while sum(event in line for line in proc.lines[start:]) < count:
+        assert time.monotonic() < deadline, proc.log()
+        time.sleep(0.1)
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -71,6 +79,9 @@ class Pool:
         self.server = Proc(["server", "-c", self.config], env=self.deployment.env)
         self.deployment.processes.append(self.server)
         self.server.wait_for("supervisor-ready")
+        return self.start_client()
+
+    def start_client(self):
         env = dict(self.deployment.env, RUNEWARP_RECONNECT_WINDOWS="0.1,0.2")
         path = self.deployment.client_config("client-a", [([APP], self.backend.address)],
                                              settings={"connections-per-server": 4,
@@ -149,7 +160,7 @@ def test_metrics_carry_a_worker_label_and_parse(deployment, backend):
     families = list(text_string_to_metric_families(text))  # Prometheus-parsable
     workers = {s.labels.get("worker") for f in families for s in f.samples}
     assert workers == {"0", "1"}, workers
-    routed = [s for f in families for s in f.samples if s.name == "runewarp_tunnel_pool_members"]
+    routed = [s for f in families for s in f.samples if s.name == "runewarp_tunnel_connections" and s.value >= 1]
     assert {s.labels["worker"] for s in routed} == {"0", "1"}, routed
     with urllib.request.urlopen(f"http://127.0.0.1:{pool.metrics_port}/readyz", timeout=10) as r:
         assert r.status == 200
@@ -159,19 +170,18 @@ def test_metrics_carry_a_worker_label_and_parse(deployment, backend):
 
 def test_hup_reloads_every_worker_and_a_bad_file_keeps_all_serving(deployment, backend):
     pool = Pool(deployment, backend).start()
+    mark = len(pool.server.lines)
     reload_by_signal(pool.server, "server-reloaded")
-    pool.server.wait_for("server-reloaded", start=0, timeout=10)
-    assert pool.server.count("server-reloaded") == 2, pool.server.log()
+    wait_count(pool.server, "server-reloaded", 2, mark)
+    assert {"worker=0", "worker=1"} <= {word for line in pool.server.lines[mark:]
+                                        if "server-reloaded" in line for word in line.split()}
     mark = len(pool.server.lines)
     pool.config.write_text(pool.text.replace("[server]", "[server]\nbogus = 1"))
     os.kill(pool.server.pid, signal.SIGHUP)
-    pool.server.wait_for("reload-failed", start=mark, timeout=15)
-    deadline = time.monotonic() + 15
-    while sum("reload-failed" in line for line in pool.server.lines[mark:]) < 2:
-        assert time.monotonic() < deadline, pool.server.log()
-        time.sleep(0.1)
+    wait_count(pool.server, "reload-failed", 2, mark)
     for _ in range(10):
         pool.visit()
+    assert len(pool.workers(pool.server)) == 2
 
 
 def test_a_killed_worker_is_restarted_and_visitors_keep_being_served(deployment, backend):
@@ -179,19 +189,28 @@ def test_a_killed_worker_is_restarted_and_visitors_keep_being_served(deployment,
     victim = pool.workers(pool.server)[0]
     load = Load(pool, threads=2)
     try:
+        time.sleep(0.5)
         mark = len(pool.server.lines)
         os.kill(victim, signal.SIGKILL)
         pool.server.wait_for("worker-exited", start=mark, timeout=10)
-        pool.server.wait_for("worker-started", start=mark, timeout=20)
-        pool.wait_covered()
         served = load.served
-        time.sleep(1)
-        assert load.served > served
+        time.sleep(0.5)  # the new worker's interpreter is still starting
     finally:
         load.stop()
+    # The killed worker's Visitors in flight were cut (at most one per thread); meanwhile
+    # the other worker took every new Visitor from the shared socket.
+    assert len(load.failures) <= 2, load.failures
+    assert load.served > served
+    pool.server.wait_for("worker-started", start=mark, timeout=20)
     assert victim not in pool.workers(pool.server)
-    assert "status=was ended by SIGKILL" in pool.server.log()
-    pool.visit()
+    assert "was ended by SIGKILL" in pool.server.log()
+    # The Client's connections to the killed worker came back on the other one; a Client
+    # started again covers both (engineer route's coverage will do that by itself).
+    pool.client.popen.send_signal(signal.SIGTERM)
+    assert pool.client.popen.wait(timeout=30) == 0
+    pool.start_client()
+    for _ in range(10):
+        pool.visit()
 
 
 def test_usr2_hands_the_supervisor_over_without_losing_a_visitor(deployment, backend,
