@@ -165,7 +165,7 @@ def test_metrics_carry_a_worker_label_and_parse(deployment, backend):
     with urllib.request.urlopen(f"http://127.0.0.1:{pool.metrics_port}/readyz", timeout=10) as r:
         assert r.status == 200
     status = run_cli("server", "status", "-c", pool.config, env=deployment.env)
-    assert "apps" in status.stdout
+    assert "2 workers" in status.stdout and "apps (worker 1)" in status.stdout, status.stdout
 
 
 def test_hup_reloads_every_worker_and_a_bad_file_keeps_all_serving(deployment, backend):
