@@ -99,7 +99,8 @@ class Supervisor:
             self.log.error("workers-start-failed", reason=str(failed[0]))
             self.stopping = True
             self._signal_all(signal.SIGTERM)
-            gevent.wait([gevent.spawn(proc.wait) for proc in self.procs if proc is not None])
+            gevent.wait([gevent.spawn(proc.wait) for proc in self.procs if proc is not None],
+                        timeout=self.config.graceful_shutdown_duration + 5)  # then killed
             return 1
         self.monitor.start()
         self.log.info("supervisor-ready", role=self.role, workers=self.count,

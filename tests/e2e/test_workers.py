@@ -266,3 +266,34 @@ def test_a_bad_workers_value_is_one_line_and_exit_2(deployment, value, words):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "server.workers" in result.stderr, result.stderr
     assert words in result.stderr and str(path) in result.stderr
+
+
+CLIENT_ACME = """[client]
+server-address = "tunnel.example.com"
+workers = 2
+[client.acme]
+email = "ops@example.com"
+[[client.services]]
+public-hostnames = ["app.example.com"]
+backend-address = "127.0.0.1:8080"
+tls-mode = "terminate"
+"""
+
+
+@pytest.mark.parametrize("role, extra, words", [
+    ("client", None, "[client.acme]: each worker would run certbot"),
+    ("server", "public-quic = true", "public-quic = true"),
+    ("server", '[server.api]\nbind-address = "127.0.0.1:9443"\nclient-ca-file = "server-cert/server-ca.crt"',
+     "[server.api] bind-address"),
+])
+def test_what_must_run_once_refuses_several_workers(deployment, tmp_path, role, extra, words):
+    if role == "client":
+        path = tmp_path / "client.toml"
+        path.write_text(CLIENT_ACME)
+    else:
+        path = deployment.server_config([("apps", [APP], [deployment.identity("c")])],
+                                        extra=f"workers = 2\n{extra}")
+    result = run_cli(role, "-c", path, env=deployment.env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and f"{role}.workers" in result.stderr, result.stderr
+    assert words in result.stderr
