@@ -297,3 +297,26 @@ def test_what_must_run_once_refuses_several_workers(deployment, tmp_path, role, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and f"{role}.workers" in result.stderr, result.stderr
     assert words in result.stderr
+
+
+def wait_in_file(path, words, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and all(word in path.read_text() for word in words)):
+        assert time.monotonic() < deadline, path.read_text() if path.exists() else "no file"
+        time.sleep(0.2)
+
+
+def test_usr1_reopens_the_log_file_in_the_supervisor_and_every_worker(deployment, backend):
+    pool = Pool(deployment, backend)
+    log_path, rotated = deployment.dir / "server.log", deployment.dir / "server.log.1"
+    pool.config.write_text(pool.text.replace("workers = 2", f'workers = 2\nlog-file = "{log_path}"'))
+    server = Proc(["server", "-c", pool.config], env=deployment.env)
+    deployment.processes.append(server)
+    wait_in_file(log_path, ["supervisor-ready"])
+    os.rename(log_path, rotated)  # logrotate's move
+    os.kill(server.pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    os.kill(server.pid, signal.SIGHUP)  # lines from the supervisor and from each worker
+    wait_in_file(log_path, ["reload-relayed", "server-reloaded worker=0",
+                            "server-reloaded worker=1"])
+    assert "reload-relayed" not in rotated.read_text()
