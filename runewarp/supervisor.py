@@ -33,6 +33,7 @@ from . import handover, systemd
 from .errors import RunewarpError
 from .io.listener import InheritedSockets
 from .io.workermonitor import SupervisorMonitor
+from .lifecycle import run_logged
 from .workers import METRICS_ENV, WORKER_ENV
 
 RESTART_INTERVAL = 1.0  # a worker is started at most once per this many seconds
@@ -69,19 +70,15 @@ class Supervisor:
         self.stopping = False
         self.folder = None
         self.monitor = SupervisorMonitor(config.metrics, role, self, log)
-        self.on_ready = None  # background.py's, as for a Lifecycle
-        self.successor = False
-        self.handing_over = None
-        self.handover_result = None
+        self.on_ready, self.successor = None, False  # background.py's, as for a Lifecycle
+        self.handing_over = self.handover_result = None
 
     # -- running --
     def run(self):
-        self.log.defer_writes(gevent.get_hub().loop.run_callback)
         try:
-            return self._run()
+            return run_logged(self.log, self._run)
         finally:
             self._close()
-            self.log.flush()
 
     def _run(self):
         for signum in _RELAYED:

@@ -45,7 +45,7 @@ LAYERS = {
     "daemon": set(),  # the pid file and the detach: stdlib and gevent only
     "handover": BASE | {"systemd", "daemon"},
     "workers": set(),  # this process's place under a supervisor: stdlib only
-    "supervisor": BASE | {"systemd", "handover", "io", "workers"},
+    "supervisor": BASE | {"systemd", "handover", "lifecycle", "io", "workers"},
     "cli": EVERYTHING,
     "demo": EVERYTHING,
     "entry": EVERYTHING,
