@@ -44,43 +44,66 @@ def start_successor(sockets, argv=None, timeout=READY_TIMEOUT):
     """Start the successor with `sockets` ([(socket, name, unit_owned)]) and wait, cooperatively, until
     it is ready: its pid.  HandoverFailed when it exits or `timeout` passes first; a
     successor that is not ready is never left running (also when this greenlet is killed)."""
+    proc, channel = spawn(sockets, {}, argv)
+    wait_ready(proc, channel, timeout)
+    return proc.pid
+
+
+def spawn(sockets, variables, argv=None, **popen):
+    """(process, read end of its readiness pipe): `argv` (default: our command line) started
+    with `sockets` passed by fd, the hand-over variables naming this process, and `variables`
+    (a value None removes the variable).  HandoverFailed when it cannot start."""
     read_end, write_end = os.pipe()
     env = dict(os.environ, **systemd.handover_environ(sockets),
                **{HANDOVER: f"{os.getpid()}:{write_end}"})
     env.pop("WATCHDOG_PID", None)  # systemd's watchdog follows the new main pid
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     argv = argv or command()
     try:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                pass_fds=[entry[0].fileno() for entry in sockets] + [write_end])
+                                pass_fds=[entry[0].fileno() for entry in sockets] + [write_end],
+                                **popen)
     except OSError as exc:
         os.close(read_end)
         raise HandoverFailed(f"cannot start {argv[0]}: {(exc.strerror or str(exc)).lower()}")
     finally:
         os.close(write_end)
+    return proc, read_end
+
+
+def wait_ready(proc, channel, timeout=READY_TIMEOUT, what="the new process"):
+    """Wait, cooperatively, until `proc` reports READY on `channel` (closed here).
+    HandoverFailed when it exits or `timeout` passes first; a process that is not ready is
+    never left running (also when this greenlet is killed)."""
     deadline = time.monotonic() + timeout
     ready = False
     try:
-        _, ready = daemon.read_verdict(read_end, deadline, select=gevent.select.select)
+        _, ready = daemon.read_verdict(channel, deadline, select=gevent.select.select)
         if ready:
-            return proc.pid
+            return
         if ready is False:  # it closed the pipe: it exits
             try:
                 status = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 ready = None
             else:
-                raise HandoverFailed(f"the new process (pid {proc.pid}) {_ended(status)} "
+                raise HandoverFailed(f"{what} (pid {proc.pid}) {ended(status)} "
                                      "before it was ready")
-        raise HandoverFailed(f"the new process (pid {proc.pid}) was not ready within "
+        raise HandoverFailed(f"{what} (pid {proc.pid}) was not ready within "
                              f"{timeout:g}s; it was killed")
     finally:
-        os.close(read_end)
+        os.close(channel)
         if not ready and proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def _ended(status):
+def ended(status):
+    """How a process with exit `status` (Popen.returncode) ended, in words."""
     if status < 0:
         return f"was ended by {_signal_name(-status)}"
     return f"exited with status {status}"

@@ -22,6 +22,16 @@ from . import systemd
 from .errors import RunewarpError
 
 
+def run_logged(log, body):
+    """`body()` under the event loop, its log lines joined per loop turn and all written
+    before the CLI prints anything after it (the supervisor's loop too)."""
+    log.defer_writes(gevent.get_hub().loop.run_callback)
+    try:
+        return body()
+    finally:
+        log.flush()
+
+
 class Lifecycle:
     def __init__(self, runtime, load_config, grace, log):
         self.runtime = runtime
@@ -38,11 +48,7 @@ class Lifecycle:
         self.handover_result = None
 
     def run(self):
-        self.log.defer_writes(gevent.get_hub().loop.run_callback)
-        try:
-            return self._run()
-        finally:
-            self.log.flush()  # before the CLI prints anything after us
+        return run_logged(self.log, self._run)
 
     def _run(self):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,

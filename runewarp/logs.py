@@ -146,6 +146,7 @@ class Logger:
         self.path = None  # set by open_file(): the log file reopen() opens again
         self._std = False
         self._file = None  # the file object open_file() opened, closed by the next reopen
+        self.context = {}  # fields every line carries first (a supervisor's worker: `worker=i`)
 
     def defer_writes(self, schedule):
         """Under an event loop, join the lines of one loop turn into one write.
@@ -224,6 +225,8 @@ class Logger:
             if dropped is None:
                 return
             fields["suppressed"] = dropped or None
+        if self.context:
+            fields = {**self.context, **fields}
         fields = {k.replace("_", "-"): v for k, v in fields.items() if v is not None}
         if self.fmt == "json":
             line = _json_line({"time": _utc_now(), "level": level, "event": event, **fields})

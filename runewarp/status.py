@@ -25,6 +25,8 @@ def _heading(doc):
     line = f"Runewarp {_cell(doc.get('role') or '?')} {_cell(doc.get('version') or '?')}: {ready}"
     if isinstance(doc.get("uptime_seconds"), int | float):
         line += f", up {duration(doc['uptime_seconds'])}"
+    if isinstance(doc.get("workers"), int):
+        line += f", {doc['workers']} workers"
     if doc.get("config"):
         line += f"\nConfig: {_cell(doc['config'])}"
     return line
@@ -36,18 +38,24 @@ def _server(doc):
     return [
         "Tunnels\n" + table(
             ("TUNNEL", "PUBLIC HOSTNAMES", "POOL MEMBERS", "ACTIVE STREAMS"),
-            [(t.get("name"), ", ".join(t.get("public_hostnames") or []),
+            [(_of_worker(t), ", ".join(t.get("public_hostnames") or []),
               len(t.get("members") or []), t.get("active_streams")) for t in tunnels],
             empty="(no Tunnels)"),
         "Pool members\n" + table(
             ("TUNNEL", "CLIENT IDENTITY", "INSTANCE", "PEER", "SERVES", "CONNECTED SINCE",
              "ACTIVE STREAMS", "PING RTT", "UNHEALTHY"),
-            [(t.get("name"), _prefix(m.get("client_identity")), m.get("instance"), m.get("peer"),
+            [(_of_worker(t), _prefix(m.get("client_identity")), m.get("instance"), m.get("peer"),
               _serves(m), m.get("connected_since"), m.get("active_streams"),
               rtt(m.get("ping_rtt_seconds")), _unhealthy(m))
              for t, m in members],
             empty="(no Tunnel connections)"),
     ] + _quic(doc.get("quic"))
+
+
+def _of_worker(row):
+    """A Tunnel's name, and its worker under a supervisor (`workers = N`)."""
+    worker = row.get("worker")
+    return row.get("name") if worker is None else f"{row.get('name')} (worker {worker})"
 
 
 def _quic(quic):

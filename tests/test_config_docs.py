@@ -86,9 +86,9 @@ def test_the_reload_table_says_for_every_key_what_the_key_table_says():
 def test_a_reload_keeps_exactly_the_restart_keys():
     """The runtimes' RESTART_ONLY come from the key table: a restart key of a table that is
     itself restart-only is kept with its table."""
-    assert restart_only("server") == ("hostname", "public_quic", "pid_file", "log_file", "strict_permissions",
+    assert restart_only("server") == ("hostname", "public_quic", "workers", "pid_file", "log_file", "strict_permissions",
                                       "acme", "metrics", "api", "limits.stream_buffer_budget")
-    assert restart_only("client") == ("pid_file", "log_file", "strict_permissions", "acme",
+    assert restart_only("client") == ("workers", "pid_file", "log_file", "strict_permissions", "acme",
                                       "metrics", "server_addresses", "limits.stream_buffer_budget")
     running = ServerConfig(hostname="a.example.com", cert_dir=Path("/c"), tunnels=(),
                            limits=Limits(stream_buffer_budget=2 * 1024 * 1024))

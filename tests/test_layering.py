@@ -20,7 +20,8 @@ PROTO_FORBIDDEN = {"socket", "ssl", "gevent", "time", "select", "selectors", "as
                    "io", "datetime"}
 
 BASE = {"runewarp", "errors"}  # the package itself (its __version__) and the exception tree
-CORE = BASE | {"proto", "logs", "systemd", "config", "material", "tls", "contextcache", "certcheck", "metrics"}
+CORE = BASE | {"proto", "logs", "systemd", "config", "material", "tls", "contextcache", "certcheck", "metrics",
+               "workers"}
 EVERYTHING = None
 LAYERS = {
     "runewarp": set(),
@@ -43,6 +44,8 @@ LAYERS = {
     "lifecycle": BASE | {"systemd"},
     "daemon": set(),  # the pid file and the detach: stdlib and gevent only
     "handover": BASE | {"systemd", "daemon"},
+    "workers": set(),  # this process's place under a supervisor: stdlib only
+    "supervisor": BASE | {"systemd", "handover", "lifecycle", "io", "workers"},
     "cli": EVERYTHING,
     "demo": EVERYTHING,
     "entry": EVERYTHING,

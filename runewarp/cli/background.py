@@ -20,6 +20,7 @@ from ..config.paths import default_log_file, default_pid_file
 from ..config.schema import default
 from ..errors import ConfigError
 from ..logs import log
+from ..workers import this_worker
 from .common import CONFIG, HELP, ROLES, fail, selected_config
 
 STOP_MARGIN = 10.0  # seconds past graceful-shutdown-duration before stop gives up
@@ -44,8 +45,10 @@ def run(args, role, cfg, lifecycle):
     """Run `lifecycle` in the foreground, or with -d in a detached child whose start the
     parent waits for; writes the pid file and opens the log file around it."""
     detach = bool(args.get("--detach"))
-    pid_path = cfg.pid_file or (default_pid_file(os.environ, role) if detach else None)
     log_path = cfg.log_file or (default_log_file(os.environ, role) if detach else None)
+    if this_worker().count > 1:
+        return _run_worker(cfg, role, lifecycle, log_path, detach)
+    pid_path = cfg.pid_file or (default_pid_file(os.environ, role) if detach else None)
     pid_file = daemon.PidFile(pid_path, role) if pid_path is not None else None
     successor = handover.Successor.from_environ()
     if pid_file is not None:
@@ -70,6 +73,18 @@ def run(args, role, cfg, lifecycle):
     finally:
         if pid_file is not None:
             pid_file.remove()
+
+
+def _run_worker(cfg, role, lifecycle, log_path, detach):
+    """A supervisor's worker (runewarp/supervisor.py): it tells the supervisor when it
+    serves, on the pipe it was given; the pid file, the detach and systemd are the
+    supervisor's.  It opens the log file itself, so SIGUSR1 reopens it here too."""
+    started = handover.Successor.from_environ()
+    if started is not None:
+        lifecycle.on_ready = started.ready
+    if log_path is not None:
+        _opening(cfg, role, "log-file", log_path, lambda: log.open_file(log_path, std=detach))
+    return lifecycle.run()
 
 
 def _take_over(cfg, role, pid_file, successor):

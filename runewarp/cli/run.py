@@ -1,8 +1,11 @@
 """`runewarp server` and `runewarp client`: load and check the config, then hand the
 runtime to the lifecycle."""
 
+from functools import partial
+
 from ..errors import ConfigError
 from ..logs import log
+from ..workers import this_worker
 from . import background
 from .common import CONFIG, HELP, check_before_start, load, required_config, selected_config
 
@@ -50,17 +53,36 @@ is ignored with a warning.
 
 def run_server(args):
     from .. import handover
+    from ..io.listener import bind_for_workers
     from ..io.server import Server
     from ..lifecycle import Lifecycle
 
     path = required_config(args)
     cfg = load("server", path)
     log.configure(cfg.log_level, cfg.log_format)
+    worker = this_worker()
+    log.context.update(worker.log_fields())
     server = Server(cfg, log)
-    check_before_start("server", cfg, server)
+    check_before_start("server", cfg, server)  # renews a due Server certificate: once, here
+    if _supervises(cfg, worker):
+        return background.run(args, "server", cfg, _supervisor(
+            "server", cfg, lambda: load("server", path), bind=partial(bind_for_workers, cfg),
+            hand_over=True))
     lifecycle = Lifecycle(server, lambda: load("server", path), cfg.graceful_shutdown_duration, log)
-    lifecycle.hand_over = lambda: handover.start_successor(server.handover_sockets())
+    if worker.count == 1:  # a worker's sockets are its supervisor's to hand over
+        lifecycle.hand_over = lambda: handover.start_successor(server.handover_sockets())
     return background.run(args, "server", cfg, lifecycle)
+
+
+def _supervises(cfg, worker):
+    """Whether this process is the supervisor of `workers = N` (not one of its workers)."""
+    return cfg.workers > 1 and worker.count == 1
+
+
+def _supervisor(role, cfg, reload, **kwargs):
+    from ..supervisor import Supervisor
+
+    return Supervisor(role, cfg, reload, log, **kwargs)
 
 
 def client_overrides(args):
@@ -85,9 +107,15 @@ def run_client(args):
 
     cfg = reload()
     log.configure(cfg.log_level, cfg.log_format)
+    worker = this_worker()
+    log.context.update(worker.log_fields())
     check_before_start("client", cfg)
+    client = Client(cfg, log)
+    if _supervises(cfg, worker):
+        client.public_certs.upkeep(cfg.terminate_hostnames)  # a due renewal: once, here
+        return background.run(args, "client", cfg, _supervisor("client", cfg, reload))
     return background.run(args, "client", cfg,
-                          Lifecycle(Client(cfg, log), reload, cfg.graceful_shutdown_duration, log))
+                          Lifecycle(client, reload, cfg.graceful_shutdown_duration, log))
 
 
 COMMANDS = (

@@ -100,6 +100,7 @@ def parse_client(ctx: Context, doc: dict, source: Path | None, cli: Overrides) -
         log_level=log_level,
         log_format=log_format,
         graceful_shutdown_duration=grace,
+        workers=shared.workers(ctx, client, p, acme),
         strict_permissions=ctx.setting(client, p, "strict-permissions"),
         pid_file=ctx.setting(client, p, "pid-file"),
         log_file=ctx.setting(client, p, "log-file"),

@@ -143,6 +143,7 @@ class ServerConfig:
     quic_idle_timeout: float = default("server.quic-idle-timeout")
     acme: AcmeConfig | None = None
     graceful_shutdown_duration: float = default("server.graceful-shutdown-duration")
+    workers: int = default("server.workers")
     strict_permissions: bool = default("server.strict-permissions")
     pid_file: Path | None = None
     log_file: Path | None = None
@@ -224,6 +225,7 @@ class ClientConfig:
     log_level: str = default("log-level")
     log_format: str = default("log-format")
     graceful_shutdown_duration: float = default("client.graceful-shutdown-duration")
+    workers: int = default("client.workers")
     strict_permissions: bool = default("client.strict-permissions")
     pid_file: Path | None = None
     log_file: Path | None = None

@@ -210,6 +210,8 @@ KEYS: tuple[Key, ...] = (
     Key("server.quic-idle-timeout", "seconds", 30.0, "seconds 1-3600",
         "seconds without a datagram either way after which a QUIC flow ends", reload=NEW_CONNECTIONS),
     *_both("graceful-shutdown-duration", "seconds", 30.0, "finite, >= 0", "how long open streams may finish"),
+    *_both("workers", "integer or \"auto\"", 1, "an integer 1-64, or \"auto\" (the number of CPUs)",
+           "processes that serve under one supervisor, one core each", bounds=(1, 64), reload=RESTART),
     *_both("pid-file", "path", None, "a file path; its folder is created",
            "where the process writes its pid (with -d, or when set)",
            shown="with -d: $XDG_RUNTIME_DIR/runewarp/ROLE.pid", reload=RESTART),

@@ -67,6 +67,7 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
         quic_idle_timeout=quic_idle_timeout,
         acme=acme,
         graceful_shutdown_duration=grace,
+        workers=shared.workers(ctx, server, p, acme, api, ctx.setting(server, p, "public-quic")),
         strict_permissions=ctx.setting(server, p, "strict-permissions"),
         pid_file=ctx.setting(server, p, "pid-file"),
         log_file=ctx.setting(server, p, "log-file"),

@@ -1,6 +1,7 @@
 """What both roles read alike: the top level, `[<role>.acme]`, `[<role>.limits]`,
 `[<role>.metrics]` and `[<role>.timeouts]`."""
 
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,6 +59,33 @@ def limits(ctx: Context, parent: dict, prefix: str) -> Limits:
 
 
 _STATSD_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def workers(ctx: Context, parent: dict, role: str, acme: AcmeConfig | None, api: object = None,
+            quic: bool = False) -> int:
+    """`workers`: 1-64, or "auto" for the number of CPUs.  More than one refuses what would
+    run once per worker and must run once: certbot ([<role>.acme]) and the configuration
+    API, whose changes would reach one worker only; and public QUIC, whose flows live in the
+    worker that reads their first datagram."""
+    key = join(role, "workers")
+    bounds = schema.key(key).bounds
+    value = parent.get("workers", schema.default(key))
+    if value == "auto":
+        count = min(os.cpu_count() or 1, bounds[1])
+    elif isinstance(value, str):
+        raise ctx.error(key, f'expected an integer 1-64 or "auto", got {value!r}')
+    else:
+        count = ctx.bounded_int(parent, role, "workers", bounds) if "workers" in parent else value
+    if count > 1 and acme is not None:
+        raise ctx.error(key, f"more than 1 cannot be used with [{role}.acme]: each worker would "
+                        "run certbot for the same certificates; use workers = 1")
+    if count > 1 and getattr(api, "bind_address", None) is not None:
+        raise ctx.error(key, "more than 1 cannot be used with [server.api] bind-address: an API "
+                        "change would reach one worker only; use workers = 1")
+    if count > 1 and quic:
+        raise ctx.error(key, "more than 1 cannot be used with public-quic = true: a QUIC flow's "
+                        "datagrams would reach any worker; use workers = 1")
+    return count
 
 
 def subtable(ctx: Context, parent: dict, role: str, name: str) -> tuple[dict | None, str]:

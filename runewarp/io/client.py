@@ -41,6 +41,7 @@ from .terminate import PublicCertificates
 from .tunnelstream import drain_control
 from .upkeep import Periodic, check_seconds
 from .watch import FileWatch
+from ..workers import this_worker
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("client")
@@ -91,7 +92,9 @@ class Client(ClientStreams):
         self.public_certs.upkeep(self.config.terminate_hostnames, announce=True)
         self.certificate_upkeep = Periodic(
             lambda: self.public_certs.upkeep(self.config.terminate_hostnames), check_seconds(),
-            self.log, "public-certificate-renewal-failed", stopped=self.stopping.is_set).start()
+            self.log, "public-certificate-renewal-failed", stopped=self.stopping.is_set)
+        if this_worker().upkeeper:  # under a supervisor, one worker renews
+            self.certificate_upkeep.start()
         if self.acme is not None:
             self.acme.start()
         self.health.configure(self.config)

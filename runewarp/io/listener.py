@@ -22,6 +22,7 @@ from ..errors import TransportError
 from ..systemd import ActivationError
 from ..proto.address import format_address
 from .net import set_keepalive, set_nodelay
+from ..workers import this_worker
 
 # The config key of each kind of listener.  Public listeners are named "public",
 # "public-2", … (one per public bind address); the Tunnel listener "tunnel".
@@ -105,6 +106,24 @@ def bind(address, backlog=1024, v6only=False):
         sock.close()
         raise
     return prepare(sock)
+
+
+def bind_unix(path, backlog=64):
+    """A listening Unix socket at `path` (a worker's metrics, runewarp/workers.py); a socket
+    file left there by the worker's previous run is replaced."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def bind_datagram(address, v6only=False):
@@ -210,7 +229,13 @@ class InheritedSockets:
 
 class _HandlerOwnedServer(StreamServer):
     """A StreamServer that leaves the accepted socket to the handler: a handler may hand
-    it to a splice that outlives the handler's greenlet, and closes it otherwise."""
+    it to a splice that outlives the handler's greenlet, and closes it otherwise.
+
+    Under a supervisor every worker waits on the same socket: accepting one connection
+    per wake-up leaves the next to whichever worker is idle, so a burst (a Client's
+    Tunnel connections, dialed at once) spreads over the workers."""
+
+    max_accept = 1 if this_worker().count > 1 else StreamServer.max_accept
 
     def do_handle(self, sock, address):
         try:
@@ -249,6 +274,17 @@ class BindError(TransportError, OSError):
         return text
 
 
+def listening(address, inherited, key, v6only=False):
+    """(socket, inherited, unit_owned): the listening socket for `address`, claimed from
+    `inherited` (InheritedSockets or None) or bound now; BindError naming `key`."""
+    sock = inherited.claim(address) if inherited is not None else None
+    try:
+        prepared = prepare(sock) if sock is not None else bind(address, v6only=v6only)
+    except OSError as exc:
+        raise BindError(key, address, exc) from None
+    return prepared, sock is not None, sock is not None and id(sock) in inherited.unit_owned
+
+
 class Listener:
     """One listening socket; `stop()` closes it so no new connection is accepted.
 
@@ -263,13 +299,7 @@ class Listener:
         self.configured = address
         self.handle = handle
         self.pool_size = pool_size
-        sock = inherited.claim(address) if inherited is not None else None
-        self.inherited = sock is not None
-        self.unit_owned = self.inherited and id(sock) in inherited.unit_owned
-        try:
-            self.sock = prepare(sock) if self.inherited else bind(address, v6only=v6only)
-        except OSError as exc:
-            raise BindError(self.key, address, exc) from None
+        self.sock, self.inherited, self.unit_owned = listening(address, inherited, self.key, v6only)
         self.address = self.sock.getsockname()
         self.server = _HandlerOwnedServer(self.sock, handle, spawn=Pool(pool_size))
 
@@ -296,6 +326,28 @@ class Listener:
 
     def stop(self):
         self.server.close()
+
+
+def bind_for_workers(config, inherited, log):
+    """Every listening socket of the Server `config`, bound once by a supervisor for its
+    workers (runewarp/supervisor.py): [(socket, name, unit_owned)], an inherited one
+    (InheritedSockets) claimed as a start claims it; BindError as a start's."""
+    sockets = []
+    try:
+        for name, address in bind_addresses(config).items():
+            if address is not None:
+                several = kind(name) == "public" and len(config.public_bind_addresses) > 1
+                sock, _, unit_owned = listening(address, inherited, config_key(config, name),
+                                                several)
+                sockets.append((sock, name, unit_owned))
+        for address in inherited.refuse_unclaimed(by_key(config, bind_addresses(config))):
+            log.info("listener-closed", address=address,
+                     reason="the config no longer names the address it handed over")
+    except BaseException:
+        for sock, _, _ in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def bind_moved(listeners, running, wanted, make):

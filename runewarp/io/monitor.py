@@ -29,7 +29,8 @@ from .. import __version__, certcheck
 from ..logs import RateLimitedWarning
 from ..metrics import StatsdDeltas
 from .httpserve import BoundedHandler, BoundedServer, respond
-from .listener import side_listener
+from .listener import bind_unix, side_listener
+from ..workers import this_worker, worker_metrics_socket
 from ..proto.address import format_address
 
 STATSD_WARN_INTERVAL = 60.0
@@ -45,6 +46,13 @@ def certificate_entries(metrics):
     return [{"kind": kind, "hostname": hostname, "not_after": rfc3339(not_after),
              "not_after_seconds": int(not_after.timestamp())}
             for (kind, hostname), not_after in sorted(metrics.certificates.items())]
+
+
+def statsd_prefix(config):
+    """statsd-prefix, and `.workerINDEX` under a supervisor: each worker pushes its own
+    figures (sum the counters; gauges are per worker)."""
+    worker = this_worker()
+    return config.statsd_prefix if worker.count == 1 else f"{config.statsd_prefix}.worker{worker.index}"
 
 
 class Monitor:
@@ -69,6 +77,10 @@ class Monitor:
         hand-over's); BindError (exit 1) naming the key and the address."""
         if self.config is None or self.config.bind_address is None or self.sock is not None:
             return
+        path = worker_metrics_socket()
+        if path is not None:  # a supervisor's worker: the supervisor serves bind-address
+            self.sock, self.address = bind_unix(path), path
+            return
         self.sock, self.unit_owned = side_listener(self.config.bind_address, inherited,
                                                    f"{self.role}.metrics.bind-address")
         self.address = self.sock.getsockname()
@@ -81,7 +93,8 @@ class Monitor:
             self.server = BoundedServer(self.sock, self.app, BoundedHandler)
             self.server.start()
             self.log.info("metrics-listening", role=self.role,
-                          metrics_bind_address=format_address(self.address))
+                          metrics_bind_address=self.address if isinstance(self.address, str)
+                          else format_address(self.address))
         if self.config.statsd_address is not None:
             self.pusher = gevent.spawn(self._push_statsd)
 
@@ -101,7 +114,7 @@ class Monitor:
         route = _ROUTES.get(environ["PATH_INFO"])
         if route is None:
             return respond(start_response, "404 Not Found", b"not found\n")
-        return route(self, start_response)
+        return getattr(self, route)(start_response)
 
     def _metrics(self, start_response):
         return respond(start_response, "200 OK", generate_latest(self.metrics.registry),
@@ -140,7 +153,7 @@ class Monitor:
             try:
                 if client is None:
                     host, port = cfg.statsd_address
-                    client = StatsClient(host, port, prefix=cfg.statsd_prefix, ipv6=":" in host)
+                    client = StatsClient(host, port, prefix=statsd_prefix(cfg), ipv6=":" in host)
                 pipe = client.pipeline()
                 for kind, name, value in deltas.lines(self.metrics.registry):
                     if kind == "c":
@@ -156,5 +169,5 @@ class Monitor:
                 warnings.recovered("statsd")
 
 
-_ROUTES = {"/metrics": Monitor._metrics, "/healthz": Monitor._healthz,
-           "/readyz": Monitor._readyz, "/status": Monitor._status}
+_ROUTES = {"/metrics": "_metrics", "/healthz": "_healthz", "/readyz": "_readyz",
+           "/status": "_status"}

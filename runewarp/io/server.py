@@ -39,6 +39,7 @@ from .visitors import VisitorPath
 from .quic import QuicIntake
 from .watch import FileWatch
 from ..material import server_cert_paths
+from ..workers import this_worker
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("server")
@@ -122,8 +123,8 @@ class Server(ApiTunnels, ServerCertificateChecks, TunnelConnections, VisitorPath
             self.api.start()
         self._follow_api_tunnels()
         self._follow_files()
-        if self.acme is None:
-            self.certificate_upkeep.start()  # certbot renews ACME certificates
+        if self.acme is None and this_worker().upkeeper:
+            self.certificate_upkeep.start()  # certbot renews ACME certificates; one worker renews
         tunnel = [li for li in self.listeners if li.name == "tunnel"]
         self.log.info("server-ready", server_hostname=self.snapshot.server_hostname,
                       public_bind_address=format_address(public[0].address),
