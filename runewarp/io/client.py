@@ -205,7 +205,8 @@ class Client(ClientStreams):
                                            if link.state == "waiting" else None),
                     "active_streams": (max(0, link.session.active_streams - 1)  # not control
                                        if link.session is not None else 0),
-                    "client_identity": (link.identity or self).identity}
+                    "client_identity": (link.identity or self).identity,
+                    "server_worker": link.server_worker, "server_workers": link.server_workers}
                    for link in self.server_links.all()]
         servers += [{"address": format_address(entry), "resolved_address": None, "connection": None,
                      "state": "unresolved", "connected_since": None, "last_error": reason,

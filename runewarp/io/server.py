@@ -115,6 +115,7 @@ class Server(ApiTunnels, ServerCertificateChecks, TunnelConnections, VisitorPath
         for address in inherited.refuse_unclaimed(by_key(cfg, addresses)):
             self.log.info("listener-closed", address=address,
                           reason="the config no longer names the address it handed over")
+        self._worker_passes()  # a sibling may pass Visitors from the first accept on
         for listener in self.listeners:
             listener.start()
         self.quic.start()
@@ -179,6 +180,7 @@ class Server(ApiTunnels, ServerCertificateChecks, TunnelConnections, VisitorPath
         self.splices.abort_all("server shutting down")
         self.splices.close()
         self.quic.close()
+        self._close_worker_passes()
         for pool in self.pools.values():
             for member in list(pool.members):
                 member.session.close("server shutting down")
