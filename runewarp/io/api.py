@@ -106,7 +106,7 @@ class ApiListener:
         if self.sock is not None:
             return
         self.sock, self.unit_owned = side_listener(self.config.bind_address, inherited,
-                                                   "server.api.bind-address")
+                                                   "server.api.bind-address", "api")
 
     def start(self):
         self.bind()

@@ -192,13 +192,20 @@ class InheritedSockets:
         self.unit_owned = {id(entry[0]) for entry in self.unclaimed
                            if len(entry) < 3 or entry[2]}
 
-    def claim(self, address, datagram=False):
+    def claim(self, address, datagram=False, name=None):
         """The inherited listening TCP socket bound to `address` (`datagram`: the UDP
-        socket), or None."""
+        socket), or None.  A configured port 0 matches the socket passed under the same
+        `name` on the same host: a supervisor's worker or a hand-over's new process reads
+        `:0` from the file, and must take the port its predecessor got, not bind another."""
         usable = _bound_udp if datagram else _listening_tcp
+        wanted = _address_key(address)
         for entry in self.unclaimed:
             sock = entry[0]
-            if usable(sock) and _address_key(sock.getsockname()) == _address_key(address):
+            if not usable(sock):
+                continue
+            got = _address_key(sock.getsockname())
+            if got == wanted or (name is not None and wanted[1] == 0 and len(entry) > 1
+                                 and entry[1] == name and got[0] == wanted[0]):
                 self.unclaimed.remove(entry)
                 return sock
         return None
@@ -245,11 +252,11 @@ class _HandlerOwnedServer(StreamServer):
             raise
 
 
-def side_listener(address, inherited, key):
+def side_listener(address, inherited, key, name=None):
     """(listening socket, unit_owned) of a side listener (metrics, the configuration API):
     a hand-over's or socket unit's from `inherited` (InheritedSockets or None), else bound
     now; BindError naming the config `key` and the address."""
-    passed = inherited.claim(address) if inherited is not None else None
+    passed = inherited.claim(address, name=name) if inherited is not None else None
     try:
         sock = prepare(passed) if passed is not None else bind(address, backlog=64)
     except OSError as exc:
@@ -274,10 +281,10 @@ class BindError(TransportError, OSError):
         return text
 
 
-def listening(address, inherited, key, v6only=False):
+def listening(address, inherited, key, v6only=False, name=None):
     """(socket, inherited, unit_owned): the listening socket for `address`, claimed from
     `inherited` (InheritedSockets or None) or bound now; BindError naming `key`."""
-    sock = inherited.claim(address) if inherited is not None else None
+    sock = inherited.claim(address, name=name) if inherited is not None else None
     try:
         prepared = prepare(sock) if sock is not None else bind(address, v6only=v6only)
     except OSError as exc:
@@ -299,7 +306,8 @@ class Listener:
         self.configured = address
         self.handle = handle
         self.pool_size = pool_size
-        self.sock, self.inherited, self.unit_owned = listening(address, inherited, self.key, v6only)
+        self.sock, self.inherited, self.unit_owned = listening(address, inherited, self.key, v6only,
+                                                                 name)
         self.address = self.sock.getsockname()
         self.server = _HandlerOwnedServer(self.sock, handle, spawn=Pool(pool_size))
 
@@ -338,7 +346,7 @@ def bind_for_workers(config, inherited, log):
             if address is not None:
                 several = kind(name) == "public" and len(config.public_bind_addresses) > 1
                 sock, _, unit_owned = listening(address, inherited, config_key(config, name),
-                                                several)
+                                                several, name)
                 sockets.append((sock, name, unit_owned))
         for address in inherited.refuse_unclaimed(by_key(config, bind_addresses(config))):
             log.info("listener-closed", address=address,

@@ -82,7 +82,7 @@ class Monitor:
             self.sock, self.address = bind_unix(path), path
             return
         self.sock, self.unit_owned = side_listener(self.config.bind_address, inherited,
-                                                   f"{self.role}.metrics.bind-address")
+                                                   f"{self.role}.metrics.bind-address", "metrics")
         self.address = self.sock.getsockname()
 
     def start(self):

@@ -61,7 +61,7 @@ class Pool:
     """A Server with `workers = 2` on fixed ports, and a Client with `workers = 2`, each
     keeping 4 Tunnel connections."""
 
-    def __init__(self, deployment, backend, extra=""):
+    def __init__(self, deployment, backend, extra="", any_port=False):
         self.deployment = deployment
         self.backend = backend
         self.public_port, self.metrics_port = free_port(), free_port()
@@ -70,8 +70,10 @@ class Pool:
         self.config = deployment.server_config([("apps", [APP], [identity])], extra=(
             f'workers = 2\npid-file = "{self.pid_path}"\n{extra}\n[server.metrics]\n'
             f'bind-address = "127.0.0.1:{self.metrics_port}"'))
-        self.text = self.config.read_text().replace('"127.0.0.1:0"',
-                                                    f'"127.0.0.1:{self.public_port}"')
+        self.any_port = any_port  # keep the file's `127.0.0.1:0`: the kernel picks the port
+        self.text = self.config.read_text()
+        if not any_port:
+            self.text = self.text.replace('"127.0.0.1:0"', f'"127.0.0.1:{self.public_port}"')
         self.config.write_text(self.text)
         deployment.public_port = self.public_port
 
@@ -79,6 +81,11 @@ class Pool:
         self.server = Proc(["server", "-c", self.config], env=self.deployment.env)
         self.deployment.processes.append(self.server)
         self.server.wait_for("supervisor-ready")
+        if self.any_port:
+            ports = {line.split("public-bind-address=127.0.0.1:")[1].split()[0]
+                     for line in self.server.lines if "server-ready" in line}
+            assert len(ports) == 1, ports  # every worker serves the port the supervisor got
+            self.public_port = self.deployment.public_port = int(ports.pop())
         return self.start_client()
 
     def start_client(self):
@@ -150,6 +157,20 @@ def test_two_workers_serve_visitors_and_term_stops_all(deployment, backend):
         assert not any(alive(pid) for pid in workers)
         assert "Traceback" not in proc.log()
     assert not pool.pid_path.exists()
+
+
+def test_both_workers_accept_visitors_on_the_one_port_of_a_port_0_file(deployment, backend):
+    """`public-bind-address = "127.0.0.1:0"`: the supervisor's port is the workers' port
+    (a worker that bound its own would never see a Visitor), and the kernel hands
+    Visitors to both workers."""
+    pool = Pool(deployment, backend, any_port=True).start()
+    for _ in range(40):
+        pool.visit()
+    families = text_string_to_metric_families(pool.metrics())
+    routed = {s.labels["worker"]: s.value for f in families for s in f.samples
+              if s.name == "runewarp_visitor_connections_total"
+              and s.labels.get("outcome") == "routed"}
+    assert sum(routed.values()) == 40 and all(routed.get(w) for w in ("0", "1")), routed
 
 
 def test_metrics_carry_a_worker_label_and_parse(deployment, backend):
