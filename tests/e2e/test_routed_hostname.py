@@ -6,12 +6,14 @@ byte of the header, so the test can send what a real Server never would: a TLV n
 hostname before a ClientHello for another, a TLV that is not a hostname, no TLV at all.
 """
 
+import socket
+
 import pytest
 
 from runewarp.proto import proxyv2
 from tests import clienthellos
 
-from .peers import APP, FakeServer, assert_running_without_traceback
+from .peers import APP, FakeClientEnd, FakeServer, assert_running_without_traceback, tunnel_tls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -69,3 +71,22 @@ def test_an_invalid_authority_resets_the_stream_only(end, value):
     assert backend_answered(end, good)  # the Tunnel connection carries on
     assert not end.closed and not end.session.closed
     assert_running_without_traceback(end.client)
+
+
+def test_the_server_sends_the_routed_hostname(deployment):
+    """A real Server, a fake Client: the stream's header names the hostname the Server routed
+    on (normalized: the Visitor's SNI is in capitals), and the ClientHello follows verbatim."""
+    fake = deployment.identity("fake-client")
+    deployment.start_server([("apps", [APP], [fake])])
+    end = FakeClientEnd(tunnel_tls(deployment.public_port, deployment.ca_file,
+                                   deployment.dir / "fake-client"))
+    end.join(hostnames=[APP])
+    hello = clienthellos.build(APP.upper(), ("http/1.1",))
+    with socket.create_connection(("127.0.0.1", deployment.public_port), timeout=10) as visitor:
+        visitor.sendall(hello)
+        end.pump_until(lambda: any(len(data) > len(hello) for data in end.received.values()))
+    data = next(bytes(data) for sid, data in end.received.items() if sid != 1)
+    header, length = proxyv2.decode(data)
+    assert proxyv2.routed_hostname(header) == APP
+    assert header.source[0] == "127.0.0.1" and header.destination[1] == deployment.public_port
+    assert data[length:] == hello
