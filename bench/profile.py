@@ -124,15 +124,23 @@ def with_pyspy(sides, run, folder):
 
 
 def own_time(path):
-    """Top functions by own samples from py-spy's collapsed stacks ("f1;f2;... count")."""
-    own, total = collections.Counter(), 0
+    """Top functions from py-spy's collapsed stacks ("f1;f2;... count"): by own samples, and
+    Runewarp's by inclusive samples (where a step's time goes, callees included)."""
+    own, inclusive, total = collections.Counter(), collections.Counter(), 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         total += int(count)
-        own[re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])] += int(count)  # per function
-    return [(name, n / total) for name, n in own.most_common(TOP)] if total else []
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]  # per function
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            if "runewarp/" in frame:
+                inclusive[frame] += int(count)
+    if not total:
+        return [], []
+    return ([(name, n / total) for name, n in own.most_common(TOP)],
+            [(name, n / total) for name, n in inclusive.most_common(TOP)])
 
 
 def main():
@@ -182,10 +190,12 @@ def main():
         print("\n".join(lines), flush=True)
         if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists():
             tops = with_pyspy(sides, lambda: b.loadgen(target, ca, 2, 25, duration=SECONDS), tmp)
-            for side, top in tops.items():
-                print(f"\n{side}, 50 in flight: top {TOP} functions by own samples (py-spy)")
-                for function, share in top:
-                    print(f"  {100 * share:5.1f} %  {function}")
+            for side, (top, steps) in tops.items():
+                for title, rows in (("functions by own samples", top),
+                                    ("Runewarp functions by inclusive samples", steps)):
+                    print(f"\n{side}, 50 in flight: top {TOP} {title} (py-spy)")
+                    for function, share in rows:
+                        print(f"  {100 * share:5.1f} %  {function}")
         else:
             print("\n(py-spy not installed: no profile; .venv/bin/pip install py-spy)")
     finally:
