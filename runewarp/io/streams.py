@@ -18,7 +18,7 @@ from ..proto.mux import RESET_BEFORE_BACKEND  # the Server may place these on an
 from ..tls import ALPN_ACME, visitor_certificate_refused
 from .intake import INTAKE_DEADLINE, Intake, intake_deadline, read_client_hello
 from ..proto.address import format_address
-from .net import describe, dial, set_keepalive, set_nodelay
+from .net import describe, dial, send_first, set_keepalive, set_nodelay
 from .quicbackend import ClientQuic, read_quic_hello
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
@@ -133,7 +133,7 @@ class ClientStreams(ClientQuic):
         """Send what the Local backend reads before the splice; on failure close both
         ends and return the outcome."""
         try:
-            sock.sendall(data)
+            send_first(sock, data)
         except OSError as exc:
             self.log.warn("backend-write-failed", public_hostname=hostname,
                           backend_address=format_address(service.backend_address),
