@@ -16,6 +16,7 @@ trusted load balancer with these decoders.
 """
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from runewarp.errors import RemoteProtocolError
@@ -277,13 +278,15 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
     if command == CMD_LOCAL or family == _AF_UNSPEC:
         return ProxyHeader(None, None, protocol, local=command == CMD_LOCAL, tlvs=extra), total
     block = bytes(view[_FIXED : _FIXED + size_needed])
-    make = ipaddress.IPv4Address if addr_size == 4 else ipaddress.IPv6Address
-    src = make(block[:addr_size])
-    dst = make(block[addr_size : 2 * addr_size])
+    if addr_size == 4:  # dotted quads without ipaddress objects: every stream decodes one
+        src_text, dst_text = socket.inet_ntop(socket.AF_INET, block[:4]), socket.inet_ntop(socket.AF_INET, block[4:8])
+    else:
+        src_text = _text(ipaddress.IPv6Address(block[:16]))
+        dst_text = _text(ipaddress.IPv6Address(block[16:32]))
     ports = block[2 * addr_size :]
     header = ProxyHeader(
-        (_text(src), int.from_bytes(ports[:2])),
-        (_text(dst), int.from_bytes(ports[2:])),
+        (src_text, int.from_bytes(ports[:2])),
+        (dst_text, int.from_bytes(ports[2:])),
         protocol,
         tlvs=extra,
     )
