@@ -412,3 +412,27 @@ def test_reopen_without_a_log_file_does_nothing():
     logger.reopen()
     logger.info("still-here")
     assert "still-here" in out.getvalue()
+
+
+def test_timestamp_is_utc_with_milliseconds_and_follows_the_clock(monkeypatch):
+    """The date and time of day are formatted once a second; the milliseconds never stale."""
+    import runewarp.logs as logs
+    from datetime import UTC, datetime
+
+    for now in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_699_999_999.25):
+        monkeypatch.setattr(logs.time, "time", lambda now=now: now)
+        expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        assert logs._utc_now() == expected.replace("+00:00", "Z")
+
+
+def test_filtered_lines_write_nothing_and_keys_are_spelled_once():
+    out = io.StringIO()
+    logger = Logger("info", stream=out)
+    logger.debug("stream-routed", public_hostname="a.example")
+    logger.trace("mux-frame-sent", stream=2)
+    assert out.getvalue() == ""
+    logger.info("stream-closed", public_hostname="a.example", bytes_up=5, visitor=None)
+    logger.info("stream-closed", public_hostname="b.example", bytes_up=True)
+    first, second = out.getvalue().splitlines()
+    assert parse_text(first) == ("stream-closed", {"public-hostname": "a.example", "bytes-up": "5"})
+    assert parse_text(second)[1] == {"public-hostname": "b.example", "bytes-up": "True"}

@@ -37,6 +37,14 @@ def set_keepalive(sock, idle=60, interval=15, count=4):
         pass
 
 
+def send_first(sock, data):
+    """sendall() for a connection's first bytes: gevent's sendall asks the socket's SO_SNDBUF
+    (a system call) on every call; one send() takes a few KiB into an empty buffer."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def abort(sock):
     """Close with a TCP reset, so the peer sees an error rather than a clean EOF."""
     try:

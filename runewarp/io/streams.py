@@ -1,7 +1,9 @@
 """The Client's streams: PROXY header → ClientHello → Service → Local backend → splice.
 
 Each stream the Server opens gets one handler from a bounded pool; passthrough
-forwards the buffered bytes, terminate completes the Visitor's TLS first.  A stream
+forwards the buffered bytes, terminate completes the Visitor's TLS first.  A
+passthrough stream whose header names the routed Public hostname (PP2_TYPE_AUTHORITY)
+is forwarded without parsing its ClientHello: the Server already did.  A stream
 refused before any byte reached a Local backend is reset with RESET_BEFORE_BACKEND,
 which lets the Server retry it on another member (docs/protocol.md).
 """
@@ -14,9 +16,9 @@ from ..errors import IntakeRejected, StreamAborted, TLSClosed
 from ..proto import proxyv2
 from ..proto.mux import RESET_BEFORE_BACKEND  # the Server may place these on another member
 from ..tls import ALPN_ACME, visitor_certificate_refused
-from .intake import INTAKE_DEADLINE, intake_deadline, read_client_hello
+from .intake import INTAKE_DEADLINE, Intake, intake_deadline, read_client_hello
 from ..proto.address import format_address
-from .net import describe, dial, set_keepalive, set_nodelay
+from .net import describe, dial, send_first, set_keepalive, set_nodelay
 from .quicbackend import ClientQuic, read_quic_hello
 from .splice import TRANSPORT_ERRORS, SocketEnd, StreamEnd
 from .terminate import StreamTransport, TLSEnd, accept_visitor_tls, visitor_tls
@@ -49,8 +51,10 @@ class ClientStreams(ClientQuic):
             with intake_deadline():  # PROXY header and ClientHello share one deadline
                 header, rest = _read_proxy_header(stream)
                 quic = header.protocol == "udp"  # a QUIC flow: io/quicbackend.py
-                taken = (read_quic_hello if quic else read_client_hello)(
-                    lambda: stream.recv_consumed(), rest)
+                taken = None if quic else self._routed(header, rest)
+                if taken is None:
+                    taken = (read_quic_hello if quic else read_client_hello)(
+                        lambda: stream.recv_consumed(), rest)
                 del rest  # the bytes live on in `taken` only until they are forwarded
             service = self.services.select(taken.hostname)
             if service is None:
@@ -80,6 +84,18 @@ class ClientStreams(ClientQuic):
             stream.reset()
         finally:
             outcomes[outcome].inc()
+
+    def _routed(self, header, rest):
+        """The intake of a passthrough stream whose header names its Public hostname, without
+        the ClientHello (forwarded as it comes); None when the hello must be read (no TLV from
+        an older Server, or a Service that terminates, answers ACME or is unknown here)."""
+        hostname = proxyv2.routed_hostname(header)
+        if hostname is None:
+            return None
+        service = self.services.select(hostname)
+        if service is None or service.tls_mode == "terminate":
+            return None
+        return Intake(None, hostname, rest)
 
     def _connect_backend(self, service, series, hostname):
         started = time.monotonic()
@@ -117,7 +133,7 @@ class ClientStreams(ClientQuic):
         """Send what the Local backend reads before the splice; on failure close both
         ends and return the outcome."""
         try:
-            sock.sendall(data)
+            send_first(sock, data)
         except OSError as exc:
             self.log.warn("backend-write-failed", public_hostname=hostname,
                           backend_address=format_address(service.backend_address),

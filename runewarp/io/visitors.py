@@ -203,7 +203,7 @@ class VisitorPath:
             return "active-streams-full"
         spliced = False
         try:
-            header = proxyv2.encode(address[:2], local)
+            header = proxyv2.encode(address[:2], local, authority=hostname)
             envelope = header + taken.buffered
             held = Held(envelope, taken.size, taken.hello.consumed == taken.size,
                         limits.retry_buffer)

@@ -2,7 +2,9 @@
 
 Backends behind a tunnel see every connection coming from the agent; the
 PROXY header is how they learn the real client address.  Two headers use it:
-the Server's v2 header on each stream to the Client (addresses only), and the
+the Server's v2 header on each stream to the Client (addresses, and the routed
+Public hostname as PP2_TYPE_AUTHORITY so a passthrough Client need not parse the
+ClientHello again: `routed_hostname`), and the
 one the Client writes to a Local backend with `proxy-protocol` (v1 or v2, with
 TLVs), built fresh by `backend_header` from the parsed addresses: nothing of the
 Server's header is ever forwarded as is.  This is the single implementation,
@@ -14,9 +16,11 @@ trusted load balancer with these decoders.
 """
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from runewarp.errors import RemoteProtocolError
+from runewarp.proto.hostname import HostnameError, normalize
 
 __all__ = [
     "MAX_HEADER",
@@ -29,6 +33,7 @@ __all__ = [
     "decode_v1",
     "encode",
     "encode_v1",
+    "routed_hostname",
     "ssl_tlv",
     "tlv",
     "tlvs",
@@ -84,12 +89,15 @@ class ProxyHeader:
     That is the case for the LOCAL command (health checks from the proxy
     itself) and for the UNSPEC family: use the real connection endpoints.
     IPv6 addresses are returned as sent, so IPv4-mapped ones stay mapped.
+    `tlvs` is the raw TLV vector after the address block, parsed only on demand
+    (`tlvs()`, `routed_hostname()`): most receivers never look at it.
     """
 
     source: Address | None
     destination: Address | None
     protocol: str = "tcp"
     local: bool = False  # the LOCAL command: the proxy's own connection (a health check)
+    tlvs: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -104,8 +112,9 @@ class VisitorTLS:
 
 
 def encode(source: Address | None, destination: Address | None, protocol: str = "tcp",
-           tlvs: bytes = b"") -> bytes:
-    """A PROXY v2 header for a connection from `source` to `destination`, then `tlvs`.
+           tlvs: bytes = b"", authority: str | None = None) -> bytes:
+    """A PROXY v2 header for a connection from `source` to `destination`, then
+    PP2_TYPE_AUTHORITY with `authority` (when given), then `tlvs`.
 
     Mixed IPv4/IPv6 pairs are encoded as IPv6 with IPv4-mapped addresses,
     since the header has a single family.  Without addresses (None) the family
@@ -114,6 +123,8 @@ def encode(source: Address | None, destination: Address | None, protocol: str = 
     transport = _TRANSPORTS.get(protocol)
     if transport is None:
         raise ValueError(f"protocol must be 'tcp' or 'udp', not {protocol!r}")
+    if authority is not None:
+        tlvs = tlv(PP2_TYPE_AUTHORITY, authority.encode("ascii")) + tlvs
     if source is None or destination is None:
         family, block = _AF_UNSPEC, b""
     else:
@@ -203,6 +214,25 @@ def tlvs(data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
     return entries
 
 
+def routed_hostname(header: ProxyHeader) -> str | None:
+    """The Public hostname the Server routed on (its PP2_TYPE_AUTHORITY), normalized;
+    None when the header has none (an older Server: the Client reads the ClientHello).
+
+    The value passes the one hostname rule (proto/hostname.py) or the header is refused
+    (ProxyHeaderError), like a malformed TLV vector: a Client never routes on a name
+    its own ClientHello intake would have refused.
+    """
+    if not header.tlvs:
+        return None
+    for kind, value in tlvs(header.tlvs):
+        if kind == PP2_TYPE_AUTHORITY:
+            try:
+                return normalize(value.decode("ascii"))
+            except (UnicodeDecodeError, HostnameError):
+                raise ProxyHeaderError("PP2_TYPE_AUTHORITY is not a valid hostname") from None
+    return None
+
+
 def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | None:
     """Decode the v2 header at the start of `buf`.
 
@@ -244,17 +274,21 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
     if size < total:
         return None
 
+    extra = bytes(view[_FIXED + size_needed : total])
     if command == CMD_LOCAL or family == _AF_UNSPEC:
-        return ProxyHeader(None, None, protocol, local=command == CMD_LOCAL), total
+        return ProxyHeader(None, None, protocol, local=command == CMD_LOCAL, tlvs=extra), total
     block = bytes(view[_FIXED : _FIXED + size_needed])
-    make = ipaddress.IPv4Address if addr_size == 4 else ipaddress.IPv6Address
-    src = make(block[:addr_size])
-    dst = make(block[addr_size : 2 * addr_size])
+    if addr_size == 4:  # dotted quads without ipaddress objects: every stream decodes one
+        src_text, dst_text = socket.inet_ntop(socket.AF_INET, block[:4]), socket.inet_ntop(socket.AF_INET, block[4:8])
+    else:
+        src_text = _text(ipaddress.IPv6Address(block[:16]))
+        dst_text = _text(ipaddress.IPv6Address(block[16:32]))
     ports = block[2 * addr_size :]
     header = ProxyHeader(
-        (_text(src), int.from_bytes(ports[:2])),
-        (_text(dst), int.from_bytes(ports[2:])),
+        (src_text, int.from_bytes(ports[:2])),
+        (dst_text, int.from_bytes(ports[2:])),
         protocol,
+        tlvs=extra,
     )
     return header, total
 

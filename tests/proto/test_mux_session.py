@@ -34,6 +34,7 @@ from runewarp.proto.mux import (
     WindowUpdated,
     encode_header,
 )
+from runewarp.proto.mux.session import MAX_OWED_ACKS
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -52,13 +53,16 @@ class SessionPair:
     def peer(self, session):
         return self.server if session is self.client else self.client
 
-    def pump(self, chunk=None):
-        """Shuttle bytes both ways until both are quiet; returns (client events, server events)."""
+    def pump(self, chunk=None, acks=True):
+        """Shuttle bytes both ways until both are quiet; returns (client events, server events).
+        Owed ACKs go too (`acks`), as the Tunnel's timer sends them between exchanges."""
         got = {id(self.client): [], id(self.server): []}
         moving = True
         while moving:
             moving = False
             for sender in (self.client, self.server):
+                if acks:
+                    sender.flush_acks()
                 data = sender.data_to_send()
                 if not data:
                     continue
@@ -111,7 +115,41 @@ def test_syn_and_ack_wire_format():
     assert syn == window_update(1, 0, FLAG_SYN)
     assert pair.client.data_to_send() == b"" and pair.client.outbound_pending == 0
     assert pair.server.receive_data(syn, 0.0) == [StreamOpened(sid)]
+    assert pair.server.data_to_send() == b""  # owed until our first frame or the timer
+    pair.server.handle_timer(0.0)
     assert pair.server.data_to_send() == window_update(1, 0, FLAG_ACK)
+
+
+def test_the_ack_rides_with_the_first_frame_on_the_stream():
+    """One write for the ACK and the answer: no Tunnel write of its own per stream."""
+    pair = SessionPair(initial_window=1 * MiB)
+    sid = pair.client.open_stream()
+    pair.client.send_data(sid, b"hello")
+    assert DataReceived(sid, b"hello") in pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    other = pair.client.open_stream()
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    assert pair.server.data_to_send() == b""
+    pair.server.send_data(sid, b"answer")
+    pair.server.end_stream(sid)
+    assert frames(pair.server.data_to_send()) == [
+        Frame(TYPE_WINDOW_UPDATE, FLAG_ACK, sid, 1 * MiB - INITIAL_WINDOW),
+        Frame(TYPE_DATA, 0, sid, 6, b"answer"), Frame(TYPE_WINDOW_UPDATE, FLAG_FIN, sid, 0)]
+    pair.server.end_stream(other)  # a FIN first: its ACK goes just before it
+    assert frames(pair.server.data_to_send()) == [
+        Frame(TYPE_WINDOW_UPDATE, FLAG_ACK, other, 1 * MiB - INITIAL_WINDOW),
+        Frame(TYPE_WINDOW_UPDATE, FLAG_FIN, other, 0)]
+
+
+def test_a_reset_needs_no_ack_and_a_backlog_is_acked_at_once():
+    server = Session(Role.SERVER)
+    server.receive_data(window_update(1, 0, FLAG_SYN), 0.0)
+    server.reset_stream(1)
+    assert frames(server.data_to_send()) == [Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0)]
+    server.handle_timer(0.0)
+    assert server.data_to_send() == b""
+    ids = range(3, 3 + 2 * MAX_OWED_ACKS, 2)
+    server.receive_data(b"".join(window_update(sid, 0, FLAG_SYN) for sid in ids), 0.0)
+    assert [f.stream_id for f in frames(server.data_to_send())] == list(ids)
 
 
 def test_data_before_ack():
@@ -144,6 +182,7 @@ def test_bigger_initial_window_is_announced_in_syn_and_ack():
 def test_hashicorp_style_whole_window_frame_accepted():
     server = Session(Role.SERVER, initial_window=4 * MiB)
     server.receive_data(window_update(1, 0, FLAG_SYN), 0.0)
+    server.flush_acks()
     assert frames(server.data_to_send()) == [Frame(TYPE_WINDOW_UPDATE, FLAG_ACK, 1, 4 * MiB - INITIAL_WINDOW)]
     payload = bytes(4 * MiB)
     assert server.receive_data(data_frame(1, payload), 0.0) == [DataReceived(1, payload)]
@@ -526,6 +565,7 @@ def test_syn_that_crossed_our_go_away_is_accepted():
     client_events = pair.client.receive_data(pair.server.data_to_send(), 0.0)
     assert client_events == [StreamOpened(sid), DataReceived(sid, b"placed just in time")]
     assert pair.client.is_open(sid)
+    pair.client.flush_acks()
     ack = pair.client.data_to_send()
     assert ack == window_update(sid, 0, FLAG_ACK)
     assert pair.server.receive_data(ack, 0.0) == [StreamAcknowledged(sid)]

@@ -86,10 +86,13 @@ def test_v2_terminate_without_alpn_leaves_the_alpn_tlv_out():
     assert backend_header("v2", V4, SNI, tls) == v2(0x11, V4_BLOCK + AUTHORITY + ssl)
 
 
-def test_decoder_reads_the_addresses_and_skips_the_tlvs():
+def test_decoder_reads_the_addresses_and_keeps_the_tlvs_raw():
     data = backend_header("v2", V6, SNI, TLS13)
-    assert decode(data + b"\x16\x03\x01") == (V6, len(data))
-    assert decode(backend_header("v2", UNKNOWN, SNI)) == (UNKNOWN, 16 + len(AUTHORITY))
+    header, length = decode(data + b"\x16\x03\x01")
+    assert (header.source, header.destination, length) == (V6.source, V6.destination, len(data))
+    assert header.tlvs == data[52:]
+    assert decode(backend_header("v2", UNKNOWN, SNI)) == (
+        ProxyHeader(None, None, "unspec", tlvs=AUTHORITY), 16 + len(AUTHORITY))
 
 
 def test_tlvs_parse_what_tlv_builds():

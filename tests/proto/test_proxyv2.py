@@ -153,7 +153,7 @@ def test_tlvs_after_addresses_are_skipped():
     for cut in range(len(data)):
         assert decode(data[:cut]) is None
     hdr, length = decode(data + b"x")
-    assert hdr == ProxyHeader(SOURCE_V4, DEST_V4)
+    assert hdr == ProxyHeader(SOURCE_V4, DEST_V4, tlvs=tlvs)  # kept raw, parsed on demand
     assert length == len(data) == 28 + len(tlvs)
 
 

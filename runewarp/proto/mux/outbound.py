@@ -6,17 +6,20 @@ the profile.  Replies (ping and SYN ACKs, RSTs the peer's frames call for) are
 counted apart, so a peer that keeps sending them but never reads cannot grow
 the queue beyond `max_reply_backlog` bytes between two `take()`s; our own data
 is bounded by the driver, which stops sending while `pending` is high.
+`owed` holds the ACKs of the peer's streams until the session queues them
+(before its first frame on that stream, or on a timer tick).
 """
 
 
 class Outbound:
-    __slots__ = ("max_reply_backlog", "_pieces", "pending", "_reply_backlog")
+    __slots__ = ("max_reply_backlog", "_pieces", "pending", "_reply_backlog", "owed")
 
     def __init__(self, max_reply_backlog: int):
         self.max_reply_backlog = max_reply_backlog
         self._pieces: list = []
         self.pending = 0  # bytes queued
         self._reply_backlog = 0  # bytes of replies queued since the last take()
+        self.owed: dict[int, bytes] = {}  # stream id -> its ACK frame, not queued yet
 
     def emit(self, piece) -> None:
         self._pieces.append(piece)

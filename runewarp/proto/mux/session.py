@@ -41,6 +41,10 @@ class Role(enum.Enum):
     SERVER = "server"
 
 
+MAX_OWED_ACKS = 128
+"""ACKs of peer streams held back at most (HashiCorp yamux's accept backlog is 256)."""
+
+
 class Session:
     """One side of a yamux connection.
 
@@ -156,6 +160,8 @@ class Session:
             raise LocalProtocolError("session is closed" if self.closed else f"stream {stream_id} is not open")
         if stream.local_closed:
             raise LocalProtocolError(f"stream {stream_id} already ended")
+        if self._outbound.owed:
+            self._ack(stream_id)
         size = len(data)
         credit = stream.send_credit
         if size > credit:
@@ -187,6 +193,8 @@ class Session:
         if stream is None or stream.local_closed:
             return
         stream.local_closed = True
+        if self._outbound.owed:
+            self._ack(stream_id)
         self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
         if stream.remote_closed:
             self._drop(stream_id)
@@ -204,6 +212,18 @@ class Session:
     def _drop(self, stream_id: int) -> None:
         """Forget the stream; every stream leaves through here or close(), returning its growth."""
         self._windows.release((self._streams.pop(stream_id),))
+        self._outbound.owed.pop(stream_id, None)  # an RST needs no ACK before it
+
+    def _ack(self, stream_id: int) -> None:
+        """Queue the ACK owed for a peer's stream, if it still is."""
+        ack = self._outbound.owed.pop(stream_id, None)
+        if ack is not None:
+            self._reply(ack)
+
+    def flush_acks(self) -> None:
+        """Queue every ACK still owed (the timer does, so none waits past a tick)."""
+        for stream_id in list(self._outbound.owed):
+            self._ack(stream_id)
 
     def consumed(self, stream_id: int, n: int) -> None:
         """The application delivered `n` received bytes; returns credit per the window policy."""
@@ -215,6 +235,8 @@ class Session:
                 f"stream {stream_id}: consumed {n} bytes but only {stream.buffered} are buffered")
         delta = self._windows.consumed(stream, n)
         if delta:
+            if self._outbound.owed:
+                self._ack(stream_id)
             self._emit(_pack(VERSION, TYPE_WINDOW_UPDATE, 0, stream_id, delta))
 
     def go_away(self, reason: int = 0) -> None:
@@ -253,6 +275,7 @@ class Session:
         if self._keepalive.dead(now):
             self.close()
             return [ConnectionDead()]
+        self.flush_acks()
         value = self._keepalive.ping_due(now)
         if value is not None:
             self._emit(_pack(VERSION, TYPE_PING, FLAG_SYN, 0, value))
@@ -309,6 +332,7 @@ class Session:
         A RemoteProtocolError or ConnectionDead has closed the session already.
         """
         self.closed = True
+        self._outbound.owed.clear()
         streams, self._streams = self._streams, {}
         self._windows.release(streams.values())
 
@@ -397,10 +421,14 @@ class Session:
                 f"SYN for stream {stream_id} after stream {self._last_peer_id}")
         self._last_peer_id = stream_id
         self._streams[stream_id] = stream = self._windows.new_stream(ours=False)
-        # ACK immediately (as HashiCorp's AcceptStream does) with any window
-        # beyond the protocol's initial one, so data we send later never needs
-        # to carry the ACK itself.
-        self._reply(_pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id,
-                          stream.recv_window - INITIAL_WINDOW))
+        # The ACK (with any window beyond the initial one) waits for our first frame on the
+        # stream, to leave in the same write: alone, it costs each proxied connection a Tunnel
+        # write (TLS record, send, the peer's wake-up).  handle_timer sends those still owed,
+        # and MAX_OWED_ACKS at once (HashiCorp's opener bounds unacknowledged streams).
+        owed = self._outbound.owed
+        owed[stream_id] = _pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id,
+                                stream.recv_window - INITIAL_WINDOW)
+        if len(owed) >= MAX_OWED_ACKS:
+            self.flush_acks()
         events.append(StreamOpened(stream_id))
         return stream
