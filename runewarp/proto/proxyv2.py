@@ -16,7 +16,6 @@ trusted load balancer with these decoders.
 """
 
 import ipaddress
-import socket
 from dataclasses import dataclass
 
 from runewarp.errors import RemoteProtocolError
@@ -233,6 +232,9 @@ def routed_hostname(header: ProxyHeader) -> str | None:
     return None
 
 
+_DOTTED = "%d.%d.%d.%d"
+
+
 def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | None:
     """Decode the v2 header at the start of `buf`.
 
@@ -279,7 +281,7 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
         return ProxyHeader(None, None, protocol, local=command == CMD_LOCAL, tlvs=extra), total
     block = bytes(view[_FIXED : _FIXED + size_needed])
     if addr_size == 4:  # dotted quads without ipaddress objects: every stream decodes one
-        src_text, dst_text = socket.inet_ntop(socket.AF_INET, block[:4]), socket.inet_ntop(socket.AF_INET, block[4:8])
+        src_text, dst_text = _DOTTED % tuple(block[:4]), _DOTTED % tuple(block[4:8])
     else:
         src_text = _text(ipaddress.IPv6Address(block[:16]))
         dst_text = _text(ipaddress.IPv6Address(block[16:32]))
