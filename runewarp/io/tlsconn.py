@@ -5,7 +5,7 @@ The Server's end uses pyOpenSSL (its verify callback judges the Client identity)
 Memory BIOs let the Server hand the TLS engine the ClientHello bytes it has
 already read during intake, and keep every wait on the gevent hub (OpenSSL never
 touches the fd).  The object offers the small socket surface the tunnel runner
-uses: recv, sendall, close.
+uses: recv_into (recv), sendall, close.
 """
 
 import ssl
@@ -14,9 +14,13 @@ import gevent.lock
 from OpenSSL import SSL
 
 from ..errors import TLSClosed as TLSClosed  # re-exported: raised here
-from ..tls import read_buffer, read_records
+from ..tls import read_records
 
 _CHUNK = 256 * 1024
+# Ciphertext on its way from the socket into an engine: filled by recv_into and emptied
+# into the engine at once, with no switch between, so every connection of the process
+# shares it and no read allocates.
+_FEED = memoryview(bytearray(_CHUNK))
 
 
 class _MemoryTLS:
@@ -41,12 +45,26 @@ class _MemoryTLS:
 
     def _feed(self):
         """Hand the engine what the socket has: the byte count, 0 at EOF."""
-        data = self.sock.recv(_CHUNK)
-        if not data:
+        recv_into = getattr(self.sock, "recv_into", None)
+        if recv_into is None:  # a mux stream (terminate mode) hands over whole chunks
+            data = self.sock.recv(_CHUNK)
+            n = len(data)
+        else:
+            n = recv_into(_FEED)
+            data = _FEED[:n]
+        if not n:
             self._write_eof()
             return 0
         self._write_incoming(data)
-        return len(data)
+        return n
+
+    def recv(self, size=_CHUNK):
+        """Up to `size` bytes of plaintext as bytes: every record already received, at
+        least one; b"" at the end.  The Tunnel reader uses recv_into (no copy)."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(_CHUNK))
+        view = self._buffer[:min(size, _CHUNK)]
+        return bytes(view[:self.recv_into(view)])
 
     def handshake(self, progress=None):
         """`progress(n)` hears of every n bytes the peer delivers (admission sheds the
@@ -98,11 +116,10 @@ class ServerTLSConnection(_MemoryTLS):
     def peer_certificate(self):
         return self.conn.get_peer_certificate()
 
-    def recv(self, size=_CHUNK):
-        """Up to `size` bytes of plaintext: every record already received, at least one."""
-        if self._buffer is None:
-            self._buffer = read_buffer(_CHUNK)
-        return read_records(self.conn, self._buffer, min(size, _CHUNK), self._feed)
+    def recv_into(self, buffer):
+        """Decrypt into `buffer` every record already received, at least one; the byte
+        count, 0 at the end."""
+        return read_records(self.conn, buffer, self._feed)
 
     def sendall(self, data):
         # SSL_write outside the send lock is safe: the outgoing BIO is FIFO and only
@@ -150,12 +167,11 @@ class ClientTLSConnection(_MemoryTLS):
     def selected_alpn_protocol(self):
         return self.engine.selected_alpn_protocol()
 
-    def recv(self, size=_CHUNK):
-        """Up to `size` bytes of plaintext: every record already received, at least one."""
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(_CHUNK))
-        view = self._buffer
-        size = min(size, len(view))
+    def recv_into(self, buffer):
+        """Decrypt into `buffer` every record already received, at least one; the byte
+        count, 0 at the end."""
+        view = memoryview(buffer)
+        size = len(view)
         total = 0
         while total < size:
             try:
@@ -166,16 +182,16 @@ class ClientTLSConnection(_MemoryTLS):
                 if total:
                     break
                 if not self._feed():
-                    return b""
+                    return 0
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 if total:
                     break  # the next call reports the end again
-                return b""
+                return 0
             if not n:
                 break
             total += n
-        return bytes(view[:total])
+        return total
 
     def sendall(self, data):
         with self._send_lock:
