@@ -15,12 +15,15 @@ from OpenSSL import SSL
 
 from ..errors import TLSClosed as TLSClosed  # re-exported: raised here
 from ..tls import read_records
+from .splice import send_gathered
 
 _CHUNK = 256 * 1024
 # Ciphertext on its way from the socket into an engine: filled by recv_into and emptied
 # into the engine at once, with no switch between, so every connection of the process
 # shares it and no read allocates.
 _FEED = memoryview(bytearray(_CHUNK))
+_PLAINTEXT = memoryview(bytearray(_CHUNK))  # ServerTLSConnection.recv's, shared the same way
+_WRITE_SLICE = 64 * 1024  # plaintext per engine write: four records
 
 
 class _MemoryTLS:
@@ -41,7 +44,6 @@ class _MemoryTLS:
         self._write_incoming = write_incoming
         self._write_eof = write_eof
         self._send_lock = gevent.lock.Semaphore()
-        self._buffer = None
 
     def _feed(self):
         """Hand the engine what the socket has: the byte count, 0 at EOF."""
@@ -57,14 +59,6 @@ class _MemoryTLS:
             return 0
         self._write_incoming(data)
         return n
-
-    def recv(self, size=_CHUNK):
-        """Up to `size` bytes of plaintext as bytes: every record already received, at
-        least one; b"" at the end.  The Tunnel reader uses recv_into (no copy)."""
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(_CHUNK))
-        view = self._buffer[:min(size, _CHUNK)]
-        return bytes(view[:self.recv_into(view)])
 
     def handshake(self, progress=None):
         """`progress(n)` hears of every n bytes the peer delivers (admission sheds the
@@ -120,6 +114,18 @@ class ServerTLSConnection(_MemoryTLS):
         """Decrypt into `buffer` every record already received, at least one; the byte
         count, 0 at the end."""
         return read_records(self.conn, buffer, self._feed)
+
+    def recv(self, size=_CHUNK):
+        """Up to `size` bytes of plaintext as bytes (a terminated Visitor's): every record
+        already received, at least one; b"" at the end.
+
+        They are decrypted into the process's one scratch buffer and copied out at once:
+        read_records waits for the socket only before it has written anything, so no
+        other connection's bytes are ever in it across a switch, and an idle connection
+        holds no buffer of its own.
+        """
+        view = _PLAINTEXT[:min(size, _CHUNK)]
+        return bytes(view[:self.recv_into(view)])
 
     def sendall(self, data):
         # SSL_write outside the send lock is safe: the outgoing BIO is FIFO and only
@@ -194,11 +200,19 @@ class ClientTLSConnection(_MemoryTLS):
         return total
 
     def sendall(self, data):
+        """Encrypt `data` a slice at a time, so the engine's output stays small enough to
+        sit in the CPU cache, and send the ciphertext of all slices with one sendmsg."""
         with self._send_lock:
             view = memoryview(data)
-            while view:
-                view = view[self.engine.write(view):]
-            self._drain_outgoing()
+            parts = []
+            for offset in range(0, len(view), _WRITE_SLICE):
+                chunk = view[offset:offset + _WRITE_SLICE]
+                while chunk:
+                    chunk = chunk[self.engine.write(chunk):]
+                parts.append(self._outgoing.read())
+            if not parts and self._outgoing.pending:
+                parts.append(self._outgoing.read())
+            send_gathered(self.sock, parts)
 
     def close(self):
         self.sock.close()
