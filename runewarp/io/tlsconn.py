@@ -212,7 +212,8 @@ class ClientTLSConnection(_MemoryTLS):
                 parts.append(self._outgoing.read())
             if not parts and self._outgoing.pending:
                 parts.append(self._outgoing.read())
-            send_gathered(self.sock, parts)
+            if parts:
+                send_gathered(self.sock, parts)
 
     def close(self):
         self.sock.close()
