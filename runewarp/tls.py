@@ -351,39 +351,36 @@ def challenge_context(pem):
     return ctx
 
 
-def read_buffer(size):
-    """A C buffer for `read_records`, allocated once per connection."""
-    return _ffi.from_buffer(bytearray(size))
+def read_records(conn, buffer, feed):
+    """Decrypt into `buffer` (a writable buffer) the plaintext of every record already
+    received, at least one; returns the byte count, 0 at the end of the stream.
 
-
-def read_records(conn, buffer, size, feed):
-    """Up to `size` bytes of plaintext from the pyOpenSSL `conn`: every record already
-    received, at least one; b"" at the end of the stream.
-
-    OpenSSL hands out one record (at most 16 KiB) per read; the records are
-    decrypted straight into `buffer` (no allocation per record) and leave it as
-    one bytes object, so the mux parses everything that arrived in one pass.
-    `feed()` hands the engine more ciphertext and returns 0 at EOF.
+    OpenSSL hands out one record (at most 16 KiB) per read; the records go straight
+    into the caller's buffer (no allocation, no copy per read), so the mux parses
+    everything that arrived in one pass.  `feed()` hands the engine more ciphertext
+    and returns 0 at EOF.
     """
     engine = conn._ssl
+    size = len(buffer)
     total = 0
-    while total < size:
-        n = _lib.SSL_read(engine, buffer + total, size - total)
-        if n > 0:
-            total += n
-            continue
-        error = _lib.SSL_get_error(engine, n)
-        if error == _lib.SSL_ERROR_WANT_READ and not total:
-            if not feed():
-                return b""
-            continue
-        if total:
-            break  # the next call meets the same condition again
-        if error in (_lib.SSL_ERROR_ZERO_RETURN, _lib.SSL_ERROR_SYSCALL):
-            _lib.ERR_clear_error()
-            return b""
-        conn._raise_ssl_error(engine, n)
-    return _ffi.buffer(buffer, total)[:]
+    with _ffi.from_buffer(buffer, require_writable=True) as target:
+        while total < size:
+            n = _lib.SSL_read(engine, target + total, size - total)
+            if n > 0:
+                total += n
+                continue
+            error = _lib.SSL_get_error(engine, n)
+            if error == _lib.SSL_ERROR_WANT_READ and not total:
+                if not feed():
+                    return 0
+                continue
+            if total:
+                break  # the next call meets the same condition again
+            if error in (_lib.SSL_ERROR_ZERO_RETURN, _lib.SSL_ERROR_SYSCALL):
+                _lib.ERR_clear_error()
+                return 0
+            conn._raise_ssl_error(engine, n)
+    return total
 
 
 def api_server_context(cert_path, key_path, client_ca_file):

@@ -47,6 +47,31 @@ def _iov_max():
 IOV_MAX = _iov_max()  # buffers one sendmsg accepts; Linux refuses more with EMSGSIZE
 
 
+def send_gathered(sock, parts, end=None):
+    """Send every byte of the buffers `parts` on the gevent socket `sock`, in order, with
+    one sendmsg each time the socket takes them all (no join, no copy).  With `end` (a
+    SocketEnd), a slow reader taking a long list still counts as progress for its splice."""
+    views = [memoryview(part) for part in parts]
+    first, count = 0, len(views)
+    while True:
+        if first == 0 and count <= IOV_MAX:
+            sent = sock.sendmsg(views)
+        else:
+            sent = sock.sendmsg(views[first:first + IOV_MAX])
+        while first < count:
+            size = len(views[first])
+            if sent < size:
+                if sent:
+                    views[first] = views[first][sent:]
+                break
+            sent -= size
+            first += 1
+        if first == count:
+            return
+        if end is not None and end.splice is not None:
+            end.splice.idle = 0
+
+
 class SocketEnd:
     """A gevent TCP socket.  Reads never wait (parking uses a watcher); writes wait cooperatively."""
 
@@ -90,25 +115,7 @@ class SocketEnd:
         if type(data) is not list:
             self.sock.sendall(data)
             return
-        views = [memoryview(part) for part in data]  # gathered: one system call, no join
-        first, count = 0, len(views)
-        while True:
-            if first == 0 and count <= IOV_MAX:
-                sent = self.sock.sendmsg(views)
-            else:
-                sent = self.sock.sendmsg(views[first:first + IOV_MAX])
-            while first < count:
-                size = len(views[first])
-                if sent < size:
-                    if sent:
-                        views[first] = views[first][sent:]
-                    break
-                sent -= size
-                first += 1
-            if first == count:
-                return
-            if self.splice is not None:  # a slow reader taking a big list still makes progress
-                self.splice.idle = 0
+        send_gathered(self.sock, data, self)
 
     def delivered(self, n):
         pass

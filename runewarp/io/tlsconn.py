@@ -5,7 +5,7 @@ The Server's end uses pyOpenSSL (its verify callback judges the Client identity)
 Memory BIOs let the Server hand the TLS engine the ClientHello bytes it has
 already read during intake, and keep every wait on the gevent hub (OpenSSL never
 touches the fd).  The object offers the small socket surface the tunnel runner
-uses: recv, sendall, close.
+uses: recv_into (recv), sendall, close.
 """
 
 import ssl
@@ -14,9 +14,16 @@ import gevent.lock
 from OpenSSL import SSL
 
 from ..errors import TLSClosed as TLSClosed  # re-exported: raised here
-from ..tls import read_buffer, read_records
+from ..tls import read_records
+from .splice import send_gathered
 
 _CHUNK = 256 * 1024
+# Ciphertext on its way from the socket into an engine: filled by recv_into and emptied
+# into the engine at once, with no switch between, so every connection of the process
+# shares it and no read allocates.
+_FEED = memoryview(bytearray(_CHUNK))
+_PLAINTEXT = memoryview(bytearray(_CHUNK))  # ServerTLSConnection.recv's, shared the same way
+_WRITE_SLICE = 64 * 1024  # plaintext per engine write: four records
 
 
 class _MemoryTLS:
@@ -37,16 +44,21 @@ class _MemoryTLS:
         self._write_incoming = write_incoming
         self._write_eof = write_eof
         self._send_lock = gevent.lock.Semaphore()
-        self._buffer = None
 
     def _feed(self):
         """Hand the engine what the socket has: the byte count, 0 at EOF."""
-        data = self.sock.recv(_CHUNK)
-        if not data:
+        recv_into = getattr(self.sock, "recv_into", None)
+        if recv_into is None:  # a mux stream (terminate mode) hands over whole chunks
+            data = self.sock.recv(_CHUNK)
+            n = len(data)
+        else:
+            n = recv_into(_FEED)
+            data = _FEED[:n]
+        if not n:
             self._write_eof()
             return 0
         self._write_incoming(data)
-        return len(data)
+        return n
 
     def handshake(self, progress=None):
         """`progress(n)` hears of every n bytes the peer delivers (admission sheds the
@@ -98,11 +110,22 @@ class ServerTLSConnection(_MemoryTLS):
     def peer_certificate(self):
         return self.conn.get_peer_certificate()
 
+    def recv_into(self, buffer):
+        """Decrypt into `buffer` every record already received, at least one; the byte
+        count, 0 at the end."""
+        return read_records(self.conn, buffer, self._feed)
+
     def recv(self, size=_CHUNK):
-        """Up to `size` bytes of plaintext: every record already received, at least one."""
-        if self._buffer is None:
-            self._buffer = read_buffer(_CHUNK)
-        return read_records(self.conn, self._buffer, min(size, _CHUNK), self._feed)
+        """Up to `size` bytes of plaintext as bytes (a terminated Visitor's): every record
+        already received, at least one; b"" at the end.
+
+        They are decrypted into the process's one scratch buffer and copied out at once:
+        read_records waits for the socket only before it has written anything, so no
+        other connection's bytes are ever in it across a switch, and an idle connection
+        holds no buffer of its own.
+        """
+        view = _PLAINTEXT[:min(size, _CHUNK)]
+        return bytes(view[:self.recv_into(view)])
 
     def sendall(self, data):
         # SSL_write outside the send lock is safe: the outgoing BIO is FIFO and only
@@ -150,12 +173,11 @@ class ClientTLSConnection(_MemoryTLS):
     def selected_alpn_protocol(self):
         return self.engine.selected_alpn_protocol()
 
-    def recv(self, size=_CHUNK):
-        """Up to `size` bytes of plaintext: every record already received, at least one."""
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(_CHUNK))
-        view = self._buffer
-        size = min(size, len(view))
+    def recv_into(self, buffer):
+        """Decrypt into `buffer` every record already received, at least one; the byte
+        count, 0 at the end."""
+        view = memoryview(buffer)
+        size = len(view)
         total = 0
         while total < size:
             try:
@@ -166,23 +188,32 @@ class ClientTLSConnection(_MemoryTLS):
                 if total:
                     break
                 if not self._feed():
-                    return b""
+                    return 0
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 if total:
                     break  # the next call reports the end again
-                return b""
+                return 0
             if not n:
                 break
             total += n
-        return bytes(view[:total])
+        return total
 
     def sendall(self, data):
+        """Encrypt `data` a slice at a time, so the engine's output stays small enough to
+        sit in the CPU cache, and send the ciphertext of all slices with one sendmsg."""
         with self._send_lock:
             view = memoryview(data)
-            while view:
-                view = view[self.engine.write(view):]
-            self._drain_outgoing()
+            parts = []
+            for offset in range(0, len(view), _WRITE_SLICE):
+                chunk = view[offset:offset + _WRITE_SLICE]
+                while chunk:
+                    chunk = chunk[self.engine.write(chunk):]
+                parts.append(self._outgoing.read())
+            if not parts and self._outgoing.pending:
+                parts.append(self._outgoing.read())
+            if parts:
+                send_gathered(self.sock, parts)
 
     def close(self):
         self.sock.close()

@@ -165,15 +165,19 @@ class TunnelSession:
         session = self.session
         log = self.log
         reason, error = "peer closed the connection", None
+        # The transport decrypts into this buffer and the mux copies out what it keeps
+        # before the next read: no bytes object per read.
+        buffer = memoryview(bytearray(READ_SIZE))
+        recv_into = self.transport.recv_into
         try:
             while True:
-                data = self.transport.recv(READ_SIZE)
-                if not data:
+                n = recv_into(buffer)
+                if not n:
                     return
                 # One level check per read: below trace, the frames cost nothing extra.
                 on_frame = self._trace_received if log.enabled("trace") else None
                 self.last_read = now = self.clock()
-                for event in session.receive_data(data, now, on_frame):
+                for event in session.receive_data(buffer[:n], now, on_frame):
                     self._dispatch(event)
                 if session.outbound_pending:
                     self._wake_writer()

@@ -4,6 +4,8 @@ reaches the Visitor as close_notify (not a bare TCP close) and the Visitor can s
 a Service without `alpn` agrees http/1.1 when the Visitor offers it (tests/e2e/test_terminate_alpn.py
 covers the `alpn` key with real HTTP/2)."""
 
+import concurrent.futures
+import os
 import queue
 import socket
 import ssl
@@ -11,7 +13,7 @@ import ssl
 import pytest
 
 from ..conftest import Proc, run_cli
-from .helpers import TCPBackend
+from .helpers import TCPBackend, sha256
 
 pytestmark = pytest.mark.e2e
 SITE = "site.example.com"
@@ -170,3 +172,28 @@ def test_the_default_alpn_is_http1(site):
         assert backend.result() is None
     finally:
         visitor.close()
+
+
+def test_visitors_sending_at_once_each_deliver_their_own_bytes(site):
+    """The Client decrypts every terminated Visitor into one shared scratch buffer
+    (tlsconn.ServerTLSConnection.recv): bytes must never cross between Visitors."""
+    port, ca, backend = site
+    payloads = [os.urandom(1024 * 1024 + n) for n in range(6)]
+    for _ in payloads:
+        backend.scripts.put(read_to_eof)
+
+    def visit(payload):
+        visitor = Visitor(port, ca)
+        try:
+            for offset in range(0, len(payload), 100_000):
+                visitor.send(payload[offset:offset + 100_000])
+            visitor.close_notify()
+            assert visitor.read_to_end() == (b"", "close_notify")  # the backend read it all
+        finally:
+            visitor.close()
+
+    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        for future in [pool.submit(visit, payload) for payload in payloads]:
+            future.result(timeout=30)
+    received = [backend.result() for _ in payloads]
+    assert sorted(map(sha256, received)) == sorted(map(sha256, payloads))

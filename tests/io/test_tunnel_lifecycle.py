@@ -126,7 +126,7 @@ class _DeadWriter:
     def sendall(self, data):
         raise BrokenPipeError("peer gone")
 
-    def recv(self, size):
+    def recv_into(self, buffer):
         gevent.sleep(60)
 
     def close(self):
