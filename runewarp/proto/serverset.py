@@ -49,7 +49,8 @@ def plan(current, resolved, per_server, workers=None):
     return [link for link in wanted if link not in current], sorted(current - keep)
 
 
-TRIES_PER_WORKER = 4  # redials of one connection per Server worker before it is kept
+TRIES_PER_WORKER = 8  # redials of one connection per Server worker before it is kept (2 workers,
+# evenly split accepts: 1 in 65,536 that a slot stays uncovered)
 
 
 def coverage(worker, workers, others, per_server, tries):
