@@ -33,6 +33,7 @@ from . import handover, systemd
 from .errors import RunewarpError
 from .io.listener import InheritedSockets
 from .io.workermonitor import SupervisorMonitor
+from .io.workerpass import SOCKETS_ENV as PASS_SOCKETS_ENV
 from .lifecycle import run_logged
 from .workers import METRICS_ENV, WORKER_ENV
 
@@ -66,6 +67,7 @@ class Supervisor:
         self.sockets = []
         self.procs = [None] * self.count
         self.started = [0.0] * self.count
+        self.ready_workers = set()  # indexes whose current process reported ready
         self.queue = Queue()
         self.stopping = False
         self.folder = None
@@ -87,8 +89,9 @@ class Supervisor:
         self.monitor.bind(inherited)
         if self.bind is not None:
             self.sockets = self.bind(inherited, self.log)
-        if self.monitor.sock is not None:
-            self.folder = tempfile.mkdtemp(prefix=f"runewarp-{self.role}-")  # mode 0700
+        # Mode 0700: the workers' metrics sockets and the Server workers' pass sockets, which
+        # no other user may bind first (an abstract name could be taken by anyone).
+        self.folder = tempfile.mkdtemp(prefix=f"runewarp-{self.role}-")
         starts = [gevent.spawn(self._start, index) for index in range(self.count)]
         gevent.joinall(starts)
         failed = [job.exception or job.value for job in starts if job.exception or job.value]
@@ -118,14 +121,18 @@ class Supervisor:
         return 0
 
     def _environ(self, index):
-        """A worker's variables: its place, its metrics folder, and none of systemd's (the
-        supervisor alone notifies and is watched)."""
-        return {WORKER_ENV: f"{index}/{self.count}", METRICS_ENV: self.folder,
-                "NOTIFY_SOCKET": None, "WATCHDOG_USEC": None}
+        """A worker's variables: its place, its metrics folder, every worker's pass socket in
+        the private folder, and none of systemd's (the supervisor alone notifies and is
+        watched)."""
+        passes = ",".join(os.path.join(self.folder, f"pass-{i}.sock") for i in range(self.count))
+        return {WORKER_ENV: f"{index}/{self.count}",
+                METRICS_ENV: self.folder if self.monitor.sock is not None else None,
+                PASS_SOCKETS_ENV: passes, "NOTIFY_SOCKET": None, "WATCHDOG_USEC": None}
 
     def _start(self, index):
         """Start worker `index` and wait until it is ready; None, else why it is not."""
         self.started[index] = time.monotonic()
+        self.ready_workers.discard(index)
         proc, channel = handover.spawn(self.sockets, self._environ(index), process_group=0,
                                        preexec_fn=_die_with_parent)
         self.procs[index] = proc
@@ -134,6 +141,7 @@ class Supervisor:
             handover.wait_ready(proc, channel, what=f"worker {index}")
         except handover.HandoverFailed as exc:
             return exc
+        self.ready_workers.add(index)
         self.log.info("worker-started", worker=index, pid=proc.pid)
         return None
 
@@ -147,14 +155,19 @@ class Supervisor:
             return
         try:
             failed = self._start(index)
-        except handover.HandoverFailed as exc:  # it could not even start: try again later
+        except (handover.HandoverFailed, OSError) as exc:  # not even started: try again later
             failed = exc
             self.queue.put(("EXITED", (index, None)))
         if failed is not None:
             self.log.error("worker-start-failed", worker=index, reason=str(failed))
 
-    def _signal_all(self, signum):
-        for proc in self.procs:
+    def _signal_all(self, signum, ready_only=False):
+        """`signum` to every running worker; `ready_only`: only to those that reported ready,
+        since a worker still starting has no handler yet and SIGHUP's default kills it (it
+        reads the file as it is anyway)."""
+        for index, proc in enumerate(self.procs):
+            if ready_only and index not in self.ready_workers:
+                continue
             if proc is not None and proc.poll() is None:
                 try:
                     proc.send_signal(signum)
@@ -174,6 +187,7 @@ class Supervisor:
         if proc is not None:
             if proc is not self.procs[index]:
                 return False  # a worker already replaced
+            self.ready_workers.discard(index)
             self.log.log("info" if self.stopping else "warn", "worker-exited", worker=index,
                          pid=proc.pid, status=handover.ended(proc.returncode))
         if self.stopping:
@@ -207,13 +221,13 @@ class Supervisor:
             pass  # every worker refuses it and says why
         else:
             self.log.configure(config.log_level, config.log_format)
-        self._signal_all(signal.SIGHUP)
+        self._signal_all(signal.SIGHUP, ready_only=True)
         systemd.ready(f"serving with {self.count} workers")
         return False
 
     def handle_sigusr1(self, _name, _arg):
         self.log.reopen()
-        self._signal_all(signal.SIGUSR1)
+        self._signal_all(signal.SIGUSR1, ready_only=True)
         return False
 
     def handle_sigusr2(self, name, _arg):

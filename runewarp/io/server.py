@@ -43,6 +43,7 @@ from ..workers import this_worker
 
 # What a reload keeps until a restart: the key table says which (docs/configuration.md).
 RESTART_ONLY = restart_only("server")
+WORKER_RESTART_ONLY = ("public_bind_addresses", "tunnel_bind_address")
 # The rate-limited warning scope for a refused admission, by table and reason.
 _REFUSED_SCOPES = {("intake", "table-full"): "intake-full",
                    ("intake", "source-full"): "source-full",
@@ -195,7 +196,10 @@ class Server(ApiTunnels, ServerCertificateChecks, TunnelConnections, VisitorPath
 
     def _keep_running(self, config):
         """`config` with the running values of what only a restart changes (warned)."""
-        config, changed = keep_running(config, self.config, RESTART_ONLY)
+        fields = RESTART_ONLY
+        if this_worker().count > 1:  # the supervisor's sockets: a worker cannot move them alone
+            fields = (*fields, *WORKER_RESTART_ONLY)
+        config, changed = keep_running(config, self.config, fields)
         for key in changed:
             self.log.warn("reload-needs-restart", key=key.replace("_", "-"))
         return config

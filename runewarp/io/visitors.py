@@ -142,7 +142,7 @@ class VisitorPath:
                 passed = Pass(address[:2], taken.buffered, accepted, arriving)
                 if passes.send(sock, passed, target):
                     self.log.debug("visitor-passed", visitor=format_address(address),
-                                   public_hostname=taken.hostname, worker=target)
+                                   public_hostname=taken.hostname, to_worker=target)
                     return True
             except PassError:
                 return False

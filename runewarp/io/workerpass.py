@@ -86,7 +86,7 @@ class WorkerPasses:
             sock.bind(address)
         except OSError as exc:
             sock.close()
-            self.log.warn("worker-pass-unavailable", worker=self.worker.index,
+            self.log.warn("worker-pass-unavailable",
                           reason=f"cannot bind {address.lstrip(chr(0))}: {exc}",
                           effect="Visitors are not passed to this worker")
             return
@@ -125,7 +125,7 @@ class WorkerPasses:
                 self.counters["sent"].inc()
                 return True
             self.counters["send-failed"].inc()
-            self.log.debug("worker-pass-failed", worker=target, reason=reason)
+            self.log.debug("worker-pass-failed", to_worker=target, reason=reason)
             return False
 
     def _read(self):

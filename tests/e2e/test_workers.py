@@ -9,6 +9,7 @@ members on every worker before counting Visitors."""
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -173,6 +174,17 @@ def test_both_workers_accept_visitors_on_the_one_port_of_a_port_0_file(deploymen
     assert sum(routed.values()) == 40 and all(routed.get(w) for w in ("0", "1")), routed
 
 
+def test_pass_sockets_live_in_the_supervisors_private_folder(deployment, backend):
+    """Another user must not bind a worker's pass socket first and receive Visitors'
+    sockets: they are paths in the supervisor's 0700 folder, never abstract names."""
+    pool = Pool(deployment, backend).start()
+    unix = Path("/proc/net/unix").read_text().split()
+    assert not [name for name in unix if name.startswith(f"@runewarp-{pool.server.pid}-")]
+    passes = sorted(Path(name) for name in unix if re.search(r"/runewarp-server-\w+/pass-\d\.sock$", name))
+    assert [p.name for p in passes] == ["pass-0.sock", "pass-1.sock"], passes
+    assert passes[0].parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_metrics_carry_a_worker_label_and_parse(deployment, backend):
     pool = Pool(deployment, backend).start()
     for _ in range(6):
@@ -203,6 +215,24 @@ def test_hup_reloads_every_worker_and_a_bad_file_keeps_all_serving(deployment, b
     for _ in range(10):
         pool.visit()
     assert len(pool.workers(pool.server)) == 2
+
+
+def test_a_reload_that_moves_the_public_listener_waits_for_a_restart(deployment, backend):
+    """The workers share the supervisor's sockets: one worker binding the new address alone
+    would split the Server between two configs, so every worker keeps the running address
+    and says a restart is needed."""
+    pool = Pool(deployment, backend).start()
+    moved = free_port()
+    mark = len(pool.server.lines)
+    pool.config.write_text(pool.text.replace(f'"127.0.0.1:{pool.public_port}"',
+                                             f'"127.0.0.1:{moved}"'))
+    os.kill(pool.server.pid, signal.SIGHUP)
+    wait_count(pool.server, "server-reloaded", 2, mark)
+    assert sum("reload-needs-restart" in line and "key=public-bind-addresses" in line
+               for line in pool.server.lines[mark:]) == 2, pool.server.log()
+    assert "reload-failed" not in "".join(pool.server.lines[mark:])
+    for _ in range(6):
+        pool.visit()  # the running port
 
 
 def test_a_killed_worker_is_restarted_and_visitors_keep_being_served(deployment, backend):
