@@ -27,18 +27,6 @@ from .test_splice import _Log, pair
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def contexts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("material")
-    run_cli("server", "cert", "init", "--hostname", SERVER_HOSTNAME, "--dir", root / "server")
-    run_cli("client", "identity", "init", "--dir", root / "client")
-    server = server_tunnel_context(root / "server" / "server.crt", root / "server" / "server.key",
-                                   authorize=lambda identity: True)
-    client = client_tunnel_context(root / "client" / "client.crt", root / "client" / "client.key",
-                                   "ca-file", root / "server" / "server-ca.crt")
-    return server, client
-
-
 def _one_round(contexts, closer):
     """Handshake, control hello both ways, some data, then close from `closer`'s side."""
     server_ctx, client_ctx = contexts

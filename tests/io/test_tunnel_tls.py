@@ -10,25 +10,12 @@ import pytest
 from runewarp.io.tlsconn import ClientTLSConnection, ServerTLSConnection
 from runewarp.io.tunnel import TunnelSession
 from runewarp.proto.mux import Role
-from runewarp.tls import client_tunnel_context, server_tunnel_context
 
-from ..conftest import SERVER_HOSTNAME, run_cli
+from ..conftest import SERVER_HOSTNAME
 from .test_splice import _Log, pair
 
 pytestmark = pytest.mark.timeout(60)
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def contexts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tunnel-tls")
-    run_cli("server", "cert", "init", "--hostname", SERVER_HOSTNAME, "--dir", root / "server")
-    run_cli("client", "identity", "init", "--dir", root / "client")
-    server = server_tunnel_context(root / "server" / "server.crt", root / "server" / "server.key",
-                                   authorize=lambda identity: True)
-    client = client_tunnel_context(root / "client" / "client.crt", root / "client" / "client.key",
-                                   "ca-file", root / "server" / "server-ca.crt")
-    return server, client
 
 
 def echo(_session, stream):
