@@ -38,7 +38,6 @@ class VisitorPath:
         """One Visitor accepted here, or `passed` here by another worker (a
         proto/workerpass.Pass: its intake is done, `address` is its source)."""
         self.visitors.add(gevent.getcurrent())  # nodelay and keepalive: from the listener
-        self._worker_passes()
         spliced = False
         outcome = "aborted"  # killed at shutdown, or a bug: every path counts one outcome
         try:
@@ -116,9 +115,9 @@ class VisitorPath:
 
     # -- workers = N: passing a Visitor to another worker --
     def _worker_passes(self):
-        """This worker's pass socket (io/workerpass.py), bound on first use: before the first
-        connection this worker accepts, so a worker holding a Tunnel connection always
-        reads passes.  The Server's start may call it earlier (`Server.start`)."""
+        """This worker's pass socket (io/workerpass.py), bound once: `Server.start` calls it
+        before the listeners serve, so a worker holding a Tunnel connection always reads
+        passes."""
         passes = self.__dict__.get("worker_passes")
         if passes is None:
             passes = self.worker_passes = WorkerPasses(this_worker(), self._passed_here,
