@@ -180,8 +180,12 @@ def test_pass_sockets_live_in_the_supervisors_private_folder(deployment, backend
     pool = Pool(deployment, backend).start()
     unix = Path("/proc/net/unix").read_text().split()
     assert not [name for name in unix if name.startswith(f"@runewarp-{pool.server.pid}-")]
-    passes = sorted(Path(name) for name in unix if re.search(r"/runewarp-server-\w+/pass-\d\.sock$", name))
+    worker = pool.workers(pool.server)[0]  # other tests' supervisors may run beside this one
+    environ = dict(v.split("=", 1) for v in Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in v)
+    passes = [Path(p) for p in environ["RUNEWARP_WORKER_SOCKETS"].split(",")]
     assert [p.name for p in passes] == ["pass-0.sock", "pass-1.sock"], passes
+    assert all(str(p) in unix for p in passes), passes  # bound, as paths
+    assert all(re.search(r"/runewarp-server-\w+/pass-\d\.sock$", str(p)) for p in passes)
     assert passes[0].parent.stat().st_mode & 0o777 == 0o700
 
 
