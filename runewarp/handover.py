@@ -4,7 +4,7 @@ The old process starts a copy of itself (the same interpreter and command line, 
 reads its config again) and passes it every listening socket by fd (systemd.py's
 RUNEWARP_LISTEN_* variables) and the write end of a readiness pipe (daemon.py's
 protocol: one READY byte).  The new process claims the sockets through the same path as
-socket activation (io/listener.py InheritedSockets): nothing is bound again, so the
+socket activation (io/inherited.py InheritedSockets): nothing is bound again, so the
 kernel's accept queue never closes.  It reports READY only after its start (listeners
 serving, certificate loaded) and after it wrote the pid file; the old process then stops
 the way SIGTERM stops it.  If the new process exits first, or is not ready within

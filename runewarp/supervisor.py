@@ -31,7 +31,7 @@ from gevent.queue import Queue
 
 from . import handover, systemd
 from .errors import RunewarpError
-from .io.listener import InheritedSockets
+from .io.inherited import InheritedSockets
 from .io.workermonitor import SupervisorMonitor
 from .io.workerpass import SOCKETS_ENV as PASS_SOCKETS_ENV
 from .lifecycle import run_logged

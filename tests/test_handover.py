@@ -9,7 +9,8 @@ import time
 import pytest
 
 from runewarp import handover
-from runewarp.io.listener import InheritedSockets, Listener, bind_moved
+from runewarp.io.inherited import InheritedSockets
+from runewarp.io.listener import Listener, bind_moved
 from runewarp.proto.address import format_address
 from runewarp.systemd import ActivationError
 

@@ -26,7 +26,8 @@ from ..proto.mux import WindowBudget
 from .api import ApiListener
 from .apitable import ApiTunnels
 from .challenge import ChallengeResponder
-from .listener import (BindError, InheritedSockets, Listener, bind_addresses, bind_moved,
+from .inherited import InheritedSockets
+from .listener import (BindError, Listener, bind_addresses, bind_moved,
                        by_key, config_key, kind, pool_sizes, swap)
 from .monitor import Monitor, certificate_entries, rfc3339
 from ..proto.address import format_address

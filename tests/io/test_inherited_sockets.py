@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from runewarp.io.listener import InheritedSockets, Listener
+from runewarp.io.inherited import InheritedSockets
+from runewarp.io.listener import Listener
 from runewarp.systemd import ActivationError
 
 pytestmark = pytest.mark.timeout(10)

@@ -8,7 +8,8 @@ import gevent
 import gevent.socket
 import pytest
 
-from runewarp.io.listener import BindError, InheritedSockets, Listener, bind_moved, swap
+from runewarp.io.inherited import InheritedSockets
+from runewarp.io.listener import BindError, Listener, bind_moved, swap
 from runewarp.systemd import ActivationError
 
 pytestmark = pytest.mark.timeout(20)

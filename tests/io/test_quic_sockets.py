@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from runewarp.io.listener import InheritedSockets, bind_datagram
+from runewarp.io.inherited import InheritedSockets
+from runewarp.io.listener import bind_datagram
 
 pytestmark = pytest.mark.timeout(10)
 
