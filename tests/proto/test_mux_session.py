@@ -34,7 +34,7 @@ from runewarp.proto.mux import (
     WindowUpdated,
     encode_header,
 )
-from runewarp.proto.mux.session import MAX_OWED_ACKS
+from runewarp.proto.mux.inbound import MAX_OWED_ACKS
 
 KiB = 1024
 MiB = 1024 * KiB
