@@ -594,7 +594,11 @@ SERVER_ERRORS = [
     (_server_with('public-bind-address = "0.0.0.0:-1"'), "server.public-bind-address", "not a number"),
     (_server_with('public-bind-address = "0.0.0.0:65536"'), "server.public-bind-address", "out of range 0-65535"),
     (_server_with('public-bind-address = "0.0.0.0:443"\ntunnel-bind-address = "0.0.0.0:443"'),
-     "server.tunnel-bind-address", "must differ from public-bind-address (omit it to share)"),
+     "server.tunnel-bind-address", "shares a port with public-bind-address (omit it to share"),
+    (_server_with('public-bind-address = "0.0.0.0:443"\ntunnel-bind-address = "127.0.0.1:443"'),
+     "server.tunnel-bind-address", "shares a port with public-bind-address"),
+    (_server_with('public-bind-address = "127.0.0.1:443"\n[server.metrics]\nbind-address = "[::]:443"'),
+     "server.metrics.bind-address", "shares a port with a public or Tunnel listener"),
     (_server_with('public-bind-address = ":443"'), "server.public-bind-address", "missing host"),
     (_server_with('public-bind-address = "::1:443"'), "server.public-bind-address", "brackets"),
     (_server_with('public-bind-address = "[::1:443"'), "server.public-bind-address", "missing ']'"),
@@ -605,7 +609,7 @@ SERVER_ERRORS = [
     (
         _server_with('public-bind-address = "0.0.0.0:443"\ntunnel-bind-address = "0.0.0.0:443"'),
         "server.tunnel-bind-address",
-        "must differ",
+        "shares a port",
     ),
     # cert-dir / acme
     (_server_with('cert-dir = "/c"\n[server.acme]\nemail = "a@example.com"'), "server.cert-dir", "[server.acme]"),

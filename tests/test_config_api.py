@@ -47,7 +47,9 @@ def test_without_tunnels_in_the_file_the_api_adds_them(write, env):
 @pytest.mark.parametrize("lines, key, words", [
     (['bind-address = "127.0.0.1:9470"'], "server.api.client-ca-file", "required with bind-address"),
     (['bind-address = "0.0.0.0:443"', 'client-ca-file = "api-ca.crt"'], "server.api.bind-address",
-     "must differ from server.public-bind-address"),
+     "shares a port with server.public-bind-address"),
+    (['bind-address = "127.0.0.1:443"', 'client-ca-file = "api-ca.crt"'], "server.api.bind-address",
+     "shares a port with server.public-bind-address"),
     (['bind-address = "localhost:9470"'], "server.api.bind-address", "literal IP"),
     (['client-ca-file = "missing.crt"'], "server.api.client-ca-file", "cannot read"),
     (['etcd-endpoints = ["ftp://x:1"]'], "server.api.etcd-endpoints[0]", "http:// or https://"),
@@ -56,6 +58,9 @@ def test_without_tunnels_in_the_file_the_api_adds_them(write, env):
     (['etcd-prefix = "runewarp"'], "server.api.etcd-prefix", "start and end with /"),
     (['etcd-cert-file = "api-ca.crt"'], "server.api.etcd-key-file", "go together"),
     (['tokens = 1'], "server.api.tokens", "unknown key"),
+    (['bind-address = "127.0.0.1:9100"', 'client-ca-file = "api-ca.crt"',
+      '[server.metrics]', 'bind-address = "0.0.0.0:9100"'], "server.api.bind-address",
+     "shares a port with server.metrics.bind-address"),
 ])
 def test_a_bad_value_is_one_error_naming_the_key(write, env, ca_file, lines, key, words):
     path = write(server(*lines))

@@ -56,7 +56,7 @@ BIND = 'public-bind-addresses = ["0.0.0.0:443", "0.0.0.0:8443"]'
     (server('public-bind-addresses = ["0.0.0.0:443", "0.0.0.0:443"]'), "server.public-bind-addresses[1]",
      "'0.0.0.0:443' is already listed at server.public-bind-addresses[0]"),
     (server(BIND + '\ntunnel-bind-address = "0.0.0.0:8443"'), "server.tunnel-bind-address",
-     "must differ from public-bind-addresses"),
+     "shares a port with public-bind-addresses"),
     (server(BIND, (["a.example.com"], "[9443]")), "server.tunnels[0].public-ports[0]",
      "9443 is not the port of a public bind address (server.public-bind-addresses has 443, 8443)"),
     (server(BIND, (["a.example.com"], "[443, 443]")), "server.tunnels[0].public-ports[1]", "listed twice"),

@@ -77,6 +77,15 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def shares_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
+    """Whether listeners bound to `a` and `b` would take each other's connections: the same
+    port (not 0) on the same IP, or on any IP when either is a wildcard (0.0.0.0, ::)."""
+    if not a or not b or not a[1] or a[1] != b[1]:
+        return False
+    ip_a, ip_b = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    return ip_a == ip_b or ip_a.is_unspecified or ip_b.is_unspecified
+
+
 def bind_address(ctx: Context, key: str, value: str) -> tuple[str, int]:
     host, port, bracketed = _split_host_port(ctx, key, value, port_required=True)
     ip = _ip(host)

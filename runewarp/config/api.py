@@ -5,7 +5,7 @@ Tunnel rules."""
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .addresses import bind_address
+from .addresses import bind_address, shares_port
 from .model import ApiConfig
 from .paths import xdg_state_home
 from .reader import Context, join
@@ -27,8 +27,8 @@ def parse_api(ctx: Context, server: dict, taken: dict[str, tuple[str, int]]) -> 
     bind = ctx.string(table, p, "bind-address")
     address = bind_address(ctx, join(p, "bind-address"), bind) if bind else None
     for other_key, other in taken.items():
-        if address is not None and address[1] and address == other:
-            raise ctx.error(join(p, "bind-address"), f"must differ from {other_key}; the API never "
+        if shares_port(address, other):
+            raise ctx.error(join(p, "bind-address"), f"shares a port with {other_key}; the API never "
                                                      "shares a listener")
     client_ca = ctx.path(table, p, "client-ca-file")
     if client_ca is not None:

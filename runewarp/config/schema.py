@@ -198,7 +198,7 @@ KEYS: tuple[Key, ...] = (
         "the public listener (shorthand for a public-bind-addresses of one)"),
     Key("server.public-bind-addresses", "addresses", None, "array of bind addresses, each once; not with "
         "public-bind-address", "several public listeners (ports, address families)", shown="public-bind-address"),
-    Key("server.tunnel-bind-address", "address", None, "same format; differs from public-bind-address",
+    Key("server.tunnel-bind-address", "address", None, "same format; shares no port with public-bind-address",
         "a listener for Tunnel connections only", shown="unset"),
     Key("server.trusted-proxies", "array of CIDRs", (), "IPv4/IPv6 CIDRs or single addresses",
         "load balancers whose connections start with a PROXY v1/v2 header naming the real peer",

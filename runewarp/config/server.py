@@ -10,7 +10,7 @@ from runewarp.proto.routes import RoutingConflict
 
 from . import shared
 from .api import parse_api
-from .addresses import bind_address, normalize_hostname, unique_hostnames
+from .addresses import bind_address, normalize_hostname, shares_port, unique_hostnames
 from .model import ManagedServerConfig, ServerConfig, TunnelConfig
 from .paths import default_server_cert_dir
 from .reader import Context, join, type_name
@@ -31,9 +31,10 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     public_bind_addresses = _public_bind_addresses(ctx, server)
     tunnel_bind = ctx.string(server, p, "tunnel-bind-address")
     tunnel_bind_address = bind_address(ctx, join(p, "tunnel-bind-address"), tunnel_bind) if tunnel_bind else None
-    if tunnel_bind_address is not None and tunnel_bind_address in public_bind_addresses and tunnel_bind_address[1]:
-        public_key = "public-bind-addresses" if "public-bind-addresses" in server else "public-bind-address"
-        raise ctx.error(join(p, "tunnel-bind-address"), f"must differ from {public_key} (omit it to share)")
+    public_key = "public-bind-addresses" if "public-bind-addresses" in server else "public-bind-address"
+    if any(shares_port(tunnel_bind_address, a) for a in public_bind_addresses):
+        raise ctx.error(join(p, "tunnel-bind-address"), f"shares a port with {public_key} (omit it to share "
+                                                        "the public listener)")
     trusted_proxies = _trusted_proxies(ctx, server)
 
     cert_dir = ctx.path(server, p, "cert-dir")
@@ -48,9 +49,13 @@ def parse_server(ctx: Context, doc: dict, source: Path) -> ServerConfig:
     tunnels = () if api_only else _parse_tunnels(ctx, server, hostname, {port for _, port in public_bind_addresses})
     limits = shared.limits(ctx, server, p)
     metrics = shared.metrics(ctx, server, p)
+    if metrics is not None and any(shares_port(metrics.bind_address, a)
+                                   for a in (*public_bind_addresses, tunnel_bind_address)):
+        raise ctx.error(join(join(p, "metrics"), "bind-address"), "shares a port with a public or Tunnel listener; "
+                                                            "metrics need a listener of their own")
     taken = {join(p, "public-bind-address"): a for a in public_bind_addresses}
     taken[join(p, "tunnel-bind-address")] = tunnel_bind_address
-    taken[join(p, "metrics.bind-address")] = metrics and metrics.bind_address
+    taken[join(join(p, "metrics"), "bind-address")] = metrics and metrics.bind_address
 
     managed = _managed(ctx, server)
     api = parse_api(ctx, server, taken)
