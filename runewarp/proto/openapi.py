@@ -55,7 +55,6 @@ DOCUMENT = {
                                      "404": _error("no such Tunnel"),
                                      "409": _error("a Tunnel of the config file: change it there"),
                                      "412": _error("If-Match differs, or another writer came first"),
-                                     "422": _error("refused by the config file's rules"),
                                      "503": _error("the API Tunnel store is unavailable")}}},
         "/v1/config": {"get": {"summary": "the effective configuration (read-only)",
                                "responses": {"200": _json("the configuration", "Config")}}},

@@ -146,11 +146,23 @@ def test_an_api_tunnel_carries_visitors_and_survives_sighup_and_restart(deployme
     assert curl(deployment.public_port, APP, backend.ca).returncode == 0
 
 
-def test_deleting_an_api_tunnel_closes_its_tunnel_connections(deployment, backend):
-    app_id = deployment.identity("app")
+def test_dropping_an_identity_or_deleting_an_api_tunnel_closes_its_tunnel_connections(deployment, backend):
+    app_id, spare_id = deployment.identity("app"), deployment.identity("spare")
     server, api = start(deployment, [("static", [STATIC], [deployment.identity("static")])])
-    assert api.call("PUT", "/v1/tunnels/app", tunnel([APP], [app_id]))[0] == 201
+    assert api.call("PUT", "/v1/tunnels/app", tunnel([APP], [app_id, spare_id]))[0] == 201
     client = deployment.start_client("app", [([APP], backend.address)])
+    spare = deployment.start_client("spare", [([APP], backend.address)])
+
+    mark = len(server.lines)
+    assert api.call("PUT", "/v1/tunnels/app", tunnel([APP], [app_id]))[0] == 200
+    server.wait_for(rf"tunnel-connection-closed tunnel=app .*client-identity={spare_id}"
+                    ".*identity no longer authorized", start=mark)
+    spare.wait_for("tunnel-connection-(lost|draining)")
+    for _ in range(4):  # the kept identity's connection still carries every Visitor
+        assert curl(deployment.public_port, APP, backend.ca, timeout=8).returncode == 0
+    assert not [line for line in server.lines[mark:]
+                if "tunnel-connection-closed" in line and app_id in line]
+
     etag = api.call("GET", "/v1/tunnels/app")[1]["etag"]
     assert api.call("DELETE", "/v1/tunnels/app", headers=['If-Match: "stale"'])[0] == 412
     status, _, body = api.call("DELETE", "/v1/tunnels/app", headers=[f"If-Match: {etag}"])

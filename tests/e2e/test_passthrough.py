@@ -322,14 +322,19 @@ def test_graceful_shutdown_lets_established_streams_finish(single):
     server.wait_for("shutdown-drained complete=True")
 
 
-def test_hostname_mirroring_drift_is_reported(deployment, backends):
-    backend = backends("app", [APP])
+def test_hostname_mirroring_drift_is_reported_and_a_client_cannot_add_a_hostname(deployment, backends):
+    """Routing is the Server's: a hostname only the Client's config names is reported, and its
+    Visitors are refused as unknown even though the Client would serve them."""
+    other = "other.example.com"
+    backend = backends("app", [APP, other])
     identity = deployment.identity("client-a")
     server = deployment.start_server([("apps", [APP, API], [identity])])
-    deployment.start_client("client-a", [([APP, "other.example.com"], backend.address)])
+    deployment.start_client("client-a", [([APP, other], backend.address)])
     server.wait_for(f"hostname-mirroring-drift tunnel=apps .*unserved-hostnames={API}")
-    server.wait_for("hostname-mirroring-drift tunnel=apps .*unowned-hostnames=other.example.com")
+    server.wait_for(f"hostname-mirroring-drift tunnel=apps .*unowned-hostnames={other}")
     assert curl(deployment.public_port, APP, backend.ca).stdout == b"backend=app\n"
+    assert curl(deployment.public_port, other, backend.ca).returncode != 0
+    server.wait_for(f"visitor-rejected .*public-hostname={other} reason=unknown-hostname")
 
 
 def test_json_log_format(deployment, backends):

@@ -83,3 +83,20 @@ def test_unknown_paths_and_methods(method, path, status, allow):
     with pytest.raises(RequestRefused) as refused:
         route(method, path)
     assert (refused.value.status, refused.value.allow) == (status, allow)
+
+
+def test_docs_api_table_lists_the_answers_of_the_openapi_document():
+    """docs/api.md's resource table and /v1/openapi.json name the same answers per method."""
+    import re
+    from pathlib import Path
+
+    from runewarp.proto.openapi import DOCUMENT
+
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    rows = re.findall(r"^\| `(GET|PUT|DELETE) (/v1/[^`]+)` \|.*\| ([^|]+) \|$", text, re.M)
+    documented = {(method.lower(), path): sorted(re.findall(r"\d{3}", answers))
+                  for method, path, answers in rows}
+    served = {(method, path): sorted(operation["responses"])
+              for path, item in DOCUMENT["paths"].items() for method, operation in item.items()
+              if method in ("get", "put", "delete", "post", "patch")}
+    assert documented == served
