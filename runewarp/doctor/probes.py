@@ -80,7 +80,9 @@ def backend_certificate(address, hostname, first=b""):
         sock = dial(address)
         try:
             sock.sendall(first)
-            with any_certificate_context().wrap_socket(sock, server_hostname=hostname) as tls:
+            with any_certificate_context().wrap_socket(sock, server_hostname=hostname,
+                                                       do_handshake_on_connect=False) as tls:
+                tls.do_handshake()  # inside `with`: a failed one still closes the socket
                 der = tls.getpeercert(binary_form=True)
         finally:
             sock.close()

@@ -58,8 +58,11 @@ class _TlsServer(BoundedServer):
     def handle(self, sock, address):
         tls = None
         try:
+            # Wrapped first, handshake after: the wrapper owns the socket from here on, and a
+            # handshake cut short must leave it to `finally`, not to the garbage collector.
+            tls = self.contexts.current().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             with gevent.Timeout(HANDSHAKE_DEADLINE) as timer:
-                tls = self.contexts.current().wrap_socket(sock, server_side=True)
+                tls.do_handshake()
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise

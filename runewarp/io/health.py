@@ -176,5 +176,10 @@ class Health:
     def _handshake(self, sock, hostname):
         if self._tls is None:
             self._tls = any_certificate_context()  # the check asks only that it completes
-        tls = self._tls.wrap_socket(sock, server_hostname=hostname)
-        tls.close()
+        # The wrapper owns the socket once made: it closes it even when the handshake is cut
+        # short by the deadline (else the descriptor waits for the garbage collector).
+        tls = self._tls.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+        finally:
+            tls.close()

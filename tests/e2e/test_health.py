@@ -244,11 +244,26 @@ def test_with_no_healthy_member_visitors_are_dropped_quickly_and_counted(
 
 
 class NotTLS(TCPBackend):
-    """Accepts TCP and reads, never answering: a TCP check passes, a TLS one times out."""
+    """Accepts TCP and reads, never answering: a TCP check passes, a TLS one times out.
+    `accepted`: when each connection came; `ended`: when the checker closed it, by its index."""
+
+    def __init__(self):
+        self.accepted, self.ended = [], {}
+        super().__init__()
 
     def serve(self, conn):
-        while conn.recv(4096):
-            pass
+        self.accepted.append(time.monotonic())
+        index = len(self.accepted) - 1  # one check per interval: no two threads here at once
+        try:
+            while conn.recv(4096):
+                pass
+        finally:
+            self.ended[index] = time.monotonic()
+
+    def left_open(self, older_than):
+        """Connections accepted over `older_than` s ago and still open."""
+        now = time.monotonic()
+        return [i for i, at in enumerate(self.accepted) if now - at > older_than and i not in self.ended]
 
 
 def test_active_checks_flip_unhealthy_and_back_within_two_intervals(deployment, backends,
@@ -341,6 +356,8 @@ def test_a_reload_applies_unhealthy_after_and_health_check(deployment, backends,
         mark = reload_by_signal(client, "client-reloaded")
         client.wait_for("service-unhealthy .*reason=.tls check: deadline exceeded", start=mark,
                         timeout=5)
+        time.sleep(4)  # more checks cut short: each closes its connection at its 0.5 s deadline
+        assert len(not_tls.accepted) >= 3 and not not_tls.left_open(older_than=2)
     finally:
         not_tls.close()
 
