@@ -1,9 +1,5 @@
-"""`python -m runewarp`: monkey-patch first, then hand over to the CLI."""
+"""`python -m runewarp`: the console script's entry point (monkey-patching first)."""
 
-from gevent import monkey
-
-monkey.patch_all()
-
-from runewarp.cli import main  # noqa: E402
+from runewarp.entry import main
 
 raise SystemExit(main())
