@@ -35,20 +35,28 @@ from .io.inherited import InheritedSockets
 from .io.workermonitor import SupervisorMonitor
 from .io.workerpass import SOCKETS_ENV as PASS_SOCKETS_ENV
 from .lifecycle import run_logged
-from .workers import METRICS_ENV, WORKER_ENV
+from .workers import METRICS_ENV, WORKER_ENV, restart_delay
 
 RESTART_INTERVAL = 1.0  # a worker is started at most once per this many seconds
 _PR_SET_PDEATHSIG = 1
 _RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _die_with_parent():
-    """In the worker before it runs: SIGTERM when the supervisor dies (Linux), so a killed
-    supervisor never leaves workers serving behind it."""
+def _prctl():
+    """libc's prctl, looked up in the supervisor: between fork and exec the worker may only
+    call it (loading a library there can deadlock on a lock another thread held)."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+def _die_with_parent(prctl):
+    """The worker's preexec: SIGTERM when the supervisor dies (Linux), so a killed
+    supervisor never leaves workers serving behind it."""
+    if prctl is None:
+        return lambda: None
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Supervisor:
@@ -67,6 +75,8 @@ class Supervisor:
         self.sockets = []
         self.procs = [None] * self.count
         self.started = [0.0] * self.count
+        self.quick_exits = [0] * self.count  # in a row, per worker (workers.restart_delay)
+        self.preexec = _die_with_parent(_prctl())
         self.ready_workers = set()  # indexes whose current process reported ready
         self.queue = Queue()
         self.stopping = False
@@ -134,7 +144,7 @@ class Supervisor:
         self.started[index] = time.monotonic()
         self.ready_workers.discard(index)
         proc, channel = handover.spawn(self.sockets, self._environ(index), process_group=0,
-                                       preexec_fn=_die_with_parent)
+                                       preexec_fn=self.preexec)
         self.procs[index] = proc
         gevent.spawn(self._watch, index, proc)
         try:
@@ -149,8 +159,8 @@ class Supervisor:
         proc.wait()
         self.queue.put(("EXITED", (index, proc)))
 
-    def _restart(self, index):
-        gevent.sleep(max(0.0, self.started[index] + RESTART_INTERVAL - time.monotonic()))
+    def _restart(self, index, delay):
+        gevent.sleep(max(delay, self.started[index] + RESTART_INTERVAL - time.monotonic()))
         if self.stopping:
             return
         try:
@@ -188,11 +198,18 @@ class Supervisor:
             if proc is not self.procs[index]:
                 return False  # a worker already replaced
             self.ready_workers.discard(index)
-            self.log.log("info" if self.stopping else "warn", "worker-exited", worker=index,
-                         pid=proc.pid, status=handover.ended(proc.returncode))
         if self.stopping:
+            if proc is not None:
+                self.log.info("worker-exited", worker=index, pid=proc.pid,
+                              status=handover.ended(proc.returncode))
             return not self._running()
-        gevent.spawn(self._restart, index)
+        now = time.monotonic()
+        delay, self.quick_exits[index] = restart_delay(now - self.started[index], self.quick_exits[index])
+        delay = max(delay, self.started[index] + RESTART_INTERVAL - now)
+        if proc is not None:
+            self.log.warn("worker-exited", worker=index, pid=proc.pid,
+                          status=handover.ended(proc.returncode), restart_in=f"{delay:.1f}s")
+        gevent.spawn(self._restart, index, delay)
         return False
 
     def handle_sigterm(self, name, _arg):

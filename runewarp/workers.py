@@ -48,3 +48,16 @@ def worker_metrics_socket(environ=None):
     folder = (os.environ if environ is None else environ).get(METRICS_ENV)
     worker = this_worker(environ)
     return metrics_socket(folder, worker.index) if folder and worker.count > 1 else None
+
+
+RESTART_WINDOWS = (1, 2, 4, 8, 16, 30)
+"""Seconds before a dead worker is started again, for its 1st, 2nd, … quick exit in a row."""
+
+
+def restart_delay(lived, quick_exits):
+    """(seconds before starting a dead worker again, its quick exits in a row now).  A
+    worker that ran `lived` ≥ 30 s died once: started again at once.  One that keeps dying
+    sooner waits 1, 2, 4 … 30 s, so a crash loop costs little CPU and floods no log."""
+    if lived >= RESTART_WINDOWS[-1]:
+        return 0.0, 0
+    return float(RESTART_WINDOWS[min(quick_exits, len(RESTART_WINDOWS) - 1)]), quick_exits + 1

@@ -241,7 +241,8 @@ def test_a_reload_that_moves_the_public_listener_waits_for_a_restart(deployment,
 
 def test_a_killed_worker_is_restarted_and_visitors_keep_being_served(deployment, backend):
     pool = Pool(deployment, backend).start()
-    victim = pool.workers(pool.server)[0]
+    before = pool.workers(pool.server)
+    victim = before[0]
     load = Load(pool, threads=2)
     try:
         time.sleep(0.5)
@@ -259,6 +260,13 @@ def test_a_killed_worker_is_restarted_and_visitors_keep_being_served(deployment,
     pool.server.wait_for("worker-started", start=mark, timeout=20)
     assert victim not in pool.workers(pool.server)
     assert "was ended by SIGKILL" in pool.server.log()
+    pool.server.wait_for(r"worker-exited .*restart-in=1\.0s", start=mark, timeout=1)
+    # One that keeps dying soon after its start waits longer each time: 2 s now.
+    (again,) = set(pool.workers(pool.server)) - set(before)
+    mark = len(pool.server.lines)
+    os.kill(again, signal.SIGKILL)
+    pool.server.wait_for(r"worker-exited .*restart-in=2\.0s", start=mark, timeout=10)
+    pool.server.wait_for("worker-started", start=mark, timeout=20)
     # The Client's connections to the killed worker came back on the other one; a Client
     # started again covers both (engineer route's coverage will do that by itself).
     pool.client.popen.send_signal(signal.SIGTERM)
