@@ -21,6 +21,7 @@ import base64
 import json
 import shutil
 import ssl
+import subprocess
 import sys
 import time
 import urllib.request
@@ -41,10 +42,9 @@ START_DEADLINE = 20.0
 
 
 class Etcd:
-    """`tls` (from `tls_material`): HTTPS at https://localhost:PORT.  Client certificates are
-    not required: etcd 3.4's gateway dials etcd itself with etcd's own server certificate,
-    which with --client-cert-auth must also be a client certificate (clientAuth) from the
-    trusted CA, and our CLI makes no such certificate."""
+    """`tls` (from `tls_material`): HTTPS at https://localhost:PORT.  With `tls.client_auth`
+    (from `client_auth_material`), etcd also requires a client certificate from `tls.ca`
+    (--client-cert-auth)."""
 
     def __init__(self, folder, tls=None):
         self.folder = Path(folder)
@@ -65,6 +65,8 @@ class Etcd:
                "--initial-cluster", f"test={peer}", "--log-level", "warn", "--logger", "zap"]
         if self.tls:
             cmd += ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
+        if getattr(self.tls, "client_auth", False):
+            cmd += ["--client-cert-auth", "--trusted-ca-file", self.tls.ca]
         self.proc = harness.Process(cmd, name="etcd")
         deadline = time.monotonic() + START_DEADLINE
         while not self.healthy():
@@ -75,6 +77,8 @@ class Etcd:
 
     def healthy(self):
         context = ssl.create_default_context(cafile=self.tls.ca) if self.tls else None
+        if getattr(self.tls, "client_auth", False):
+            context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
         try:
             with urllib.request.urlopen(self.url + "/health", timeout=1,
                                         context=context) as response:
@@ -101,6 +105,35 @@ def tls_material(folder):
                            client_ca=folder / "clients/visitor-ca.crt",
                            client_cert=folder / "runewarp-node.crt",
                            client_key=folder / "runewarp-node.key")
+
+
+def client_auth_material(folder):
+    """A PKI made with the openssl CLI for etcd's --client-cert-auth: one CA; etcd's
+    certificate for localhost, also for client authentication (etcd 3.4's gateway dials etcd
+    with it, so our CLI's server certificates do not serve); a node's client certificate."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+
+    def issue(name, subject, extensions):
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.csr", "-subj", subject)
+        (folder / f"{name}.ext").write_text(extensions)
+        openssl("x509", "-req", "-in", folder / f"{name}.csr", "-CA", folder / "ca.crt",
+                "-CAkey", folder / "ca.key", "-CAcreateserial", "-days", "1",
+                "-out", folder / f"{name}.crt", "-extfile", folder / f"{name}.ext")
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", folder / "ca.key", "-out", folder / "ca.crt", "-subj", "/CN=etcd test CA",
+            "-days", "1")
+    issue("etcd", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                                   "extendedKeyUsage=serverAuth,clientAuth\n")
+    issue("node", "/CN=runewarp-node", "extendedKeyUsage=clientAuth\n")
+    return SimpleNamespace(cert=folder / "etcd.crt", key=folder / "etcd.key", ca=folder / "ca.crt",
+                           client_cert=folder / "node.crt", client_key=folder / "node.key",
+                           client_auth=True)
 
 
 @pytest.fixture

@@ -224,6 +224,25 @@ def test_etcd_over_tls_is_verified_with_etcd_ca_file_and_never_a_ca_of_the_envir
         server.stop()
 
 
+def test_etcd_requiring_client_certificates_admits_the_node_with_etcd_cert_file(tmp_path):
+    """etcd with --client-cert-auth and a PKI made by the openssl CLI: a node with
+    etcd-cert-file and etcd-key-file reads and writes; one without is refused, and says so."""
+    tls = etcd_helper.client_auth_material(tmp_path / "pki")
+    server = etcd_helper.Etcd(tmp_path / "etcd", tls=tls)
+    try:
+        store, _ = store_for(tmp_path, server.url, tls=tls)
+        store.put("web", WEB)
+        assert store.load() == {"web": WEB}
+        anonymous, _ = store_for(tmp_path, server.url, name="anonymous",
+                                 tls=SimpleNamespace(ca=tls.ca, client_cert=None, client_key=None))
+        with pytest.raises(StoreUnavailable, match=f"etcd unreachable: {server.url}: ") as refused:
+            anonymous.put("api", API)
+        assert "certificate" in str(refused.value), refused.value
+        assert store.load() == {"web": WEB}
+    finally:
+        server.stop()
+
+
 @pytest.mark.timeout(90)
 def test_the_follower_gets_other_writers_changes_and_resumes_after_an_outage(tmp_path, etcd):
     writer, _ = store_for(tmp_path, etcd.url, name="writer")
