@@ -44,14 +44,21 @@ Client (`quic-backend-address`) to a UDP echo backend, against the echo backend 
 each flow opens with a real sealed Initial: datagrams per second, round-trip p50/p99 and
 CPU per datagram, see bench/quicbench.py (BENCH_QUIC_SECONDS, 3 s per rate run).
 
+Fleet: one etcd (tests/etcd.py), two Server nodes sharing API Tunnels through it and one
+Client connected to both; BENCH_FLEET_CHANGES (20) PUTs through either node in turn, each
+timed from its answer until a Visitor's TLS handshake for the new name completes on the
+other node: p50 / p99 / max against issue 19's 2 s, see bench/fleetbench.py (skipped where
+etcd is not installed).
+
 Knobs (environment): BENCH_BULK_MB (single-stream download, default 512),
 BENCH_CONC_MB (per stream in the 8-stream test, default BULK_MB/4),
 BENCH_REPEATS (3), BENCH_RATE_SECONDS (10), BENCH_IDLE_CONNS (1000),
 BENCH_STREAMS_CONNS (10000), BENCH_RTT_MB (256), BENCH_RTT_SECONDS (15),
-BENCH_RTT_REPEATS (2).  BENCH_ONLY=idle,bulk,... runs only those phases (seq, idle,
-bulk, rate, streams, rtt, proxy, quic, workers; `ssh` adds the ssh -R target to the listed
-ones among seq, idle, bulk and rate, and alone means all four) and prints their raw
-figures instead of the table, for quick A/B runs while working on one figure.
+BENCH_RTT_REPEATS (2), BENCH_FLEET_CHANGES (20).  BENCH_ONLY=idle,bulk,... runs only those
+phases (seq, idle, bulk, rate, streams, rtt, proxy, quic, workers, fleet; `ssh` adds the
+ssh -R target to the listed ones among seq, idle, bulk and rate, and alone means all four)
+and prints their raw figures instead of the table, for quick A/B runs while working on one
+figure.
 
 Results: a table on stdout (with the targets of issue 20 beside the figures) and
 bench/results/latest.json.  All processes this script starts are stopped by PID in
@@ -82,6 +89,7 @@ from pathlib import Path
 
 from runewarp import harness
 
+import fleetbench
 import procfs
 import proxybench
 import quicbench
@@ -958,6 +966,24 @@ def start_ssh(tmp, backend_port):
     return target
 
 
+def on_its_own(work):
+    """`work()` as a measurement of its own: every process it started (appended to STARTED)
+    is stopped by PID when it ends, and a failure other than an interruption is printed and
+    returned as {"failed": why}, so the rest of the results still count."""
+    first = len(STARTED)
+    try:
+        return work()
+    except Interrupted:
+        raise
+    except Exception as exc:   # this phase only: the rest of the results still count
+        print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+        return {"failed": f"{type(exc).__name__}: {exc}"}
+    finally:
+        procs = STARTED[first:]
+        del STARTED[first:]
+        stop_all(procs, [])
+
+
 def workers_bench(tmp, material, backend_port, one, ca):
     """`workers = 2` against the bench's own pair (`workers = 1`): 8-stream bulk and the
     connection rate, alternating, and the Visitors each Server worker carried (its /metrics)."""
@@ -968,8 +994,8 @@ def workers_bench(tmp, material, backend_port, one, ca):
     if why:
         print(f"  workers: {why}", flush=True)
         return {"skipped": why}
-    first = len(STARTED)
-    try:
+
+    def work():
         metrics_port = free_port()
         server, client, port = start_runewarp(tmp, material, backend_port, tag="-w2",
                                               workers=workersbench.WORKERS, metrics_port=metrics_port)
@@ -987,15 +1013,20 @@ def workers_bench(tmp, material, backend_port, one, ca):
                                       for pid in server_workers}
         print(f"  CPU s per Server worker process (/proc): {out['server_worker_cpu_s']}", flush=True)
         return out
-    except Interrupted:
-        raise
-    except Exception as exc:   # this phase only: the rest of the results still count
-        print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
-        return {"failed": f"{type(exc).__name__}: {exc}"}
-    finally:
-        procs = STARTED[first:]
-        del STARTED[first:]
-        stop_all(procs, [])
+
+    return on_its_own(work)
+
+
+def fleet_bench(tmp, material, backend_port):
+    """Two Server nodes sharing API Tunnels through one etcd: how soon a change made through
+    one node's API routes on the other (bench/fleetbench.py)."""
+    why = fleetbench.unavailable()
+    if why:
+        print(f"fleet: skipped ({why})", flush=True)
+        return {"skipped": why}
+    return on_its_own(lambda: fleetbench.run(tmp / "fleet", material, tmp / "client-identity",
+                                             SERVER_HOSTNAME, backend_port, STARTED,
+                                             access_log=ACCESS_LOG))
 
 
 def main():
@@ -1104,9 +1135,15 @@ def main():
             "workers", f"workers = {workersbench.WORKERS} against workers = 1 ({STREAMS} streams,"
                        f" {RATE_PROCS * RATE_THREADS} in flight) ...",
             lambda: workers_bench(tmp, material, backend["port"], targets["runewarp"], ca))
+        results["fleet"] = phase(
+            "fleet", f"fleet: {fleetbench.CHANGES} API changes through one Server node, routing on"
+                     " the other (2 nodes, 1 etcd) ...",
+            lambda: fleet_bench(tmp, material, backend["port"]))
         results["foreign_load"] = monitor.phases
         if ONLY:
             print(json.dumps(summary_of(results), indent=1, default=str))
+            for text in fleetbench.report(results["fleet"]):   # the figure again, after the JSON
+                print(text)
             return
         rows = build_rows(results)
         added50, added99 = print_table(rows, results)
@@ -1152,6 +1189,8 @@ def summary_of(results):
     keep = {}
     for phase in (p for p in PHASES if wanted(p)):
         for name, value in results.get(phase, {}).items():
+            if name == "runs":   # fleet: one dict per change, printed as it was measured
+                continue
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if k not in ("latencies_ms", "errors")
                          or (k == "errors" and v)}

@@ -49,4 +49,4 @@ TARGETS = {
 }
 # The phases that also run through `ssh -R` (BENCH_ONLY=ssh alone: all four of them).
 SSH_PHASES = ("seq", "idle", "bulk", "rate")
-PHASES = (*SSH_PHASES, "streams", "rtt", "proxy", "quic", "workers", "ssh")
+PHASES = (*SSH_PHASES, "streams", "rtt", "proxy", "quic", "workers", "fleet", "ssh")

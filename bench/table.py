@@ -6,6 +6,7 @@ import math
 import os
 import statistics
 
+import fleetbench
 import quicbench
 import sshpeer
 import workersbench
@@ -190,6 +191,8 @@ def print_table(rows, res):
     elif sp.get("skipped"):
         print(f"ssh -R column not measured: {sp['skipped']}")
     for text in workersbench.report(res.get("workers") or {}):
+        print(text)
+    for text in fleetbench.report(res.get("fleet") or {}):
         print(text)
     print("median [min–max over repeats]; bulk/conn-rate/sequential: "
           f"{REPEATS} repeats; idle memory: one run of {IDLE_CONNS} connections;"
