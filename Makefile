@@ -29,9 +29,10 @@ venv-run: $(VENV_RUN)/bin/runewarp
 demo: venv-run
 	$(VENV_RUN)/bin/runewarp demo
 
-# One pytest-xdist worker per core; tests that share an xdist_group (timing- and
+# Three pytest-xdist workers per two cores (the end-to-end tests spend much of their time
+# waiting on their processes); tests that share an xdist_group (timing- and
 # memory-sensitive ones) run one after another on one worker (docs/testing.md).
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 1 ? n * 3 / 2 : 1 )))
 test: venv
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
