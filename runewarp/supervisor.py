@@ -14,7 +14,8 @@ The supervisor only starts, watches and relays; its signal handlers only enqueue
 HUP and USR1 go to every worker (USR1 also reopens the supervisor's own log file).
 USR2 hands the sockets to a new supervisor (handover.py), which reports ready once all
 of its workers are; this one then stops its workers as TERM does.  A worker that dies
-is started again (`worker-exited`, then `worker-started`), at most once a second.
+is started again (`worker-exited`, then `worker-started`): at once after a run of 30 s,
+else later each time it dies soon after its start (workers.restart_delay).
 READY (pid file, -d, systemd) comes when every worker is ready.  The metrics listener
 is the supervisor's (io/workermonitor.py).
 """

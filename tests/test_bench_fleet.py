@@ -54,10 +54,10 @@ def test_the_probe_completes_only_a_handshake_and_the_wait_is_bounded(tmp_path):
         assert fleetbench.routes(ports["a"], "c1.fleet.bench.example")
         assert not fleetbench.routes(ports["b"], "c1.fleet.bench.example")
         started = time.perf_counter()
-        seen = fleetbench.wait_routing(ports, "c1.fleet.bench.example", started, bound=0.5)
-        assert seen["b"] is None and time.perf_counter() - started < 5
+        seen = fleetbench.wait_routing(ports, "c1.fleet.bench.example", started, bound=2)
+        assert seen["b"] is None and time.perf_counter() - started < 6  # gave up at its bound
         sent, done = seen["a"]
-        assert 0 <= sent <= done < 0.5
+        assert 0 <= sent <= done < 2
 
 
 def run(i, other_ms, writer_ms=1.0, error=None):

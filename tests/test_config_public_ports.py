@@ -4,6 +4,7 @@ the key for every bad shape."""
 import pytest
 
 from runewarp.config import load_server_config
+from runewarp.config.addresses import shares_port
 from runewarp.errors import ConfigError
 
 from .conftest import run_cli
@@ -87,3 +88,18 @@ def test_config_check_exits_2_naming_the_key(write):
     assert proc.stderr.splitlines() == [
         f"error: {path}: server.tunnels[0].public-ports[0]: 9443 is not the port of a public bind address "
         "(server.public-bind-addresses has 443, 8443)"]
+
+
+@pytest.mark.parametrize("a, b, shared", [
+    (("0.0.0.0", 443), ("127.0.0.1", 443), True),   # a wildcard takes every address of its family
+    (("::", 443), ("127.0.0.1", 443), True),        # `::` is dual-stack
+    (("0.0.0.0", 443), ("::", 443), True),
+    (("::1", 443), ("::", 443), True),
+    (("::ffff:127.0.0.1", 443), ("127.0.0.1", 443), True),  # a mapped address is the IPv4 one
+    (("0.0.0.0", 443), ("::1", 443), False),       # 0.0.0.0 takes no IPv6 address
+    (("127.0.0.1", 443), ("127.0.0.2", 443), False),
+    (("0.0.0.0", 443), ("0.0.0.0", 8443), False),
+    (("0.0.0.0", 0), ("0.0.0.0", 0), False),       # port 0: each gets its own
+])
+def test_listeners_share_a_port_where_the_kernel_would_say_in_use(a, b, shared):
+    assert shares_port(a, b) is shared and shares_port(b, a) is shared

@@ -79,11 +79,21 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def shares_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
     """Whether listeners bound to `a` and `b` would take each other's connections: the same
-    port (not 0) on the same IP, or on any IP when either is a wildcard (0.0.0.0, ::)."""
+    port (not 0) on the same IP (`::ffff:192.0.2.1` is 192.0.2.1), or on any IP of the
+    family a wildcard covers: 0.0.0.0 every IPv4 address, `::` every address (dual-stack)."""
     if not a or not b or not a[1] or a[1] != b[1]:
         return False
-    ip_a, ip_b = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
-    return ip_a == ip_b or ip_a.is_unspecified or ip_b.is_unspecified
+    ip_a, ip_b = _as_bound(a[0]), _as_bound(b[0])
+    return ip_a == ip_b or _covers(ip_a, ip_b) or _covers(ip_b, ip_a)
+
+
+def _as_bound(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(host)
+    return ip.ipv4_mapped or ip if ip.version == 6 else ip
+
+
+def _covers(wildcard, other) -> bool:
+    return wildcard.is_unspecified and (wildcard.version == 6 or other.version == 4)
 
 
 def bind_address(ctx: Context, key: str, value: str) -> tuple[str, int]:

@@ -94,7 +94,7 @@ class ApiTunnels:
                 table[name] = record
             try:
                 merged = with_api_tunnels(self.file_config, table, self.api_label)
-            except ConfigError as exc:
+            except ConfigError as exc:  # a PUT only: fewer Tunnels than a valid table is valid
                 raise RequestRefused(422, str(exc)) from None
             if record is not None:  # stored as it routes: app.example.com, not App.Example.COM.
                 tunnel = next(t for t in merged.tunnels if t.name == name)

@@ -3,6 +3,7 @@ never finishes its TLS handshake, or never finishes its request, is closed, and 
 does is answered meanwhile.  In-process, with real TLS from material our CLI made; the
 deadlines are shortened here (5 s and 10 s in io/api.py)."""
 
+import gc
 from types import SimpleNamespace
 
 import gevent
@@ -75,8 +76,17 @@ def closed(conn, within):
         conn.close()
 
 
-def test_a_caller_without_a_handshake_or_a_whole_request_is_closed_while_others_are_answered(material, served):
+def test_a_caller_without_a_handshake_or_a_whole_request_is_closed_while_others_are_answered(
+        material, served):
     address, log = served
+    gc.disable()  # a socket left to the garbage collector must stay open here, and fail the test
+    try:
+        _closed_at_the_deadlines(material, address, log)
+    finally:
+        gc.enable()
+
+
+def _closed_at_the_deadlines(material, address, log):
     silent = [socket.create_connection(address) for _ in range(3)]  # TCP only: no ClientHello
     slow = [caller(material, address) for _ in range(3)]
     for conn in slow:
