@@ -82,6 +82,11 @@ def test_second_signal_forces_shutdown(deployment, echo_backend):
         assert server.wait_for("shutdown-forced .*cut-streams=1")
 
 
+EXIT_BOUND = 1.5
+"""Seconds from `shutdown-complete` to the exit: the reported delay was about 2 s; a loaded
+machine (three test workers on two cores) takes up to about 0.7 s to tear the process down."""
+
+
 def stop_and_time_the_exit(proc, signum=signal.SIGTERM):
     """Signal `proc`; seconds from its `shutdown-complete` line to its exit."""
     mark = len(proc.lines)
@@ -126,7 +131,7 @@ def test_stopped_processes_exit_at_once_and_say_how_many_streams_were_cut(deploy
         for sock in visitors[:2]:
             assert round_trip(sock, b"through the passthrough Service", timeout=5) < 5
         # The Client first: three spliced streams outlive its 1 s grace period.
-        assert stop_and_time_the_exit(client) < 0.5
+        assert stop_and_time_the_exit(client) < EXIT_BOUND
         drained = client.wait_for("shutdown-drained .*").group(0)
         assert re.search(r"complete=False cut-streams=3\b", drained), drained
         # Then the Server, with a new Client and one Visitor spliced through it.
@@ -136,7 +141,7 @@ def test_stopped_processes_exit_at_once_and_say_how_many_streams_were_cut(deploy
         server.wait_for("tunnel-connection-established", start=mark)
         visitors.append(echo_visitor(port))
         assert round_trip(visitors[-1], b"through the new Client", timeout=5) < 5
-        assert stop_and_time_the_exit(server) < 0.5
+        assert stop_and_time_the_exit(server) < EXIT_BOUND
         drained = server.wait_for("shutdown-drained .*").group(0)
         assert re.search(r"complete=False cut-streams=1\b", drained), drained
     finally:
